@@ -1,0 +1,18 @@
+# The two commands of README.md. Both install what they need first (scripts/setup.sh, re-run when it changes).
+.PHONY: demo test setup
+
+STAMP := .venv/.edgec-setup
+
+setup: $(STAMP)
+
+$(STAMP): scripts/setup.sh pyproject.toml
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+# The main job: compile the embedded default model for this machine's CPU, verify it against onnxruntime, run it.
+demo: $(STAMP)
+	.venv/bin/edgec compile --target x86 -o out/default
+	.venv/bin/edgec run out/default --repeat 20
+
+test: $(STAMP)
+	.venv/bin/python -m pytest -q

@@ -1,0 +1,116 @@
+"""A device reached through a TVM RPC tracker (a board farm, or a server on another machine).
+
+Why: real boards (Raspberry Pi, Jetson, phones) run only the small TVM runtime and an ``rpc_server`` registered
+with a tracker under a key. This runner asks the tracker for a free board with that key, uploads the artifact's
+library, runs it there and times it with the board's own clock. Configure with ``EDGEC_RPC_TRACKER=host:port``
+and ``EDGEC_RPC_KEY=key`` (or pass them to :class:`RpcRunner`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.devices.base import RunResult, register_runner
+from edgec.errors import EdgecError
+
+_START_HINT = ("set EDGEC_RPC_TRACKER=host:port and EDGEC_RPC_KEY=key; start a tracker with "
+               "`python -m tvm.exec.rpc_tracker --port 9190` and a board with "
+               "`python -m tvm.exec.rpc_server --tracker HOST:9190 --key KEY`")
+
+
+def parse_tracker(value: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port), as a user error when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise EdgecError(f"bad RPC tracker address '{value}'", "write it as host:port, e.g. 127.0.0.1:9190")
+    return host, int(port)
+
+
+@register_runner("rpc")
+class RpcRunner:
+    """Runs artifacts on a board obtained from a TVM RPC tracker."""
+
+    name = "rpc"
+
+    def __init__(self, tracker: str | None = None, key: str | None = None, *, priority: int = 1,
+                 session_timeout: float = 600.0) -> None:
+        # Read lazily-checked settings: constructing the runner (e.g. to list devices) must not need a tracker.
+        self.tracker = tracker or os.environ.get("EDGEC_RPC_TRACKER", "")
+        self.key = key or os.environ.get("EDGEC_RPC_KEY", "")
+        self.priority = priority
+        self.session_timeout = session_timeout
+
+    def _connect(self) -> Any:
+        """A remote session for one free server with our key; refuses at once when no server has the key
+        (the tracker would otherwise queue the request forever)."""
+        from tvm import rpc
+
+        if not self.tracker or not self.key:
+            raise EdgecError("the rpc device needs a tracker address and a device key", _START_HINT)
+        host, port = parse_tracker(self.tracker)
+        try:
+            # TVM's own connect retries for 60 s; a quick probe makes a wrong address fail at once.
+            socket.create_connection((host, port), timeout=5).close()
+            tracker = rpc.connect_tracker(host, port)
+            summary = tracker.summary()
+        except (OSError, RuntimeError) as e:
+            raise EdgecError(f"cannot reach the RPC tracker at {host}:{port}: {e}", _START_HINT) from e
+        keys = sorted({item["key"].split(":", 1)[-1] for item in summary.get("server_info", [])})
+        if self.key not in keys:
+            tracker.close()
+            raise EdgecError(f"no RPC server with key '{self.key}' is registered at {host}:{port}",
+                             f"registered keys: {', '.join(keys) or 'none'}; start one with "
+                             f"`python -m tvm.exec.rpc_server --tracker {host}:{port} --key {self.key}`")
+        try:
+            return tracker.request(self.key, priority=self.priority, session_timeout=self.session_timeout)
+        except RuntimeError as e:
+            raise EdgecError(f"the RPC tracker gave no session for key '{self.key}': {e}", _START_HINT) from e
+        finally:
+            tracker.close()
+
+    def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
+            number: int = 1) -> RunResult:
+        import tvm
+        from tvm import relax
+
+        artifact_dir = Path(artifact_dir)
+        try:
+            manifest = json.loads((artifact_dir / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise EdgecError(f"cannot read {artifact_dir / 'manifest.json'}: {e}", "rebuild the artifact") from e
+        lib = artifact_dir / manifest["library"]
+        missing = [s["name"] for s in manifest["inputs"] if s["name"] not in inputs]
+        if missing:
+            raise EdgecError(f"missing inputs: {', '.join(missing)}",
+                             f"the artifact expects {', '.join(s['name'] for s in manifest['inputs'])}")
+        remote = self._connect()
+        try:
+            remote.upload(str(lib))
+            rlib = remote.load_module(lib.name)
+            dev = remote.cuda(0) if manifest["target"].get("device") == "cuda" else remote.cpu(0)
+            vm = relax.VirtualMachine(rlib, dev)
+            entry = manifest.get("entry", "main")
+            args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[s["name"]]), dev) for s in manifest["inputs"]]
+            result = vm[entry](*args)
+            results = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
+            outputs = {s["name"]: r.numpy() for s, r in zip(manifest["outputs"], results)}
+            latencies: list[float] = []
+            if repeat > 0:
+                # Same measurement as device_main: inputs set once, the board's clock times invoke_stateful.
+                vm.set_input(entry, *args)
+                timer = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
+                latencies = [t * 1e3 for t in timer(entry).results]
+        # TVM's errors (tvm.error.RPCError, InternalError) derive from RuntimeError; a missing entry function
+        # is an AttributeError.
+        except (RuntimeError, AttributeError) as e:
+            first = str(e).strip().splitlines()
+            raise EdgecError(f"the artifact failed on the RPC device '{self.key}': {first[-1] if first else e}",
+                             "check that the board's architecture and TVM version match the artifact's target"
+                             ) from e
+        return RunResult(outputs=outputs, latencies_ms=latencies)

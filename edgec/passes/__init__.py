@@ -1,0 +1,12 @@
+"""Graph passes on onnx_ir. Importing this package registers every built-in pass."""
+
+from edgec.passes import (  # noqa: F401  (registration)
+    fold_batchnorm,
+    fold_constants,
+    lift_constants,
+    remove_dead,
+    remove_identity,
+)
+from edgec.passes.base import EdgecPass, PassReport, get_pass, pass_names, register_pass
+
+__all__ = ["EdgecPass", "PassReport", "get_pass", "pass_names", "register_pass"]

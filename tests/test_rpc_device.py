@@ -1,0 +1,158 @@
+"""The rpc device against a real local TVM tracker + server on 127.0.0.1 (an x86 artifact, so no board needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgec.devices.base import get_runner
+from edgec.devices.device_main import run_artifact
+from edgec.devices.rpc import RpcRunner, parse_tracker
+from edgec.errors import EdgecError
+
+SHAPE = (1, 3, 16, 16)
+KEY = "edgec-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], tmp: Path, log: str) -> subprocess.Popen:
+    env = {**os.environ, "TMPDIR": str(tmp)}  # the server's session folders go here
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=open(tmp / log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tracker and one server with KEY; yields "host:port" once the server has registered."""
+    from tvm import rpc
+
+    tmp = tmp_path_factory.mktemp("rpc")
+    tport, sport = _free_port(), _free_port()
+    procs = [_spawn(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tport),
+                     "--port-end", str(tport + 1), "--silent"], tmp, "tracker.log")]
+    try:
+        deadline = time.monotonic() + 60
+        registered = False
+        while time.monotonic() < deadline and not registered:
+            time.sleep(0.5)
+            if len(procs) == 1:
+                try:
+                    rpc.connect_tracker("127.0.0.1", tport).close()
+                except (OSError, RuntimeError):
+                    continue
+                procs.append(_spawn(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(sport),
+                                     "--port-end", str(sport + 1), "--tracker", f"127.0.0.1:{tport}",
+                                     "--key", KEY], tmp, "server.log"))
+                continue
+            t = rpc.connect_tracker("127.0.0.1", tport)
+            registered = any(i["key"].endswith(KEY) for i in t.summary()["server_info"])
+            t.close()
+        if not registered:
+            logs = "\n".join(p.read_text()[-2000:] for p in tmp.glob("*.log"))
+            pytest.fail(f"RPC server did not register within 60 s:\n{logs}")
+        yield f"127.0.0.1:{tport}"
+    finally:
+        # Each process runs its work in a tvm popen_worker child of its own session: end the whole group.
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 16 * 16, 10)).eval()
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    torch.onnx.export(model, (torch.randn(*SHAPE),), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def x86_artifact(onnx_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load_from_string(onnx_bytes), shape_dict={"x": list(SHAPE)}, keep_params_in_input=False)
+    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
+    out = tmp_path_factory.mktemp("x86")
+    ex.export_library(str(out / "model.so"))
+    (out / "manifest.json").write_text(json.dumps({
+        "library": "model.so", "target": {"device": "cpu", "arch": "x86_64"},
+        "inputs": [{"name": "x", "dtype": "float32", "shape": list(SHAPE)}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10]}]}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+
+
+def test_registered_and_reads_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEC_RPC_TRACKER", "10.0.0.1:9190")
+    monkeypatch.setenv("EDGEC_RPC_KEY", "rpi4")
+    r = get_runner("rpc")
+    assert isinstance(r, RpcRunner) and (r.tracker, r.key) == ("10.0.0.1:9190", "rpi4")
+
+
+def test_parse_tracker() -> None:
+    assert parse_tracker("127.0.0.1:9190") == ("127.0.0.1", 9190)
+    with pytest.raises(EdgecError, match="host:port"):
+        parse_tracker("localhost")
+
+
+def test_runs_and_times_through_tracker(tracker: str, x86_artifact: Path, x: np.ndarray) -> None:
+    res = RpcRunner(tracker, KEY).run(x86_artifact, {"x": x}, repeat=2)
+    local, _ = run_artifact(x86_artifact, {"x": x})
+    np.testing.assert_allclose(res.outputs["y"], local["y"], rtol=0, atol=1e-6)
+    assert len(res.latencies_ms) == 2 and all(t > 0 for t in res.latencies_ms)
+
+
+def test_unknown_key_fails_at_once(tracker: str, x86_artifact: Path, x: np.ndarray) -> None:
+    with pytest.raises(EdgecError, match="no RPC server with key 'jetson'") as err:
+        RpcRunner(tracker, "jetson").run(x86_artifact, {"x": x})
+    assert KEY in err.value.hint
+
+
+def test_unreachable_tracker_and_missing_settings(x86_artifact: Path, x: np.ndarray,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGEC_RPC_TRACKER", raising=False)
+    monkeypatch.delenv("EDGEC_RPC_KEY", raising=False)
+    with pytest.raises(EdgecError, match="needs a tracker address"):
+        RpcRunner().run(x86_artifact, {"x": x})
+    with pytest.raises(EdgecError, match="cannot reach the RPC tracker"):
+        RpcRunner(f"127.0.0.1:{_free_port()}", KEY).run(x86_artifact, {"x": x})
+
+
+def test_remote_failure_is_a_user_error(tracker: str, x86_artifact: Path, x: np.ndarray, tmp_path: Path) -> None:
+    broken = tmp_path / "artifact"
+    broken.mkdir()
+    (broken / "model.so").write_bytes((x86_artifact / "model.so").read_bytes())
+    manifest = json.loads((x86_artifact / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "entry": "no_such_function"}))
+    with pytest.raises(EdgecError, match="failed on the RPC device"):
+        RpcRunner(tracker, KEY).run(broken, {"x": x})
