@@ -1,0 +1,134 @@
+"""edgec's CPU schedule rules: what makes untuned CPU code fast, in the spirit of TVM's dlight rules for GPUs.
+
+Each rule looks at one fused PrimFunc and, if it recognises it, returns a schedule; ``ApplyDefaultSchedule``
+tries the rules in order and the first that applies wins. A new rule is one class added to ``rules()``.
+
+The convolution rule follows the classic direct-convolution design for SIMD CPUs: activations in NCHW[x]c (see
+``cpu_layout``), a register tile of ``oc_tile`` channel blocks × ``reg_n`` output columns accumulated in vector
+registers across the whole reduction, weights read as whole vectors, one input value broadcast per FMA row, and
+the epilogue (bias, ReLU, residual add) applied as the tile is written back, so the output is written once.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from edgec.targets.cpu_layout import vector_lanes
+
+
+def _vector_registers(target: Target) -> int:
+    lanes = vector_lanes(target)
+    return 32 if lanes in (4, 16) else 16  # NEON and AVX-512 have 32 vector registers, AVX2 has 16
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+
+
+def _inline_epilogue(sch: s_tir.Schedule, writer) -> list:
+    """Reverse-inline every elementwise block that follows ``writer``; return the ones that could not be."""
+    left = []
+    while True:
+        consumers = sch.get_consumers(writer)
+        if not consumers:
+            return left
+        if len(consumers) != 1:
+            return list(consumers)
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except Exception:  # noqa: BLE001  (tir raises ScheduleError subclasses of RuntimeError/TVMError)
+            return list(consumers)
+
+
+def _schedule_elementwise_root(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Parallel outer loops, vectorized innermost (when it divides into vectors), for a stand-alone stage."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = _extent(sch, loops[-1])
+    if len(loops) > 1:
+        outer = sch.fuse(*loops[:-1])
+        sch.parallel(outer)
+    if inner % lanes == 0 or inner <= 64:
+        sch.vectorize(loops[-1]) if inner <= 64 else None
+    if inner > 64 and inner % lanes == 0:
+        _, vec = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(vec)
+
+
+class Conv2dNCHWc(ScheduleRule):
+    """conv2d in NCHW[x]c layout (TOPI's conv2d_NCHWc compute) with its fused elementwise epilogue."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            conv = sch.get_sblock("conv2d_NCHWc")
+        except Exception:  # noqa: BLE001
+            return None
+        loops = sch.get_loops(conv)
+        if len(loops) != 8:
+            return None
+        n, occ, oh, ow, ocb, ic, kh, kw = loops
+        oc_bn, ow_size, ic_size = _extent(sch, ocb), _extent(sch, ow), _extent(sch, ic)
+        kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
+        ic_bn = int(kernel.shape[4])
+        lanes = vector_lanes(target)
+        vec_per_block = max(1, oc_bn // lanes)
+        budget = _vector_registers(target) - 4  # accumulators; the rest hold weights and the broadcast input
+        reg_n = _divisor_at_most(ow_size, max(1, min(16, budget // (2 * vec_per_block))))
+        oc_tile = _divisor_at_most(_extent(sch, occ), max(1, budget // (reg_n * vec_per_block)))
+
+        occ_o, occ_i = sch.split(occ, [None, oc_tile])
+        ow_o, ow_i = sch.split(ow, [None, reg_n])
+        ic_o, ic_i = sch.split(ic, [None, ic_bn])
+        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, occ_i, ow_i, ocb)
+        outer = sch.fuse(n, occ_o, oh)
+        sch.parallel(outer)
+
+        # Accumulate the register tile in a local buffer, write it back (with the epilogue) once per tile.
+        cache = sch.cache_write(conv, 0, "local")
+        sch.reverse_compute_at(cache, ow_o)
+        leftover = _inline_epilogue(sch, cache)
+        wb_loops = sch.get_loops(cache)[2:]
+        sch.vectorize(wb_loops[-1])
+        for loop in wb_loops[:-1]:
+            sch.unroll(loop)
+        for block in leftover:
+            _schedule_elementwise_root(sch, block, lanes)
+
+        sch.vectorize(ocb)
+        sch.unroll(ow_i)
+        sch.unroll(occ_i)
+        init = sch.decompose_reduction(conv, ic_o)
+        init_loops = sch.get_loops(init)
+        sch.vectorize(init_loops[-1])
+        for loop in init_loops[-3:-1]:
+            sch.unroll(loop)
+
+        # The padded input: materialised once, parallel over channel blocks and rows, vectorized along c.
+        for producer in sch.get_producers(conv):
+            if sch.get(producer).name_hint.endswith("pad"):
+                _schedule_elementwise_root(sch, producer, lanes)
+        return sch
+
+
+def rules(target: Target) -> list[ScheduleRule]:
+    from tvm.s_tir import dlight as dl
+
+    return [Conv2dNCHWc(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def cpu_schedule_pass(target: Target):
+    from tvm.s_tir import dlight as dl
+
+    return dl.ApplyDefaultSchedule(*rules(target))
