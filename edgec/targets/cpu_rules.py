@@ -91,7 +91,9 @@ class Conv2dNCHWc(ScheduleRule):
         occ_o, occ_i = sch.split(occ, [None, oc_tile])
         ow_o, ow_i = sch.split(ow, [None, reg_n])
         ic_o, ic_i = sch.split(ic, [None, ic_bn])
-        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, occ_i, ow_i, ocb)
+        # ow_i outside occ_i: each broadcast input feeds all oc_tile FMAs at once and dies, so only the
+        # accumulators, oc_tile weight vectors and one broadcast are live (no spills).
+        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
         outer = sch.fuse(n, occ_o, oh)
         sch.parallel(outer)
 
