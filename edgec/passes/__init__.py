@@ -1,6 +1,7 @@
 """Graph passes on onnx_ir. Importing this package registers every built-in pass."""
 
 from edgec.passes import (  # noqa: F401  (registration)
+    canonicalize_clip,
     fold_batchnorm,
     fold_constants,
     lift_constants,

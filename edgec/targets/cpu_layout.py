@@ -54,7 +54,9 @@ def choose_layouts(call, lanes: int) -> list[str] | None:
     if groups == 1:
         ic_bn = _block(cin, lanes)
         return [f"NCHW{ic_bn}c", f"OIHW{ic_bn}i{oc_bn}o", f"NCHW{oc_bn}c"]
-    return None  # grouped / depthwise convs keep NCHW for now
+    if groups == cin == cout and weight_shape[1] == 1:  # depthwise
+        return [f"NCHW{oc_bn}c", f"OIHW1i{oc_bn}o", f"NCHW{oc_bn}c"]
+    return None  # other grouped convs keep NCHW
 
 
 def layout_pass(target):
@@ -75,10 +77,40 @@ def legalize_conv2d(bb, call):
     from tvm import topi
 
     attrs = call.attrs
-    if not _BLOCKED.match(attrs.data_layout) or int(attrs.groups) != 1:
+    if not _BLOCKED.match(attrs.data_layout):
         default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
         return default(bb, call)
     out_dtype = attrs.out_dtype or call.args[0].ty.dtype
+    if int(attrs.groups) != 1:
+        return bb.call_te(depthwise_conv2d_nchwc, call.args[0], call.args[1], list(attrs.strides),
+                          list(attrs.padding), list(attrs.dilation), str(out_dtype),
+                          primfunc_name_hint="depthwise_conv2d_NCHWc")
     return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], list(attrs.strides),
                       list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
                       str(out_dtype), primfunc_name_hint="conv2d_NCHWc")
+
+
+def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: str):
+    """Depthwise conv in NCHW[x]c with an OIHW1i[x]o kernel (TOPI's own compute is an unregistered stub in 0.27).
+
+    ``padding`` is (top, left, bottom, right), as Relax stores it.
+    """
+    from tvm import te, topi
+
+    _, _, in_h, in_w, _ = (int(d) for d in data.shape)
+    _, _, k_h, k_w, _, _ = (int(d) for d in kernel.shape)
+    (s_h, s_w), (d_h, d_w) = (int(v) for v in strides), (int(v) for v in dilation)
+    top, left, bottom, right = (int(v) for v in padding)
+    out_h = (in_h + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
+    out_w = (in_w + left + right - d_w * (k_w - 1) - 1) // s_w + 1
+    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") \
+        if top or left or bottom or right else data
+    ry = te.reduce_axis((0, k_h), name="ry")
+    rx = te.reduce_axis((0, k_w), name="rx")
+    n, c_chunk, _, _, c_bn = data.shape
+    return te.compute(
+        (n, c_chunk, out_h, out_w, c_bn),
+        lambda b, c, y, x, cb: te.sum(
+            padded[b, c, y * s_h + ry * d_h, x * s_w + rx * d_w, cb].astype(out_dtype)
+            * kernel[c, 0, ry, rx, 0, cb].astype(out_dtype), axis=[ry, rx]),
+        name="depthwise_conv2d_NCHWc")

@@ -64,6 +64,36 @@ def _schedule_elementwise_root(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(vec)
 
 
+def _write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int) -> None:
+    """Accumulate ``block``'s register tile in a local buffer and write it back once per tile at ``at_loop``,
+    with the fused elementwise epilogue (bias, ReLU, residual add...) reverse-inlined into the write-back."""
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, at_loop)
+    leftover = _inline_epilogue(sch, cache)
+    wb_loops = sch.get_loops(cache)
+    at_depth = next(i for i, lp in enumerate(wb_loops) if sch.get(lp).same_as(sch.get(at_loop)))
+    inner = wb_loops[at_depth + 1:]
+    sch.vectorize(inner[-1])
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    for other in leftover:
+        _schedule_elementwise_root(sch, other, lanes)
+
+
+def _schedule_padding(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """The padded input: materialised once, parallel over channel blocks and rows, vectorized along c."""
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint.endswith("pad"):
+            _schedule_elementwise_root(sch, producer, lanes)
+
+
+def _find_block(sch: s_tir.Schedule, name: str):
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # noqa: BLE001  (no block of that name)
+        return None
+
+
 class Conv2dNCHWc(ScheduleRule):
     """conv2d in NCHW[x]c layout (TOPI's conv2d_NCHWc compute) with its fused elementwise epilogue."""
 
@@ -71,15 +101,11 @@ class Conv2dNCHWc(ScheduleRule):
         if not isinstance(func, tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
-        try:
-            conv = sch.get_sblock("conv2d_NCHWc")
-        except Exception:  # noqa: BLE001
+        conv = _find_block(sch, "conv2d_NCHWc")
+        if conv is None or len(sch.get_loops(conv)) != 8:
             return None
-        loops = sch.get_loops(conv)
-        if len(loops) != 8:
-            return None
-        n, occ, oh, ow, ocb, ic, kh, kw = loops
-        oc_bn, ow_size, ic_size = _extent(sch, ocb), _extent(sch, ow), _extent(sch, ic)
+        n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
+        oc_bn, ow_size = _extent(sch, ocb), _extent(sch, ow)
         kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
         ic_bn = int(kernel.shape[4])
         lanes = vector_lanes(target)
@@ -94,20 +120,8 @@ class Conv2dNCHWc(ScheduleRule):
         # ow_i outside occ_i: each broadcast input feeds all oc_tile FMAs at once and dies, so only the
         # accumulators, oc_tile weight vectors and one broadcast are live (no spills).
         sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
-        outer = sch.fuse(n, occ_o, oh)
-        sch.parallel(outer)
-
-        # Accumulate the register tile in a local buffer, write it back (with the epilogue) once per tile.
-        cache = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(cache, ow_o)
-        leftover = _inline_epilogue(sch, cache)
-        wb_loops = sch.get_loops(cache)[2:]
-        sch.vectorize(wb_loops[-1])
-        for loop in wb_loops[:-1]:
-            sch.unroll(loop)
-        for block in leftover:
-            _schedule_elementwise_root(sch, block, lanes)
-
+        sch.parallel(sch.fuse(n, occ_o, oh))
+        _write_back_tile(sch, conv, ow_o, lanes)
         sch.vectorize(ocb)
         sch.unroll(ow_i)
         sch.unroll(occ_i)
@@ -116,18 +130,85 @@ class Conv2dNCHWc(ScheduleRule):
         sch.vectorize(init_loops[-1])
         for loop in init_loops[-3:-1]:
             sch.unroll(loop)
+        _schedule_padding(sch, conv, lanes)
+        return sch
 
-        # The padded input: materialised once, parallel over channel blocks and rows, vectorized along c.
-        for producer in sch.get_producers(conv):
-            if sch.get(producer).name_hint.endswith("pad"):
-                _schedule_elementwise_root(sch, producer, lanes)
+
+class DepthwiseConv2dNCHWc(ScheduleRule):
+    """Depthwise conv in NCHW[x]c: a row of ``reg_n`` output vectors accumulated over the kernel window; each
+    input vector is a plain load (channels are innermost), each weight vector is reused across the row."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        conv = _find_block(sch, "depthwise_conv2d_NCHWc")
+        if conv is None or len(sch.get_loops(conv)) != 7:
+            return None
+        n, cc, oh, ow, cb, ry, rx = sch.get_loops(conv)
+        lanes = vector_lanes(target)
+        vec_per_block = max(1, _extent(sch, cb) // lanes)
+        budget = _vector_registers(target) - 4
+        reg_n = _divisor_at_most(_extent(sch, ow), max(1, min(28, budget // vec_per_block)))
+        ow_o, ow_i = sch.split(ow, [None, reg_n])
+        sch.reorder(n, cc, oh, ow_o, ry, rx, ow_i, cb)
+        sch.parallel(sch.fuse(n, cc, oh))
+        _write_back_tile(sch, conv, ow_o, lanes)
+        sch.vectorize(cb)
+        sch.unroll(ow_i)
+        sch.unroll(rx)
+        init = sch.decompose_reduction(conv, ry)
+        init_loops = sch.get_loops(init)
+        sch.vectorize(init_loops[-1])
+        sch.unroll(init_loops[-2])
+        _schedule_padding(sch, conv, lanes)
+        return sch
+
+
+class Matmul(ScheduleRule):
+    """Dense / batched matmul ``C[..., m, n] = sum_k A[..., m, k] · B[..., k, n]`` with B's n contiguous (ONNX
+    Gemm/MatMul with constant weights arrive this way: the transpose of a constant weight folds away).
+    A tile of ``mt`` rows × ``nt`` columns stays in registers across k; the epilogue is fused in the write-back."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        block = _find_block(sch, "matmul") or _find_block(sch, "T_matmul_NN")
+        if block is None:
+            return None
+        loops = sch.get_loops(block)
+        kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+        if len(loops) < 3 or len(kinds) != len(loops) or kinds[-1] != 2 or any(k != 0 for k in kinds[:-1]):
+            return None  # iter_type 0: spatial, 2: reduction
+        b_shape = [int(d) for d in sch.get(block).reads[1].source.shape]
+        *batch, m, n, k = loops
+        if b_shape[-1] != _extent(sch, n) or b_shape[-2] != _extent(sch, k):
+            return None
+        lanes = vector_lanes(target)
+        n_size, m_size = _extent(sch, n), _extent(sch, m)
+        candidates = [d for d in range(1, min(n_size, 4 * lanes) + 1) if n_size % d == 0]
+        nt = max(candidates, key=lambda d: (d % lanes == 0 or d >= lanes, d))
+        vectors = -(-nt // lanes)
+        mt = _divisor_at_most(m_size, max(1, min(8, (_vector_registers(target) - 4) // vectors)))
+        m_o, m_i = sch.split(m, [None, mt])
+        n_o, n_i = sch.split(n, [None, nt])
+        sch.reorder(*batch, m_o, n_o, k, m_i, n_i)
+        outer = sch.fuse(*batch, m_o, n_o)
+        sch.parallel(outer)
+        _write_back_tile(sch, block, outer, lanes)
+        sch.vectorize(n_i)
+        sch.unroll(m_i)
+        init = sch.decompose_reduction(block, k)
+        init_loops = sch.get_loops(init)
+        sch.vectorize(init_loops[-1])
         return sch
 
 
 def rules(target: Target) -> list[ScheduleRule]:
     from tvm.s_tir import dlight as dl
 
-    return [Conv2dNCHWc(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def cpu_schedule_pass(target: Target):

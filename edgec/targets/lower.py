@@ -27,6 +27,36 @@ def check_supported(model: onnx.ModelProto) -> None:
                              "replace it in the model (or export without it); `edgec inspect` lists the ops")
 
 
+def elementwise_min_max(mod):
+    """Undo the importer's lowering of two-input Min/Max into broadcast → stack → reduce.
+
+    TVM's importer treats ONNX Min/Max as n-ary reductions over a stacked tensor. For two inputs that is just
+    ``minimum``/``maximum``, which (unlike the stack) layout conversion and operator fusion understand; ReLU6
+    (``Min(Relu(x), 6)``, see the canonicalize_clip pass) then fuses into the convolution before it.
+    """
+    from tvm import relax
+    from tvm.relax.dpl import is_op, is_tuple, rewrite_call, wildcard
+
+    for reduce_op, binary in (("relax.min", relax.op.minimum), ("relax.max", relax.op.maximum)):
+        a, b = wildcard(), wildcard()
+        stacked = is_op("relax.stack")(is_tuple([is_op("relax.broadcast_to")(a, wildcard()),
+                                                 is_op("relax.broadcast_to")(b, wildcard())]))
+        pattern = is_op(reduce_op)(stacked)
+
+        def rewriter(expr, matches, binary=binary, a=a, b=b):
+            axis = expr.attrs.axis
+            stack_axis = matches[stacked].attrs.axis
+            if (axis is None or len(axis) != 1 or int(axis[0]) != 0 or expr.attrs.keepdims
+                    or int(stack_axis) != 0):
+                return expr
+            return binary(matches[a], matches[b])
+
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = rewrite_call(pattern, rewriter, func)
+    return mod
+
+
 def to_relax(model: onnx.ModelProto):
     """Import a canonical (static-shape, folded) ONNX model into a Relax IRModule with weights bound."""
     from tvm.relax.frontend.onnx import from_onnx
@@ -37,9 +67,10 @@ def to_relax(model: onnx.ModelProto):
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
         shapes[value.name] = dims
     try:
-        return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
         raise EdgecError(f"TVM's ONNX importer failed: {first}",
                          "run `edgec inspect` on the model and report the failing op; --verbose shows the trace"
                          ) from exc
+    return elementwise_min_max(mod)

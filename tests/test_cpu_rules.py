@@ -1,0 +1,139 @@
+"""Each CPU schedule rule, on varied shapes: compiled output equals onnxruntime's, and the rule really applied.
+
+Shapes cover odd channel counts (no vector-sized block), strides, asymmetric padding, dilation, depthwise and
+grouped convs, batch > 1, and matmuls whose sizes do not divide the vector width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgec
+from edgec.toolchain.api import onnxruntime_outputs, random_inputs
+
+ATOL = 1e-4
+
+
+def _conv_model(n, cin, cout, hw, k, stride=1, pads=None, dilation=1, groups=1, act=None, residual=False):
+    rng = np.random.default_rng(cin * 100 + cout)
+    pads = pads if pads is not None else [k // 2] * 4
+    w = numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=pads, strides=[stride, stride],
+                              dilations=[dilation, dilation], group=groups)]
+    last = "c"
+    if residual:
+        nodes.append(helper.make_node("Add", [last, "x"], ["r"]))
+        last = "r"
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", [last], ["a"]))
+        last = "a"
+    elif act == "relu6":
+        lo = numpy_helper.from_array(np.array(0.0, np.float32), "lo")
+        hi = numpy_helper.from_array(np.array(6.0, np.float32), "hi")
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["a"]))
+        last = "a"
+    inits = [w, b] + ([lo, hi] if act == "relu6" else [])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, hw, hw])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def _matmul_model(a_shape, k, n, bias=True):
+    rng = np.random.default_rng(k + n)
+    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"])]
+    inits = [w]
+    out = "m"
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"))
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+        out = "y"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(a_shape))],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def _scheduled_rules(path, target="x86") -> set[str]:
+    """Names of the edgec rules that scheduled a function of the compiled model."""
+    import onnx_ir as ir
+    import tvm
+    from tvm import s_tir, tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu import fusion_passes
+    from edgec.targets.cpu_rules import rules
+    from edgec.targets.lower import to_relax
+    from edgec.toolchain.load import load_model
+    from edgec.toolchain.pipeline import run_pipeline
+
+    model, _ = run_pipeline(load_model(path))
+    tgt = resolve_target(target).tvm_target()
+    mod = to_relax(ir.serde.serialize_model(model))
+    with tgt:
+        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(tgt) + fusion_passes(tgt))(mod)
+    used = set()
+    for func in mod.functions.values():
+        if isinstance(func, tirx.PrimFunc):
+            for rule in rules(tgt):
+                if rule.apply(func, tgt, False) is not None:
+                    used.add(type(rule).__name__)
+                    break
+    return used
+
+
+def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: str = "x86") -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    result = edgec.compile(path, target=target, output=tmp_path / "art")
+    feed = random_inputs(result.artifact.inputs, seed=3)
+    got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
+    ref = onnxruntime_outputs(path, feed)[0]
+    assert got.shape == ref.shape
+    assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))) 
+    if expect_rule:
+        assert expect_rule in _scheduled_rules(path, target)
+
+
+CONV_CASES = {
+    "3x3_relu": dict(n=1, cin=32, cout=64, hw=14, k=3, act="relu"),
+    "odd_channels": dict(n=1, cin=3, cout=24, hw=15, k=3, act="relu"),
+    "stride2_asym_pad": dict(n=1, cin=16, cout=32, hw=17, k=3, stride=2, pads=[0, 1, 2, 1]),
+    "1x1_residual": dict(n=1, cin=48, cout=48, hw=9, k=1, residual=True, act="relu"),
+    "dilated": dict(n=1, cin=16, cout=16, hw=12, k=3, dilation=2, pads=[2, 2, 2, 2]),
+    "batch3_7x7": dict(n=3, cin=8, cout=32, hw=11, k=7, stride=2),
+    "cout_not_multiple_of_16": dict(n=1, cin=16, cout=40, hw=10, k=3, act="relu6"),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_rule(case, tmp_path):
+    _check(_conv_model(**CONV_CASES[case]), tmp_path, "Conv2dNCHWc")
+
+
+@pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None)])
+def test_depthwise_rule(hw, stride, act, tmp_path):
+    model = _conv_model(n=2, cin=32, cout=32, hw=hw, k=3, stride=stride, groups=32, act=act)
+    _check(model, tmp_path, "DepthwiseConv2dNCHWc")
+
+
+def test_grouped_conv_falls_back_and_matches(tmp_path):
+    _check(_conv_model(n=1, cin=32, cout=32, hw=8, k=3, groups=4, act="relu"), tmp_path, None)
+
+
+@pytest.mark.parametrize("a_shape,k,n", [((1, 512), 512, 1000), ((5, 33), 33, 70), ((2, 3, 40), 40, 24)])
+def test_matmul_rule(a_shape, k, n, tmp_path):
+    _check(_matmul_model(a_shape, k, n), tmp_path, "Matmul")
+
+
+def test_arm_rules_match_on_emulated_device(tmp_path):
+    """The same rules with NEON's 4 lanes, cross-compiled and run on the emulated aarch64 device."""
+    onnx.save(_conv_model(n=1, cin=16, cout=24, hw=10, k=3, act="relu6", residual=False), str(tmp_path / "m.onnx"))
+    result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
+                           device="qemu-aarch64")
+    assert result.verification.passed, result.verification.summary()
+    assert "Conv2dNCHWc" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72")
