@@ -95,7 +95,13 @@ def prepare(name: str) -> dict[str, Any]:
         path, secs = _efficientnet_onnx()
         return {"model": name, "label": "efficientnet_lite0", "source": str(path),
                 "input_shapes": "1,3,224,224", "export_seconds": secs}
-    raise SystemExit(f"unknown model '{name}' (choose from {', '.join(MODELS)})")
+    import models as zoo  # bench/models.py: ResNet-18 and MobileNetV2 layouts with fixed random weights
+
+    if name in zoo.FACTORIES:
+        exported = zoo.onnx_path(name)
+        return {"model": name, "label": f"{name}-style", "source": str(exported), "input_shapes": None,
+                "export_seconds": None}
+    raise SystemExit(f"unknown model '{name}' (choose from {', '.join((*MODELS, *zoo.FACTORIES))})")
 
 
 def count_macs(source: str, input_shapes: str | None) -> int:
@@ -160,16 +166,19 @@ def run_worker(artifact: Path, source: str, threads: int, args: argparse.Namespa
 
 # ------------------------------------------------------------------------------------------------ main
 
-def bench_model(name: str, thread_counts: list[int], args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(name: str, thread_counts: list[int], args: argparse.Namespace, tuning_db: Path | None = None,
+                bench: str = BENCH) -> dict[str, Any]:
+    """Compile ``name`` for x86 (with ``tuning_db`` when given) and time it against onnxruntime."""
     import edgec
 
     info = prepare(name)
-    record: dict[str, Any] = {"bench": BENCH, "model": name, "label": info["label"], "source": info["source"],
-                              "export_seconds": info["export_seconds"]}
+    record: dict[str, Any] = {"bench": bench, "model": name, "label": info["label"], "source": info["source"],
+                              "export_seconds": info["export_seconds"], "tuning_db": str(tuning_db or "")}
     record["macs"] = count_macs(info["source"], info["input_shapes"])
-    out = CACHE / "artifacts" / name
+    out = CACHE / "artifacts" / (f"{name}-tuned" if tuning_db else name)
     started = time.perf_counter()
-    result = edgec.compile(info["source"], target="x86", output=out, input_shapes=info["input_shapes"])
+    extra = {"tuning_db": tuning_db} if tuning_db else {}
+    result = edgec.compile(info["source"], target="x86", output=out, input_shapes=info["input_shapes"], **extra)
     wall = time.perf_counter() - started
     manifest = result.artifact.manifest
     record["compile_seconds"] = manifest["compile_seconds"]

@@ -4,6 +4,7 @@ from edgec.passes import (  # noqa: F401  (registration)
     canonicalize_clip,
     fold_batchnorm,
     fold_constants,
+    fuse_pad_into_conv,
     lift_constants,
     remove_dead,
     remove_identity,

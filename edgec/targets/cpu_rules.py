@@ -33,6 +33,23 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
 
 
 
+def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int) -> tuple[int, int]:
+    """(columns, channel blocks) of the conv register tile: the most accumulators that fit with the tile's weight
+    vectors and one broadcast input (acc + weights + 1 ≤ registers; a spill costs 2.5× on a 7-wide layer), ties
+    broken by FMAs per load. Both must divide their loop, so no tail iterations."""
+    best = (1, 1)
+    best_key = (0.0, 0.0)
+    for reg_n in (d for d in range(1, min(width, 16) + 1) if width % d == 0):
+        for oc_tile in (d for d in range(1, min(oc_chunks, 8) + 1) if oc_chunks % d == 0):
+            acc, weights = reg_n * oc_tile * vec_per_block, oc_tile * vec_per_block
+            if acc + weights + 1 > registers:
+                continue
+            key = (acc, acc / (reg_n + weights))
+            if key > best_key:
+                best, best_key = (reg_n, oc_tile), key
+    return best
+
+
 def _inline_epilogue(sch: s_tir.Schedule, writer) -> list:
     """Reverse-inline every elementwise block that follows ``writer``; return the ones that could not be."""
     left = []
@@ -95,7 +112,12 @@ def _find_block(sch: s_tir.Schedule, name: str):
 
 
 class Conv2dNCHWc(ScheduleRule):
-    """conv2d in NCHW[x]c layout (TOPI's conv2d_NCHWc compute) with its fused elementwise epilogue."""
+    """conv2d in NCHW[x]c layout (TOPI's conv2d_NCHWc compute) with its fused elementwise epilogue.
+
+    ``reg_n`` / ``oc_tile`` override the register tile the rule derives from the target (for experiments)."""
+
+    def __init__(self, reg_n: int | None = None, oc_tile: int | None = None) -> None:
+        self.reg_n, self.oc_tile = reg_n, oc_tile
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc):
@@ -110,9 +132,8 @@ class Conv2dNCHWc(ScheduleRule):
         ic_bn = int(kernel.shape[4])
         lanes = vector_lanes(target)
         vec_per_block = max(1, oc_bn // lanes)
-        budget = _vector_registers(target) - 4  # accumulators; the rest hold weights and the broadcast input
-        reg_n = _divisor_at_most(ow_size, max(1, min(16, budget // (2 * vec_per_block))))
-        oc_tile = _divisor_at_most(_extent(sch, occ), max(1, budget // (reg_n * vec_per_block)))
+        reg_n, oc_tile = register_tile(ow_size, _extent(sch, occ), vec_per_block, _vector_registers(target))
+        reg_n, oc_tile = self.reg_n or reg_n, self.oc_tile or oc_tile
 
         occ_o, occ_i = sch.split(occ, [None, oc_tile])
         ow_o, ow_i = sch.split(ow, [None, reg_n])
