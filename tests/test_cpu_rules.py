@@ -137,3 +137,27 @@ def test_arm_rules_match_on_emulated_device(tmp_path):
                            device="qemu-aarch64")
     assert result.verification.passed, result.verification.summary()
     assert "Conv2dNCHWc" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72")
+
+
+@pytest.mark.parametrize("op,attrs", [("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+                                      ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+                                      ("MaxPool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[0, 1, 1, 0]))])
+def test_pooling_after_conv_rule(op, attrs, tmp_path):
+    """Pooling on the blocked layout a conv leaves behind (the conv makes the layout NCHW16c)."""
+    base = _conv_model(n=2, cin=8, cout=32, hw=13, k=3, act="relu")
+    graph = base.graph
+    graph.node.append(helper.make_node(op, [graph.output[0].name], ["p"], **attrs))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
+    _check(base, tmp_path, "SpatialWindow")
+
+
+def test_elementwise_chain_rule(tmp_path):
+    """A stand-alone elementwise chain (no conv to fuse into): Sigmoid·x then Add, odd sizes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5, 37])
+    c = numpy_helper.from_array(np.linspace(-1, 1, 37, dtype=np.float32), "c")
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["s", "x"], ["m"]),
+             helper.make_node("Add", ["m", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [c])
+    _check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), tmp_path,
+           "SpatialWindow")

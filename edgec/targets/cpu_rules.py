@@ -226,10 +226,56 @@ class Matmul(ScheduleRule):
         return sch
 
 
+class SpatialWindow(ScheduleRule):
+    """Elementwise / layout-transform / pooling functions: elementwise producers inlined, then the outer spatial
+    loops in parallel, the window reduction (pooling, if any) next, the innermost spatial loop vectorized — in
+    NCHW[x]c that is the channel block, so a pooling window is a sequence of whole-vector max/add."""
+
+    max_window = 64
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+        blocks = sch.get_child_blocks(root)
+        for block in blocks[:-1]:  # producers: inline into their consumers where possible
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001  (not inlinable: keep it as its own stage)
+                pass
+        blocks = sch.get_child_blocks(root)
+        lanes = vector_lanes(target)
+        for block in blocks:
+            kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+            loops = sch.get_loops(block)
+            if len(kinds) != len(loops) or any(k not in (0, 2) for k in kinds) or not loops:
+                return None
+            spatial = [lp for lp, k in zip(loops, kinds) if k == 0]
+            reduce = [lp for lp, k in zip(loops, kinds) if k == 2]
+            window = 1
+            for lp in reduce:
+                window *= _extent(sch, lp)
+            if not spatial or window > self.max_window:
+                return None  # a real reduction (softmax, mean over a big axis): not this rule's job
+            sch.reorder(*spatial[:-1], *reduce, spatial[-1])
+            inner = spatial[-1]
+            if len(spatial) > 1:
+                sch.parallel(sch.fuse(*spatial[:-1]))
+            extent = _extent(sch, inner)
+            if extent > 4 * lanes and extent % lanes == 0:
+                _, inner = sch.split(inner, [None, lanes])
+            if extent <= 4 * lanes or extent % lanes == 0:
+                sch.vectorize(inner)  # before decompose_reduction: the update alone is no reduction block
+            if reduce:
+                sch.decompose_reduction(block, reduce[0])
+        return sch
+
+
 def rules(target: Target) -> list[ScheduleRule]:
     from tvm.s_tir import dlight as dl
 
-    return [Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def cpu_schedule_pass(target: Target):
