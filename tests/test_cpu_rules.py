@@ -161,3 +161,22 @@ def test_elementwise_chain_rule(tmp_path):
     graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [c])
     _check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), tmp_path,
            "SpatialWindow")
+
+
+@pytest.mark.parametrize("case", ["3x3_relu", "cout_not_multiple_of_16", "stride2_asym_pad"])
+def test_conv_rule_avx2_preset(case, tmp_path):
+    """The AVX2 preset: 8 lanes and 16 registers give other blocks and tiles; this host runs AVX2 code too."""
+    _check(_conv_model(**CONV_CASES[case]), tmp_path, "Conv2dNCHWc", target="x86:avx2")
+
+
+def test_register_tile_fits_the_register_file():
+    from edgec.targets.cpu_rules import register_tile
+
+    for width in (7, 14, 28, 56, 112, 10, 13):
+        for chunks in (1, 2, 3, 4, 12, 20, 72):
+            for vec, regs in ((1, 32), (1, 16), (2, 32)):
+                reg_n, oc_tile = register_tile(width, chunks, vec, regs)
+                assert width % reg_n == 0 and chunks % oc_tile == 0
+                assert reg_n * oc_tile * vec + oc_tile * vec + 1 <= regs
+    assert register_tile(7, 72, 1, 32) == (7, 3)  # 7x4 would need 33 registers and spill
+    assert register_tile(56, 4, 1, 32) == (14, 2)
