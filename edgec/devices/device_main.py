@@ -45,9 +45,16 @@ def _as_list(result) -> list:
 def run_artifact(artifact_dir: Path, inputs: dict[str, np.ndarray], repeat: int = 0,
                  number: int = 1) -> tuple[dict[str, np.ndarray], list[float]]:
     """Run once for the outputs; when ``repeat`` > 0, also time ``repeat`` rounds of ``number`` runs each."""
+    vm, dev, manifest = load_vm(artifact_dir)
+    return run_vm(vm, dev, manifest, inputs, repeat, number)
+
+
+def run_vm(vm, dev, manifest: dict, inputs: dict[str, np.ndarray], repeat: int = 0,
+           number: int = 1) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Run a loaded VM (local or behind an RPC session): outputs by name, and latencies timed by the device's
+    own clock (inputs set once, ``invoke_stateful`` timed), so every runner measures the same thing."""
     import tvm
 
-    vm, dev, manifest = load_vm(artifact_dir)
     entry = manifest.get("entry", "main")
     args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec["name"]]), dev) for spec in manifest["inputs"]]
     results = _as_list(vm[entry](*args))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgec.devices.base import RunResult, register_runner
+from edgec.devices.device_main import run_vm
 from edgec.errors import EdgecError
 
 _START_HINT = ("set EDGEC_RPC_TRACKER=host:port and EDGEC_RPC_KEY=key; start a tracker with "
@@ -95,17 +96,7 @@ class RpcRunner:
             rlib = remote.load_module(lib.name)
             dev = remote.cuda(0) if manifest["target"].get("device") == "cuda" else remote.cpu(0)
             vm = relax.VirtualMachine(rlib, dev)
-            entry = manifest.get("entry", "main")
-            args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[s["name"]]), dev) for s in manifest["inputs"]]
-            result = vm[entry](*args)
-            results = [result] if isinstance(result, tvm.runtime.Tensor) else list(result)
-            outputs = {s["name"]: r.numpy() for s, r in zip(manifest["outputs"], results)}
-            latencies: list[float] = []
-            if repeat > 0:
-                # Same measurement as device_main: inputs set once, the board's clock times invoke_stateful.
-                vm.set_input(entry, *args)
-                timer = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)
-                latencies = [t * 1e3 for t in timer(entry).results]
+            outputs, latencies = run_vm(vm, dev, manifest, inputs, repeat, number)
         # TVM's errors (tvm.error.RPCError, InternalError) derive from RuntimeError; a missing entry function
         # is an AttributeError.
         except (RuntimeError, AttributeError) as e:
