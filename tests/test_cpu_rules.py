@@ -180,3 +180,30 @@ def test_register_tile_fits_the_register_file():
                 assert reg_n * oc_tile * vec + oc_tile * vec + 1 <= regs
     assert register_tile(7, 72, 1, 32) == (7, 3)  # 7x4 would need 33 registers and spill
     assert register_tile(56, 4, 1, 32) == (14, 2)
+
+
+@pytest.mark.parametrize("mid", [22, 11, 6, 3])
+def test_unblockable_channels_between_blocked_convs(mid, tmp_path):
+    """16 → mid → mid (+ residual) → 16 channels: a conv whose channels do not block sits between blocked ones
+    (pruning produces such counts). Regression: ConvertLayout kept the blocked 5-D layout for the unblocked
+    conv and TVM failed with 'Layouts must have the same size'."""
+    rng = np.random.default_rng(mid)
+
+    def conv(name, cin, cout, inp, out, k=3):
+        w = numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * 0.3).astype(np.float32), f"{name}_w")
+        return helper.make_node("Conv", [inp, f"{name}_w"], [out], pads=[k // 2] * 4), w
+
+    specs = [("a", 3, 16, "x", "a"), ("b", 16, mid, "ar", "b"), ("c", mid, mid, "br", "c"), ("d", mid, 16, "s", "y")]
+    nodes, inits = [], []
+    for name, cin, cout, inp, out in specs:
+        node, w = conv(name, cin, cout, inp, out)
+        nodes.append(node)
+        inits.append(w)
+        if name in ("a", "b"):
+            nodes.append(helper.make_node("Relu", [out], [out + "r"]))
+        if name == "c":
+            nodes.append(helper.make_node("Add", ["br", "c"], ["s"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    _check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), tmp_path,
+           "Conv2dNCHWc")

@@ -65,8 +65,11 @@ def layout_pass(target):
     lanes = vector_lanes(target)
 
     def callback(call) -> dict[str, Any]:
-        layouts = choose_layouts(call, lanes)
-        return {"relax.nn.conv2d": layouts} if layouts else {}
+        if getattr(call.op, "name", None) != "relax.nn.conv2d":
+            return {}
+        # A conv left unblocked must say so: with no preference, ConvertLayout would keep a blocked input's
+        # 5-D layout against the conv's 4-D kernel ("Layouts must have the same size").
+        return {"relax.nn.conv2d": choose_layouts(call, lanes) or ["NCHW", "OIHW"]}
 
     return relax.transform.ConvertLayout({}, layout_cb=callback)
 
