@@ -1,0 +1,449 @@
+"""Quantize a float model into standard QDQ ONNX: QuantizeLinear/DequantizeLinear around Conv, Gemm and MatMul.
+
+Why QDQ: it is the one quantized form every consumer reads. onnxruntime runs it (and fuses DQ → Conv → Q into its
+integer QLinearConv kernels), and edgec's TVM lowering recognises the same pattern to emit int8 × int8 → int32
+kernels; the float model stays readable in between, so accuracy can be measured before any compilation.
+
+What is quantized, and how (see :mod:`edgec.quantization.qmath` for the arithmetic):
+
+* Weights of Conv / Gemm / MatMul that are initializers: symmetric int8 or int4, per tensor, per output channel
+  or per block of input channels (``group:N``, ONNX blocked quantization). int4 is stored as ONNX INT4 (packed,
+  two per byte); onnxruntime ≥ 1.18 runs those DequantizeLinear nodes.
+* Activations (``activations="int8"``): every float input of those layers and every layer output (after a
+  following Relu, so the pair becomes one integer kernel with fused ReLU), per tensor, asymmetric uint8 by
+  default, with ranges from streaming observers fed by onnxruntime running the float model on calibration data.
+  Graph outputs stay float (logits keep their precision; an integer kernel dequantizes its int32 accumulator).
+* Biases of layers whose input is quantized: int32 with scale ``input_scale × weight_scale``, what an integer
+  kernel adds to its accumulator (kept float for group-wise weights, which have no single per-channel scale).
+* Bias correction (optional): quantization shifts each layer's output mean; layer by layer in graph order, the
+  per-channel mean of the quantized model's layer output is measured on the calibration data (with the earlier
+  layers already corrected) and the difference to the float model's mean is added to the bias.
+
+The opset is raised to 13 (per-axis DequantizeLinear) or 21 (INT4, block_size) when lower. A model that already
+holds quantized operators is refused: quantizing twice compounds the error and the ranges would be meaningless.
+This pass must run after BatchNorm folding, else the folded weights would be float again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgec.calibration.observers import OBSERVERS, Observer, get_observer
+from edgec.errors import EdgecError
+from edgec.passes.base import EdgecPass, register_pass
+from edgec.quantization import collect
+from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
+                                      quantize_weight, sqnr_db)
+
+__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES"]
+
+WEIGHT_CHOICES = ("int8", "int4")
+ACTIVATION_CHOICES = ("int8", "fp32")
+_QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                       "QAttention", "QGemm", "QuantizeBFP", "DequantizeBFP"}
+
+Feeds = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+@dataclass
+class QuantConfig:
+    """What to quantize and how; ``validate`` turns a bad choice into a user error before any work."""
+
+    weights: str = "int8"
+    activations: str = "int8"
+    granularity: str = "channel"
+    method: str = "minmax"
+    bias_correction: bool = False
+    activation_dtype: str = "uint8"
+    percentile: float = 99.99
+    bins: int = 2048
+
+    def validate(self) -> None:
+        if self.weights not in WEIGHT_CHOICES:
+            raise EdgecError(f"unknown weight precision '{self.weights}'", f"use one of: {', '.join(WEIGHT_CHOICES)}")
+        if self.activations not in ACTIVATION_CHOICES:
+            raise EdgecError(f"unknown activation precision '{self.activations}'",
+                             f"use one of: {', '.join(ACTIVATION_CHOICES)}")
+        if self.method not in OBSERVERS:
+            raise EdgecError(f"unknown calibration method '{self.method}'", f"use one of: {', '.join(OBSERVERS)}")
+        if self.activation_dtype not in ("uint8", "int8"):
+            raise EdgecError(f"unknown activation type '{self.activation_dtype}'", "use uint8 or int8")
+        g = self.granularity
+        if g not in ("tensor", "channel"):
+            size = g.split(":", 1)[1] if g.startswith("group:") else ""
+            if not size.isdigit() or int(size) < 2:
+                raise EdgecError(f"unknown granularity '{g}'", "use tensor, channel, or group:N with N ≥ 2 (e.g. "
+                                                               "group:32)")
+
+    @property
+    def min_opset(self) -> int:
+        return 21 if self.weights == "int4" or self.granularity.startswith("group:") else 13
+
+    def observer(self) -> Observer:
+        if self.method == "minmax":
+            return get_observer("minmax")
+        if self.method == "percentile":
+            return get_observer("percentile", bins=self.bins, percentile=self.percentile)
+        return get_observer(self.method, bins=self.bins)
+
+
+@dataclass
+class _Layer:
+    node: ir.Node
+    weight: ir.Value
+    out_axis: int
+    in_axis: int
+    output: ir.Value            # the op's own output (pre-activation): bias correction and SQNR look here
+    activation_out: ir.Value    # after a fused Relu: where the output Q/DQ goes
+    bias_index: int | None      # input index of the bias (2 for Conv and Gemm), None when the op has none
+    wq: WeightQuant | None = None
+    bias_float: np.ndarray | None = None
+    bias_value: ir.Value | None = None
+    bias_scale: np.ndarray | None = None  # int32 bias scale, or None when the bias stays float
+    bias_shift: np.ndarray | None = None  # what bias correction added
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.output.name
+
+
+def quantized_ops(model: ir.Model) -> dict[str, int]:
+    """Operators that show a model is already quantized (QDQ, QLinear*, *Integer), with their counts."""
+    found: dict[str, int] = {}
+    for node in model.graph.all_nodes():
+        op = node.op_type
+        if op in _QUANTIZED_OP_TYPES or op.startswith("QLinear") or op.endswith("Integer"):
+            found[op] = found.get(op, 0) + 1
+    return found
+
+
+@register_pass
+class QuantizeQDQ(EdgecPass):
+    name = "quantize_qdq"
+    description = "insert QuantizeLinear/DequantizeLinear for weights and calibrated activations (QDQ format)"
+
+    def __init__(self, config: QuantConfig | None = None, calibration: Feeds | None = None) -> None:
+        super().__init__()
+        self.config = config or QuantConfig()
+        self.calibration = calibration
+        self._names: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------------ driver
+
+    def rewrite(self, model: ir.Model) -> dict[str, Any]:
+        cfg = self.config
+        cfg.validate()
+        already = quantized_ops(model)
+        if already:
+            ops = ", ".join(f"{n}×{op}" for op, n in sorted(already.items()))
+            raise EdgecError(f"the model is already quantized ({ops})", "quantize the float model instead")
+        needs_data = cfg.activations == "int8" or cfg.bias_correction
+        if needs_data and self.calibration is None:
+            raise EdgecError("activation quantization and bias correction need calibration data",
+                             "pass --calib (a folder, .npy/.npz, or none for data-free)")
+        if not self._find_layers(model):
+            raise EdgecError("the model has no Conv, Gemm or MatMul with constant weights to quantize",
+                             "quantization applies to models with such layers")
+        notes: list[str] = []
+        opset = model.opset_imports.get("", 1)
+        if opset < cfg.min_opset:
+            _upgrade_opset(model, cfg.min_opset)
+            notes.append(f"opset {opset} → {cfg.min_opset} (needed by "
+                         f"{'INT4/blocked' if cfg.min_opset == 21 else 'per-axis'} DequantizeLinear)")
+        layers = self._find_layers(model)  # again: a converter may have rebuilt the graph's nodes
+        self._names = {v.name for v in _all_values(model) if v.name}
+        float_proto = ir.serde.serialize_model(model)
+
+        act_params: dict[str, ActivationQParams] = {}
+        if cfg.activations == "int8":
+            act_params = self._calibrate(float_proto, self._activation_values(model, layers))
+        for layer in layers:
+            self._quantize_weights(model, layer, act_params)
+        for name, qp in act_params.items():
+            self._insert_qdq(model, name, qp)
+        model.graph.sort()
+        if cfg.bias_correction:
+            notes.extend(self._bias_correction(model, float_proto, layers))
+        if self.calibration is not None:
+            self._layer_sqnr(float_proto, ir.serde.serialize_model(model), layers)
+        return {
+            "changed": True,
+            "config": {"weights": cfg.weights, "activations": cfg.activations, "granularity": cfg.granularity,
+                       "method": cfg.method, "bias_correction": cfg.bias_correction,
+                       "activation_dtype": cfg.activation_dtype if cfg.activations == "int8" else None},
+            "opset": model.opset_imports.get("", opset),
+            "layers": [layer.report for layer in layers],
+            "activations": {n: _qp_dict(qp) for n, qp in act_params.items()},
+            "notes": notes,
+        }
+
+    # ------------------------------------------------------------------------------------------------ discovery
+
+    def _find_layers(self, model: ir.Model) -> list[_Layer]:
+        layers: list[_Layer] = []
+        seen_weights: set[int] = set()
+        for node in model.graph:
+            if node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+                continue
+            w = node.inputs[1]
+            if w is None or w.const_value is None or not w.is_initializer() or w.dtype != ir.DataType.FLOAT:
+                continue
+            if id(w) in seen_weights:  # a weight shared by two layers is quantized once, for the first
+                continue
+            ndim = len(w.shape) if w.shape is not None else w.const_value.numpy().ndim
+            attrs = {k: a.value for k, a in node.attributes.items()}
+            if node.op_type == "Conv":
+                out_axis, in_axis, bias_index = 0, 1, 2
+            elif node.op_type == "Gemm" and ndim == 2:
+                if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                    bias_index = None
+                else:
+                    bias_index = 2
+                out_axis, in_axis = (0, 1) if attrs.get("transB", 0) else (1, 0)
+            elif node.op_type == "MatMul" and ndim == 2:
+                out_axis, in_axis, bias_index = 1, 0, None
+            else:
+                continue
+            seen_weights.add(id(w))
+            out = node.outputs[0]
+            act_out = out
+            uses = list(out.uses())
+            if (len(uses) == 1 and uses[0].node.op_type == "Relu" and uses[0].node.domain == ""
+                    and not out.is_graph_output()):
+                act_out = uses[0].node.outputs[0]
+            layers.append(_Layer(node, w, out_axis, in_axis, out, act_out, bias_index))
+        return layers
+
+    def _activation_values(self, model: ir.Model, layers: list[_Layer]) -> list[str]:
+        """Float tensors to quantize: layer data inputs and (fused) layer outputs, never graph outputs."""
+        wanted: list[str] = []
+        for layer in layers:
+            for v in (layer.node.inputs[0], layer.activation_out):
+                if (v is None or v.const_value is not None or v.is_graph_output() or v.name in wanted
+                        or (v.dtype is not None and v.dtype != ir.DataType.FLOAT)):
+                    continue
+                wanted.append(v.name)
+        return wanted
+
+    # ------------------------------------------------------------------------------------------------ ranges
+
+    def _calibrate(self, float_proto: onnx.ModelProto, names: list[str]) -> dict[str, ActivationQParams]:
+        assert self.calibration is not None
+        observers = {n: self.config.observer() for n in names}
+        batches = collect.observe(float_proto, observers, self.calibration())
+        if batches == 0:
+            raise EdgecError("the calibration data gave no samples", "pass a non-empty --calib")
+        params = {}
+        for name, obs in observers.items():
+            lo, hi = obs.compute_range(8)
+            params[name] = activation_qparams(lo, hi, self.config.activation_dtype)
+        return params
+
+    # ------------------------------------------------------------------------------------------------ rewriting
+
+    def _unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def _initializer(self, model: ir.Model, base: str, array: np.ndarray,
+                     dtype: ir.DataType | None = None) -> ir.Value:
+        name = self._unique(base)
+        tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.tensor(array, name=name)
+        value = ir.Value(name=name, const_value=tensor, shape=ir.Shape(array.shape), type=ir.TensorType(
+            dtype or tensor.dtype))
+        model.graph.register_initializer(value)
+        return value
+
+    def _quantize_weights(self, model: ir.Model, layer: _Layer, acts: dict[str, ActivationQParams]) -> None:
+        cfg = self.config
+        w_float = layer.weight.const_value.numpy().astype(np.float32)
+        granularity = cfg.granularity
+        wq = quantize_weight(w_float, cfg.weights, granularity, layer.out_axis, layer.in_axis)
+        layer.wq = wq
+        storage = wq.q.astype(ml_dtypes.int4) if wq.bits == 4 else wq.q
+        q_value = self._initializer(model, f"{layer.weight.name}_quantized", storage,
+                                    ir.DataType.INT4 if wq.bits == 4 else ir.DataType.INT8)
+        s_value = self._initializer(model, f"{layer.weight.name}_scale", np.asarray(wq.scale, np.float32))
+        attrs: dict[str, int] = {}
+        if wq.axis is not None:
+            attrs["axis"] = wq.axis
+        if wq.block:
+            attrs["block_size"] = wq.block
+        dq_out = ir.Value(name=self._unique(f"{layer.weight.name}_dequantized"), shape=layer.weight.shape,
+                          type=ir.TensorType(ir.DataType.FLOAT))
+        dq = ir.node("DequantizeLinear", [q_value, s_value], attributes=attrs, outputs=[dq_out],
+                     name=self._unique(f"{layer.name}/weight_dq"))
+        model.graph.insert_before(layer.node, dq)
+        old = layer.weight
+        for use in list(old.uses()):
+            if use.node is layer.node or use.node.inputs[use.idx] is old:
+                use.node.replace_input_with(use.idx, dq_out)
+        _drop_if_unused(model, old)
+
+        # bias: int32 when the input is quantized and the weight has per-tensor/channel scales
+        bias = layer.node.inputs[layer.bias_index] if (layer.bias_index is not None
+                                                       and len(layer.node.inputs) > layer.bias_index) else None
+        n_out = w_float.shape[layer.out_axis]
+        if bias is not None and (bias.const_value is None or len(list(bias.uses())) != 1):
+            bias = None  # computed or shared biases are left alone
+            layer.bias_index = None
+        if bias is not None:
+            layer.bias_float = bias.const_value.numpy().astype(np.float64).reshape(-1)
+        elif layer.bias_index is not None and cfg.bias_correction:
+            layer.bias_float = np.zeros(n_out)  # bias correction needs one to fold the shift into
+        x = layer.node.inputs[0]
+        x_qp = acts.get(x.name) if x is not None else None
+        if layer.bias_float is not None:
+            if x_qp is not None and not granularity.startswith("group:") and layer.bias_float.size == n_out:
+                layer.bias_scale = (np.float32(x_qp.scale) * np.asarray(wq.scale, np.float32)).astype(np.float32)
+            self._write_bias(model, layer, bias)
+
+        w_sq, e_sq = float(np.sum(w_float.astype(np.float64) ** 2)), float(
+            np.sum((w_float.astype(np.float64) - wq.dequantized()) ** 2))
+        scales = np.asarray(wq.scale, np.float64).reshape(-1)
+        layer.report = {
+            "layer": layer.name, "op": layer.node.op_type, "weight": old.name, "bits": wq.bits,
+            "granularity": wq.granularity,
+            "weight_scale": [float(scales.min()), float(scales.max())], "weight_zero_point": 0,
+            "weight_sqnr_db": _finite(sqnr_db(w_sq, e_sq)),
+            "float_bytes": int(w_float.nbytes), "quantized_bytes": wq.nbytes(),
+            "input": _qp_dict(x_qp) if x_qp is not None else None,
+            "output": _qp_dict(acts[layer.activation_out.name]) if layer.activation_out.name in acts else None,
+            "bias": None if layer.bias_float is None else ("int32" if layer.bias_scale is not None else "float"),
+        }
+
+    def _write_bias(self, model: ir.Model, layer: _Layer, original: ir.Value | None) -> None:
+        """(Re)write the layer's bias from ``layer.bias_float``: int32 + DequantizeLinear, or float."""
+        assert layer.bias_float is not None and layer.bias_index is not None
+        if layer.bias_value is not None:  # rewrite in place (bias correction)
+            if layer.bias_scale is not None:
+                q = quantize(layer.bias_float, layer.bias_scale, 0, "int32", axis=0 if layer.bias_scale.ndim else None)
+                layer.bias_value.const_value = ir.tensor(q, name=layer.bias_value.name)
+            else:
+                layer.bias_value.const_value = ir.tensor(layer.bias_float.astype(np.float32),
+                                                         name=layer.bias_value.name)
+            return
+        base = original.name if original is not None else f"{layer.name}_bias"
+        if layer.bias_scale is not None:
+            per_channel = layer.bias_scale.ndim == 1 and layer.bias_scale.size > 1
+            scale = layer.bias_scale if per_channel else np.asarray(layer.bias_scale.reshape(-1)[0], np.float32)
+            layer.bias_scale = scale
+            q = quantize(layer.bias_float, scale, 0, "int32", axis=0 if per_channel else None)
+            layer.bias_value = self._initializer(model, f"{base}_quantized", q)
+            s_value = self._initializer(model, f"{base}_scale", np.asarray(scale, np.float32))
+            out = ir.Value(name=self._unique(f"{base}_dequantized"), shape=ir.Shape([q.size]),
+                           type=ir.TensorType(ir.DataType.FLOAT))
+            dq = ir.node("DequantizeLinear", [layer.bias_value, s_value],
+                         attributes={"axis": 0} if per_channel else {}, outputs=[out],
+                         name=self._unique(f"{layer.name}/bias_dq"))
+            model.graph.insert_before(layer.node, dq)
+        else:
+            out = layer.bias_value = self._initializer(model, f"{base}_float" if original is not None else base,
+                                                       layer.bias_float.astype(np.float32))
+        while len(layer.node.inputs) <= layer.bias_index:
+            layer.node.resize_inputs(len(layer.node.inputs) + 1)
+        layer.node.replace_input_with(layer.bias_index, out)
+        if original is not None:
+            _drop_if_unused(model, original)
+
+    def _insert_qdq(self, model: ir.Model, name: str, qp: ActivationQParams) -> None:
+        value = next(v for v in _all_values(model) if v.name == name)
+        uses = list(value.uses())
+        qtype = ir.DataType.UINT8 if qp.dtype == "uint8" else ir.DataType.INT8
+        scale = self._initializer(model, f"{name}_scale", np.asarray(qp.scale, np.float32))
+        zero = self._initializer(model, f"{name}_zero_point",
+                                 np.asarray(qp.zero_point, np.uint8 if qp.dtype == "uint8" else np.int8))
+        q_out = ir.Value(name=self._unique(f"{name}_quantized"), shape=value.shape, type=ir.TensorType(qtype))
+        dq_out = ir.Value(name=self._unique(f"{name}_dequantized"), shape=value.shape,
+                          type=ir.TensorType(ir.DataType.FLOAT))
+        q = ir.node("QuantizeLinear", [value, scale, zero], outputs=[q_out], name=self._unique(f"{name}/q"))
+        dq = ir.node("DequantizeLinear", [q_out, scale, zero], outputs=[dq_out], name=self._unique(f"{name}/dq"))
+        producer = value.producer()
+        if producer is not None:
+            model.graph.insert_after(producer, [q, dq])
+        else:
+            model.graph.insert_before(model.graph.node(0), [q, dq])
+        for use in uses:
+            use.node.replace_input_with(use.idx, dq_out)
+
+    # ------------------------------------------------------------------------------------------------ refinement
+
+    def _bias_correction(self, model: ir.Model, float_proto: onnx.ModelProto, layers: list[_Layer]) -> list[str]:
+        assert self.calibration is not None
+        targets = [layer for layer in layers if layer.bias_float is not None and layer.bias_value is not None]
+        if not targets:
+            return ["bias correction: no layer has a bias to correct"]
+        float_means = collect.channel_means(float_proto, [t.output.name for t in targets], self.calibration())
+        for layer in targets:
+            q_mean = collect.channel_means(ir.serde.serialize_model(model), [layer.output.name],
+                                           self.calibration())[layer.output.name]
+            shift = float_means[layer.output.name] - q_mean
+            if shift.shape != layer.bias_float.shape:
+                continue
+            layer.bias_float = layer.bias_float + shift
+            layer.bias_shift = shift
+            self._write_bias(model, layer, None)
+            layer.report["bias_correction"] = float(np.max(np.abs(shift)))
+        return [f"bias correction: {len(targets)} layer(s), layer by layer"]
+
+    def _layer_sqnr(self, float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, layers: list[_Layer]) -> None:
+        assert self.calibration is not None
+        names = [layer.output.name for layer in layers]
+        energies = collect.output_sqnr(float_proto, q_proto, names, self.calibration())
+        for layer in layers:
+            signal, noise = energies[layer.output.name]
+            layer.report["output_sqnr_db"] = _finite(sqnr_db(signal, noise))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _upgrade_opset(model: ir.Model, version: int) -> None:
+    from onnxscript.version_converter import convert_version
+
+    logger = logging.getLogger("onnxscript.version_converter")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # it warns when it falls back to onnx's converter: expected, not news
+    try:
+        convert_version(model, version, fallback=True)
+    except Exception as exc:  # the converters raise assorted types on ops they cannot adapt
+        raise EdgecError(f"cannot convert the model to opset {version} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:150] if str(exc) else ''})",
+                         "re-export the model at opset ≥ 13 (≥ 21 for int4 or group-wise weights)") from None
+    finally:
+        logger.setLevel(level)
+    if model.opset_imports.get("", 0) < version:
+        raise EdgecError(f"the model could not be converted to opset {version}",
+                         "re-export the model at a newer opset")
+
+
+def _all_values(model: ir.Model) -> Iterable[ir.Value]:
+    yield from model.graph.inputs
+    yield from model.graph.initializers.values()
+    for node in model.graph:
+        yield from node.outputs
+
+
+def _drop_if_unused(model: ir.Model, value: ir.Value) -> None:
+    if not list(value.uses()) and not value.is_graph_output() and value.name in model.graph.initializers:
+        model.graph.initializers.pop(value.name)
+
+
+def _qp_dict(qp: ActivationQParams) -> dict[str, Any]:
+    return {"scale": qp.scale, "zero_point": qp.zero_point, "dtype": qp.dtype, "range": [qp.lo, qp.hi]}
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: an exact (noise-free) SQNR is reported as null."""
+    return x if math.isfinite(x) else None

@@ -1,0 +1,130 @@
+"""``quantize_model``: load → cleanup passes → calibrated QDQ quantization → checks → atomic write, plus the report.
+
+Every user mistake is found before the output file is touched, and the file is written to a temporary name in the
+same folder and renamed, so a failed or interrupted run never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgec.calibration.sources import ArraySource, batches, input_specs, open_source
+from edgec.errors import EdgecError
+from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ, quantized_ops
+from edgec.quantization import collect
+from edgec.toolchain.load import load_model
+from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
+
+__all__ = ["QuantizeResult", "quantize_model", "evaluate"]
+
+
+@dataclass
+class QuantizeResult:
+    output: Path | None
+    report: dict[str, Any]
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    notes: list[str] = field(default_factory=list)
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    from edgec.toolchain.inspect import inspect_model
+
+    return inspect_model(model).total_weight_bytes
+
+
+def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: Path) -> dict[str, Any]:
+    """Top-1 of both models on an .npz with ``x`` (N×sample) and optional ``y`` labels; agreement when no labels."""
+    specs = input_specs(ir.serde.deserialize_model(float_model))
+    if len(specs) != 1:
+        raise EdgecError("--eval supports single-input models", "evaluate multi-input models with your own script")
+    source = ArraySource(path, specs, samples=1 << 62)
+    labels = None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if isinstance(data, np.lib.npyio.NpzFile) and "y" in data.files:
+                labels = np.asarray(data["y"]).reshape(-1).astype(np.int64)
+    except (OSError, ValueError):
+        labels = None
+    if labels is not None and labels.size != source.num_samples:
+        raise EdgecError(f"{path.name}: y has {labels.size} labels for {source.num_samples} samples",
+                         "save one label per sample")
+    f_sess, q_sess = collect.session(float_model), collect.session(quant_model)
+    f_top, q_top = [], []
+    for feed in batches(source):
+        f_top.append(np.argmax(f_sess.run(None, feed)[0].reshape(specs[0].batch, -1), axis=1))
+        q_top.append(np.argmax(q_sess.run(None, feed)[0].reshape(specs[0].batch, -1), axis=1))
+    n = source.num_samples
+    f_pred, q_pred = np.concatenate(f_top)[:n], np.concatenate(q_top)[:n]
+    result: dict[str, Any] = {"samples": n, "agreement": float(np.mean(f_pred == q_pred))}
+    if labels is not None:
+        result["float_accuracy"] = float(np.mean(f_pred == labels))
+        result["quant_accuracy"] = float(np.mean(q_pred == labels))
+        result["drop_pt"] = 100.0 * (result["float_accuracy"] - result["quant_accuracy"])
+    return result
+
+
+def quantize_model(source: str | Path, output: str | Path | None, calib: str | Path | None, samples: int = 64,
+                   weights: str = "int8", activations: str = "int8", granularity: str = "channel",
+                   method: str = "minmax", bias_correction: bool = False, eval_path: str | Path | None = None,
+                   input_shapes: str | Sequence[str] | dict | None = None, mean: Sequence[float] = (0.0,),
+                   std: Sequence[float] = (1.0,), layout: str = "auto", resize: int | None = None,
+                   percentile: float = 99.99, seed: int = 0) -> QuantizeResult:
+    """Quantize ``source`` into a QDQ ONNX at ``output`` (``None``: do not write; the tests and bench use that)."""
+    config = QuantConfig(weights=weights, activations=activations, granularity=granularity, method=method,
+                         bias_correction=bias_correction, percentile=percentile)
+    config.validate()
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        if out_path.suffix.lower() != ".onnx":
+            raise EdgecError(f"output {out_path} should end in .onnx", "pass -o model.int8.onnx")
+        if not out_path.parent.is_dir():
+            raise EdgecError(f"the folder of {out_path} does not exist", "create it first")
+    eval_file = Path(eval_path) if eval_path is not None else None
+    if eval_file is not None and not eval_file.is_file():
+        raise EdgecError(f"eval data {eval_file} does not exist", "pass an .npz with x (and optionally y)")
+
+    model = load_model(source, input_shapes)
+    already = quantized_ops(model)
+    if already:
+        ops = ", ".join(f"{n}×{op}" for op, n in sorted(already.items()))
+        raise EdgecError(f"{Path(str(source)).name} is already quantized ({ops})", "quantize the float model instead")
+    needs_data = config.activations == "int8" or config.bias_correction
+    src = open_source(calib, model, samples, mean, std, layout, resize, seed) if needs_data or calib else None
+    model, log = run_pipeline(model, DEFAULT_PASSES)  # BN folding etc. first: quantize the weights that will run
+    float_proto = ir.serde.serialize_model(model)
+    qpass = QuantizeQDQ(config, (lambda: batches(src)) if src is not None else None)
+    model, qlog = run_pipeline(model, [qpass])
+    quant_proto = ir.serde.serialize_model(model)
+    collect.session(quant_proto)  # onnxruntime must load what we write; failing here is an edgec bug
+
+    report: dict[str, Any] = dict(qlog[-1].get("report", {}))
+    report["calibration"] = src.description if src is not None else "none (weights only)"
+    notes = list(report.get("notes", [])) + (src.notes if src is not None else [])
+    layers = report.get("layers", [])
+    report["sizes"] = {
+        "float_bytes": _weight_bytes(float_proto),
+        "quant_bytes": _weight_bytes(quant_proto),
+        "float_weight_bytes": sum(layer["float_bytes"] for layer in layers),
+        "quant_weight_bytes": sum(layer["quantized_bytes"] for layer in layers),
+    }
+    if eval_file is not None:
+        report["eval"] = evaluate(float_proto, quant_proto, eval_file)
+    report["passes"] = log + qlog
+
+    if out_path is not None:
+        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+        try:
+            onnx.save(quant_proto, str(tmp))
+            os.replace(tmp, out_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return QuantizeResult(out_path, report, quant_proto, float_proto, notes)

@@ -1,0 +1,67 @@
+"""The human-readable quantization report printed by ``edgec quantize`` (the JSON form is the pass report)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["format_report"]
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def _qp(qp: dict[str, Any] | None) -> str:
+    if not qp:
+        return "fp32"
+    return f"{qp['scale']:.3g}/{qp['zero_point']} {'u8' if qp['dtype'] == 'uint8' else 's8'}"
+
+
+def _db(x: float | None) -> str:
+    return "exact" if x is None else f"{x:.1f}"
+
+
+def _display_name(layer: dict[str, Any]) -> str:
+    """Auto-generated node names (``node_Conv_3``) say nothing: show the weight's name (``block2.conv1.0``) then."""
+    if re.fullmatch(r"node_[A-Za-z]+_\d+", layer["layer"]):
+        return re.sub(r"\.weight$", "", layer["weight"])
+    return layer["layer"]
+
+
+def format_report(report: dict[str, Any]) -> list[str]:
+    """Lines: configuration, one row per layer, sizes, accuracy (when evaluated), notes."""
+    cfg = report["config"]
+    acts = (f"{cfg['activation_dtype']} activations ({cfg['method']})" if cfg["activations"] == "int8"
+            else "fp32 activations (weights only)")
+    lines = [f"quantized: {cfg['weights']} weights ({cfg['granularity']}), {acts}"
+             + (", bias correction" if cfg["bias_correction"] else "") + f"; opset {report['opset']}",
+             f"calibration: {report['calibration']}"]
+    rows = [("layer", "op", "bits", "weight scale (min..max)", "w SQNR dB", "out SQNR dB", "in scale/zp",
+             "out scale/zp", "weight bytes")]
+    for layer in report["layers"]:
+        lo, hi = layer["weight_scale"]
+        scale = f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
+        rows.append((_display_name(layer), layer["op"], str(layer["bits"]), f"{scale} zp 0",
+                     _db(layer["weight_sqnr_db"]),
+                     _db(layer.get("output_sqnr_db")) if "output_sqnr_db" in layer else "-", _qp(layer["input"]),
+                     _qp(layer["output"]), f"{layer['float_bytes']} → {layer['quantized_bytes']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i in (0, 1, 3, 6, 7) else c.rjust(w)
+                                      for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    sizes = report["sizes"]
+    lines.append(f"size: layer weights {_kib(sizes['float_weight_bytes'])} → {_kib(sizes['quant_weight_bytes'])} "
+                 f"({sizes['float_weight_bytes'] / sizes['quant_weight_bytes']:.2f}x smaller, scales included); "
+                 f"all initializers {_kib(sizes['float_bytes'])} → {_kib(sizes['quant_bytes'])} "
+                 f"({sizes['float_bytes'] / sizes['quant_bytes']:.2f}x)")
+    ev = report.get("eval")
+    if ev:
+        if "quant_accuracy" in ev:
+            lines.append(f"accuracy ({ev['samples']} samples): float {100 * ev['float_accuracy']:.2f} %, quantized "
+                         f"{100 * ev['quant_accuracy']:.2f} % (drop {ev['drop_pt']:+.2f} pt); top-1 agreement "
+                         f"{100 * ev['agreement']:.1f} %")
+        else:
+            lines.append(f"top-1 agreement with the float model ({ev['samples']} samples, no labels): "
+                         f"{100 * ev['agreement']:.1f} %")
+    return lines
