@@ -1,0 +1,103 @@
+"""Calibration data: read it, and capture intermediate activations of a model on it with onnxruntime.
+
+Activations are captured by listing the wanted tensors as extra graph outputs of a copy of the model. The copy
+gets a symbolic batch dimension so that many samples run in one call; models that pin the batch size inside the
+graph (a Reshape to [1, -1], say) fall back to one sample per call. Every captured batch goes through ``reduce``
+at once (sampling positions, cutting patches), so memory stays at the reduced size even for 224×224 models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgec.errors import EdgecError
+
+__all__ = ["MAX_SAMPLES", "load_calibration", "check_calibration", "capture"]
+
+# The issue's bound for retrain-free recovery: a few hundred inputs, minutes on a CPU.
+MAX_SAMPLES = 256
+
+Reduce = Callable[[str, np.ndarray, int], np.ndarray]   # (tensor name, batch of activations, first sample index)
+
+
+def load_calibration(path: str | Path) -> np.ndarray:
+    """Inputs from a .npy (the array) or .npz (its single array, or the one named ``input``/``x``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgecError(f"calibration file {path} does not exist", "pass a .npy/.npz of model inputs (N×C×H×W)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception:
+        raise EdgecError(f"{path} is not a readable .npy/.npz file", "save the inputs with numpy.save") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        keys = list(data.files)
+        key = next((k for k in ("input", "x", "images") if k in keys), keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise EdgecError(f"{path} holds {len(keys)} arrays ({', '.join(keys[:5])})",
+                             "name the inputs 'input' or store a single array")
+        data = data[key]
+    return np.asarray(data)
+
+
+def check_calibration(model: ir.Model, calib: np.ndarray, max_samples: int = MAX_SAMPLES) -> np.ndarray:
+    """Calibration inputs as N×(input shape without batch), float32, at most ``max_samples`` of them."""
+    if len(model.graph.inputs) != 1:
+        raise EdgecError(f"calibration data needs a single-input model (this one has {len(model.graph.inputs)})",
+                         "prune with a data-free criterion and without --reconstruct")
+    spec = model.graph.inputs[0]
+    shape = tuple(int(d) for d in spec.shape)
+    calib = np.asarray(calib)
+    if calib.ndim == len(shape) - 1:
+        calib = calib[:, None] if shape[1] == 1 and calib.shape[1:] == shape[2:] else calib[None]
+    if calib.shape[1:] != shape[1:]:
+        raise EdgecError(f"calibration inputs have shape {calib.shape}, the model takes {shape} per sample",
+                         f"save an array of N×{'×'.join(map(str, shape[1:]))} inputs")
+    if not 1 <= max_samples <= MAX_SAMPLES:
+        raise EdgecError(f"--calib-samples {max_samples} is outside 1..{MAX_SAMPLES}",
+                         "a few hundred samples are enough for least-squares recovery")
+    return np.ascontiguousarray(calib[:max_samples], dtype=spec.dtype.numpy() if spec.dtype else np.float32)
+
+
+def _with_outputs(proto: onnx.ModelProto, names: Sequence[str], batched: bool) -> onnx.ModelProto:
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    graph = proto.graph
+    del graph.output[:]
+    del graph.value_info[:]
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    if batched:
+        for vi in graph.input:
+            vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    return proto
+
+
+def capture(proto: onnx.ModelProto, names: Sequence[str], calib: np.ndarray, reduce: Reduce | None = None,
+            batch: int = 16) -> dict[str, np.ndarray]:
+    """Activations ``names`` of ``proto`` on ``calib`` (N×...), each passed through ``reduce`` per batch."""
+    import onnxruntime as ort
+
+    names = list(dict.fromkeys(names))
+    reduce = reduce or (lambda name, a, start: a)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    input_name = proto.graph.input[0].name
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    session, step = None, batch
+    try:
+        session = ort.InferenceSession(_with_outputs(proto, names, True).SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        session.run(None, {input_name: calib[:2]})
+    except Exception:
+        session, step = None, 1
+    if session is None:
+        session = ort.InferenceSession(_with_outputs(proto, names, False).SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+    for start in range(0, len(calib), step):
+        outs = session.run(None, {input_name: calib[start: start + step]})
+        for name, out in zip(names, outs):
+            parts[name].append(reduce(name, out, start))
+    return {n: np.concatenate(v, axis=0) for n, v in parts.items()}

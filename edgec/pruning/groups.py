@@ -1,0 +1,588 @@
+"""Channel dependency analysis: which channels of which weights must be pruned together.
+
+Removing output channel ``k`` of a Conv is only valid if every tensor that carries that channel drops it too: the
+BatchNormalization after it, the next Conv's input axis, the other branch of a residual ``Add`` (and so the whole
+residual stage, as UCP prunes it), the squeeze-and-excitation ``Mul`` that rescales it, the Gemm behind
+``GlobalAveragePool → Flatten``, and the slice of a ``Concat`` / ``Split`` it lands in. This module finds those
+couplings once, on the ONNX graph, so that pruning is a plain index selection on every member afterwards.
+
+Model: every activation tensor gets a *layout*: the channel axis, described as a list of segments, each a slice of
+one *channel space* (a set of channels created by one Conv/Gemm, or a graph input). Ops that do not mix channels
+(BN, activations, pooling) pass the layout through; elementwise ops with two activation operands *unify* their
+spaces (union-find); Concat concatenates segment lists; Split cuts them. A :class:`ChannelGroup` is one union-find
+class: its :class:`Member` list says which initializer axis (at which offset) indexes its channels. Anything the
+analysis does not understand (an unknown op reading the tensor, a graph output, a grouped Conv, a shared weight
+used by two groups) makes the groups involved unprunable, with the reason kept for the report: a wrong "prunable"
+would silently change the model, a wrong "unprunable" only prunes less.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+__all__ = ["Member", "ChannelGroup", "MacLayer", "Fixup", "Analysis", "analyze"]
+
+# Ops that apply the same function to every channel (one input carrying channels, output has the same layout).
+_CHANNELWISE_UNARY = {
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Identity", "Dropout", "Elu",
+    "Selu", "Softplus", "Softsign", "Gelu", "Abs", "Neg", "Exp", "Sqrt", "Erf", "Mish", "Celu", "ThresholdedRelu",
+    "Relu6", "Floor", "Ceil", "Round", "Reciprocal", "Log", "Sin", "Cos",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "Resize", "Upsample",
+}
+_ELEMENTWISE_BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean"}
+_RESHAPES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One initializer axis that indexes a group's channels: channel ``c`` is entries
+    ``offset + c*inner ... offset + c*inner + inner - 1`` of ``axis`` (``inner`` > 1 behind a Flatten of C×H×W).
+
+    ``role``: ``out`` (a Conv/Gemm filter), ``dw`` (a depthwise filter), ``in`` (a consumer's input axis),
+    ``bn_scale`` / ``bn_bias`` / ``bn_stat`` (BatchNormalization gamma, beta, mean and variance),
+    ``param`` (bias, PRelu slope, elementwise constant).
+    """
+
+    value: str
+    axis: int
+    offset: int
+    inner: int
+    role: str
+    node: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    space: int
+    length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a tensor's channels come from: its channel ``axis`` is the concatenation of ``segments`` (each
+    channel repeated ``inner`` times along the axis, > 1 only after flattening spatial dims into channels)."""
+
+    segments: tuple[Segment, ...]
+    axis: int = 1
+    inner: int = 1
+
+    @property
+    def channels(self) -> int:
+        return sum(s.length for s in self.segments)
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """Channels that must keep the same indices in every member (one union-find class of channel spaces)."""
+
+    id: int
+    name: str                    # first producer node (what a user names in a per-layer ratio file)
+    size: int
+    members: list[Member]
+    values: list[tuple[str, int, int]]   # activations carrying the group: (tensor name, offset on axis 1, inner)
+    producers: list[str]         # Conv/Gemm nodes whose output channels are this group
+    prunable: bool
+    reasons: list[str]
+
+    def members_with(self, *roles: str) -> list[Member]:
+        return [m for m in self.members if m.role in roles]
+
+
+@dataclasses.dataclass
+class MacLayer:
+    """A Conv/Gemm/MatMul, for MAC estimates while choosing channels: MACs scale with the kept fraction of its
+    output channels (``out``) and, unless depthwise, of its input channels (``inp``)."""
+
+    node: str
+    op: str
+    macs: int
+    out: tuple[tuple[int, int], ...]    # (group id, channels * inner) of the output layout
+    inp: tuple[tuple[int, int], ...]    # same for the input; empty for depthwise (its MACs/output do not grow)
+
+
+@dataclasses.dataclass
+class Fixup:
+    """A node attribute or shape constant that has to follow the new channel counts (not an initializer slice)."""
+
+    kind: str          # "group" (depthwise Conv), "split" (sizes), "reshape" (target shape)
+    node: str
+    layouts: tuple[tuple[tuple[int, int], ...], ...]   # per output (or the one input): (group id, length*inner)
+
+
+@dataclasses.dataclass
+class Analysis:
+    groups: list[ChannelGroup]
+    mac_layers: list[MacLayer]
+    fixups: list[Fixup]
+    shapes: dict[str, tuple[int, ...]]
+
+    def group(self, gid: int) -> ChannelGroup:
+        return self.groups[gid]
+
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+
+# ------------------------------------------------------------------------------------------------- analysis
+
+class _Builder:
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.inits = {name: v for name, v in self.graph.initializers.items() if v.const_value is not None}
+        self.shapes = _infer_shapes(model)
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.members: list[list[Member]] = []
+        self.reasons: list[list[str]] = []
+        self.producers: list[list[str]] = []
+        self.layout: dict[str, Layout] = {}
+        self.mac_raw: list[tuple[str, str, int, Layout | None, Layout | None]] = []
+        self.fix_raw: list[tuple[str, str, tuple[Layout, ...]]] = []
+
+    # union-find over channel spaces
+    def new_space(self, size: int, reason: str | None = None, producer: str | None = None) -> int:
+        sid = len(self.parent)
+        self.parent.append(sid)
+        self.size.append(size)
+        self.members.append([])
+        self.reasons.append([reason] if reason else [])
+        self.producers.append([producer] if producer else [])
+        return sid
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int, where: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:  # cannot happen in a valid graph; refuse rather than guess
+            self.block_space(ra, f"{where}: channel counts {self.size[ra]} and {self.size[rb]} do not match")
+            self.block_space(rb, f"{where}: channel counts do not match")
+            return
+        self.parent[rb] = ra
+
+    def block_space(self, s: int, reason: str) -> None:
+        self.reasons[s].append(reason)
+
+    def block(self, layout: Layout | None, reason: str) -> None:
+        if layout is not None:
+            for seg in layout.segments:
+                self.block_space(seg.space, reason)
+
+    # layouts
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        return self.shapes.get(name)
+
+    def get(self, value: ir.Value | None, node: ir.Node) -> Layout | None:
+        """Layout of an activation; a fresh unprunable space for tensors we could not follow."""
+        if value is None or value.name in self.inits:
+            return None
+        if value.name in self.layout:
+            return self.layout[value.name]
+        shape = self.shape(value.name)
+        if shape is None or len(shape) < 2:
+            return None
+        producer = value.producer()
+        why = f"'{value.name}' comes from {producer.op_type} '{producer.name}'" if producer else f"'{value.name}'"
+        lay = Layout((Segment(self.new_space(shape[1], f"{why}, which the analysis does not follow"), shape[1]),))
+        self.layout[value.name] = lay
+        return lay
+
+    def add_members(self, layout: Layout, value: str, axis: int, role: str, node: str,
+                    inner: int | None = None) -> None:
+        inner = layout.inner if inner is None else inner
+        offset = 0
+        for seg in layout.segments:
+            self.members[seg.space].append(Member(value, axis, offset, inner, role, node))
+            offset += seg.length * inner
+
+    def unify(self, a: Layout, b: Layout, where: str) -> Layout:
+        if [s.length for s in a.segments] == [s.length for s in b.segments] and a.inner == b.inner \
+                and a.axis == b.axis:
+            for sa, sb in zip(a.segments, b.segments):
+                self.union(sa.space, sb.space, where)
+            return a
+        self.block(a, f"{where}: operands split their channels differently")
+        self.block(b, f"{where}: operands split their channels differently")
+        return a
+
+    # ---------------------------------------------------------------------------------------------- walk
+    def run(self) -> Analysis:
+        for value in self.graph.inputs:
+            shape = self.shape(value.name)
+            if shape is not None and len(shape) >= 2:
+                self.layout[value.name] = Layout((Segment(self.new_space(shape[1], f"graph input '{value.name}'"),
+                                                          shape[1]),))
+        for node in self.graph:
+            self.visit(node)
+        for value in self.graph.outputs:
+            if value.name in self.layout:
+                self.block(self.layout[value.name], f"'{value.name}' is a graph output")
+        return self.finish()
+
+    def visit(self, node: ir.Node) -> None:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        label = node.name or op
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            if op in _CHANNELWISE_UNARY:
+                handler = self.op_unary
+            elif op in _ELEMENTWISE_BINARY:
+                handler = self.op_elementwise
+            elif op in _RESHAPES:
+                handler = self.op_reshape
+        if handler is not None and handler(node, label) is not False:
+            return
+        for value in node.inputs:  # not understood: nothing it reads or writes may change channel count
+            self.block(self.get(value, node), f"read by {op} '{label}', which the analysis does not follow")
+        for out in node.outputs:
+            self.get(out, node)
+
+    def _weight(self, node: ir.Node, index: int) -> np.ndarray | None:
+        if index >= len(node.inputs) or node.inputs[index] is None:
+            return None
+        value = self.inits.get(node.inputs[index].name)
+        return None if value is None else value.const_value.numpy()
+
+    def op_Conv(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        w = self._weight(node, 1)
+        if x is None or w is None or x.axis != 1 or x.inner != 1:
+            return False
+        groups = node.attributes.get_int("group", 1)
+        cout, cin = w.shape[0], w.shape[1] * groups
+        wname = node.inputs[1].name
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+        out_shape = self.shape(node.outputs[0].name)
+        macs = math.prod(out_shape) * math.prod(w.shape[1:]) if out_shape else 0
+        if groups == 1:
+            self.add_members(x, wname, 1, "in", label)
+            sid = self.new_space(cout, producer=label)
+            out = Layout((Segment(sid, cout),))
+            self.members[sid].append(Member(wname, 0, 0, 1, "out", label))
+            if has_bias:
+                self.members[sid].append(Member(node.inputs[2].name, 0, 0, 1, "param", label))
+            self.mac_raw.append((label, "Conv", macs, out, x))
+        elif groups == cin == cout and w.shape[1] == 1:  # depthwise: output channel k reads input channel k
+            out = x
+            self.add_members(x, wname, 0, "dw", label)
+            if has_bias:
+                self.add_members(x, node.inputs[2].name, 0, "param", label)
+            self.fix_raw.append(("group", label, (x,)))
+            self.mac_raw.append((label, "Conv", macs, out, None))
+        else:
+            self.block(x, f"grouped Conv '{label}' (group={groups}) is not pruned")
+            out = Layout((Segment(self.new_space(cout, f"output of grouped Conv '{label}' (group={groups})",
+                                                 label), cout),))
+            self.mac_raw.append((label, "Conv", macs, None, None))
+        self.layout[node.outputs[0].name] = out
+        return True
+
+    def op_BatchNormalization(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        if x is None or x.axis != 1 or x.inner != 1 or len(node.outputs) > 1 and any(
+                o.uses() for o in node.outputs[1:]):
+            return False
+        for i, role in zip(range(1, 5), ("bn_scale", "bn_bias", "bn_stat", "bn_stat")):
+            if node.inputs[i] is None or node.inputs[i].name not in self.inits:
+                return False
+            self.add_members(x, node.inputs[i].name, 0, role, label)
+        self.layout[node.outputs[0].name] = x
+        return True
+
+    def op_unary(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        if x is None:
+            return False
+        for extra in node.inputs[1:]:  # Clip's min/max, Resize's scales: must not carry channels
+            if extra is not None and extra.name not in self.inits and self.get(extra, node) is not None:
+                return False
+        if node.op_type == "Resize" and len(node.inputs) > 2:
+            scales = self._weight(node, 2)
+            if scales is not None and scales.size and scales.reshape(-1)[x.axis] != 1:
+                return False
+        self.layout[node.outputs[0].name] = x
+        return True
+
+    def op_PRelu(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        slope = self._weight(node, 1)
+        if x is None or slope is None:
+            return False
+        self.layout[node.outputs[0].name] = x
+        return self._broadcast_const(node, label, x, node.inputs[1].name, slope, self.shape(node.outputs[0].name))
+
+    def _broadcast_const(self, node: ir.Node, label: str, out: Layout, name: str, const: np.ndarray,
+                         out_shape: tuple[int, ...] | None) -> bool:
+        """A constant operand of an elementwise op: a member if it has a channel axis, else nothing to do."""
+        if out_shape is None:
+            return False
+        axis = out.axis - (len(out_shape) - const.ndim)  # numpy broadcasting aligns trailing dims
+        if axis < 0 or const.shape[axis] == 1:
+            return True
+        if const.shape[axis] != out.channels * out.inner:
+            return False
+        self.add_members(out, name, axis, "param", label)
+        return True
+
+    def op_elementwise(self, node: ir.Node, label: str) -> bool:
+        out_shape = self.shape(node.outputs[0].name)
+        if out_shape is None or len(out_shape) < 2:
+            return False
+        acts = [v for v in node.inputs if v is not None and v.name not in self.inits]
+        layouts = []
+        for v in acts:
+            shape = self.shape(v.name)
+            if shape is None:
+                return False
+            if len(shape) != len(out_shape):
+                if math.prod(shape) == 1:
+                    continue  # a scalar computed at run time
+                return False
+            if shape[1] == 1 and out_shape[1] != 1:
+                continue  # broadcast along channels: does not couple them
+            lay = self.get(v, node)
+            if lay is None:
+                return False
+            layouts.append(lay)
+        if not layouts:
+            return False
+        out = layouts[0]
+        for lay in layouts[1:]:
+            out = self.unify(out, lay, f"{node.op_type} '{label}'")
+        for v in node.inputs:
+            if v is not None and v.name in self.inits:
+                if not self._broadcast_const(node, label, out, v.name, self.inits[v.name].const_value.numpy(),
+                                             out_shape):
+                    return False
+        self.layout[node.outputs[0].name] = out
+        return True
+
+    def op_Concat(self, node: ir.Node, label: str) -> bool:
+        out_shape = self.shape(node.outputs[0].name)
+        if out_shape is None:
+            return False
+        axis = node.attributes.get_int("axis", 0) % len(out_shape)
+        lays = [self.get(v, node) for v in node.inputs]
+        if any(lay is None for lay in lays):
+            return False
+        if axis == lays[0].axis:
+            if any(lay.inner != 1 or lay.axis != axis for lay in lays):
+                return False
+            self.layout[node.outputs[0].name] = Layout(tuple(s for lay in lays for s in lay.segments), axis)
+            return True
+        out = lays[0]
+        for lay in lays[1:]:
+            out = self.unify(out, lay, f"Concat '{label}'")
+        self.layout[node.outputs[0].name] = out
+        return True
+
+    def op_Split(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        shape = self.shape(node.inputs[0].name)
+        if x is None or shape is None:
+            return False
+        axis = node.attributes.get_int("axis", 0) % len(shape)
+        if axis != x.axis:
+            for out in node.outputs:
+                self.layout[out.name] = x
+            return True
+        if x.inner != 1:
+            return False
+        sizes = [self.shape(o.name)[axis] if self.shape(o.name) else None for o in node.outputs]
+        if None in sizes:
+            return False
+        outs, pos, start = [], 0, 0
+        bounds = np.cumsum([0] + [s.length for s in x.segments]).tolist()
+        for size in sizes:
+            end = start + size
+            if start not in bounds or end not in bounds:
+                self.block(x, f"Split '{label}' cuts a channel group in two")
+                return False
+            i, j = bounds.index(start), bounds.index(end)
+            outs.append(Layout(x.segments[i:j], axis))
+            start = end
+        for out, lay in zip(node.outputs, outs):
+            self.layout[out.name] = lay
+        self.fix_raw.append(("split", label, tuple(outs)))
+        return True
+
+    def op_reshape(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        si, so = self.shape(node.inputs[0].name), self.shape(node.outputs[0].name)
+        if x is None or si is None or so is None or x.axis != 1 or len(so) < 2 or si[0] != so[0]:
+            return False
+        if so[1] == si[1] and math.prod(si[2:]) == math.prod(so[2:]) and (
+                len(so) == 2 or math.prod(so[2:]) == 1 or so[2:] == si[2:]):
+            out = x
+        elif len(so) == 2 and so[1] == si[1] * math.prod(si[2:]):
+            out = Layout(x.segments, 1, x.inner * math.prod(si[2:]))
+        else:
+            return False
+        if node.op_type == "Reshape":
+            target = self._weight(node, 1)
+            if target is None:
+                return False
+            self.fix_raw.append(("reshape", label, (out,)))
+        self.layout[node.outputs[0].name] = out
+        return True
+
+    def op_ReduceMean(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        shape = self.shape(node.inputs[0].name)
+        if x is None or shape is None:
+            return False
+        axes = node.attributes.get_ints("axes", None)
+        if axes is None and len(node.inputs) > 1:
+            w = self._weight(node, 1)
+            axes = None if w is None else w.reshape(-1).tolist()
+        if axes is None:
+            return False
+        axes = [a % len(shape) for a in axes]
+        keep = node.attributes.get_int("keepdims", 1)
+        if x.axis in axes or (not keep and any(a < x.axis for a in axes)):
+            return False
+        self.layout[node.outputs[0].name] = x
+        return True
+
+    op_ReduceMax = op_ReduceMin = op_ReduceSum = op_ReduceMean
+
+    def op_Pad(self, node: ir.Node, label: str) -> bool:
+        x = self.get(node.inputs[0], node)
+        pads = self._weight(node, 1) if len(node.inputs) > 1 else None
+        if x is None or pads is None:
+            return False
+        rank = pads.size // 2
+        if pads.reshape(-1)[x.axis] != 0 or pads.reshape(-1)[rank + x.axis] != 0:
+            return False
+        self.layout[node.outputs[0].name] = x
+        return True
+
+    def op_Gemm(self, node: ir.Node, label: str) -> bool:
+        a = self.get(node.inputs[0], node)
+        b = self._weight(node, 1)
+        if a is None or b is None or node.attributes.get_int("transA", 0) or a.axis != 1:
+            return False
+        trans_b = node.attributes.get_int("transB", 0)
+        bname = node.inputs[1].name
+        self.add_members(a, bname, 1 if trans_b else 0, "in", label)
+        n_out = b.shape[0] if trans_b else b.shape[1]
+        sid = self.new_space(n_out, producer=label)
+        self.members[sid].append(Member(bname, 0 if trans_b else 1, 0, 1, "out", label))
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = self._weight(node, 2)
+            if c is None:
+                return False
+            if c.shape and c.shape[-1] == n_out and n_out > 1:
+                self.members[sid].append(Member(node.inputs[2].name, c.ndim - 1, 0, 1, "param", label))
+        out = Layout((Segment(sid, n_out),))
+        sa = self.shape(node.inputs[0].name)
+        self.mac_raw.append((label, "Gemm", (sa[0] if sa else 1) * n_out * b.size // n_out, out, a))
+        self.layout[node.outputs[0].name] = out
+        return True
+
+    def op_MatMul(self, node: ir.Node, label: str) -> bool:
+        a = self.get(node.inputs[0], node)
+        b = self._weight(node, 1)
+        sa = self.shape(node.inputs[0].name)
+        if a is None or b is None or b.ndim != 2 or sa is None or len(sa) != 2 or a.axis != 1:
+            return False
+        self.add_members(a, node.inputs[1].name, 0, "in", label)
+        sid = self.new_space(b.shape[1], producer=label)
+        self.members[sid].append(Member(node.inputs[1].name, 1, 0, 1, "out", label))
+        out = Layout((Segment(sid, b.shape[1]),))
+        self.mac_raw.append((label, "MatMul", sa[0] * b.size, out, a))
+        self.layout[node.outputs[0].name] = out
+        return True
+
+    # ---------------------------------------------------------------------------------------------- finish
+    def finish(self) -> Analysis:
+        first: dict[int, int] = {}
+        for s in range(len(self.parent)):  # groups numbered in graph order (by their first space)
+            first.setdefault(self.find(s), s)
+        roots = sorted(first, key=first.get)
+        gid_of = {r: i for i, r in enumerate(roots)}
+        members: dict[int, list[Member]] = {r: [] for r in roots}
+        reasons: dict[int, list[str]] = {r: [] for r in roots}
+        producers: dict[int, list[str]] = {r: [] for r in roots}
+        for s in range(len(self.parent)):
+            r = self.find(s)
+            members[r].extend(self.members[s])
+            reasons[r].extend(self.reasons[s])
+            producers[r].extend(self.producers[s])
+        # Two groups indexing overlapping entries of one initializer axis (a weight shared by layers that are
+        # not coupled) cannot both be honoured: leave both alone. Disjoint slices (a Concat's consumer) are fine.
+        spans: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+        for r in roots:
+            for m in dict.fromkeys(members[r]):
+                spans.setdefault((m.value, m.axis), []).append((m.offset, m.offset + self.size[r] * m.inner, r))
+        for (value, axis), items in spans.items():
+            for i, (lo, hi, r) in enumerate(items):
+                for lo2, hi2, r2 in items[i + 1:]:
+                    if r2 != r and lo < hi2 and lo2 < hi:
+                        for blocked in (r, r2):
+                            reasons[blocked].append(f"weight '{value}' axis {axis} is shared with another "
+                                                    "channel group")
+        values: dict[int, list[tuple[str, int, int]]] = {r: [] for r in roots}
+        for name, lay in self.layout.items():
+            if lay.axis != 1:
+                continue
+            offset = 0
+            for seg in lay.segments:
+                values[self.find(seg.space)].append((name, offset, lay.inner))
+                offset += seg.length * lay.inner
+        groups = []
+        for r in roots:
+            uniq = list(dict.fromkeys(members[r]))
+            name = producers[r][0] if producers[r] else f"group{gid_of[r]}"
+            groups.append(ChannelGroup(gid_of[r], name, self.size[r], uniq, values[r], producers[r],
+                                       prunable=not reasons[r] and self.size[r] > 1, reasons=list(
+                                           dict.fromkeys(reasons[r]))))
+
+        def ids(lay: Layout | None) -> tuple[tuple[int, int], ...]:
+            if lay is None:
+                return ()
+            return tuple((gid_of[self.find(s.space)], s.length * lay.inner) for s in lay.segments)
+
+        macs = [MacLayer(n, op, m, ids(o), ids(i)) for n, op, m, o, i in self.mac_raw]
+        fixups = [Fixup(kind, n, tuple(ids(lay) for lay in lays)) for kind, n, lays in self.fix_raw]
+        return Analysis(groups, macs, fixups, self.shapes)
+
+
+def _infer_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor (ONNX shape inference on a serialized copy); unknown dims are left out."""
+    proto = ir.serde.serialize_model(model)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:
+        pass
+    shapes: dict[str, tuple[int, ...]] = {}
+    for vi in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    for init in proto.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def analyze(model: ir.Model) -> Analysis:
+    """Find the channel groups of ``model`` (not modified). See the module docstring for the rules."""
+    return _Builder(model).run()
+
+
+def describe(analysis: Analysis) -> list[dict[str, Any]]:
+    """JSON-able summary of the groups (for reports and debugging)."""
+    return [{"group": g.id, "name": g.name, "channels": g.size, "prunable": g.prunable, "producers": g.producers,
+             "members": len(g.members), **({"why_not": g.reasons} if g.reasons else {})} for g in analysis.groups]

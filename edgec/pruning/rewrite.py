@@ -1,0 +1,104 @@
+"""Apply a channel selection: slice every member initializer of every pruned group, fix dependent attributes.
+
+All slicing goes through one boolean mask per (initializer, axis), so a weight that is a member of a group twice
+(a consumer reading a Concat of the same group, say) is cut once, consistently. Activation shapes recorded in the
+graph are stale afterwards, so they are dropped (graph inputs and outputs keep theirs: their channel counts never
+change, the analysis makes such groups unprunable) and re-inferred.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.pruning.groups import Analysis
+
+__all__ = ["apply_selection"]
+
+
+def apply_selection(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndarray]) -> int:
+    """Cut ``model`` in place to the kept channels (``keep[group id]``: ascending indices); returns the number of
+    initializers rewritten."""
+    inits = model.graph.initializers
+    masks: dict[tuple[str, int], np.ndarray] = {}
+    for gid, idx in keep.items():
+        group = analysis.groups[gid]
+        drop = np.setdiff1d(np.arange(group.size), idx)
+        for m in group.members:
+            dim = inits[m.value].const_value.shape[m.axis]
+            mask = masks.setdefault((m.value, m.axis), np.ones(dim, dtype=bool))
+            for c in drop:
+                mask[m.offset + c * m.inner: m.offset + (c + 1) * m.inner] = False
+    by_value: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for (name, axis), mask in masks.items():
+        by_value.setdefault(name, []).append((axis, mask))
+    for name, cuts in by_value.items():
+        value = inits[name]
+        array = value.const_value.numpy()
+        for axis, mask in cuts:
+            array = np.compress(mask, array, axis=axis)
+        _set_initializer(value, array)
+
+    size = {g.id: g.size for g in analysis.groups}
+    kept = {gid: len(idx) for gid, idx in keep.items()}
+
+    def channels(layout: tuple[tuple[int, int], ...]) -> int:  # entries: (group, length*inner) of whole groups
+        return sum(n // size[g] * kept.get(g, size[g]) for g, n in layout)
+
+    nodes = {node.name: node for node in model.graph}
+    for fix in analysis.fixups:
+        node = nodes[fix.node]
+        if fix.kind == "group":
+            node.attributes["group"] = ir.AttrInt64("group", channels(fix.layouts[0]))
+        elif fix.kind == "split":
+            sizes = np.array([channels(lay) for lay in fix.layouts], dtype=np.int64)
+            _set_split(model, node, sizes)
+        elif fix.kind == "reshape":
+            target = node.inputs[1].const_value.numpy().copy()
+            if target[1] != -1:
+                target[1] = channels(fix.layouts[0])
+                fresh = ir.Value(name=f"{node.inputs[1].name}_pruned", const_value=ir.tensor(target))
+                fresh.shape, fresh.dtype = ir.Shape(target.shape), ir.DataType.INT64
+                model.graph.register_initializer(fresh)
+                node.replace_input_with(1, fresh)
+    _refresh_shapes(model)
+    return len(by_value)
+
+
+def _set_initializer(value: ir.Value, array: np.ndarray) -> None:
+    value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
+    value.shape = ir.Shape(array.shape)
+
+
+def _set_split(model: ir.Model, node: ir.Node, sizes: np.ndarray) -> None:
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        fresh = ir.Value(name=f"{node.inputs[1].name}_pruned", const_value=ir.tensor(sizes))
+        fresh.shape, fresh.dtype = ir.Shape(sizes.shape), ir.DataType.INT64
+        model.graph.register_initializer(fresh)
+        node.replace_input_with(1, fresh)
+    elif model.opset_imports.get("", 17) >= 13:
+        if "num_outputs" in node.attributes:
+            del node.attributes["num_outputs"]
+        name = f"{node.name or 'split'}_sizes_pruned"
+        fresh = ir.Value(name=name, const_value=ir.tensor(sizes))
+        fresh.shape, fresh.dtype = ir.Shape(sizes.shape), ir.DataType.INT64
+        model.graph.register_initializer(fresh)
+        if len(node.inputs) < 2:
+            node.resize_inputs(2)
+        node.replace_input_with(1, fresh)
+    else:
+        node.attributes["split"] = ir.AttrInt64s("split", sizes.tolist())
+
+
+def _refresh_shapes(model: ir.Model) -> None:
+    outputs = {v.name for v in model.graph.outputs}
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name not in outputs:
+                value.shape = None
+    try:
+        from onnx_ir.passes.common import ShapeInferencePass
+
+        ShapeInferencePass()(model)
+    except Exception:  # shapes are an optimisation hint for later passes; the graph is valid without them
+        pass

@@ -1,0 +1,391 @@
+"""Structured channel pruning (issue 5): coupled groups on hand-built graphs, exactness, criteria, CLI errors.
+
+The hand-built graphs are written with onnx.helper so that the expected channel groups can be stated by hand:
+which initializer axes (and at which offset) must keep the same channel indices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgec.pruning import Budget, analyze, importance
+from edgec.pruning.budget import select
+from edgec.pruning.criteria import CRITERIA
+from edgec.pruning.rewrite import apply_selection
+
+RNG = np.random.default_rng(0)
+
+
+# ------------------------------------------------------------------------------------------------ graph builder
+
+class G:
+    """Tiny graph builder: named Conv/BN/... nodes with random weights, NCHW float32."""
+
+    def __init__(self, cin: int = 3, hw: int = 8) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])
+        self.rng = np.random.default_rng(len(self.nodes) + 1)
+
+    def w(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(array.astype(np.float32), name))
+        return name
+
+    def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = False) -> str:
+        ins = [x, self.w(f"{name}.W", self.rng.standard_normal((cout, cin // group, k, k)))]
+        if bias:
+            ins.append(self.w(f"{name}.B", self.rng.standard_normal(cout)))
+        self.nodes.append(helper.make_node("Conv", ins, [name], name=name, pads=[k // 2] * 4, group=group,
+                                           kernel_shape=[k, k]))
+        return name
+
+    def bn(self, name: str, x: str, c: int) -> str:
+        params = [self.w(f"{name}.{p}", v) for p, v in (
+            ("scale", self.rng.uniform(0.5, 1.5, c)), ("bias", self.rng.uniform(-0.2, 0.2, c)),
+            ("mean", self.rng.uniform(-0.5, 0.5, c)), ("var", self.rng.uniform(1.0, 2.0, c)))]
+        self.nodes.append(helper.make_node("BatchNormalization", [x, *params], [name], name=name, epsilon=1e-5))
+        return name
+
+    def op(self, op: str, name: str, *inputs: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
+        return name
+
+    def model(self, out: str, out_shape: list[int]) -> ir.Model:
+        graph = helper.make_graph(self.nodes, "g", [self.input],
+                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        onnx.checker.check_model(proto, full_check=True)
+        return ir.serde.deserialize_model(proto)
+
+
+def residual() -> ir.Model:
+    """conv-BN-ReLU, then a bottleneck branch (conv-ReLU-conv) added back, GAP → Flatten → Gemm head."""
+    g = G()
+    y = g.op("Relu", "r0", g.bn("bn0", g.conv("c0", "x", 3, 8), 8))
+    z = g.conv("c2", g.op("Relu", "r1", g.conv("c1", y, 8, 4)), 4, 8, bias=True)
+    s = g.op("Relu", "r2", g.op("Add", "add", z, y))
+    flat = g.op("Flatten", "flat", g.op("GlobalAveragePool", "gap", s), axis=1)
+    g.op("Gemm", "fc", flat, g.w("fc.W", g.rng.standard_normal((5, 8))), g.w("fc.B", g.rng.standard_normal(5)),
+         transB=1)
+    return g.model("fc", [1, 5])
+
+
+def concat_split() -> ir.Model:
+    """Two convs (6 and 4 channels) concatenated, a conv over the concat, and a Split back along the seam."""
+    g = G()
+    a = g.op("Relu", "ra", g.conv("ca", "x", 3, 6))
+    b = g.op("Relu", "rb", g.conv("cb", "x", 3, 4))
+    cat = g.op("Concat", "cat", a, b, axis=1)
+    d = g.conv("cd", cat, 10, 5)
+    g.nodes.append(helper.make_node("Split", [cat, g.w("split_sizes", np.array([6, 4]))], ["s0", "s1"],
+                                    name="split", axis=1))
+    g.inits[-1] = numpy_helper.from_array(np.array([6, 4], dtype=np.int64), "split_sizes")
+    e = g.conv("ce", "s1", 4, 5)
+    g.op("Add", "out", d, g.op("Add", "de", e, g.conv("cf", "s0", 6, 5)))
+    return g.model("out", [1, 5, 8, 8])
+
+
+def depthwise() -> ir.Model:
+    """conv → ReLU → depthwise 3×3 (group = channels) with bias → pointwise conv."""
+    g = G()
+    y = g.op("Relu", "r0", g.conv("c0", "x", 3, 8))
+    dw = g.op("Relu", "r1", g.conv("dw", y, 8, 8, group=8, bias=True))
+    g.conv("pw", dw, 8, 4, k=1)
+    return g.model("pw", [1, 4, 8, 8])
+
+
+def squeeze_excite() -> ir.Model:
+    """conv → ReLU → x·sigmoid(conv(ReLU(conv(GAP(x))))) → conv: the SE gate is coupled to the trunk."""
+    g = G()
+    x = g.op("Relu", "r0", g.conv("c0", "x", 3, 8))
+    s = g.op("Relu", "r1", g.conv("se_r", g.op("GlobalAveragePool", "gap", x), 8, 2, k=1, bias=True))
+    gate = g.op("Sigmoid", "sig", g.conv("se_e", s, 2, 8, k=1, bias=True))
+    g.conv("c1", g.op("Mul", "scale", x, gate), 8, 4)
+    return g.model("c1", [1, 4, 8, 8])
+
+
+def member_sets(model: ir.Model) -> dict[frozenset, bool]:
+    """{frozenset of (initializer, axis, offset): prunable} for every group with members."""
+    return {frozenset((m.value, m.axis, m.offset) for m in g.members): g.prunable
+            for g in analyze(model).groups if g.members}
+
+
+# ------------------------------------------------------------------------------------------------ groups
+
+def test_residual_groups_couple_the_whole_stage_and_the_gemm_head():
+    groups = member_sets(residual())
+    trunk = frozenset({("c0.W", 0, 0), ("bn0.scale", 0, 0), ("bn0.bias", 0, 0), ("bn0.mean", 0, 0),
+                       ("bn0.var", 0, 0), ("c1.W", 1, 0), ("c2.W", 0, 0), ("c2.B", 0, 0), ("fc.W", 1, 0)})
+    inner = frozenset({("c1.W", 0, 0), ("c2.W", 1, 0)})
+    assert groups[trunk] is True and groups[inner] is True
+    head = [k for k in groups if ("fc.W", 0, 0) in k]
+    assert len(head) == 1 and groups[head[0]] is False  # the logits are a graph output
+    assert groups[frozenset({("c0.W", 1, 0)})] is False  # the image channels: a graph input
+    assert len(groups) == 4
+
+
+def test_concat_offsets_and_split_on_the_seam():
+    groups = member_sets(concat_split())
+    assert groups[frozenset({("ca.W", 0, 0), ("cd.W", 1, 0), ("cf.W", 1, 0)})] is True
+    assert groups[frozenset({("cb.W", 0, 0), ("cd.W", 1, 6), ("ce.W", 1, 0)})] is True
+
+
+def test_split_inside_a_group_blocks_it():
+    g = G()
+    y = g.op("Relu", "r", g.conv("c0", "x", 3, 8))
+    g.nodes.append(helper.make_node("Split", [y, g.w("sz", np.zeros(1))], ["a", "b"], name="split", axis=1))
+    g.inits[-1] = numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "sz")
+    g.op("Add", "out", g.conv("ca", "a", 3, 4), g.conv("cb", "b", 5, 4))
+    analysis = analyze(g.model("out", [1, 4, 8, 8]))
+    c0 = next(grp for grp in analysis.groups if grp.name == "c0")
+    assert not c0.prunable and "cuts a channel group in two" in c0.reasons[0]
+
+
+def test_depthwise_conv_is_a_member_not_a_new_group():
+    groups = member_sets(depthwise())
+    assert groups[frozenset({("c0.W", 0, 0), ("dw.W", 0, 0), ("dw.B", 0, 0), ("pw.W", 1, 0)})] is True
+
+
+def test_grouped_conv_blocks_its_channels():
+    g = G()
+    y = g.op("Relu", "r", g.conv("c0", "x", 3, 8))
+    g.conv("gc", y, 8, 4, group=2)
+    analysis = analyze(g.model("gc", [1, 4, 8, 8]))
+    c0 = next(grp for grp in analysis.groups if grp.name == "c0")
+    assert not c0.prunable and "grouped Conv 'gc'" in c0.reasons[0]
+
+
+def test_squeeze_excite_gate_is_coupled_to_the_trunk():
+    groups = member_sets(squeeze_excite())
+    assert groups[frozenset({("c0.W", 0, 0), ("se_r.W", 1, 0), ("se_e.W", 0, 0), ("se_e.B", 0, 0),
+                             ("c1.W", 1, 0)})] is True
+    assert groups[frozenset({("se_r.W", 0, 0), ("se_r.B", 0, 0), ("se_e.W", 1, 0)})] is True
+
+
+def test_unknown_op_blocks_what_it_reads():
+    g = G()
+    y = g.op("Relu", "r", g.conv("c0", "x", 3, 8))
+    g.op("LpNormalization", "norm", y, axis=1)  # mixes channels: the analysis does not follow it
+    g.conv("c1", "norm", 8, 4)
+    analysis = analyze(g.model("c1", [1, 4, 8, 8]))
+    c0 = next(grp for grp in analysis.groups if grp.name == "c0")
+    assert not c0.prunable and "LpNormalization 'norm'" in c0.reasons[0]
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+
+def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _zero_dropped(model: ir.Model, keep: dict[int, np.ndarray]) -> None:
+    """Make the channels about to be dropped exactly zero wherever they are produced."""
+    analysis = analyze(model)
+    for gid, idx in keep.items():
+        group = analysis.groups[gid]
+        drop = np.setdiff1d(np.arange(group.size), idx)
+        for m in group.members_with("out", "dw", "param", "bn_scale", "bn_bias"):
+            value = model.graph.initializers[m.value]
+            array = value.const_value.numpy().copy()
+            index = [slice(None)] * array.ndim
+            index[m.axis] = m.offset + drop
+            array[tuple(index)] = 0.0
+            value.const_value = ir.tensor(array, name=m.value)
+
+
+@pytest.mark.parametrize("build", [residual, concat_split, depthwise, squeeze_excite])
+def test_pruning_zero_channels_changes_nothing(build):
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    model = build()
+    analysis = analyze(model)
+    keep = {g.id: np.sort(RNG.choice(g.size, g.size // 2, replace=False)) for g in analysis.prunable()}
+    assert keep, "every hand-built graph has a prunable group"
+    reference = _run(build(), x)
+    _zero_dropped(model, keep)
+    zeroed = _run(model, x)
+    pruned_any = build()
+    apply_selection(pruned_any, analyze(pruned_any), keep)
+    assert not np.allclose(_run(pruned_any, x), reference, atol=1e-3)  # dropping live channels does matter ...
+    apply_selection(model, analysis, keep)
+    np.testing.assert_allclose(_run(model, x), zeroed, rtol=1e-5, atol=1e-5)  # ... dropping zero ones does not
+    n_weights = sum(v.const_value.size for v in model.graph.initializers.values())
+    assert n_weights < sum(v.const_value.size for v in build().graph.initializers.values())
+
+
+def test_depthwise_group_attribute_and_split_sizes_follow_the_pruning():
+    model = depthwise()
+    analysis = analyze(model)
+    (gid,) = [g.id for g in analysis.prunable()]
+    apply_selection(model, analysis, {gid: np.array([0, 2, 5])})
+    dw = next(n for n in model.graph if n.name == "dw")
+    assert dw.attributes.get_int("group") == 3 and dw.inputs[1].const_value.shape == (3, 1, 3, 3)
+
+    model = concat_split()
+    analysis = analyze(model)
+    a = next(g.id for g in analysis.groups if g.name == "ca")
+    apply_selection(model, analysis, {a: np.array([1, 4])})
+    split = next(n for n in model.graph if n.name == "split")
+    assert split.inputs[1].const_value.numpy().tolist() == [2, 4]
+
+
+# ------------------------------------------------------------------------------------------------ criteria
+
+def _planted(k: int = 5, j: int = 2) -> tuple[ir.Model, np.ndarray]:
+    """conv-BN-ReLU-conv where channel k is a 5 % copy of channel j: tiny filter, tiny gamma, duplicate map."""
+    g = G()
+    g.op("Relu", "r", g.bn("bn", g.conv("c0", "x", 3, 8), 8))
+    g.conv("c1", "r", 8, 4)
+    p = {i.name: i for i in g.inits}
+
+    def edit(name: str, fn) -> None:
+        arr = numpy_helper.to_array(p[name]).copy()
+        fn(arr)
+        p[name].CopyFrom(numpy_helper.from_array(arr, name))
+
+    edit("c0.W", lambda w: w.__setitem__(k, 0.01 * w[j]))
+    edit("bn.mean", lambda m: m.__setitem__(k, 0.01 * m[j]))
+    var_j = numpy_helper.to_array(p["bn.var"])[j]
+    edit("bn.var", lambda v: v.__setitem__(k, 1e-4 * (var_j + 1e-5) - 1e-5))
+    edit("bn.scale", lambda s: s.__setitem__(k, 0.05 * s[j]))
+    edit("bn.bias", lambda b: b.__setitem__(k, 0.05 * b[j]))
+    model = g.model("c1", [1, 4, 8, 8])
+    calib = np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    return model, calib
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_each_criterion_ranks_the_planted_redundant_filter_last(criterion):
+    model, calib = _planted()
+    # the plant is what we think it is: channel 5 is exactly 5 % of channel 2 after BN and ReLU
+    analysis = analyze(model)
+    (group,) = analysis.prunable()
+    scores = importance(model, analysis, criterion, calib)[group.id]
+    assert scores.shape == (8,)
+    assert int(np.argmin(scores)) == 5, scores
+    keep = select(analysis, {group.id: scores}, Budget(ratio=0.125))
+    assert 5 not in keep[group.id] and len(keep[group.id]) == 7
+
+
+def test_macs_budget_is_met_and_round_to_keeps_multiples():
+    from edgec.models import default_model_path
+    from edgec.pruning.budget import estimate_macs
+    from edgec.toolchain.load import load_model
+
+    model = load_model(default_model_path())
+    analysis = analyze(model)
+    scores = importance(model, analysis, "l2", None)
+    total = estimate_macs(analysis, {})
+    for budget in (Budget(macs=0.5), Budget(macs=0.3, round_to=8)):
+        keep = select(analysis, scores, budget)
+        kept = {gid: len(idx) for gid, idx in keep.items()}
+        assert estimate_macs(analysis, kept) <= total * (1 - budget.macs)
+        assert all(k % budget.round_to == 0 for k in kept.values())
+        if budget.round_to == 1:  # single-channel steps: it stops right after crossing the target
+            assert estimate_macs(analysis, kept) > total * (1 - budget.macs - 0.05)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def _assert_user_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("edgec: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--ratio", "1.5"], ["--ratio 1.5 is outside (0, 1)"]),
+    (["--ratio", "0"], ["outside (0, 1)"]),
+    (["--macs", "0.99"], ["cannot remove 99% of MACs", "the most this model allows is"]),
+    (["--macs", "0.5", "--criterion", "similarity", "--calib", "missing.npy"], ["missing.npy does not exist"]),
+])
+def test_prune_bad_input_is_one_line_exit_2(cli, tmp_path, args, needles):
+    code, _, err = cli("prune", "-o", tmp_path / "p.onnx", *args)
+    _assert_user_error(code, err, *needles)
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_prune_unknown_layer_in_ratio_file(cli, tmp_path):
+    ratios = tmp_path / "ratios.toml"
+    ratios.write_text('"/block1/conv1/conv1.0/Conv" = 0.5\n"/no/such/Conv" = 0.3\n')
+    code, _, err = cli("prune", "-o", tmp_path / "p.onnx", "--layer-ratios", ratios)
+    _assert_user_error(code, err, "no prunable layer named '/no/such/Conv'", "/block1/conv1/conv1.0/Conv")
+    ratios.write_text('"/fc/Gemm" = 0.5\n')
+    code, _, err = cli("prune", "-o", tmp_path / "p.onnx", "--layer-ratios", ratios)
+    _assert_user_error(code, err, "'/fc/Gemm' cannot be pruned", "graph output")
+
+
+def test_prune_reconstruct_needs_calibration_for_a_user_model(cli, tmp_path):
+    from edgec.models import default_model_path
+
+    code, _, err = cli("prune", default_model_path(), "-o", tmp_path / "p.onnx", "--macs", "0.3", "--reconstruct")
+    _assert_user_error(code, err, "needs calibration data", "--calib")
+
+
+def test_compile_bad_prune_spec(cli, tmp_path):
+    code, _, err = cli("compile", "-o", tmp_path / "out", "--prune", "macs")
+    _assert_user_error(code, err, "cannot read --prune 'macs'")
+
+
+def test_prune_cli_writes_a_valid_smaller_model(cli, tmp_path):
+    from edgec.models import default_model_path
+    from edgec.toolchain.inspect import inspect_model
+
+    out = tmp_path / "p.onnx"
+    code, stdout, err = cli("prune", "-o", out, "--macs", "0.5", "--criterion", "l2", "--round-to", "4")
+    assert code == 0, err
+    assert "removed" in stdout and f"written: {out}" in stdout
+    pruned = onnx.load(str(out))
+    onnx.checker.check_model(pruned, full_check=True)
+    before = inspect_model(onnx.load(str(default_model_path()))).total_macs
+    assert inspect_model(pruned).total_macs <= 0.5 * before
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    assert ort.InferenceSession(str(out)).run(None, {"input": x})[0].shape == (1, 10)
+
+
+def test_reconstruction_recovers_accuracy_on_real_digits(tmp_path):
+    """Least squares on 256 training digits must beat plain pruning on the 1,000 test digits."""
+    from edgec.models import default_model_path, mnist_split
+    from edgec.pruning import prune
+    from edgec.toolchain.load import load_model
+
+    split = mnist_split()
+    xt, yt = split["test"]
+
+    def accuracy(model: ir.Model) -> float:
+        session = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString())
+        return float(np.mean([session.run(None, {"input": xt[i: i + 1]})[0].argmax() == yt[i]
+                              for i in range(len(yt))]))
+
+    results = {}
+    for rec in (False, True):
+        model = load_model(default_model_path())
+        report = prune(model, Budget(ratio=0.25), "l1", split["train"][0][:256], reconstruct=rec)
+        results[rec] = accuracy(model)
+    assert all(r["refit"] for r in report["reconstruct"])
+    assert all(r["rel_error"][1] < r["rel_error"][0] for r in report["reconstruct"])
+    assert results[True] > results[False] + 0.05, results
+
+
+def test_compile_with_prune_verifies_against_the_pruned_model(cli, tmp_path):
+    import json
+
+    code, out, err = cli("compile", "-o", tmp_path / "out", "--prune", "macs=0.5,criterion=bn-scale")
+    assert code == 0, err
+    assert "verify: PASS" in out and "pruned source model" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    entry = next(p for p in manifest["passes"] if p["pass"] == "prune_channels")
+    assert entry["stage"] == "prune" and entry["report"]["macs_removed"] >= 0.5
+    assert all(c["after"] % 8 == 0 for c in entry["report"]["channels"])  # x86: multiples of the AVX2 width
+    code, out, err = cli("verify", tmp_path / "out")
+    assert code == 0 and out.startswith("PASS"), out + err
