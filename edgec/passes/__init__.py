@@ -6,6 +6,8 @@ from edgec.passes import (  # noqa: F401  (registration)
     fold_constants,
     fuse_pad_into_conv,
     lift_constants,
+    quantize_qdq,
+    prune_channels,
     remove_dead,
     remove_identity,
 )

@@ -93,5 +93,9 @@ def build_cpu(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opti
         executable.export_library(str(lib_path), cc=preset.cc)
     else:
         executable.export_library(str(lib_path))
-    return BuildInfo(seconds=time.perf_counter() - start,
-                     details={"tvm_target": str(target), "tuning_db": str(options.get("tuning_db") or "")})
+    details: dict[str, Any] = {"tvm_target": str(target)}
+    if options.get("tuning_db"):
+        from edgec.targets.tuning import LAST_APPLIED  # set by apply_database_pass during this compile
+
+        details["tuning"] = dict(LAST_APPLIED)
+    return BuildInfo(seconds=time.perf_counter() - start, details=details)

@@ -134,21 +134,37 @@ def default_model() -> Path:
 def compile(source: str | Path | None = None, target: str = "x86", output: str | Path = "out",
             input_shapes: str | Sequence[str] | dict | None = None, passes: Sequence[str] = DEFAULT_PASSES,
             verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
-            seed: int = 0) -> CompileResult:
+            seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None) -> CompileResult:
     """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
 
     ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,
     since an emulated device costs a minute; ``verify=True`` always does, on ``device`` (auto-chosen if None).
+    ``tuning_db``: a folder written by ``edgec tune``; its records schedule the operators they cover.
+    ``prune``: options of the ``prune_channels`` pass (e.g. ``{"macs": 0.5}``; ``round_to`` defaults to the
+    vector width); it runs first, and the artifact is verified against the pruned model (pruning changes outputs
+    on purpose).
     """
     from edgec.targets import get_builder, resolve_target
 
     started = time.perf_counter()
     preset = resolve_target(target)  # an unknown target fails before any work
+    if tuning_db is not None:
+        from edgec.targets.tuning import require_database
+
+        require_database(tuning_db, preset)
     source = default_model() if source is None else source
     shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
     load_log: list[dict[str, Any]] = []
     model = load_model(source, shapes, log=load_log)
     source_info = _source_info(source)
+    if prune:  # changes the function on purpose, so the pruned model (not the source) is the reference
+        from edgec.passes.prune_channels import PruneChannels
+
+        # Channel counts default to multiples of the vector width: a conv whose channels do not fill a vector
+        # register runs unblocked (NCHW), with layout transforms around it, so odd counts save no time.
+        prune = {"round_to": 8 if preset.arch == "x86_64" else 4, **prune}
+        model, prune_log = run_pipeline(model, [PruneChannels(**prune)])  # before fold_batchnorm (BN criterion)
+        load_log.extend({"stage": "prune", **e} for e in prune_log)
     reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference
     model, pass_log = run_pipeline(model, passes)
     pass_log = load_log + [{"stage": "pipeline", **e} for e in pass_log]
@@ -157,7 +173,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
 
     with art.staging_dir(Path(output)) as stage:
         onnx.save(optimized, str(stage / "optimized.onnx"))
-        build = get_builder(preset)(optimized, preset, stage / "model.so", {})
+        build = get_builder(preset)(optimized, preset, stage / "model.so",
+                                    {"tuning_db": str(tuning_db)} if tuning_db is not None else {})
         manifest: dict[str, Any] = {
             "edgec_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -172,6 +189,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             "sizes": {"weights_bytes": _weight_bytes(model), "source_bytes": source_info.get("bytes")},
             "compile_seconds": None,
         }
+        if "tuning" in build.details:  # the database, and the functions its records scheduled
+            manifest["tuning"] = build.details["tuning"]
         from edgec.devices.local import can_run_here
 
         runner_name = device or _auto_device(preset)
@@ -180,8 +199,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         if should_verify:
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
-            verification = _verify_folder(stage, manifest, inputs, reference_proto, "source model", runner_name,
-                                          atol)
+            verification = _verify_folder(stage, manifest, inputs, reference_proto,
+                                          "pruned source model" if prune else "source model", runner_name, atol)
             manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
         (stage / "report.md").write_text(render_report(manifest))
@@ -241,7 +260,8 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
     source = artifact.manifest.get("source", {})
     src_path = Path(source.get("path") or "")
-    if source.get("sha256") and src_path.suffix == ".onnx" and src_path.is_file() \
+    pruned = any(p.get("stage") == "prune" for p in artifact.manifest.get("passes", []))
+    if not pruned and source.get("sha256") and src_path.suffix == ".onnx" and src_path.is_file() \
             and art.sha256_file(src_path) == source["sha256"]:
         reference, name = src_path, "source model"
     else:

@@ -53,9 +53,14 @@ def main(verbose: bool) -> None:
 @click.option("--verify/--no-verify", default=None,
               help="Check the artifact against onnxruntime (default: when it can run on this machine).")
 @click.option("--device", default=None, help="Where to run the verification (local, qemu-aarch64, ...).")
+@click.option("--tuning-db", "tuning_db", default=None, type=click.Path(path_type=Path),
+              help="Schedule operators with the records `edgec tune --db DIR` measured.")
+@click.option("--prune", "prune_spec", default=None,
+              help="Prune channels first: macs=0.5 or ratio=0.3[,criterion=l2,round_to=8] (see `edgec prune`).")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
-                verify: bool | None, device: str | None) -> None:
+                verify: bool | None, device: str | None, tuning_db: Path | None,
+                prune_spec: str | None = None) -> None:
     """Compile MODEL (.onnx, .pt2, or package.module:factory) into an artifact folder.
 
     Without MODEL, compiles the embedded default model (a small ResNet trained on real MNIST digits).
@@ -65,11 +70,17 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
     if model is None:
         click.echo(f"no model given: compiling the embedded default model {default_model().name}")
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
-                        device=device)
+                        device=device, tuning_db=tuning_db,
+                        prune=_parse_prune_spec(prune_spec) if prune_spec else None)
     m = result.artifact.manifest
     lib = m["files"][m["library"]]
     click.echo(f"artifact: {result.artifact.path}/ ({m['library']} {lib['bytes'] / 1024:.0f} KiB, "
                f"target {m['target']['name']} [{_cpu_or_arch(m['target'])}], compiled in {m['compile_seconds']} s)")
+    if "tuning" in m:
+        t = m["tuning"]
+        click.echo(f"tuning db: {t['records_used']}/{t['functions_total']} operators scheduled by records from "
+                   f"{t['db']}" + (f" ({len(t['rules_faster'])} kept edgec's faster schedule)"
+                                   if t.get("rules_faster") else ""))
     changed = [f"{p['stage']}:{p['pass']}" for p in m["passes"] if p["changed"]]
     click.echo(f"passes: {', '.join(changed) if changed else 'none changed the graph'}; "
                f"weights {m['sizes']['weights_bytes'] / 1024:.1f} KiB")
@@ -87,6 +98,173 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
 def _cpu_or_arch(target: dict[str, Any]) -> str:
     tvm = target["tvm"]
     return tvm.get("mcpu") or tvm.get("arch") or target["arch"]
+
+
+# ---------------------------------------------------------------------------------------------- tune
+
+@main.command("tune")
+@click.argument("model", required=False)
+@click.option("--target", "-t", default="x86", show_default=True, help="Target preset (see `edgec targets`).")
+@click.option("--budget", default="10m", show_default=True, help="Time budget: 90s, 10m, 1h, 1h30m.")
+@click.option("--trials", type=int, default=None,
+              help="Total measurements, split over the operators (default: as many as the budget allows).")
+@click.option("--db", "db", default="tuning-db", show_default=True, type=click.Path(path_type=Path),
+              help="Database folder: created, and extended by every later run (one subfolder per target).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
+@click.option("--rpc", default=None, help="host:port of a TVM RPC tracker: measure on its device (needed for Arm).")
+@click.option("--rpc-key", default=None, help="The device key its rpc_server registered with.")
+@_handle_errors
+def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db: Path,
+             input_shapes: tuple[str, ...], rpc: str | None, rpc_key: str | None) -> None:
+    """Measure faster schedules for MODEL's operators into a database for `edgec compile --tuning-db`.
+
+    Resumable: an interrupted run keeps every round it measured, and running the same command again continues
+    where it stopped. Progress goes to stderr, one line per round.
+    """
+    from edgec.targets import resolve_target
+    from edgec.targets.tuning import format_latency, format_seconds, parse_budget, prepare_model, tune
+
+    budget_s = parse_budget(budget)
+    preset = resolve_target(target)
+    model_proto = prepare_model(model, list(input_shapes))
+    try:
+        report = tune(model_proto, preset, db, budget_s, trials, lambda line: click.echo(line, err=True), rpc,
+                      rpc_key)
+    except KeyboardInterrupt:
+        click.echo(f"edgec: interrupted; every round measured so far is in {db}: run the same command to "
+                   f"continue", err=True)
+        sys.exit(130)
+    earlier = sum(t.trials_before for t in report.tasks)
+    click.echo(f"tuned {len(report.tasks)} operator(s) for {preset.name} in {format_seconds(report.seconds)} "
+               f"(budget {format_seconds(budget_s)}): {report.trials_new} new trial(s)"
+               + (f" + {earlier} from earlier runs" if earlier else "")
+               + f", {report.trials_per_minute:.0f} trials/min; "
+               + {"trials": "every operator has its trials", "budget": "the time budget is spent",
+                  "exhausted": "done: some operators have no candidates left",
+                  "interrupted": "interrupted: run the same command to continue"}[report.stopped])
+    width = max(len(t.name) for t in report.tasks)
+    click.echo(f"  {'operator':<{width}}  {'trials':>6}  {'best':>10}  {'edgec rules':>11}")
+    for t in report.tasks:
+        note = " (search space exhausted)" if t.exhausted else ""
+        if t.best_ms is not None and t.rule_ms is not None:
+            note = (f" {t.rule_ms / t.best_ms:.1f}x faster" if t.best_ms < t.rule_ms
+                    else " rules faster: record not used") + note
+        click.echo(f"  {t.name:<{width}}  {t.trials:>6}  {format_latency(t.best_ms):>10}  "
+                   f"{format_latency(t.rule_ms):>11}{note}")
+    click.echo(f"database: {report.db_folder}")
+    shapes = "".join(f" --input-shape {s}" for s in input_shapes)
+    click.echo(f"use it: edgec compile {model or ''} --target {preset.name}{shapes} --tuning-db {db}"
+               .replace("  ", " "))
+    if report.stopped == "interrupted":
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------------------------- prune
+
+_PRUNE_KEYS = {"ratio": float, "macs": float, "criterion": str, "round_to": int, "calib": str,
+               "reconstruct": lambda v: v.lower() in ("1", "true", "yes"), "calib_samples": int,
+               "layer_ratios": str}
+
+
+def _parse_prune_spec(spec: str) -> dict[str, Any]:
+    """``macs=0.5,criterion=l2,round_to=8`` -> options of the prune_channels pass."""
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _PRUNE_KEYS:
+            raise EdgecError(f"cannot read --prune '{part}'",
+                             f"write key=value pairs, keys: {', '.join(_PRUNE_KEYS)} (e.g. macs=0.5)")
+        try:
+            options[key] = _PRUNE_KEYS[key](value.strip())
+        except ValueError:
+            raise EdgecError(f"--prune {key}={value} is not a valid value", "e.g. macs=0.5, round_to=8") from None
+    return options
+
+
+@main.command("prune")
+@click.argument("model", required=False)
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Pruned .onnx to write.")
+@click.option("--ratio", type=float, default=None, help="Share of every prunable group's channels to remove.")
+@click.option("--macs", type=float, default=None, help="Share of the model's MACs to remove (global greedy).")
+@click.option("--layer-ratios", type=click.Path(path_type=Path), default=None,
+              help="Per-layer shares to remove: .toml/.json/.yaml of 'layer name = ratio'.")
+@click.option("--criterion", default="l1", show_default=True,
+              type=click.Choice(["l1", "l2", "bn-scale", "filtersketch", "similarity"]),
+              help="Channel importance.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration inputs (.npy/.npz, N×C×H×W) for --reconstruct and the similarity criterion.")
+@click.option("--calib-samples", default=256, show_default=True, help="Use at most this many calibration inputs.")
+@click.option("--reconstruct", is_flag=True, help="Refit consumer layers by least squares on the calibration data.")
+@click.option("--round-to", default=1, show_default=True, help="Keep channel counts a multiple of this (SIMD).")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float | None, layer_ratios: Path | None,
+              criterion: str, calib: Path | None, calib_samples: int, reconstruct: bool, round_to: int,
+              input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """Remove whole channels from MODEL (coupled groups pruned consistently) and write a smaller ONNX model.
+
+    Without MODEL, prunes the embedded default model; its calibration data defaults to the MNIST training images.
+    """
+    import os
+    import tempfile
+
+    import onnx
+    import onnx_ir as ir
+
+    from edgec.passes.prune_channels import PruneChannels
+    from edgec.toolchain.api import default_model
+    from edgec.toolchain.load import load_model
+
+    if output.suffix != ".onnx":
+        raise EdgecError(f"output {output} is not an .onnx path", "pass -o pruned.onnx")
+    data = calib
+    if data is None and model is None and (reconstruct or criterion == "similarity"):
+        from edgec.models import mnist_split
+
+        data = mnist_split()["train"][0]
+    step = PruneChannels(ratio=ratio, macs=macs, layer_ratios=layer_ratios, criterion=criterion, round_to=round_to,
+                         calib=data, reconstruct=reconstruct, calib_samples=calib_samples)
+    loaded = load_model(model or default_model(), list(input_shapes))
+    report = step(loaded).report
+    proto = ir.serde.serialize_model(loaded)
+    onnx.checker.check_model(proto)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=output.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(_format_prune_report(report))
+    click.echo(f"written: {output}")
+
+
+def _format_prune_report(report: dict[str, Any]) -> str:
+    rows = [("layer", "op", "out ch", "in ch", "params", "MACs")]
+    for layer in report["layers"]:
+        inc = layer["in_channels"]
+        rows.append((layer["layer"], layer["op"], "{} -> {}".format(*layer["out_channels"]),
+                     "{} -> {}".format(*inc) if inc else "-", "{:,} -> {:,}".format(*layer["params"]),
+                     "{:,} -> {:,}".format(*layer["macs"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    g = report["groups"]
+    lines.append(f"criterion {report['criterion']}, budget {report['budget']}: pruned {g['pruned']} of "
+                 f"{g['prunable']} prunable channel groups ({g['total'] - g['prunable']} left whole)")
+    lines.append("params {:,} -> {:,}; MACs {:,} -> {:,} ({:.1%} removed)".format(
+        *report["params"], *report["macs"], report["macs_removed"]))
+    if "reconstruct" in report:
+        fitted = [r for r in report["reconstruct"] if r.get("refit")]
+        lines.append(f"least-squares refit of {len(fitted)} layer(s); relative output error before -> after: "
+                     + ", ".join("{:.3f} -> {:.3f}".format(*r["rel_error"]) for r in fitted))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- run / verify
@@ -155,6 +333,69 @@ def verify_cmd(artifact: Path, device: str | None, input_files: tuple[str, ...],
     click.echo(result.summary())
     if not result.passed:
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise EdgecError(f"cannot read --{what} '{text}'", "write comma-separated numbers, e.g. 0.485,0.456,0.406")\
+            from None
+
+
+@main.command("quantize")
+@click.argument("model", required=False)
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path),
+              help="Quantized QDQ .onnx to write (written atomically).")
+@click.option("--calib", default=None, help="Calibration data: an image folder, a .npy/.npz, or 'none' (data-free: "
+              "synthetic inputs matched to the first BatchNorm).")
+@click.option("--samples", default=64, show_default=True, help="Calibration samples to use.")
+@click.option("--weights", default="int8", show_default=True, type=click.Choice(["int8", "int4"]))
+@click.option("--activations", default="int8", show_default=True, type=click.Choice(["int8", "fp32"]))
+@click.option("--granularity", default="channel", show_default=True, help="Weight scales: tensor, channel, group:N.")
+@click.option("--method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "percentile", "entropy", "mse"]), help="Activation range method.")
+@click.option("--bias-correction", is_flag=True, help="Fold each layer's mean quantization error into its bias.")
+@click.option("--eval", "eval_path", default=None, type=click.Path(path_type=Path),
+              help="An .npz with x (and optional labels y): report accuracy vs the float model.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
+@click.option("--mean", default="0", show_default=True, help="Image folders: per-channel mean of pixel/255.")
+@click.option("--std", default="1", show_default=True, help="Image folders: per-channel std of pixel/255.")
+@click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "nchw", "nhwc"]),
+              help="Image folders: the model's input layout.")
+@click.option("--resize", default=None, type=int, help="Image folders: shorter side before a centre crop "
+              "(default: resize straight to the model's size).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@_handle_errors
+def quantize_cmd(model: str | None, output: Path, calib: str | None, samples: int, weights: str, activations: str,
+                 granularity: str, method: str, bias_correction: bool, eval_path: Path | None,
+                 input_shapes: tuple[str, ...], mean: str, std: str, layout: str, resize: int | None,
+                 as_json: bool) -> None:
+    """Quantize MODEL into a QDQ ONNX file onnxruntime runs, and print the per-layer report.
+
+    Without MODEL, quantizes the embedded default model.
+    """
+    from edgec.quantization.api import quantize_model
+    from edgec.quantization.report import format_report
+    from edgec.toolchain.api import default_model
+
+    if calib is None and activations == "int8":
+        raise EdgecError("int8 activations need calibration data", "pass --calib DIR|FILE.npz or --calib none")
+    result = quantize_model(model or default_model(), output, calib, samples, weights=weights,
+                            activations=activations, granularity=granularity, method=method,
+                            bias_correction=bias_correction, eval_path=eval_path, input_shapes=list(input_shapes),
+                            mean=_floats(mean, "mean"), std=_floats(std, "std"), layout=layout, resize=resize)
+    if as_json:
+        click.echo(json.dumps({**{k: v for k, v in result.report.items() if k != "passes"},
+                               "output": str(result.output)}, indent=2))
+        return
+    for line in format_report(result.report):
+        click.echo(line)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"written: {result.output}")
 
 
 # ---------------------------------------------------------------------------------------------- inspect / targets
