@@ -100,7 +100,7 @@ def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: st
 
 
 CONV_CASES = {
-    "3x3_relu": dict(n=1, cin=32, cout=64, hw=14, k=3, act="relu"),
+    "3x3_relu": dict(n=1, cin=24, cout=64, hw=14, k=3, act="relu"),  # < 32 input channels: direct, not Winograd
     "odd_channels": dict(n=1, cin=3, cout=24, hw=15, k=3, act="relu"),
     "stride2_asym_pad": dict(n=1, cin=16, cout=32, hw=17, k=3, stride=2, pads=[0, 1, 2, 1]),
     "1x1_residual": dict(n=1, cin=48, cout=48, hw=9, k=1, residual=True, act="relu"),
@@ -207,3 +207,38 @@ def test_unblockable_channels_between_blocked_convs(mid, tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     _check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), tmp_path,
            "Conv2dNCHWc")
+
+
+WINOGRAD_CASES = {
+    "f4_residual": dict(n=1, cin=64, cout=64, hw=16, k=3, residual=True, act="relu"),  # 16x16: 4x4 tiles
+    "f2_14x14": dict(n=1, cin=32, cout=48, hw=14, k=3, act="relu6"),  # 14 divides by 2 only
+    "asym_pad_batch2": dict(n=2, cin=32, cout=32, hw=12, k=3, pads=[0, 1, 2, 1]),
+    "no_pad_10x10": dict(n=1, cin=48, cout=32, hw=10, k=3, pads=[0, 0, 0, 0]),  # 8x8 output
+}
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_winograd_rule(case, tmp_path):
+    """3×3 stride-1 convs with ≥ 32 channels go through Winograd (F(4,3) or F(2,3)); output still within 1e-4."""
+    _check(_conv_model(**WINOGRAD_CASES[case]), tmp_path, "WinogradNCHWc")
+
+
+def test_winograd_not_used_where_it_does_not_pay(tmp_path):
+    """Strided, dilated, narrow-channel and tiny-map 3×3 convs stay on the direct kernel."""
+    from edgec.targets.cpu_winograd import use_winograd
+
+    assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1), 1) == 4
+    assert use_winograd((1, 64, 14, 14), (64, 64, 3, 3), (1, 1), (1, 1), 1) == 2
+    assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), 1) is None
+    assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (2, 2), 1) is None
+    assert use_winograd((1, 16, 56, 56), (16, 16, 3, 3), (1, 1), (1, 1), 1) is None
+    assert use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1) is None
+    assert use_winograd((1, 64, 56, 56), (64, 64, 1, 1), (1, 1), (1, 1), 1) is None
+
+
+def test_winograd_on_emulated_arm_device(tmp_path):
+    onnx.save(_conv_model(**WINOGRAD_CASES["f4_residual"]), str(tmp_path / "m.onnx"))
+    result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a76", output=tmp_path / "a", verify=True,
+                           device="qemu-aarch64")
+    assert result.verification.passed, result.verification.summary()
+    assert "WinogradNCHWc" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a76")

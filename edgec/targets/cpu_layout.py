@@ -84,6 +84,16 @@ def legalize_conv2d(bb, call):
         default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
         return default(bb, call)
     out_dtype = attrs.out_dtype or call.args[0].ty.dtype
+    if int(attrs.groups) == 1:
+        tile = _winograd_tile(call)
+        if tile:
+            from edgec.targets.cpu_winograd import weight_transform, winograd_conv2d_nchwc
+
+            # The weights are constants here: FoldConstant evaluates this transform at compile time.
+            u = bb.emit_te(weight_transform, call.args[1], tile, str(out_dtype),
+                           primfunc_name_hint="winograd_weight_transform")
+            return bb.call_te(winograd_conv2d_nchwc, call.args[0], u, list(attrs.padding), tile, str(out_dtype),
+                              primfunc_name_hint="winograd_conv2d_NCHWc")
     if int(attrs.groups) != 1:
         return bb.call_te(depthwise_conv2d_nchwc, call.args[0], call.args[1], list(attrs.strides),
                           list(attrs.padding), list(attrs.dilation), str(out_dtype),
@@ -117,3 +127,21 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: 
             padded[b, c, y * s_h + ry * d_h, x * s_w + rx * d_w, cb].astype(out_dtype)
             * kernel[c, 0, ry, rx, 0, cb].astype(out_dtype), axis=[ry, rx]),
         name="depthwise_conv2d_NCHWc")
+
+
+WINOGRAD = True  # edgec's default; tests and benchmarks switch it off to compare with the direct kernel
+
+
+def _winograd_tile(call) -> int | None:
+    """Winograd tile size for a blocked conv2d call (see cpu_winograd.use_winograd), None for the direct kernel."""
+    if not WINOGRAD:
+        return None
+    if "float" not in str(call.args[0].ty.dtype):
+        return None  # integer convs (QDQ → int8, see qdq_lower): Winograd's fractional transforms are not exact
+    from edgec.targets.cpu_winograd import use_winograd
+
+    n, ic_chunks, height, width, ic_bn = (int(d) for d in call.args[0].ty.shape)
+    oc_chunks, _, k_h, k_w, _, oc_bn = (int(d) for d in call.args[1].ty.shape)
+    attrs = call.attrs
+    return use_winograd((n, ic_chunks * ic_bn, height, width), (oc_chunks * oc_bn, ic_chunks * ic_bn, k_h, k_w),
+                        [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation], int(attrs.groups))

@@ -81,12 +81,13 @@ def _schedule_elementwise_root(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(vec)
 
 
-def _write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int) -> None:
+def _write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int, epilogue: bool = True) -> None:
     """Accumulate ``block``'s register tile in a local buffer and write it back once per tile at ``at_loop``,
-    with the fused elementwise epilogue (bias, ReLU, residual add...) reverse-inlined into the write-back."""
+    with the fused elementwise epilogue (bias, ReLU, residual add...) reverse-inlined into the write-back
+    (``epilogue=False`` when the consumer is another stage, not an elementwise tail)."""
     cache = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(cache, at_loop)
-    leftover = _inline_epilogue(sch, cache)
+    leftover = _inline_epilogue(sch, cache) if epilogue else []
     wb_loops = sch.get_loops(cache)
     at_depth = next(i for i, lp in enumerate(wb_loops) if sch.get(lp).same_as(sch.get(at_loop)))
     inner = wb_loops[at_depth + 1:]
@@ -280,7 +281,10 @@ class SpatialWindow(ScheduleRule):
 def rules(target: Target) -> list[ScheduleRule]:
     from tvm.s_tir import dlight as dl
 
-    return [Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(), dl.cpu.Reduction()]
+    from edgec.targets.cpu_winograd import schedule_rule as winograd_rule
+
+    return [winograd_rule(), Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
+            dl.cpu.Reduction()]
 
 
 def cpu_schedule_pass(target: Target):
