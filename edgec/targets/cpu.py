@@ -94,6 +94,10 @@ def build_cpu(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opti
     else:
         executable.export_library(str(lib_path))
     details: dict[str, Any] = {"tvm_target": str(target)}
+    from edgec.targets.qdq_lower import LAST_COUNT  # set by to_relax: QDQ layers compiled to int8 kernels
+
+    if LAST_COUNT["integer_layers"]:
+        details["integer_layers"] = LAST_COUNT["integer_layers"]
     if options.get("tuning_db"):
         from edgec.targets.tuning import LAST_APPLIED  # set by apply_database_pass during this compile
 

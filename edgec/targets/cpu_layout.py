@@ -84,6 +84,13 @@ def legalize_conv2d(bb, call):
         default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
         return default(bb, call)
     out_dtype = attrs.out_dtype or call.args[0].ty.dtype
+    if int(attrs.groups) == 1 and _vnni_applies(call):
+        # uint8 × int8 → int32 with 4-deep dot products: repack the (constant, folded) kernel to
+        # (oc_chunk, ic_chunk, kh, kw, ic_block/4, oc_block, 4), the layout vpdpbusd reads.
+        kernel = bb.emit_te(_kernel_4deep, call.args[1], primfunc_name_hint="int8_kernel_repack")
+        return bb.call_te(topi.nn.conv2d_NCHWc_int8, call.args[0], kernel, list(attrs.strides),
+                          list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
+                          str(out_dtype), primfunc_name_hint="conv2d_NCHWc_int8")
     if int(attrs.groups) == 1:
         tile = _winograd_tile(call)
         if tile:
@@ -145,3 +152,26 @@ def _winograd_tile(call) -> int | None:
     attrs = call.attrs
     return use_winograd((n, ic_chunks * ic_bn, height, width), (oc_chunks * oc_bn, ic_chunks * ic_bn, k_h, k_w),
                         [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation], int(attrs.groups))
+
+
+def _vnni_applies(call) -> bool:
+    """uint8 activations × int8 weights on a target with AVX-512 VNNI, channel blocks that fit vpdpbusd."""
+    import tvm
+
+    data, kernel = call.args[0].ty, call.args[1].ty
+    if str(data.dtype) != "uint8" or str(kernel.dtype) != "int8":
+        return False
+    ic_bn, oc_bn = int(data.shape[-1]), int(kernel.shape[-1])
+    if ic_bn % 4 or oc_bn != 16:
+        return False
+    target = tvm.target.Target.current(allow_none=True)
+    return target is not None and target.kind.name == "llvm" and bool(
+        tvm.target.codegen.target_has_features(["avx512vnni"], target))
+
+
+def _kernel_4deep(kernel):
+    from tvm import te
+
+    oc_chunks, ic_chunks, k_h, k_w, ic_bn, oc_bn = (int(d) for d in kernel.shape)
+    return te.compute((oc_chunks, ic_chunks, k_h, k_w, ic_bn // 4, oc_bn, 4),
+                      lambda o, c, h, w, f, ob, s: kernel[o, c, h, w, f * 4 + s, ob], name="kernel_4deep")

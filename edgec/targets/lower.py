@@ -73,4 +73,6 @@ def to_relax(model: onnx.ModelProto):
         raise EdgecError(f"TVM's ONNX importer failed: {first}",
                          "run `edgec inspect` on the model and report the failing op; --verbose shows the trace"
                          ) from exc
-    return elementwise_min_max(mod)
+    from edgec.targets.qdq_lower import lower_qdq  # QDQ layers → int8 × int8 → int32 kernels
+
+    return lower_qdq(elementwise_min_max(mod))

@@ -47,6 +47,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from edgec.targets.intrinsics import cpu_tensor_intrinsics
 from edgec.errors import EdgecError
 
 WORKLOAD_FILE = "database_workload.json"
@@ -203,35 +204,6 @@ def _graceful_interrupt(say: Callable[[str], None]) -> Iterator[_Interrupt]:
         yield state
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _cpu_tensor_intrinsics() -> Iterator[None]:
-    """Make ``import tvm.s_tir.tensor_intrin`` (done by every TuneContext) load only the CPU intrinsics.
-
-    The package imports every backend's intrinsics (~25 s here, nearly all CUDA/ROCm/Hexagon); the x86 and Arm
-    ones take under a second. A placeholder package stands in while tuning and is removed afterwards, so a later
-    real import in this process loads the rest (the CPU submodules stay imported and are not registered twice).
-    """
-    import importlib
-
-    import tvm.s_tir
-
-    name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules:
-        yield
-        return
-    stub = types.ModuleType(name)
-    stub.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-    stub.__package__ = name
-    sys.modules[name] = stub
-    try:
-        for sub in ("x86", "arm_cpu"):
-            importlib.import_module(f"{name}.{sub}")
-        yield
-    finally:
-        if sys.modules.get(name) is stub:
-            del sys.modules[name]
 
 
 # ---------------------------------------------------------------------------------------------- build workers
@@ -445,7 +417,7 @@ def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None 
     n = len(extracted)
     per_task = math.ceil(trials / n) if trials is not None else DEFAULT_TRIALS_PER_TASK
 
-    with _lock(folder), _cpu_tensor_intrinsics(), _graceful_interrupt(say) as interrupt:
+    with _lock(folder), cpu_tensor_intrinsics(), _graceful_interrupt(say) as interrupt:
         (folder / TARGET_FILE).write_text(json.dumps({"preset": preset.name, "target": _target_config(target)},
                                                      indent=2) + "\n")
         _repair(folder)

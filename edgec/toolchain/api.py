@@ -134,7 +134,8 @@ def default_model() -> Path:
 def compile(source: str | Path | None = None, target: str = "x86", output: str | Path = "out",
             input_shapes: str | Sequence[str] | dict | None = None, passes: Sequence[str] = DEFAULT_PASSES,
             verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
-            seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None) -> CompileResult:
+            seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None,
+            quantize: dict[str, Any] | None = None) -> CompileResult:
     """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
 
     ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,
@@ -143,6 +144,9 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     ``prune``: options of the ``prune_channels`` pass (e.g. ``{"macs": 0.5}``; ``round_to`` defaults to the
     vector width); it runs first, and the artifact is verified against the pruned model (pruning changes outputs
     on purpose).
+    ``quantize``: ``{"mode": "int8", "calib": PATH|"none", "samples": N, ...}`` (see
+    ``edgec.quantization.compile_int8``): the QDQ pass runs after the cleanup passes, TVM compiles its layers to
+    int8 kernels, and the artifact is verified against the QDQ model within one output quantization step.
     """
     from edgec.targets import get_builder, resolve_target
 
@@ -168,6 +172,13 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference
     model, pass_log = run_pipeline(model, passes)
     pass_log = load_log + [{"stage": "pipeline", **e} for e in pass_log]
+    quant_info = None
+    if quantize is not None:  # after cleanup (fold_constants would fold the weights' DequantizeLinear away)
+        from edgec.quantization.compile_int8 import quantize_for_compile
+
+        model, q_log, atol, quant_info = quantize_for_compile(model, quantize, atol)
+        pass_log += [{"stage": "quantize", **e} for e in q_log]
+        reference_proto = ir.serde.serialize_model(model)  # the QDQ model: quantization changes outputs on purpose
     optimized = ir.serde.serialize_model(model)
     onnx.checker.check_model(optimized)
 
@@ -189,6 +200,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             "sizes": {"weights_bytes": _weight_bytes(model), "source_bytes": source_info.get("bytes")},
             "compile_seconds": None,
         }
+        if quant_info is not None:
+            manifest["quantization"] = {**quant_info, "integer_layers": build.details.get("integer_layers")}
         if "tuning" in build.details:  # the database, and the functions its records scheduled
             manifest["tuning"] = build.details["tuning"]
         from edgec.devices.local import can_run_here
@@ -200,6 +213,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
             verification = _verify_folder(stage, manifest, inputs, reference_proto,
+                                          "quantized (QDQ) model" if quantize is not None else
                                           "pruned source model" if prune else "source model", runner_name, atol)
             manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
@@ -260,7 +274,9 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
     source = artifact.manifest.get("source", {})
     src_path = Path(source.get("path") or "")
-    pruned = any(p.get("stage") == "prune" for p in artifact.manifest.get("passes", []))
+    pruned = any(p.get("stage") in ("prune", "quantize") for p in artifact.manifest.get("passes", []))
+    if "quantization" in artifact.manifest and atol == DEFAULT_ATOL:  # one output quantization step
+        atol = float(artifact.manifest["quantization"]["atol"])
     if not pruned and source.get("sha256") and src_path.suffix == ".onnx" and src_path.is_file() \
             and art.sha256_file(src_path) == source["sha256"]:
         reference, name = src_path, "source model"

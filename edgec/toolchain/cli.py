@@ -57,10 +57,17 @@ def main(verbose: bool) -> None:
               help="Schedule operators with the records `edgec tune --db DIR` measured.")
 @click.option("--prune", "prune_spec", default=None,
               help="Prune channels first: macs=0.5 or ratio=0.3[,criterion=l2,round_to=8] (see `edgec prune`).")
+@click.option("--quantize", "quantize_mode", default=None, type=click.Choice(["int8"]),
+              help="Quantize (QDQ, calibrated) and compile to int8 kernels; verified against the QDQ model.")
+@click.option("--calib", "quant_calib", default=None,
+              help="With --quantize: calibration data (image folder, .npy/.npz) or 'none' (data-free).")
+@click.option("--samples", "quant_samples", default=64, show_default=True,
+              help="With --quantize: calibration samples to use.")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
                 verify: bool | None, device: str | None, tuning_db: Path | None,
-                prune_spec: str | None = None) -> None:
+                prune_spec: str | None = None, quantize_mode: str | None = None, quant_calib: str | None = None,
+                quant_samples: int = 64) -> None:
     """Compile MODEL (.onnx, .pt2, or package.module:factory) into an artifact folder.
 
     Without MODEL, compiles the embedded default model (a small ResNet trained on real MNIST digits).
@@ -69,9 +76,16 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
 
     if model is None:
         click.echo(f"no model given: compiling the embedded default model {default_model().name}")
+    quantize = None
+    if quantize_mode is not None:
+        if quant_calib is None:
+            raise EdgecError("--quantize int8 needs calibration data", "pass --calib DIR|FILE.npy or --calib none")
+        quantize = {"mode": quantize_mode, "calib": quant_calib, "samples": quant_samples}
+    elif quant_calib is not None:
+        raise EdgecError("--calib is only used with --quantize", "add --quantize int8")
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
                         device=device, tuning_db=tuning_db,
-                        prune=_parse_prune_spec(prune_spec) if prune_spec else None)
+                        prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize)
     m = result.artifact.manifest
     lib = m["files"][m["library"]]
     click.echo(f"artifact: {result.artifact.path}/ ({m['library']} {lib['bytes'] / 1024:.0f} KiB, "
@@ -81,6 +95,10 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         click.echo(f"tuning db: {t['records_used']}/{t['functions_total']} operators scheduled by records from "
                    f"{t['db']}" + (f" ({len(t['rules_faster'])} kept edgec's faster schedule)"
                                    if t.get("rules_faster") else ""))
+    if "quantization" in m:
+        q = m["quantization"]
+        click.echo(f"quantized: {q['mode']}, {q.get('integer_layers') or 0} layer(s) compiled to int8 kernels, "
+                   f"calibration {q['calibration']}; tolerance {q['atol']:.3g} = {q['tolerance_rule']}")
     changed = [f"{p['stage']}:{p['pass']}" for p in m["passes"] if p["changed"]]
     click.echo(f"passes: {', '.join(changed) if changed else 'none changed the graph'}; "
                f"weights {m['sizes']['weights_bytes'] / 1024:.1f} KiB")

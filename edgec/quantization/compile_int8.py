@@ -1,0 +1,102 @@
+"""``edgec compile --quantize int8``: quantize inside the compile, and the verification tolerance that goes with it.
+
+The QDQ pass runs *after* the cleanup passes (``fold_constants`` would otherwise evaluate the weights'
+DequantizeLinear back into float constants), and the QDQ model, not the float source, is the reference the
+artifact is verified against: quantization changes the outputs on purpose; what the compiler must preserve is
+the QDQ model's arithmetic (TVM then runs it as int8 kernels, see ``edgec/targets/qdq_lower.py``).
+
+Tolerance: one quantization step of each output. An output produced by DequantizeLinear has a step of its
+scale. A float output computed by an integer layer (a Gemm/MatMul/Conv making the logits) has no scale of its
+own: its step is what one step of the layer's quantized input moves it by, through the largest weight,
+``sx · max_c(sw[c] · max|wq[:, c]|)`` (plus onnxruntime's float summation noise, 1e-5 relative). When no step can
+be derived the default tolerance stays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import numpy_helper
+
+from edgec.errors import EdgecError
+
+__all__ = ["quantize_for_compile", "output_step_tolerance", "QUANTIZE_CHOICES"]
+
+QUANTIZE_CHOICES = ("int8",)
+
+
+def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float | None = None
+                         ) -> tuple[ir.Model, list[dict[str, Any]], float, dict[str, Any]]:
+    """Run the QDQ pass on an already cleaned-up model; returns (model, pass log, tolerance, manifest info).
+
+    ``options``: ``mode`` ("int8"), ``calib`` (path or "none"/None: data-free), ``samples`` (64), and any
+    :class:`QuantConfig` field (``method``, ``granularity``, ``bias_correction``...)."""
+    from edgec.calibration.sources import batches, open_source
+    from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ
+    from edgec.toolchain.pipeline import run_pipeline
+
+    opts = dict(options)
+    mode = opts.pop("mode", "int8")
+    if mode not in QUANTIZE_CHOICES:
+        raise EdgecError(f"unknown --quantize mode '{mode}'", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
+    calib = opts.pop("calib", None)
+    samples = int(opts.pop("samples", 64))
+    source_keys = {k: opts.pop(k) for k in ("mean", "std", "layout", "resize", "seed") if k in opts}
+    config = QuantConfig(weights="int8", activations="int8", **opts)
+    config.validate()
+    src = open_source(calib, model, samples, **source_keys)
+    model, log = run_pipeline(model, [QuantizeQDQ(config, lambda: batches(src))])
+    proto = ir.serde.serialize_model(model)
+    tol = output_step_tolerance(proto)
+    steps = [v for v in tol.values() if v is not None]
+    atol_used = max(steps) if steps and len(steps) == len(tol) else (atol if atol is not None else 1e-4)
+    info = {"mode": mode, "calibration": src.description, "samples": samples,
+            "config": {"method": config.method, "granularity": config.granularity,
+                       "bias_correction": config.bias_correction, "activation_dtype": config.activation_dtype},
+            "output_step": tol, "atol": atol_used,
+            "tolerance_rule": "one quantization step of each output (DequantizeLinear scale; for a float layer "
+                              "output, one input step through the largest weight)"}
+    return model, log, atol_used, info
+
+
+def output_step_tolerance(model: onnx.ModelProto) -> dict[str, float | None]:
+    """One quantization step of each graph output (see the module doc); None where none can be derived."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    passthrough = {"Relu", "Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Transpose", "MaxPool"}
+
+    def dq_of(name: str):
+        node = producer.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    result: dict[str, float | None] = {}
+    for out in model.graph.output:
+        name, step = out.name, None
+        node = producer.get(name)
+        while node is not None and node.op_type in passthrough:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in consts:
+            step = float(np.max(consts[node.input[1]]))
+        elif node is not None and node.op_type in ("Gemm", "MatMul", "Conv"):
+            xdq, wdq = dq_of(node.input[0]), dq_of(node.input[1])
+            if xdq is not None and wdq is not None and xdq.input[1] in consts and wdq.input[0] in consts:
+                sx = float(np.max(consts[xdq.input[1]]))
+                wq = consts[wdq.input[0]].astype(np.float64)
+                sw = consts[wdq.input[1]].astype(np.float64)
+                if sw.size > 1:
+                    axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1) % wq.ndim
+                    shape = [1] * wq.ndim
+                    shape[axis] = -1
+                    sw = sw.reshape(shape)
+                step = sx * float(np.max(np.abs(wq * sw)))
+                step = step * (1 + 1e-5)
+        result[name] = step
+    return result

@@ -1,0 +1,97 @@
+"""TVM's CPU tensor intrinsics (VNNI dot products, Arm dot products) without the 37 s package import.
+
+``import tvm.s_tir.tensor_intrin`` imports every backend's intrinsics (nearly all the time is CUDA/ROCm/Hexagon);
+the x86 and Arm submodules alone take about a second. Compile (the int8 VNNI rule) and tuning (every
+TuneContext imports the package) both need only those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def cpu_tensor_intrinsics() -> Iterator[None]:
+    """Make ``import tvm.s_tir.tensor_intrin`` (done by every TuneContext) load only the CPU intrinsics.
+
+    The package imports every backend's intrinsics (~25 s here, nearly all CUDA/ROCm/Hexagon); the x86 and Arm
+    ones take under a second. A placeholder package stands in while tuning and is removed afterwards, so a later
+    real import in this process loads the rest (the CPU submodules stay imported and are not registered twice).
+    """
+    import importlib
+
+    import tvm.s_tir
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    stub = types.ModuleType(name)
+    stub.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+    stub.__package__ = name
+    sys.modules[name] = stub
+    try:
+        for sub in ("x86", "arm_cpu"):
+            importlib.import_module(f"{name}.{sub}")
+        yield
+    finally:
+        if sys.modules.get(name) is stub:
+            del sys.modules[name]
+
+
+def ensure_cpu_tensor_intrinsics() -> None:
+    """Register the x86 and Arm intrinsics (idempotent); the real package can still be imported later."""
+    with cpu_tensor_intrinsics():
+        pass
+
+
+VNNI_LOCAL_ACC = "edgec_dot_16x4_vnni_local"
+
+
+def register_vnni_local_acc() -> str:
+    """vpdpbusd (16 int32 += 4 uint8 · 16×4 int8) with its accumulator in a ``local`` buffer.
+
+    TVM's own VNNI intrinsic declares the accumulator in global memory, so it cannot tensorize a register tile
+    kept in a local cache (edgec's conv rules accumulate there and write back once per tile). Registered once.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(VNNI_LOCAL_ACC)
+        return VNNI_LOCAL_ACC
+    except Exception:  # noqa: BLE001  (not registered yet)
+        pass
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.writes(c[0:16])
+            # LLVM ≥ 20 declares vpdpbusd.512 on <64 x i8> operands (older versions: <16 x i32>, which TVM's own
+            # intrinsic still emits and this LLVM rejects).
+            a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64")
+            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
+                a_bytes, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(VNNI_LOCAL_ACC, desc, impl)
+    return VNNI_LOCAL_ACC
