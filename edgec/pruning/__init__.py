@@ -18,7 +18,7 @@ from edgec.pruning.criteria import CRITERIA, NEEDS_DATA, score_group
 from edgec.pruning.groups import Analysis, analyze, describe
 from edgec.pruning.rewrite import apply_selection
 
-__all__ = ["Budget", "CRITERIA", "analyze", "describe", "prune", "importance"]
+__all__ = ["Budget", "CRITERIA", "analyze", "describe", "plan", "prune", "importance"]
 
 
 def importance(model: ir.Model, analysis: Analysis, criterion: str, calib: np.ndarray | None
@@ -30,6 +30,13 @@ def importance(model: ir.Model, analysis: Analysis, criterion: str, calib: np.nd
                if v.const_value is not None}
     features = None
     groups = analysis.prunable()
+    if criterion == "thinet":
+        if calib is None:
+            score_group(criterion, groups[0], weights, None)  # raises the helpful error
+        from edgec.pruning.thinet import thinet_scores
+
+        fallback = {g.id: score_group("l1", g, weights, None) for g in groups}
+        return thinet_scores(model, analysis, calib, fallback)
     if criterion in NEEDS_DATA:
         if calib is None:
             score_group(criterion, groups[0], weights, None) if groups else None  # raises the helpful error
@@ -48,6 +55,28 @@ def importance(model: ir.Model, analysis: Analysis, criterion: str, calib: np.nd
     return {g.id: score_group(criterion, g, weights, features) for g in groups}
 
 
+def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | None, reconstruct: bool
+         ) -> tuple[Analysis, dict[int, np.ndarray], list[dict[str, Any]] | None]:
+    """Which channels every group keeps (``model`` is not changed): the analysis, ``{group id: kept indices}`` and
+    the sensitivity table when the budget is allocated by sensitivity."""
+    original = ir.serde.serialize_model(model)
+    analysis = analyze(model)
+    if not analysis.prunable():
+        reasons = sorted({r for g in analysis.groups for r in g.reasons})
+        raise EdgecError("no channel of this model can be pruned",
+                         f"every group is blocked: {'; '.join(reasons[:3])}")
+    scores = importance(model, analysis, criterion, calib)
+    if budget.macs is not None and budget.allocation == "sensitivity":
+        from edgec.pruning.sensitivity import allocate, measure, summary
+
+        table = measure(original, analysis, scores, budget, calib, reconstruct)
+        kept_counts = allocate(analysis, table, budget)
+        keep = {gid: np.sort(np.argsort(-scores[gid], kind="stable")[:k]) for gid, k in kept_counts.items()
+                if k < analysis.groups[gid].size}
+        return analysis, keep, summary(table, analysis)
+    return analysis, select(analysis, scores, budget), None
+
+
 def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndarray | None = None,
           reconstruct: bool = False, calib_samples: int = MAX_SAMPLES) -> dict[str, Any]:
     """Prune ``model`` in place; returns a JSON-able report (groups, per-layer before/after, recovery)."""
@@ -59,17 +88,12 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
         raise EdgecError(f"unknown pruning criterion '{criterion}'", f"use one of: {', '.join(CRITERIA)}")
     if calib is not None:
         calib = check_calibration(model, calib, calib_samples)
-    elif reconstruct or criterion in NEEDS_DATA:
-        what = "--reconstruct" if reconstruct else f"the {criterion} criterion"
+    elif reconstruct or criterion in NEEDS_DATA or (budget.macs is not None and budget.allocation == "sensitivity"):
+        what = ("--reconstruct" if reconstruct else f"the {criterion} criterion" if criterion in NEEDS_DATA
+                else "the sensitivity allocation")
         raise EdgecError(f"{what} needs calibration data", "pass --calib inputs.npy (N inputs, N ≤ 256)")
     original = ir.serde.serialize_model(model)
-    analysis = analyze(model)
-    if not analysis.prunable():
-        reasons = sorted({r for g in analysis.groups for r in g.reasons})
-        raise EdgecError("no channel of this model can be pruned",
-                         f"every group is blocked: {'; '.join(reasons[:3])}")
-    scores = importance(model, analysis, criterion, calib)
-    keep = select(analysis, scores, budget)
+    analysis, keep, sensitivity = plan(model, budget, criterion, calib, reconstruct)
     before_stats = inspect_model(original)
     apply_selection(model, analysis, keep)
     recovery = refit(original, model, analysis, keep, calib) if reconstruct else None
@@ -94,7 +118,8 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
         "changed": bool(keep),
         "criterion": criterion,
         "budget": {k: v for k, v in {"ratio": budget.ratio, "macs": budget.macs, "layer_ratios": budget.layer_ratios,
-                                     "round_to": budget.round_to}.items() if v is not None},
+                                     "round_to": budget.round_to, "allocation": budget.allocation}.items()
+                   if v is not None},
         "groups": {"total": len(analysis.groups), "prunable": len(analysis.prunable()), "pruned": len(keep),
                    "blocked": [{"name": g.name, "channels": g.size, "why": g.reasons[0]} for g in blocked][:20]},
         "channels": [{"group": analysis.groups[gid].name, "before": size[gid], "after": kept[gid]}
@@ -104,4 +129,5 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
         "macs": [before_stats.total_macs, after_stats.total_macs],
         "macs_removed": round(1.0 - after_stats.total_macs / max(before_stats.total_macs, 1), 4),
         **({"reconstruct": recovery} if recovery is not None else {}),
+        **({"sensitivity": sensitivity} if sensitivity is not None else {}),
     }

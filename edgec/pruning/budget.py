@@ -32,6 +32,7 @@ class Budget:
     layer_ratios: dict[str, float] | None = None  # layer (producer node) name -> share to remove
     round_to: int = 1
     max_group_ratio: float = 0.9
+    allocation: str = "score"                     # MACs target: "score" (global ranking) or "sensitivity"
 
     def validate(self) -> None:
         given = [k for k in ("ratio", "macs", "layer_ratios") if getattr(self, k) is not None]
@@ -48,6 +49,8 @@ class Budget:
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise EdgecError(f"ratio {value!r} for layer '{name}' is outside [0, 1)",
                                  "give each layer the share of its channels to remove, e.g. 0.5")
+        if self.allocation not in ("score", "sensitivity"):
+            raise EdgecError(f"unknown budget allocation '{self.allocation}'", "use score or sensitivity")
         if self.round_to < 1:
             raise EdgecError(f"--round-to {self.round_to} must be ≥ 1", "pass the SIMD width, e.g. 8")
 

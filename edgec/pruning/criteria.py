@@ -16,6 +16,8 @@ does not outvote the others, and so that scores of different groups are comparab
   calibration data are near copies of another's (cosine similarity) are redundant. Agglomerative merging: the most
   similar pair is merged by dropping its weaker channel (smaller activation norm), repeatedly; the order of
   dropping is the ranking. Dead channels (all-zero maps) go first. Needs calibration data.
+* ``thinet``: ThiNet (Luo et al. 2017): greedy selection by the reconstruction error of the *next* layers'
+  outputs on calibration activations (:mod:`edgec.pruning.thinet`). Needs calibration data.
 """
 
 from __future__ import annotations
@@ -157,14 +159,23 @@ def similarity(group: ChannelGroup, weights: Weights, features: Features | None 
     return score
 
 
+def thinet(group: ChannelGroup, weights: Weights, features: Features | None = None) -> np.ndarray:
+    """Placeholder: ThiNet needs the consumers' activations, so :func:`edgec.pruning.importance` computes it
+    (see :mod:`edgec.pruning.thinet`)."""
+    raise EdgecError("the thinet criterion needs calibration data",
+                     "pass --calib inputs.npy (a few hundred inputs), or pick a data-free criterion (l1, l2, "
+                     "bn-scale, filtersketch)")
+
+
 CRITERIA: dict[str, Criterion] = {
     "l1": _norm(1),
     "l2": _norm(2),
     "bn-scale": bn_scale,
     "filtersketch": filtersketch,
     "similarity": similarity,
+    "thinet": thinet,
 }
-NEEDS_DATA = {"similarity"}
+NEEDS_DATA = {"similarity", "thinet"}
 
 
 def score_group(name: str, group: ChannelGroup, weights: Weights, features: Features | None) -> np.ndarray:

@@ -7,6 +7,13 @@ original model: ``min ‖[X 1]θ − Y‖² + λ‖θ − θ₀‖²``. Layers a
 that earlier refits produce, so errors are compensated instead of accumulating. The ridge term pulls towards the
 current (kept) weights θ₀, which keeps under-determined fits (a wide Gemm with few samples) sane.
 Rows are sampled output positions (64 per image, as ThiNet samples locations), so 256 images suffice.
+
+Residual stages: a Conv whose output (through an optional BatchNormalization, or with BN already folded into it)
+is added to a skip connection is fitted so that the *sum* matches: its target is
+``(original Add output − current skip − BN shift) / BN scale``, so the error the skip path carries (it was
+pruned and refitted too) is compensated by the residual branch instead of being passed on. Every dense Conv/Gemm
+from the first pruned consumer on is refitted (a layer whose own input channels were not cut still sees
+perturbed activations), the Gemm head included. The ridge term does not touch the bias.
 """
 
 from __future__ import annotations
@@ -30,19 +37,54 @@ class _Layer:
     out_keep: np.ndarray | None   # kept output channels of the layer (None: all)
 
 
-def _consumers(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndarray]) -> list[_Layer]:
-    """Dense Conv (group 1) and Gemm layers reading a pruned group, in graph order."""
+def _consumers(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndarray],
+               only: set[str] | None = None) -> list[_Layer]:
+    """Dense Conv (group 1) and Gemm layers from the first one reading a pruned group on, in graph order
+    (``only``: just these nodes)."""
     pruned = set(keep)
-    wanted = {}
+    first_readers = {layer.node for layer in analysis.mac_layers
+                     if layer.inp and any(g in pruned for g, _ in layer.inp)}
+    out_keep = {}
     for layer in analysis.mac_layers:
-        if layer.inp and any(g in pruned for g, _ in layer.inp):
-            out_gid = layer.out[0][0] if len(layer.out) == 1 else None
-            wanted[layer.node] = keep.get(out_gid) if out_gid is not None else None
-    out = []
+        out_gid = layer.out[0][0] if len(layer.out) == 1 else None
+        out_keep[layer.node] = keep.get(out_gid) if out_gid is not None else None
+    out, started = [], False
     for node in model.graph:
-        if node.name in wanted and node.op_type in ("Conv", "Gemm"):
-            out.append(_Layer(node, wanted[node.name]))
+        started = started or node.name in first_readers
+        if not started or node.op_type not in ("Conv", "Gemm") or (only is not None and node.name not in only):
+            continue
+        if node.op_type == "Conv" and node.attributes.get_int("group", 1) != 1:
+            continue
+        out.append(_Layer(node, out_keep.get(node.name)))
     return out
+
+
+def _residual(model: ir.Model, node: ir.Node) -> tuple[ir.Node | None, ir.Node, int] | None:
+    """``(bn, add, skip input index)`` when ``node``'s output reaches an Add through at most one BN."""
+    value, bn = node.outputs[0], None
+    users = [u for u, _ in value.uses()]
+    if len(users) == 1 and users[0].op_type == "BatchNormalization":
+        bn = users[0]
+        value = bn.outputs[0]
+        users = [u for u, _ in value.uses()]
+    if len(users) != 1 or users[0].op_type != "Add" or value in (v for v in model.graph.outputs):
+        return None
+    add = users[0]
+    if len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        return None
+    skip = 1 if add.inputs[0] is value else 0
+    if add.inputs[skip] is None or add.inputs[skip].const_value is not None:
+        return None
+    return bn, add, skip
+
+
+def _bn_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    values = [bn.inputs[i].const_value for i in range(1, 5)]
+    if any(v is None for v in values):
+        return None
+    gamma, beta, mean, var = (v.numpy().astype(np.float64) for v in values)
+    scale = gamma / np.sqrt(var + bn.attributes.get_float("epsilon", 1e-5))
+    return scale, beta - mean * scale
 
 
 def _conv_positions(n_samples: int, start: int, count: int, ho: int, wo: int, per_image: int, seed: int
@@ -79,10 +121,15 @@ def _patches(x: np.ndarray, n: np.ndarray, r: np.ndarray, c: np.ndarray, kernel:
 
 
 def _solve(a: np.ndarray, y: np.ndarray, theta0: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge least squares ``min ‖[A 1]θ − Y‖² + λ‖W − W₀‖²`` (the bias row of θ is not penalised)."""
     a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
     gram = a.T @ a
-    lam = ridge * float(np.trace(gram)) / gram.shape[0] + 1e-12
-    return np.linalg.solve(gram + lam * np.eye(gram.shape[0]), a.T @ y + lam * theta0)
+    d = gram.shape[0] - 1
+    lam = ridge * float(np.trace(gram[:d, :d])) / max(d, 1) + 1e-12
+    penalty = np.full(d + 1, lam)
+    penalty[-1] = 0.0
+    rhs = a.T @ y + penalty[:, None] * theta0
+    return np.linalg.solve(gram + np.diag(penalty) + 1e-12 * np.eye(d + 1), rhs)
 
 
 def _rel_err(a: np.ndarray, theta: np.ndarray, y: np.ndarray) -> float:
@@ -91,9 +138,10 @@ def _rel_err(a: np.ndarray, theta: np.ndarray, y: np.ndarray) -> float:
 
 
 def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, keep: dict[int, np.ndarray],
-                calib: np.ndarray, per_image: int = 64, ridge: float = 1e-3, seed: int = 0) -> list[dict[str, Any]]:
+                calib: np.ndarray, per_image: int = 64, ridge: float = 1e-3, seed: int = 0,
+                only: set[str] | None = None) -> list[dict[str, Any]]:
     """Refit the consumers of pruned channels in ``model`` (in place) towards ``original``; one report per layer."""
-    layers = _consumers(model, analysis, keep)
+    layers = _consumers(model, analysis, keep, only)
     inits = model.graph.initializers
     n_samples = len(calib)
     report = []
@@ -110,6 +158,7 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
                 report.append({"layer": node.name, "refit": False, "why": "padding mode or layout not handled"})
                 continue
             y_name = node.outputs[0].name
+            presliced = False
             ho_wo: dict[str, tuple[int, int]] = {}
 
             def reduce_y(name: str, y: np.ndarray, start: int) -> np.ndarray:
@@ -117,7 +166,23 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
                 ho_wo["hw"] = y.shape[2:]
                 return y[n, :, r, c]
 
-            target = capture(original, [y_name], calib, reduce_y)[y_name]
+            residual = _residual(model, node)
+            affine = _bn_affine(residual[0]) if residual and residual[0] is not None else None
+            if residual and (residual[0] is None or affine is not None):
+                bn, add, skip_index = residual
+                add_name, skip_name = add.outputs[0].name, add.inputs[skip_index].name
+                target_sum = capture(original, [add_name], calib, reduce_y)[add_name]
+                skip = capture(ir.serde.serialize_model(model), [skip_name], calib, reduce_y)[skip_name]
+                if layer.out_keep is not None:
+                    target_sum = target_sum[:, layer.out_keep]
+                if skip.shape != target_sum.shape:
+                    residual = None
+            if residual and (residual[0] is None or affine is not None):
+                scale, shift = affine if affine is not None else (np.ones(skip.shape[1]), np.zeros(skip.shape[1]))
+                target = (target_sum.astype(np.float64) - skip - shift) / np.where(scale == 0, 1.0, scale)
+                presliced = True
+            else:
+                target = capture(original, [y_name], calib, reduce_y)[y_name]
             ho, wo = ho_wo["hw"]
 
             def reduce_x(name: str, x: np.ndarray, start: int) -> np.ndarray:
@@ -128,6 +193,7 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
             a = capture(current, [node.inputs[0].name], calib, reduce_x)[node.inputs[0].name].astype(np.float64)
             w_mat = w.reshape(w.shape[0], -1).T
         else:  # Gemm
+            presliced = False
             if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0 \
                     or node.attributes.get_float("beta", 1.0) != 1.0:
                 report.append({"layer": node.name, "refit": False, "why": "Gemm with transA/alpha/beta"})
@@ -139,7 +205,7 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
             trans_b = node.attributes.get_int("transB", 0)
             w_mat = w.T if trans_b else w
         y = target.astype(np.float64)
-        if layer.out_keep is not None:
+        if layer.out_keep is not None and not presliced:
             y = y[:, layer.out_keep]
         bias = (inits[node.inputs[2].name].const_value.numpy().astype(np.float64).reshape(-1)
                 if has_bias else np.zeros(w_mat.shape[1]))
@@ -169,5 +235,6 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
                 node.resize_inputs(3)
             node.replace_input_with(2, b_value)
         report.append({"layer": node.name, "refit": True, "rows": int(a.shape[0]), "unknowns": int(a.shape[1] + 1),
-                       "rel_error": [round(before, 4), round(after, 4)]})
+                       "rel_error": [round(before, 4), round(after, 4)], **({"target": "residual sum"}
+                                                                           if presliced else {})})
     return report

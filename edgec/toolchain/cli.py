@@ -208,8 +208,10 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
 @click.option("--layer-ratios", type=click.Path(path_type=Path), default=None,
               help="Per-layer shares to remove: .toml/.json/.yaml of 'layer name = ratio'.")
 @click.option("--criterion", default="l1", show_default=True,
-              type=click.Choice(["l1", "l2", "bn-scale", "filtersketch", "similarity"]),
+              type=click.Choice(["l1", "l2", "bn-scale", "filtersketch", "similarity", "thinet"]),
               help="Channel importance.")
+@click.option("--allocation", default="score", show_default=True, type=click.Choice(["score", "sensitivity"]),
+              help="How a --macs budget is spread: global score ranking, or per-group measured sensitivity.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration inputs (.npy/.npz, N×C×H×W) for --reconstruct and the similarity criterion.")
 @click.option("--calib-samples", default=256, show_default=True, help="Use at most this many calibration inputs.")
@@ -220,7 +222,7 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
 @_handle_errors
 def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float | None, layer_ratios: Path | None,
               criterion: str, calib: Path | None, calib_samples: int, reconstruct: bool, round_to: int,
-              input_shapes: tuple[str, ...], as_json: bool) -> None:
+              input_shapes: tuple[str, ...], as_json: bool, allocation: str = "score") -> None:
     """Remove whole channels from MODEL (coupled groups pruned consistently) and write a smaller ONNX model.
 
     Without MODEL, prunes the embedded default model; its calibration data defaults to the MNIST training images.
@@ -238,12 +240,13 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
     if output.suffix != ".onnx":
         raise EdgecError(f"output {output} is not an .onnx path", "pass -o pruned.onnx")
     data = calib
-    if data is None and model is None and (reconstruct or criterion == "similarity"):
+    if data is None and model is None and (reconstruct or criterion in ("similarity", "thinet")
+                                           or allocation == "sensitivity"):
         from edgec.models import mnist_split
 
         data = mnist_split()["train"][0]
     step = PruneChannels(ratio=ratio, macs=macs, layer_ratios=layer_ratios, criterion=criterion, round_to=round_to,
-                         calib=data, reconstruct=reconstruct, calib_samples=calib_samples)
+                         calib=data, reconstruct=reconstruct, calib_samples=calib_samples, allocation=allocation)
     loaded = load_model(model or default_model(), list(input_shapes))
     report = step(loaded).report
     proto = ir.serde.serialize_model(loaded)
