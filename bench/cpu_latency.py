@@ -3,7 +3,8 @@
 
 Prints, per model, the per-round median ratio edgec/onnxruntime (contenders interleaved round by round in one
 process, as bench/compile_vs_ort.py does) next to its bound: untuned ≤ 1.5×, with `edgec tune` ≤ 0.8×. Also the
-achieved GFLOP/s (2·MACs / latency) against two ceilings: onnxruntime's 1-thread SGEMM on 2048² measured in the
+achieved GFLOP/s (2·MACs of a direct convolution / latency — Winograd layers do fewer real multiplies, so a model
+can exceed 100 %) against two ceilings: onnxruntime's 1-thread SGEMM on 2048² measured in the
 same run (MLAS's hand-written AVX-512 kernel: what this core really sustains), and the nominal AVX-512 FMA peak
 (2 FMA pipes × 16 float32 lanes × 2 flops) at the base clock /proc/cpuinfo reports — the core boosts above that
 clock, so a figure over 100 % of it is possible. A benchmark, never a test.
