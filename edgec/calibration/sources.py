@@ -14,7 +14,6 @@ when shrinking, i.e. antialiased bilinear as Pillow does it), then ``(pixel / 25
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from edgec.arrays import open_arrays
 from edgec.errors import EdgecError
 
 __all__ = ["InputSpec", "CalibrationSource", "ArraySource", "ImageFolderSource", "SyntheticSource", "batches",
@@ -122,11 +122,7 @@ class ArraySource(CalibrationSource):
 
     @staticmethod
     def _open(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
-        try:
-            data = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-            raise EdgecError(f"{path} is not a readable .npy/.npz file", "save arrays with numpy.save / savez")\
-                from None
+        data = open_arrays(path, "calibration file", mmap=True)
         names = [s.name for s in specs]
         if isinstance(data, np.lib.npyio.NpzFile):
             keys = list(data.files)

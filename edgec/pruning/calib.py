@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgec.arrays import open_arrays
 from edgec.errors import EdgecError
 
 __all__ = ["MAX_SAMPLES", "load_calibration", "check_calibration", "capture"]
@@ -28,12 +29,7 @@ Reduce = Callable[[str, np.ndarray, int], np.ndarray]   # (tensor name, batch of
 def load_calibration(path: str | Path) -> np.ndarray:
     """Inputs from a .npy (the array) or .npz (its single array, or the one named ``input``/``x``)."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgecError(f"calibration file {path} does not exist", "pass a .npy/.npz of model inputs (N×C×H×W)")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception:
-        raise EdgecError(f"{path} is not a readable .npy/.npz file", "save the inputs with numpy.save") from None
+    data = open_arrays(path, "calibration file")
     if isinstance(data, np.lib.npyio.NpzFile):
         keys = list(data.files)
         key = next((k for k in ("input", "x", "images") if k in keys), keys[0] if len(keys) == 1 else None)

@@ -17,6 +17,7 @@ import click
 import numpy as np
 
 from edgec import __version__
+from edgec.arrays import open_arrays
 from edgec.errors import EdgecError
 
 
@@ -296,13 +297,7 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str | None, np.ndarray]:
         name, sep, file = spec.partition("=")
         if not sep:
             name, file = None, spec
-        path = Path(file)
-        if not path.is_file():
-            raise EdgecError(f"input file {path} does not exist", "pass an existing .npy or .npz file")
-        try:
-            data = np.load(path, allow_pickle=False)
-        except Exception:
-            raise EdgecError(f"{path} is not a readable .npy/.npz file", "save inputs with numpy.save") from None
+        data = open_arrays(file, "input file")
         if isinstance(data, np.lib.npyio.NpzFile):
             inputs.update({k: data[k] for k in data.files})
         else:
