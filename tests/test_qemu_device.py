@@ -117,6 +117,7 @@ def test_timing(runner: QemuAarch64Runner, arm_artifact: Path, x: np.ndarray) ->
     res = runner.run(arm_artifact, {"x": x}, repeat=2, number=1)
     assert len(res.latencies_ms) == 2 and all(t > 0 for t in res.latencies_ms)
     assert res.outputs["y"].shape == (1, 10)
+    assert res.emulated  # its latencies must never be reported as performance figures
 
 
 def test_refuses_x86_artifact(runner: QemuAarch64Runner, x86_artifact: Path, x: np.ndarray) -> None:

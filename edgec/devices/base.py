@@ -18,6 +18,8 @@ class RunResult:
     outputs: dict[str, np.ndarray]
     # Per-repeat latency in milliseconds, measured on the device itself; empty when timing was not asked for.
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    # The device is emulated (qemu-user): its latencies prove the timing path, they are not performance figures.
+    emulated: bool = False
 
 
 class Runner(Protocol):

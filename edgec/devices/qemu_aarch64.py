@@ -308,7 +308,7 @@ class QemuAarch64Runner:
                 outputs = {k: data[k] for k in data.files}
         latencies = _parse_latencies(proc.stdout)
         return RunResult(outputs={s["name"]: outputs[s["name"]] for s in manifest["outputs"]},
-                         latencies_ms=latencies)
+                         latencies_ms=latencies, emulated=True)
 
 
 def _parse_latencies(stdout: str) -> list[float]:

@@ -329,7 +329,8 @@ def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, sa
         click.echo(f"{name}: {value.dtype} {tuple(value.shape)} {head}{' ...' if flat.size > 8 else ''}{extra}")
     if result.latencies_ms:
         lat = np.asarray(result.latencies_ms)
-        click.echo(f"latency: median {np.median(lat):.3f} ms, min {lat.min():.3f} ms over {len(lat)} runs")
+        note = " (emulated device: proves the timing path, not a performance figure)" if result.emulated else ""
+        click.echo(f"latency: median {np.median(lat):.3f} ms, min {lat.min():.3f} ms over {len(lat)} runs{note}")
     if save is not None:
         np.savez(save, **result.outputs)
         click.echo(f"outputs saved to {save}")
