@@ -62,6 +62,8 @@ class QuantConfig:
     granularity: str = "channel"
     method: str = "minmax"
     bias_correction: bool = False
+    adaround: bool = False
+    adaround_iterations: int = 1000
     activation_dtype: str = "uint8"
     percentile: float = 99.99
     bins: int = 2048
@@ -76,6 +78,9 @@ class QuantConfig:
             raise EdgecError(f"unknown calibration method '{self.method}'", f"use one of: {', '.join(OBSERVERS)}")
         if self.activation_dtype not in ("uint8", "int8"):
             raise EdgecError(f"unknown activation type '{self.activation_dtype}'", "use uint8 or int8")
+        if self.adaround_iterations < 1:
+            raise EdgecError(f"AdaRound needs at least one iteration (got {self.adaround_iterations})",
+                             "pass a positive number of iterations")
         g = self.granularity
         if g not in ("tensor", "channel"):
             size = g.split(":", 1)[1] if g.startswith("group:") else ""
@@ -109,6 +114,7 @@ class _Layer:
     bias_value: ir.Value | None = None
     bias_scale: np.ndarray | None = None  # int32 bias scale, or None when the bias stays float
     bias_shift: np.ndarray | None = None  # what bias correction added
+    q_value: ir.Value | None = None       # the integer weight initializer (AdaRound rewrites it)
     report: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,9 +152,9 @@ class QuantizeQDQ(EdgecPass):
         if already:
             ops = ", ".join(f"{n}×{op}" for op, n in sorted(already.items()))
             raise EdgecError(f"the model is already quantized ({ops})", "quantize the float model instead")
-        needs_data = cfg.activations == "int8" or cfg.bias_correction
+        needs_data = cfg.activations == "int8" or cfg.bias_correction or cfg.adaround
         if needs_data and self.calibration is None:
-            raise EdgecError("activation quantization and bias correction need calibration data",
+            raise EdgecError("activation quantization, bias correction and AdaRound need calibration data",
                              "pass --calib (a folder, .npy/.npz, or none for data-free)")
         if not self._find_layers(model):
             raise EdgecError("the model has no Conv, Gemm or MatMul with constant weights to quantize",
@@ -171,6 +177,8 @@ class QuantizeQDQ(EdgecPass):
         for name, qp in act_params.items():
             self._insert_qdq(model, name, qp)
         model.graph.sort()
+        if cfg.adaround:
+            notes.extend(self._adaround(model, float_proto, layers))
         if cfg.bias_correction:
             notes.extend(self._bias_correction(model, float_proto, layers))
         if self.calibration is not None:
@@ -178,7 +186,7 @@ class QuantizeQDQ(EdgecPass):
         return {
             "changed": True,
             "config": {"weights": cfg.weights, "activations": cfg.activations, "granularity": cfg.granularity,
-                       "method": cfg.method, "bias_correction": cfg.bias_correction,
+                       "method": cfg.method, "bias_correction": cfg.bias_correction, "adaround": cfg.adaround,
                        "activation_dtype": cfg.activation_dtype if cfg.activations == "int8" else None},
             "opset": model.opset_imports.get("", opset),
             "layers": [layer.report for layer in layers],
@@ -275,6 +283,7 @@ class QuantizeQDQ(EdgecPass):
         storage = wq.q.astype(ml_dtypes.int4) if wq.bits == 4 else wq.q
         q_value = self._initializer(model, f"{layer.weight.name}_quantized", storage,
                                     ir.DataType.INT4 if wq.bits == 4 else ir.DataType.INT8)
+        layer.q_value = q_value
         s_value = self._initializer(model, f"{layer.weight.name}_scale", np.asarray(wq.scale, np.float32))
         attrs: dict[str, int] = {}
         if wq.axis is not None:
@@ -380,6 +389,92 @@ class QuantizeQDQ(EdgecPass):
 
     # ------------------------------------------------------------------------------------------------ refinement
 
+    def _adaround(self, model: ir.Model, float_proto: onnx.ModelProto, layers: list[_Layer]) -> list[str]:
+        """AdaRound, layer by layer in graph order: inputs from the model quantized so far, targets from the float one.
+
+        At most ``ADAROUND_SAMPLES`` calibration samples and ``ADAROUND_ROWS`` rows per layer (a Conv contributes
+        random output positions of each sample); layers AdaRound cannot express as a matrix product (grouped or
+        non-2-D Conv, auto_pad, transposed Gemm input, a computed bias) keep nearest rounding and say so.
+        """
+        from edgec.quantization.adaround import adaround_matrix, conv_patches
+        from edgec.quantization.qmath import WEIGHT_QMAX, _broadcast
+
+        assert self.calibration is not None
+        cfg = self.config
+        samples = 0
+        for feed in self.calibration():
+            samples += max(int(next(iter(feed.values())).shape[0]), 1)
+            if samples >= ADAROUND_SAMPLES:
+                break
+        samples = min(samples, ADAROUND_SAMPLES)
+        done, skipped = 0, []
+        for index, layer in enumerate(layers):
+            why = _adaround_unsupported(layer)
+            if why is not None or layer.wq is None or layer.q_value is None:
+                skipped.append(f"{layer.name} ({why})")
+                layer.report["adaround"] = None
+                continue
+            node, wq = layer.node, layer.wq
+            w = layer.weight.const_value.numpy().astype(np.float64)  # the float weight (dropped from the graph)
+            rng = np.random.default_rng(1000 + index)
+            x_name, y_name = node.inputs[0].name, layer.output.name
+            q_sess = collect.session(collect.expose(ir.serde.serialize_model(model), [x_name]))
+            f_sess = collect.session(collect.expose(float_proto, [y_name]))
+            xs, ys, seen = [], [], 0
+            for feed in self.calibration():
+                if seen >= samples:
+                    break
+                x = q_sess.run([x_name], feed)[0]
+                y = f_sess.run([y_name], feed)[0]
+                seen += x.shape[0]
+                if node.op_type == "Conv":
+                    attrs = {k: a.value for k, a in node.attributes.items()}
+                    kernel = tuple(w.shape[2:])
+                    pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
+                    per_sample = max(1, ADAROUND_ROWS // samples)
+                    rows, idx, _ = conv_patches(x, kernel, tuple(attrs.get("strides", (1, 1))),
+                                                (pads[0], pads[1], pads[2], pads[3]),
+                                                tuple(attrs.get("dilations", (1, 1))), per_sample, rng)
+                    yf = y.reshape(y.shape[0], y.shape[1], -1)
+                    ys.append(np.take_along_axis(yf, idx[:, None, :], axis=2).transpose(0, 2, 1)
+                              .reshape(-1, y.shape[1]))
+                    xs.append(rows)
+                else:
+                    k = w.shape[layer.in_axis]
+                    xr, yr = x.reshape(-1, k), y.reshape(-1, w.shape[layer.out_axis])
+                    take = max(1, ADAROUND_ROWS // samples) * x.shape[0]  # a MatMul on N×T×K: rows per sample
+                    if take < xr.shape[0]:
+                        sel = rng.choice(xr.shape[0], take, replace=False)
+                        xr, yr = xr[sel], yr[sel]
+                    xs.append(xr)
+                    ys.append(yr)
+            x_rows, y_rows = np.concatenate(xs), np.concatenate(ys)
+            moved = np.moveaxis(w, layer.out_axis, 0)
+            w_mat = moved.reshape(moved.shape[0], -1)
+            s_full = np.broadcast_to(_broadcast(wq.scale, w, wq.axis, wq.block), w.shape)
+            s_mat = np.moveaxis(s_full, layer.out_axis, 0).reshape(w_mat.shape)
+            relu = layer.activation_out is not layer.output
+            result = adaround_matrix(w_mat, s_mat, WEIGHT_QMAX[wq.dtype], x_rows, y_rows, layer.bias_float, relu,
+                                     iterations=cfg.adaround_iterations, seed=index)
+            q = np.moveaxis(result.q.reshape(moved.shape), 0, layer.out_axis).astype(np.int8)
+            assert q.shape == wq.q.shape and int(np.max(np.abs(q.astype(np.int16) - wq.q))) <= 1
+            wq.q = q
+            storage = q.astype(ml_dtypes.int4) if wq.bits == 4 else q
+            layer.q_value.const_value = ir.Tensor(storage, dtype=ir.DataType.INT4 if wq.bits == 4
+                                                  else ir.DataType.INT8, name=layer.q_value.name)
+            e_sq = float(np.sum((w - wq.dequantized()) ** 2))
+            layer.report["weight_sqnr_db"] = _finite(sqnr_db(float(np.sum(w ** 2)), e_sq))
+            layer.report["adaround"] = {
+                "mse_nearest": result.mse_nearest, "mse_adaround": result.mse_adaround,
+                "reduction": (1 - result.mse_adaround / result.mse_nearest) if result.mse_nearest > 0 else 0.0,
+                "changed": result.changed, "rows": result.rows, "iterations": result.iterations,
+                "relu": relu, "samples": samples}
+            done += 1
+        notes = [f"AdaRound: {done} layer(s), {samples} sample(s), {cfg.adaround_iterations} iterations each"]
+        if skipped:
+            notes.append("AdaRound skipped (nearest rounding kept): " + ", ".join(skipped))
+        return notes
+
     def _bias_correction(self, model: ir.Model, float_proto: onnx.ModelProto, layers: list[_Layer]) -> list[str]:
         assert self.calibration is not None
         targets = [layer for layer in layers if layer.bias_float is not None and layer.bias_value is not None]
@@ -408,6 +503,37 @@ class QuantizeQDQ(EdgecPass):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+ADAROUND_SAMPLES = 256   # calibration samples AdaRound uses at most
+ADAROUND_ROWS = 8192     # rows (output positions) per layer it fits to
+
+
+def _adaround_unsupported(layer: _Layer) -> str | None:
+    node = layer.node
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    has_bias_input = len(node.inputs) > 2 and node.inputs[2] is not None
+    if has_bias_input and layer.bias_float is None:
+        return "computed or shared bias"
+    if node.op_type == "Conv":
+        w = layer.weight.const_value
+        if w is None or len(w.shape) != 4:
+            return "not a 2-D Conv"
+        if attrs.get("group", 1) != 1:
+            return "grouped Conv"
+        if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return "auto_pad"
+    if node.op_type == "Gemm":
+        if attrs.get("transA", 0):
+            return "transA"
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return "alpha/beta"
+    if layer.bias_float is not None and node.op_type != "MatMul":
+        w = layer.weight.const_value
+        if layer.bias_float.size != w.shape[layer.out_axis]:
+            return "broadcast bias"
+    return None
+
 
 def _upgrade_opset(model: ir.Model, version: int) -> None:
     from onnxscript.version_converter import convert_version

@@ -73,13 +73,14 @@ def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: P
 
 def quantize_model(source: str | Path, output: str | Path | None, calib: str | Path | None, samples: int = 64,
                    weights: str = "int8", activations: str = "int8", granularity: str = "channel",
-                   method: str = "minmax", bias_correction: bool = False, eval_path: str | Path | None = None,
+                   method: str = "minmax", bias_correction: bool = False, adaround: bool = False,
+                   eval_path: str | Path | None = None,
                    input_shapes: str | Sequence[str] | dict | None = None, mean: Sequence[float] = (0.0,),
                    std: Sequence[float] = (1.0,), layout: str = "auto", resize: int | None = None,
                    percentile: float = 99.99, seed: int = 0) -> QuantizeResult:
     """Quantize ``source`` into a QDQ ONNX at ``output`` (``None``: do not write; the tests and bench use that)."""
     config = QuantConfig(weights=weights, activations=activations, granularity=granularity, method=method,
-                         bias_correction=bias_correction, percentile=percentile)
+                         bias_correction=bias_correction, adaround=adaround, percentile=percentile)
     config.validate()
     out_path = Path(output) if output is not None else None
     if out_path is not None:
@@ -96,7 +97,7 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     if already:
         ops = ", ".join(f"{n}×{op}" for op, n in sorted(already.items()))
         raise EdgecError(f"{Path(str(source)).name} is already quantized ({ops})", "quantize the float model instead")
-    needs_data = config.activations == "int8" or config.bias_correction
+    needs_data = config.activations == "int8" or config.bias_correction or config.adaround
     src = open_source(calib, model, samples, mean, std, layout, resize, seed) if needs_data or calib else None
     model, log = run_pipeline(model, DEFAULT_PASSES)  # BN folding etc. first: quantize the weights that will run
     float_proto = ir.serde.serialize_model(model)

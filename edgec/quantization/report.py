@@ -35,7 +35,8 @@ def format_report(report: dict[str, Any]) -> list[str]:
     acts = (f"{cfg['activation_dtype']} activations ({cfg['method']})" if cfg["activations"] == "int8"
             else "fp32 activations (weights only)")
     lines = [f"quantized: {cfg['weights']} weights ({cfg['granularity']}), {acts}"
-             + (", bias correction" if cfg["bias_correction"] else "") + f"; opset {report['opset']}",
+             + (", bias correction" if cfg["bias_correction"] else "")
+             + (", AdaRound" if cfg.get("adaround") else "") + f"; opset {report['opset']}",
              f"calibration: {report['calibration']}"]
     rows = [("layer", "op", "bits", "weight scale (min..max)", "w SQNR dB", "out SQNR dB", "in scale/zp",
              "out scale/zp", "weight bytes")]
@@ -50,6 +51,16 @@ def format_report(report: dict[str, Any]) -> list[str]:
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) if i in (0, 1, 3, 6, 7) else c.rjust(w)
                                       for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    ada = [(layer, layer["adaround"]) for layer in report["layers"] if layer.get("adaround")]
+    if ada:
+        first = ada[0][1]
+        lines.append(f"AdaRound ({first['samples']} samples, {first['iterations']} iterations/layer): layer-output MSE "
+                     "on the calibration rows, nearest → adaptive rounding")
+        width = max(len(_display_name(layer)) for layer, _ in ada)
+        for layer, a in ada:
+            lines.append(f"  {_display_name(layer).ljust(width)}  {a['mse_nearest']:.3g} → {a['mse_adaround']:.3g} "
+                         f"({-100 * a['reduction']:+.0f} %), {100 * a['changed']:.0f} % of weights rounded the other "
+                         f"way, {a['rows']} rows" + (" (after ReLU)" if a["relu"] else ""))
     sizes = report["sizes"]
     lines.append(f"size: layer weights {_kib(sizes['float_weight_bytes'])} → {_kib(sizes['quant_weight_bytes'])} "
                  f"({sizes['float_weight_bytes'] / sizes['quant_weight_bytes']:.2f}x smaller, scales included); "

@@ -375,6 +375,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--method", default="minmax", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy", "mse"]), help="Activation range method.")
 @click.option("--bias-correction", is_flag=True, help="Fold each layer's mean quantization error into its bias.")
+@click.option("--adaround", is_flag=True, help="AdaRound: learn each weight's rounding (up/down) layer by layer "
+              "to minimise the layer-output error on ≤ 256 calibration samples.")
 @click.option("--eval", "eval_path", default=None, type=click.Path(path_type=Path),
               help="An .npz with x (and optional labels y): report accuracy vs the float model.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
@@ -387,7 +389,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @_handle_errors
 def quantize_cmd(model: str | None, output: Path, calib: str | None, samples: int, weights: str, activations: str,
-                 granularity: str, method: str, bias_correction: bool, eval_path: Path | None,
+                 granularity: str, method: str, bias_correction: bool, adaround: bool, eval_path: Path | None,
                  input_shapes: tuple[str, ...], mean: str, std: str, layout: str, resize: int | None,
                  as_json: bool) -> None:
     """Quantize MODEL into a QDQ ONNX file onnxruntime runs, and print the per-layer report.
@@ -400,10 +402,13 @@ def quantize_cmd(model: str | None, output: Path, calib: str | None, samples: in
 
     if calib is None and activations == "int8":
         raise EdgecError("int8 activations need calibration data", "pass --calib DIR|FILE.npz or --calib none")
+    if calib is None and adaround:
+        raise EdgecError("--adaround needs calibration data", "pass --calib DIR|FILE.npz (real samples)")
     result = quantize_model(model or default_model(), output, calib, samples, weights=weights,
                             activations=activations, granularity=granularity, method=method,
-                            bias_correction=bias_correction, eval_path=eval_path, input_shapes=list(input_shapes),
-                            mean=_floats(mean, "mean"), std=_floats(std, "std"), layout=layout, resize=resize)
+                            bias_correction=bias_correction, adaround=adaround, eval_path=eval_path,
+                            input_shapes=list(input_shapes), mean=_floats(mean, "mean"), std=_floats(std, "std"),
+                            layout=layout, resize=resize)
     if as_json:
         click.echo(json.dumps({**{k: v for k, v in result.report.items() if k != "passes"},
                                "output": str(result.output)}, indent=2))
