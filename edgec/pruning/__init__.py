@@ -55,10 +55,11 @@ def importance(model: ir.Model, analysis: Analysis, criterion: str, calib: np.nd
     return {g.id: score_group(criterion, g, weights, features) for g in groups}
 
 
-def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | None, reconstruct: bool
-         ) -> tuple[Analysis, dict[int, np.ndarray], list[dict[str, Any]] | None]:
+def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | None, reconstruct: bool,
+         info: dict[str, Any] | None = None) -> tuple[Analysis, dict[int, np.ndarray], list[dict[str, Any]] | None]:
     """Which channels every group keeps (``model`` is not changed): the analysis, ``{group id: kept indices}`` and
-    the sensitivity table when the budget is allocated by sensitivity."""
+    the sensitivity table when the budget is allocated by sensitivity. A latency budget also fills ``info``
+    (``"latency"``: the measured table, the prediction)."""
     original = ir.serde.serialize_model(model)
     analysis = analyze(model)
     if not analysis.prunable():
@@ -66,6 +67,94 @@ def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | No
         raise EdgecError("no channel of this model can be pruned",
                          f"every group is blocked: {'; '.join(reasons[:3])}")
     scores = importance(model, analysis, criterion, calib)
+    if budget.latency_ms is not None:
+        from edgec.pruning import latency
+
+        cands = latency.candidates(analysis, budget)
+        table = latency.build_table(model, analysis, cands, budget.target, budget.latency_cache)
+        sens = None
+        if calib is not None:
+            from edgec.pruning.sensitivity import measure, summary
+
+            losses = measure(original, analysis, scores, budget, calib, reconstruct)
+            sens = summary(losses, analysis)
+        else:
+            losses = latency.score_losses(analysis, scores, cands)
+        # The table is a model of the target (one-layer timings); the choice is checked on the real thing: the
+        # least-loss options are compiled whole and timed together with the unpruned model, and the least-loss one
+        # measured within the budget wins. When none is, the budget the table is asked for shrinks by how much it
+        # under-predicted, and the next options are tried (a few rounds).
+        effective = budget.latency_ms
+        options, keeps, tried, measured = [], [], set(), {}
+        ok: list[int] = []
+        for _ in range(latency.VERIFY_ROUNDS):
+            try:
+                fresh = latency.allocate(analysis, table, losses, cands, effective, top=latency.VERIFY_TOP,
+                                         exclude=tried)
+            except EdgecError:
+                if not options:
+                    raise
+                break
+            protos = {"unpruned": original}
+            first = len(options)
+            for i, counts in enumerate(fresh, first):
+                options.append(counts)
+                tried.add(frozenset(counts.items()))
+                keeps.append({gid: np.sort(np.argsort(-scores[gid], kind="stable")[:k]) for gid, k in counts.items()})
+                trial = ir.serde.deserialize_model(original)
+                apply_selection(trial, analysis, keeps[-1])
+                protos[f"option{i}"] = ir.serde.serialize_model(trial)
+            now = latency.time_models(protos, budget.target)
+            measured.setdefault("unpruned", now["unpruned"])
+            measured.update({k: v for k, v in now.items() if k != "unpruned"})
+            ok = [i for i in range(first, len(options)) if measured[f"option{i}"] <= budget.latency_ms]
+            if ok:
+                break
+            under = max(measured[f"option{i}"] / max(latency.predict(table, options[i]), 1e-9)
+                        for i in range(first, len(options)))
+            effective = min(effective, budget.latency_ms) / max(under, 1.0001)
+        if not ok:
+            closest = min(range(len(options)), key=lambda i: measured[f"option{i}"])
+            raise EdgecError(f"cannot reach {budget.latency_ms:g} ms on {budget.target}: the closest is "
+                             f"{measured[f'option{closest}']:.3f} ms measured "
+                             f"({latency.predict(table, options[closest]):.3f} ms predicted; unpruned "
+                             f"{measured['unpruned']:.3f} ms; {len(options)} option(s) tried)",
+                             "ask for a larger --latency-ms (one-layer timings miss this model's layout changes), "
+                             "or allow more pruning")
+        choice, combined = ok[0], {}
+        if calib is not None and len(ok) > 1:
+            # per-group losses are summed to rank options, which ignores that pruning two groups compounds: among
+            # the options measured within budget, the one whose *combined* output error is least wins
+            from edgec.pruning.reconstruct import reconstruct as refit
+            from edgec.pruning.sensitivity import EVAL_SAMPLES, output_loss, outputs
+
+            # with recovery, refit on one half of the data and judge on the other: the refit fits its own samples
+            # (every option agrees with the unpruned argmax there) but can fail on new inputs
+            half = len(calib) // 2 if reconstruct and len(calib) >= 16 else 0
+            evals = calib[half:][:EVAL_SAMPLES]
+            reference = outputs(original, evals)
+            for i in ok:
+                trial = ir.serde.deserialize_model(original)
+                apply_selection(trial, analysis, keeps[i])
+                if reconstruct:
+                    refit(original, trial, analysis, keeps[i], calib[:half] if half else evals)
+                combined[i] = output_loss(reference, ir.serde.serialize_model(trial), evals)
+            choice = min(ok, key=combined.__getitem__)
+        keep = keeps[choice]
+        if info is not None:
+            info["latency"] = {"target": budget.target, "budget_ms": budget.latency_ms,
+                               "loss": "sensitivity" if calib is not None else f"{criterion} scores",
+                               "predicted_ms": round(latency.predict(table, options[choice]), 5),
+                               "measured_ms": [round(measured["unpruned"], 5),
+                                               round(measured[f"option{choice}"], 5)],
+                               "tried": [{"channels": {analysis.groups[g].name: k for g, k in o.items()},
+                                          "predicted_ms": round(latency.predict(table, o), 5),
+                                          "measured_ms": round(measured[f"option{i}"], 5),
+                                          **({"output_loss": round(combined[i], 5)} if i in combined else {})}
+                                         for i, o in enumerate(options)],
+                               "table_unpruned_ms": round(table["model_ms"], 5),
+                               "table_compiled": table["compiled"], "table": latency.summary(table, analysis)}
+        return analysis, keep, sens
     if budget.macs is not None and budget.allocation == "sensitivity":
         from edgec.pruning.sensitivity import allocate, measure, summary
 
@@ -92,13 +181,18 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
         what = ("--reconstruct" if reconstruct else f"the {criterion} criterion" if criterion in NEEDS_DATA
                 else "the sensitivity allocation")
         raise EdgecError(f"{what} needs calibration data", "pass --calib inputs.npy (N inputs, N ≤ 256)")
+    if budget.latency_ms is not None and budget.round_to == 1:
+        from edgec.targets import resolve_target
+
+        # as ``edgec compile --prune``: counts off the vector width save no time, and fewer candidates to time
+        budget.round_to = 8 if resolve_target(budget.target).arch == "x86_64" else 4
     original = ir.serde.serialize_model(model)
-    analysis, keep, sensitivity = plan(model, budget, criterion, calib, reconstruct)
+    info: dict[str, Any] = {}
+    analysis, keep, sensitivity = plan(model, budget, criterion, calib, reconstruct, info)
     before_stats = inspect_model(original)
     apply_selection(model, analysis, keep)
     recovery = refit(original, model, analysis, keep, calib) if reconstruct else None
     after_stats = inspect_model(ir.serde.serialize_model(model))
-
     kept = {gid: len(idx) for gid, idx in keep.items()}
     size = {g.id: g.size for g in analysis.groups}
     after_layers = {layer.name: layer for layer in after_stats.layers}
@@ -118,7 +212,10 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
         "changed": bool(keep),
         "criterion": criterion,
         "budget": {k: v for k, v in {"ratio": budget.ratio, "macs": budget.macs, "layer_ratios": budget.layer_ratios,
-                                     "round_to": budget.round_to, "allocation": budget.allocation}.items()
+                                     "round_to": budget.round_to,
+                                     "allocation": budget.allocation if budget.latency_ms is None
+                                     else "sensitivity" if calib is not None else "score",
+                                     "latency_ms": budget.latency_ms, "target": budget.target}.items()
                    if v is not None},
         "groups": {"total": len(analysis.groups), "prunable": len(analysis.prunable()), "pruned": len(keep),
                    "blocked": [{"name": g.name, "channels": g.size, "why": g.reasons[0]} for g in blocked][:20]},
@@ -130,4 +227,5 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
         "macs_removed": round(1.0 - after_stats.total_macs / max(before_stats.total_macs, 1), 4),
         **({"reconstruct": recovery} if recovery is not None else {}),
         **({"sensitivity": sensitivity} if sensitivity is not None else {}),
+        **info,
     }

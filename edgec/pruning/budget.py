@@ -33,11 +33,22 @@ class Budget:
     round_to: int = 1
     max_group_ratio: float = 0.9
     allocation: str = "score"                     # MACs target: "score" (global ranking) or "sensitivity"
+    latency_ms: float | None = None               # latency target on ``target`` (measured; see pruning.latency)
+    target: str | None = None                     # where latency is measured (edgec target name, e.g. x86)
+    latency_cache: str | None = None              # JSON file caching the per-layer latency table
 
     def validate(self) -> None:
-        given = [k for k in ("ratio", "macs", "layer_ratios") if getattr(self, k) is not None]
+        given = [k for k in ("ratio", "macs", "layer_ratios", "latency_ms") if getattr(self, k) is not None]
         if not given:
-            raise EdgecError("no pruning budget given", "pass --ratio R, --macs M or --layer-ratios FILE")
+            raise EdgecError("no pruning budget given",
+                             "pass --ratio R, --macs M, --latency-ms MS --target T or --layer-ratios FILE")
+        if self.latency_ms is not None:
+            if len(given) > 1:
+                raise EdgecError(f"--latency-ms and --{given[0].replace('_', '-')} both given", "pass one budget")
+            if not self.latency_ms > 0:
+                raise EdgecError(f"--latency-ms {self.latency_ms:g} must be > 0", "e.g. --latency-ms 0.5")
+            if not self.target:
+                raise EdgecError("--latency-ms needs --target", "pass the target to measure on, e.g. --target x86")
         if self.ratio is not None and self.macs is not None:
             raise EdgecError("--ratio and --macs both given", "pass one budget")
         for key in ("ratio", "macs"):

@@ -219,11 +219,16 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
 @click.option("--reconstruct", is_flag=True, help="Refit consumer layers by least squares on the calibration data.")
 @click.option("--round-to", default=1, show_default=True, help="Keep channel counts a multiple of this (SIMD).")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
+@click.option("--latency-ms", type=float, default=None,
+              help="Latency budget in ms, measured on --target (per-layer latency table, cached next to -o).")
+@click.option("--target", default=None, help="Measure latency on this target (e.g. x86): the budget for "
+              "--latency-ms, and measured latency before/after in the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float | None, layer_ratios: Path | None,
               criterion: str, calib: Path | None, calib_samples: int, reconstruct: bool, round_to: int,
-              input_shapes: tuple[str, ...], as_json: bool, allocation: str = "score") -> None:
+              input_shapes: tuple[str, ...], as_json: bool, allocation: str = "score",
+              latency_ms: float | None = None, target: str | None = None) -> None:
     """Remove whole channels from MODEL (coupled groups pruned consistently) and write a smaller ONNX model.
 
     Without MODEL, prunes the embedded default model; its calibration data defaults to the MNIST training images.
@@ -246,10 +251,20 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
         from edgec.models import mnist_split
 
         data = mnist_split()["train"][0]
+    if latency_ms is not None and target is None:
+        raise EdgecError("--latency-ms needs --target", "pass the target to measure on, e.g. --target x86")
     step = PruneChannels(ratio=ratio, macs=macs, layer_ratios=layer_ratios, criterion=criterion, round_to=round_to,
-                         calib=data, reconstruct=reconstruct, calib_samples=calib_samples, allocation=allocation)
+                         calib=data, reconstruct=reconstruct, calib_samples=calib_samples, allocation=allocation,
+                         latency_ms=latency_ms, target=target if latency_ms is not None else None,
+                         latency_cache=output.with_suffix(".latency.json") if latency_ms is not None else None)
     loaded = load_model(model or default_model(), list(input_shapes))
+    before = ir.serde.serialize_model(loaded) if target is not None and latency_ms is None else None
     report = step(loaded).report
+    if before is not None:  # --target with another budget: measured latency before/after for the report
+        from edgec.pruning.latency import time_models
+
+        ms = time_models({"before": before, "after": ir.serde.serialize_model(loaded)}, target)
+        report["latency"] = {"target": target, "measured_ms": [round(ms["before"], 5), round(ms["after"], 5)]}
     proto = ir.serde.serialize_model(loaded)
     onnx.checker.check_model(proto)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +297,12 @@ def _format_prune_report(report: dict[str, Any]) -> str:
                  f"{g['prunable']} prunable channel groups ({g['total'] - g['prunable']} left whole)")
     lines.append("params {:,} -> {:,}; MACs {:,} -> {:,} ({:.1%} removed)".format(
         *report["params"], *report["macs"], report["macs_removed"]))
+    if "latency" in report:
+        lat = report["latency"]
+        pred = (f"predicted {lat['predicted_ms']:.3f} ms (budget {lat['budget_ms']:g} ms), "
+                if "predicted_ms" in lat else "")
+        lines.append(f"latency on {lat['target']} (1 thread, median): {pred}measured "
+                     "{:.3f} ms -> {:.3f} ms".format(*lat["measured_ms"]))
     if "reconstruct" in report:
         fitted = [r for r in report["reconstruct"] if r.get("refit")]
         lines.append(f"least-squares refit of {len(fitted)} layer(s); relative output error before -> after: "
