@@ -11,11 +11,21 @@ from edgec.devices.device_main import run_artifact
 from edgec.errors import EdgecError
 
 
-def can_run_here(target: dict) -> bool:
-    """Whether an artifact built for ``target`` (the manifest's target dict) runs on this machine."""
+def why_not_here(target: dict) -> EdgecError | None:
+    """Why an artifact built for ``target`` (the manifest's target dict) cannot run on this machine, or None."""
     from edgec.targets.base import host_arch
 
-    return target["arch"] == host_arch() and (target["device"] == "cpu" or _cuda_available())
+    if target["arch"] != host_arch():
+        hint = "use --device qemu-aarch64" if target["arch"] == "aarch64" else "run it on such a machine"
+        return EdgecError(f"the artifact is built for {target['arch']}, this machine is {host_arch()}", hint)
+    if target["device"] == "cuda" and not _cuda_available():
+        return EdgecError("the artifact needs a CUDA GPU and this machine has none",
+                          "run it on a machine with an NVIDIA GPU and driver")
+    return None
+
+
+def can_run_here(target: dict) -> bool:
+    return why_not_here(target) is None
 
 
 @register_runner("local")
@@ -26,15 +36,9 @@ class LocalRunner:
             number: int = 1) -> RunResult:
         import json
 
-        from edgec.targets.base import host_arch
-
-        target = json.loads((Path(artifact_dir) / "manifest.json").read_text())["target"]
-        if target["arch"] != host_arch():
-            hint = "use --device qemu-aarch64" if target["arch"] == "aarch64" else "run it on such a machine"
-            raise EdgecError(f"the artifact is built for {target['arch']}, this machine is {host_arch()}", hint)
-        if target["device"] == "cuda" and not _cuda_available():
-            raise EdgecError("the artifact needs a CUDA GPU and this machine has none",
-                             "run it on a machine with an NVIDIA GPU and driver")
+        problem = why_not_here(json.loads((Path(artifact_dir) / "manifest.json").read_text())["target"])
+        if problem is not None:
+            raise problem
         outputs, latencies = run_artifact(Path(artifact_dir), inputs, repeat, number)
         return RunResult(outputs, latencies)
 

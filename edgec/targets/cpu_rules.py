@@ -31,8 +31,6 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-
-
 def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int) -> tuple[int, int]:
     """(columns, channel blocks) of the conv register tile: the most accumulators that fit with the tile's weight
     vectors and one broadcast input (acc + weights + 1 ≤ registers; a spill costs 2.5× on a 7-wide layer), ties
@@ -52,11 +50,10 @@ def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int
 
 def _inline_epilogue(sch: s_tir.Schedule, writer) -> list:
     """Reverse-inline every elementwise block that follows ``writer``; return the ones that could not be."""
-    left = []
     while True:
         consumers = sch.get_consumers(writer)
         if not consumers:
-            return left
+            return []
         if len(consumers) != 1:
             return list(consumers)
         try:
@@ -65,20 +62,24 @@ def _inline_epilogue(sch: s_tir.Schedule, writer) -> list:
             return list(consumers)
 
 
+def _vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, max_whole: int) -> None:
+    """Vectorize ``loop`` whole when it is at most ``max_whole`` long, else in vector-sized pieces when it divides
+    into them (a loop that does neither stays scalar rather than get a masked tail)."""
+    extent = _extent(sch, loop)
+    if extent <= max_whole:
+        sch.vectorize(loop)
+    elif extent % lanes == 0:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+
+
 def _schedule_elementwise_root(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """Parallel outer loops, vectorized innermost (when it divides into vectors), for a stand-alone stage."""
+    """Parallel outer loops, vectorized innermost, for a stand-alone stage."""
     loops = sch.get_loops(block)
     if not loops:
         return
-    inner = _extent(sch, loops[-1])
     if len(loops) > 1:
-        outer = sch.fuse(*loops[:-1])
-        sch.parallel(outer)
-    if inner % lanes == 0 or inner <= 64:
-        sch.vectorize(loops[-1]) if inner <= 64 else None
-    if inner > 64 and inner % lanes == 0:
-        _, vec = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(vec)
+        sch.parallel(sch.fuse(*loops[:-1]))
+    _vectorize_innermost(sch, loops[-1], lanes, max_whole=64)
 
 
 def _write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int, epilogue: bool = True) -> None:
@@ -299,14 +300,10 @@ class SpatialWindow(ScheduleRule):
             if not spatial or window > self.max_window:
                 return None  # a real reduction (softmax, mean over a big axis): not this rule's job
             sch.reorder(*spatial[:-1], *reduce, spatial[-1])
-            inner = spatial[-1]
             if len(spatial) > 1:
                 sch.parallel(sch.fuse(*spatial[:-1]))
-            extent = _extent(sch, inner)
-            if extent > 4 * lanes and extent % lanes == 0:
-                _, inner = sch.split(inner, [None, lanes])
-            if extent <= 4 * lanes or extent % lanes == 0:
-                sch.vectorize(inner)  # before decompose_reduction: the update alone is no reduction block
+            # before decompose_reduction: the update alone is no reduction block
+            _vectorize_innermost(sch, spatial[-1], lanes, max_whole=4 * lanes)
             if reduce:
                 sch.decompose_reduction(block, reduce[0])
         return sch

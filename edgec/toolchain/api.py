@@ -206,7 +206,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             manifest["tuning"] = build.details["tuning"]
         from edgec.devices.local import can_run_here
 
-        runner_name = device or _auto_device(preset)
+        runner_name = device or _auto_device(manifest["target"])
         should_verify = verify if verify is not None else can_run_here(manifest["target"])
         verification = None
         if should_verify:
@@ -233,14 +233,13 @@ def _source_info(source: str | Path) -> dict[str, Any]:
     return {"path": str(source), "sha256": None, "bytes": None}
 
 
-def _auto_device(preset_or_target: Any) -> str:
+def _auto_device(target: dict[str, Any]) -> str:
+    """The runner for an artifact's manifest target: this machine, else the emulated Arm device for Arm CPUs."""
     from edgec.targets.base import host_arch
 
-    arch = preset_or_target.arch if hasattr(preset_or_target, "arch") else preset_or_target["arch"]
-    dev = preset_or_target.device if hasattr(preset_or_target, "device") else preset_or_target["device"]
-    if arch == host_arch():
+    if target["arch"] == host_arch():
         return "local"
-    if arch == "aarch64" and dev == "cpu":
+    if target["arch"] == "aarch64" and target["device"] == "cpu":
         return "qemu-aarch64"
     return "local"  # the local runner explains why it cannot run this one
 
