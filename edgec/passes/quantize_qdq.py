@@ -43,9 +43,11 @@ from edgec.quantization import collect
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
                                       quantize_weight, sqnr_db)
 
-__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES"]
+__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
+           "PRECISION_CHOICES", "layer_keys"]
 
 WEIGHT_CHOICES = ("int8", "int4")
+PRECISION_CHOICES = ("int4", "int8", "float")  # per-layer overrides, lowest first ("float": left unquantized)
 ACTIVATION_CHOICES = ("int8", "fp32")
 _QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
                        "QAttention", "QGemm", "QuantizeBFP", "DequantizeBFP"}
@@ -67,6 +69,9 @@ class QuantConfig:
     activation_dtype: str = "uint8"
     percentile: float = 99.99
     bins: int = 2048
+    # per layer (node name, weight name, or weight name without ".weight") → "int8" | "int4" | "float"; a float
+    # layer keeps its float weight and reads float inputs (no QDQ on them), see ``_activation_values``
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.weights not in WEIGHT_CHOICES:
@@ -78,6 +83,10 @@ class QuantConfig:
             raise EdgecError(f"unknown calibration method '{self.method}'", f"use one of: {', '.join(OBSERVERS)}")
         if self.activation_dtype not in ("uint8", "int8"):
             raise EdgecError(f"unknown activation type '{self.activation_dtype}'", "use uint8 or int8")
+        for key, prec in self.overrides.items():
+            if prec not in PRECISION_CHOICES:
+                raise EdgecError(f"unknown precision '{prec}' for layer '{key}'",
+                                 f"use one of: {', '.join(PRECISION_CHOICES)}")
         if self.adaround_iterations < 1:
             raise EdgecError(f"AdaRound needs at least one iteration (got {self.adaround_iterations})",
                              "pass a positive number of iterations")
@@ -91,6 +100,13 @@ class QuantConfig:
     @property
     def min_opset(self) -> int:
         return 21 if self.weights == "int4" or self.granularity.startswith("group:") else 13
+
+    def precision(self, keys: Iterable[str]) -> str:
+        """The precision of the layer known by ``keys`` (see :func:`layer_keys`): its override, else ``weights``."""
+        for key in keys:
+            if key in self.overrides:
+                return self.overrides[key]
+        return self.weights
 
     def observer(self) -> Observer:
         if self.method == "minmax":
@@ -121,6 +137,16 @@ class _Layer:
     def name(self) -> str:
         return self.node.name or self.output.name
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return layer_keys(self.name, self.weight.name)
+
+
+def layer_keys(node_name: str, weight_name: str) -> tuple[str, ...]:
+    """The names an override may use for a layer: node name, weight name, weight name without ``.weight``."""
+    short = weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
+    return tuple(dict.fromkeys((node_name, weight_name, short)))
+
 
 def quantized_ops(model: ir.Model) -> dict[str, int]:
     """Operators that show a model is already quantized (QDQ, QLinear*, *Integer), with their counts."""
@@ -137,11 +163,16 @@ class QuantizeQDQ(EdgecPass):
     name = "quantize_qdq"
     description = "insert QuantizeLinear/DequantizeLinear for weights and calibrated activations (QDQ format)"
 
-    def __init__(self, config: QuantConfig | None = None, calibration: Feeds | None = None) -> None:
+    def __init__(self, config: QuantConfig | None = None, calibration: Feeds | None = None,
+                 activation_cache: dict[str, ActivationQParams] | None = None) -> None:
+        """``activation_cache``: activation ranges by tensor name, read and filled in. Ranges come from the *float*
+        model, so they do not depend on which layers are quantized: a precision search calibrates once."""
         super().__init__()
         self.config = config or QuantConfig()
         self.calibration = calibration
+        self.activation_cache = activation_cache
         self._names: set[str] = set()
+        self._float_nodes: set[int] = set()  # ids of the nodes of layers kept float (their inputs stay float)
 
     # ------------------------------------------------------------------------------------------------ driver
 
@@ -160,12 +191,23 @@ class QuantizeQDQ(EdgecPass):
             raise EdgecError("the model has no Conv, Gemm or MatMul with constant weights to quantize",
                              "quantization applies to models with such layers")
         notes: list[str] = []
+        found = self._find_layers(model)
+        known = {key for layer in found for key in layer.keys}
+        unknown = [key for key in cfg.overrides if key not in known]
+        if unknown:
+            raise EdgecError(f"no quantizable layer named '{unknown[0]}'",
+                             "name a Conv/Gemm/MatMul by node or weight name: "
+                             + ", ".join(layer.keys[-1] for layer in found))
+        precisions = [cfg.precision(layer.keys) for layer in found]
+        min_opset = 21 if "int4" in precisions or (cfg.granularity.startswith("group:") and any(
+            p != "float" for p in precisions)) else 13
         opset = model.opset_imports.get("", 1)
-        if opset < cfg.min_opset:
-            _upgrade_opset(model, cfg.min_opset)
-            notes.append(f"opset {opset} → {cfg.min_opset} (needed by "
-                         f"{'INT4/blocked' if cfg.min_opset == 21 else 'per-axis'} DequantizeLinear)")
+        if opset < min_opset:
+            _upgrade_opset(model, min_opset)
+            notes.append(f"opset {opset} → {min_opset} (needed by "
+                         f"{'INT4/blocked' if min_opset == 21 else 'per-axis'} DequantizeLinear)")
         layers = self._find_layers(model)  # again: a converter may have rebuilt the graph's nodes
+        self._float_nodes = {id(layer.node) for layer in layers if cfg.precision(layer.keys) == "float"}
         self._names = {v.name for v in _all_values(model) if v.name}
         float_proto = ir.serde.serialize_model(model)
 
@@ -173,12 +215,19 @@ class QuantizeQDQ(EdgecPass):
         if cfg.activations == "int8":
             act_params = self._calibrate(float_proto, self._activation_values(model, layers))
         for layer in layers:
-            self._quantize_weights(model, layer, act_params)
+            if id(layer.node) in self._float_nodes:
+                layer.report = _float_report(layer)
+            else:
+                self._quantize_weights(model, layer, act_params)
         for name, qp in act_params.items():
             self._insert_qdq(model, name, qp)
         model.graph.sort()
+        if self._float_nodes:
+            notes.append("kept float: " + ", ".join(layer.keys[-1] for layer in layers
+                                                    if id(layer.node) in self._float_nodes))
         if cfg.adaround:
-            notes.extend(self._adaround(model, float_proto, layers))
+            notes.extend(self._adaround(model, float_proto, [layer for layer in layers
+                                                             if id(layer.node) not in self._float_nodes]))
         if cfg.bias_correction:
             notes.extend(self._bias_correction(model, float_proto, layers))
         if self.calibration is not None:
@@ -187,7 +236,8 @@ class QuantizeQDQ(EdgecPass):
             "changed": True,
             "config": {"weights": cfg.weights, "activations": cfg.activations, "granularity": cfg.granularity,
                        "method": cfg.method, "bias_correction": cfg.bias_correction, "adaround": cfg.adaround,
-                       "activation_dtype": cfg.activation_dtype if cfg.activations == "int8" else None},
+                       "activation_dtype": cfg.activation_dtype if cfg.activations == "int8" else None,
+                       "overrides": dict(cfg.overrides)},
             "opset": model.opset_imports.get("", opset),
             "layers": [layer.report for layer in layers],
             "activations": {n: _qp_dict(qp) for n, qp in act_params.items()},
@@ -232,13 +282,18 @@ class QuantizeQDQ(EdgecPass):
         return layers
 
     def _activation_values(self, model: ir.Model, layers: list[_Layer]) -> list[str]:
-        """Float tensors to quantize: layer data inputs and (fused) layer outputs, never graph outputs."""
+        """Float tensors to quantize: layer data inputs and (fused) layer outputs, never graph outputs; none for
+        layers kept float (their output is still quantized where a quantized layer reads it)."""
         wanted: list[str] = []
         for layer in layers:
+            if id(layer.node) in self._float_nodes:
+                continue
             for v in (layer.node.inputs[0], layer.activation_out):
                 if (v is None or v.const_value is not None or v.is_graph_output() or v.name in wanted
                         or (v.dtype is not None and v.dtype != ir.DataType.FLOAT)):
                     continue
+                if self._float_nodes and all(id(u.node) in self._float_nodes for u in v.uses()):
+                    continue  # only float layers read it: it stays float
                 wanted.append(v.name)
         return wanted
 
@@ -246,15 +301,16 @@ class QuantizeQDQ(EdgecPass):
 
     def _calibrate(self, float_proto: onnx.ModelProto, names: list[str]) -> dict[str, ActivationQParams]:
         assert self.calibration is not None
-        observers = {n: self.config.observer() for n in names}
-        batches = collect.observe(float_proto, observers, self.calibration())
-        if batches == 0:
-            raise EdgecError("the calibration data gave no samples", "pass a non-empty --calib")
-        params = {}
+        cache = self.activation_cache if self.activation_cache is not None else {}
+        observers = {n: self.config.observer() for n in names if n not in cache}
+        if observers:
+            batches = collect.observe(float_proto, observers, self.calibration())
+            if batches == 0:
+                raise EdgecError("the calibration data gave no samples", "pass a non-empty --calib")
         for name, obs in observers.items():
             lo, hi = obs.compute_range(8)
-            params[name] = activation_qparams(lo, hi, self.config.activation_dtype)
-        return params
+            cache[name] = activation_qparams(lo, hi, self.config.activation_dtype)
+        return {n: cache[n] for n in names}
 
     # ------------------------------------------------------------------------------------------------ rewriting
 
@@ -278,7 +334,7 @@ class QuantizeQDQ(EdgecPass):
         cfg = self.config
         w_float = layer.weight.const_value.numpy().astype(np.float32)
         granularity = cfg.granularity
-        wq = quantize_weight(w_float, cfg.weights, granularity, layer.out_axis, layer.in_axis)
+        wq = quantize_weight(w_float, cfg.precision(layer.keys), granularity, layer.out_axis, layer.in_axis)
         layer.wq = wq
         storage = wq.q.astype(ml_dtypes.int4) if wq.bits == 4 else wq.q
         q_value = self._initializer(model, f"{layer.weight.name}_quantized", storage,
@@ -331,6 +387,7 @@ class QuantizeQDQ(EdgecPass):
             "input": _qp_dict(x_qp) if x_qp is not None else None,
             "output": _qp_dict(acts[layer.activation_out.name]) if layer.activation_out.name in acts else None,
             "bias": None if layer.bias_float is None else ("int32" if layer.bias_scale is not None else "float"),
+            "precision": f"int{wq.bits}",
         }
 
     def _write_bias(self, model: ir.Model, layer: _Layer, original: ir.Value | None) -> None:
@@ -385,7 +442,8 @@ class QuantizeQDQ(EdgecPass):
         else:
             model.graph.insert_before(model.graph.node(0), [q, dq])
         for use in uses:
-            use.node.replace_input_with(use.idx, dq_out)
+            if id(use.node) not in self._float_nodes:  # a layer kept float reads the float tensor
+                use.node.replace_input_with(use.idx, dq_out)
 
     # ------------------------------------------------------------------------------------------------ refinement
 
@@ -533,6 +591,18 @@ def _adaround_unsupported(layer: _Layer) -> str | None:
         if layer.bias_float.size != w.shape[layer.out_axis]:
             return "broadcast bias"
     return None
+
+
+def _float_report(layer: _Layer) -> dict[str, Any]:
+    """The report row of a layer kept float (an override): nothing quantized, 32 bits."""
+    nbytes = int(layer.weight.const_value.numpy().nbytes)
+    bias = layer.node.inputs[layer.bias_index] if (layer.bias_index is not None
+                                                   and len(layer.node.inputs) > layer.bias_index) else None
+    return {"layer": layer.name, "op": layer.node.op_type, "weight": layer.weight.name, "bits": 32,
+            "granularity": None, "weight_scale": None, "weight_zero_point": None, "weight_sqnr_db": None,
+            "float_bytes": nbytes, "quantized_bytes": nbytes, "input": None, "output": None,
+            "bias": None if bias is None else "float",
+            "precision": "float"}
 
 
 def _upgrade_opset(model: ir.Model, version: int) -> None:

@@ -22,7 +22,7 @@ from edgec.quantization import collect
 from edgec.toolchain.load import load_model
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
 
-__all__ = ["QuantizeResult", "quantize_model", "evaluate"]
+__all__ = ["QuantizeResult", "quantize_model", "evaluate", "write_model"]
 
 
 @dataclass
@@ -32,12 +32,24 @@ class QuantizeResult:
     model: onnx.ModelProto
     float_model: onnx.ModelProto
     notes: list[str] = field(default_factory=list)
+    met: bool | None = None  # with max_drop: whether the drop bound holds for the written model
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
     from edgec.toolchain.inspect import inspect_model
 
     return inspect_model(model).total_weight_bytes
+
+
+def sizes(float_proto: onnx.ModelProto, quant_proto: onnx.ModelProto, layers: list[dict[str, Any]]
+          ) -> dict[str, int]:
+    """All initializer bytes, and the quantizable layers' weight bytes (scales included), float vs quantized."""
+    return {
+        "float_bytes": _weight_bytes(float_proto),
+        "quant_bytes": _weight_bytes(quant_proto),
+        "float_weight_bytes": sum(layer["float_bytes"] for layer in layers),
+        "quant_weight_bytes": sum(layer["quantized_bytes"] for layer in layers),
+    }
 
 
 def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: Path) -> dict[str, Any]:
@@ -77,10 +89,29 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
                    eval_path: str | Path | None = None,
                    input_shapes: str | Sequence[str] | dict | None = None, mean: Sequence[float] = (0.0,),
                    std: Sequence[float] = (1.0,), layout: str = "auto", resize: int | None = None,
-                   percentile: float = 99.99, seed: int = 0) -> QuantizeResult:
-    """Quantize ``source`` into a QDQ ONNX at ``output`` (``None``: do not write; the tests and bench use that)."""
+                   percentile: float = 99.99, seed: int = 0,
+                   overrides: dict[str, str] | None = None, max_drop: float | None = None, scan: bool = False,
+                   promote_to: str = "float") -> QuantizeResult:
+    """Quantize ``source`` into a QDQ ONNX at ``output`` (``None``: do not write; the tests and bench use that).
+
+    ``overrides``: per layer (node or weight name) "int8" | "int4" | "float", else ``weights``.
+    ``scan``: also rank the layers by sensitivity; ``max_drop`` (needs ``eval_path``): mixed precision, promoting
+    the most sensitive layers (up to ``promote_to``) until the drop holds, see :mod:`edgec.quantization.sensitivity`;
+    the best model so far is written after every improvement, and ``result.met`` says whether the bound held."""
+    if max_drop is not None:
+        if not (max_drop >= 0):  # also NaN
+            raise EdgecError(f"--max-drop must be ≥ 0 (got {max_drop})", "pass the allowed top-1 drop in points, "
+                                                                          "e.g. --max-drop 0.5")
+        if eval_path is None:
+            raise EdgecError("--max-drop needs evaluation data to measure the drop",
+                             "add --eval val.npz (x, and labels y for a top-1 drop; without y: disagreement)")
+    if promote_to not in ("int8", "float"):
+        raise EdgecError(f"unknown --promote-to '{promote_to}'", "use int8 or float")
+    if promote_to == "int8" and weights == "int8" and max_drop is not None:
+        raise EdgecError("--promote-to int8 leaves nothing to promote int8 weights to", "use --promote-to float")
     config = QuantConfig(weights=weights, activations=activations, granularity=granularity, method=method,
-                         bias_correction=bias_correction, adaround=adaround, percentile=percentile)
+                         bias_correction=bias_correction, adaround=adaround, percentile=percentile,
+                         overrides=dict(overrides or {}))
     config.validate()
     out_path = Path(output) if output is not None else None
     if out_path is not None:
@@ -101,6 +132,11 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     src = open_source(calib, model, samples, mean, std, layout, resize, seed) if needs_data or calib else None
     model, log = run_pipeline(model, DEFAULT_PASSES)  # BN folding etc. first: quantize the weights that will run
     float_proto = ir.serde.serialize_model(model)
+    if max_drop is not None or scan:
+        from edgec.quantization.sensitivity import mixed_precision
+
+        return mixed_precision(model, float_proto, log, config, src, out_path, eval_file, max_drop, scan,
+                               promote_to)
     qpass = QuantizeQDQ(config, (lambda: batches(src)) if src is not None else None)
     model, qlog = run_pipeline(model, [qpass])
     quant_proto = ir.serde.serialize_model(model)
@@ -109,23 +145,22 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     report: dict[str, Any] = dict(qlog[-1].get("report", {}))
     report["calibration"] = src.description if src is not None else "none (weights only)"
     notes = list(report.get("notes", [])) + (src.notes if src is not None else [])
-    layers = report.get("layers", [])
-    report["sizes"] = {
-        "float_bytes": _weight_bytes(float_proto),
-        "quant_bytes": _weight_bytes(quant_proto),
-        "float_weight_bytes": sum(layer["float_bytes"] for layer in layers),
-        "quant_weight_bytes": sum(layer["quantized_bytes"] for layer in layers),
-    }
+    report["sizes"] = sizes(float_proto, quant_proto, report.get("layers", []))
     if eval_file is not None:
         report["eval"] = evaluate(float_proto, quant_proto, eval_file)
     report["passes"] = log + qlog
 
     if out_path is not None:
-        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-        try:
-            onnx.save(quant_proto, str(tmp))
-            os.replace(tmp, out_path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        write_model(quant_proto, out_path)
     return QuantizeResult(out_path, report, quant_proto, float_proto, notes)
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Write ``proto`` to a temporary name in ``path``'s folder, then rename it into place (atomic)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -34,13 +34,24 @@ def format_report(report: dict[str, Any]) -> list[str]:
     cfg = report["config"]
     acts = (f"{cfg['activation_dtype']} activations ({cfg['method']})" if cfg["activations"] == "int8"
             else "fp32 activations (weights only)")
-    lines = [f"quantized: {cfg['weights']} weights ({cfg['granularity']}), {acts}"
+    counts: dict[str, int] = {}
+    for layer in report["layers"]:
+        prec = layer.get("precision", f"int{layer['bits']}")
+        counts[prec] = counts.get(prec, 0) + 1
+    mixed = (f" (mixed: {', '.join(f'{n} {p}' for p, n in sorted(counts.items()))})"
+             if len(counts) > 1 or cfg["weights"] not in counts else "")
+    lines = [f"quantized: {cfg['weights']} weights ({cfg['granularity']}){mixed}, {acts}"
              + (", bias correction" if cfg["bias_correction"] else "")
              + (", AdaRound" if cfg.get("adaround") else "") + f"; opset {report['opset']}",
              f"calibration: {report['calibration']}"]
     rows = [("layer", "op", "bits", "weight scale (min..max)", "w SQNR dB", "out SQNR dB", "in scale/zp",
              "out scale/zp", "weight bytes")]
     for layer in report["layers"]:
+        if layer["weight_scale"] is None:  # kept float (an override)
+            rows.append((_display_name(layer), layer["op"], "float", "-", "-",
+                         _db(layer.get("output_sqnr_db")) if "output_sqnr_db" in layer else "-", "fp32", "fp32",
+                         f"{layer['float_bytes']} → {layer['quantized_bytes']}"))
+            continue
         lo, hi = layer["weight_scale"]
         scale = f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
         rows.append((_display_name(layer), layer["op"], str(layer["bits"]), f"{scale} zp 0",
@@ -75,4 +86,43 @@ def format_report(report: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"top-1 agreement with the float model ({ev['samples']} samples, no labels): "
                          f"{100 * ev['agreement']:.1f} %")
+    if report.get("mixed_precision"):
+        lines.extend(format_mixed(report["mixed_precision"], sizes))
+    return lines
+
+
+def _pt(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def format_mixed(mp: dict[str, Any], sizes: dict[str, int] | None = None) -> list[str]:
+    """The sensitivity table, the search steps and the outcome (``--scan`` / ``--max-drop``)."""
+    lines: list[str] = []
+    if mp["scan"]:
+        lines.append(f"sensitivity: {mp['target']} one layer at a time, the rest float; {mp['metric']} on "
+                     f"{mp['measured_on']}; most sensitive first")
+        rows = [("rank", "layer", "op", "drop alone pt", "out SQNR dB", "chosen")]
+        for e in mp["scan"]:
+            rows.append((str(e["rank"]), e["layer"], e["op"], _pt(e["drop_pt"]), _db(e["output_sqnr_db"]),
+                         e.get("chosen") or "-"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            lines.append("  " + "  ".join(c.rjust(w) if i in (0, 3, 4) else c.ljust(w)
+                                          for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    if mp["max_drop"] is None:
+        return lines
+    lines.append(f"search: max drop {mp['max_drop']:.2f} pt, ladder {' → '.join(mp['ladder'])}; "
+                 f"{mp['evaluations']} evaluations in {mp['seconds']:.1f} s (the best so far written after each)")
+    width = max(len(s["step"]) for s in mp["steps"])
+    for s in mp["steps"]:
+        lines.append(f"  {s['step'].ljust(width)}  drop {_pt(s['drop_pt'])} pt  {_kib(s['weight_bytes'])}"
+                     + ("  (best so far)" if s["best"] else ""))
+    promoted = ", ".join(f"{p['layer']} → {p['precision']}" for p in mp["promoted"]) or "none"
+    verdict = "met" if mp["met"] else "NOT met"
+    size = ""
+    if sizes:
+        size = (f"; layer weights {_kib(sizes['float_weight_bytes'])} → {_kib(sizes['quant_weight_bytes'])} "
+                f"({sizes['float_weight_bytes'] / sizes['quant_weight_bytes']:.2f}x)")
+    lines.append(f"result: drop {_pt(mp['final_drop_pt'])} pt vs bound {mp['max_drop']:.2f} pt: {verdict}; "
+                 f"promoted: {promoted}{size}")
     return lines

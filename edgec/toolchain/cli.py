@@ -400,6 +400,15 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
               "to minimise the layer-output error on ≤ 256 calibration samples.")
 @click.option("--eval", "eval_path", default=None, type=click.Path(path_type=Path),
               help="An .npz with x (and optional labels y): report accuracy vs the float model.")
+@click.option("--override", "overrides", multiple=True, metavar="LAYER=int8|int4|float",
+              help="Per-layer precision (node or weight name; float: left unquantized). Repeatable.")
+@click.option("--scan", is_flag=True, help="Print the per-layer sensitivity scan (each layer quantized alone; "
+              "drop on --eval, else output SQNR on the calibration data).")
+@click.option("--max-drop", type=float, default=None, help="Mixed precision: promote the most sensitive layers "
+              "(int4 → int8 → float) until the drop on --eval (top-1 points; without labels, disagreement points) "
+              "is at most this; the best model so far is always written. Exit 2 if it cannot be met.")
+@click.option("--promote-to", default="float", show_default=True, type=click.Choice(["int8", "float"]),
+              help="With --max-drop: the highest precision a layer may be promoted to.")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
 @click.option("--mean", default="0", show_default=True, help="Image folders: per-channel mean of pixel/255.")
 @click.option("--std", default="1", show_default=True, help="Image folders: per-channel std of pixel/255.")
@@ -411,6 +420,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @_handle_errors
 def quantize_cmd(model: str | None, output: Path, calib: str | None, samples: int, weights: str, activations: str,
                  granularity: str, method: str, bias_correction: bool, adaround: bool, eval_path: Path | None,
+                 overrides: tuple[str, ...], scan: bool, max_drop: float | None, promote_to: str,
                  input_shapes: tuple[str, ...], mean: str, std: str, layout: str, resize: int | None,
                  as_json: bool) -> None:
     """Quantize MODEL into a QDQ ONNX file onnxruntime runs, and print the per-layer report.
@@ -425,20 +435,36 @@ def quantize_cmd(model: str | None, output: Path, calib: str | None, samples: in
         raise EdgecError("int8 activations need calibration data", "pass --calib DIR|FILE.npz or --calib none")
     if calib is None and adaround:
         raise EdgecError("--adaround needs calibration data", "pass --calib DIR|FILE.npz (real samples)")
+    if max_drop is not None and eval_path is None:
+        raise EdgecError("--max-drop needs evaluation data to measure the drop",
+                         "add --eval val.npz (x, and labels y for a top-1 drop; without y: disagreement)")
+    per_layer: dict[str, str] = {}
+    for item in overrides:
+        name, sep, prec = item.rpartition("=")
+        if not sep or not name:
+            raise EdgecError(f"cannot read --override '{item}'", "write LAYER=int8|int4|float, e.g. fc=int8")
+        per_layer[name] = prec
     result = quantize_model(model or default_model(), output, calib, samples, weights=weights,
                             activations=activations, granularity=granularity, method=method,
                             bias_correction=bias_correction, adaround=adaround, eval_path=eval_path,
                             input_shapes=list(input_shapes), mean=_floats(mean, "mean"), std=_floats(std, "std"),
-                            layout=layout, resize=resize)
+                            layout=layout, resize=resize, overrides=per_layer, max_drop=max_drop, scan=scan,
+                            promote_to=promote_to)
     if as_json:
         click.echo(json.dumps({**{k: v for k, v in result.report.items() if k != "passes"},
                                "output": str(result.output)}, indent=2))
-        return
-    for line in format_report(result.report):
-        click.echo(line)
-    for note in result.notes:
-        click.echo(f"note: {note}")
-    click.echo(f"written: {result.output}")
+    else:
+        for line in format_report(result.report):
+            click.echo(line)
+        for note in result.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"written: {result.output}")
+    if result.met is False:
+        mp = result.report["mixed_precision"]
+        raise EdgecError(f"--max-drop {mp['max_drop']:g} not reached: the best drop is {mp['final_drop_pt']:.2f} pt "
+                         f"({len(mp['promoted'])} layer(s) promoted, up to {mp['ladder'][-1]}); the best model was "
+                         f"saved at {result.output}", "raise --max-drop"
+                         + (", or allow --promote-to float" if mp["ladder"][-1] != "float" else ""))
 
 
 # ---------------------------------------------------------------------------------------------- inspect / targets
