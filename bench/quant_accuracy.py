@@ -15,6 +15,9 @@ Rows:
 * Weight bytes: Conv/Gemm/MatMul weight tensors with their scales (int4 packed two per byte), fp32 / quantized;
   bounds ≥ 3.9× (int8) and ≥ 7× (int4). The ratio over *all* initializers (biases, activation scales) is shown
   too. These are the QDQ ONNX's bytes; the issue's bound is on the compiled artifact (not built yet).
+* Mixed precision (``--max-drop``): W4A8 per-channel, the most sensitive layers promoted (int4 → int8 → float) until
+  the drop on the test split is within the bound; the drop reached, the weight-bytes ratio and the promoted layers.
+  The search measures on the same 1,000 test digits the row reports (as ``edgec quantize --eval`` would).
 * Extra rows, no bound: data-free (synthetic) int8 calibration, and the other activation range methods.
 
 Output: an aligned table, then one JSON line per row starting with ``{"bench": "quant_accuracy"``.
@@ -78,6 +81,11 @@ def main() -> int:
                    "all_init_ratio": round(sizes["float_bytes"] / sizes["quant_bytes"], 3),
                    "seconds": round(time.perf_counter() - start, 2), "bound": bound,
                    "calibration": r.report["calibration"], **{k: v for k, v in kw.items()}}
+            mp = r.report.get("mixed_precision")
+            if mp is not None and mp["max_drop"] is not None:
+                row["promoted"] = [f"{p['layer']}→{p['precision']}" for p in mp["promoted"]]
+                row["met"] = mp["met"]
+                row["evaluations"] = mp["evaluations"]
             if kw.get("adaround"):
                 row["adaround_layers"] = [
                     {"layer": re.sub(r"\.weight$", "", layer["weight"]),
@@ -98,6 +106,9 @@ def main() -> int:
         run("W4A8 per-channel + bias corr.", calib, "(no AdaRound; reference)", None,
             weights="int4", granularity="channel", bias_correction=True)
         run("W4A8 group:8 (no AdaRound)", calib, "", None, weights="int4", granularity="group:8")
+        for bound in (0.3, 0.1):
+            run(f"W4A8 + --max-drop {bound}", calib, f"drop ≤ {bound} pt (mixed precision)", drop_ok(bound),
+                weights="int4", granularity="channel", max_drop=bound)
         run("int8 per-tensor A8", calib, "", None, weights="int8", granularity="tensor")
         for method in ("percentile", "entropy", "mse"):
             run(f"int8 per-channel A8 {method}", calib, "", None, method=method)
@@ -118,6 +129,12 @@ def main() -> int:
         verdict = "ok" if r["weight_ratio"] >= bound else "MISS"
         print(f"weight bytes fp32/{label} (layer weights + scales): {r['weight_ratio']:.2f}x   bound ≥ {bound}x  "
               f"{verdict}   (all initializers: {r['all_init_ratio']:.2f}x)")
+    print()
+    for r in rows:
+        if "promoted" in r:
+            print(f"{r['row']}: drop {r['drop_pt']:+.2f} pt, weight bytes fp32/mixed {r['weight_ratio']:.2f}x, "
+                  f"promoted: {', '.join(r['promoted']) or 'none (all int4 already within the bound)'} "
+                  f"({r['evaluations']} evaluations, {r['seconds']:.1f} s)")
     ada = next(r for r in rows if r["row"] == "W4A8 per-channel + AdaRound")
     held = held_out_error(results["W4A8 per-channel (no AdaRound)"], results["W4A8 per-channel + AdaRound"],
                           split["test"][0][:256])
