@@ -30,6 +30,12 @@ def _bound(node: ir.Node, index: int, attr: str) -> float | None:
     return float(attribute.as_float()) if attribute is not None else None
 
 
+def _named(node: ir.Node, suffix: str) -> str | None:
+    """The replacement's name: derived from the Clip's, none for an unnamed Clip (two unnamed Clips must not give
+    two nodes both named "_relu": onnxruntime refuses duplicate node names)."""
+    return f"{node.name}_{suffix}" if node.name else None
+
+
 @register_pass
 class CanonicalizeClip(EdgecPass):
     name = "canonicalize_clip"
@@ -49,16 +55,16 @@ class CanonicalizeClip(EdgecPass):
             x = node.inputs[0]
             new_nodes: list[ir.Node] = []
             if lo == 0.0:
-                new_nodes.append(ir.node("Relu", [x], name=f"{node.name}_relu"))
+                new_nodes.append(ir.node("Relu", [x], name=_named(node, "relu")))
             elif lo is not None and lo != -math.inf:
                 const = ir.node("Constant", [], attributes={"value": ir.tensor(np.array(lo, dtype.numpy()))})
-                new_nodes += [const, ir.node("Max", [x, const.outputs[0]], name=f"{node.name}_max")]
+                new_nodes += [const, ir.node("Max", [x, const.outputs[0]], name=_named(node, "max"))]
             if hi is not None and hi != math.inf:
                 last = new_nodes[-1].outputs[0] if new_nodes else x
                 const = ir.node("Constant", [], attributes={"value": ir.tensor(np.array(hi, dtype.numpy()))})
-                new_nodes += [const, ir.node("Min", [last, const.outputs[0]], name=f"{node.name}_min")]
+                new_nodes += [const, ir.node("Min", [last, const.outputs[0]], name=_named(node, "min"))]
             if not new_nodes:
-                new_nodes.append(ir.node("Identity", [x], name=f"{node.name}_identity"))
+                new_nodes.append(ir.node("Identity", [x], name=_named(node, "identity")))
             ir.convenience.replace_nodes_and_values(model.graph, node, [node], new_nodes, [node.outputs[0]],
                                                     [new_nodes[-1].outputs[0]])
             rewritten += 1

@@ -11,7 +11,8 @@ copies of its inputs. These rewrites replace each such layer by integer arithmet
 The input zero point is folded as the constant ``zx · Σw`` (so the conv reads raw uint8, which is what VNNI's
 u8 × s8 dot product takes); a padded conv with ``zx ≠ 0`` first pads ``xq`` with ``zx`` explicitly, because a
 zero-padded border would otherwise contribute ``−zx · w`` there. ReLU before the output ``quantize`` is a clamp
-at ``zy`` (``quantize(relu(y)) = max(quantize(y), zy)`` exactly, since rounding is monotone and round(0) = 0).
+at ``zy`` (``quantize(relu(y)) = max(quantize(y), zy)`` exactly, since rounding is monotone and round(0) = 0);
+ReLU6's ``min(·, c)`` after it (the canonicalize_clip form) is a clamp at ``quantize(c)`` for the same reason.
 
 Requantization is a float32 multiply + round-half-to-even (TVM's ``round`` is ``nearbyint``), not a fixed-point
 multiplier + shift: it is what onnxruntime's QLinearConv/MLAS requantization does (so the artifact matches the
@@ -197,7 +198,16 @@ class _Rewriter:
         if yscale is None or yzp is None or yscale.size != 1 or yzp.size != 1 or out_dtype not in _QRANGE:
             return None
         sy, zy = float(yscale.reshape(-1)[0]), int(yzp.reshape(-1)[0])
-        e, relu = q.args[0], False
+        e, relu, cap = q.args[0], False, None
+        if self.op_name(self.val(e)) == "relax.minimum" and self.single_use(e):  # ReLU6: minimum(relu(y), c)
+            mn = self.val(e)
+            for arg, other in ((mn.args[0], mn.args[1]), (mn.args[1], mn.args[0])):
+                c = _const(other)
+                if c is not None and c.size == 1 and c.dtype.kind == "f":
+                    e, cap = arg, np.float32(c.reshape(-1)[0])
+                    break
+            if cap is None:
+                return None
         if self.op_name(self.val(e)) == "relax.nn.relu":
             if not self.single_use(e):
                 return None
@@ -237,6 +247,10 @@ class _Rewriter:
         lo, hi = _QRANGE[out_dtype]
         if relu:
             lo = max(lo, zy)
+        if cap is not None:  # quantize(min(v, c)) = min(quantize(v), quantize(c)): rounding is monotone
+            hi = min(hi, int(np.clip(np.round(cap / np.float32(sy)) + zy, *_QRANGE[out_dtype])))
+            if hi < lo:
+                return None
         y = relax.op.multiply(relax.op.astype(acc, "float32"), self.per_channel(mult, core, "float32"))
         y = relax.op.round(y)
         if zy:
