@@ -262,7 +262,8 @@ def main() -> int:
     print(f"EfficientNet-Lite0 (ImageNet weights), {args.calib} calibration crops / {args.eval} held-out crops of "
           f"{len(images)} scikit-image photographs, 224×224; int8 per-channel weights, uint8 activations, QDQ; "
           f"onnxruntime {onnxruntime.__version__}; float model: {float_seconds:.1f} s for {args.eval} images")
-    header = f"{'quantizer / calibration':<34} {'top-1 agree':>11} {'top-5 agree':>11} {'logit SQNR':>11} {'quantize':>9}"
+    header = (f"{'quantizer / calibration':<34} {'top-1 agree':>11} {'top-5 agree':>11} {'logit SQNR':>11} "
+              f"{'quantize':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -6,10 +6,11 @@ Sources yield one sample at a time and read lazily (``.npy`` is memory-mapped, i
 calibrating on 1,000 images holds one image, not 1,000. Quantization iterates a source several times (ranges,
 bias correction, report), so ``__iter__`` starts over each time and always gives the same samples.
 
-Images: Pillow decodes PNG/JPEG/BMP/... when it is installed (it is not a dependency of edgec); the netpbm formats
-(.pgm/.ppm/.pnm) and pre-processed ``.npy`` samples are read without it. Preprocessing is numpy: optional
-shorter-side resize + centre crop, else a direct resize to the model's size (separable triangle filter widened
-when shrinking, i.e. antialiased bilinear as Pillow does it), then ``(pixel / 255 - mean) / std`` per channel.
+Images: Pillow (a dependency of edgec) decodes PNG/JPEG/BMP/... (16-bit grey PNGs scaled to 8 bits, alpha
+dropped); the netpbm formats (.pgm/.ppm/.pnm) and pre-processed ``.npy`` samples are read without it.
+Preprocessing is numpy: optional shorter-side resize + centre crop, else a direct resize to the model's size
+(separable triangle filter widened when shrinking, i.e. antialiased bilinear as Pillow does it), then
+``(pixel / 255 - mean) / std`` per channel.
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ def _read_image(path: Path) -> np.ndarray:
     import PIL.Image
 
     with PIL.Image.open(path) as img:
+        if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey (PNG): scaled like netpbm, not clipped
+            deep = np.clip(np.asarray(img).astype(np.float64), 0, 65535)
+            return np.rint(deep * (255.0 / 65535.0)).astype(np.uint8)[:, :, None]
         img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
         arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
