@@ -153,10 +153,12 @@ def test_depthwise_conv_is_a_member_not_a_new_group():
     assert groups[frozenset({("c0.W", 0, 0), ("dw.W", 0, 0), ("dw.B", 0, 0), ("pw.W", 1, 0)})] is True
 
 
-def test_grouped_conv_blocks_its_channels():
+def test_grouped_conv_reading_a_concat_blocks_its_channels():
+    """(A grouped Conv on one producer is prunable: tests/test_pruning_grouped.py.)"""
     g = G()
     y = g.op("Relu", "r", g.conv("c0", "x", 3, 8))
-    g.conv("gc", y, 8, 4, group=2)
+    cat = g.op("Concat", "cat", y, g.conv("c1", "x", 3, 8), axis=1)
+    g.conv("gc", cat, 16, 4, group=2)
     analysis = analyze(g.model("gc", [1, 4, 8, 8]))
     c0 = next(grp for grp in analysis.groups if grp.name == "c0")
     assert not c0.prunable and "grouped Conv 'gc'" in c0.reasons[0]

@@ -1,6 +1,9 @@
 """Channel importance criteria: each maps a channel group to one score per channel (higher = keep).
 
 Scores of a group come from all of its members, so a residual stage is judged on every layer that writes it.
+In a group folded by a grouped Conv (:mod:`edgec.pruning.groups`) the unit scored is the set of channels at one
+position of every block: its filter is the concatenation of theirs (norms and gammas add up over the blocks), its
+feature map the concatenation of their maps.
 Each member's per-channel scores are divided by their mean before averaging, so that a layer with large weights
 does not outvote the others, and so that scores of different groups are comparable for a global (MACs) budget.
 
@@ -43,10 +46,13 @@ Criterion = Callable[[ChannelGroup, Weights, "Features | None"], np.ndarray]
 
 
 def filters(member: Member, weights: Weights, size: int) -> np.ndarray:
-    """The member's slice of its initializer as a size×d matrix: row c holds everything indexed by channel c."""
+    """The member's slice of its initializer as a size×d matrix: row c holds everything indexed by channel c (in
+    a group folded by a grouped Conv: unit c, the concatenation of its channels' rows in every block, so a unit's
+    L1 norm is the sum of its channels' and its L2 norm that of all their weights together)."""
     w = np.moveaxis(np.asarray(weights[member.value], dtype=np.float64), member.axis, 0)
-    span = w[member.offset: member.offset + size * member.inner]
-    return span.reshape(size, -1)
+    blocks = [w[start: start + size * member.inner].reshape(size, -1)
+              for start in member.offset + member.stride * np.arange(member.blocks)]
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
 def _normalized_mean(rows: list[np.ndarray], size: int) -> np.ndarray:
@@ -75,7 +81,7 @@ def _norm(order: int) -> Criterion:
 
 def bn_scale(group: ChannelGroup, weights: Weights, features: Features | None = None) -> np.ndarray:
     """|gamma| of each BatchNormalization on the group (network slimming); L1 when the group has no BN."""
-    rows = [np.abs(filters(m, weights, group.size)[:, 0]) for m in group.members_with("bn_scale")]
+    rows = [np.abs(filters(m, weights, group.size)).sum(axis=1) for m in group.members_with("bn_scale")]
     if not rows:
         return _norm(1)(group, weights, features)
     return _normalized_mean(rows, group.size)

@@ -11,9 +11,21 @@ one *channel space* (a set of channels created by one Conv/Gemm, or a graph inpu
 (BN, activations, pooling) pass the layout through; elementwise ops with two activation operands *unify* their
 spaces (union-find); Concat concatenates segment lists; Split cuts them. A :class:`ChannelGroup` is one union-find
 class: its :class:`Member` list says which initializer axis (at which offset) indexes its channels. Anything the
-analysis does not understand (an unknown op reading the tensor, a graph output, a grouped Conv, a shared weight
-used by two groups) makes the groups involved unprunable, with the reason kept for the report: a wrong "prunable"
-would silently change the model, a wrong "unprunable" only prunes less.
+analysis does not understand (an unknown op reading the tensor, a graph output, a shared weight used by two groups,
+a grouped Conv reading a Concat) makes the groups involved unprunable, with the reason kept for the report: a
+wrong "prunable" would silently change the model, a wrong "unprunable" only prunes less.
+
+Grouped Conv (``group`` = G, 1 < G, not depthwise; ResNeXt): its input channels are G blocks of Cin/G, block b
+read only by output block b through the *same* Cin/G weight columns (W is Cout×(Cin/G)×kh×kw), and its outputs
+are G blocks of Cout/G. To keep the conv grouped with equal blocks and a dense weight, channel ``j`` of every
+block is pruned together: the channel space is *folded* by G, and the group's prunable unit ``u`` is the G
+channels ``u, u + C/G, u + 2C/G, ...`` (each unit removes one weight column, or one filter per output block; the
+``group`` attribute stays G). A space read or written by grouped convs with different G is folded by their least
+common multiple (which divides C, every G does). So a group of ``fold`` > 1 has ``size`` = C/fold units;
+everything keyed by the group (kept indices, scores, ``size``) counts units, its :class:`Member` entries say
+where each unit's ``blocks`` copies lie (``stride`` apart), its ``values`` and the MAC layers' layouts list one
+(offset, C/fold) slice per block. A grouped Conv reading a Concat (blocks would couple channels of different
+producers) blocks its input channels.
 """
 
 from __future__ import annotations
@@ -42,7 +54,9 @@ _RESHAPES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze"}
 @dataclasses.dataclass(frozen=True)
 class Member:
     """One initializer axis that indexes a group's channels: channel ``c`` is entries
-    ``offset + c*inner ... offset + c*inner + inner - 1`` of ``axis`` (``inner`` > 1 behind a Flatten of C×H×W).
+    ``offset + c*inner ... offset + c*inner + inner - 1`` of ``axis`` (``inner`` > 1 behind a Flatten of C×H×W),
+    and, in a folded group (behind a grouped Conv), also the same entries shifted by ``b*stride`` for every block
+    ``b < blocks`` (see the module docstring).
 
     ``role``: ``out`` (a Conv/Gemm filter), ``dw`` (a depthwise filter), ``in`` (a consumer's input axis),
     ``bn_scale`` / ``bn_bias`` / ``bn_stat`` (BatchNormalization gamma, beta, mean and variance),
@@ -55,6 +69,14 @@ class Member:
     inner: int
     role: str
     node: str
+    blocks: int = 1
+    stride: int = 0
+
+    def entries(self, units: np.ndarray | list[int]) -> np.ndarray:
+        """Indices along ``axis`` of the given channels (units) of the group, every block and inner entry."""
+        units = np.asarray(units, dtype=np.int64).reshape(-1)
+        starts = (self.offset + np.arange(self.blocks)[:, None] * self.stride + units[None, :] * self.inner)
+        return np.sort((starts[..., None] + np.arange(self.inner)).reshape(-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +111,16 @@ class ChannelGroup:
     producers: list[str]         # Conv/Gemm nodes whose output channels are this group
     prunable: bool
     reasons: list[str]
+    fold: int = 1                # > 1 behind a grouped Conv: unit u = channels u + b*size, b < fold
+
+    @property
+    def channels(self) -> int:
+        return self.size * self.fold
+
+    def channel_indices(self, units: np.ndarray | list[int]) -> np.ndarray:
+        """Channel indices (ascending, on the tensors carrying the group) of the given units."""
+        units = np.asarray(units, dtype=np.int64).reshape(-1)
+        return np.sort((units[None, :] + self.size * np.arange(self.fold)[:, None]).reshape(-1))
 
     def members_with(self, *roles: str) -> list[Member]:
         return [m for m in self.members if m.role in roles]
@@ -139,7 +171,8 @@ class _Builder:
         self.shapes = _infer_shapes(model)
         self.parent: list[int] = []
         self.size: list[int] = []
-        self.members: list[list[Member]] = []
+        self.members: list[list[tuple[Member, int]]] = []   # (member, d): it covers 1/d of the space's channels
+        self.fold: list[int] = []
         self.reasons: list[list[str]] = []
         self.producers: list[list[str]] = []
         self.layout: dict[str, Layout] = {}
@@ -151,6 +184,7 @@ class _Builder:
         sid = len(self.parent)
         self.parent.append(sid)
         self.size.append(size)
+        self.fold.append(1)
         self.members.append([])
         self.reasons.append([reason] if reason else [])
         self.producers.append([producer] if producer else [])
@@ -171,6 +205,12 @@ class _Builder:
             self.block_space(rb, f"{where}: channel counts do not match")
             return
         self.parent[rb] = ra
+        self.fold[ra] = math.lcm(self.fold[ra], self.fold[rb])
+
+    def fold_space(self, s: int, blocks: int) -> None:
+        """Channels ``j`` of the ``blocks`` equal blocks of space ``s`` must be pruned together (grouped Conv)."""
+        r = self.find(s)
+        self.fold[r] = math.lcm(self.fold[r], blocks)
 
     def block_space(self, s: int, reason: str) -> None:
         self.reasons[s].append(reason)
@@ -200,12 +240,14 @@ class _Builder:
         return lay
 
     def add_members(self, layout: Layout, value: str, axis: int, role: str, node: str,
-                    inner: int | None = None) -> None:
+                    inner: int | None = None, share: int = 1) -> None:
+        """Members for every segment of ``layout``; ``share`` = d: the axis holds 1/d of each segment's channels
+        (a grouped Conv's weight columns: one block of the input channels)."""
         inner = layout.inner if inner is None else inner
         offset = 0
         for seg in layout.segments:
-            self.members[seg.space].append(Member(value, axis, offset, inner, role, node))
-            offset += seg.length * inner
+            self.members[seg.space].append((Member(value, axis, offset, inner, role, node), share))
+            offset += seg.length // share * inner
 
     def unify(self, a: Layout, b: Layout, where: str) -> Layout:
         if [s.length for s in a.segments] == [s.length for s in b.segments] and a.inner == b.inner \
@@ -270,9 +312,9 @@ class _Builder:
             self.add_members(x, wname, 1, "in", label)
             sid = self.new_space(cout, producer=label)
             out = Layout((Segment(sid, cout),))
-            self.members[sid].append(Member(wname, 0, 0, 1, "out", label))
+            self.members[sid].append((Member(wname, 0, 0, 1, "out", label), 1))
             if has_bias:
-                self.members[sid].append(Member(node.inputs[2].name, 0, 0, 1, "param", label))
+                self.members[sid].append((Member(node.inputs[2].name, 0, 0, 1, "param", label), 1))
             self.mac_raw.append((label, "Conv", macs, out, x))
         elif groups == cin == cout and w.shape[1] == 1:  # depthwise: output channel k reads input channel k
             out = x
@@ -281,8 +323,22 @@ class _Builder:
                 self.add_members(x, node.inputs[2].name, 0, "param", label)
             self.fix_raw.append(("group", label, (x,)))
             self.mac_raw.append((label, "Conv", macs, out, None))
+        elif cout % groups == 0 and x.channels == cin and len(x.segments) == 1:
+            # grouped: channel j of every block is one unit (module docstring); W's columns are one block
+            sid_in = x.segments[0].space
+            self.fold_space(sid_in, groups)
+            self.add_members(x, wname, 1, "in", label, share=groups)
+            sid = self.new_space(cout, producer=label)
+            self.fold_space(sid, groups)
+            out = Layout((Segment(sid, cout),))
+            self.members[sid].append((Member(wname, 0, 0, 1, "out", label), 1))
+            if has_bias:
+                self.members[sid].append((Member(node.inputs[2].name, 0, 0, 1, "param", label), 1))
+            self.mac_raw.append((label, "Conv", macs, out, x))
         else:
-            self.block(x, f"grouped Conv '{label}' (group={groups}) is not pruned")
+            why = ("reads a concatenation (its blocks would couple channels of different producers)"
+                   if len(x.segments) > 1 else "has channel counts that do not split into its groups")
+            self.block(x, f"grouped Conv '{label}' (group={groups}) {why}")
             out = Layout((Segment(self.new_space(cout, f"output of grouped Conv '{label}' (group={groups})",
                                                  label), cout),))
             self.mac_raw.append((label, "Conv", macs, None, None))
@@ -479,13 +535,13 @@ class _Builder:
         self.add_members(a, bname, 1 if trans_b else 0, "in", label)
         n_out = b.shape[0] if trans_b else b.shape[1]
         sid = self.new_space(n_out, producer=label)
-        self.members[sid].append(Member(bname, 0 if trans_b else 1, 0, 1, "out", label))
+        self.members[sid].append((Member(bname, 0 if trans_b else 1, 0, 1, "out", label), 1))
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             c = self._weight(node, 2)
             if c is None:
                 return False
             if c.shape and c.shape[-1] == n_out and n_out > 1:
-                self.members[sid].append(Member(node.inputs[2].name, c.ndim - 1, 0, 1, "param", label))
+                self.members[sid].append((Member(node.inputs[2].name, c.ndim - 1, 0, 1, "param", label), 1))
         out = Layout((Segment(sid, n_out),))
         sa = self.shape(node.inputs[0].name)
         self.mac_raw.append((label, "Gemm", (sa[0] if sa else 1) * n_out * b.size // n_out, out, a))
@@ -500,7 +556,7 @@ class _Builder:
             return False
         self.add_members(a, node.inputs[1].name, 0, "in", label)
         sid = self.new_space(b.shape[1], producer=label)
-        self.members[sid].append(Member(node.inputs[1].name, 1, 0, 1, "out", label))
+        self.members[sid].append((Member(node.inputs[1].name, 1, 0, 1, "out", label), 1))
         out = Layout((Segment(sid, b.shape[1]),))
         self.mac_raw.append((label, "MatMul", sa[0] * b.size, out, a))
         self.layout[node.outputs[0].name] = out
@@ -513,20 +569,31 @@ class _Builder:
             first.setdefault(self.find(s), s)
         roots = sorted(first, key=first.get)
         gid_of = {r: i for i, r in enumerate(roots)}
+        fold = {r: self.fold[r] for r in roots}
+        units = {r: self.size[r] // fold[r] for r in roots}   # the group's size: channels, or units when folded
         members: dict[int, list[Member]] = {r: [] for r in roots}
         reasons: dict[int, list[str]] = {r: [] for r in roots}
         producers: dict[int, list[str]] = {r: [] for r in roots}
         for s in range(len(self.parent)):
             r = self.find(s)
-            members[r].extend(self.members[s])
+            for m, share in self.members[s]:
+                blocks = fold[r] // share           # the member's copies of each unit, one per block it holds
+                members[r].append(m if blocks == 1 else dataclasses.replace(
+                    m, blocks=blocks, stride=units[r] * m.inner))
             reasons[r].extend(self.reasons[s])
             producers[r].extend(self.producers[s])
+        for r in roots:
+            if fold[r] > 1 and units[r] == 1 and self.size[r] > 1:
+                reasons[r].append(f"one channel per group of a grouped Conv (folded by {fold[r]}): pruning it "
+                                  "would remove whole conv groups")
         # Two groups indexing overlapping entries of one initializer axis (a weight shared by layers that are
         # not coupled) cannot both be honoured: leave both alone. Disjoint slices (a Concat's consumer) are fine.
+        # (A folded member's blocks tile one contiguous range.)
         spans: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
         for r in roots:
             for m in dict.fromkeys(members[r]):
-                spans.setdefault((m.value, m.axis), []).append((m.offset, m.offset + self.size[r] * m.inner, r))
+                spans.setdefault((m.value, m.axis), []).append(
+                    (m.offset, m.offset + units[r] * m.blocks * m.inner, r))
         for (value, axis), items in spans.items():
             for i, (lo, hi, r) in enumerate(items):
                 for lo2, hi2, r2 in items[i + 1:]:
@@ -540,20 +607,26 @@ class _Builder:
                 continue
             offset = 0
             for seg in lay.segments:
-                values[self.find(seg.space)].append((name, offset, lay.inner))
+                r = self.find(seg.space)
+                for b in range(fold[r]):   # one slice per block: entry c of each slice is unit c
+                    values[r].append((name, offset + b * units[r] * lay.inner, lay.inner))
                 offset += seg.length * lay.inner
         groups = []
         for r in roots:
             uniq = list(dict.fromkeys(members[r]))
             name = producers[r][0] if producers[r] else f"group{gid_of[r]}"
-            groups.append(ChannelGroup(gid_of[r], name, self.size[r], uniq, values[r], producers[r],
-                                       prunable=not reasons[r] and self.size[r] > 1, reasons=list(
-                                           dict.fromkeys(reasons[r]))))
+            groups.append(ChannelGroup(gid_of[r], name, units[r], uniq, values[r], producers[r],
+                                       prunable=not reasons[r] and units[r] > 1, reasons=list(
+                                           dict.fromkeys(reasons[r])), fold=fold[r]))
 
         def ids(lay: Layout | None) -> tuple[tuple[int, int], ...]:
             if lay is None:
                 return ()
-            return tuple((gid_of[self.find(s.space)], s.length * lay.inner) for s in lay.segments)
+            out = []
+            for s in lay.segments:
+                r = self.find(s.space)
+                out += [(gid_of[r], units[r] * lay.inner)] * fold[r]
+            return tuple(out)
 
         macs = [MacLayer(n, op, m, ids(o), ids(i)) for n, op, m, o, i in self.mac_raw]
         fixups = [Fixup(kind, n, tuple(ids(lay) for lay in lays)) for kind, n, lays in self.fix_raw]

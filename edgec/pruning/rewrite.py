@@ -1,9 +1,13 @@
 """Apply a channel selection: slice every member initializer of every pruned group, fix dependent attributes.
 
 All slicing goes through one boolean mask per (initializer, axis), so a weight that is a member of a group twice
-(a consumer reading a Concat of the same group, say) is cut once, consistently. Activation shapes recorded in the
-graph are stale afterwards, so they are dropped (graph inputs and outputs keep theirs: their channel counts never
-change, the analysis makes such groups unprunable) and re-inferred.
+(a consumer reading a Concat of the same group, say) is cut once, consistently. In a group folded by a grouped
+Conv (see :mod:`edgec.pruning.groups`) a dropped unit clears its entry in every block of every member: a grouped
+Conv's weight (Cout×(Cin/G)×kh×kw) loses the same columns for all its groups and the same number of filters in
+each output group, so its ``group`` attribute stays G and nothing else changes (a depthwise Conv's ``group``
+follows its channel count). Activation shapes recorded in the graph are stale afterwards, so they are dropped
+(graph inputs and outputs keep theirs: their channel counts never change, the analysis makes such groups
+unprunable) and re-inferred.
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ def apply_selection(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndar
         for m in group.members:
             dim = inits[m.value].const_value.shape[m.axis]
             mask = masks.setdefault((m.value, m.axis), np.ones(dim, dtype=bool))
-            for c in drop:
-                mask[m.offset + c * m.inner: m.offset + (c + 1) * m.inner] = False
+            mask[m.entries(drop)] = False   # every block's copy of a dropped unit (folded groups), every entry
     by_value: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (name, axis), mask in masks.items():
         by_value.setdefault(name, []).append((axis, mask))
