@@ -444,6 +444,7 @@ class QuantizeQDQ(EdgecPass):
         for use in uses:
             if id(use.node) not in self._float_nodes:  # a layer kept float reads the float tensor
                 use.node.replace_input_with(use.idx, dq_out)
+        _skip_saturating_min(model, q, qp)
 
     # ------------------------------------------------------------------------------------------------ refinement
 
@@ -640,6 +641,37 @@ def _relu6_min(relu_out: ir.Value) -> ir.Value:
     if bound is None or bound.size != 1 or float(bound.numpy().reshape(-1)[0]) <= 0:
         return relu_out
     return node.outputs[0]
+
+
+def _skip_saturating_min(model: ir.Model, q: ir.Node, qp: ActivationQParams) -> None:
+    """``Min(·, c)`` (a fused ReLU6's) read only by a QuantizeLinear is a no-op when ``quantize(c)`` saturates, as it
+    does for any range calibrated after the Min (its top is at most c): the Q then reads the Min's input and the Min
+    goes. Exact (rounding is monotone, Q saturates); the layer becomes DQ → Conv → Relu → Q, which onnxruntime
+    fuses into QLinearConv (a Min in between kept the conv in float, 3-4× slower here) and edgec lowers to an
+    integer kernel."""
+    node = q.inputs[0].producer() if q.inputs[0] is not None else None
+    if node is None or node.op_type != "Min" or node.domain != "" or len(node.inputs) != 2:
+        return
+    out = node.outputs[0]
+    if out.is_graph_output() or [u.node for u in out.uses()] != [q]:
+        return
+    for idx in (0, 1):
+        other = node.inputs[1 - idx]
+        bound = ir.convenience.get_const_tensor(other) if other is not None else None
+        if bound is not None and bound.size == 1 and node.inputs[idx] is not None:
+            break
+    else:
+        return
+    qmax = 255 if qp.dtype == "uint8" else 127
+    if np.round(np.float32(bound.numpy().reshape(-1)[0]) / np.float32(qp.scale)) + qp.zero_point < qmax:
+        return
+    q.replace_input_with(0, node.inputs[idx])
+    model.graph.remove(node, safe=True)
+    const_node = other.producer()
+    if const_node is not None and const_node.op_type == "Constant" and not list(other.uses()):
+        model.graph.remove(const_node, safe=True)
+    else:
+        _drop_if_unused(model, other)
 
 
 def _all_values(model: ir.Model) -> Iterable[ir.Value]:
