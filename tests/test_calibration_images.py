@@ -153,3 +153,15 @@ def test_cli_png_folder_with_a_damaged_file_exits_2_without_output(tmp_path, cli
     lines = [ln for ln in err.strip().splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("edgec: error: ") and "cannot read image" in lines[0]
     assert "a.png" in lines[0] and not out.exists()
+
+
+def test_without_pillow_png_folders_say_how_to_fix(tmp_path, cli, monkeypatch):
+    """Pillow is a dependency, but a stripped install may lack it: then one clear line, not a traceback."""
+    import edgec.calibration.sources as sources
+
+    monkeypatch.setattr(sources, "pillow_available", lambda: False)
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8), mode="L").save(tmp_path / "img" / "a.png")
+    code, _, err = cli("quantize", "-o", tmp_path / "q.onnx", "--calib", tmp_path / "img")
+    assert code == 2 and "Pillow is not installed" in err and "pip install pillow" in err
+    assert not (tmp_path / "q.onnx").exists()
