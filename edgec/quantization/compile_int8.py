@@ -1,4 +1,8 @@
-"""``edgec compile --quantize int8``: quantize inside the compile, and the verification tolerance that goes with it.
+"""``edgec compile --quantize int8|int4``: quantize inside the compile, and the verification tolerance that goes with it.
+
+``int4``: int4 weights (per output channel, or ``granularity="group:N"``: a scale per block of N input channels),
+int8 activations (W4A8). The artifact stores those weights packed two per byte (``edgec/targets/int4_pack.py``)
+and runs the same integer kernels as int8 (group-wise: integer partial sums per block, see ``qdq_lower``).
 
 The QDQ pass runs *after* the cleanup passes (``fold_constants`` would otherwise evaluate the weights'
 DequantizeLinear back into float constants), and the QDQ model, not the float source, is the reference the
@@ -25,14 +29,14 @@ from edgec.errors import EdgecError
 
 __all__ = ["quantize_for_compile", "output_step_tolerance", "QUANTIZE_CHOICES"]
 
-QUANTIZE_CHOICES = ("int8",)
+QUANTIZE_CHOICES = ("int8", "int4")
 
 
 def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float | None = None
                          ) -> tuple[ir.Model, list[dict[str, Any]], float, dict[str, Any]]:
     """Run the QDQ pass on an already cleaned-up model; returns (model, pass log, tolerance, manifest info).
 
-    ``options``: ``mode`` ("int8"), ``calib`` (path or "none"/None: data-free), ``samples`` (64), and any
+    ``options``: ``mode`` ("int8" or "int4": the weights' precision; activations are int8), ``calib`` (path or "none"/None: data-free), ``samples`` (64), and any
     :class:`QuantConfig` field (``method``, ``granularity``, ``bias_correction``...)."""
     from edgec.calibration.sources import batches, open_source
     from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ
@@ -45,7 +49,7 @@ def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float |
     calib = opts.pop("calib", None)
     samples = int(opts.pop("samples", 64))
     source_keys = {k: opts.pop(k) for k in ("mean", "std", "layout", "resize", "seed") if k in opts}
-    config = QuantConfig(weights="int8", activations="int8", **opts)
+    config = QuantConfig(weights=mode, activations="int8", **opts)
     config.validate()
     src = open_source(calib, model, samples, **source_keys)
     model, log = run_pipeline(model, [QuantizeQDQ(config, lambda: batches(src))])
@@ -91,7 +95,11 @@ def output_step_tolerance(model: onnx.ModelProto) -> dict[str, float | None]:
                 sx = float(np.max(consts[xdq.input[1]]))
                 wq = consts[wdq.input[0]].astype(np.float64)
                 sw = consts[wdq.input[1]].astype(np.float64)
-                if sw.size > 1:
+                block = next((a.i for a in wdq.attribute if a.name == "block_size"), 0)
+                if block:  # group-wise: the scale of every element, each block's scale repeated
+                    axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1) % wq.ndim
+                    sw = np.take(np.repeat(sw, block, axis=axis), np.arange(wq.shape[axis]), axis=axis)
+                elif sw.size > 1:
                     axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1) % wq.ndim
                     shape = [1] * wq.ndim
                     shape[axis] = -1

@@ -52,6 +52,7 @@ def fusion_passes(target) -> list:
     from tvm import relax
 
     from edgec.targets.cpu_layout import layout_pass, legalize_conv2d
+    from edgec.targets.int4_pack import pack_int4_pass
 
     return [
         layout_pass(target),
@@ -60,6 +61,7 @@ def fusion_passes(target) -> list:
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
+        pack_int4_pass(),  # int4 weights, now in their final layout: stored packed, unpacked at run time
     ]
 
 
@@ -68,13 +70,18 @@ def relax_pipeline(target, scheduling: Sequence[Any]):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from edgec.targets.int4_pack import LAST_PARAMS, constant_bytes
+
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target)
                                            + list(scheduling) + cpu.dataflow_lower_passes(target)
                                            + cpu.finalize_passes(target))
-            return seq(mod)
+            mod = seq(mod)
+        LAST_PARAMS.clear()
+        LAST_PARAMS.update(constant_bytes(mod))  # what the executable holds: the artifact's weights
+        return mod
 
     return _pipeline
 
@@ -98,6 +105,9 @@ def build_cpu(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opti
 
     if LAST_COUNT["integer_layers"]:
         details["integer_layers"] = LAST_COUNT["integer_layers"]
+    from edgec.targets.int4_pack import LAST_PACKED, LAST_PARAMS
+
+    details["params"] = {**LAST_PARAMS, "int4_packed": dict(LAST_PACKED)}
     if options.get("tuning_db"):
         from edgec.targets.tuning import LAST_APPLIED  # set by apply_database_pass during this compile
 

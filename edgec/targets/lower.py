@@ -62,6 +62,9 @@ def to_relax(model: onnx.ModelProto):
     from tvm.relax.frontend.onnx import from_onnx
 
     check_supported(model)
+    from edgec.targets.int4_pack import widen_low_bit  # INT4 / blocked weights: a form the importer reads
+
+    model = widen_low_bit(model)
     shapes = {}
     for value in model.graph.input:
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]

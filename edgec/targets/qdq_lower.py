@@ -118,8 +118,14 @@ class _Rewriter:
                 return None
             x = self.activation_dq(e.args[0])
             w = self.weight_dq(e.args[1], 0)
-            if x is None or w is None:
+            if x is None:
                 return None
+            if w is None:
+                g = self.grouped_weight(e.args[1])
+                if g is None or int(a.groups) != 1 or len(e.ty.shape) != 4:
+                    return None
+                return {"kind": "conv2d", "call": e, "x": x, "w": g[0], "scale_full": g[1], "in_axis": 1,
+                        "grouped": True}
             return {"kind": "conv2d", "call": e, "x": x, "w": w[0], "sw": w[1], "axis": 1}
         if name == "relax.matmul":
             x = self.activation_dq(e.args[0])
@@ -132,11 +138,116 @@ class _Rewriter:
                 else:
                     return None
             w = self.weight_dq(rhs, 0 if transposed else 1)
+            if x is not None and w is None:
+                g = self.grouped_weight(rhs)
+                if g is None or g[0].ndim != 2 or len(x[0].ty.shape) != 2:
+                    return None
+                wk, sk = (g[0].T, g[1].T) if transposed else g  # [K, N]
+                return {"kind": "matmul", "call": e, "x": x, "w": np.ascontiguousarray(wk),
+                        "scale_full": np.ascontiguousarray(sk), "in_axis": 0, "grouped": True}
             if x is None or w is None or w[0].ndim != 2:
                 return None
             wk = np.ascontiguousarray(w[0].T) if transposed else w[0]  # [K, N]
             return {"kind": "matmul", "call": e, "x": x, "w": wk, "sw": w[1], "axis": -1}
         return None
+
+    def grouped_weight(self, expr):
+        """multiply(dequantize(const int8 w, 1, 0), const S) with S of w's shape (a group-wise weight, as
+        ``widen_low_bit`` writes blocked DequantizeLinear) → (w, S float64) or None."""
+        e = self.val(expr)
+        if self.op_name(e) != "relax.multiply":
+            return None
+        for lhs, rhs in ((e.args[0], e.args[1]), (e.args[1], e.args[0])):
+            full = _const(rhs)
+            dq = self.val(lhs)
+            if full is None or self.op_name(dq) != "relax.dequantize":
+                continue
+            w, unit, zp = _const(dq.args[0]), _const(dq.args[1]), _const(dq.args[2])
+            if w is None or unit is None or zp is None or w.dtype != np.int8 or np.any(zp != 0) \
+                    or unit.size != 1 or float(unit.reshape(-1)[0]) != 1.0 or full.shape != w.shape:
+                continue
+            return w, full.astype(np.float64)
+        return None
+
+    @staticmethod
+    def _block_size(full: np.ndarray, axis: int) -> int:
+        """The block length along ``axis``: every scale change falls on a multiple of it (gcd of the changes)."""
+        moved = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
+        changes = [p for p in range(1, moved.shape[0]) if np.any(moved[p] != moved[p - 1])]
+        return int(np.gcd.reduce(changes)) if changes else int(moved.shape[0])
+
+    def grouped_core(self, core):
+        """Group-wise weights: integer partial sums per block, scaled and summed in float.
+
+        With a scale per block of B input channels (and, for a conv, per kernel position), the int32
+        accumulator of a whole output cannot be rescaled by one factor per output channel. Each partial sum
+        over one block still is an integer dot product, so the layer becomes a batched integer matmul
+        ``acc[t, m, o] = Σ_b (xq[m, t, b] − zx) · wq[t, b, o]`` (t = block × kernel position, int32, uint8 × int8,
+        the zero point folded as the constant −zx·Σ_b w) followed by ``y[m, o] = Σ_t float(acc[t, m, o]) ·
+        sx·s[t, o]`` in float32: B integer MACs per float multiply-add. Rescaling every block to one
+        per-channel scale would be exact only when the block scales happen to be integer multiples of it, so
+        it is not done. The float result goes on through the (float) bias, ReLU and output quantize as imported.
+        A conv gathers its input windows first (one strided slice per kernel position, padded with zx)."""
+        from tvm import relax
+
+        xq, sx, zx = core["x"]
+        w, full = core["w"], core["scale_full"]
+        in_axis = core["in_axis"]
+        block = self._block_size(full, in_axis)
+        k_in = w.shape[in_axis]
+        groups = -(-k_in // block)
+        k_pad = groups * block - k_in
+        if core["kind"] == "conv2d":
+            call = core["call"]
+            a = call.attrs
+            n, o, oh, ow = (int(d) for d in call.ty.shape)
+            _, c, kh, kw = w.shape
+            top, left, bottom, right = (int(p) for p in a.padding)
+            (sh, sw), (dh, dw) = (int(v) for v in a.strides), (int(v) for v in a.dilation)
+            data = xq
+            if top or left or bottom or right:
+                data = relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right], "constant", float(zx))
+            windows = []
+            for i in range(kh):
+                for j in range(kw):
+                    if kh == kw == 1 and sh == sw == 1:
+                        win = data
+                    else:
+                        win = relax.op.strided_slice(data, axes=[2, 3], begin=[i * dh, j * dw],
+                                                     end=[i * dh + sh * (oh - 1) + 1, j * dw + sw * (ow - 1) + 1],
+                                                     strides=[sh, sw])
+                    if k_pad:
+                        win = relax.op.nn.pad(win, [0, 0, 0, k_pad, 0, 0, 0, 0], "constant", float(zx))
+                    windows.append(relax.op.expand_dims(win, 0))
+            t = kh * kw * groups
+            # concat, not stack: TVM 0.27's ConvertLayout fails on relax.stack ("Index -1 out of bounds")
+            x_all = relax.op.concat(windows, axis=0) if len(windows) > 1 else windows[0]
+            x_all = relax.op.reshape(x_all, [kh * kw, n, groups, block, oh, ow])
+            x_all = relax.op.permute_dims(x_all, [0, 2, 1, 4, 5, 3])  # [kpos, group, n, oh, ow, b]
+            lhs = relax.op.reshape(x_all, [t, n * oh * ow, block])
+            wp = np.pad(w, ((0, 0), (0, k_pad), (0, 0), (0, 0)))                       # [o, G·B, kh, kw]
+            wt = wp.reshape(o, groups, block, kh, kw).transpose(3, 4, 1, 2, 0).reshape(t, block, o)
+            st = full[:, ::block, :, :].transpose(2, 3, 1, 0).reshape(t, o)           # scale per block, [t, o]
+        else:
+            m = int(xq.ty.shape[0])
+            k, o = w.shape
+            lhs = xq
+            if k_pad:
+                lhs = relax.op.nn.pad(xq, [0, 0, 0, k_pad], "constant", float(zx))
+            lhs = relax.op.permute_dims(relax.op.reshape(lhs, [m, groups, block]), [1, 0, 2])  # [G, m, B]
+            t = groups
+            wt = np.pad(w, ((0, k_pad), (0, 0))).reshape(groups, block, o)
+            st = full[::block, :]
+        acc = relax.op.matmul(lhs, relax.const(np.ascontiguousarray(wt), "int8"), out_dtype="int32")
+        if zx:
+            corr = -zx * wt.astype(np.int64).sum(axis=1)                              # [t, o]
+            acc = relax.op.add(acc, relax.const(corr.reshape(t, 1, o).astype(np.int32), "int32"))
+        scale = (np.float64(sx) * st).astype(np.float32).reshape(t, 1, o)
+        y = relax.op.sum(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32")), axis=[0])
+        if core["kind"] == "conv2d":
+            y = relax.op.permute_dims(relax.op.reshape(y, [n, oh, ow, o]), [0, 3, 1, 2])
+        self.rewritten += 1
+        return y
 
     def bias(self, expr, n_out: int):
         """A bias operand (dequantize of a constant, maybe reshaped to broadcast): (values, scale or None)."""
@@ -224,8 +335,8 @@ class _Rewriter:
                 if b is not None:
                     core, bias_term = c, b
                     break
-        if core is None:
-            return None
+        if core is None or core.get("grouped"):
+            return None  # group-wise weights: the second pass (dequantized_core) lowers the product itself
         if core["kind"] == "conv2d" and len(core["call"].ty.shape) != 4:
             return None
         _, sx, zx = core["x"]
@@ -266,6 +377,8 @@ class _Rewriter:
         core = self.core(expr)
         if core is None or (core["kind"] == "conv2d" and len(core["call"].ty.shape) != 4):
             return None
+        if core.get("grouped"):
+            return self.grouped_core(core)
         _, sx, zx = core["x"]
         acc, wsum = self.integer_product(core)
         if zx:

@@ -144,7 +144,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     ``prune``: options of the ``prune_channels`` pass (e.g. ``{"macs": 0.5}``; ``round_to`` defaults to the
     vector width); it runs first, and the artifact is verified against the pruned model (pruning changes outputs
     on purpose).
-    ``quantize``: ``{"mode": "int8", "calib": PATH|"none", "samples": N, ...}`` (see
+    ``quantize``: ``{"mode": "int8"|"int4", "calib": PATH|"none", "samples": N, "granularity": ...}`` (see
     ``edgec.quantization.compile_int8``): the QDQ pass runs after the cleanup passes, TVM compiles its layers to
     int8 kernels, and the artifact is verified against the QDQ model within one output quantization step.
     """
@@ -197,7 +197,9 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             "outputs": output_signature(model),
             "source": source_info,
             "passes": pass_log,
-            "sizes": {"weights_bytes": _weight_bytes(model), "source_bytes": source_info.get("bytes")},
+            "sizes": {"weights_bytes": _weight_bytes(model), "source_bytes": source_info.get("bytes"),
+                      # what the compiled executable holds (constants after layout packing; int4 packed)
+                      "artifact_weights_bytes": build.details.get("params", {}).get("bytes")},
             "compile_seconds": None,
         }
         if quant_info is not None:
@@ -293,7 +295,9 @@ def render_report(manifest: dict[str, Any]) -> str:
              f"- edgec {manifest['edgec_version']}, created {manifest['created']}",
              f"- source: `{manifest['source']['path']}`",
              f"- target: **{t['name']}** ({t['arch']}, {t['device']}), TVM target `{t['tvm']}`",
-             f"- weights: {manifest['sizes']['weights_bytes']:,} bytes"]
+             f"- weights: {manifest['sizes']['weights_bytes']:,} bytes"
+             + (f" in the model; {manifest['sizes']['artifact_weights_bytes']:,} bytes of parameters in the compiled "
+                f"artifact" if manifest["sizes"].get("artifact_weights_bytes") is not None else "")]
     for kind in ("inputs", "outputs"):
         for spec in manifest[kind]:
             lines.append(f"- {kind[:-1]} `{spec['name']}`: {spec['dtype']} {tuple(spec['shape'])}")

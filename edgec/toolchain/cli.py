@@ -58,8 +58,11 @@ def main(verbose: bool) -> None:
               help="Schedule operators with the records `edgec tune --db DIR` measured.")
 @click.option("--prune", "prune_spec", default=None,
               help="Prune channels first: macs=0.5 or ratio=0.3[,criterion=l2,round_to=8] (see `edgec prune`).")
-@click.option("--quantize", "quantize_mode", default=None, type=click.Choice(["int8"]),
-              help="Quantize (QDQ, calibrated) and compile to int8 kernels; verified against the QDQ model.")
+@click.option("--quantize", "quantize_mode", default=None, type=click.Choice(["int8", "int4"]),
+              help="Quantize (QDQ, calibrated) and compile to integer kernels; verified against the QDQ model. "
+                   "int4: int4 weights (stored packed), int8 activations.")
+@click.option("--granularity", "quant_granularity", default=None,
+              help="With --quantize: weight scales per channel (default) or group:N (per N input channels).")
 @click.option("--calib", "quant_calib", default=None,
               help="With --quantize: calibration data (image folder, .npy/.npz) or 'none' (data-free).")
 @click.option("--samples", "quant_samples", default=64, show_default=True,
@@ -68,7 +71,7 @@ def main(verbose: bool) -> None:
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
                 verify: bool | None, device: str | None, tuning_db: Path | None,
                 prune_spec: str | None = None, quantize_mode: str | None = None, quant_calib: str | None = None,
-                quant_samples: int = 64) -> None:
+                quant_samples: int = 64, quant_granularity: str | None = None) -> None:
     """Compile MODEL (.onnx, .pt2, or package.module:factory) into an artifact folder.
 
     Without MODEL, compiles the embedded default model (a small ResNet trained on real MNIST digits).
@@ -80,10 +83,13 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
     quantize = None
     if quantize_mode is not None:
         if quant_calib is None:
-            raise EdgecError("--quantize int8 needs calibration data", "pass --calib DIR|FILE.npy or --calib none")
+            raise EdgecError(f"--quantize {quantize_mode} needs calibration data",
+                             "pass --calib DIR|FILE.npy or --calib none")
         quantize = {"mode": quantize_mode, "calib": quant_calib, "samples": quant_samples}
-    elif quant_calib is not None:
-        raise EdgecError("--calib is only used with --quantize", "add --quantize int8")
+        if quant_granularity is not None:
+            quantize["granularity"] = quant_granularity
+    elif quant_calib is not None or quant_granularity is not None:
+        raise EdgecError("--calib and --granularity are only used with --quantize", "add --quantize int8")
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
                         device=device, tuning_db=tuning_db,
                         prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize)
@@ -98,11 +104,14 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
                                    if t.get("rules_faster") else ""))
     if "quantization" in m:
         q = m["quantization"]
-        click.echo(f"quantized: {q['mode']}, {q.get('integer_layers') or 0} layer(s) compiled to int8 kernels, "
+        click.echo(f"quantized: {q['mode']}, {q.get('integer_layers') or 0} layer(s) compiled to int8 kernels"
+                   + (f" ({q['config']['granularity']} int4 weights, packed)" if q["mode"] == "int4" else "") + ", "
                    f"calibration {q['calibration']}; tolerance {q['atol']:.3g} = {q['tolerance_rule']}")
     changed = [f"{p['stage']}:{p['pass']}" for p in m["passes"] if p["changed"]]
     click.echo(f"passes: {', '.join(changed) if changed else 'none changed the graph'}; "
-               f"weights {m['sizes']['weights_bytes'] / 1024:.1f} KiB")
+               f"weights {m['sizes']['weights_bytes'] / 1024:.1f} KiB"
+               + (f", in the artifact {m['sizes']['artifact_weights_bytes'] / 1024:.1f} KiB"
+                  if m["sizes"].get("artifact_weights_bytes") is not None else ""))
     if result.verification is not None:
         click.echo(f"verify: {result.verification.summary()}")
         if not result.verification.passed:
