@@ -150,7 +150,7 @@ def _unpack_func(shape: tuple[int, ...]):
     if n >= 4096:
         outer, _ = sch.split(loop, [None, 1024])
         sch.parallel(outer)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("global_symbol", "int4_unpack")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", "int4_unpack")
 
 
 def _qualifies(value: np.ndarray) -> bool:
