@@ -480,6 +480,35 @@ def test_refit_is_sequential_residual_aware_and_beats_the_old_method_on_real_dig
     assert any(r.get("target") == "residual sum" for r in report["reconstruct"])
     assert report["reconstruct"][-1]["layer"] == "/fc/Gemm"
     assert accuracy(new) > 0.8 and accuracy(new) > accuracy(old) + 0.2
+    # the summed-table allocation is refined on whole pruned models: the choice is (within the noise margin) the
+    # least-loss allocation measured, and it is the one applied
+    from edgec.pruning.sensitivity import MARGIN
+
+    tried = report["allocation_search"]
+    chosen = next(t for t in tried if t["channels"] == {c["group"]: c["after"] for c in report["channels"]})
+    assert chosen["loss"] * (1 - MARGIN) <= min(t["loss"] for t in tried)
+
+
+def test_relu_aware_refit_only_asks_hidden_targets_to_stay_hidden():
+    """Targets below a following ReLU's floor are invisible downstream: the floor-aware fit reproduces a layer
+    whose visible outputs are linear far better than plain least squares, which the hidden values pull off."""
+    from edgec.pruning.reconstruct import _loss, _solve
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2000, 6))
+    w = rng.standard_normal((6, 3))
+    y = a @ w
+    y = np.where(y > 0, y, -3.0 * np.abs(y) - 1.0)  # what a ReLU hides: anything at or below 0
+    floor = np.zeros_like(y)
+    theta0 = np.zeros((7, 3))
+    a1 = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    plain, _ = _solve(a, y, theta0, 1e-6)
+    aware, _ = _solve(a, y, theta0, 1e-6, floor)
+    # 20 alternating-projection steps from the plain solution: far from plain, not yet exact
+    assert _loss(a1, aware, y, floor) < 0.05 * _loss(a1, plain, y, floor)
+    visible = y > 0
+    err = lambda t: np.linalg.norm((a1 @ t)[visible] - y[visible]) / np.linalg.norm(y[visible])  # noqa: E731
+    assert err(aware) < 0.25 * err(plain)
 
 
 def test_thinet_and_sensitivity_need_calibration_data():
@@ -600,3 +629,15 @@ def test_latency_allocation_avoids_a_slow_count_and_reports_the_closest():
     assert latency.allocate(analysis, table, losses, cands, 1.1, top=2) == [{1: 8}, {0: 16}]
     with pytest.raises(EdgecError, match=r"closest is 0\.700 ms predicted.*a: 8, b: 8"):
         latency.allocate(analysis, table, losses, cands, 0.5)
+
+
+def test_compile_prune_latency_budget_measures_on_the_compile_target(cli, latency_dir, latency_table):
+    """``compile --prune latency_ms=`` prunes for the target being compiled (no separate --target), keeps the
+    measured table next to the artifact, and an unreachable budget is exit 2 with the closest, no artifact."""
+    import shutil
+
+    out = latency_dir / "art"
+    shutil.copy(latency_dir / "p.latency.json", latency_dir / "art.latency.json")  # the table measured above
+    code, _, err = cli("compile", "--target", "x86", "-o", out, "--prune", "latency_ms=0.0001")
+    _assert_user_error(code, err, "cannot reach 0.0001 ms on x86", "closest")
+    assert not out.exists()

@@ -156,10 +156,13 @@ def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | No
                                "table_compiled": table["compiled"], "table": latency.summary(table, analysis)}
         return analysis, keep, sens
     if budget.macs is not None and budget.allocation == "sensitivity":
-        from edgec.pruning.sensitivity import allocate, measure, summary
+        from edgec.pruning.sensitivity import allocate, measure, refine, summary
 
         table = measure(original, analysis, scores, budget, calib, reconstruct)
         kept_counts = allocate(analysis, table, budget)
+        kept_counts, tried = refine(original, analysis, scores, budget, calib, reconstruct, kept_counts, table)
+        if info is not None:
+            info["allocation_search"] = tried
         keep = {gid: np.sort(np.argsort(-scores[gid], kind="stable")[:k]) for gid, k in kept_counts.items()
                 if k < analysis.groups[gid].size}
         return analysis, keep, summary(table, analysis)

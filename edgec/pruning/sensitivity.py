@@ -22,11 +22,14 @@ import onnx_ir as ir
 
 from edgec.errors import EdgecError
 from edgec.pruning.budget import Budget, _min_keep, estimate_macs
-from edgec.pruning.groups import Analysis
+from edgec.pruning.groups import Analysis, ChannelGroup
 
-__all__ = ["measure", "allocate", "output_loss"]
+__all__ = ["measure", "allocate", "refine", "output_loss"]
 
 EVAL_SAMPLES = 128
+# A move is kept only when it lowers the measured loss by more than this share: swaps between allocations a few
+# per cent apart in output error went either way in top-1 on the embedded model (e.g. 3.6 % lower loss, 9 pt worse).
+MARGIN = 0.05
 
 
 def outputs(proto: onnx.ModelProto, calib: np.ndarray) -> np.ndarray:
@@ -139,3 +142,91 @@ def _exhaustive(analysis: Analysis, table: dict[int, dict[int, float]], target: 
 def summary(table: dict[int, dict[int, float]], analysis: Analysis) -> list[dict[str, Any]]:
     return [{"group": analysis.groups[gid].name, "loss": {str(k): round(v, 5) for k, v in sorted(t.items())}}
             for gid, t in table.items()]
+
+
+def shifted(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Image batches (N×C×H×W, H and W ≥ 8) each translated by a random few pixels (up to 1/14 of the side, as 2 px
+    of a 28² digit, 16 px of a 224² photo); other inputs unchanged."""
+    if x.ndim != 4 or min(x.shape[2:]) < 8:
+        return x
+    rng = np.random.default_rng(seed)
+    reach = max(1, min(x.shape[2:]) // 14)
+    return np.stack([np.roll(s, tuple(rng.integers(-reach, reach + 1, 2)), axis=(1, 2)) for s in x])
+
+
+def refine(original: onnx.ModelProto, analysis: Analysis, scores: dict[int, np.ndarray], budget: Budget,
+           calib: np.ndarray, reconstruct: bool, kept: dict[int, int], table: dict[int, dict[int, float]],
+           max_evals: int = 20) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Improve an allocation by measuring whole pruned models: move channels from one group to another while the
+    MACs target still holds, keep a move when the combined output loss on unseen-like samples drops.
+
+    Why: the per-group losses of :func:`measure` are summed as if independent, but pruning two groups compounds
+    (a pruned residual stream feeds every later block), and each group was judged on the samples its refit saw.
+    On the embedded model at 50 % MACs the summed-loss allocation lost 10 pt of top-1 where the best allocation on
+    the same grid loses 2: here every candidate is pruned whole and refitted, and its relative output error is
+    measured (it ranked 50 % MACs allocations of the embedded model by test top-1 with Spearman ρ 0.85). Candidates are refitted on the calibration images and judged on the same
+images shifted by a few pixels (:func:`shifted`): calibration samples are often training images the model fits
+with a wide margin, on which every allocation looks alike, and the refit has seen them; shifted ones behave like
+unseen data (on the embedded model they ranked four 50 % allocations exactly as their test top-1, held-out
+unshifted ones did not), and no sample is spent on judging. Non-image inputs are split in halves instead. Moves are tried in the order the summed table predicts is best, first
+    improvement wins, at most ``max_evals`` models are measured. Returns the counts and the moves measured."""
+    from edgec.pruning.reconstruct import reconstruct as refit
+    from edgec.pruning.rewrite import apply_selection
+
+    groups = {g.id: g for g in analysis.prunable()}
+    target = estimate_macs(analysis, {}) * (1.0 - budget.macs)
+    judge = shifted(calib)
+    half = len(calib) // 2 if reconstruct and len(calib) >= 16 and judge is calib else 0
+    fit, judge = (calib[:half], calib[half:]) if half else (calib, judge)
+    reference = outputs(original, judge)
+    cache: dict[frozenset, float] = {}
+    history: list[dict[str, Any]] = []
+
+    def loss(counts: dict[int, int]) -> float:
+        key = frozenset(counts.items())
+        if key not in cache:
+            model = ir.serde.deserialize_model(original)
+            keep = {g: np.sort(np.argsort(-scores[g], kind="stable")[:k]) for g, k in counts.items()
+                    if k < groups[g].size}
+            apply_selection(model, analysis, keep)
+            if reconstruct:
+                refit(original, model, analysis, keep, fit)
+            cache[key] = output_loss(reference, ir.serde.serialize_model(model), judge)
+            history.append({"channels": {groups[g].name: k for g, k in counts.items() if k < groups[g].size},
+                            "loss": round(cache[key], 6)})
+        return cache[key]
+
+    def step(g: ChannelGroup) -> int:
+        return budget.round_to if budget.round_to > 1 else max(1, g.size // 8)
+
+    best = {g: kept.get(g, groups[g].size) for g in groups}
+    best_loss = loss(best)
+    improved = True
+    while improved and len(cache) < max_evals:
+        improved = False
+        moves = []
+        for i, gi in groups.items():
+            taken = best[i] - step(gi)
+            if taken < _min_keep(gi, budget):
+                continue
+            for j, gj in groups.items():
+                if j == i or best[j] >= gj.size:
+                    continue
+                given = best[j]
+                while given + step(gj) <= gj.size and \
+                        estimate_macs(analysis, {**best, i: taken, j: given + step(gj)}) <= target:
+                    given += step(gj)
+                if given == best[j]:
+                    continue
+                move = {**best, i: taken, j: given}
+                predicted = sum(_interp(table[g], move[g]) - _interp(table[g], best[g]) for g in (i, j))
+                moves.append((predicted, move))
+        for _, move in sorted(moves, key=lambda m: m[0]):
+            if len(cache) >= max_evals:
+                break
+            if frozenset(move.items()) in cache:
+                continue
+            if loss(move) < best_loss * (1.0 - MARGIN):
+                best, best_loss, improved = move, loss(move), True
+                break
+    return best, history

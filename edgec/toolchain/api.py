@@ -167,6 +167,12 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         # Channel counts default to multiples of the vector width: a conv whose channels do not fill a vector
         # register runs unblocked (NCHW), with layout transforms around it, so odd counts save no time.
         prune = {"round_to": 8 if preset.arch == "x86_64" else 4, **prune}
+        if prune.get("latency_ms") is not None:
+            # a latency budget is a budget on *this* target: measure the per-layer table where the artifact runs
+            prune.setdefault("target", preset.name)
+            # the measured per-layer table is kept next to the artifact, so compiling again does not re-measure
+            out_dir = Path(output)
+            prune.setdefault("latency_cache", out_dir.with_name(f"{out_dir.name}.latency.json"))
         model, prune_log = run_pipeline(model, [PruneChannels(**prune)])  # before fold_batchnorm (BN criterion)
         load_log.extend({"stage": "prune", **e} for e in prune_log)
     reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference

@@ -57,7 +57,8 @@ def main(verbose: bool) -> None:
 @click.option("--tuning-db", "tuning_db", default=None, type=click.Path(path_type=Path),
               help="Schedule operators with the records `edgec tune --db DIR` measured.")
 @click.option("--prune", "prune_spec", default=None,
-              help="Prune channels first: macs=0.5 or ratio=0.3[,criterion=l2,round_to=8] (see `edgec prune`).")
+              help="Prune channels first: macs=0.5, ratio=0.3 or latency_ms=2.5 (measured on --target)"
+                   "[,criterion=thinet,calib=x.npy,reconstruct=1,round_to=8] (see `edgec prune`).")
 @click.option("--quantize", "quantize_mode", default=None, type=click.Choice(["int8", "int4"]),
               help="Quantize (QDQ, calibrated) and compile to integer kernels; verified against the QDQ model. "
                    "int4: int4 weights (stored packed), int8 activations.")
@@ -191,7 +192,7 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
 
 _PRUNE_KEYS = {"ratio": float, "macs": float, "criterion": str, "round_to": int, "calib": str,
                "reconstruct": lambda v: v.lower() in ("1", "true", "yes"), "calib_samples": int,
-               "layer_ratios": str}
+               "layer_ratios": str, "latency_ms": float, "allocation": str}
 
 
 def _parse_prune_spec(spec: str) -> dict[str, Any]:
