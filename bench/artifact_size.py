@@ -1,4 +1,5 @@
-"""Artifact weight bytes: fp32 vs int8 vs int4 (issue 4's bounds: int8 ≥ 3.9× smaller than fp32, int4 ≥ 7×).
+"""Artifact weight bytes: fp32 vs int8 vs int4 vs binary (issue 4's bounds: int8 ≥ 3.9× smaller than fp32,
+int4 ≥ 7×).
 
 Measured from the compiled artifacts, not the ONNX: ``manifest["sizes"]["artifact_weights_bytes"]``, the bytes of
 every constant the compiled executable holds (weights in their final blocked/VNNI layouts, int4 packed two per byte,
@@ -8,7 +9,9 @@ compiled by ``edgec.compile`` as
 - fp32 (edgec's default: 3×3 convs with ≥ 32 channels use Winograd, whose transformed weights are 36/9 = 4× the
   3×3 kernel), and fp32 with Winograd off (the weights as trained, 4 bytes each, plus layout padding): the ratios
   are given against both, the verdict against the second (the smaller, stricter baseline);
-- ``--quantize int8``, ``--quantize int4`` (per channel), ``--quantize int4 --granularity group:32``.
+- ``--quantize int8``, ``--quantize int4`` (per channel), ``--quantize int4 --granularity group:32``,
+  ``--quantize binary`` (±α per channel, packed 8 per byte; post-training binarisation is not accurate, the row
+  is about storage only).
 
 Usage: ``.venv/bin/python bench/artifact_size.py [--models default,resnet18]``. ``default``: the embedded MNIST ResNet
 (28 k parameters: its per-channel constants weigh relatively more than in a real network), calibrated on 64 real
@@ -48,7 +51,8 @@ def bench_model(name: str, work: Path) -> None:
     cal = str(work / f"{name}-calib.npy")
     variants = {"fp32": None, "fp32 (no Winograd)": None, "int8": {"mode": "int8", "calib": cal},
                 "int4": {"mode": "int4", "calib": cal},
-                "int4 group:32": {"mode": "int4", "granularity": "group:32", "calib": cal}}
+                "int4 group:32": {"mode": "int4", "granularity": "group:32", "calib": cal},
+                "binary": {"mode": "binary", "calib": cal}}
     sizes, notes = {}, {}
     for label, q in variants.items():
         started = time.perf_counter()
@@ -65,7 +69,8 @@ def bench_model(name: str, work: Path) -> None:
         v = res.verification
         notes[label] = (f"{'verify PASS' if v and v.passed else 'verify FAIL' if v else 'not verified'}"
                         + (f" ({v.max_abs_diff:.2g} <= {v.atol:.2g})" if v else "")
-                        + (f"; {packed['tensors']} weights packed int4" if packed["tensors"] else "")
+                        + "".join(f"; {packed[k]['tensors']} weights packed {k}" for k in ("int4", "binary")
+                                  if packed.get(k, {}).get("tensors"))
                         + f"; {time.perf_counter() - started:.0f} s")
         if label == "fp32":
             onnx_bytes = m["sizes"]["weights_bytes"]

@@ -46,8 +46,9 @@ from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation
 __all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
            "PRECISION_CHOICES", "layer_keys"]
 
-WEIGHT_CHOICES = ("int8", "int4")
-PRECISION_CHOICES = ("int4", "int8", "float")  # per-layer overrides, lowest first ("float": left unquantized)
+WEIGHT_CHOICES = ("int8", "int4", "binary")  # binary: ±α per output channel (int8 ±1 + scale in the QDQ model)
+# per-layer overrides, lowest first ("float": left unquantized)
+PRECISION_CHOICES = ("binary", "int4", "int8", "float")
 ACTIVATION_CHOICES = ("int8", "fp32")
 _QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
                        "QAttention", "QGemm", "QuantizeBFP", "DequantizeBFP"}
@@ -91,6 +92,13 @@ class QuantConfig:
             raise EdgecError(f"AdaRound needs at least one iteration (got {self.adaround_iterations})",
                              "pass a positive number of iterations")
         g = self.granularity
+        uses_binary = self.weights == "binary" or "binary" in self.overrides.values()
+        if uses_binary and g not in ("tensor", "channel"):
+            raise EdgecError(f"binary weights do not support granularity '{g}'",
+                             "use --granularity channel (one scale α per output channel) or tensor")
+        if uses_binary and self.adaround:
+            raise EdgecError("AdaRound does not apply to binary weights (there is no rounding to learn)",
+                             "drop --adaround")
         if g not in ("tensor", "channel"):
             size = g.split(":", 1)[1] if g.startswith("group:") else ""
             if not size.isdigit() or int(size) < 2:
@@ -222,6 +230,9 @@ class QuantizeQDQ(EdgecPass):
         for name, qp in act_params.items():
             self._insert_qdq(model, name, qp)
         model.graph.sort()
+        if "binary" in precisions:
+            notes.append("binary weights: post-training binarisation without retraining loses most of the accuracy "
+                         "of a float-trained model; they are meant for models trained binary-aware (BWN/XNOR-Net)")
         if self._float_nodes:
             notes.append("kept float: " + ", ".join(layer.keys[-1] for layer in layers
                                                     if id(layer.node) in self._float_nodes))
@@ -387,7 +398,7 @@ class QuantizeQDQ(EdgecPass):
             "input": _qp_dict(x_qp) if x_qp is not None else None,
             "output": _qp_dict(acts[layer.activation_out.name]) if layer.activation_out.name in acts else None,
             "bias": None if layer.bias_float is None else ("int32" if layer.bias_scale is not None else "float"),
-            "precision": f"int{wq.bits}",
+            "precision": wq.dtype,
         }
 
     def _write_bias(self, model: ir.Model, layer: _Layer, original: ir.Value | None) -> None:

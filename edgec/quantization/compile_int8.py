@@ -1,8 +1,10 @@
-"""``edgec compile --quantize int8|int4``: quantize inside the compile, and the verification tolerance that goes with it.
+"""``edgec compile --quantize int8|int4|binary``: quantize inside the compile, and the verification tolerance that
+goes with it.
 
 ``int4``: int4 weights (per output channel, or ``granularity="group:N"``: a scale per block of N input channels),
 int8 activations (W4A8). The artifact stores those weights packed two per byte (``edgec/targets/int4_pack.py``)
 and runs the same integer kernels as int8 (group-wise: integer partial sums per block, see ``qdq_lower``).
+``binary``: ±1 weights times α per output channel (or tensor), int8 activations; stored 8 per byte in the artifact.
 
 The QDQ pass runs *after* the cleanup passes (``fold_constants`` would otherwise evaluate the weights'
 DequantizeLinear back into float constants), and the QDQ model, not the float source, is the reference the
@@ -29,14 +31,15 @@ from edgec.errors import EdgecError
 
 __all__ = ["quantize_for_compile", "output_step_tolerance", "QUANTIZE_CHOICES"]
 
-QUANTIZE_CHOICES = ("int8", "int4")
+QUANTIZE_CHOICES = ("int8", "int4", "binary")
 
 
 def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float | None = None
                          ) -> tuple[ir.Model, list[dict[str, Any]], float, dict[str, Any]]:
     """Run the QDQ pass on an already cleaned-up model; returns (model, pass log, tolerance, manifest info).
 
-    ``options``: ``mode`` ("int8" or "int4": the weights' precision; activations are int8), ``calib`` (path or "none"/None: data-free), ``samples`` (64), and any
+    ``options``: ``mode`` ("int8", "int4" or "binary": the weights' precision; activations are int8), ``calib``
+    (path or "none"/None: data-free), ``samples`` (64), and any
     :class:`QuantConfig` field (``method``, ``granularity``, ``bias_correction``...)."""
     from edgec.calibration.sources import batches, open_source
     from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize", "quantize_weight",
-           "sqnr_db", "QRANGES"]
+           "sqnr_db", "QRANGES", "binarize_weight"]
 
 # (qmin, qmax, numpy storage dtype) per quantized type; int4 values are stored in int8 arrays until serialized.
 QRANGES: dict[str, tuple[int, int, type]] = {
@@ -29,7 +29,8 @@ QRANGES: dict[str, tuple[int, int, type]] = {
     "int4": (-8, 7, np.int8),
     "int32": (-(2 ** 31), 2 ** 31 - 1, np.int32),
 }
-WEIGHT_QMAX = {"int8": 127, "int4": 7}
+WEIGHT_QMAX = {"int8": 127, "int4": 7, "binary": 1}
+WEIGHT_BITS = {"int8": 8, "int4": 4, "binary": 1}
 
 
 @dataclass
@@ -93,13 +94,13 @@ class WeightQuant:
 
     @property
     def dtype(self) -> str:
-        return "int4" if self.bits == 4 else "int8"
+        return {4: "int4", 1: "binary"}.get(self.bits, "int8")
 
     def dequantized(self) -> np.ndarray:
         return dequantize(self.q, self.scale, 0, self.axis, self.block)
 
     def nbytes(self) -> int:
-        """Stored bytes: packed values (int4: two per byte) plus float32 scales."""
+        """Stored bytes: packed values (int4: two per byte, binary: eight) plus float32 scales."""
         return math.ceil(self.q.size * self.bits / 8) + 4 * int(np.asarray(self.scale).size)
 
 
@@ -111,8 +112,10 @@ def quantize_weight(w: np.ndarray, dtype: str, granularity: str, out_axis: int, 
     blocks). ``search`` (default: on for int4) picks each scale's clipping by minimising the squared error over
     20 candidates from 0.5 to 1.0 of the absmax: at 4 bits clipping a few outliers halves the step for the rest.
     """
+    if dtype == "binary":
+        return binarize_weight(w, granularity, out_axis)
     qmax = WEIGHT_QMAX[dtype]
-    bits = 4 if dtype == "int4" else 8
+    bits = WEIGHT_BITS[dtype]
     search = (bits < 8) if search is None else search
     w = w.astype(np.float64)
     if granularity == "tensor":
@@ -151,6 +154,27 @@ def quantize_weight(w: np.ndarray, dtype: str, granularity: str, out_axis: int, 
         scale_arr = np.moveaxis(scale.reshape(moved_shape), -1, in_axis).astype(np.float32)
     q = np.clip(np.rint(w / _broadcast(scale_arr, w, axis, block)), -qmax, qmax).astype(np.int8)
     return WeightQuant(q=q, scale=scale_arr, bits=bits, granularity=granularity, axis=axis, block=block)
+
+
+def binarize_weight(w: np.ndarray, granularity: str, out_axis: int) -> WeightQuant:
+    """``w ≈ α·sign(w)``: q = ±1 (``sign(0) = +1``), α = mean(|w|) per output channel or per tensor.
+
+    For a fixed sign pattern ``b`` the error ``‖w − α·b‖²`` is a parabola in α with its minimum at
+    ``α = ⟨w, b⟩ / n``, which for ``b = sign(w)`` is ``mean(|w|)``; and ``sign(w)`` is the best pattern for any α > 0.
+    An all-zero channel gets α = 1.0 (any α reproduces it no better; a positive scale keeps DequantizeLinear valid).
+    """
+    w = np.asarray(w, np.float64)
+    q = np.where(w >= 0, 1, -1).astype(np.int8)
+    if granularity == "tensor":
+        alpha, axis = np.mean(np.abs(w)), None
+        scale = np.asarray(alpha if alpha > 0 else 1.0, np.float32)
+    elif granularity == "channel":
+        axis = out_axis
+        alpha = np.mean(np.abs(np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1)), axis=1)
+        scale = np.where(alpha > 0, alpha, 1.0).astype(np.float32)
+    else:
+        raise ValueError(f"binary weights support tensor or channel granularity, not {granularity}")
+    return WeightQuant(q=q, scale=scale, bits=1, granularity=granularity, axis=axis, block=None)
 
 
 def sqnr_db(signal_energy: float, noise_energy: float) -> float:

@@ -1,4 +1,4 @@
-"""int4 weights in the artifact: stored packed two per byte, unpacked by a small kernel at run time.
+"""Low-bit weights in the artifact: int4 packed two per byte, binary (±1) eight per byte, unpacked at run time.
 
 TVM 0.27's ONNX importer cannot read INT4 initializers (its tensor copy expects one byte per element) and ignores
 DequantizeLinear's ``block_size``. So the QDQ model is prepared before import (:func:`widen_low_bit`):
@@ -18,6 +18,12 @@ so it never changes a result. Element ``f`` of the flattened tensor is nibble ``
 
 :func:`constant_bytes` measures what the compiled executable holds (every constant of the final Relax module):
 the artifact's weight bytes in the manifest.
+
+Binary weights (``--weights binary``: int8 ±1 times a scale α, see ``qmath.binarize_weight``) go through the same
+pass: a constant whose values are all −1 or +1 (no int4 or int8 weight is: their absmax quantizes to ±7 / ±127) is
+packed one bit per element, bit ``f % 8`` (least significant first) of byte ``f // 8``, 1 for +1 and 0 for −1; the
+unpack is ``v = 2·((b >> (f % 8)) & 1) − 1``. A binary tensor that the layout padded with zeros (e.g. input
+channels rounded up to the VNNI depth) is not all ±1: it falls back to int4 packing, still lossless.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["widen_low_bit", "pack_int4", "unpack_int4_reference", "unpack_int4_te", "pack_int4_pass",
-           "constant_bytes", "LAST_PACKED", "LAST_PARAMS"]
+           "pack_binary", "unpack_binary_reference", "pack_low_bit", "packed_bits", "constant_bytes", "LAST_PACKED",
+           "LAST_PARAMS"]
 
 _LOW_BIT = {TensorProto.INT4: (TensorProto.INT8, np.int8), TensorProto.UINT4: (TensorProto.UINT8, np.uint8)}
 MIN_PACKED_ELEMENTS = 32  # smaller int8 constants (zero points, tiny tables) are not worth a kernel launch
-LAST_PACKED: dict[str, Any] = {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0}  # set by pack_int4_pass
+# set by pack_int4_pass: totals, and "binary" (1-bit) / "int4" entries with the same three counts
+LAST_PACKED: dict[str, Any] = {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0}
 LAST_PARAMS: dict[str, Any] = {}  # set by the CPU pipeline: constant_bytes of the final module
 
 
@@ -118,8 +126,38 @@ def unpack_int4_reference(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndar
     return v[:n].astype(np.int8).reshape(shape)
 
 
-def unpack_int4_te(packed, shape: tuple[int, ...]):
-    """TE compute: packed uint8 [ceil(n/2)] → int8 tensor of ``shape`` (row-major element order)."""
+def pack_binary(values: np.ndarray) -> np.ndarray:
+    """int8 values in {−1, +1} → uint8, eight per byte (element 8k + j is bit j of byte k; 1 for +1)."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.size and not np.all((flat == 1) | (flat == -1)):
+        raise ValueError("binary packing needs every value to be -1 or +1")
+    return np.packbits(flat == 1, bitorder="little")  # a partial last byte is padded with 0 bits (unused)
+
+
+def unpack_binary_reference(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """numpy reference of the binary unpack kernel."""
+    n = int(np.prod(shape))
+    bits = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little")[:n]
+    return (2 * bits.astype(np.int8) - 1).reshape(shape)
+
+
+def packed_bits(value: np.ndarray) -> int | None:
+    """How the pass packs an int8 constant: 1 (all ±1), 4 (all in [−8, 7]) or None (left as int8)."""
+    if value.dtype != np.int8 or value.size < MIN_PACKED_ELEMENTS:
+        return None
+    lo, hi = int(value.min()), int(value.max())
+    if lo >= -1 and hi <= 1 and not np.any(value == 0):
+        return 1
+    return 4 if lo >= -8 and hi <= 7 else None
+
+
+def pack_low_bit(values: np.ndarray, bits: int) -> np.ndarray:
+    return pack_binary(values) if bits == 1 else pack_int4(values)
+
+
+def unpack_int4_te(packed, shape: tuple[int, ...], bits: int = 4):
+    """TE compute: packed uint8 [ceil(n·bits/8)] → int8 tensor of ``shape`` (row-major element order); ``bits``
+    4 (sign-extended nibbles) or 1 (bit 1 → +1, bit 0 → −1)."""
     from tvm import te, tirx
 
     strides = [1] * len(shape)
@@ -130,44 +168,49 @@ def unpack_int4_te(packed, shape: tuple[int, ...]):
         flat = idx[0] * strides[0]
         for i, s in zip(idx[1:], strides[1:]):
             flat = flat + i * s
+        if bits == 1:
+            byte = packed[flat // 8].astype("int32")
+            bit = (byte >> (flat % 8).astype("int32")) & 1
+            return (bit * 2 - 1).astype("int8")
         byte = packed[flat // 2].astype("int32")
         nib = (byte >> ((flat % 2) * 4).astype("int32")) & 15
         return tirx.Select(nib >= 8, nib - 16, nib).astype("int8")
 
-    return te.compute(tuple(int(d) for d in shape), fn, name="int4_unpack")
+    return te.compute(tuple(int(d) for d in shape), fn, name=_KERNEL_NAME[bits])
 
 
-def _unpack_func(shape: tuple[int, ...]):
+_KERNEL_NAME = {4: "int4_unpack", 1: "binary_unpack"}
+
+
+def _unpack_func(shape: tuple[int, ...], bits: int = 4):
     from tvm import s_tir, te
 
     n = int(np.prod(shape))
-    packed = te.placeholder(((n + 1) // 2,), "uint8", name="packed")
-    out = unpack_int4_te(packed, shape)
+    packed = te.placeholder(((n * bits + 7) // 8,), "uint8", name="packed")
+    out = unpack_int4_te(packed, shape, bits)
     func = te.create_prim_func([packed, out])
     sch = s_tir.Schedule(func)
-    block = sch.get_sblock("int4_unpack")
+    block = sch.get_sblock(_KERNEL_NAME[bits])
     loop = sch.fuse(*sch.get_loops(block))
     if n >= 4096:
         outer, _ = sch.split(loop, [None, 1024])
         sch.parallel(outer)
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", "int4_unpack")
-
-
-def _qualifies(value: np.ndarray) -> bool:
-    return (value.dtype == np.int8 and value.size >= MIN_PACKED_ELEMENTS and int(value.min()) >= -8
-            and int(value.max()) <= 7)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", _KERNEL_NAME[bits])
 
 
 def pack_int4_pass():
-    """Relax pass (after FoldConstant/FuseTIR): int8 kernel constants in [-8, 7] → packed uint8 + unpack kernel."""
+    """Relax pass (after FoldConstant/FuseTIR): int8 kernel constants in [-8, 7] → packed uint8 + unpack kernel
+    (all ±1: one bit per element, else two per byte)."""
     import tvm
     from tvm import relax
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecPackInt4")
     def _pass(mod, _ctx):
-        LAST_PACKED.update(tensors=0, int8_bytes=0, packed_bytes=0)
+        LAST_PACKED.clear()
+        LAST_PACKED.update(tensors=0, int8_bytes=0, packed_bytes=0,
+                           **{k: {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0} for k in ("int4", "binary")})
         call_tir = tvm.ir.Op.get("relax.call_tir")
-        funcs: dict[tuple[int, ...], Any] = {}
+        funcs: dict[tuple[tuple[int, ...], int], Any] = {}
 
         @relax.expr_functor.mutator
         class Packer(relax.PyExprMutator):
@@ -175,20 +218,23 @@ def pack_int4_pass():
                 super().__init__(module)
                 self.done: dict[Any, Any] = {}
 
-            def unpacked(self, const):
+            def unpacked(self, const, bits: int):
                 key = const
                 if key in self.done:
                     return self.done[key]
                 value = const.value.numpy()
                 shape = tuple(int(d) for d in value.shape)
-                if shape not in funcs:
-                    funcs[shape] = self.builder_.add_func(_unpack_func(shape), f"int4_unpack_{len(funcs)}")
-                packed = relax.const(pack_int4(value), "uint8")
-                var = self.builder_.emit(relax.call_tir(funcs[shape], [packed],
-                                                        out_ty=relax.TensorType(shape, "int8")), "w_int4")
-                LAST_PACKED["tensors"] += 1
-                LAST_PACKED["int8_bytes"] += int(value.nbytes)
-                LAST_PACKED["packed_bytes"] += int((value.size + 1) // 2)
+                name = _KERNEL_NAME[bits]
+                if (shape, bits) not in funcs:
+                    funcs[(shape, bits)] = self.builder_.add_func(_unpack_func(shape, bits), f"{name}_{len(funcs)}")
+                packed_np = pack_low_bit(value, bits)
+                var = self.builder_.emit(relax.call_tir(funcs[(shape, bits)], [relax.const(packed_np, "uint8")],
+                                                        out_ty=relax.TensorType(shape, "int8")),
+                                         "w_binary" if bits == 1 else "w_int4")
+                for entry in (LAST_PACKED, LAST_PACKED["binary" if bits == 1 else "int4"]):
+                    entry["tensors"] += 1
+                    entry["int8_bytes"] += int(value.nbytes)
+                    entry["packed_bytes"] += int(packed_np.size)
                 self.done[key] = var
                 return var
 
@@ -198,9 +244,10 @@ def pack_int4_pass():
                     return call
                 args, changed = [], False
                 for a in call.args[1].fields:
-                    if isinstance(a, tvm.ir.expr.Constant) and hasattr(a.value, "numpy") \
-                            and _qualifies(a.value.numpy()):
-                        args.append(self.unpacked(a))
+                    bits = packed_bits(a.value.numpy()) if (isinstance(a, tvm.ir.expr.Constant)
+                                                            and hasattr(a.value, "numpy")) else None
+                    if bits is not None:
+                        args.append(self.unpacked(a, bits))
                         changed = True
                     else:
                         args.append(a)

@@ -144,7 +144,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     ``prune``: options of the ``prune_channels`` pass (e.g. ``{"macs": 0.5}``; ``round_to`` defaults to the
     vector width); it runs first, and the artifact is verified against the pruned model (pruning changes outputs
     on purpose).
-    ``quantize``: ``{"mode": "int8"|"int4", "calib": PATH|"none", "samples": N, "granularity": ...}`` (see
+    ``quantize``: ``{"mode": "int8"|"int4"|"binary", "calib": PATH|"none", "samples": N, "granularity": ...}`` (see
     ``edgec.quantization.compile_int8``): the QDQ pass runs after the cleanup passes, TVM compiles its layers to
     int8 kernels, and the artifact is verified against the QDQ model within one output quantization step.
     """

@@ -59,9 +59,10 @@ def main(verbose: bool) -> None:
 @click.option("--prune", "prune_spec", default=None,
               help="Prune channels first: macs=0.5, ratio=0.3 or latency_ms=2.5 (measured on --target)"
                    "[,criterion=thinet,calib=x.npy,reconstruct=1,round_to=8] (see `edgec prune`).")
-@click.option("--quantize", "quantize_mode", default=None, type=click.Choice(["int8", "int4"]),
+@click.option("--quantize", "quantize_mode", default=None, type=click.Choice(["int8", "int4", "binary"]),
               help="Quantize (QDQ, calibrated) and compile to integer kernels; verified against the QDQ model. "
-                   "int4: int4 weights (stored packed), int8 activations.")
+                   "int4: int4 weights (stored packed), int8 activations; binary: ±α weights stored 8 per byte "
+                   "(for models trained binary-aware).")
 @click.option("--granularity", "quant_granularity", default=None,
               help="With --quantize: weight scales per channel (default) or group:N (per N input channels).")
 @click.option("--calib", "quant_calib", default=None,
@@ -106,7 +107,8 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
     if "quantization" in m:
         q = m["quantization"]
         click.echo(f"quantized: {q['mode']}, {q.get('integer_layers') or 0} layer(s) compiled to int8 kernels"
-                   + (f" ({q['config']['granularity']} int4 weights, packed)" if q["mode"] == "int4" else "") + ", "
+                   + (f" ({q['config']['granularity']} {q['mode']} weights, packed)" if q["mode"] in ("int4", "binary")
+                      else "") + ", "
                    f"calibration {q['calibration']}; tolerance {q['atol']:.3g} = {q['tolerance_rule']}")
     changed = [f"{p['stage']}:{p['pass']}" for p in m["passes"] if p["changed"]]
     click.echo(f"passes: {', '.join(changed) if changed else 'none changed the graph'}; "
@@ -400,7 +402,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--calib", default=None, help="Calibration data: an image folder, a .npy/.npz, or 'none' (data-free: "
               "synthetic inputs matched to the first BatchNorm).")
 @click.option("--samples", default=64, show_default=True, help="Calibration samples to use.")
-@click.option("--weights", default="int8", show_default=True, type=click.Choice(["int8", "int4"]))
+@click.option("--weights", default="int8", show_default=True, type=click.Choice(["int8", "int4", "binary"]),
+              help="binary: sign(w)·α per output channel (α = mean |w|); for models trained binary-aware.")
 @click.option("--activations", default="int8", show_default=True, type=click.Choice(["int8", "fp32"]))
 @click.option("--granularity", default="channel", show_default=True, help="Weight scales: tensor, channel, group:N.")
 @click.option("--method", default="minmax", show_default=True,
@@ -410,7 +413,7 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
               "to minimise the layer-output error on ≤ 256 calibration samples.")
 @click.option("--eval", "eval_path", default=None, type=click.Path(path_type=Path),
               help="An .npz with x (and optional labels y): report accuracy vs the float model.")
-@click.option("--override", "overrides", multiple=True, metavar="LAYER=int8|int4|float",
+@click.option("--override", "overrides", multiple=True, metavar="LAYER=int8|int4|binary|float",
               help="Per-layer precision (node or weight name; float: left unquantized). Repeatable.")
 @click.option("--scan", is_flag=True, help="Print the per-layer sensitivity scan (each layer quantized alone; "
               "drop on --eval, else output SQNR on the calibration data).")
