@@ -26,7 +26,7 @@ from edgec.arrays import open_arrays
 from edgec.errors import EdgecError
 
 __all__ = ["InputSpec", "CalibrationSource", "ArraySource", "ImageFolderSource", "SyntheticSource", "batches",
-           "open_source", "pillow_available", "read_netpbm", "resize_image", "input_specs"]
+           "open_source", "open_eval", "EvalData", "pillow_available", "read_netpbm", "resize_image", "input_specs"]
 
 Sample = dict[str, np.ndarray]
 
@@ -489,3 +489,82 @@ def open_source(calib: str | Path | None, model: ir.Model, samples: int, mean: S
     if path.suffix.lower() in (".npy", ".npz"):
         return ArraySource(path, specs, samples)
     raise EdgecError(f"cannot use {path} as calibration data", "pass a folder of images, a .npy/.npz file, or none")
+
+
+# ---------------------------------------------------------------------------------------------- evaluation data
+
+class _ChainSource(CalibrationSource):
+    """Several sources one after the other (an ImageNet-style folder: one image folder per class)."""
+
+    def __init__(self, parts: list[CalibrationSource], description: str) -> None:
+        super().__init__(parts[0].specs)
+        self.parts = parts
+        self.num_samples = sum(p.num_samples for p in parts)
+        self.description = description
+
+    def __iter__(self) -> Iterator[Sample]:
+        for part in self.parts:
+            yield from part
+
+
+@dataclass
+class EvalData:
+    """Evaluation samples (all of them) and their labels, or ``None`` (then the metric is agreement with float)."""
+
+    source: CalibrationSource
+    labels: np.ndarray | None
+    description: str
+
+
+def _has_samples(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in PILLOW_SUFFIXES + NETPBM_SUFFIXES + ARRAY_SUFFIXES
+               for p in folder.iterdir())
+
+
+def open_eval(path: str | Path, model: ir.Model, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+              layout: str = "auto", resize: int | None = None) -> EvalData:
+    """``--eval`` data, every sample: an ``.npz`` (``x``, optional labels ``y``), a ``.npy`` (no labels), or an
+    image folder read like ``--calib`` (same preprocessing). A folder without images of its own but with one
+    sub-folder of images per class (``val/<class>/*.png``) is labelled by class: the sub-folder name when every
+    name is an integer, else its index in the sorted names (ImageNet's ``n01440764``... order); a flat folder
+    has no labels."""
+    path = Path(path)
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise EdgecError("--eval supports single-input models", "evaluate multi-input models with your own script")
+    if not path.exists():
+        raise EdgecError(f"eval data {path} does not exist",
+                         "pass an .npz with x (and optionally y), a .npy, or a folder of images")
+    everything = 1 << 62
+    if path.is_dir():
+        try:
+            flat = _has_samples(path)
+            classes = sorted(p for p in path.iterdir() if p.is_dir() and _has_samples(p)) if not flat else []
+        except PermissionError:
+            raise EdgecError(f"eval folder {path} cannot be read", "check its permissions") from None
+        if flat:
+            src = ImageFolderSource(path, specs, everything, mean, std, layout, resize)
+            return EvalData(src, None, f"{src.num_samples} images from {path.name}/ (no labels)")
+        if not classes:
+            raise EdgecError(f"eval folder {path} has no images",
+                             "put images in it, or one sub-folder of images per class")
+        names = [c.name for c in classes]
+        ids = [int(n) for n in names] if all(n.isdigit() for n in names) else list(range(len(names)))
+        parts = [ImageFolderSource(c, specs, everything, mean, std, layout, resize) for c in classes]
+        labels = np.concatenate([np.full(p.num_samples, i, np.int64) for p, i in zip(parts, ids)])
+        desc = f"{labels.size} images in {len(parts)} class folders of {path.name}/"
+        return EvalData(_ChainSource(parts, desc), labels, desc)
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise EdgecError(f"cannot use {path} as eval data",
+                         "pass an .npz with x (and optionally y), a .npy, or a folder of images")
+    src = ArraySource(path, specs, everything)
+    labels = None
+    data = open_arrays(path, "eval file")
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            labels = np.asarray(data["y"]).reshape(-1).astype(np.int64) if "y" in data.files else None
+    if labels is not None:
+        if labels.size != src.num_samples:
+            raise EdgecError(f"{path.name}: y has {labels.size} labels for {src.num_samples} samples",
+                             "save one label per sample")
+    return EvalData(src, labels, f"{src.num_samples} samples from {path.name}")

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.calibration.sources import ArraySource, batches, input_specs, open_source
+from edgec.calibration.sources import EvalData, batches, open_eval, open_source
 from edgec.errors import EdgecError
 from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ, quantized_ops
 from edgec.quantization import collect
@@ -52,27 +52,17 @@ def sizes(float_proto: onnx.ModelProto, quant_proto: onnx.ModelProto, layers: li
     }
 
 
-def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: Path) -> dict[str, Any]:
-    """Top-1 of both models on an .npz with ``x`` (N×sample) and optional ``y`` labels; agreement when no labels."""
-    specs = input_specs(ir.serde.deserialize_model(float_model))
-    if len(specs) != 1:
-        raise EdgecError("--eval supports single-input models", "evaluate multi-input models with your own script")
-    source = ArraySource(path, specs, samples=1 << 62)
-    labels = None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if isinstance(data, np.lib.npyio.NpzFile) and "y" in data.files:
-                labels = np.asarray(data["y"]).reshape(-1).astype(np.int64)
-    except (OSError, ValueError):
-        labels = None
-    if labels is not None and labels.size != source.num_samples:
-        raise EdgecError(f"{path.name}: y has {labels.size} labels for {source.num_samples} samples",
-                         "save one label per sample")
+def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: Path | EvalData) -> dict[str, Any]:
+    """Top-1 of both models on the eval data (``open_eval``: an .npz with ``x`` and optional ``y`` labels, a .npy,
+    an image folder); agreement with the float model when there are no labels."""
+    data = path if isinstance(path, EvalData) else open_eval(path, ir.serde.deserialize_model(float_model))
+    source, labels = data.source, data.labels
+    batch = source.specs[0].batch
     f_sess, q_sess = collect.session(float_model), collect.session(quant_model)
     f_top, q_top = [], []
     for feed in batches(source):
-        f_top.append(np.argmax(f_sess.run(None, feed)[0].reshape(specs[0].batch, -1), axis=1))
-        q_top.append(np.argmax(q_sess.run(None, feed)[0].reshape(specs[0].batch, -1), axis=1))
+        f_top.append(np.argmax(f_sess.run(None, feed)[0].reshape(batch, -1), axis=1))
+        q_top.append(np.argmax(q_sess.run(None, feed)[0].reshape(batch, -1), axis=1))
     n = source.num_samples
     f_pred, q_pred = np.concatenate(f_top)[:n], np.concatenate(q_top)[:n]
     result: dict[str, Any] = {"samples": n, "agreement": float(np.mean(f_pred == q_pred))}
@@ -99,16 +89,11 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     the most sensitive layers (up to ``promote_to``) until the drop holds, see :mod:`edgec.quantization.sensitivity`;
     the best model so far is written after every improvement, and ``result.met`` says whether the bound held."""
     if max_drop is not None:
-        if not (max_drop >= 0):  # also NaN
-            raise EdgecError(f"--max-drop must be ≥ 0 (got {max_drop})", "pass the allowed top-1 drop in points, "
-                                                                          "e.g. --max-drop 0.5")
-        if eval_path is None:
-            raise EdgecError("--max-drop needs evaluation data to measure the drop",
-                             "add --eval val.npz (x, and labels y for a top-1 drop; without y: disagreement)")
-    if promote_to not in ("int8", "float"):
+        from edgec.quantization.sensitivity import check_search_options
+
+        check_search_options(max_drop, eval_path, promote_to, weights)
+    elif promote_to not in ("int8", "float"):
         raise EdgecError(f"unknown --promote-to '{promote_to}'", "use int8 or float")
-    if promote_to == "int8" and weights == "int8" and max_drop is not None:
-        raise EdgecError("--promote-to int8 leaves nothing to promote int8 weights to", "use --promote-to float")
     config = QuantConfig(weights=weights, activations=activations, granularity=granularity, method=method,
                          bias_correction=bias_correction, adaround=adaround, percentile=percentile,
                          overrides=dict(overrides or {}))
@@ -120,8 +105,9 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
         if not out_path.parent.is_dir():
             raise EdgecError(f"the folder of {out_path} does not exist", "create it first")
     eval_file = Path(eval_path) if eval_path is not None else None
-    if eval_file is not None and not eval_file.is_file():
-        raise EdgecError(f"eval data {eval_file} does not exist", "pass an .npz with x (and optionally y)")
+    if eval_file is not None and not eval_file.exists():
+        raise EdgecError(f"eval data {eval_file} does not exist",
+                         "pass an .npz with x (and optionally y), a .npy, or a folder of images")
 
     model = load_model(source, input_shapes)
     already = quantized_ops(model)
@@ -130,12 +116,14 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
         raise EdgecError(f"{Path(str(source)).name} is already quantized ({ops})", "quantize the float model instead")
     needs_data = config.activations == "int8" or config.bias_correction or config.adaround
     src = open_source(calib, model, samples, mean, std, layout, resize, seed) if needs_data or calib else None
+    # evaluation data read with the calibration data's preprocessing (image folders: mean/std/layout/resize)
+    eval_data = open_eval(eval_file, model, mean, std, layout, resize) if eval_file is not None else None
     model, log = run_pipeline(model, DEFAULT_PASSES)  # BN folding etc. first: quantize the weights that will run
     float_proto = ir.serde.serialize_model(model)
     if max_drop is not None or scan:
         from edgec.quantization.sensitivity import mixed_precision
 
-        return mixed_precision(model, float_proto, log, config, src, out_path, eval_file, max_drop, scan,
+        return mixed_precision(model, float_proto, log, config, src, out_path, eval_data, max_drop, scan,
                                promote_to)
     qpass = QuantizeQDQ(config, (lambda: batches(src)) if src is not None else None)
     model, qlog = run_pipeline(model, [qpass])
@@ -146,8 +134,8 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     report["calibration"] = src.description if src is not None else "none (weights only)"
     notes = list(report.get("notes", [])) + (src.notes if src is not None else [])
     report["sizes"] = sizes(float_proto, quant_proto, report.get("layers", []))
-    if eval_file is not None:
-        report["eval"] = evaluate(float_proto, quant_proto, eval_file)
+    if eval_data is not None:
+        report["eval"] = evaluate(float_proto, quant_proto, eval_data)
     report["passes"] = log + qlog
 
     if out_path is not None:

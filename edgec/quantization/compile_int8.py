@@ -14,7 +14,10 @@ the QDQ model's arithmetic (TVM then runs it as int8 kernels, see ``edgec/target
 Tolerance: one quantization step of each output. An output produced by DequantizeLinear has a step of its
 scale. A float output computed by an integer layer (a Gemm/MatMul/Conv making the logits) has no scale of its
 own: its step is what one step of the layer's quantized input moves it by, through the largest weight,
-``sx · max_c(sw[c] · max|wq[:, c]|)`` (plus onnxruntime's float summation noise, 1e-5 relative). When no step can
+``sx · max_c(sw[c] · max|wq[:, c]|)`` (plus onnxruntime's float summation noise, 1e-5 relative). A float output
+layer (mixed precision, ``--max-drop``, may keep the last layer float) has no such step: the default tolerance
+(1e-4) stays, which holds because the integer kernels reproduce onnxruntime's integer results exactly (measured
+on the embedded model with fc, and fc + block2.conv2, float: 4e-6 and 1e-5). When no step can
 be derived the default tolerance stays.
 """
 
@@ -51,11 +54,40 @@ def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float |
         raise EdgecError(f"unknown --quantize mode '{mode}'", f"use one of: {', '.join(QUANTIZE_CHOICES)}")
     calib = opts.pop("calib", None)
     samples = int(opts.pop("samples", 64))
+    max_drop = opts.pop("max_drop", None)
+    eval_path = opts.pop("eval", None)
+    promote_to = opts.pop("promote_to", "float")
     source_keys = {k: opts.pop(k) for k in ("mean", "std", "layout", "resize", "seed") if k in opts}
     config = QuantConfig(weights=mode, activations="int8", **opts)
     config.validate()
+    if max_drop is not None:
+        from edgec.quantization.sensitivity import check_search_options
+
+        check_search_options(float(max_drop), eval_path, promote_to, mode)
     src = open_source(calib, model, samples, **source_keys)
-    model, log = run_pipeline(model, [QuantizeQDQ(config, lambda: batches(src))])
+    search = None
+    if max_drop is not None:  # the search of `edgec quantize --max-drop`, on the model the compile cleaned up
+        from edgec.calibration.sources import open_eval
+        from edgec.quantization.sensitivity import bound_missed, mixed_precision
+
+        prep = {k: v for k, v in source_keys.items() if k != "seed"}
+        eval_data = open_eval(eval_path, model, **prep)
+        result = mixed_precision(model, ir.serde.serialize_model(model), [], config, src, None, eval_data,
+                                 float(max_drop), False, promote_to)
+        mp = result.report["mixed_precision"]
+        if not result.met:  # before the artifact folder is staged: nothing is written
+            raise bound_missed(mp, "no artifact written")
+        search = {k: mp[k] for k in ("max_drop", "metric", "measured_on", "final_drop_pt", "met", "promoted",
+                                     "ladder", "evaluations", "seconds")}
+        model = ir.serde.deserialize_model(result.model)
+        promoted = ", ".join(f"{p['layer']} → {p['precision']}" for p in mp["promoted"]) or "none"
+        log = [e for e in result.report["passes"]] + [{
+            "pass": "mixed_precision", "changed": bool(mp["promoted"]),
+            "nodes_before": _log_nodes(result.report["passes"]), "nodes_after": _log_nodes(result.report["passes"]),
+            "report": f"max drop {mp['max_drop']:g} pt ({mp['metric']}, {mp['measured_on']}): final drop "
+                      f"{mp['final_drop_pt']:.2f} pt, met; promoted: {promoted}"}]
+    else:
+        model, log = run_pipeline(model, [QuantizeQDQ(config, lambda: batches(src))])
     proto = ir.serde.serialize_model(model)
     tol = output_step_tolerance(proto)
     steps = [v for v in tol.values() if v is not None]
@@ -64,9 +96,14 @@ def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float |
             "config": {"method": config.method, "granularity": config.granularity,
                        "bias_correction": config.bias_correction, "activation_dtype": config.activation_dtype},
             "output_step": tol, "atol": atol_used,
+            **({"mixed_precision": search} if search is not None else {}),
             "tolerance_rule": "one quantization step of each output (DequantizeLinear scale; for a float layer "
                               "output, one input step through the largest weight)"}
     return model, log, atol_used, info
+
+
+def _log_nodes(log: list[dict[str, Any]]) -> int | None:
+    return log[-1].get("nodes_after") if log else None
 
 
 def output_step_tolerance(model: onnx.ModelProto) -> dict[str, float | None]:

@@ -39,13 +39,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.calibration.sources import ArraySource, CalibrationSource, batches, input_specs
+from edgec.calibration.sources import CalibrationSource, EvalData, batches, open_eval
 from edgec.errors import EdgecError
 from edgec.passes.quantize_qdq import PRECISION_CHOICES, QuantConfig, QuantizeQDQ, _upgrade_opset
 from edgec.quantization import collect
 from edgec.quantization.qmath import sqnr_db
 
-__all__ = ["Evaluator", "Candidate", "mixed_precision", "scan_layers", "LADDER"]
+__all__ = ["Evaluator", "Candidate", "mixed_precision", "scan_layers", "bound_missed", "check_search_options",
+           "LADDER"]
 
 LADDER = PRECISION_CHOICES  # ("int4", "int8", "float"): lowest precision first
 EPS = 1e-9
@@ -58,31 +59,21 @@ def _short(weight: str) -> str:
 class Evaluator:
     """Compares a quantized model's top-1 (and output) with the float model's, on fixed data.
 
-    The float model's predictions and outputs are computed once. Data: an .npz with ``x`` and optional labels
-    ``y`` (``path``), or calibration feeds (``feeds``: output SQNR only, no drop)."""
+    The float model's predictions and outputs are computed once. Data (``path``: a path or :class:`EvalData`, see
+    ``open_eval``): an .npz with ``x`` and optional labels ``y``, a .npy, an image folder; or calibration feeds
+    (``feeds``: output SQNR only, no drop)."""
 
-    def __init__(self, float_proto: onnx.ModelProto, path: Path | None = None,
+    def __init__(self, float_proto: onnx.ModelProto, path: Path | EvalData | None = None,
                  feeds: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None) -> None:
         self.labels: np.ndarray | None = None
         if path is not None:
-            specs = input_specs(ir.serde.deserialize_model(float_proto))
-            if len(specs) != 1:
-                raise EdgecError("--eval supports single-input models",
-                                 "evaluate multi-input models with your own script")
-            source = ArraySource(path, specs, samples=1 << 62)
+            data = path if isinstance(path, EvalData) else open_eval(path, ir.serde.deserialize_model(float_proto))
+            source = data.source
             self.n = source.num_samples
-            self.batch = specs[0].batch
+            self.batch = source.specs[0].batch
             self._feeds: Callable[[], Iterable[dict[str, np.ndarray]]] = lambda: batches(source)
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    if isinstance(data, np.lib.npyio.NpzFile) and "y" in data.files:
-                        self.labels = np.asarray(data["y"]).reshape(-1).astype(np.int64)
-            except (OSError, ValueError):
-                self.labels = None
-            if self.labels is not None and self.labels.size != self.n:
-                raise EdgecError(f"{path.name}: y has {self.labels.size} labels for {self.n} samples",
-                                 "save one label per sample")
-            self.description = f"{self.n} samples from {path.name}"
+            self.labels = data.labels
+            self.description = data.description
         else:
             assert feeds is not None
             self._feeds = feeds
@@ -197,7 +188,7 @@ def scan_layers(builder: _Builder, evaluator: Evaluator, weights: list[str], tar
 
 def mixed_precision(model: ir.Model, float_proto: onnx.ModelProto, passes_log: list[dict[str, Any]],
                     config: QuantConfig, src: CalibrationSource | None, out_path: Path | None,
-                    eval_file: Path | None, max_drop: float | None, scan: bool, promote_to: str = "float"):
+                    eval_file: Path | EvalData | None, max_drop: float | None, scan: bool, promote_to: str = "float"):
     """The body of ``quantize_model`` with ``scan`` and/or ``max_drop`` (see the module doc)."""
     from edgec.quantization.api import QuantizeResult, sizes, write_model
 
@@ -315,3 +306,26 @@ def _precisions(levels: dict[str, str], pinned: dict[str, str], free: list[str])
     out = {w: levels[w] for w in free}
     out.update(pinned)
     return out
+
+
+def bound_missed(mp: dict[str, Any], outcome: str) -> EdgecError:
+    """The one-line error for a ``--max-drop`` the search could not meet (``mp``: the report's mixed_precision);
+    ``outcome``: what was (not) written, e.g. "the best model was saved at q.onnx"."""
+    return EdgecError(f"--max-drop {mp['max_drop']:g} not reached: the best drop is {mp['final_drop_pt']:.2f} pt "
+                      f"({len(mp['promoted'])} layer(s) promoted, up to {mp['ladder'][-1]}); {outcome}",
+                      "raise --max-drop" + (", or allow --promote-to float" if mp["ladder"][-1] != "float" else ""))
+
+
+def check_search_options(max_drop: float, eval_path: Any, promote_to: str, weights: str) -> None:
+    """The ``--max-drop`` option checks (``edgec quantize`` and ``edgec compile --quantize``), before any work."""
+    if not (max_drop >= 0):  # also NaN
+        raise EdgecError(f"--max-drop must be ≥ 0 (got {max_drop})", "pass the allowed top-1 drop in points, "
+                                                                      "e.g. --max-drop 0.5")
+    if eval_path is None:
+        raise EdgecError("--max-drop needs evaluation data to measure the drop",
+                         "add --eval val.npz (x, and labels y for a top-1 drop; without y: disagreement), "
+                         "a .npy or an image folder")
+    if promote_to not in ("int8", "float"):
+        raise EdgecError(f"unknown --promote-to '{promote_to}'", "use int8 or float")
+    if promote_to == "int8" and weights == "int8":
+        raise EdgecError("--promote-to int8 leaves nothing to promote int8 weights to", "use --promote-to float")

@@ -147,6 +147,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     ``quantize``: ``{"mode": "int8"|"int4"|"binary", "calib": PATH|"none", "samples": N, "granularity": ...}`` (see
     ``edgec.quantization.compile_int8``): the QDQ pass runs after the cleanup passes, TVM compiles its layers to
     int8 kernels, and the artifact is verified against the QDQ model within one output quantization step.
+    With ``"max_drop": pt, "eval": PATH`` (and ``"promote_to"``, ``"mean"``/``"std"``/``"layout"``/``"resize"``
+    for image folders) the mixed-precision search of ``edgec quantize --max-drop`` picks the per-layer precisions
+    first (``manifest["quantization"]["mixed_precision"]``); a bound it cannot meet is an EdgecError, and nothing
+    is written.
     """
     from edgec.targets import get_builder, resolve_target
 

@@ -69,11 +69,29 @@ def main(verbose: bool) -> None:
               help="With --quantize: calibration data (image folder, .npy/.npz) or 'none' (data-free).")
 @click.option("--samples", "quant_samples", default=64, show_default=True,
               help="With --quantize: calibration samples to use.")
+@click.option("--eval", "quant_eval", default=None, type=click.Path(path_type=Path),
+              help="With --quantize --max-drop: evaluation data, as for `edgec quantize --eval`.")
+@click.option("--max-drop", "quant_max_drop", type=float, default=None,
+              help="With --quantize: mixed precision, the search of `edgec quantize --max-drop` (the most "
+                   "sensitive layers promoted until the drop on --eval is at most this, in points); the chosen "
+                   "model is compiled. Exit 2, no artifact, if it cannot be met.")
+@click.option("--promote-to", "quant_promote_to", default="float", show_default=True,
+              type=click.Choice(["int8", "float"]), help="With --max-drop: the highest precision a layer may get.")
+@click.option("--mean", "quant_mean", default="0", show_default=True,
+              help="With --quantize: image folders (--calib/--eval): per-channel mean of pixel/255.")
+@click.option("--std", "quant_std", default="1", show_default=True,
+              help="With --quantize: image folders: per-channel std of pixel/255.")
+@click.option("--layout", "quant_layout", default="auto", show_default=True,
+              type=click.Choice(["auto", "nchw", "nhwc"]), help="With --quantize: image folders: the input layout.")
+@click.option("--resize", "quant_resize", default=None, type=int,
+              help="With --quantize: image folders: shorter side before a centre crop.")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
                 verify: bool | None, device: str | None, tuning_db: Path | None,
                 prune_spec: str | None = None, quantize_mode: str | None = None, quant_calib: str | None = None,
-                quant_samples: int = 64, quant_granularity: str | None = None) -> None:
+                quant_samples: int = 64, quant_granularity: str | None = None, quant_eval: Path | None = None,
+                quant_max_drop: float | None = None, quant_promote_to: str = "float", quant_mean: str = "0",
+                quant_std: str = "1", quant_layout: str = "auto", quant_resize: int | None = None) -> None:
     """Compile MODEL (.onnx, .pt2, or package.module:factory) into an artifact folder.
 
     Without MODEL, compiles the embedded default model (a small ResNet trained on real MNIST digits).
@@ -90,8 +108,21 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         quantize = {"mode": quantize_mode, "calib": quant_calib, "samples": quant_samples}
         if quant_granularity is not None:
             quantize["granularity"] = quant_granularity
-    elif quant_calib is not None or quant_granularity is not None:
-        raise EdgecError("--calib and --granularity are only used with --quantize", "add --quantize int8")
+        if quant_max_drop is not None:
+            if quant_eval is None:
+                raise EdgecError("--max-drop needs evaluation data to measure the drop",
+                                 "add --eval val.npz (x, and labels y for a top-1 drop; without y: disagreement), "
+                                 "a .npy or an image folder")
+            quantize.update(max_drop=quant_max_drop, eval=quant_eval, promote_to=quant_promote_to)
+        elif quant_eval is not None:
+            raise EdgecError("--eval is only used with --max-drop in compile",
+                             "add --max-drop 0.5, or measure with `edgec quantize --eval`")
+        quantize.update(mean=_floats(quant_mean, "mean"), std=_floats(quant_std, "std"), layout=quant_layout,
+                        resize=quant_resize)
+    elif quant_calib is not None or quant_granularity is not None or quant_max_drop is not None \
+            or quant_eval is not None:
+        raise EdgecError("--calib, --granularity, --max-drop and --eval are only used with --quantize",
+                         "add --quantize int8")
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
                         device=device, tuning_db=tuning_db,
                         prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize)
@@ -110,6 +141,11 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
                    + (f" ({q['config']['granularity']} {q['mode']} weights, packed)" if q["mode"] in ("int4", "binary")
                       else "") + ", "
                    f"calibration {q['calibration']}; tolerance {q['atol']:.3g} = {q['tolerance_rule']}")
+        if "mixed_precision" in q:
+            mp = q["mixed_precision"]
+            click.echo(f"mixed precision: drop {mp['final_drop_pt']:.2f} pt ≤ {mp['max_drop']:g} pt "
+                       f"({mp['metric']}, {mp['measured_on']}); promoted: "
+                       + (", ".join(f"{p['layer']} → {p['precision']}" for p in mp["promoted"]) or "none"))
     changed = [f"{p['stage']}:{p['pass']}" for p in m["passes"] if p["changed"]]
     click.echo(f"passes: {', '.join(changed) if changed else 'none changed the graph'}; "
                f"weights {m['sizes']['weights_bytes'] / 1024:.1f} KiB"
@@ -412,7 +448,10 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--adaround", is_flag=True, help="AdaRound: learn each weight's rounding (up/down) layer by layer "
               "to minimise the layer-output error on ≤ 256 calibration samples.")
 @click.option("--eval", "eval_path", default=None, type=click.Path(path_type=Path),
-              help="An .npz with x (and optional labels y): report accuracy vs the float model.")
+              help="Evaluation data: an .npz with x (and optional labels y), a .npy (no labels), or an image "
+                   "folder read like --calib (same --mean/--std/--layout/--resize); labels from class sub-folders "
+                   "(val/<class>/*.png: integer names, else sorted-name index), none for a flat folder. "
+                   "Without labels the metric is top-1 agreement with the float model.")
 @click.option("--override", "overrides", multiple=True, metavar="LAYER=int8|int4|binary|float",
               help="Per-layer precision (node or weight name; float: left unquantized). Repeatable.")
 @click.option("--scan", is_flag=True, help="Print the per-layer sensitivity scan (each layer quantized alone; "
@@ -473,11 +512,9 @@ def quantize_cmd(model: str | None, output: Path, calib: str | None, samples: in
             click.echo(f"note: {note}")
         click.echo(f"written: {result.output}")
     if result.met is False:
-        mp = result.report["mixed_precision"]
-        raise EdgecError(f"--max-drop {mp['max_drop']:g} not reached: the best drop is {mp['final_drop_pt']:.2f} pt "
-                         f"({len(mp['promoted'])} layer(s) promoted, up to {mp['ladder'][-1]}); the best model was "
-                         f"saved at {result.output}", "raise --max-drop"
-                         + (", or allow --promote-to float" if mp["ladder"][-1] != "float" else ""))
+        from edgec.quantization.sensitivity import bound_missed
+
+        raise bound_missed(result.report["mixed_precision"], f"the best model was saved at {result.output}")
 
 
 # ---------------------------------------------------------------------------------------------- inspect / targets
