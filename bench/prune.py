@@ -11,7 +11,8 @@ measured, budget spent where it costs least), then sequential least-squares refi
 (residual sums, BN-folded convs and the Gemm head included). The plain column is the same channel selection
 without the refit. ``--baseline`` adds the old method (L1 ranking, global normalised-score budget).
 Calibration: the first 256 training digits of ``edgec.models.mnist_split``; accuracy: all 1,000 test digits.
-Latency: unpruned vs pruned (50 %, round_to 8) compiled with ``edgec.compile(target="x86")``, all timed
+Latency: unpruned vs pruned (50 %, the largest round_to that reaches it: this host's vector lanes, 16 on AVX-512,
+when the model's groups allow) compiled with ``edgec.compile(target="x86")``, all timed
 interleaved round by round (``_timing.interleaved``) in one fresh process with ``TVM_NUM_THREADS=1``; the
 speedup is the median of per-round ratios.
 
@@ -222,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--effnet-calib", type=int, default=128, help="effnet: calibration crops (default 128)")
     ap.add_argument("--effnet-eval", type=int, default=500, help="effnet: evaluation crops (default 500)")
     ap.add_argument("--curve", default="0.2,0.3,0.4,0.5", help="MACs shares to remove (default 0.2,0.3,0.4,0.5)")
-    ap.add_argument("--round-to", default="1,8", help="channel multiples for the accuracy table (default 1,8)")
+    ap.add_argument("--round-to", default=None,
+                    help="channel multiples (default 1,8 and this host's float32 vector lanes, e.g. 16 on AVX-512); "
+                         "the largest one reaching 50 %% is the model timed")
     ap.add_argument("--criterion", default="thinet")
     ap.add_argument("--allocation", default="sensitivity")
     ap.add_argument("--baseline", action="store_true", help="also the old method (l1, score allocation) at 50 %%")
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import edgec
     from edgec.models import default_model_path, mnist_split
+    from edgec.errors import EdgecError
     from edgec.pruning import Budget
     from edgec.toolchain.load import load_model
 
@@ -258,11 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         sources["wide"] = str(resnet_path())
     sources = {k: v for k, v in sources.items() if k in args.models.split(",")}
     curve = [float(v) for v in args.curve.split(",")]
+    if args.round_to is None:
+        from edgec.targets import resolve_target
+        from edgec.targets.cpu_layout import channel_multiple
+
+        args.round_to = ",".join(map(str, sorted({1, 8, channel_multiple(resolve_target("x86"))})))
     round_tos = [int(v) for v in args.round_to.split(",")]
     print(f"# prune bench: {args.criterion} selection, {args.allocation} allocation, LS refit; calibration 256 "
           f"training digits, top-1 on {len(yt)} test digits; load {os.getloadavg()[0]:.2f}")
     CACHE.mkdir(parents=True, exist_ok=True)
-    records, pruned_for_timing = [], {}
+    records, pruned_for_timing, timed_round_to = [], {}, {}
     for name, source in sources.items():
         base = accuracy(ir.serde.serialize_model(load_model(source)), xt, yt)
         rows = []
@@ -271,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             cases.append((0.5, 8, "l1", "score"))
         for macs, rt, criterion, allocation in cases:
             budget = Budget(macs=macs, round_to=rt, allocation=allocation)
-            result, proto = run_case(source, budget, criterion, calib, xt, yt)
+            try:
+                result, proto = run_case(source, budget, criterion, calib, xt, yt)
+            except EdgecError as err:  # e.g. 16-channel groups cannot be cut in multiples of 16
+                rows.append([f"{macs:.0%}", str(rt), f"{criterion}/{allocation}", "-", "-", "-", "-",
+                             f"not reachable: {err.message}", "-"])
+                continue
             drop = (base - result["refit"]) * 100
             verdict = (f"(bound ≤ {DROP_BOUND_PT:g}) {'OK' if drop <= DROP_BOUND_PT else 'MISSED'}"
                        if abs(macs - 0.5) < 1e-9 else "")
@@ -280,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"{drop:.1f} pt {verdict}", f"{result['seconds']:.0f} s"])
             records.append({"model": name, "unpruned": base, "macs": macs, "round_to": rt, "criterion": criterion,
                             "allocation": allocation, **result})
-            if abs(macs - 0.5) < 1e-9 and rt == 8 and criterion == args.criterion:
-                path = CACHE / f"{name}_pruned50_rt8.onnx"
+            if abs(macs - 0.5) < 1e-9 and rt > 1 and criterion == args.criterion:
+                # timed: the largest channel multiple that reached the target (full vectors run fastest)
+                path = CACHE / f"{name}_pruned50_rt{rt}.onnx"
                 onnx.save(proto, str(path))
                 pruned_for_timing[name] = str(path)
+                timed_round_to[name] = rt
             print(f"#   {name} {macs:.0%} round_to={rt} {criterion}: {result['refit']:.1%}", flush=True)
         print(f"{name}: unpruned top-1 {base:.1%}")
         print(_timing.format_table(rows, ["MACs target", "round_to", "method", "MACs removed", "channels kept",
@@ -292,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"bench": "prune", "records": records}, default=str))
         return 0
 
-    print("# compiling for x86 (unpruned and pruned 50 %, round_to 8) ...", flush=True)
+    print(f"# compiling for x86 (unpruned and pruned 50 %, round_to {timed_round_to}) ...", flush=True)
     artifacts = {}
     for name, pruned in pruned_for_timing.items():
         for kind, src in (("unpruned", sources[name]), ("pruned", pruned)):
