@@ -13,8 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.calibration.observers import OBSERVERS, get_observer
-from edgec.calibration.sources import (ArraySource, SyntheticSource, batches, input_specs, open_source,
-                                       pillow_available)
+from edgec.calibration.sources import ArraySource, SyntheticSource, batches, input_specs, open_source
 from edgec.models import MNIST_MEAN, MNIST_STD, default_model_path, mnist_split
 from edgec.quantization import collect
 from edgec.quantization.api import quantize_model
@@ -200,15 +199,6 @@ def test_image_folder_gives_the_same_inputs_as_the_normalized_arrays(tmp_path):
     (only / "a.ppm").write_bytes(b"P6 56 56 255\n" + rgb.tobytes())
     sample = next(iter(open_source(only, model, 1, mean=[MNIST_MEAN], std=[MNIST_STD])))["input"]
     assert np.abs(sample - x[0]).mean() < 0.15  # a 2× down/up sample of a digit: close, not exact
-
-
-@pytest.mark.skipif(pillow_available(), reason="Pillow is installed: PNG decoding works")
-def test_png_folder_without_pillow_says_how_to_fix(tmp_path, cli):
-    (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    code, _, err = cli("quantize", "-o", tmp_path / "q.onnx", "--calib", tmp_path / "img")
-    _assert_user_error(code, err, "Pillow is not installed", "pip install pillow")
-    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_synthetic_inputs_match_the_first_batchnorm_statistics():
