@@ -10,14 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-def _assert_user_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1, err  # one line, no traceback
-    assert lines[0].startswith("edgec: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from helpers import assert_user_error as _assert_user_error
 
 
 def test_compile_default_model_prints_artifact_and_verification(cli, tmp_path):

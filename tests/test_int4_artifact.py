@@ -11,6 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import compile_x86
+
 
 def test_unpack_kernel_equals_numpy_reference_including_negative_nibbles():
     import tvm
@@ -101,21 +103,6 @@ def int4_layer(kind: str, block: int | None, zx: int = 37, cin: int = 24, cout: 
     return model, wq
 
 
-def _compile(model: onnx.ModelProto):
-    import tvm
-    from tvm import relax
-
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu import relax_pipeline, schedule_passes
-    from edgec.targets.lower import to_relax
-
-    target = resolve_target("x86").tvm_target()
-    mod = to_relax(model)
-    ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target)))
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return mod, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
 CASES = {
     "conv3x3_channel": dict(kind="conv", block=None),
     "conv3x3_group8_stride2": dict(kind="conv", block=8, stride=2, hw=9),
@@ -134,7 +121,7 @@ def test_int4_layer_packed_and_within_one_step_of_onnxruntime(case):
     from edgec.toolchain.api import onnxruntime_outputs
 
     model, wq = int4_layer(**CASES[case])
-    mod, run = _compile(model)
+    mod, run = compile_x86(model)
     assert count_integer_layers(mod) == 1  # an int32-accumulating conv/matmul replaced the float layer
     assert LAST_PACKED["tensors"] == 1 and LAST_PACKED["packed_bytes"] == (LAST_PACKED["int8_bytes"] + 1) // 2
     assert LAST_PACKED["int8_bytes"] >= wq.size  # (padded to whole blocks for group-wise / channel blocks)

@@ -14,6 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from helpers import compile_x86
+
 def qdq_layer(kind="conv", relu=True, zx=37, zy=None, cin=16, cout=32, hw=8, k=3, stride=1, pad=1, bias=True,
               out_q=True, seed=0, sx=0.02, sy=None, group=1):
     rng = np.random.default_rng(seed)
@@ -117,21 +119,6 @@ CASES = {
 }
 
 
-def _compile(model: onnx.ModelProto):
-    import tvm
-    from tvm import relax
-
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu import relax_pipeline, schedule_passes
-    from edgec.targets.lower import to_relax
-
-    target = resolve_target("x86").tvm_target()
-    mod = to_relax(model)
-    ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target)))
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    return mod, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
-
-
 def _input(model: onnx.ModelProto, seed: int = 1) -> np.ndarray:
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     return np.random.default_rng(seed).uniform(-0.9, 4.4, shape).astype(np.float32)
@@ -144,7 +131,7 @@ def test_integer_kernel_equals_numpy_reference_and_onnxruntime_within_one_step(c
 
     spec = CASES[case]
     model = qdq_layer(**spec)
-    mod, run = _compile(model)
+    mod, run = compile_x86(model)
     assert count_integer_layers(mod) == 1
     text = mod.script(show_meta=False)
     assert "R.dequantize(metadata" not in text  # weights are no longer dequantized to float
@@ -165,7 +152,7 @@ def test_float_output_layer_keeps_integer_product():
     from edgec.toolchain.api import onnxruntime_outputs
 
     model = qdq_layer(kind="gemm", relu=False, out_q=False, zx=9, cin=64, cout=10)
-    mod, run = _compile(model)
+    mod, run = compile_x86(model)
     assert count_integer_layers(mod) == 1
     x = _input(model)
     got = run(x)

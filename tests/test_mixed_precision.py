@@ -16,6 +16,8 @@ from edgec.models import default_model_path, mnist_split
 from edgec.quantization import collect, sensitivity
 from edgec.quantization.api import quantize_model
 
+from helpers import assert_user_error as _assert_user_error
+
 CONV_WEIGHTS = ["stem.0.0.weight", "block1.conv1.0.weight", "block1.conv2.0.weight", "down.0.0.weight",
                 "block2.conv1.0.weight", "block2.conv2.0.weight"]
 
@@ -28,15 +30,6 @@ def mnist(tmp_path_factory) -> dict[str, Path]:
     np.savez(folder / "test.npz", x=split["test"][0], y=split["test"][1])
     np.savez(folder / "unlabelled.npz", x=split["test"][0][:200])
     return {"calib": folder / "calib.npy", "test": folder / "test.npz", "unlabelled": folder / "unlabelled.npz"}
-
-
-def _assert_user_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgec: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _weight_source(model: onnx.ModelProto, op_type: str, index: int = 0) -> tuple[str, int, str]:

@@ -13,56 +13,21 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from edgec.pruning import Budget, analyze, importance
 from edgec.pruning.budget import select
 from edgec.pruning.criteria import CRITERIA
 from edgec.pruning.rewrite import apply_selection
 
+from helpers import GraphBuilder, assert_user_error as _assert_user_error
+
 RNG = np.random.default_rng(0)
 
 
 # ------------------------------------------------------------------------------------------------ graph builder
 
-class G:
-    """Tiny graph builder: named Conv/BN/... nodes with random weights, NCHW float32."""
-
-    def __init__(self, cin: int = 3, hw: int = 8) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])
-        self.rng = np.random.default_rng(len(self.nodes) + 1)
-
-    def w(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(array.astype(np.float32), name))
-        return name
-
-    def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = False) -> str:
-        ins = [x, self.w(f"{name}.W", self.rng.standard_normal((cout, cin // group, k, k)))]
-        if bias:
-            ins.append(self.w(f"{name}.B", self.rng.standard_normal(cout)))
-        self.nodes.append(helper.make_node("Conv", ins, [name], name=name, pads=[k // 2] * 4, group=group,
-                                           kernel_shape=[k, k]))
-        return name
-
-    def bn(self, name: str, x: str, c: int) -> str:
-        params = [self.w(f"{name}.{p}", v) for p, v in (
-            ("scale", self.rng.uniform(0.5, 1.5, c)), ("bias", self.rng.uniform(-0.2, 0.2, c)),
-            ("mean", self.rng.uniform(-0.5, 0.5, c)), ("var", self.rng.uniform(1.0, 2.0, c)))]
-        self.nodes.append(helper.make_node("BatchNormalization", [x, *params], [name], name=name, epsilon=1e-5))
-        return name
-
-    def op(self, op: str, name: str, *inputs: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
-        return name
-
-    def model(self, out: str, out_shape: list[int]) -> ir.Model:
-        graph = helper.make_graph(self.nodes, "g", [self.input],
-                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-        onnx.checker.check_model(proto, full_check=True)
-        return ir.serde.deserialize_model(proto)
+G = GraphBuilder
 
 
 def residual() -> ir.Model:
@@ -296,14 +261,6 @@ def test_macs_budget_is_met_and_round_to_keeps_multiples():
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-
-def _assert_user_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("edgec: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
 
 @pytest.mark.parametrize("args, needles", [
     (["--ratio", "1.5"], ["--ratio 1.5 is outside (0, 1)"]),

@@ -13,53 +13,19 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgec.pruning import Budget, analyze, importance, prune
 from edgec.pruning.criteria import CRITERIA
 from edgec.pruning.rewrite import apply_selection
 
+from helpers import GraphBuilder
+
 HW = 8
 
 
-class G:
-    """Tiny NCHW float32 graph builder (random weights) for hand-stated channel groups."""
-
-    def __init__(self, cin: int = 3, seed: int = 1) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, HW, HW])
-        self.rng = np.random.default_rng(seed)
-
-    def w(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
-        return name
-
-    def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = False) -> str:
-        ins = [x, self.w(f"{name}.W", self.rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin * k))]
-        if bias:
-            ins.append(self.w(f"{name}.B", self.rng.standard_normal(cout)))
-        self.nodes.append(helper.make_node("Conv", ins, [name], name=name, pads=[k // 2] * 4, group=group,
-                                           kernel_shape=[k, k]))
-        return name
-
-    def bn(self, name: str, x: str, c: int) -> str:
-        params = [self.w(f"{name}.{p}", v) for p, v in (
-            ("scale", self.rng.uniform(0.5, 1.5, c)), ("bias", self.rng.uniform(-0.2, 0.2, c)),
-            ("mean", self.rng.uniform(-0.5, 0.5, c)), ("var", self.rng.uniform(1.0, 2.0, c)))]
-        self.nodes.append(helper.make_node("BatchNormalization", [x, *params], [name], name=name, epsilon=1e-5))
-        return name
-
-    def op(self, op: str, name: str, *inputs: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
-        return name
-
-    def model(self, out: str, out_shape: list[int]) -> ir.Model:
-        graph = helper.make_graph(self.nodes, "g", [self.input],
-                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-        onnx.checker.check_model(proto, full_check=True)
-        return ir.serde.deserialize_model(proto)
+def G() -> GraphBuilder:
+    """The shared builder, weights scaled by fan-in (the ResNeXt stacks here stay near unit scale)."""
+    return GraphBuilder(hw=HW, fan_in_scaled=True)
 
 
 def resnext(groups: int, width: int = 8, trunk: int = 16) -> ir.Model:

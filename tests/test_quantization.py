@@ -20,6 +20,8 @@ from edgec.quantization.api import quantize_model
 from edgec.quantization.qmath import activation_qparams, dequantize, quantize, quantize_weight
 from edgec.toolchain.load import load_model
 
+from helpers import assert_user_error as _assert_user_error
+
 
 @pytest.fixture(scope="module")
 def mnist(tmp_path_factory) -> dict[str, Path]:
@@ -29,15 +31,6 @@ def mnist(tmp_path_factory) -> dict[str, Path]:
     np.save(folder / "calib.npy", split["train"][0][:64])
     np.savez(folder / "test.npz", x=split["test"][0], y=split["test"][1])
     return {"calib": folder / "calib.npy", "test": folder / "test.npz", "folder": folder}
-
-
-def _assert_user_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgec: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _ort(model: onnx.ModelProto, feed: dict[str, np.ndarray], optimize: bool = True) -> list[np.ndarray]:

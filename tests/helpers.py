@@ -1,0 +1,80 @@
+"""What several test modules share: the CLI's one-line-error check, an in-process x86 compile, and a tiny ONNX
+graph builder for hand-stated channel groups (not a test module: pytest does not collect it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+
+def assert_user_error(code: int, err: str, *needles: str) -> None:
+    """A user mistake: exit 2 and one ``edgec: error:`` line (no traceback) containing every needle."""
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edgec: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def compile_x86(model: onnx.ModelProto):
+    """``model`` through edgec's CPU pipeline for this host: (the imported Relax module, x → numpy output)."""
+    import tvm
+    from tvm import relax
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu import relax_pipeline, schedule_passes
+    from edgec.targets.lower import to_relax
+
+    target = resolve_target("x86").tvm_target()
+    mod = to_relax(model)
+    ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target)))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return mod, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+class GraphBuilder:
+    """Tiny graph builder: named Conv/BN/... nodes with random weights, NCHW float32. ``fan_in_scaled`` divides
+    conv weights by √(cin·k) so deep stacks keep activations near unit scale."""
+
+    def __init__(self, cin: int = 3, hw: int = 8, seed: int = 1, fan_in_scaled: bool = False) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])
+        self.rng = np.random.default_rng(seed)
+        self.fan_in_scaled = fan_in_scaled
+
+    def w(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    def conv(self, name: str, x: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = False) -> str:
+        weight = self.rng.standard_normal((cout, cin // group, k, k))
+        if self.fan_in_scaled:
+            weight = weight / np.sqrt(cin * k)
+        ins = [x, self.w(f"{name}.W", weight)]
+        if bias:
+            ins.append(self.w(f"{name}.B", self.rng.standard_normal(cout)))
+        self.nodes.append(helper.make_node("Conv", ins, [name], name=name, pads=[k // 2] * 4, group=group,
+                                           kernel_shape=[k, k]))
+        return name
+
+    def bn(self, name: str, x: str, c: int) -> str:
+        params = [self.w(f"{name}.{p}", v) for p, v in (
+            ("scale", self.rng.uniform(0.5, 1.5, c)), ("bias", self.rng.uniform(-0.2, 0.2, c)),
+            ("mean", self.rng.uniform(-0.5, 0.5, c)), ("var", self.rng.uniform(1.0, 2.0, c)))]
+        self.nodes.append(helper.make_node("BatchNormalization", [x, *params], [name], name=name, epsilon=1e-5))
+        return name
+
+    def op(self, op: str, name: str, *inputs: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, list(inputs), [name], name=name, **attrs))
+        return name
+
+    def model(self, out: str, out_shape: list[int]) -> ir.Model:
+        graph = helper.make_graph(self.nodes, "g", [self.input],
+                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], self.inits)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        onnx.checker.check_model(proto, full_check=True)
+        return ir.serde.deserialize_model(proto)
