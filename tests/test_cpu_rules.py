@@ -242,3 +242,72 @@ def test_winograd_on_emulated_arm_device(tmp_path):
                            device="qemu-aarch64")
     assert result.verification.passed, result.verification.summary()
     assert "WinogradNCHWc" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a76")
+
+
+def _dw_pw_model(n=1, c=32, cout=16, hw=14, k=3, stride=1, pads=None, act="relu6", residual=False,
+                 tap_dw=False):
+    """depthwise k×k conv (+ act) → 1×1 conv (+ residual add): a MobileNet block's second half."""
+    rng = np.random.default_rng(c * 7 + cout)
+    pads = pads if pads is not None else [k // 2] * 4
+    inits = [numpy_helper.from_array((rng.standard_normal((c, 1, k, k)) * 0.3).astype(np.float32), "wd"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bd"),
+             numpy_helper.from_array((rng.standard_normal((cout, c, 1, 1)) * 0.2).astype(np.float32), "wp"),
+             numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "bp"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "wd", "bd"], ["d"], pads=pads, strides=[stride, stride], group=c)]
+    mid = "d"
+    if act == "relu6":
+        nodes.append(helper.make_node("Clip", ["d", "lo", "hi"], ["a"]))
+        mid = "a"
+    elif act == "relu":
+        nodes.append(helper.make_node("Relu", ["d"], ["a"]))
+        mid = "a"
+    nodes.append(helper.make_node("Conv", [mid, "wp", "bp"], ["p"]))
+    out = "p"
+    if residual:
+        nodes.append(helper.make_node("Add", ["p", "x"], ["r"]))
+        out = "r"
+    outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)]
+    if tap_dw:  # the depthwise result is also a model output: it must still be computed on its own
+        outputs.append(helper.make_tensor_value_info(mid, TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, hw, hw])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+DW_PW_CASES = {
+    "relu6": dict(),
+    "stride2_odd_map": dict(hw=15, stride=2, act="relu"),
+    "5x5_asym_pad_batch2": dict(n=2, k=5, pads=[1, 2, 3, 2], act=None),
+    "residual_24_channels": dict(c=24, cout=24, hw=10, residual=True),
+    "wide_out_many_chunks": dict(c=48, cout=160, hw=7),
+}
+
+
+@pytest.mark.parametrize("case", DW_PW_CASES)
+def test_depthwise_pointwise_fusion(case, tmp_path):
+    """depthwise → 1×1 pairs compile to one kernel (rule DepthwisePointwise) and still equal onnxruntime."""
+    _check(_dw_pw_model(**DW_PW_CASES[case]), tmp_path, "DepthwisePointwise")
+
+
+def test_depthwise_with_second_use_is_not_fused(tmp_path):
+    model = _dw_pw_model(tap_dw=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    used = _scheduled_rules(path)
+    assert "DepthwisePointwise" not in used and "DepthwiseConv2dNCHWc" in used
+    result = edgec.compile(path, target="x86", output=tmp_path / "art")
+    feed = random_inputs(result.artifact.inputs, seed=3)
+    got = list(edgec.run(tmp_path / "art", feed).outputs.values())
+    for g, r in zip(got, onnxruntime_outputs(path, feed)):
+        assert np.max(np.abs(g - r)) <= ATOL * max(1.0, float(np.max(np.abs(r))))
+
+
+def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path):
+    """The fused pair with NEON's 4 lanes (channel blocks of 4), run on the emulated aarch64 device."""
+    onnx.save(_dw_pw_model(c=20, cout=12, hw=9, stride=2, residual=False), str(tmp_path / "m.onnx"))
+    result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
+                           device="qemu-aarch64")
+    assert result.verification.passed, result.verification.summary()
+    assert "DepthwisePointwise" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72")

@@ -309,9 +309,10 @@ class SpatialWindow(ScheduleRule):
 def rules(target: Target) -> list[ScheduleRule]:
     from tvm.s_tir import dlight as dl
 
+    from edgec.targets.cpu_dw_pointwise import DepthwisePointwise
     from edgec.targets.cpu_winograd import schedule_rule as winograd_rule
 
-    return [winograd_rule(), Int8Conv2dNCHWcVNNI(), Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
+    return [winograd_rule(), Int8Conv2dNCHWcVNNI(), DepthwisePointwise(), Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
             dl.cpu.Reduction()]
 
 
