@@ -30,13 +30,13 @@ def importance(model: ir.Model, analysis: Analysis, criterion: str, calib: np.nd
                if v.const_value is not None}
     features = None
     groups = analysis.prunable()
-    if criterion == "thinet":
+    if criterion in ("thinet", "thinet-ls"):
         if calib is None:
             score_group(criterion, groups[0], weights, None)  # raises the helpful error
-        from edgec.pruning.thinet import thinet_scores
+        from edgec.pruning.thinet import thinet_ls_scores, thinet_scores
 
         fallback = {g.id: score_group("l1", g, weights, None) for g in groups}
-        return thinet_scores(model, analysis, calib, fallback)
+        return (thinet_scores if criterion == "thinet" else thinet_ls_scores)(model, analysis, calib, fallback)
     if criterion in NEEDS_DATA:
         if calib is None:
             score_group(criterion, groups[0], weights, None) if groups else None  # raises the helpful error

@@ -21,6 +21,9 @@ does not outvote the others, and so that scores of different groups are comparab
   dropping is the ranking. Dead channels (all-zero maps) go first. Needs calibration data.
 * ``thinet``: ThiNet (Luo et al. 2017): greedy selection by the reconstruction error of the *next* layers'
   outputs on calibration activations (:mod:`edgec.pruning.thinet`). Needs calibration data.
+* ``thinet-ls``: the same greedy selection, charging each channel the error the next layers keep *after* their
+  least-squares refit (what ``--reconstruct`` does next): a channel the kept ones can re-create costs nothing.
+  The best choice with ``--reconstruct``. Needs calibration data.
 """
 
 from __future__ import annotations
@@ -180,8 +183,9 @@ CRITERIA: dict[str, Criterion] = {
     "filtersketch": filtersketch,
     "similarity": similarity,
     "thinet": thinet,
+    "thinet-ls": thinet,
 }
-NEEDS_DATA = {"similarity", "thinet"}
+NEEDS_DATA = {"similarity", "thinet", "thinet-ls"}
 
 
 def score_group(name: str, group: ChannelGroup, weights: Weights, features: Features | None) -> np.ndarray:

@@ -257,8 +257,9 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
 @click.option("--layer-ratios", type=click.Path(path_type=Path), default=None,
               help="Per-layer shares to remove: .toml/.json/.yaml of 'layer name = ratio'.")
 @click.option("--criterion", default="l1", show_default=True,
-              type=click.Choice(["l1", "l2", "bn-scale", "filtersketch", "similarity", "thinet"]),
-              help="Channel importance.")
+              type=click.Choice(["l1", "l2", "bn-scale", "filtersketch", "similarity", "thinet", "thinet-ls"]),
+              help="Channel importance (thinet-ls: ThiNet judged after the least-squares refit; use it with "
+                   "--reconstruct).")
 @click.option("--allocation", default="score", show_default=True, type=click.Choice(["score", "sensitivity"]),
               help="How a --macs budget is spread: global score ranking, or per-group measured sensitivity.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
@@ -294,7 +295,7 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
     if output.suffix != ".onnx":
         raise EdgecError(f"output {output} is not an .onnx path", "pass -o pruned.onnx")
     data = calib
-    if data is None and model is None and (reconstruct or criterion in ("similarity", "thinet")
+    if data is None and model is None and (reconstruct or criterion in ("similarity", "thinet", "thinet-ls")
                                            or allocation == "sensitivity"):
         from edgec.models import mnist_split
 
