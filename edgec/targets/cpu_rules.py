@@ -228,6 +228,9 @@ class DepthwiseConv2dNCHWc(ScheduleRule):
         return sch  # (no pad stage: the compute clamps its reads, see cpu_layout.depthwise_conv2d_nchwc)
 
 
+GEMV = True  # edgec's default; benchmarks switch it off to compare with the register-tiled matmul
+
+
 class Matmul(ScheduleRule):
     """Dense / batched matmul ``C[..., m, n] = sum_k A[..., m, k] · B[..., k, n]`` with B's n contiguous (ONNX
     Gemm/MatMul with constant weights arrive this way: the transpose of a constant weight folds away).
@@ -250,6 +253,8 @@ class Matmul(ScheduleRule):
             return None
         lanes = vector_lanes(target)
         n_size, m_size = _extent(sch, n), _extent(sch, m)
+        if GEMV and m_size == 1 and all(_extent(sch, b) == 1 for b in batch):
+            return self._gemv(sch, block, [*batch, m], n, k, lanes)
         candidates = [d for d in range(1, min(n_size, 4 * lanes) + 1) if n_size % d == 0]
         nt = max(candidates, key=lambda d: (d % lanes == 0 or d >= lanes, d))
         vectors = -(-nt // lanes)
@@ -261,6 +266,37 @@ class Matmul(ScheduleRule):
         sch.parallel(outer)
         _write_back_tile(sch, block, outer, lanes)
         _finish_reduction(sch, block, k, n_i, [m_i], init_unroll=0)
+        return sch
+
+    @staticmethod
+    def _gemv(sch: s_tir.Schedule, block, unit_loops: list, n, k, lanes: int):
+        """One input row (a classifier at batch 1): memory-bound on the weights, so they are read in storage
+        order — k outer, four rows at a time, each row's n contiguous — into an accumulator row that stays in
+        L1. Column tiles held in registers across k (the batched path) read the weights as short strided runs,
+        which the prefetchers follow poorly: in a whole model the weights come from L3 or DRAM."""
+        n_size = _extent(sch, n)
+        vec = lanes
+        while n_size % vec:
+            vec //= 2  # whole vectors of a power-of-two width (an odd width compiles to scalar code)
+        n_chunks = n_size // vec
+        n_p = _divisor_at_most(n_chunks, 4)  # a few column ranges, parallel over cores (each still streams rows)
+        k_unroll = _divisor_at_most(_extent(sch, k), 4)
+        n_p, n_o, n_i = sch.split(n, [n_p, None, vec])
+        k_o, k_i = sch.split(k, [None, k_unroll])
+        sch.reorder(n_p, k_o, n_o, k_i, n_i)
+        outer = sch.fuse(*unit_loops, n_p)
+        sch.parallel(outer)
+        cache = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(cache, outer)
+        leftover = _inline_epilogue(sch, cache)
+        wb = sch.get_loops(cache)[-1]
+        _vectorize_innermost(sch, wb, lanes, max_whole=lanes)
+        for other in leftover:
+            _schedule_elementwise_root(sch, other, lanes)
+        sch.vectorize(n_i)
+        sch.unroll(k_i)
+        init = sch.decompose_reduction(block, k_o)
+        _vectorize_innermost(sch, sch.get_loops(init)[-1], lanes, max_whole=lanes)
         return sch
 
 
