@@ -125,7 +125,8 @@ def test_grouped_conv_falls_back_and_matches(tmp_path):
     _check(_conv_model(n=1, cin=32, cout=32, hw=8, k=3, groups=4, act="relu"), tmp_path, None)
 
 
-@pytest.mark.parametrize("a_shape,k,n", [((1, 512), 512, 1000), ((5, 33), 33, 70), ((2, 3, 40), 40, 24)])
+@pytest.mark.parametrize("a_shape,k,n", [((1, 512), 512, 1000), ((1, 37), 37, 70), ((1, 1, 64), 64, 48),
+                                         ((5, 33), 33, 70), ((2, 3, 40), 40, 24)])
 def test_matmul_rule(a_shape, k, n, tmp_path):
     _check(_matmul_model(a_shape, k, n), tmp_path, "Matmul")
 
