@@ -101,18 +101,30 @@ def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: st
 
 CONV_CASES = {
     "3x3_relu": dict(n=1, cin=24, cout=64, hw=14, k=3, act="relu"),  # < 32 input channels: direct, not Winograd
-    "odd_channels": dict(n=1, cin=3, cout=24, hw=15, k=3, act="relu"),
+    "odd_channels": dict(n=1, cin=3, cout=20, hw=15, k=3, act="relu"),  # 4-channel blocks, too few to widen
     "stride2_asym_pad": dict(n=1, cin=16, cout=32, hw=17, k=3, stride=2, pads=[0, 1, 2, 1]),
     "1x1_residual": dict(n=1, cin=48, cout=48, hw=9, k=1, residual=True, act="relu"),
     "dilated": dict(n=1, cin=16, cout=16, hw=12, k=3, dilation=2, pads=[2, 2, 2, 2]),
     "batch3_7x7": dict(n=3, cin=8, cout=32, hw=11, k=7, stride=2),
-    "cout_not_multiple_of_16": dict(n=1, cin=16, cout=40, hw=10, k=3, act="relu6"),
 }
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_rule(case, tmp_path):
     _check(_conv_model(**CONV_CASES[case]), tmp_path, "Conv2dNCHWc")
+
+
+WIDENED_CASES = {  # output channels in half-vector blocks: computed in full vectors, the real channels stored
+    "cout_40_relu6": dict(n=1, cin=16, cout=40, hw=10, k=3, act="relu6"),
+    "cout_24_first_layer": dict(n=1, cin=3, cout=24, hw=15, k=3, act="relu"),
+    "cout_24_1x1_residual": dict(n=1, cin=24, cout=24, hw=9, k=1, residual=True),
+    "cout_24_stride2_asym_pad_batch2": dict(n=2, cin=16, cout=24, hw=13, k=3, stride=2, pads=[0, 1, 2, 1]),
+}
+
+
+@pytest.mark.parametrize("case", WIDENED_CASES)
+def test_widened_conv_rule(case, tmp_path):
+    _check(_conv_model(**WIDENED_CASES[case]), tmp_path, "WidenedConv2dNCHWc")
 
 
 @pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None)])
@@ -164,10 +176,11 @@ def test_elementwise_chain_rule(tmp_path):
            "SpatialWindow")
 
 
-@pytest.mark.parametrize("case", ["3x3_relu", "cout_not_multiple_of_16", "stride2_asym_pad"])
-def test_conv_rule_avx2_preset(case, tmp_path):
+@pytest.mark.parametrize("case,rule", [("3x3_relu", "Conv2dNCHWc"), ("stride2_asym_pad", "Conv2dNCHWc"),
+                                       ("odd_channels", "WidenedConv2dNCHWc")])  # 20 channels: 24 in 8-lane blocks
+def test_conv_rule_avx2_preset(case, rule, tmp_path):
     """The AVX2 preset: 8 lanes and 16 registers give other blocks and tiles; this host runs AVX2 code too."""
-    _check(_conv_model(**CONV_CASES[case]), tmp_path, "Conv2dNCHWc", target="x86:avx2")
+    _check(_conv_model(**CONV_CASES[case]), tmp_path, rule, target="x86:avx2")
 
 
 def test_register_tile_fits_the_register_file():

@@ -20,7 +20,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from edgec.targets import cpu_rules as R
-from edgec.targets.cpu_layout import _BLOCKED, depthwise_conv2d_nchwc, vector_lanes
+from edgec.targets.cpu_layout import (_BLOCKED, NARROW, _channels, conv2d_nchwc_narrowed, depthwise_conv2d_nchwc,
+                                      vector_lanes, widen_kernel, widened_block)
 
 ENABLED = True  # edgec's default; benchmarks and tests switch it off to compare with the two separate kernels
 
@@ -104,8 +105,9 @@ def _epilogue_te(call: relax.Call) -> tuple[Callable, int]:
     return (lambda x, other: fn(x, other)), 1
 
 
-def depthwise_pointwise_te(dw: relax.Call, epilogue: list, pw: relax.Call) -> Callable:
-    """The combined TE compute: depthwise conv, its epilogue, then the 1×1 conv (TOPI's conv2d_NCHWc)."""
+def depthwise_pointwise_te(dw: relax.Call, epilogue: list, pw: relax.Call, channels: int | None = None) -> Callable:
+    """The combined TE compute: depthwise conv, its epilogue, then the 1×1 conv (TOPI's conv2d_NCHWc, or the
+    widened conv storing ``channels`` real channels when its kernel was widened, see cpu_layout.widened_block)."""
     from tvm import topi
 
     da, pa = dw.attrs, pw.attrs
@@ -119,6 +121,9 @@ def depthwise_pointwise_te(dw: relax.Call, epilogue: list, pw: relax.Call) -> Ca
         for fn, n_other in steps:
             x = fn(x, *operands[:n_other])
             operands = operands[n_other:]
+        if channels:
+            return conv2d_nchwc_narrowed(x, pw_kernel, [1, 1], [0, 0], [1, 1], pa.data_layout, pa.out_layout,
+                                         channels, out_dtype)
         return topi.nn.conv2d_NCHWc(x, pw_kernel, [1, 1], [0, 0], [1, 1], pa.data_layout, pa.out_layout,
                                     out_dtype)
 
@@ -138,7 +143,11 @@ class _FusePairs(relax.PyExprMutator):
         dw, epilogue, pw = self.pairs[binding.var]
         operands = [arg for call in epilogue for arg in call.args[1:]]
         args = [self.visit_expr(e) for e in (dw.args[0], dw.args[1], *operands, pw.args[1])]
-        new = self.builder_.call_te(depthwise_pointwise_te(dw, epilogue, pw), *args,
+        wide = widened_block(args[-1], str(pw.attrs.out_dtype or pw.args[0].ty.dtype))
+        channels = _channels(args[-1]) if wide else None
+        if wide:  # constant weights: FoldConstant re-blocks them at compile time
+            args[-1] = self.builder_.emit_te(widen_kernel, args[-1], wide, primfunc_name_hint="conv_kernel_widen")
+        new = self.builder_.call_te(depthwise_pointwise_te(dw, epilogue, pw, channels), *args,
                                     primfunc_name_hint="depthwise_pointwise_conv2d_NCHWc")
         emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
         self.set_var_remap(binding.var, emit(new))
@@ -180,7 +189,14 @@ class DepthwisePointwise(ScheduleRule):
         if conv is None or dw is None or len(sch.get_loops(conv)) != 8 or len(sch.get_loops(dw)) != 7:
             return None
         lanes, registers = vector_lanes(target), R._vector_registers(target)
+        narrow = R._find_block(sch, NARROW)
+        row = R.schedule_widened(sch, conv, narrow, target) if narrow is not None else \
+            self._pointwise(sch, conv, lanes, registers)
+        self._depthwise_rows(sch, dw, conv, row, lanes, registers)
+        return sch
 
+    @staticmethod
+    def _pointwise(sch: s_tir.Schedule, conv, lanes: int, registers: int):
         n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
         ic_bn = int(sch.get(conv).reads[1].source.shape[4])
         reg_n, oc_tile = R.register_tile(R._extent(sch, ow), R._extent(sch, occ),
@@ -193,7 +209,10 @@ class DepthwisePointwise(ScheduleRule):
         sch.parallel(row)
         R._write_back_tile(sch, conv, ow_o, lanes)
         R._finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
+        return row
 
+    @staticmethod
+    def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int, registers: int) -> None:
         # The depthwise stage: accumulate in a local tile, its epilogue reverse-inlined into the tile's write-back,
         # both moved under the row loop, so only one row of the depthwise output exists at a time.
         write_back = sch.cache_write(dw, 0, "local")
@@ -214,4 +233,3 @@ class DepthwisePointwise(ScheduleRule):
         sch.vectorize(wb_loops[-1])
         sch.unroll(wb_loops[-2])
         R._finish_reduction(sch, dw, ry, cb, [x_i, rx], init_unroll=1)
-        return sch

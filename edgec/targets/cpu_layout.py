@@ -115,9 +115,77 @@ def legalize_conv2d(bb, call):
         return bb.call_te(depthwise_conv2d_nchwc, call.args[0], call.args[1], list(attrs.strides),
                           list(attrs.padding), list(attrs.dilation), str(out_dtype),
                           primfunc_name_hint="depthwise_conv2d_NCHWc")
+    wide = widened_block(call.args[1], str(out_dtype))
+    if wide:
+        kernel = bb.emit_te(widen_kernel, call.args[1], wide, primfunc_name_hint="conv_kernel_widen")
+        return bb.call_te(conv2d_nchwc_narrowed, call.args[0], kernel, list(attrs.strides), list(attrs.padding),
+                          list(attrs.dilation), attrs.data_layout, attrs.out_layout, _channels(call.args[1]),
+                          str(out_dtype), primfunc_name_hint="conv2d_NCHWc")
     return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], list(attrs.strides),
                       list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
                       str(out_dtype), primfunc_name_hint="conv2d_NCHWc")
+
+
+WIDEN = True  # edgec's default; benchmarks switch it off to compare with half-vector blocks
+NARROW = "conv2d_NCHWc_narrow"  # the stage that stores a widened conv's real channels (see widened_block)
+
+
+def _channels(kernel) -> int:
+    shape = kernel.ty.shape if hasattr(kernel, "ty") else kernel.shape
+    return int(shape[0]) * int(shape[-1])
+
+
+def widened_block(kernel, out_dtype: str) -> int | None:
+    """Full-vector block to compute a float conv whose output channels only fill half vectors, or None.
+
+    A layer with 24 or 40 output channels gets 8-channel blocks, and 8-lane FMAs run at half the rate of full ones
+    here (144→24 1×1 at 56×56: 8-lane blocks 186 µs; the same layer with 32 channels in 16-lane blocks 134 µs).
+    So the conv is computed on zero-padded weights in full-vector blocks and only the real channels are stored,
+    in the layout the next layer reads; the consumer is unchanged. Worth it while padding adds at most a third.
+    """
+    import tvm
+
+    if not WIDEN or not out_dtype.startswith("float"):
+        return None
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return None
+    lanes, oc_bn, channels = vector_lanes(target), int(kernel.ty.shape[-1]), _channels(kernel)
+    if oc_bn >= lanes or channels % oc_bn:
+        return None
+    padded = -(-channels // lanes) * lanes
+    return lanes if 3 * padded <= 4 * channels else None
+
+
+def widen_kernel(kernel, lanes: int):
+    """(oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn) → (⌈OC/lanes⌉, ic_chunk, kh, kw, ic_bn, lanes), zero-padded."""
+    from tvm import te, tirx
+
+    oc_chunks, ic_chunks, k_h, k_w, ic_bn, oc_bn = (int(d) for d in kernel.shape)
+    channels = oc_chunks * oc_bn
+
+    def value(o, c, h, w, i, lane):
+        oc = o * lanes + lane
+        return tirx.if_then_else(oc < channels, kernel[tirx.min(oc, channels - 1) // oc_bn, c, h, w, i,
+                                                       tirx.min(oc, channels - 1) % oc_bn],
+                                 tirx.const(0, kernel.dtype))
+
+    return te.compute((-(-channels // lanes), ic_chunks, k_h, k_w, ic_bn, lanes), value, name="kernel_widened")
+
+
+def conv2d_nchwc_narrowed(data, wide_kernel, strides, padding, dilation, data_layout: str, out_layout: str,
+                          channels: int, out_dtype: str):
+    """TOPI's conv2d_NCHWc on the widened kernel, then the real channels stored in ``out_layout``'s blocks."""
+    from tvm import te, topi
+
+    lanes = int(wide_kernel.shape[-1])
+    wide = topi.nn.conv2d_NCHWc(data, wide_kernel, strides, padding, dilation, data_layout, f"NCHW{lanes}c",
+                                out_dtype)
+    out_bn = int(_BLOCKED.match(out_layout).group(1))
+    n, _, height, width, _ = (int(d) for d in wide.shape)
+    ratio = lanes // out_bn  # both powers of two: a wide block holds ``ratio`` narrow blocks
+    return te.compute((n, channels // out_bn, height, width, out_bn),
+                      lambda b, c, y, x, i: wide[b, c // ratio, y, x, c % ratio * out_bn + i], name=NARROW)
 
 
 def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: str):

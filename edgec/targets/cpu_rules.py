@@ -15,7 +15,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from edgec.targets.cpu_layout import vector_lanes
+from edgec.targets.cpu_layout import NARROW, vector_lanes
 
 
 def _vector_registers(target: Target) -> int:
@@ -168,6 +168,50 @@ class Conv2dNCHWc(ScheduleRule):
         _finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
         _schedule_padding(sch, conv, lanes, inline=ow_size >= 56 or ic_bn == 1)
         return sch
+
+
+class WidenedConv2dNCHWc(ScheduleRule):
+    """A conv computed in full-vector blocks on zero-padded weights, storing only its real channels (see
+    cpu_layout.widened_block): the store stage drives the loops, and the conv is a register tile computed at each
+    group of ``reg_n`` output columns for all (at most three) wide blocks at once."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        conv, narrow = _find_block(sch, "conv2d_NCHWc"), _find_block(sch, NARROW)
+        if conv is None or narrow is None or len(sch.get_loops(conv)) != 8:
+            return None
+        schedule_widened(sch, conv, narrow, target)
+        return sch
+
+
+def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
+    """Loops of a widened conv and its store stage; returns the parallel loop over output rows."""
+    lanes = vector_lanes(target)
+    leftover = _inline_epilogue(sch, narrow)
+    n, c, y, x, i = sch.get_loops(narrow)[-5:]
+    wide_blocks = _extent(sch, sch.get_loops(conv)[1])
+    reg_n = _divisor_at_most(_extent(sch, x), max(1, min(16, (_vector_registers(target) - wide_blocks - 1)
+                                                         // wide_blocks)))
+    x_o, x_i = sch.split(x, [None, reg_n])
+    sch.reorder(n, y, x_o, c, x_i, i)
+    row = sch.fuse(n, y)
+    sch.parallel(row)
+    sch.vectorize(i)
+    sch.unroll(x_i)
+    sch.unroll(c)
+    sch.compute_at(conv, x_o, preserve_unit_loops=True)
+    sch.set_scope(conv, 0, "local")  # the register tile itself
+    _, occ, _, ow, ocb, ic, kh, kw = sch.get_loops(conv)[-8:]
+    ic_bn = int(sch.get(conv).reads[1].source.shape[4])
+    ic_o, ic_i = sch.split(ic, [None, ic_bn])
+    sch.reorder(ic_o, kh, kw, ic_i, ow, occ, ocb)
+    _finish_reduction(sch, conv, ic_o, ocb, [ow, occ], init_unroll=2)
+    _schedule_padding(sch, conv, lanes, inline=True)
+    for other in leftover:
+        _schedule_elementwise_root(sch, other, lanes)
+    return row
 
 
 class Int8Conv2dNCHWcVNNI(ScheduleRule):
@@ -348,7 +392,7 @@ def rules(target: Target) -> list[ScheduleRule]:
     from edgec.targets.cpu_dw_pointwise import DepthwisePointwise
     from edgec.targets.cpu_winograd import schedule_rule as winograd_rule
 
-    return [winograd_rule(), Int8Conv2dNCHWcVNNI(), DepthwisePointwise(), Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
+    return [winograd_rule(), Int8Conv2dNCHWcVNNI(), DepthwisePointwise(), WidenedConv2dNCHWc(), Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
             dl.cpu.Reduction()]
 
 
