@@ -651,3 +651,43 @@ def test_thinet_ls_leaves_less_error_after_the_refit_on_held_out_digits():
         assert residual(ls[g.id]) <= residual(thinet[g.id]) * 1.02, g.name
         wins += residual(ls[g.id]) < residual(thinet[g.id])
     assert wins >= 3
+
+
+def test_calibration_is_spread_over_a_class_sorted_set_not_its_head():
+    """The embedded model's MNIST file is sorted by digit (its first 256 training digits are all zeros): the
+    calibration samples kept (``--calib-samples``) are spread over the whole set, so every digit is in them, in
+    order; a set no larger than the limit is used whole."""
+    from edgec.models import default_model_path, mnist_split
+    from edgec.pruning.calib import check_calibration, spread
+    from edgec.toolchain.load import load_model
+
+    x, y = mnist_split()["train"]
+    assert set(y[:256].tolist()) == {0}                     # the trap: the head of the file is one class
+    index = np.arange(len(x))
+    kept = spread(index, 256)
+    assert len(kept) == 256 and kept[0] == 0 and kept[-1] == len(x) - 1 and np.all(np.diff(kept) > 0)
+    counts = np.bincount(y[kept], minlength=10)
+    assert counts.min() >= 20 and counts.max() <= 30, counts
+    assert np.array_equal(spread(index[:100], 256), index[:100])
+    calib = check_calibration(load_model(default_model_path()), x, 64)
+    assert calib.shape == (64, 1, 28, 28) and np.array_equal(calib, x[spread(index, 64)])
+
+
+def test_sensitivity_allocation_uses_the_budget_between_measured_counts():
+    """Losses are measured at a few counts per group and interpolated; the allocation searches every channel step
+    in between, so it removes what the target asks, not what the nearest measured combination happens to remove
+    (at 50 % of the embedded model only the measured counts removed 53.8 %)."""
+    from edgec.pruning.budget import estimate_macs
+    from edgec.pruning.sensitivity import allocate, levels
+
+    model, _, _ = _digits()
+    analysis = analyze(model)
+    budget = Budget(macs=0.5, round_to=1, allocation="sensitivity")
+    table = {}
+    for g in analysis.prunable():
+        measured = levels(g.size, 2 if g.size == 16 else 4, 1)
+        table[g.id] = {g.size: 0.0, **{k: (1.0 - k / g.size) ** 2 for k in measured}}
+    kept = allocate(analysis, table, budget)
+    removed = 1.0 - estimate_macs(analysis, kept) / estimate_macs(analysis, {})
+    assert 0.5 <= removed <= 0.51, (kept, removed)      # only the measured counts: 51.7 %
+    assert any(k not in table[g] for g, k in kept.items()), kept      # a count between the measured ones

@@ -91,8 +91,9 @@ def allocate(analysis: Analysis, table: dict[int, dict[int, float]], budget: Bud
     groups = {g.id: g for g in analysis.prunable()}
     total = estimate_macs(analysis, {})
     target = total * (1.0 - budget.macs)
-    if math.prod(len(t) for t in table.values()) <= max_combinations:
-        best = _exhaustive(analysis, table, target)
+    grids = {gid: _counts(groups[gid], budget, table[gid]) for gid in table}
+    if math.prod(len(c) for c in grids.values()) <= max_combinations:
+        best = _exhaustive(analysis, table, grids, target)
         if best is not None:
             return best
     kept = {gid: g.size for gid, g in groups.items()}
@@ -123,13 +124,33 @@ def allocate(analysis: Analysis, table: dict[int, dict[int, float]], budget: Bud
     return kept
 
 
-def _exhaustive(analysis: Analysis, table: dict[int, dict[int, float]], target: float) -> dict[int, int] | None:
+def _step(group: ChannelGroup, budget: Budget) -> int:
+    """The channel step of the allocation search: ``round_to``, else an eighth of the group."""
+    return budget.round_to if budget.round_to > 1 else max(1, group.size // 8)
+
+
+def _counts(group: ChannelGroup, budget: Budget, measured: dict[int, float]) -> list[int]:
+    """The keep counts the exhaustive allocation tries for a group: the measured ones and every :func:`_step`
+    between the floor and the whole group (losses in between are interpolated). Only the measured counts left
+    the budget's slack unused: on the embedded model at 50 % of MACs the best measured combination removed
+    53.8 % (a 32-channel group at 24, where 28 also met the target at a lower summed loss)."""
+    floor, step = _min_keep(group, budget), _step(group, budget)
+    if budget.round_to > 1:
+        grid = {k for k in range(budget.round_to, group.size, budget.round_to) if k >= floor}
+    else:
+        grid = {k for k in range(group.size - step, floor - 1, -step)}
+    return sorted(grid | {k for k in measured if floor <= k <= group.size} | {group.size})
+
+
+def _exhaustive(analysis: Analysis, table: dict[int, dict[int, float]], grids: dict[int, list[int]],
+                target: float) -> dict[int, int] | None:
     import itertools
 
     gids = list(table)
+    losses = {g: {k: _interp(table[g], k) for k in grids[g]} for g in gids}
     best: tuple[float, float, dict[int, int]] | None = None
-    for combo in itertools.product(*(sorted(table[g]) for g in gids)):
-        loss = sum(table[g][k] for g, k in zip(gids, combo))
+    for combo in itertools.product(*(grids[g] for g in gids)):
+        loss = sum(losses[g][k] for g, k in zip(gids, combo))
         if best is not None and loss > best[0]:
             continue
         kept = dict(zip(gids, combo))
@@ -197,7 +218,7 @@ unshifted ones did not), and no sample is spent on judging. Non-image inputs are
         return cache[key]
 
     def step(g: ChannelGroup) -> int:
-        return budget.round_to if budget.round_to > 1 else max(1, g.size // 8)
+        return _step(g, budget)
 
     best = {g: kept.get(g, groups[g].size) for g in groups}
     best_loss = loss(best)
@@ -205,6 +226,14 @@ unshifted ones did not), and no sample is spent on judging. Non-image inputs are
     while improved and len(cache) < max_evals:
         improved = False
         moves = []
+        for j, gj in groups.items():   # budget left over (the start or a move overshot it): give it back
+            given = best[j]
+            while given + step(gj) <= gj.size and \
+                    estimate_macs(analysis, {**best, j: given + step(gj)}) <= target:
+                given += step(gj)
+            if given > best[j]:
+                move = {**best, j: given}
+                moves.append((_interp(table[j], given) - _interp(table[j], best[j]), move))
         for i, gi in groups.items():
             taken = best[i] - step(gi)
             if taken < _min_keep(gi, budget):
