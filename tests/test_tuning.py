@@ -95,11 +95,18 @@ def test_compile_with_tuning_db_uses_records_and_matches_onnxruntime(tuned, tiny
     assert set(applied["functions"]) | set(applied["rules_faster"]) == with_records
     assert applied["records_used"] == len(applied["functions"])
 
+    # Each record was re-measured against the rules after the search, and that check decides (per workload:
+    # structurally equal functions share a record, so names are not compared here).
+    assert all(t.verified is not None for t in report.tasks if t.best_ms is not None)
+    verified = tuning._read_measured(report.db_folder).verified
+    assert bool(applied["functions"]) == any(v <= tuning.KEEP_RATIO for v in verified.values())
+
     # A database without the rules' baselines applies every record: all tuned schedules, still correct.
     bare = tmp_path / "bare"
     shutil.copytree(db, bare)
     side = bare / report.db_folder.name / tuning.MEASURED_FILE
-    side.write_text("".join(line + "\n" for line in side.read_text().splitlines() if "rule_ms" not in line))
+    side.write_text("".join(line + "\n" for line in side.read_text().splitlines()
+                            if "rule_ms" not in line and "verified" not in line))
     result = edgec.compile(tiny_onnx, target="x86", output=tmp_path / "b", tuning_db=bare)
     assert result.verification.passed and result.verification.max_abs_diff <= ATOL
     applied = result.artifact.manifest["tuning"]

@@ -8,8 +8,10 @@ through an RPC tracker).
 How it fits the CPU builder: a task is one fused PrimFunc of the module exactly as ``cpu.py``'s pipeline sees it
 at its scheduling stage (the same pipeline runs here with a pass that captures the module there), so a workload
 hashes identically at tune and at compile time. :func:`apply_database_pass` replaces each function whose best
-record beats what edgec's rules give (both measured by the tuner on the same device) with that schedule, marked
-``tirx.is_scheduled`` so the rules leave it alone: a short tuning run never makes an artifact slower.
+record beats what edgec's rules give with that schedule, marked ``tirx.is_scheduled`` so the rules leave it alone.
+"Beats" is decided after the search: each task's best record and the rules' schedule are measured again,
+alternately, on the same device, and the record is kept only when it is clearly faster (see _verify_records), so
+a short tuning run on a noisy host does not make an artifact slower.
 
 The database: ``DIR/<target key>/``, one folder per TVM target (meta-schedule's database ignores the target when
 queried, so the key is the folder: a database tuned for one CPU never applies to another), holding
@@ -40,6 +42,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -55,6 +58,8 @@ RECORD_FILE = "database_tuning_record.json"
 TARGET_FILE = "target.json"
 MEASURED_FILE = "edgec_measured.jsonl"  # edgec's side log: candidates measured per workload (see _skip_measured)
 DEFAULT_TRIALS_PER_TASK = 1000  # when only a time budget is given: the budget is what stops the run
+KEEP_RATIO = 0.95  # a record is applied when, re-measured against edgec's rules, it takes at most this share
+VERIFY_ROUNDS = 5  # record and rules measured alternately this many times each, after the search
 TRIALS_PER_ROUND = 16  # candidates built and measured per round: small, so the budget is kept and progress shows
 
 _RPC_HINT = ("start a tracker (`python -m tvm.exec.rpc_tracker --port 9190`) and an rpc_server on the board "
@@ -325,6 +330,7 @@ class TaskReport:
     best_ms: float | None  # best valid latency in the database after this run
     exhausted: bool = False  # the search found no new candidates (later runs skip the task)
     rule_ms: float | None = None  # edgec's schedule rules alone (a record is applied only when it is faster)
+    verified: float | None = None  # best record / rules, re-measured alternately after the search
 
     @property
     def trials(self) -> int:
@@ -445,6 +451,9 @@ def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None 
                            budget_s, say, interrupt)
         for i, token in enumerate(tokens):
             reports[i].best_ms = _best_ms(database, token)
+        if stopped != "interrupted":
+            _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, evaluator or {}, folder,
+                            say)
     return TuneReport(db_dir=Path(db_dir), db_folder=folder, target=str(target), cost_model=cost_model,
                       tasks=reports, seconds=time.monotonic() - started, budget_s=float(budget_s), stopped=stopped)
 
@@ -581,6 +590,72 @@ def _make_scheduler(todo: list[_Task], deadline: float, on_round: Callable[[int,
     return BudgetRoundRobin()
 
 
+def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, evaluator, folder, say) -> None:
+    """Re-measure each task's best record against edgec's rules, alternately, and log the ratio.
+
+    Why: the best of hundreds of noisy measurements is biased low (on a busy host a candidate "wins" by being
+    timed in a quiet moment), while the rules were timed once. Measured a few times each, interleaved, the two
+    are compared on equal terms; :func:`apply_database_pass` then applies only records that are clearly faster.
+    """
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from edgec.targets.cpu import schedule_passes
+
+    target = _with_num_cores(preset, rpc)
+    pairs = []
+    for i, task in enumerate(extracted):
+        if reports[i].best_ms is None:
+            continue
+        workload = task.dispatched[0]
+        sch = database.query_schedule(workload, target, "main")
+        if sch is None:
+            continue
+        with target:
+            ruled = tvm.transform.Sequential(schedule_passes(target))(workload.clone())
+        pairs.append((i, ruled, sch.mod))
+    if not pairs:
+        return
+    builder = _make_builder(functools.partial(export_candidate, cc=preset.cc) if (rpc and preset.cc)
+                            else export_candidate)
+    runner = _runner(rpc, rpc_key, evaluator)
+    try:
+        mods = [m for _, ruled, tuned in pairs for m in (ruled, tuned)]
+        built = builder.build([BuilderInput(m, target) for m in mods])
+        ok = [k for k in range(0, len(mods), 2) if built[k].error_msg is None and built[k + 1].error_msg is None]
+        inputs = [RunnerInput(built[k + j].artifact_path, "cpu", ArgInfo.from_entry_func(mods[k + j]))
+                  for k in ok for j in (0, 1)]
+        times: dict[int, list[list[float]]] = {k: [[], []] for k in ok}
+        for _ in range(VERIFY_ROUNDS):
+            for n, future in enumerate(runner.run(inputs)):
+                result = future.result()
+                if result.error_msg is None and result.run_secs:
+                    times[ok[n // 2]][n % 2].append(sum(float(x) for x in result.run_secs) / len(result.run_secs))
+        kept = 0
+        for k in ok:
+            ruled_s, tuned_s = times[k]
+            if not ruled_s or not tuned_s:
+                continue
+            i = pairs[k // 2][0]
+            ratio = statistics.median(tuned_s) / statistics.median(ruled_s)
+            reports[i].verified = ratio
+            kept += ratio <= KEEP_RATIO
+            _append_measured(folder, {"w": wkeys[i], "verified": ratio})
+        say(f"verify: {len(ok)} best record(s) re-measured against edgec's rules ({VERIFY_ROUNDS} alternating "
+            f"rounds): {kept} at least {1 - KEEP_RATIO:.0%} faster and used by `edgec compile --tuning-db`")
+    finally:
+        for b in locals().get("built", []):
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        builder.close()
+        pool = getattr(runner, "pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.shutdown()
+
+
 def _rule_latencies(mods: list, target, builder, runner) -> list[float | None]:
     """Build and measure each task as a compile without a database would schedule it (edgec's rules)."""
     import tvm
@@ -676,6 +751,7 @@ class _SideLog:
     measured: dict[str, set[str]]
     exhausted: set[str]
     rule_ms: dict[str, float]
+    verified: dict[str, float] = dataclasses.field(default_factory=dict)  # best record / rules, re-measured
 
 
 def _read_measured(folder: Path) -> _SideLog:
@@ -687,6 +763,8 @@ def _read_measured(folder: Path) -> _SideLog:
             log.exhausted.add(entry["w"])
         if entry.get("rule_ms") is not None:  # the fastest of the measurements (a busy machine only adds time)
             log.rule_ms[entry["w"]] = min(float(entry["rule_ms"]), log.rule_ms.get(entry["w"], float("inf")))
+        if entry.get("verified") is not None:  # the latest check of the current best record
+            log.verified[entry["w"]] = float(entry["verified"])
     return log
 
 
@@ -884,7 +962,8 @@ def apply_database_pass(db_dir: str | Path, target):
                              "rules_faster": [], "functions_total": len(prims)})
         if not prims or not (folder / RECORD_FILE).is_file():
             return mod
-        rule_ms = _read_measured(folder).rule_ms
+        side = _read_measured(folder)
+        rule_ms = side.rule_ms
         with tempfile.TemporaryDirectory(prefix="edgec-db-") as tmp:
             # Read a copy: a tuner may be appending right now, and a line cut by a kill must not stop a compile.
             for name in (WORKLOAD_FILE, RECORD_FILE):
@@ -897,8 +976,13 @@ def apply_database_pass(db_dir: str | Path, target):
                 if record is None:
                     continue
                 secs = [float(x) for x in record.run_secs or []]
-                baseline = rule_ms.get(_structural_key(workload))
-                if secs and baseline is not None and baseline <= 1e3 * sum(secs) / len(secs):
+                key = _structural_key(workload)
+                baseline, verified = rule_ms.get(key), side.verified.get(key)
+                if verified is not None:
+                    faster = verified <= KEEP_RATIO  # re-measured alternately against the rules
+                else:  # a database from before verification: the search's own best against the rules' timing
+                    faster = not (secs and baseline is not None and baseline <= 1e3 * sum(secs) / len(secs))
+                if not faster:
                     slower.append(gv.name_hint)
                     continue
                 chosen[gv] = func

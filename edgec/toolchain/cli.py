@@ -189,7 +189,7 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     where it stopped. Progress goes to stderr, one line per round.
     """
     from edgec.targets import resolve_target
-    from edgec.targets.tuning import format_latency, format_seconds, parse_budget, prepare_model, tune
+    from edgec.targets.tuning import KEEP_RATIO, format_latency, format_seconds, parse_budget, prepare_model, tune
 
     budget_s = parse_budget(budget)
     preset = resolve_target(target)
@@ -213,7 +213,10 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     click.echo(f"  {'operator':<{width}}  {'trials':>6}  {'best':>10}  {'edgec rules':>11}")
     for t in report.tasks:
         note = " (search space exhausted)" if t.exhausted else ""
-        if t.best_ms is not None and t.rule_ms is not None:
+        if t.verified is not None:  # re-measured alternately against the rules after the search
+            note = (f" {1 / t.verified:.2f}x faster (re-measured)" if t.verified <= KEEP_RATIO
+                    else f" record/rules {t.verified:.2f} re-measured: record not used") + note
+        elif t.best_ms is not None and t.rule_ms is not None:
             note = (f" {t.rule_ms / t.best_ms:.1f}x faster" if t.best_ms < t.rule_ms
                     else " rules faster: record not used") + note
         click.echo(f"  {t.name:<{width}}  {t.trials:>6}  {format_latency(t.best_ms):>10}  "
