@@ -90,6 +90,23 @@ def conv_flops(func) -> int:
     return 0
 
 
+def kernel_times(path: Path, target_name: str) -> list[tuple]:
+    """(seconds × calls, name, calls, seconds per call, conv FLOPs, scheduled?) per fused kernel of the model."""
+    from tvm import tirx
+
+    mod, target = scheduled_module(path, target_name)
+    counts = call_counts(mod)
+    rows = []
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in counts:
+            continue
+        seconds = time_primfunc(func.with_attr("global_symbol", "main"), target)
+        scheduled = bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
+        rows.append((seconds * counts[gv.name_hint], gv.name_hint, counts[gv.name_hint], seconds, conv_flops(func),
+                     scheduled))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -103,16 +120,7 @@ def main() -> None:
         path = models.onnx_path(a.model)
     from tvm import tirx
 
-    mod, target = scheduled_module(path, a.target)
-    counts = call_counts(mod)
-    rows = []
-    for gv, func in mod.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in counts:
-            continue
-        seconds = time_primfunc(func.with_attr("global_symbol", "main"), target)
-        scheduled = bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
-        rows.append((seconds * counts[gv.name_hint], gv.name_hint, counts[gv.name_hint], seconds, conv_flops(func),
-                     scheduled))
+    rows = kernel_times(path, a.target)
     total = sum(r[0] for r in rows)
     rows.sort(reverse=True)
     print(f"{'kernel':<48} {'calls':>5} {'ms each':>8} {'ms total':>8} {'share':>6} {'GFLOP/s':>8} sched")

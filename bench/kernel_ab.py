@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""One of edgec's CPU kernel choices switched off and on, same model, same run: edgec without it, edgec with it
+(the default) and onnxruntime, interleaved round by round, 1 thread. Each switch is a module flag the benchmarks
+and tests may flip; the default build has them all on.
+
+    TVM_NUM_THREADS=1 python bench/kernel_ab.py SWITCH [MODEL] [--rounds 15]
+
+    winograd      Winograd F(4,3)/F(2,3) for 3×3 convs where cpu_winograd.use_winograd allows (default model
+                  resnet18)
+    dw-pointwise  a depthwise conv fused into the 1×1 conv that consumes it (cpu_dw_pointwise; mobilenet_v2)
+    widen         convs with 24/40 output channels computed in full-vector blocks (cpu_layout.widened_block;
+                  efficientnet)
+    gemv          the one-row matmul schedule (cpu_rules.Matmul._gemv; mobilenet_v2)
+
+Add --profile to also print, per fused kernel, its time in each build (bench/profile_cpu.py's per-kernel timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+SWITCHES = {  # name: (module, flag, default model)
+    "winograd": ("edgec.targets.cpu_layout", "WINOGRAD", "resnet18"),
+    "dw-pointwise": ("edgec.targets.cpu_dw_pointwise", "ENABLED", "mobilenet_v2"),
+    "widen": ("edgec.targets.cpu_layout", "WIDEN", "efficientnet"),
+    "gemv": ("edgec.targets.cpu_rules", "GEMV", "mobilenet_v2"),
+}
+
+
+def _model_path(name: str) -> Path:
+    if Path(name).exists():
+        return Path(name)
+    if name == "efficientnet":
+        import compile_vs_ort
+
+        return Path(compile_vs_ort.prepare(name)["source"])
+    import models
+
+    return models.onnx_path(name)
+
+
+def main() -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import tvm
+
+    import _timing
+    import edgec
+    from edgec.devices.device_main import load_vm
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("switch", choices=sorted(SWITCHES))
+    ap.add_argument("model", nargs="?", default=None)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--profile", action="store_true", help="also time each fused kernel alone in both builds")
+    a = ap.parse_args()
+    module_name, flag, default_model = SWITCHES[a.switch]
+    module = importlib.import_module(module_name)
+    path = _model_path(a.model or default_model)
+    runs, profiles = {}, {}
+    for label, enabled in (("off", False), ("on", True)):
+        setattr(module, flag, enabled)
+        result = edgec.compile(path, target="x86", output=HERE / ".cache" / "artifacts" / f"ab-{a.switch}-{label}")
+        print(f"{a.switch} {label}: {result.verification.summary()}", flush=True)
+        vm, dev, manifest = load_vm(result.artifact.path)
+        spec = manifest["inputs"][0]
+        x = np.random.default_rng(0).standard_normal(spec["shape"]).astype(spec["dtype"])
+        args = [tvm.runtime.tensor(x, dev)]
+        runs[label] = (lambda vm=vm, args=args: vm["main"](*args))
+        if a.profile:
+            import profile_cpu
+
+            profiles[label] = profile_cpu.kernel_times(path, "x86")
+    setattr(module, flag, True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x}
+    runs["onnxruntime"] = lambda: session.run(None, feed)
+    times = _timing.interleaved(runs, rounds=a.rounds, warmup=2, min_round_seconds=0.2)
+    for label in runs:
+        print(f"{label:12s} median {_timing.median(times[label]) * 1e3:8.3f} ms")
+    print(f"{a.switch} on / off:          ", _timing.format_ratio(times, "on", "off"))
+    print(f"{a.switch} on / onnxruntime:  ", _timing.format_ratio(times, "on", "onnxruntime"))
+    print(f"{a.switch} off / onnxruntime: ", _timing.format_ratio(times, "off", "onnxruntime"))
+    for label, rows in profiles.items():
+        total = sum(r[0] for r in rows)
+        print(f"\nkernels, {a.switch} {label} (each alone, warm caches; total {total * 1e3:.3f} ms):")
+        for seconds, name, calls, _each, _flops, _sched in sorted(rows, reverse=True)[:12]:
+            print(f"  {name[:56]:<56} {calls:>3} x  {seconds * 1e3:8.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
