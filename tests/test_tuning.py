@@ -203,3 +203,61 @@ def test_x86_database_never_applies_to_another_target(tuned, tiny_onnx, tmp_path
     result = edgec.compile(tiny_onnx, target="x86:avx2", output=tmp_path / "a", tuning_db=db)
     assert result.artifact.manifest["tuning"]["records_used"] == 0
     assert result.verification is None or result.verification.passed
+
+
+@pytest.fixture(scope="module")
+def conv_onnx(tmp_path_factory) -> Path:
+    """One 16→64 3×3 conv at 14×14: four channel blocks and 14 columns give the conv rule many register tiles."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((64, 16, 3, 3)) * 0.1).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 14, 14])], inits)
+    path = tmp_path_factory.mktemp("tiles") / "conv.onnx"
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+    return path
+
+
+def _conv_task(conv_onnx):
+    tasks = tuning.extract_tasks(tuning.prepare_model(conv_onnx), resolve_target("x86"))
+    conv = [t for t in tasks if "conv2d" in str(t.task_name)]
+    assert len(conv) == 1
+    return conv[0]
+
+
+def test_tile_candidates_fit_the_register_file(conv_onnx):
+    from edgec.targets import cpu_rules
+
+    target = resolve_target("x86").tvm_target()
+    func = _conv_task(conv_onnx).dispatched[0]["main"]
+    with target:
+        tiles = tuning.tile_candidates(func, target)
+    default = cpu_rules.register_tile(14, 4, 1, 32)
+    assert tiles and default not in tiles and len(tiles) <= tuning.MAX_TILES
+    assert all(14 % r == 0 and 4 % o == 0 and 8 <= r * o and r * o + o + 1 <= 32 for r, o in tiles)
+
+
+def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_onnx, tmp_path):
+    db = tmp_path / "db"
+    report = tuning.tune(tuning.prepare_model(conv_onnx), resolve_target("x86"), db, budget_s=60, trials=4,
+                         seed=0, progress=lambda _line: None, **FAST)
+    conv = [t for t in report.tasks if "conv2d" in t.name][0]
+    assert conv.tile is not None and conv.verified_tile is not None  # searched, then re-measured vs the default
+    result = edgec.compile(conv_onnx, target="x86", output=tmp_path / "a", tuning_db=db)
+    assert result.verification.passed and result.verification.max_abs_diff <= ATOL
+    applied = result.artifact.manifest["tuning"]
+    assert bool(applied["tiles"]) == (conv.verified_tile <= tuning.KEEP_RATIO
+                                      and (conv.verified is None or conv.verified_tile < conv.verified))
+
+    # Whatever this busy machine measured: a tile logged as verified faster is what compile schedules with.
+    key = tuning._structural_key(_conv_task(conv_onnx).dispatched[0])
+    side = report.db_folder / tuning.MEASURED_FILE
+    side.write_text(side.read_text() + '{"w": "%s", "tile": [7, 2], "verified_tile": 0.5, "verified": 0.9}\n' % key)
+    result = edgec.compile(conv_onnx, target="x86", output=tmp_path / "b", tuning_db=db)
+    assert result.verification.passed and result.verification.max_abs_diff <= ATOL
+    assert len(result.artifact.manifest["tuning"]["tiles"]) == 1
+    assert result.artifact.manifest["tuning"]["records_used"] == 0

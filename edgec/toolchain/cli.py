@@ -133,8 +133,9 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
     if "tuning" in m:
         t = m["tuning"]
         click.echo(f"tuning db: {t['records_used']}/{t['functions_total']} operators scheduled by records from "
-                   f"{t['db']}" + (f" ({len(t['rules_faster'])} kept edgec's faster schedule)"
-                                   if t.get("rules_faster") else ""))
+                   f"{t['db']}" + (f", {len(t['tiles'])} by edgec's rules with a searched register tile"
+                                   if t.get("tiles") else "")
+                   + (f" ({len(t['rules_faster'])} kept edgec's faster schedule)" if t.get("rules_faster") else ""))
     if "quantization" in m:
         q = m["quantization"]
         click.echo(f"quantized: {q['mode']}, {q.get('integer_layers') or 0} layer(s) compiled to int8 kernels"
@@ -213,7 +214,10 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     click.echo(f"  {'operator':<{width}}  {'trials':>6}  {'best':>10}  {'edgec rules':>11}")
     for t in report.tasks:
         note = " (search space exhausted)" if t.exhausted else ""
-        if t.verified is not None:  # re-measured alternately against the rules after the search
+        if t.verified_tile is not None and t.verified_tile <= KEEP_RATIO and (t.verified is None
+                                                                             or t.verified_tile < t.verified):
+            note = f" register tile {t.tile[0]}x{t.tile[1]}: {1 / t.verified_tile:.2f}x faster (re-measured)" + note
+        elif t.verified is not None:  # re-measured alternately against the rules after the search
             note = (f" {1 / t.verified:.2f}x faster (re-measured)" if t.verified <= KEEP_RATIO
                     else f" record/rules {t.verified:.2f} re-measured: record not used") + note
         elif t.best_ms is not None and t.rule_ms is not None:
