@@ -468,12 +468,20 @@ def _run(extracted, todo, reports, database, runner, preset, rpc, cost_model, tr
     from tvm.s_tir import meta_schedule as ms
 
     tune_target = _with_num_cores(preset, rpc)
-    builder = _make_builder(functools.partial(export_candidate, cc=preset.cc) if (rpc and preset.cc)
-                            else export_candidate)
-    try:
+    with _measuring(preset, rpc, runner) as builder:
         return _tune_tasks(ms, extracted, todo, reports, database, builder, runner, tune_target, cost_model,
                            trials_per_round, population, seed, side, folder, started, deadline, budget_s, say,
                            interrupt)
+
+
+@contextlib.contextmanager
+def _measuring(preset, rpc: str | None, runner) -> Iterator[Any]:
+    """A candidate builder (linking with the board's cross compiler for an RPC device); it and ``runner``'s
+    worker pool are shut down when the block ends."""
+    builder = _make_builder(functools.partial(export_candidate, cc=preset.cc) if (rpc and preset.cc)
+                            else export_candidate)
+    try:
+        yield builder
     finally:
         builder.close()
         pool = getattr(runner, "pool", None)
@@ -645,11 +653,9 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
     todo = [i for i in range(len(extracted)) if wkeys[i] not in side.tiles and wkeys[i] not in side.tiles_searched]
     if not todo:
         return
-    builder = _make_builder(functools.partial(export_candidate, cc=preset.cc) if (rpc and preset.cc)
-                            else export_candidate)
     runner = _runner(rpc, rpc_key, evaluator)
     searched = measured = 0
-    try:
+    with _measuring(preset, rpc, runner) as builder:
         for i in todo:
             if time.monotonic() >= deadline:
                 break
@@ -679,14 +685,8 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
                 side.tiles[wkeys[i]] = entry["tile"]
                 searched, measured = searched + 1, measured + len(times)
             _append_measured(folder, entry)
-        if searched:
-            say(f"tiles: {measured} register tile(s) of edgec's conv rule measured for {searched} conv(s)")
-    finally:
-        builder.close()
-        pool = getattr(runner, "pool", None)
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                pool.shutdown()
+    if searched:
+        say(f"tiles: {measured} register tile(s) of edgec's conv rule measured for {searched} conv(s)")
 
 
 def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, evaluator, folder, say) -> None:
@@ -720,10 +720,9 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
         groups.append((i, contenders))
     if not groups:
         return
-    builder = _make_builder(functools.partial(export_candidate, cc=preset.cc) if (rpc and preset.cc)
-                            else export_candidate)
     runner = _runner(rpc, rpc_key, evaluator)
-    try:
+    built = []
+    with _measuring(preset, rpc, runner) as builder:
         flat = [(g, name, m) for g, (_, contenders) in enumerate(groups) for name, m in contenders.items()]
         built = builder.build([BuilderInput(m, target) for _, _, m in flat])
         bad = {g for (g, _, _), b in zip(flat, built) if b.error_msg is not None}
@@ -751,15 +750,9 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
         say(f"verify: {len(groups) - len(bad)} operator(s) re-measured against edgec's default rules "
             f"({VERIFY_ROUNDS} alternating rounds): {kept} with a record or register tile at least "
             f"{1 - KEEP_RATIO:.0%} faster, used by `edgec compile --tuning-db`")
-    finally:
-        for b in locals().get("built", []):
-            if b.artifact_path:
-                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-        builder.close()
-        pool = getattr(runner, "pool", None)
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                pool.shutdown()
+    for b in built:
+        if b.artifact_path:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
 
 
 def _rule_latencies(mods: list, target, builder, runner) -> list[float | None]:
