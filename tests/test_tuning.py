@@ -250,7 +250,8 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
     result = edgec.compile(conv_onnx, target="x86", output=tmp_path / "a", tuning_db=db)
     assert result.verification.passed and result.verification.max_abs_diff <= ATOL
     applied = result.artifact.manifest["tuning"]
-    assert (conv.verified_tile <= tuning.KEEP_RATIO) if applied["tiles"] else True  # only a verified win is used
+    if applied["tiles"]:  # only a verified win is used
+        assert conv.verified_tile <= tuning.KEEP_RATIO
     if conv.verified_tile <= tuning.KEEP_RATIO and (conv.verified is None or conv.verified > tuning.KEEP_RATIO):
         assert applied["tiles"] or applied["records_used"]  # the faster of tile and record
 
