@@ -114,9 +114,11 @@ class ArraySource(CalibrationSource):
         if available == 0:
             raise EdgecError(f"{path} holds no samples", "save at least one sample")
         self.num_samples = min(samples, available)
+        self.indices = evenly_spaced(available, self.num_samples)
         if available < samples:
             self.notes.append(f"{path.name} has {available} samples, fewer than the {samples} asked for")
-        self.description = f"{self.num_samples} samples from {path.name}"
+        self.description = f"{self.num_samples} samples from {path.name}" + (
+            f" (evenly spaced over its {available})" if available > self.num_samples else "")
         for name, arr in self.arrays.items():  # shape/dtype errors before any work, not on sample 37
             spec = next(s for s in specs if s.name == name)
             _check_sample(np.asarray(arr[0]), spec, f"{path.name}[{name}] sample 0")
@@ -146,9 +148,20 @@ class ArraySource(CalibrationSource):
         return arrays
 
     def __iter__(self) -> Iterator[Sample]:
-        for i in range(self.num_samples):
+        for i in self.indices:
             yield {s.name: _check_sample(np.array(self.arrays[s.name][i]), s, f"{self.path.name} sample {i}")
                    for s in self.specs}
+
+
+def evenly_spaced(total: int, n: int) -> np.ndarray:
+    """Indices of ``n`` of ``total`` samples, evenly spaced over all of them (in order; all when n ≥ total).
+
+    Why not the first n: data sets are often stored sorted by class (the embedded model's MNIST file is: its first
+    256 training digits are all zeros), and calibrating or refitting on one class fits that class only. Evenly
+    spaced indices need no labels and are the same on every run."""
+    if total <= n:
+        return np.arange(total)
+    return np.linspace(0, total - 1, n).round().astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- images

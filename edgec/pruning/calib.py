@@ -67,9 +67,9 @@ def spread(x: np.ndarray, n: int) -> np.ndarray:
     model at 50 % of MACs, round_to 1, the first 256 training digits left a 2.8 pt top-1 drop on the test digits,
     256 spread ones 0.0 pt: ``bench/prune.py``). Evenly spaced indices need no labels and are the same on every
     run."""
-    if len(x) <= n:
-        return x
-    return x[np.linspace(0, len(x) - 1, n).round().astype(np.int64)]
+    from edgec.calibration.sources import evenly_spaced
+
+    return x if len(x) <= n else x[evenly_spaced(len(x), n)]
 
 
 def _with_outputs(proto: onnx.ModelProto, names: Sequence[str], batched: bool) -> onnx.ModelProto:
