@@ -167,12 +167,17 @@ def thinet_scores(model: ir.Model, analysis: Analysis, calib: np.ndarray, fallba
         if gram is None:
             out[g.id] = fallback[g.id]
             continue
-        order, errors = greedy_order(gram)
-        errors = np.maximum.accumulate(np.maximum(errors, 0.0))
-        score = np.empty(g.size)
-        score[order] = errors + 1e-9 * (np.arange(g.size) + 1)   # strictly increasing in the removal order
-        out[g.id] = score
+        out[g.id] = _removal_scores(*greedy_order(gram), g.size)
     return out
+
+
+def _removal_scores(order: np.ndarray, errors: np.ndarray, size: int) -> np.ndarray:
+    """Scores (higher = keep) from a greedy removal order and the error after each removal: monotone in the order,
+    so pruning the k lowest-scored channels removes exactly the first k the greedy chose."""
+    errors = np.maximum.accumulate(np.maximum(errors, 0.0))
+    score = np.empty(size)
+    score[order] = errors + 1e-9 * (np.arange(size) + 1)   # strictly increasing in the removal order
+    return score
 
 
 def _unit_columns(segments: tuple[tuple[int, int], ...], gid: int, size: int, k: int) -> list[np.ndarray] | None:
@@ -256,9 +261,5 @@ def thinet_ls_scores(model: ir.Model, analysis: Analysis, calib: np.ndarray, fal
         if not consumers:
             out[g.id] = fallback[g.id]
             continue
-        order, errors = refit_order(consumers)
-        errors = np.maximum.accumulate(np.maximum(errors, 0.0))
-        score = np.empty(g.size)
-        score[order] = errors + 1e-9 * (np.arange(g.size) + 1)   # strictly increasing in the removal order
-        out[g.id] = score
+        out[g.id] = _removal_scores(*refit_order(consumers), g.size)
     return out
