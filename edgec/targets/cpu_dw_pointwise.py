@@ -191,25 +191,9 @@ class DepthwisePointwise(ScheduleRule):
         lanes, registers = vector_lanes(target), R._vector_registers(target)
         narrow = R._find_block(sch, NARROW)
         row = R.schedule_widened(sch, conv, narrow, target) if narrow is not None else \
-            self._pointwise(sch, conv, lanes, registers)
+            R.schedule_conv_tile(sch, conv, target, rows_outer=True)
         self._depthwise_rows(sch, dw, conv, row, lanes, registers)
         return sch
-
-    @staticmethod
-    def _pointwise(sch: s_tir.Schedule, conv, lanes: int, registers: int):
-        n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
-        ic_bn = int(sch.get(conv).reads[1].source.shape[4])
-        reg_n, oc_tile = R.register_tile(R._extent(sch, ow), R._extent(sch, occ),
-                                         max(1, R._extent(sch, ocb) // lanes), registers)
-        occ_o, occ_i = sch.split(occ, [None, oc_tile])
-        ow_o, ow_i = sch.split(ow, [None, reg_n])
-        ic_o, ic_i = sch.split(ic, [None, ic_bn])
-        sch.reorder(n, oh, occ_o, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
-        row = sch.fuse(n, oh)
-        sch.parallel(row)
-        R._write_back_tile(sch, conv, ow_o, lanes)
-        R._finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
-        return row
 
     @staticmethod
     def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int, registers: int) -> None:

@@ -148,26 +148,40 @@ class Conv2dNCHWc(ScheduleRule):
         conv = _find_block(sch, "conv2d_NCHWc")
         if conv is None or len(sch.get_loops(conv)) != 8:
             return None
-        n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
-        oc_bn, ow_size = _extent(sch, ocb), _extent(sch, ow)
-        kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
-        ic_bn = int(kernel.shape[4])
-        lanes = vector_lanes(target)
-        vec_per_block = max(1, oc_bn // lanes)
-        reg_n, oc_tile = register_tile(ow_size, _extent(sch, occ), vec_per_block, _vector_registers(target))
-        reg_n, oc_tile = self.reg_n or reg_n, self.oc_tile or oc_tile
-
-        occ_o, occ_i = sch.split(occ, [None, oc_tile])
-        ow_o, ow_i = sch.split(ow, [None, reg_n])
-        ic_o, ic_i = sch.split(ic, [None, ic_bn])
-        # ow_i outside occ_i: each broadcast input feeds all oc_tile FMAs at once and dies, so only the
-        # accumulators, oc_tile weight vectors and one broadcast are live (no spills).
-        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
-        sch.parallel(sch.fuse(n, occ_o, oh))
-        _write_back_tile(sch, conv, ow_o, lanes)
-        _finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
-        _schedule_padding(sch, conv, lanes, inline=ow_size >= 56 or ic_bn == 1)
+        schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile)
         return sch
+
+
+def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | None = None,
+                       oc_tile: int | None = None, rows_outer: bool = False):
+    """The direct conv's loops: a register tile of ``reg_n`` columns × ``oc_tile`` channel blocks (derived from
+    the target unless given), the epilogue in its write-back; returns the parallel outer loop. ``rows_outer``:
+    output rows outside the channel-block tiles, for a producer computed once per row (cpu_dw_pointwise)."""
+    n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
+    oc_bn, ow_size = _extent(sch, ocb), _extent(sch, ow)
+    kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
+    ic_bn = int(kernel.shape[4])
+    lanes = vector_lanes(target)
+    vec_per_block = max(1, oc_bn // lanes)
+    derived = register_tile(ow_size, _extent(sch, occ), vec_per_block, _vector_registers(target))
+    reg_n, oc_tile = reg_n or derived[0], oc_tile or derived[1]
+
+    occ_o, occ_i = sch.split(occ, [None, oc_tile])
+    ow_o, ow_i = sch.split(ow, [None, reg_n])
+    ic_o, ic_i = sch.split(ic, [None, ic_bn])
+    # ow_i outside occ_i: each broadcast input feeds all oc_tile FMAs at once and dies, so only the
+    # accumulators, oc_tile weight vectors and one broadcast are live (no spills).
+    if rows_outer:
+        sch.reorder(n, oh, occ_o, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
+        outer = sch.fuse(n, oh)
+    else:
+        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
+        outer = sch.fuse(n, occ_o, oh)
+    sch.parallel(outer)
+    _write_back_tile(sch, conv, ow_o, lanes)
+    _finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
+    _schedule_padding(sch, conv, lanes, inline=ow_size >= 56 or ic_bn == 1)
+    return outer
 
 
 class WidenedConv2dNCHWc(ScheduleRule):
