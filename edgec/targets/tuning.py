@@ -519,8 +519,9 @@ def _tune_tasks(ms, extracted, todo, reports, database, builder, runner, tune_ta
         _append_measured(folder, {"w": task.wkey, "c": list(task.strategy.last)})
         rep.trials_new += len(results)
         for r in results:
-            if r.error_msg is None and r.run_secs:
-                latency = 1e3 * sum(float(s) for s in r.run_secs) / len(r.run_secs)
+            seconds = _mean_seconds(r)
+            if seconds is not None:
+                latency = 1e3 * seconds
                 rep.best_ms = latency if rep.best_ms is None else min(rep.best_ms, latency)
         errors = sum(1 for r in results if r.error_msg is not None)
         done = sum(r.trials for r in reports)
@@ -670,13 +671,11 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
                                       for k in ok])
                 times = {}
                 for k, future in zip(ok, futures):
-                    result = future.result()
-                    if result.error_msg is None and result.run_secs:
-                        times[tiles[k]] = sum(float(x) for x in result.run_secs) / len(result.run_secs)
+                    seconds = _mean_seconds(future.result())
+                    if seconds is not None:
+                        times[tiles[k]] = seconds
             finally:
-                for b in built:
-                    if b.artifact_path:
-                        shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+                _remove_artifacts(built)
             entry: dict[str, Any] = {"w": wkeys[i], "tiles_searched": True}
             if times:
                 best = min(times, key=times.get)
@@ -731,10 +730,9 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
         times: dict[tuple[int, str], list[float]] = {}
         for _ in range(VERIFY_ROUNDS):  # all contenders once per round: record, tile and rules alternate
             for (_, (g, name, _m)), future in zip(runs, runner.run(inputs)):
-                result = future.result()
-                if result.error_msg is None and result.run_secs:
-                    times.setdefault((g, name), []).append(sum(float(x) for x in result.run_secs)
-                                                           / len(result.run_secs))
+                seconds = _mean_seconds(future.result())
+                if seconds is not None:
+                    times.setdefault((g, name), []).append(seconds)
         kept = 0
         for g, (i, contenders) in enumerate(groups):
             if not times.get((g, "rules")):
@@ -750,9 +748,7 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
         say(f"verify: {len(groups) - len(bad)} operator(s) re-measured against edgec's default rules "
             f"({VERIFY_ROUNDS} alternating rounds): {kept} with a record or register tile at least "
             f"{1 - KEEP_RATIO:.0%} faster, used by `edgec compile --tuning-db`")
-    for b in built:
-        if b.artifact_path:
-            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    _remove_artifacts(built)
 
 
 def _rule_latencies(mods: list, target, builder, runner) -> list[float | None]:
@@ -773,13 +769,25 @@ def _rule_latencies(mods: list, target, builder, runner) -> list[float | None]:
     futures = runner.run([RunnerInput(built[i].artifact_path, "cpu", ArgInfo.from_entry_func(ruled[i]))
                           for i in ok])
     for i, future in zip(ok, futures):
-        result = future.result()
-        if result.error_msg is None and result.run_secs:
-            latencies[i] = 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
+        seconds = _mean_seconds(future.result())
+        if seconds is not None:
+            latencies[i] = 1e3 * seconds
+    _remove_artifacts(built)
+    return latencies
+
+
+def _mean_seconds(result) -> float | None:
+    """A runner result's mean time in seconds, None when it failed."""
+    if result.error_msg is not None or not result.run_secs:
+        return None
+    return sum(float(x) for x in result.run_secs) / len(result.run_secs)
+
+
+def _remove_artifacts(built: list) -> None:
+    """Delete the builder's temporary folders (one per built candidate)."""
     for b in built:
         if b.artifact_path:
             shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-    return latencies
 
 
 def _flops(mod) -> float:
@@ -1095,7 +1103,7 @@ def apply_database_pass(db_dir: str | Path, target):
                         options.append((1e3 * sum(secs) / len(secs) / baseline, "record"))
                 if key in side.tiles and key in side.verified_tiles:
                     options.append((side.verified_tiles[key], "tile"))
-                faster = [o for o in options if o[0] <= (KEEP_RATIO if o[0] > 0 else 1.0)]
+                faster = [o for o in options if o[0] <= KEEP_RATIO]
                 if not faster:
                     if options:
                         slower.append(gv.name_hint)
