@@ -36,15 +36,12 @@ SWITCHES = {  # name: (module, flag, default model)
 
 
 def _model_path(name: str) -> Path:
+    """An ONNX file, or one of the benchmark models by name (exported by compile_vs_ort.prepare if needed)."""
     if Path(name).exists():
         return Path(name)
-    if name == "efficientnet":
-        import compile_vs_ort
+    import compile_vs_ort
 
-        return Path(compile_vs_ort.prepare(name)["source"])
-    import models
-
-    return models.onnx_path(name)
+    return Path(compile_vs_ort.prepare(name)["source"])
 
 
 def main() -> None:

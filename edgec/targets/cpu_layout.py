@@ -131,7 +131,8 @@ NARROW = "conv2d_NCHWc_narrow"  # the stage that stores a widened conv's real ch
 
 
 def _channels(kernel) -> int:
-    shape = kernel.ty.shape if hasattr(kernel, "ty") else kernel.shape
+    """Output channels of a blocked conv kernel expression (oc_chunk × oc_bn)."""
+    shape = kernel.ty.shape
     return int(shape[0]) * int(shape[-1])
 
 
