@@ -1,5 +1,6 @@
-"""What several test modules share: the CLI's one-line-error check, an in-process x86 compile, and a tiny ONNX
-graph builder for hand-stated channel groups (not a test module: pytest does not collect it)."""
+"""What several test modules share: the CLI's one-line-error check, an in-process x86 compile, a tiny ONNX
+graph builder for hand-stated channel groups, and the tail of the QDQ layer builders (not a test module: pytest
+does not collect it)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,37 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
     assert lines[0].startswith("edgec: error: ")
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def finish_qdq_layer(nodes: list, init: list, inputs: list[str], kind: str, xshape: list[int], *, k: int = 3,
+                     stride: int = 1, pad: int = 1, group: int = 1, relu: bool = True, out_q: bool = True,
+                     sy: float = 0.05, zy: int | None = None, opset: int = 13, ir_version: int = 8
+                     ) -> onnx.ModelProto:
+    """The int8/int4 layer builders' shared tail: Conv/Gemm/MatMul on ``inputs`` (dequantized x, weight[, bias])
+    → [Relu] → Q/DQ at scale ``sy`` and zero point ``zy`` (0 after a ReLU, else 128) or Identity → 'out'."""
+    if kind == "conv":
+        nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=[k, k], strides=[stride, stride],
+                                      pads=[pad] * 4, group=group))
+    elif kind == "gemm":
+        nodes.append(helper.make_node("Gemm", inputs, ["y"], transB=1))
+    else:
+        nodes.append(helper.make_node("MatMul", inputs, ["y"]))
+    last = "y"
+    if relu:
+        nodes.append(helper.make_node("Relu", ["y"], ["yr"]))
+        last = "yr"
+    if out_q:
+        zy = (0 if relu else 128) if zy is None else zy
+        init += [numpy_helper.from_array(np.float32(sy), "sy"), numpy_helper.from_array(np.uint8(zy), "zy")]
+        nodes.append(helper.make_node("QuantizeLinear", [last, "sy", "zy"], ["yq"]))
+        nodes.append(helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["out"]))
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["out"]))
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model
 
 
 def compile_x86(model: onnx.ModelProto):

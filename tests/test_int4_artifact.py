@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import compile_x86
+from helpers import compile_x86, finish_qdq_layer
 
 
 def test_unpack_kernel_equals_numpy_reference_including_negative_nibbles():
@@ -80,26 +80,8 @@ def int4_layer(kind: str, block: int | None, zx: int = 37, cin: int = 24, cout: 
         else:  # group-wise: the bias stays float
             const("b", rng.uniform(-0.5, 0.5, cout).astype(np.float32))
             inputs.append("b")
-    if kind == "conv":
-        nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=[k, k], strides=[stride, stride],
-                                      pads=[pad] * 4))
-    elif kind == "gemm":
-        nodes.append(helper.make_node("Gemm", inputs, ["y"], transB=1))
-    else:
-        nodes.append(helper.make_node("MatMul", inputs, ["y"]))
-    last = "y"
-    if relu:
-        nodes.append(helper.make_node("Relu", ["y"], ["yr"])); last = "yr"
-    if out_q:
-        const("sy", np.float32(0.05)); const("zy", np.uint8(0 if relu else 128))
-        nodes.append(helper.make_node("QuantizeLinear", [last, "sy", "zy"], ["yq"]))
-        nodes.append(helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["out"]))
-    else:
-        nodes.append(helper.make_node("Identity", [last], ["out"]))
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
+    model = finish_qdq_layer(nodes, init, inputs, kind, xshape, k=k, stride=stride, pad=pad, relu=relu,
+                             out_q=out_q, opset=21, ir_version=10)
     return model, wq
 
 

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import compile_x86
+from helpers import compile_x86, finish_qdq_layer
 
 def qdq_layer(kind="conv", relu=True, zx=37, zy=None, cin=16, cout=32, hw=8, k=3, stride=1, pad=1, bias=True,
               out_q=True, seed=0, sx=0.02, sy=None, group=1):
@@ -43,32 +43,8 @@ def qdq_layer(kind="conv", relu=True, zx=37, zy=None, cin=16, cout=32, hw=8, k=3
         const("bq", bq); const("sb", (np.float32(sx) * sw).astype(np.float32))
         nodes.append(helper.make_node("DequantizeLinear", ["bq", "sb"], ["bd"], axis=0))
         inputs.append("bd")
-    if kind == "conv":
-        nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=[k, k], strides=[stride, stride],
-                                      pads=[pad] * 4, group=group))
-    elif kind == "gemm":
-        nodes.append(helper.make_node("Gemm", inputs, ["y"], transB=1))
-    else:
-        nodes.append(helper.make_node("MatMul", inputs, ["y"]))
-    last = "y"
-    if relu:
-        nodes.append(helper.make_node("Relu", ["y"], ["yr"])); last = "yr"
-    if out_q:
-        if sy is None:
-            sy = 0.05 if kind == "conv" else 0.03
-        if zy is None:
-            zy = 0 if relu else 128
-        const("sy", np.float32(sy)); const("zy", np.uint8(zy))
-        nodes.append(helper.make_node("QuantizeLinear", [last, "sy", "zy"], ["yq"]))
-        nodes.append(helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["out"]))
-    else:
-        nodes.append(helper.make_node("Identity", [last], ["out"]))
-    out_shape = None
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return finish_qdq_layer(nodes, init, inputs, kind, xshape, k=k, stride=stride, pad=pad, group=group, relu=relu,
+                            out_q=out_q, sy=(0.05 if kind == "conv" else 0.03) if sy is None else sy, zy=zy)
 
 
 def _consts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
