@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from helpers import compile_x86, finish_qdq_layer
 
@@ -132,7 +131,6 @@ def test_float_output_layer_keeps_integer_product():
     assert count_integer_layers(mod) == 1
     x = _input(model)
     got = run(x)
-    c = _consts(model)
     ref = numpy_reference(model, x, "gemm", False, False, 1, 0)  # the bias is inside acc here (same value)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(got, onnxruntime_outputs(model, {"x": x})[0], rtol=1e-5, atol=1e-5)

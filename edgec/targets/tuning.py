@@ -46,7 +46,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
