@@ -154,9 +154,12 @@ def test_arm_rules_match_on_emulated_device(tmp_path):
 
 @pytest.mark.parametrize("op,attrs", [("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
                                       ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
-                                      ("MaxPool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[0, 1, 1, 0]))])
+                                      ("MaxPool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[0, 1, 1, 0])),
+                                      ("GlobalAveragePool", {})])
 def test_pooling_after_conv_rule(op, attrs, tmp_path):
-    """Pooling on the blocked layout a conv leaves behind (the conv makes the layout NCHW16c)."""
+    """Pooling on the blocked layout a conv leaves behind (the conv makes the layout NCHW16c). The global
+    average pool reduces a 13×13 window, larger than SpatialWindow's limit for windows along the contiguous
+    axis: the channel block stays innermost, so it is the rule's too."""
     base = _conv_model(n=2, cin=8, cout=32, hw=13, k=3, act="relu")
     graph = base.graph
     graph.node.append(helper.make_node(op, [graph.output[0].name], ["p"], **attrs))
@@ -325,3 +328,14 @@ def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path):
                            device="qemu-aarch64")
     assert result.verification.passed, result.verification.summary()
     assert "DepthwisePointwise" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72")
+
+
+def test_row_reduction_is_not_a_window(tmp_path):
+    """A mean along the contiguous axis (100 wide) stays with dlight's reduction rule: SpatialWindow would
+    vectorize the kept axis and walk the reduced one with a stride."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5, 100])
+    node = helper.make_node("ReduceMean", ["x"], ["y"], axes=[-1], keepdims=1)
+    graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    _check(model, tmp_path, None)
+    assert "SpatialWindow" not in _scheduled_rules(tmp_path / "m.onnx")

@@ -206,8 +206,8 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
     leftover = _inline_epilogue(sch, narrow)
     n, c, y, x, i = sch.get_loops(narrow)[-5:]
     wide_blocks = _extent(sch, sch.get_loops(conv)[1])
-    reg_n = _divisor_at_most(_extent(sch, x), max(1, min(16, (_vector_registers(target) - wide_blocks - 1)
-                                                         // wide_blocks)))
+    width = _extent(sch, x)
+    reg_n = _divisor_at_most(width, max(1, min(16, (_vector_registers(target) - wide_blocks - 1) // wide_blocks)))
     x_o, x_i = sch.split(x, [None, reg_n])
     sch.reorder(n, y, x_o, c, x_i, i)
     row = sch.fuse(n, y)
@@ -222,7 +222,7 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
     sch.reorder(ic_o, kh, kw, ic_i, ow, occ, ocb)
     _finish_reduction(sch, conv, ic_o, ocb, [ow, occ], init_unroll=2)
-    _schedule_padding(sch, conv, lanes, inline=True)
+    _schedule_padding(sch, conv, lanes, inline=width >= 56 or ic_bn == 1)
     for other in leftover:
         _schedule_elementwise_root(sch, other, lanes)
     return row
@@ -358,6 +358,16 @@ class Matmul(ScheduleRule):
         return sch
 
 
+def _reduces_outside_innermost(block_stmt) -> bool:
+    """Whether every input of the block is indexed along its innermost (contiguous) axis by the block's last
+    spatial iterator alone: then a window reduction of any size is whole-vector adds along that axis (global
+    average pooling in NCHW[x]c reduces H×W and keeps the channel block innermost), one accumulator per vector.
+    (Loops and iterators are still in the same order here: the rule checks it before touching the loops.)"""
+    spatial = [iv.var for iv in block_stmt.iter_vars if iv.iter_type == 0]
+    return bool(spatial and block_stmt.reads) and all(
+        region.region[-1].min.same_as(spatial[-1]) for region in block_stmt.reads)
+
+
 class SpatialWindow(ScheduleRule):
     """Elementwise / layout-transform / pooling functions: elementwise producers inlined, then the outer spatial
     loops in parallel, the window reduction (pooling, if any) next, the innermost spatial loop vectorized — in
@@ -388,8 +398,8 @@ class SpatialWindow(ScheduleRule):
             window = 1
             for lp in reduce:
                 window *= _extent(sch, lp)
-            if not spatial or window > self.max_window:
-                return None  # a real reduction (softmax, mean over a big axis): not this rule's job
+            if not spatial or (window > self.max_window and not _reduces_outside_innermost(sch.get(block))):
+                return None  # a reduction along the contiguous axis (softmax, a row mean): not this rule's job
             sch.reorder(*spatial[:-1], *reduce, spatial[-1])
             if len(spatial) > 1:
                 sch.parallel(sch.fuse(*spatial[:-1]))

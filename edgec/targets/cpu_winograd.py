@@ -79,6 +79,9 @@ def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
         name="winograd_Y")
 
 
+MIN_CHANNELS = 32
+
+
 def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> int | None:
     """The tile size m for a conv, or None to keep the direct kernel.
 
@@ -90,7 +93,7 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     cout, _, k_h, k_w = weight_shape
     if (k_h, k_w) != (3, 3) or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
         return None
-    if cin < 32 or cout < 32 or min(height, width) < 8:
+    if cin < MIN_CHANNELS or cout < MIN_CHANNELS or min(height, width) < 8:
         return None
     for tile in (4, 2):  # whole tiles only: the output transform's loops then split without tails
         if height % tile == 0 and width % tile == 0:
