@@ -10,7 +10,7 @@ same run (MLAS's hand-written AVX-512 kernel: what this core really sustains), a
 clock, so a figure over 100 % of it is possible. A benchmark, never a test.
 
     python bench/cpu_latency.py                          # untuned, 1 thread and all cores, four models
-    python bench/cpu_latency.py --tune-budget 10m        # also `edgec tune` each model, then the tuned ratio
+    python bench/cpu_latency.py --tune-budget 10m   # also `edgec tune --threads 1` each model, then the tuned ratio
     python bench/cpu_latency.py --models default --quick
 """
 
@@ -73,10 +73,10 @@ def nominal_peak_gflops() -> float | None:
     return 2 * 16 * 2 * max(mhz) / 1e3 if mhz else None
 
 
-def tune(name: str, budget: str, db: Path) -> float:
+def tune(name: str, budget: str, db: Path, threads: str | None) -> float:
     info = cvo.prepare(name)
     cmd = [str(Path(sys.executable).with_name("edgec")), "tune", info["source"], "--target", "x86",
-           "--budget", budget, "--db", str(db)]
+           "--budget", budget, "--db", str(db)] + (["--threads", threads] if threads else [])
     if info["input_shapes"]:
         cmd += ["--input-shape", info["input_shapes"]]
     started = time.perf_counter()
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,all", help="comma list; 'all' = every core")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20; --quick 3)")
     ap.add_argument("--tune-budget", default=None, help="run `edgec tune --budget B` per model, then time it")
+    ap.add_argument("--tune-threads", default="1",
+                    help="`edgec tune --threads`: measure candidates on 1 thread, where the bound is (default 1; "
+                         "'all' = every core)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 20)
@@ -107,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         runs = [("untuned", None, UNTUNED_BOUND)]
         if args.tune_budget:
-            db = cvo.CACHE / "tuning" / name
+            db = cvo.CACHE / "tuning" / (name if args.tune_threads == "all" else f"{name}-{args.tune_threads}t")
             print(f"# {name}: edgec tune --budget {args.tune_budget} ...", flush=True)
-            tune_s = tune(name, args.tune_budget, db)
+            tune_s = tune(name, args.tune_budget, db, None if args.tune_threads == "all" else args.tune_threads)
             print(f"# {name}: tuned in {tune_s:.0f} s", flush=True)
             runs.append(("tuned", db, TUNED_BOUND))
         for label, db, bound in runs:

@@ -264,3 +264,22 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
     applied = result.artifact.manifest["tuning"]
     assert [n for n in applied["tiles"] if "conv2d" in n] == applied["tiles"] and len(applied["tiles"]) == 1
     assert not [n for n in applied["functions"] if "conv2d" in n]  # the tile won over the conv's record
+
+
+def test_threads_size_the_measurement_and_are_restored(monkeypatch):
+    """`edgec tune --threads N`: the measuring workers (started while tune runs) get TVM_NUM_THREADS=N and
+    meta-schedule's target N cores; both are put back afterwards."""
+    monkeypatch.setenv("TVM_NUM_THREADS", "7")
+    preset = resolve_target("x86")
+    with tuning._measuring_threads(1, None):
+        assert os.environ["TVM_NUM_THREADS"] == "1"
+        assert int(tuning._with_num_cores(preset, None).attrs["num-cores"]) == 1
+    assert os.environ["TVM_NUM_THREADS"] == "7"
+    with tuning._measuring_threads(None, None):
+        assert os.environ["TVM_NUM_THREADS"] == "7"
+
+
+def test_bad_thread_count_is_a_one_line_error(cli, tiny_onnx, tmp_path):
+    code, _, err = cli("tune", tiny_onnx, "--target", "x86", "--budget", "1m", "--threads", "0", "--db",
+                       tmp_path / "db")
+    assert code == 2 and "--threads must be at least 1" in err and len(err.strip().splitlines()) == 1

@@ -395,7 +395,7 @@ class _Task:
 def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None = None,
          progress: Callable[[str], None] | None = None, rpc: str | None = None, rpc_key: str | None = None, *,
          cost_model: str | None = None, trials_per_round: int = TRIALS_PER_ROUND, population: int = 256,
-         evaluator: dict[str, Any] | None = None, seed: int | None = None) -> TuneReport:
+         evaluator: dict[str, Any] | None = None, seed: int | None = None, threads: int | None = None) -> TuneReport:
     """Tune ``model``'s fused operators for ``preset`` into ``db_dir`` for at most ``budget_s`` seconds.
 
     ``trials``: total measurements wanted, split evenly over the tasks and counting the records already in the
@@ -404,7 +404,45 @@ def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None 
     ran dry is skipped by later runs. ``progress`` gets one line per round (default: printed to stderr).
     ``rpc``/``rpc_key``: measure on a device behind a TVM RPC tracker (required for Arm). The run stops starting
     rounds once the budget is spent; the round in flight then finishes (seconds, with the default sizes).
+    ``threads``: measure every candidate on this many threads (default: every core), as the artifact will run.
     """
+    if threads is not None and threads < 1:
+        raise EdgecError(f"--threads must be at least 1, got {threads}", "pass e.g. --threads 1")
+    with _measuring_threads(threads, rpc):
+        return _tune(model, preset, db_dir, budget_s, trials, progress, rpc, rpc_key, cost_model, trials_per_round,
+                     population, evaluator, seed)
+
+
+_THREADS: list[int] = []  # the thread count tune() measures with, while it runs (see _measuring_threads)
+
+
+@contextlib.contextmanager
+def _measuring_threads(threads: int | None, rpc: str | None) -> Iterator[None]:
+    """Candidates measured on ``threads`` threads: meta-schedule sizes its parallel loops by the target's core
+    count, and the measuring workers (started by this process) size TVM's thread pool by ``TVM_NUM_THREADS``.
+    A schedule that is fastest on every core is not the fastest on one (a deployment pinned to one core, or the
+    1-thread figure of bench/cpu_latency.py), and the measurements on a shared host are steadier on fewer.
+    Through RPC the board's server sets its own pool: only the schedules are sized."""
+    if threads is None:
+        yield
+        return
+    saved = os.environ.get("TVM_NUM_THREADS")
+    _THREADS.append(threads)
+    if not rpc:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        _THREADS.pop()
+        if not rpc:
+            if saved is None:
+                os.environ.pop("TVM_NUM_THREADS", None)
+            else:
+                os.environ["TVM_NUM_THREADS"] = saved
+
+
+def _tune(model, preset, db_dir, budget_s, trials, progress, rpc, rpc_key, cost_model, trials_per_round,
+          population, evaluator, seed) -> TuneReport:
     started = time.monotonic()
     deadline = started + float(budget_s)
     say = progress if progress is not None else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -443,7 +481,8 @@ def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None 
         resumed = sum(r.trials_before for r in reports)
         say(f"tune: {n} task(s) for {preset.name}, budget {format_seconds(budget_s)}, "
             + (f"{per_task * n} trials" if trials is not None else "trials until the budget is spent")
-            + f", measuring on {where}, cost model {cost_model}, database {folder}"
+            + f", measuring on {where}" + (f" ({_THREADS[-1]} thread(s))" if _THREADS else "")
+            + f", cost model {cost_model}, database {folder}"
             + (f"; resuming: {resumed} trial(s) already measured, {n - len(todo)} task(s) complete"
                if resumed else ""))
         stopped = "trials"
@@ -1013,7 +1052,9 @@ def _with_num_cores(preset, rpc: str | None):
     import tvm
 
     config = preset.resolved_tvm()
-    if "num-cores" not in config:
+    if _THREADS:
+        config["num-cores"] = _THREADS[-1]
+    elif "num-cores" not in config:
         try:
             import psutil
 

@@ -181,9 +181,11 @@ def _cpu_or_arch(target: dict[str, Any]) -> str:
 @click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
 @click.option("--rpc", default=None, help="host:port of a TVM RPC tracker: measure on its device (needed for Arm).")
 @click.option("--rpc-key", default=None, help="The device key its rpc_server registered with.")
+@click.option("--threads", type=int, default=None,
+              help="Measure on this many threads, as the artifact will run (default: every core).")
 @_handle_errors
 def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db: Path,
-             input_shapes: tuple[str, ...], rpc: str | None, rpc_key: str | None) -> None:
+             input_shapes: tuple[str, ...], rpc: str | None, rpc_key: str | None, threads: int | None) -> None:
     """Measure faster schedules for MODEL's operators into a database for `edgec compile --tuning-db`.
 
     Resumable: an interrupted run keeps every round it measured, and running the same command again continues
@@ -197,7 +199,7 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     model_proto = prepare_model(model, list(input_shapes))
     try:
         report = tune(model_proto, preset, db, budget_s, trials, lambda line: click.echo(line, err=True), rpc,
-                      rpc_key)
+                      rpc_key, threads=threads)
     except KeyboardInterrupt:
         click.echo(f"edgec: interrupted; every round measured so far is in {db}: run the same command to "
                    f"continue", err=True)
