@@ -11,6 +11,8 @@ and tests may flip; the default build has them all on.
     widen         convs with 24/40 output channels computed in full-vector blocks (cpu_layout.widened_block;
                   efficientnet)
     gemv          the one-row matmul schedule (cpu_rules.Matmul._gemv; mobilenet_v2)
+    spatial       convs with fewer output channels than lanes vectorized along rows (cpu_spatial_conv; the
+                  50 % pruned embedded model bench/prune.py caches, bench/.cache/prune/embedded_pruned50_rt8.onnx)
 
 Add --profile to also print, per fused kernel, its time in each build (bench/profile_cpu.py's per-kernel timing).
 """
@@ -32,6 +34,8 @@ SWITCHES = {  # name: (module, flag, default model)
     "dw-pointwise": ("edgec.targets.cpu_dw_pointwise", "ENABLED", "mobilenet_v2"),
     "widen": ("edgec.targets.cpu_layout", "WIDEN", "efficientnet"),
     "gemv": ("edgec.targets.cpu_rules", "GEMV", "mobilenet_v2"),
+    "spatial": ("edgec.targets.cpu_spatial_conv", "ENABLED",
+                str(HERE / ".cache" / "prune" / "embedded_pruned50_rt8.onnx")),
 }
 
 

@@ -127,6 +127,35 @@ def test_widened_conv_rule(case, tmp_path):
     _check(_conv_model(**WIDENED_CASES[case]), tmp_path, "WidenedConv2dNCHWc")
 
 
+SPATIAL_CASES = {  # fewer output channels than AVX-512 lanes, stride 1: vectorized along the output rows
+    "16_to_8_3x3_relu": dict(n=1, cin=16, cout=8, hw=28, k=3, act="relu"),
+    "8_to_8_1x1_residual": dict(n=1, cin=8, cout=8, hw=20, k=1, residual=True, act="relu"),
+    "12_channels_asym_pad_batch2": dict(n=2, cin=24, cout=12, hw=13, k=3, pads=[0, 1, 2, 1], act="relu6"),
+    "first_layer_5x5": dict(n=1, cin=3, cout=4, hw=33, k=5),
+}
+
+
+@pytest.mark.parametrize("case", SPATIAL_CASES)
+def test_spatial_conv_rule(case, tmp_path):
+    _check(_conv_model(**SPATIAL_CASES[case]), tmp_path, "SpatialConv2d")
+
+
+def test_pruned_pair_reads_the_row_layout(tmp_path):
+    """16 → 8 → 16 channels (what pruning a block's inner conv to half leaves): the second conv reads the first's
+    plain NCHW output directly, and both match onnxruntime."""
+    first = _conv_model(n=1, cin=16, cout=8, hw=28, k=3, act="relu")
+    second = _conv_model(n=1, cin=8, cout=16, hw=28, k=3)
+    graph = first.graph
+    for init in second.graph.initializer:
+        init.name = "2" + init.name
+        graph.initializer.append(init)
+    graph.node.append(helper.make_node("Conv", [graph.output[0].name, "2w", "2b"], ["y"], pads=[1, 1, 1, 1]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    _check(first, tmp_path, "SpatialConv2d")
+    assert "Conv2dNCHWc" in _scheduled_rules(tmp_path / "m.onnx")
+
+
 @pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None)])
 def test_depthwise_rule(hw, stride, act, tmp_path):
     model = _conv_model(n=2, cin=32, cout=32, hw=hw, k=3, stride=stride, groups=32, act=act)
@@ -339,3 +368,27 @@ def test_row_reduction_is_not_a_window(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     _check(model, tmp_path, None)
     assert "SpatialWindow" not in _scheduled_rules(tmp_path / "m.onnx")
+
+
+def test_row_tile_fits_and_covers_the_row():
+    from edgec.targets.cpu_spatial_conv import row_tile
+
+    for width in (12, 14, 28, 33, 56, 112, 224):
+        for channels in range(4, 16):
+            per_tile, vectors, padded = row_tile(width, channels, 16)
+            assert channels % per_tile == 0 and per_tile * vectors + 8 <= 32
+            assert padded >= width and padded % (16 * vectors) == 0 and padded - width < 16 * vectors
+    assert row_tile(28, 8, 16) == (8, 2, 32)  # two vectors per row, 4 padding columns
+    assert row_tile(28, 12, 16)[:2] == (12, 2)  # 24 accumulators
+
+
+def test_heavily_pruned_model_compiles_and_matches(cli, tmp_path):
+    """The embedded model pruned to 2 and 4 channels: row-vectorized 4-channel convs, unblocked 2-channel ones and
+    blocked ones meet at residual adds and the pooling head (a one-channel block layout there once crashed TVM's
+    layout conversion)."""
+    from edgec.models import default_model_path
+
+    code, out, err = cli("compile", default_model_path(), "--prune", "ratio=0.9,criterion=l1", "--target", "x86",
+                         "-o", tmp_path / "a")
+    assert code == 0, err
+    assert "verify: PASS" in out + err

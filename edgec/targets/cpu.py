@@ -52,13 +52,13 @@ def fusion_passes(target) -> list:
     from tvm import relax
 
     from edgec.targets.cpu_dw_pointwise import fuse_depthwise_pointwise_pass
-    from edgec.targets.cpu_layout import layout_pass, legalize_conv2d
+    from edgec.targets.cpu_layout import layout_pass, legalize_conv2d_for
     from edgec.targets.int4_pack import pack_int4_pass
 
     return [
         layout_pass(target),
         fuse_depthwise_pointwise_pass(),  # depthwise → 1×1 conv pairs become one kernel (see cpu_dw_pointwise)
-        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target)}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

@@ -7,7 +7,7 @@ layout, so activations stay blocked between convolutions and elementwise ops; TV
 edges.
 
 TVM 0.27 imports blocked layouts through ``ConvertLayout`` but has no legalization for a blocked conv2d, so
-``legalize_conv2d`` lowers it to TOPI's NCHWc compute (scheduled by edgec's rule in ``cpu_rules``).
+``legalize_conv2d_for`` lowers it to TOPI's NCHWc compute (scheduled by edgec's rule in ``cpu_rules``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import re
 
 _BLOCKED = re.compile(r"NCHW(\d+)c$")
+_BLOCKED_KERNEL = re.compile(r"OIHW(\d+)i(\d+)o$")
 
 
 def vector_lanes(target) -> int:
@@ -48,6 +49,18 @@ def _block(channels: int, lanes: int) -> int:
     return b
 
 
+def _input_block(channels: int, lanes: int, dtype: str) -> int:
+    """Input channel block of an ungrouped conv. Fewer float channels than lanes arrive from a row-vectorized
+    conv (cpu_spatial_conv) in plain NCHW, so they are read as they are (blocks of one): the direct conv
+    broadcasts one input value per FMA whatever the block (16 → 8 → 16 at 28×28: the second conv 10 → 8.8 µs).
+    Integer convs keep their blocks: VNNI reads four input channels per instruction."""
+    from edgec.targets import cpu_spatial_conv as spatial
+
+    if spatial.ENABLED and lanes == spatial.LANES and channels < lanes and "float" in dtype:
+        return 1
+    return _block(channels, lanes)
+
+
 def choose_layouts(call, lanes: int) -> list[str] | None:
     """Layouts for one relax.nn.conv2d call: [data, kernel, out], or None to leave it NCHW."""
     attrs = call.attrs
@@ -58,12 +71,21 @@ def choose_layouts(call, lanes: int) -> list[str] | None:
     data_shape = [int(d) for d in call.args[0].ty.shape]
     weight_shape = [int(d) for d in call.args[1].ty.shape]
     cin, cout, groups = data_shape[1], weight_shape[0], int(attrs.groups)
+    dtype = str(call.args[0].ty.dtype)
+    from edgec.targets import cpu_spatial_conv as spatial
+
+    if spatial.applies(call, lanes):  # too few output channels for the lanes: vectorized along rows instead
+        ic_bn = _input_block(cin, lanes, dtype)
+        return ["NCHW" if ic_bn == 1 else f"NCHW{ic_bn}c", "OIHW", "NCHW"]
     oc_bn = _block(cout, lanes)
     if oc_bn < 4:
         return None  # too few output channels to fill a vector: not worth a layout change
     if groups == 1:
-        ic_bn = _block(cin, lanes)
-        return [f"NCHW{ic_bn}c", f"OIHW{ic_bn}i{oc_bn}o", f"NCHW{oc_bn}c"]
+        ic_bn = _input_block(cin, lanes, dtype)
+        # One-channel blocks of float data are declared plain NCHW (legalize_conv2d adds the unit axis as a view):
+        # TVM's ConvertLayout cannot convert NCHW8c to NCHW1c ("Invalid layout axis 1b").
+        data = "NCHW" if ic_bn == 1 and "float" in dtype else f"NCHW{ic_bn}c"
+        return [data, f"OIHW{ic_bn}i{oc_bn}o", f"NCHW{oc_bn}c"]
     if groups == cin == cout and weight_shape[1] == 1:  # depthwise
         return [f"NCHW{oc_bn}c", f"OIHW1i{oc_bn}o", f"NCHW{oc_bn}c"]
     return None  # other grouped convs keep NCHW
@@ -84,12 +106,34 @@ def layout_pass(target):
     return relax.transform.ConvertLayout({}, layout_cb=callback)
 
 
-def legalize_conv2d(bb, call):
-    """Blocked conv2d → TOPI conv2d_NCHWc; everything else → TVM's own legalization."""
+def legalize_conv2d_for(target):
+    """The conv2d legalization for ``target`` (its vector width decides which convs are row-vectorized)."""
+    lanes = vector_lanes(target)
+    return lambda bb, call: legalize_conv2d(bb, call, lanes)
+
+
+def legalize_conv2d(bb, call, lanes: int):
+    """Blocked conv2d → TOPI conv2d_NCHWc (or edgec's variants); everything else → TVM's own legalization."""
     import tvm
     from tvm import topi
 
+    from edgec.targets import cpu_spatial_conv as spatial
+
     attrs = call.attrs
+    if attrs.out_layout == "NCHW" and attrs.kernel_layout == "OIHW" and (
+            attrs.data_layout != "NCHW" or spatial.applies(call, lanes)):  # as choose_layouts chose
+        return bb.call_te(spatial.conv2d_spatial, call.args[0], call.args[1], list(attrs.padding),
+                          str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_spatial")
+    if attrs.data_layout == "NCHW" and _BLOCKED_KERNEL.match(attrs.kernel_layout):  # see choose_layouts
+        from tvm import relax
+
+        n, c, h, w = (int(d) for d in call.args[0].ty.shape)
+        data = bb.emit_te(topi.reshape, call.args[0], [n, c, h, w, 1], primfunc_name_hint="reshape")
+        unit = bb.normalize(relax.op.nn.conv2d(
+            data, call.args[1], strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+            groups=attrs.groups, data_layout="NCHW1c", kernel_layout=attrs.kernel_layout,
+            out_layout=attrs.out_layout, out_dtype=attrs.out_dtype))
+        return legalize_conv2d(bb, unit, lanes)
     if not _BLOCKED.match(attrs.data_layout):
         default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
         return default(bb, call)

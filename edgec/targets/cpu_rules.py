@@ -414,9 +414,11 @@ def rules(target: Target) -> list[ScheduleRule]:
     from tvm.s_tir import dlight as dl
 
     from edgec.targets.cpu_dw_pointwise import DepthwisePointwise
+    from edgec.targets.cpu_spatial_conv import SpatialConv2d
     from edgec.targets.cpu_winograd import schedule_rule as winograd_rule
 
-    return [winograd_rule(), Int8Conv2dNCHWcVNNI(), DepthwisePointwise(), WidenedConv2dNCHWc(), Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
+    return [winograd_rule(), Int8Conv2dNCHWcVNNI(), DepthwisePointwise(), WidenedConv2dNCHWc(), SpatialConv2d(),
+            Conv2dNCHWc(), DepthwiseConv2dNCHWc(), Matmul(), SpatialWindow(), dl.cpu.GEMV(),
             dl.cpu.Reduction()]
 
 
