@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 
 def test_alpha_sign_is_the_least_squares_optimum_per_channel():
@@ -46,7 +47,7 @@ def calib(tmp_path_factory):
     from edgec.models import mnist_split
 
     path = tmp_path_factory.mktemp("binary") / "calib.npy"
-    np.save(path, mnist_split()["train"][0][:32])
+    np.save(path, spread(mnist_split()["train"][0], 32))
     return path
 
 
@@ -81,7 +82,7 @@ def test_qdq_model_runs_in_onnxruntime_and_dequantizes_to_plus_minus_alpha(calib
         np.testing.assert_allclose(s, np.mean(np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)), 1),
                                    rtol=1e-6)
         np.testing.assert_array_equal(q, np.where(w >= 0, 1, -1))
-    x = mnist_split()["test"][0][:1].astype(np.float32)
+    x = spread(mnist_split()["test"][0], 1).astype(np.float32)
     y = onnxruntime_outputs(model, {"input": x})[0]
     assert y.shape == (1, 10) and np.all(np.isfinite(y))
 
@@ -135,7 +136,7 @@ def test_binary_artifact_packed_eighth_and_within_one_step_of_onnxruntime(calib,
     atol = float(m["quantization"]["atol"])
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(res.artifact.library)), tvm.cpu())
     qdq = onnx.load(str(res.artifact.path / "optimized.onnx"))
-    x = mnist_split()["test"][0][:20].astype(np.float32)
+    x = spread(mnist_split()["test"][0], 20).astype(np.float32)
     for i in range(len(x)):
         got = vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy()
         ref = onnxruntime_outputs(qdq, {"input": x[i:i + 1]})[0]

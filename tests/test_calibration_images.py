@@ -17,6 +17,7 @@ from edgec.errors import EdgecError
 from edgec.models import MNIST_MEAN, MNIST_STD, default_model_path, mnist_split
 from edgec.quantization import collect
 from edgec.toolchain.load import load_model
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 H, W = 16, 20  # not square: a swapped height/width shows
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -123,7 +124,7 @@ def test_cli_quantize_from_a_png_folder_runs_in_onnxruntime(tmp_path, cli):
     """Real MNIST training digits as 8-bit grey PNGs → edgec quantize --calib DIR → a QDQ model onnxruntime runs,
     agreeing with the float model on real test digits."""
     split = mnist_split()
-    x = split["train"][0][:32]
+    x = spread(split["train"][0], 32)
     pixels = np.clip(np.rint((x * MNIST_STD + MNIST_MEAN) * 255), 0, 255).astype(np.uint8)
     folder = tmp_path / "digits"
     folder.mkdir()
@@ -136,7 +137,7 @@ def test_cli_quantize_from_a_png_folder_runs_in_onnxruntime(tmp_path, cli):
     assert "32 images from" in stdout
     q = onnx.load(str(out))
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 3
-    test_x = split["test"][0][:200]
+    test_x = spread(split["test"][0], 200)
     f_sess, q_sess = collect.session(onnx.load(str(default_model_path()))), collect.session(q)
     f_top = [np.argmax(f_sess.run(None, {"input": test_x[i:i + 1]})[0]) for i in range(len(test_x))]
     q_top = [np.argmax(q_sess.run(None, {"input": test_x[i:i + 1]})[0]) for i in range(len(test_x))]

@@ -14,6 +14,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from helpers import compile_x86, finish_qdq_layer
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 def qdq_layer(kind="conv", relu=True, zx=37, zy=None, cin=16, cout=32, hw=8, k=3, stride=1, pad=1, bias=True,
               out_q=True, seed=0, sx=0.02, sy=None, group=1):
@@ -140,7 +141,7 @@ def test_cli_compile_quantize_int8_default_model(tmp_path):
     from edgec.models import mnist_split
 
     split = mnist_split()
-    np.save(tmp_path / "calib.npy", split["train"][0][:64])
+    np.save(tmp_path / "calib.npy", spread(split["train"][0], 64))
     out = tmp_path / "art"
     proc = subprocess.run([sys.executable, "-m", "edgec.toolchain.cli", "compile", "--quantize", "int8", "--calib",
                            str(tmp_path / "calib.npy"), "-o", str(out)], capture_output=True, text=True)
@@ -159,7 +160,7 @@ def test_cli_compile_quantize_int8_default_model(tmp_path):
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
     qdq = onnx.load(str(out / "optimized.onnx"))
-    x = split["test"][0][:200].astype(np.float32)
+    x = spread(split["test"][0], 200).astype(np.float32)
     agree = 0
     for i in range(len(x)):
         got = vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy()

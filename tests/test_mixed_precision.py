@@ -17,6 +17,7 @@ from edgec.quantization import collect, sensitivity
 from edgec.quantization.api import quantize_model
 
 from helpers import assert_user_error as _assert_user_error
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 CONV_WEIGHTS = ["stem.0.0.weight", "block1.conv1.0.weight", "block1.conv2.0.weight", "down.0.0.weight",
                 "block2.conv1.0.weight", "block2.conv2.0.weight"]
@@ -26,9 +27,9 @@ CONV_WEIGHTS = ["stem.0.0.weight", "block1.conv1.0.weight", "block1.conv2.0.weig
 def mnist(tmp_path_factory) -> dict[str, Path]:
     split = mnist_split()
     folder = tmp_path_factory.mktemp("mixed")
-    np.save(folder / "calib.npy", split["train"][0][:64])
+    np.save(folder / "calib.npy", spread(split["train"][0], 64))
     np.savez(folder / "test.npz", x=split["test"][0], y=split["test"][1])
-    np.savez(folder / "unlabelled.npz", x=split["test"][0][:200])
+    np.savez(folder / "unlabelled.npz", x=spread(split["test"][0], 200))
     return {"calib": folder / "calib.npy", "test": folder / "test.npz", "unlabelled": folder / "unlabelled.npz"}
 
 
@@ -72,7 +73,7 @@ def test_overrides_keep_a_layer_float_or_int8_in_a_valid_qdq_graph(mnist):
     assert by_weight["stem.0.0.weight"]["precision"] == "float" and by_weight["stem.0.0.weight"]["bits"] == 32
     assert by_weight["fc.weight"]["bits"] == 8 and by_weight["block2.conv2.0.weight"]["bits"] == 4
     assert by_weight["stem.0.0.weight"]["quantized_bytes"] == by_weight["stem.0.0.weight"]["float_bytes"] == 576
-    x = mnist_split()["test"][0][:64]
+    x = spread(mnist_split()["test"][0], 64)
     agree = np.mean(_top1(q, x) == _top1(r.float_model, x))
     assert agree >= 0.95
 
@@ -81,7 +82,7 @@ def test_every_layer_float_is_the_float_model_and_bad_overrides_are_user_errors(
     names = [w.removesuffix(".weight") for w in CONV_WEIGHTS] + ["fc"]
     r = quantize_model(default_model_path(), None, mnist["calib"], 8, overrides={n: "float" for n in names})
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in r.model.graph.node)
-    x = mnist_split()["test"][0][:4]
+    x = spread(mnist_split()["test"][0], 4)
     for i in range(len(x)):
         a = collect.session(r.model).run(None, {"input": x[i:i + 1]})[0]
         b = collect.session(r.float_model).run(None, {"input": x[i:i + 1]})[0]

@@ -21,6 +21,7 @@ from edgec.pruning.criteria import CRITERIA
 from edgec.pruning.rewrite import apply_selection
 
 from helpers import GraphBuilder, assert_user_error as _assert_user_error
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 RNG = np.random.default_rng(0)
 
@@ -329,7 +330,7 @@ def test_reconstruction_recovers_accuracy_on_real_digits(tmp_path):
     results = {}
     for rec in (False, True):
         model = load_model(default_model_path())
-        report = prune(model, Budget(ratio=0.25), "l1", split["train"][0][:256], reconstruct=rec)
+        report = prune(model, Budget(ratio=0.25), "l1", spread(split["train"][0], 256), reconstruct=rec)
         results[rec] = accuracy(model)
     assert all(r["refit"] for r in report["reconstruct"])
     assert all(r["rel_error"][1] < r["rel_error"][0] for r in report["reconstruct"])
@@ -357,7 +358,7 @@ def _digits():
     from edgec.toolchain.load import load_model
 
     split = mnist_split()
-    return load_model(default_model_path()), split["train"][0][:128], split["test"]
+    return load_model(default_model_path()), spread(split["train"][0], 128), split["test"]
 
 
 def test_thinet_beats_l1_on_next_layer_reconstruction_error_of_real_digits():
@@ -409,15 +410,17 @@ def test_sensitivity_allocation_spends_the_budget_on_insensitive_groups():
     assert estimate_macs(analysis, kept) <= 0.6 * total
 
 
-def test_refit_is_sequential_residual_aware_and_beats_the_old_method_on_real_digits():
-    """50 % of MACs, round_to 8: ThiNet + sensitivity budget + sequential LS refit clearly beats L1 + normalised
-    ranking + refit (the state before), and the residual branches are fitted to the residual sums."""
+def test_refit_is_sequential_residual_aware_and_not_worse_than_the_old_method_on_real_digits():
+    """50 % of MACs, round_to 8: ThiNet + sensitivity budget + sequential LS refit keeps ≥ 95 % top-1 on 400 test
+    digits of every class and is at least as good as L1 + normalised ranking + refit (the state before), and the
+    residual branches are fitted to the residual sums. (Measured: 97.3 % against 96.5 %. With the calibration
+    taken from the head of the file, all zeros, the old method was 20 pt behind: that gap was the calibration's.)"""
     import onnx_ir as ir
 
     from edgec.pruning import prune
 
     model, calib, (xt, yt) = _digits()
-    xt, yt = xt[:400], yt[:400]
+    xt, yt = spread(xt, 400), spread(yt, 400)
 
     def accuracy(m: ir.Model) -> float:
         proto = ir.serde.serialize_model(m)
@@ -436,7 +439,7 @@ def test_refit_is_sequential_residual_aware_and_beats_the_old_method_on_real_dig
     assert report["sensitivity"] and all(r["refit"] for r in report["reconstruct"])
     assert any(r.get("target") == "residual sum" for r in report["reconstruct"])
     assert report["reconstruct"][-1]["layer"] == "/fc/Gemm"
-    assert accuracy(new) > 0.8 and accuracy(new) > accuracy(old) + 0.2
+    assert accuracy(new) >= 0.95 and accuracy(new) >= accuracy(old)
     # the summed-table allocation is refined on whole pruned models: the choice is (within the noise margin) the
     # least-loss allocation measured, and it is the one applied
     from edgec.pruning.sensitivity import MARGIN

@@ -16,6 +16,7 @@ from edgec.models import MNIST_MEAN, MNIST_STD, mnist_split
 from edgec.toolchain import artifact as art
 
 from test_mixed_precision import _assert_user_error, _flip_model
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 NORM = ("--mean", str(MNIST_MEAN), "--std", str(MNIST_STD))
 
@@ -24,7 +25,7 @@ NORM = ("--mean", str(MNIST_MEAN), "--std", str(MNIST_STD))
 def data(tmp_path_factory) -> dict[str, Path]:
     split = mnist_split()
     folder = tmp_path_factory.mktemp("quant_eval")
-    np.save(folder / "calib.npy", split["train"][0][:64])
+    np.save(folder / "calib.npy", spread(split["train"][0], 64))
     np.savez(folder / "test.npz", x=split["test"][0], y=split["test"][1])
     x, y = split["test"]
     np.save(folder / "test_x.npy", x[:50])

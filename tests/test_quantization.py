@@ -21,6 +21,7 @@ from edgec.quantization.qmath import activation_qparams, dequantize, quantize, q
 from edgec.toolchain.load import load_model
 
 from helpers import assert_user_error as _assert_user_error
+from edgec.pruning.calib import spread  # the MNIST file is sorted by digit: spread samples
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def mnist(tmp_path_factory) -> dict[str, Path]:
     """64 real training digits for calibration and the real 1,000-image test split, as the CLI takes them."""
     split = mnist_split()
     folder = tmp_path_factory.mktemp("mnist")
-    np.save(folder / "calib.npy", split["train"][0][:64])
+    np.save(folder / "calib.npy", spread(split["train"][0], 64))
     np.savez(folder / "test.npz", x=split["test"][0], y=split["test"][1])
     return {"calib": folder / "calib.npy", "test": folder / "test.npz", "folder": folder}
 
@@ -174,7 +175,7 @@ def test_calibrating_1000_samples_takes_about_the_memory_of_64():
 
 def test_image_folder_gives_the_same_inputs_as_the_normalized_arrays(tmp_path):
     """Real digits written as 8-bit PGM images, read back through resize/normalize, equal the model's inputs."""
-    x = mnist_split()["train"][0][:6]
+    x = spread(mnist_split()["train"][0], 6)
     pixels = np.clip(np.rint((x * MNIST_STD + MNIST_MEAN) * 255), 0, 255).astype(np.uint8)
     for i, img in enumerate(pixels):
         (tmp_path / f"digit{i}.pgm").write_bytes(b"P5\n# a digit\n28 28\n255\n" + img[0].tobytes())
@@ -316,7 +317,7 @@ def test_data_free_int8_mostly_agrees_with_the_float_model(mnist):
 
 def test_cli_quantize_writes_a_model_and_prints_the_report(cli, mnist, tmp_path):
     out = tmp_path / "q.onnx"
-    np.savez(tmp_path / "unlabelled.npz", x=mnist_split()["test"][0][:100])
+    np.savez(tmp_path / "unlabelled.npz", x=spread(mnist_split()["test"][0], 100))
     code, stdout, err = cli("quantize", "-o", out, "--calib", mnist["calib"], "--samples", 32, "--method", "entropy",
                             "--bias-correction", "--eval", tmp_path / "unlabelled.npz")
     assert code == 0, err
@@ -324,7 +325,7 @@ def test_cli_quantize_writes_a_model_and_prints_the_report(cli, mnist, tmp_path)
     assert stdout.count(" Conv ") == 6 and "Gemm" in stdout and "dB" in stdout
     assert "x smaller" in stdout and "top-1 agreement with the float model (100 samples, no labels)" in stdout
     assert out.is_file() and not list(tmp_path.glob(".*tmp"))
-    x = mnist_split()["test"][0][:1]
+    x = spread(mnist_split()["test"][0], 1)
     assert _ort(onnx.load(str(out)), {"input": x})[0].shape == (1, 10)
 
 
@@ -402,7 +403,7 @@ def _int_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def test_adaround_lowers_layer_output_error_on_held_out_digits(w4_nearest_and_adaround):
     """The real claim: on 256 *test* digits (not the calibration ones), every layer's output is closer to the float
     model's with AdaRound's rounding than with nearest rounding (end to end: each layer sees the earlier ones)."""
-    test_x = mnist_split()["test"][0][:256]
+    test_x = spread(mnist_split()["test"][0], 256)
     feeds = lambda: ({"input": test_x[i:i + 1]} for i in range(len(test_x)))  # noqa: E731
     noise = {}
     for ada, r in w4_nearest_and_adaround.items():
@@ -432,7 +433,7 @@ def test_adaround_changes_each_weight_by_at_most_one_step_and_runs_in_onnxruntim
                         if t.name.endswith("_scale")}
     s_near, s_ada = scales(near.model), scales(ada.model)
     assert s_near.keys() == s_ada.keys() and all(np.array_equal(s_near[k], s_ada[k]) for k in s_near)  # same scales
-    x = mnist_split()["test"][0][:1]
+    x = spread(mnist_split()["test"][0], 1)
     assert _ort(ada.model, {"input": x})[0].shape == (1, 10)
     assert ada.report["config"]["adaround"] is True
     ev = ada.report["eval"]
