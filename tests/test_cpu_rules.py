@@ -132,6 +132,7 @@ SPATIAL_CASES = {  # fewer output channels than AVX-512 lanes, stride 1: vectori
     "8_to_8_1x1_residual": dict(n=1, cin=8, cout=8, hw=20, k=1, residual=True, act="relu"),
     "12_channels_asym_pad_batch2": dict(n=2, cin=24, cout=12, hw=13, k=3, pads=[0, 1, 2, 1], act="relu6"),
     "first_layer_5x5": dict(n=1, cin=3, cout=4, hw=33, k=5),
+    "64_to_8_wide_map": dict(n=1, cin=64, cout=8, hw=60, k=3, act="relu"),  # 4 channel blocks, 64-wide rows
 }
 
 

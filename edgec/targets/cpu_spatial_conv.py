@@ -35,6 +35,7 @@ ENABLED = True  # edgec's default; benchmarks switch it off to compare with the 
 CONV, OUT, PAD, TRANSPOSE = "conv2d_spatial", "conv2d_spatial_out", "spatial_pad", "spatial_transpose"
 MIN_WIDTH = 12  # narrower rows would be mostly padding lanes
 LANES = 16  # float32 lanes of AVX-512, the only vectors where a half-filled channel block runs at half rate
+PAD_WHOLE = 4 * LANES  # a padded row up to this long is copied as one vector; longer ones in whole vectors
 
 
 def applies(call: Any, lanes: int) -> bool:
@@ -103,7 +104,10 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
         iy, ix = tirx.max(tirx.min(iy, in_h - 1), 0), tirx.max(tirx.min(ix, in_w - 1), 0)
         return tirx.Select(inside, data[b, c, iy, ix].astype(out_dtype), zero)
 
-    pad = te.compute((n, channels, in_h + top + bottom, padded_w + k_w - 1), padded, name=PAD)
+    pad_w = padded_w + k_w - 1
+    if pad_w > PAD_WHOLE:  # longer rows are copied in whole vectors (see _schedule_pad): no tail
+        pad_w = -(-pad_w // LANES) * LANES
+    pad = te.compute((n, channels, in_h + top + bottom, pad_w), padded, name=PAD)
     rc = te.reduce_axis((0, channels), name="rc")
     ry = te.reduce_axis((0, k_h), name="ry")
     rx = te.reduce_axis((0, k_w), name="rx")
@@ -115,9 +119,9 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
 
 class SpatialConv2d(ScheduleRule):
     """Schedule of ``conv2d_spatial``: output rows in parallel; per row, the padded input is already there (one
-    stage before, parallel over channel rows), the conv accumulates a tile of all channels × ``vectors`` row
-    vectors in registers over (input channel, kernel row, kernel column), and the real columns are stored with
-    the fused epilogue."""
+    stage before, parallel over channel rows), the conv accumulates tiles of ``channels`` × ``vectors`` row
+    vectors in registers over (input channel, kernel row, kernel column) (see row_tile), and the real columns are
+    stored with the fused epilogue."""
 
     def apply(self, func: Any, target: Target, tunable: bool):
         from tvm import tirx
@@ -162,16 +166,18 @@ def _schedule_pad(sch: s_tir.Schedule, pad, lanes: int) -> None:
 
     n, c, y, x = sch.get_loops(pad)
     sch.parallel(sch.fuse(n, c, y))
-    sch.vectorize(x)
+    R._vectorize_innermost(sch, x, lanes, max_whole=PAD_WHOLE)
     transpose = R._find_block(sch, TRANSPOSE)
     if transpose is None:
         return
-    if int(sch.get(transpose).reads[0].source.shape[-1]) == 1:
+    block = int(sch.get(transpose).reads[0].source.shape[-1])
+    if block == 1:
         sch.compute_inline(transpose)
         return
     n, c, y, x = sch.get_loops(transpose)
+    c_o, c_i = sch.split(c, [None, block])
     x_o, x_i = sch.split(x, [None, R._divisor_at_most(R._extent(sch, x), 4)])
-    sch.reorder(n, y, x_o, c, x_i)
+    sch.reorder(n, y, c_o, x_o, c_i, x_i)
     sch.parallel(sch.fuse(n, y))
-    sch.unroll(c)
+    sch.unroll(c_i)
     sch.vectorize(x_i)
