@@ -110,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         runs = [("untuned", None, UNTUNED_BOUND)]
         if args.tune_budget:
-            db = cvo.CACHE / "tuning" / (name if args.tune_threads == "all" else f"{name}-{args.tune_threads}t")
+            tune_threads = None if args.tune_threads == "all" else args.tune_threads
+            db = cvo.CACHE / "tuning" / (f"{name}-{tune_threads}t" if tune_threads else name)
             print(f"# {name}: edgec tune --budget {args.tune_budget} ...", flush=True)
-            tune_s = tune(name, args.tune_budget, db, None if args.tune_threads == "all" else args.tune_threads)
+            tune_s = tune(name, args.tune_budget, db, tune_threads)
             print(f"# {name}: tuned in {tune_s:.0f} s", flush=True)
             runs.append(("tuned", db, TUNED_BOUND))
         for label, db, bound in runs:

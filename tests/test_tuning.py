@@ -274,7 +274,7 @@ def test_threads_size_the_measurement_and_are_restored(monkeypatch):
     with tuning._measuring_threads(1, None):
         assert os.environ["TVM_NUM_THREADS"] == "1"
         assert int(tuning._with_num_cores(preset, None).attrs["num-cores"]) == 1
-    assert os.environ["TVM_NUM_THREADS"] == "7"
+    assert os.environ["TVM_NUM_THREADS"] == "7" and not tuning._THREADS
     with tuning._measuring_threads(None, None):
         assert os.environ["TVM_NUM_THREADS"] == "7"
 
@@ -283,3 +283,4 @@ def test_bad_thread_count_is_a_one_line_error(cli, tiny_onnx, tmp_path):
     code, _, err = cli("tune", tiny_onnx, "--target", "x86", "--budget", "1m", "--threads", "0", "--db",
                        tmp_path / "db")
     assert code == 2 and "--threads must be at least 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "db").exists()

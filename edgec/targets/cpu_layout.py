@@ -74,17 +74,16 @@ def choose_layouts(call, lanes: int) -> list[str] | None:
     dtype = str(call.args[0].ty.dtype)
     from edgec.targets import cpu_spatial_conv as spatial
 
+    ic_bn = _input_block(cin, lanes, dtype)
+    # One-channel blocks of float data are declared plain NCHW (legalize_conv2d adds the unit axis as a view):
+    # TVM's ConvertLayout cannot convert NCHW8c to NCHW1c ("Invalid layout axis 1b").
+    data = "NCHW" if ic_bn == 1 and "float" in dtype else f"NCHW{ic_bn}c"
     if spatial.applies(call, lanes):  # too few output channels for the lanes: vectorized along rows instead
-        ic_bn = _input_block(cin, lanes, dtype)
-        return ["NCHW" if ic_bn == 1 else f"NCHW{ic_bn}c", "OIHW", "NCHW"]
+        return [data, "OIHW", "NCHW"]
     oc_bn = _block(cout, lanes)
     if oc_bn < 4:
         return None  # too few output channels to fill a vector: not worth a layout change
     if groups == 1:
-        ic_bn = _input_block(cin, lanes, dtype)
-        # One-channel blocks of float data are declared plain NCHW (legalize_conv2d adds the unit axis as a view):
-        # TVM's ConvertLayout cannot convert NCHW8c to NCHW1c ("Invalid layout axis 1b").
-        data = "NCHW" if ic_bn == 1 and "float" in dtype else f"NCHW{ic_bn}c"
         return [data, f"OIHW{ic_bn}i{oc_bn}o", f"NCHW{oc_bn}c"]
     if groups == cin == cout and weight_shape[1] == 1:  # depthwise
         return [f"NCHW{oc_bn}c", f"OIHW1i{oc_bn}o", f"NCHW{oc_bn}c"]

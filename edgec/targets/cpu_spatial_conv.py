@@ -44,8 +44,7 @@ def applies(call: Any, lanes: int) -> bool:
     if not ENABLED or lanes != LANES:
         return False
     attrs = call.attrs
-    if int(attrs.groups) != 1 or any(int(s) != 1 for s in attrs.strides) or any(int(d) != 1
-                                                                                 for d in attrs.dilation):
+    if int(attrs.groups) != 1 or any(int(v) != 1 for v in (*attrs.strides, *attrs.dilation)):
         return False
     if "float" not in str(call.args[0].ty.dtype):
         return False  # integer convs (QDQ → int8) keep their own kernels
