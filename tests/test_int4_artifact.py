@@ -148,7 +148,6 @@ def artifacts(tmp_path_factory):
 
 def test_artifact_stores_int4_packed_and_shrinks(artifacts):
     import tvm
-    from tvm import relax
 
     m8, m4, m4g = (artifacts[k].manifest for k in ("int8", "int4", "int4_g32"))
     p8, p4, p4g = (m["target"]["build"]["params"] for m in (m8, m4, m4g))
@@ -164,9 +163,9 @@ def test_artifact_stores_int4_packed_and_shrinks(artifacts):
     assert m4["sizes"]["artifact_weights_bytes"] < 0.55 * m8["sizes"]["artifact_weights_bytes"]
     assert m4g["sizes"]["artifact_weights_bytes"] < 0.75 * m8["sizes"]["artifact_weights_bytes"]
     assert m4["quantization"]["mode"] == "int4" and m4g["quantization"]["config"]["granularity"] == "group:32"
-    # the unpack kernel is in the library itself
-    ex = relax.VMExecutable(tvm.runtime.load_module(str(artifacts["int4"].library)))
-    assert "int4_unpack" in ex.stats()
+    # the unpack kernel is compiled into the library (main is compiled code, not bytecode listing it)
+    lib = tvm.runtime.load_module(str(artifacts["int4"].library))
+    assert lib.implements_function("int4_unpack_0", query_imports=True)
     assert json.loads((artifacts["int4"].path / "manifest.json").read_text())["verification"]["passed"]
 
 
