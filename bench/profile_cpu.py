@@ -57,8 +57,9 @@ def time_primfunc(func, target, number: int = 20) -> float:
     import numpy as np
     import tvm
 
-    lib = tvm.tirx.build(func, target=target) if hasattr(tvm, "tirx") and hasattr(tvm.tirx, "build") else \
-        tvm.build(func, target=target)
+    from edgec.targets import stack_alloc
+
+    lib = tvm.tirx.build(func, target=target, pipeline=stack_alloc.register())  # lowered as edgec's builds lower
     dev = tvm.cpu()
     args = []
     for param in func.params:  # TVM 0.27: buffer parameters are Vars carrying shape and dtype

@@ -393,3 +393,41 @@ def test_heavily_pruned_model_compiles_and_matches(cli, tmp_path):
                          "-o", tmp_path / "a")
     assert code == 0, err
     assert "verify: PASS" in out + err
+
+
+def test_parallel_scratch_buffers_live_on_the_stack():
+    """A 1 KiB buffer per parallel iteration is a stack variable with edgec's TIR pipeline (TVM's own pipeline
+    allocates and frees it from the workspace pool every iteration); one over the budget keeps the workspace,
+    and both compute the same as numpy."""
+    import re
+
+    import tvm
+    from tvm.script import tirx as T
+
+    from edgec.targets import stack_alloc
+
+    over = stack_alloc.STACK_BUDGET // 4 + 1  # floats: one more than the budget allows
+    width = over
+
+    def reverse_rows(n: int):
+        @T.prim_func
+        def func(a: T.Buffer((28, width), "float32"), b: T.Buffer((28, width), "float32")):
+            T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+            for y in T.parallel(28):
+                scratch = T.alloc_buffer((n,), "float32")
+                for x in range(n):
+                    scratch[x] = a[y, x] * T.float32(2)
+                for x in range(n):
+                    b[y, x] = scratch[n - 1 - x]
+        return func
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"})
+    a = np.random.default_rng(0).standard_normal((28, width)).astype(np.float32)
+    for n, pipeline, on_stack in ((256, stack_alloc.register(), True), (256, "default", False),
+                                  (over, stack_alloc.register(), False)):
+        lib = tvm.tirx.build(reverse_rows(n), target=target, pipeline=pipeline)
+        ir = (lib.mod if hasattr(lib, "mod") else lib).inspect_source("ll")
+        assert bool(re.search(r"load ptr, ptr @__TVMBackendAllocWorkspace", ir)) != on_stack, (n, pipeline)
+        out = tvm.runtime.tensor(np.zeros_like(a))
+        lib["main"](tvm.runtime.tensor(a), out)
+        np.testing.assert_array_equal(out.numpy()[:, :n], (a[:, :n] * 2)[:, ::-1])

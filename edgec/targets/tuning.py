@@ -227,8 +227,10 @@ def build_candidate(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from edgec.targets import stack_alloc
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tvm_build(mod, target=target, pipeline=stack_alloc.register())  # lowered as edgec's builds lower
 
 
 def export_candidate(rt_mod, cc: str | None = None) -> str:
