@@ -5,7 +5,9 @@ Why: TVM's ``LowerTVMBuiltin`` turns every CPU allocation of 1 KiB or more into 
 tile, a padded input row, a depthwise row), so those buffers are allocated and freed once per row, and a 16-vector
 register tile is exactly 1 KiB. Besides the calls, LLVM cannot see where workspace memory comes from, so it
 keeps storing tiles it could have left in registers. The 16 → 8 channel row-vectorized conv of the pruned
-embedded model took 17.1 µs with workspace buffers and 14.6 µs with stack buffers (same output).
+embedded model took 17.1 µs with workspace buffers and 14.6 µs with stack buffers (same output); the whole
+embedded model 99.7 → 92.6 µs, its 50 % pruned form 59.9 → 52.2 µs. MobileNetV2's first fused depthwise → 1×1
+kernels keep more than 32 KiB of rows per body: 3–7 % faster with the 128 KiB budget than with 32 KiB.
 
 The pass marks such allocations ``disable_lower_builtin`` (TVM's own annotation for "leave this one a stack
 variable") while the buffers of one parallel body stay within ``STACK_BUDGET`` bytes; the rest, and everything
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-STACK_BUDGET = 32 * 1024  # bytes of stack per parallel body: far below any thread's stack (glibc: 8 MiB)
+STACK_BUDGET = 128 * 1024  # bytes of stack per parallel body: far below a thread's stack (glibc 8 MiB, bionic 1 MiB)
 PIPELINE = "edgec_cpu"
 _ANNOTATION = "disable_lower_builtin"  # TVM's kDisableLowerTVMBuiltin
 
