@@ -156,3 +156,30 @@ def test_remote_failure_is_a_user_error(tracker: str, x86_artifact: Path, x: np.
     (broken / "manifest.json").write_text(json.dumps({**manifest, "entry": "no_such_function"}))
     with pytest.raises(EdgecError, match="failed on the RPC device"):
         RpcRunner(tracker, KEY).run(broken, {"x": x})
+
+
+def test_prune_measures_latency_on_the_rpc_device(tracker: str, onnx_bytes: bytes, tmp_path: Path, cli,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``edgec prune --target T --device rpc``: the per-layer latency table and the before/after figures are
+    timed on the board the tracker hands out (here an x86 server; an Arm board is the same path with --target
+    arm), the table is keyed by that device, and an emulated device is refused for a latency budget."""
+    monkeypatch.setenv("EDGEC_RPC_TRACKER", tracker)
+    monkeypatch.setenv("EDGEC_RPC_KEY", KEY)
+    src = tmp_path / "tiny.onnx"
+    src.write_bytes(onnx_bytes)
+    code, stdout, err = cli("prune", src, "-o", tmp_path / "r.onnx", "--ratio", "0.5", "--target", "x86",
+                            "--device", "rpc", "--json")
+    assert code == 0, err
+    lat = json.loads(stdout)["latency"]
+    assert lat["device"] == "rpc" and all(t > 0 for t in lat["measured_ms"]), lat
+    # a latency budget (generous: the point is where it is measured): the table is timed on the device
+    code, stdout, err = cli("prune", src, "-o", tmp_path / "b.onnx", "--latency-ms", "1000", "--round-to", "2",
+                            "--target", "x86", "--device", "rpc", "--json")
+    assert code == 0, err
+    lat = json.loads(stdout)["latency"]
+    assert lat["device"] == "rpc" and lat["measured_ms"][1] <= 1000, lat
+    cache = json.loads((tmp_path / "b.latency.json").read_text())["entries"]
+    assert cache and all("x86@rpc" in key for key in cache), list(cache)[:2]
+    code, _, err = cli("prune", src, "-o", tmp_path / "q.onnx", "--latency-ms", "1", "--target", "arm",
+                       "--device", "qemu-aarch64")
+    assert code == 2 and "emulated" in err and not (tmp_path / "q.onnx").exists(), err

@@ -27,7 +27,7 @@ class PruneChannels(EdgecPass):
                  round_to: int = 1, calib: np.ndarray | str | Path | None = None, reconstruct: bool = False,
                  calib_samples: int = 256, max_group_ratio: float = 0.9, allocation: str = "score",
                  latency_ms: float | None = None, target: str | None = None,
-                 latency_cache: str | Path | None = None) -> None:
+                 latency_cache: str | Path | None = None, device: str | None = None) -> None:
         super().__init__()
         from edgec.pruning.budget import Budget, load_layer_ratios
         from edgec.pruning.calib import load_calibration
@@ -36,7 +36,7 @@ class PruneChannels(EdgecPass):
             layer_ratios = load_layer_ratios(layer_ratios)
         self.budget = Budget(ratio=ratio, macs=macs, layer_ratios=layer_ratios, round_to=int(round_to),
                              max_group_ratio=max_group_ratio, allocation=allocation,
-                             latency_ms=latency_ms, target=target,
+                             latency_ms=latency_ms, target=target, device=device,
                              latency_cache=str(latency_cache) if latency_cache is not None else None)
         self.budget.validate()  # a bad budget fails before any work
         self.criterion = criterion

@@ -35,6 +35,7 @@ class Budget:
     allocation: str = "score"                     # MACs target: "score" (global ranking) or "sensitivity"
     latency_ms: float | None = None               # latency target on ``target`` (measured; see pruning.latency)
     target: str | None = None                     # where latency is measured (edgec target name, e.g. x86)
+    device: str | None = None                     # runner that times it: local (default) or rpc (a board)
     latency_cache: str | None = None              # JSON file caching the per-layer latency table
 
     def validate(self) -> None:

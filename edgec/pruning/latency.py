@@ -131,9 +131,18 @@ def _onnx_of(spec: dict[str, Any]) -> onnx.ModelProto:
 
 # ------------------------------------------------------------------------------------------ timing
 
-def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = TIMING_ROUNDS) -> dict[str, float]:
-    """Compile every model for ``target`` with edgec and time them locally in one fresh process
-    (``TVM_NUM_THREADS=1``, rounds interleaved over the models): ``{name: median ms}``."""
+def _where(target: str, device: str | None) -> str:
+    """What a timing is keyed by: the target, and the device when it is not this machine."""
+    return target if device in (None, "local") else f"{target}@{device}"
+
+
+def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = TIMING_ROUNDS,
+                device: str | None = None) -> dict[str, float]:
+    """Compile every model for ``target`` with edgec and time them: ``{name: median ms}``.
+
+    Locally (``device`` None or "local"): in one fresh process (``TVM_NUM_THREADS=1``), rounds interleaved over
+    the models. With ``device="rpc"``: on the board a TVM RPC tracker hands out (``EDGEC_RPC_TRACKER`` /
+    ``EDGEC_RPC_KEY``), timed by the board's own clock, rounds interleaved the same way."""
     import edgec
     from edgec.targets import resolve_target
 
@@ -142,9 +151,17 @@ def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = T
     preset = resolve_target(target)
     import platform
 
-    if preset.arch not in (platform.machine(), "x86_64" if platform.machine() == "AMD64" else platform.machine()):
+    remote = device not in (None, "local")
+    if remote:
+        from edgec.devices.base import get_runner
+
+        runner = get_runner(device)
+        if device.startswith("qemu"):
+            raise EdgecError(f"cannot build a latency table on the emulated device '{device}'",
+                             "emulated times are not real figures: measure on a board, --device rpc")
+    elif preset.arch not in (platform.machine(), "x86_64" if platform.machine() == "AMD64" else platform.machine()):
         raise EdgecError(f"cannot time {target} ({preset.arch}) artifacts on this {platform.machine()} machine",
-                         "build the latency table on the target (emulated times are not real figures)")
+                         "measure on a board of that target: --device rpc (EDGEC_RPC_TRACKER, EDGEC_RPC_KEY)")
     with tempfile.TemporaryDirectory(prefix="edgec-latency-") as tmp:
         dirs = {}
         for i, (name, proto) in enumerate(protos.items()):
@@ -153,6 +170,8 @@ def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = T
             out = Path(tmp) / f"a{i}"
             edgec.compile(str(src), target=target, output=out, verify=False)
             dirs[name] = str(out)
+        if remote:
+            return _time_on_runner(runner, dirs, rounds)
         env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         spec = json.dumps({"artifacts": dirs, "rounds": rounds})
         proc = subprocess.run([sys.executable, "-m", "edgec.pruning.latency", spec], env=env, capture_output=True,
@@ -161,6 +180,23 @@ def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = T
         if proc.returncode or not lines:
             raise EdgecError("timing the latency table failed", proc.stderr.strip()[-500:] or "no output")
         return json.loads(lines[-1])
+
+
+def _time_on_runner(runner, dirs: dict[str, str], rounds: int) -> dict[str, float]:
+    """Median ms of each artifact on ``runner``'s device, rounds interleaved over the artifacts."""
+    from edgec.toolchain.api import random_inputs
+
+    loaded = {}
+    for name, path in dirs.items():
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        inputs = random_inputs(manifest["inputs"])
+        rough = runner.run(Path(path), inputs, repeat=3, number=1).latencies_ms  # warm up, rough time
+        loaded[name] = (inputs, max(1, int(ROUND_SECONDS / max(min(rough) / 1e3, 1e-7))))
+    times: dict[str, list[float]] = {name: [] for name in loaded}
+    for _ in range(rounds):
+        for name, (inputs, number) in loaded.items():
+            times[name].append(runner.run(Path(dirs[name]), inputs, repeat=1, number=number).latencies_ms[0])
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, float]:
@@ -203,7 +239,7 @@ def _layer_points(touched: list[int], cands: dict[int, list[int]], size: dict[in
 
 
 def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]], target: str,
-                cache: str | Path | None = None) -> dict[str, Any]:
+                cache: str | Path | None = None, device: str | None = None) -> dict[str, Any]:
     """Measure (or read from ``cache``) every layer at the candidate counts of the groups it touches.
 
     Returns ``{"model_ms": whole model, "layers": [{"node", "groups": [gid], "full": (k...), "ms": {(k...): ms}}],
@@ -227,17 +263,17 @@ def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]]
             continue
         keys = {}
         for point in _layer_points(touched, cands, size):
-            key = _key(_variant(spec, layer, dict(zip(touched, point)), size), target)
+            key = _key(_variant(spec, layer, dict(zip(touched, point)), size), _where(target, device))
             keys[point] = key
             wanted.add(key)
         layers.append((layer, touched, keys))
     model_proto = ir.serde.serialize_model(model)
-    mkey = _model_key(model_proto, target)
+    mkey = _model_key(model_proto, _where(target, device))
     todo = {key: _onnx_of(json.loads(key)) for key in sorted(wanted) if key not in entries}
     if mkey not in entries:
         todo[mkey] = model_proto
     if todo:
-        entries.update(time_models(todo, target))
+        entries.update(time_models(todo, target, device=device))
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             Path(cache).write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1))

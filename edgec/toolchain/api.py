@@ -174,6 +174,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         if prune.get("latency_ms") is not None:
             # a latency budget is a budget on *this* target: measure the per-layer table where the artifact runs
             prune.setdefault("target", preset.name)
+            if device == "rpc":  # the board that verifies the artifact also measures the table
+                prune.setdefault("device", device)
             # the measured per-layer table is kept next to the artifact, so compiling again does not re-measure
             out_dir = Path(output)
             prune.setdefault("latency_cache", out_dir.with_name(f"{out_dir.name}.latency.json"))

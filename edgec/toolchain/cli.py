@@ -239,7 +239,7 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
 
 _PRUNE_KEYS = {"ratio": float, "macs": float, "criterion": str, "round_to": int, "calib": str,
                "reconstruct": lambda v: v.lower() in ("1", "true", "yes"), "calib_samples": int,
-               "layer_ratios": str, "latency_ms": float, "allocation": str}
+               "layer_ratios": str, "latency_ms": float, "allocation": str, "device": str}
 
 
 def _parse_prune_spec(spec: str) -> dict[str, Any]:
@@ -281,12 +281,15 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
               help="Latency budget in ms, measured on --target (per-layer latency table, cached next to -o).")
 @click.option("--target", default=None, help="Measure latency on this target (e.g. x86): the budget for "
               "--latency-ms, and measured latency before/after in the report.")
+@click.option("--device", "-d", default=None,
+              help="Where --target's latency is measured: local (default: this machine) or rpc (a board behind a "
+                   "TVM RPC tracker: EDGEC_RPC_TRACKER=host:port, EDGEC_RPC_KEY=key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float | None, layer_ratios: Path | None,
               criterion: str, calib: Path | None, calib_samples: int, reconstruct: bool, round_to: int,
               input_shapes: tuple[str, ...], as_json: bool, allocation: str = "score",
-              latency_ms: float | None = None, target: str | None = None) -> None:
+              latency_ms: float | None = None, target: str | None = None, device: str | None = None) -> None:
     """Remove whole channels from MODEL (coupled groups pruned consistently) and write a smaller ONNX model.
 
     Without MODEL, prunes the embedded default model; its calibration data defaults to the MNIST training images.
@@ -311,18 +314,23 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
         data = mnist_split()["train"][0]
     if latency_ms is not None and target is None:
         raise EdgecError("--latency-ms needs --target", "pass the target to measure on, e.g. --target x86")
+    if device is not None and target is None:
+        raise EdgecError("--device needs --target",
+                         "pass the target whose latency the device measures, e.g. --target arm")
     step = PruneChannels(ratio=ratio, macs=macs, layer_ratios=layer_ratios, criterion=criterion, round_to=round_to,
                          calib=data, reconstruct=reconstruct, calib_samples=calib_samples, allocation=allocation,
                          latency_ms=latency_ms, target=target if latency_ms is not None else None,
-                         latency_cache=output.with_suffix(".latency.json") if latency_ms is not None else None)
+                         latency_cache=output.with_suffix(".latency.json") if latency_ms is not None else None,
+                         device=device if latency_ms is not None else None)
     loaded = load_model(model or default_model(), list(input_shapes))
     before = ir.serde.serialize_model(loaded) if target is not None and latency_ms is None else None
     report = step(loaded).report
     if before is not None:  # --target with another budget: measured latency before/after for the report
         from edgec.pruning.latency import time_models
 
-        ms = time_models({"before": before, "after": ir.serde.serialize_model(loaded)}, target)
-        report["latency"] = {"target": target, "measured_ms": [round(ms["before"], 5), round(ms["after"], 5)]}
+        ms = time_models({"before": before, "after": ir.serde.serialize_model(loaded)}, target, device=device)
+        report["latency"] = {"target": target, "device": device or "local",
+                             "measured_ms": [round(ms["before"], 5), round(ms["after"], 5)]}
     proto = ir.serde.serialize_model(loaded)
     onnx.checker.check_model(proto)
     output.parent.mkdir(parents=True, exist_ok=True)
