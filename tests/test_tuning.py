@@ -266,6 +266,49 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
     assert not [n for n in applied["functions"] if "conv2d" in n]  # the tile won over the conv's record
 
 
+def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile(tmp_path):
+    """A depthwise 3×3 → 1×1 pair (one fused kernel, cpu_dw_pointwise): its 1×1 conv's register tiles are
+    candidates too, a database searched before pairs were covered searches them again, and a tile logged as
+    verified faster is what compile schedules the pair with (output still equal to onnxruntime's)."""
+    import onnx
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal((64, 1, 3, 3)) * 0.3).astype(np.float32), "dw"),
+             numpy_helper.from_array((rng.standard_normal((64, 64, 1, 1)) * 0.1).astype(np.float32), "pw")]
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["d"], pads=[1, 1, 1, 1], group=64),
+             helper.make_node("Relu", ["d"], ["r"]), helper.make_node("Conv", ["r", "pw"], ["y"])]
+    graph = helper.make_graph(nodes, "dwpw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 14, 14])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 14, 14])], inits)
+    src = tmp_path / "dwpw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(src))
+    target = resolve_target("x86").tvm_target()
+    tasks = [t for t in tuning.extract_tasks(tuning.prepare_model(src), resolve_target("x86"))
+             if "depthwise_pointwise" in str(t.task_name)]
+    assert len(tasks) == 1
+    func = tasks[0].dispatched[0]["main"]
+    assert tuning._tile_search_version(func) == 2
+    with target:
+        tiles = tuning.tile_candidates(func, target)
+    assert tiles and all(14 % r == 0 and 4 % o == 0 for r, o in tiles)
+
+    db = tmp_path / "db"
+    report = tuning.tune(tuning.prepare_model(src), resolve_target("x86"), db, budget_s=30, trials=2, seed=0,
+                         progress=lambda _line: None, **FAST)
+    key = tuning._structural_key(tasks[0].dispatched[0])
+    side = report.db_folder / tuning.MEASURED_FILE
+    # a search logged before pairs were covered (True: version 1) leaves the pair to be searched again
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / tuning.MEASURED_FILE).write_text('{"w": "%s", "tiles_searched": true}\n' % key)
+    assert tuning._read_measured(old).tiles_searched[key] == 1 < tuning._tile_search_version(func)
+    side.write_text(side.read_text() + '{"w": "%s", "tile": [%d, %d], "verified_tile": 0.5, "verified": 0.9}\n'
+                    % (key, *tiles[0]))
+    result = edgec.compile(src, target="x86", output=tmp_path / "a", tuning_db=db)
+    assert result.verification.passed and result.verification.max_abs_diff <= ATOL
+    applied = result.artifact.manifest["tuning"]
+    assert [n for n in applied["tiles"] if "depthwise_pointwise" in n] == applied["tiles"] and applied["tiles"]
+
+
 def test_threads_size_the_measurement_and_are_restored(monkeypatch):
     """`edgec tune --threads N`: the measuring workers (started while tune runs) get TVM_NUM_THREADS=N and
     meta-schedule's target N cores; both are put back afterwards."""

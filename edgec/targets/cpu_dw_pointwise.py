@@ -178,7 +178,12 @@ def fuse_depthwise_pointwise_pass():
 class DepthwisePointwise(ScheduleRule):
     """The fused pair: the 1×1 conv scheduled as Conv2dNCHWc but with output rows outermost (parallel), and the
     depthwise row it reads computed at the top of each row: a register tile along the row, its epilogue applied
-    as the tile is written to the row buffer."""
+    as the tile is written to the row buffer.
+
+    ``reg_n`` / ``oc_tile`` override the 1×1 conv's register tile (``edgec tune``'s tile search measures them)."""
+
+    def __init__(self, reg_n: int | None = None, oc_tile: int | None = None) -> None:
+        self.reg_n, self.oc_tile = reg_n, oc_tile
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> Any:
         if not isinstance(func, tirx.PrimFunc):
@@ -191,7 +196,7 @@ class DepthwisePointwise(ScheduleRule):
         lanes, registers = vector_lanes(target), R._vector_registers(target)
         narrow = R._find_block(sch, NARROW)
         row = R.schedule_widened(sch, conv, narrow, target) if narrow is not None else \
-            R.schedule_conv_tile(sch, conv, target, rows_outer=True)
+            R.schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, rows_outer=True)
         self._depthwise_rows(sch, dw, conv, row, lanes, registers)
         return sch
 

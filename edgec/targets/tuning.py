@@ -648,8 +648,9 @@ MAX_TILES = 12  # register tiles tried per conv by the tile search
 
 
 def tile_candidates(func, target) -> list[tuple[int, int]]:
-    """Register tiles (columns, channel blocks) to try for a conv that edgec's Conv2dNCHWc rule schedules, the
-    rule's own choice excluded: those that fit the register file with at least 8 accumulators, most first."""
+    """Register tiles (columns, channel blocks) to try for a conv that edgec's Conv2dNCHWc rule schedules, or the
+    1×1 conv of a fused depthwise → 1×1 pair (cpu_dw_pointwise), the rule's own choice excluded: those that fit
+    the register file with at least 8 accumulators, most first."""
     from tvm import s_tir
 
     from edgec.targets import cpu_rules as R
@@ -657,8 +658,7 @@ def tile_candidates(func, target) -> list[tuple[int, int]]:
 
     sch = s_tir.Schedule(func)
     conv = R._find_block(sch, "conv2d_NCHWc")
-    if conv is None or R._find_block(sch, NARROW) is not None or \
-            R._find_block(sch, "depthwise_conv2d_NCHWc") is not None or len(sch.get_loops(conv)) != 8:
+    if conv is None or R._find_block(sch, NARROW) is not None or len(sch.get_loops(conv)) != 8:
         return []
     _, occ, _, ow, ocb, _, _, _ = sch.get_loops(conv)
     width, chunks = R._extent(sch, ow), R._extent(sch, occ)
@@ -671,14 +671,26 @@ def tile_candidates(func, target) -> list[tuple[int, int]]:
 
 
 def _with_tile(workload, tile, target):
-    """The workload scheduled by the conv rule with register tile ``tile``."""
+    """The workload scheduled by the conv rule (or the fused depthwise → 1×1 rule) with register tile ``tile``."""
     import tvm
 
+    from edgec.targets.cpu_dw_pointwise import DepthwisePointwise
     from edgec.targets.cpu_rules import Conv2dNCHWc
 
+    rule = DepthwisePointwise if _tile_search_version(workload["main"]) == 2 else Conv2dNCHWc
     with target:
-        sch = Conv2dNCHWc(*tile).apply(workload["main"], target, False)
+        sch = rule(*tile).apply(workload["main"], target, False)
     return tvm.IRModule({"main": sch.mod["main"].with_attr("tirx.is_scheduled", True)})
+
+
+def _tile_search_version(func) -> int:
+    """Which tile search covers ``func``: 1 for plain convs, 2 for fused depthwise → 1×1 pairs (searched since
+    version 2; a database whose search predates it searches them again)."""
+    from tvm import s_tir
+
+    from edgec.targets import cpu_rules as R
+
+    return 2 if R._find_block(s_tir.Schedule(func), "depthwise_conv2d_NCHWc") is not None else 1
 
 
 def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluator, folder, deadline, say) -> None:
@@ -691,7 +703,8 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     target = _with_num_cores(preset, rpc)
-    todo = [i for i in range(len(extracted)) if wkeys[i] not in side.tiles and wkeys[i] not in side.tiles_searched]
+    todo = [i for i in range(len(extracted)) if wkeys[i] not in side.tiles
+            and side.tiles_searched.get(wkeys[i], 0) < _tile_search_version(extracted[i].dispatched[0]["main"])]
     if not todo:
         return
     runner = _runner(rpc, rpc_key, evaluator)
@@ -716,7 +729,7 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
                         times[tiles[k]] = seconds
             finally:
                 _remove_artifacts(built)
-            entry: dict[str, Any] = {"w": wkeys[i], "tiles_searched": True}
+            entry: dict[str, Any] = {"w": wkeys[i], "tiles_searched": _tile_search_version(workload["main"])}
             if times:
                 best = min(times, key=times.get)
                 entry["tile"] = list(best)
@@ -901,7 +914,7 @@ class _SideLog:
     verified: dict[str, float] = dataclasses.field(default_factory=dict)  # best record / rules, re-measured
     tiles: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # best register tile of the conv rule
     verified_tiles: dict[str, float] = dataclasses.field(default_factory=dict)  # that tile / the default tile
-    tiles_searched: set[str] = dataclasses.field(default_factory=set)
+    tiles_searched: dict[str, int] = dataclasses.field(default_factory=dict)  # workload -> search version
 
 
 def _read_measured(folder: Path) -> _SideLog:
@@ -919,8 +932,9 @@ def _read_measured(folder: Path) -> _SideLog:
             log.tiles[entry["w"]] = list(entry["tile"])
         if entry.get("verified_tile") is not None:
             log.verified_tiles[entry["w"]] = float(entry["verified_tile"])
-        if entry.get("tiles_searched"):
-            log.tiles_searched.add(entry["w"])
+        if entry.get("tiles_searched"):  # True in databases from before versions: 1
+            version = int(entry["tiles_searched"])
+            log.tiles_searched[entry["w"]] = max(version, log.tiles_searched.get(entry["w"], 0))
     return log
 
 
