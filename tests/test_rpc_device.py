@@ -180,6 +180,10 @@ def test_prune_measures_latency_on_the_rpc_device(tracker: str, onnx_bytes: byte
     assert lat["device"] == "rpc" and lat["measured_ms"][1] <= 1000, lat
     cache = json.loads((tmp_path / "b.latency.json").read_text())["entries"]
     assert cache and all("x86@rpc" in key for key in cache), list(cache)[:2]
+    monkeypatch.setenv("EDGEC_RPC_KEY", "jetson")  # no such board: refused before any layer is compiled
+    code, _, err = cli("prune", src, "-o", tmp_path / "j.onnx", "--latency-ms", "1", "--target", "x86",
+                       "--device", "rpc")
+    assert code == 2 and "no RPC server with key 'jetson'" in err and not (tmp_path / "j.onnx").exists(), err
     code, _, err = cli("prune", src, "-o", tmp_path / "q.onnx", "--latency-ms", "1", "--target", "arm",
                        "--device", "qemu-aarch64")
     assert code == 2 and "emulated" in err and not (tmp_path / "q.onnx").exists(), err

@@ -47,9 +47,23 @@ class RpcRunner:
         self.priority = priority
         self.session_timeout = session_timeout
 
+    def check(self) -> None:
+        """Fail now, as a user error, when the tracker is not set or unreachable or has no server with our key:
+        callers with minutes of work before their first run (compiling a latency table) call this first."""
+        self._tracker_with_key().close()
+
     def _connect(self) -> Any:
         """A remote session for one free server with our key; refuses at once when no server has the key
         (the tracker would otherwise queue the request forever)."""
+        tracker = self._tracker_with_key()
+        try:
+            return tracker.request(self.key, priority=self.priority, session_timeout=self.session_timeout)
+        except RuntimeError as e:
+            raise EdgecError(f"the RPC tracker gave no session for key '{self.key}': {e}", _START_HINT) from e
+        finally:
+            tracker.close()
+
+    def _tracker_with_key(self) -> Any:
         from tvm import rpc
 
         if not self.tracker or not self.key:
@@ -68,12 +82,7 @@ class RpcRunner:
             raise EdgecError(f"no RPC server with key '{self.key}' is registered at {host}:{port}",
                              f"registered keys: {', '.join(keys) or 'none'}; start one with "
                              f"`python -m tvm.exec.rpc_server --tracker {host}:{port} --key {self.key}`")
-        try:
-            return tracker.request(self.key, priority=self.priority, session_timeout=self.session_timeout)
-        except RuntimeError as e:
-            raise EdgecError(f"the RPC tracker gave no session for key '{self.key}': {e}", _START_HINT) from e
-        finally:
-            tracker.close()
+        return tracker
 
     def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
             number: int = 1) -> RunResult:

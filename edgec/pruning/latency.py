@@ -159,6 +159,8 @@ def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = T
         if device.startswith("qemu"):
             raise EdgecError(f"cannot build a latency table on the emulated device '{device}'",
                              "emulated times are not real figures: measure on a board, --device rpc")
+        if hasattr(runner, "check"):
+            runner.check()  # an unset or unreachable tracker fails before the models are compiled
     elif preset.arch not in (platform.machine(), "x86_64" if platform.machine() == "AMD64" else platform.machine()):
         raise EdgecError(f"cannot time {target} ({preset.arch}) artifacts on this {platform.machine()} machine",
                          "measure on a board of that target: --device rpc (EDGEC_RPC_TRACKER, EDGEC_RPC_KEY)")
