@@ -329,6 +329,8 @@ DW_PW_CASES = {
     "5x5_asym_pad_batch2": dict(n=2, k=5, pads=[1, 2, 3, 2], act=None),
     "residual_24_channels": dict(c=24, cout=24, hw=10, residual=True),
     "wide_out_many_chunks": dict(c=48, cout=160, hw=7),
+    # one 16-channel chunk in and out, as EfficientNet-Lite0's first block pruned by 30 % (a scheduling error before)
+    "one_chunk_16_channels": dict(c=16, cout=16, hw=28),
 }
 
 

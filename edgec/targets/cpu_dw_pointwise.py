@@ -211,7 +211,9 @@ class DepthwisePointwise(ScheduleRule):
                 break
             sch.reverse_compute_inline(consumers[0])
         sch.compute_at(write_back, row)
-        sch.compute_at(dw, row)
+        # Unit loops kept: with one channel chunk (16 channels, e.g. after pruning) the chunk loop would vanish
+        # and the last five loops would reach up into the row loop.
+        sch.compute_at(dw, row, preserve_unit_loops=True)
         c, x, cb, ry, rx = sch.get_loops(dw)[-5:]
         vec_per_block = max(1, R._extent(sch, cb) // lanes)
         dw_n = R._divisor_at_most(R._extent(sch, x), max(1, min(28, (registers - 4) // vec_per_block)))
