@@ -27,9 +27,13 @@ removed (L1 selection, channels in multiples of 8, LS refit on 128 calibration c
 on the pruned model), then top-1 / top-5 agreement with the unpruned model on 500 other crops, and the x86 latency
 of both compiled models timed interleaved as above. Images: the natural photographs inside scikit-image's wheel,
 random-resized crops and flips (``bench/quant_effnet.py``: calibration seed 1, evaluation seed 2, disjoint); no
-labels, so agreement with the unpruned model is the figure (the issue prints it with no bound). Measured here
-(load ~4): 30.0 % of MACs removed, top-1 agreement 71.2 % / top-5 93.0 % with the refit (0 % without it: L1
-selection alone breaks this model), verify PASS, x86 1 thread 7.54 → 6.65 ms (1.13×). ``--effnet-criterion
+labels, so agreement with the unpruned model is the figure (the issue prints it with no bound). Measured in an
+earlier session (load ~4): 30.0 % of MACs removed, top-1 agreement 71.2 % / top-5 93.0 % with the refit (0 %
+without it: L1 selection alone breaks this model), verify PASS, x86 1 thread 7.54 → 6.65 ms (1.13×). Measured on
+2026-11-22 (after a compile fix for its first block, one 16-channel chunk): 30.0 % removed, agreement 54.4 % /
+76.6 %, verify FAIL by tolerance (|diff| 3.0e-3 at logits up to 24, atol 1e-4; onnxruntime's own two
+optimization levels differ by 1.6e-3 on this pruned model, 2.8e-6 on the unpruned one: the refit weights are
+ill-conditioned), pruned 0.85× as fast as unpruned: a regression of the pruning, not yet found. ``--effnet-criterion
 thinet`` was killed for memory (23 GB resident, 128 crops) on this model (the model's ``[1, -1]`` Reshape makes
 calibration capture run one sample per call; thinet's per-call Grams add up); use the default l1.
 
