@@ -123,7 +123,11 @@ def _patches(x: np.ndarray, n: np.ndarray, r: np.ndarray, c: np.ndarray, kernel:
 
 
 RIDGES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-WELL_DETERMINED = 2
+# rows per unknown from which a fit takes the tiny ridge. At 2, EfficientNet-Lite0's wide 1×1 convs (~6.6 rows per
+# unknown at 128 crops) got 1e-5 and came out ill-conditioned: 54.4 % top-1 agreement at 30 % MACs and outputs that
+# onnxruntime's own optimisation levels disagree on by 1.6e-3; with the hold-out choice below 10: 68.2 %, verify
+# PASS. The embedded and wide models' convs have 14-150 rows per unknown: unchanged.
+WELL_DETERMINED = 10
 
 
 def _fit(a1: np.ndarray, y: np.ndarray, theta0: np.ndarray, ridge: float, floor: np.ndarray | None,
