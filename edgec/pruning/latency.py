@@ -184,40 +184,43 @@ def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = T
         return json.loads(lines[-1])
 
 
+def _interleaved_medians(timers: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Median ms of each ``timer(repeat, number) -> [ms per run, one per repeat]``: a warm-up call gives a rough
+    time that sizes each round (about ROUND_SECONDS), then ``rounds`` rounds interleaved over the timers."""
+    numbers = {}
+    for name, timer in timers.items():
+        rough = timer(3, 1)  # warm up, rough time
+        numbers[name] = max(1, int(ROUND_SECONDS / max(min(rough) / 1e3, 1e-7)))
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer(1, numbers[name])[0])
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def _time_on_runner(runner, dirs: dict[str, str], rounds: int) -> dict[str, float]:
-    """Median ms of each artifact on ``runner``'s device, rounds interleaved over the artifacts."""
+    """Median ms of each artifact on ``runner``'s device (e.g. an RPC board)."""
     from edgec.toolchain.api import random_inputs
 
-    loaded = {}
+    timers = {}
     for name, path in dirs.items():
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
-        inputs = random_inputs(manifest["inputs"])
-        rough = runner.run(Path(path), inputs, repeat=3, number=1).latencies_ms  # warm up, rough time
-        loaded[name] = (inputs, max(1, int(ROUND_SECONDS / max(min(rough) / 1e3, 1e-7))))
-    times: dict[str, list[float]] = {name: [] for name in loaded}
-    for _ in range(rounds):
-        for name, (inputs, number) in loaded.items():
-            times[name].append(runner.run(Path(dirs[name]), inputs, repeat=1, number=number).latencies_ms[0])
-    return {name: float(np.median(t)) for name, t in times.items()}
+        inputs = random_inputs(json.loads((Path(path) / "manifest.json").read_text())["inputs"])
+        timers[name] = (lambda repeat, number, path=Path(path), inputs=inputs:
+                        runner.run(path, inputs, repeat=repeat, number=number).latencies_ms)
+    return _interleaved_medians(timers, rounds)
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, float]:
     from edgec.devices.device_main import load_vm, run_vm
     from edgec.toolchain.api import random_inputs
 
-    loaded = {}
+    timers = {}
     for name, path in spec["artifacts"].items():
         vm, dev, manifest = load_vm(Path(path))
         inputs = random_inputs(manifest["inputs"])
-        _, t = run_vm(vm, dev, manifest, inputs, repeat=3, number=1)  # warm up, rough time
-        number = max(1, int(ROUND_SECONDS / max(min(t) / 1e3, 1e-7)))
-        loaded[name] = (vm, dev, manifest, inputs, number)
-    times: dict[str, list[float]] = {name: [] for name in loaded}
-    for _ in range(spec["rounds"]):
-        for name, (vm, dev, manifest, inputs, number) in loaded.items():
-            _, t = run_vm(vm, dev, manifest, inputs, repeat=1, number=number)
-            times[name].append(t[0])
-    return {name: float(np.median(t)) for name, t in times.items()}
+        timers[name] = (lambda repeat, number, vm=vm, dev=dev, manifest=manifest, inputs=inputs:
+                        run_vm(vm, dev, manifest, inputs, repeat=repeat, number=number)[1])
+    return _interleaved_medians(timers, spec["rounds"])
 
 
 # ------------------------------------------------------------------------------------------ the table

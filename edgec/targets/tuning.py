@@ -677,20 +677,25 @@ def _with_tile(workload, tile, target):
     from edgec.targets.cpu_dw_pointwise import DepthwisePointwise
     from edgec.targets.cpu_rules import Conv2dNCHWc
 
-    rule = DepthwisePointwise if _tile_search_version(workload["main"]) == 2 else Conv2dNCHWc
+    rule = DepthwisePointwise if _is_depthwise_pointwise(workload["main"]) else Conv2dNCHWc
     with target:
         sch = rule(*tile).apply(workload["main"], target, False)
     return tvm.IRModule({"main": sch.mod["main"].with_attr("tirx.is_scheduled", True)})
 
 
-def _tile_search_version(func) -> int:
-    """Which tile search covers ``func``: 1 for plain convs, 2 for fused depthwise → 1×1 pairs (searched since
-    version 2; a database whose search predates it searches them again)."""
+def _is_depthwise_pointwise(func) -> bool:
+    """Whether ``func`` is a fused depthwise → 1×1 pair (cpu_dw_pointwise), not a plain conv."""
     from tvm import s_tir
 
     from edgec.targets import cpu_rules as R
 
-    return 2 if R._find_block(s_tir.Schedule(func), "depthwise_conv2d_NCHWc") is not None else 1
+    return R._find_block(s_tir.Schedule(func), "depthwise_conv2d_NCHWc") is not None
+
+
+def _tile_search_version(func) -> int:
+    """Which tile search covers ``func``: 1 for plain convs, 2 for fused depthwise → 1×1 pairs (searched since
+    version 2; a database whose search predates it searches them again)."""
+    return 2 if _is_depthwise_pointwise(func) else 1
 
 
 def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluator, folder, deadline, say) -> None:
