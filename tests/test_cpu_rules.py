@@ -106,6 +106,8 @@ CONV_CASES = {
     "1x1_residual": dict(n=1, cin=48, cout=48, hw=9, k=1, residual=True, act="relu"),
     "dilated": dict(n=1, cin=16, cout=16, hw=12, k=3, dilation=2, pads=[2, 2, 2, 2]),
     "batch3_7x7": dict(n=3, cin=8, cout=32, hw=11, k=7, stride=2),
+    # unblocked 7×7 stem: padded copy vectorized along rows that are no whole number of vectors (21 + 3 + 4)
+    "stem_7x7_padded_copy": dict(n=2, cin=3, cout=32, hw=21, k=7, stride=2, pads=[3, 3, 4, 4], act="relu"),
 }
 
 

@@ -122,8 +122,22 @@ def _schedule_padding(sch: s_tir.Schedule, block, lanes: int, inline: bool = Fal
         if sch.get(producer).name_hint.endswith("pad"):
             if inline:
                 sch.compute_inline(producer)
+            elif int(sch.get(producer).writes[0].source.shape[-1]) == 1:
+                # Unblocked (NCHW1c) input: vectorize along the row, not the unit channel block.
+                *outer, w, cb = sch.get_loops(producer)
+                sch.parallel(sch.fuse(*outer))
+                sch.vectorize(sch.split(w, [None, lanes])[1])
             else:
                 _schedule_elementwise_root(sch, producer, lanes)
+
+
+def _inline_padding(width: int, ic_bn: int, taps: int) -> bool:
+    """Whether a conv reads its padded input through a bounds check (see _schedule_padding): on wide maps, and on
+    unblocked stems with few taps. A 7×7 stem (49 checked reads per broadcast) is faster from a materialised copy:
+    ResNet-18's 3→64 stem 1.64 → 1.34 ms, the whole model 17.2 → 16.1 ms; a 3×3 stem ties (0.25 / 0.26 ms)."""
+    if ic_bn == 1:
+        return taps < 25
+    return width >= 56
 
 
 def _find_block(sch: s_tir.Schedule, name: str):
@@ -180,7 +194,8 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     sch.parallel(outer)
     _write_back_tile(sch, conv, ow_o, lanes)
     _finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
-    _schedule_padding(sch, conv, lanes, inline=ow_size >= 56 or ic_bn == 1)
+    taps = int(kernel.shape[2]) * int(kernel.shape[3])
+    _schedule_padding(sch, conv, lanes, inline=_inline_padding(ow_size, ic_bn, taps))
     return outer
 
 
@@ -222,7 +237,9 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
     sch.reorder(ic_o, kh, kw, ic_i, ow, occ, ocb)
     _finish_reduction(sch, conv, ic_o, ocb, [ow, occ], init_unroll=2)
-    _schedule_padding(sch, conv, lanes, inline=width >= 56 or ic_bn == 1)
+    kernel = sch.get(conv).reads[1].source
+    taps = int(kernel.shape[2]) * int(kernel.shape[3])
+    _schedule_padding(sch, conv, lanes, inline=_inline_padding(width, ic_bn, taps))
     for other in leftover:
         _schedule_elementwise_root(sch, other, lanes)
     return row
