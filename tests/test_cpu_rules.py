@@ -263,6 +263,9 @@ WINOGRAD_CASES = {
     "f2_14x14": dict(n=1, cin=32, cout=48, hw=14, k=3, act="relu6"),  # 14 divides by 2 only
     "asym_pad_batch2": dict(n=2, cin=32, cout=32, hw=12, k=3, pads=[0, 1, 2, 1]),
     "no_pad_10x10": dict(n=1, cin=48, cout=32, hw=10, k=3, pads=[0, 0, 0, 0]),  # 8x8 output
+    # odd maps: 2×2 tiles over a padded map, the output transform's loops with tails
+    "f2_padded_7x7": dict(n=1, cin=32, cout=48, hw=7, k=3, act="relu"),
+    "f2_padded_9x9_batch2_residual": dict(n=2, cin=32, cout=32, hw=9, k=3, residual=True, act="relu"),
 }
 
 
@@ -281,7 +284,8 @@ def test_winograd_not_used_where_it_does_not_pay(tmp_path):
     assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), 1) is None
     assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (2, 2), 1) is None
     assert use_winograd((1, 16, 56, 56), (16, 16, 3, 3), (1, 1), (1, 1), 1) is None
-    assert use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1) is None
+    assert use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1) == 2  # padded to 8×8 of tiles
+    assert use_winograd((1, 512, 6, 6), (512, 512, 3, 3), (1, 1), (1, 1), 1) is None
     assert use_winograd((1, 64, 56, 56), (64, 64, 1, 1), (1, 1), (1, 1), 1) is None
 
 
