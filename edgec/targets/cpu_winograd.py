@@ -6,7 +6,10 @@ output tile from an (m+2)×(m+2) input tile with (m+2)² multiplies per input/ou
 (F(4×4,3×3): 36 instead of 144). The weight transform U = G g Gᵀ runs on constants and is folded at compile time;
 per call there are three stages: input transform V = Bᵀ d B, a batched matrix product M = U · V over input
 channels (the bulk of the work, scheduled like the direct conv's register tile), and the output transform
-Y = Aᵀ M A, which also carries the fused epilogue (bias, ReLU, residual add).
+Y = Aᵀ M A, which also carries the fused epilogue (bias, ReLU, residual add). Both transforms run separably
+with only the nonzero matrix entries (see _combination): written as reductions against the constant matrices
+they were 40 % of a 56×56 layer's time (4-conv stack of ResNet-18's first stage: 2.77 → 1.64 ms; whole
+ResNet-18 12.5 → 10.7 ms, 1 thread, interleaved).
 
 The transform matrices are TOPI's Cook-Toom construction; fp32 rounding error grows with m (F(4,3) stays ~1e-6
 relative on real layers).
@@ -15,6 +18,8 @@ relative on real layers).
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 
 def weight_transform(kernel, tile: int, out_dtype: str):
@@ -35,10 +40,49 @@ def weight_transform(kernel, tile: int, out_dtype: str):
         name="winograd_U")
 
 
+def transform_matrices(tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) of F(tile, 3) as numbers (TOPI's Cook-Toom points), to build the transforms term by term."""
+    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+
+    a_mat, b_mat, _ = _cook_toom_convolution(_interpolation_points(tile + 1), tile, 3)
+    return np.asarray(a_mat, dtype=np.float64), np.asarray(b_mat, dtype=np.float64)
+
+
+def _combination(mat: np.ndarray, column, term, dtype: str):
+    """Σ_i mat[i, column] · term(i) with only the nonzero coefficients, for a ``column`` that becomes a constant
+    once its loop is unrolled (then the Select chain folds to one sum). Why: a transform written as a reduction
+    against a constant matrix multiplies by every zero — fp32 semantics forbid dropping x·0 — and costs alpha²
+    multiply-adds per output instead of the few nonzero ones."""
+    from tvm import tirx
+
+    sums = []
+    for j in range(mat.shape[1]):
+        total = None
+        for i in range(mat.shape[0]):
+            coeff = float(mat[i, j])
+            if coeff == 0.0:
+                continue
+            value = term(i)
+            if coeff == -1.0:
+                total = -value if total is None else total - value
+                continue
+            if coeff != 1.0:
+                value = value * tirx.const(coeff, dtype)
+            total = value if total is None else total + value
+        sums.append(total)
+    out = sums[-1]
+    for j in range(len(sums) - 2, -1, -1):
+        out = tirx.Select(column == j, sums[j], out)
+    return out
+
+
 def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
-    """Output of a 3×3 stride-1 convolution of NCHW[x]c ``data`` with transformed weights ``weights_u``."""
+    """Output of a 3×3 stride-1 convolution of NCHW[x]c ``data`` with transformed weights ``weights_u``.
+
+    Both transforms are separable (Bᵀ d B = Bᵀ (d B)), so each runs as two passes of single-matrix products with
+    only the nonzero coefficients: F(4,3)'s input transform takes 312 multiply-adds per tile and channel instead
+    of 1,296."""
     from tvm import te, topi
-    from tvm.topi.nn.winograd_util import winograd_transform_matrices
 
     n_batch, ic_chunks, in_h, in_w, ic_bn = (int(d) for d in data.shape)
     alpha, _, oc_chunks, in_channels, oc_bn = (int(d) for d in weights_u.shape)
@@ -50,32 +94,38 @@ def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
     padded = topi.nn.pad(data, [0, 0, top, left, 0],
                          [0, 0, tiles_h * tile + 2 - in_h - top, tiles_w * tile + 2 - in_w - left, 0],
                          name="data_pad")
-    a_mat, b_mat, _ = winograd_transform_matrices(tile, 3, out_dtype)
+    a_mat, b_mat = transform_matrices(tile)
 
     def tile_origin(p):
         return p // (tiles_h * tiles_w), (p // tiles_w) % tiles_h * tile, p % tiles_w * tile
 
-    r_a = te.reduce_axis((0, alpha), name="r_a")
-    r_b = te.reduce_axis((0, alpha), name="r_b")
-    v = te.compute(
-        (alpha, alpha, ic_chunks, tiles, ic_bn),
-        lambda e, n, c, p, cb: te.sum(
-            padded[tile_origin(p)[0], c, tile_origin(p)[1] + r_a, tile_origin(p)[2] + r_b, cb].astype(out_dtype)
-            * b_mat[r_a][e] * b_mat[r_b][n], axis=[r_a, r_b]),
-        name="winograd_V")
+    def pixel(c, p, row, col, cb):
+        b, y0, x0 = tile_origin(p)
+        return padded[b, c, y0 + row, x0 + col, cb].astype(out_dtype)
+
+    # Input transform: rows first (d B), then columns (Bᵀ ·).
+    v_rows = te.compute((ic_chunks, tiles, alpha, alpha, ic_bn),
+                        lambda c, p, a, n, cb: _combination(b_mat, n, lambda i: pixel(c, p, a, i, cb), out_dtype),
+                        name="winograd_V_rows")
+    v = te.compute((alpha, alpha, ic_chunks, tiles, ic_bn),
+                   lambda e, n, c, p, cb: _combination(b_mat, e, lambda i: v_rows[c, p, i, n, cb], out_dtype),
+                   name="winograd_V")
     r_ic = te.reduce_axis((0, in_channels), name="r_ic")
     m = te.compute(
         (alpha, alpha, oc_chunks, tiles, oc_bn),
         lambda e, n, o, p, ob: te.sum(weights_u[e, n, o, r_ic, ob] * v[e, n, r_ic // ic_bn, p, r_ic % ic_bn],
                                       axis=[r_ic]),
         name="winograd_M")
-    r_c = te.reduce_axis((0, alpha), name="r_c")
-    r_d = te.reduce_axis((0, alpha), name="r_d")
+    # Output transform: M A per tile, then Aᵀ ·, one output pixel at a time.
+    y_rows = te.compute((oc_chunks, tiles, alpha, tile, oc_bn),
+                        lambda o, p, c, xx, ob: _combination(a_mat, xx, lambda i: m[c, i, o, p, ob], out_dtype),
+                        name="winograd_Y_rows")
     return te.compute(
         (n_batch, oc_chunks, out_h, out_w, oc_bn),
-        lambda b, o, y, x, ob: te.sum(
-            m[r_c, r_d, o, b * tiles_h * tiles_w + (y // tile) * tiles_w + x // tile, ob]
-            * a_mat[r_c][y % tile] * a_mat[r_d][x % tile], axis=[r_c, r_d]),
+        lambda b, o, y, x, ob: _combination(
+            a_mat, y % tile,
+            lambda i: y_rows[o, b * tiles_h * tiles_w + (y // tile) * tiles_w + x // tile, i, x % tile, ob],
+            out_dtype),
         name="winograd_Y")
 
 
@@ -115,22 +165,24 @@ def schedule_rule():
             if not isinstance(func, tirx.PrimFunc):
                 return None
             sch = s_tir.Schedule(func)
-            blocks = {name: R._find_block(sch, name) for name in ("winograd_V", "winograd_M", "winograd_Y")}
+            names = ("winograd_V_rows", "winograd_V", "winograd_M", "winograd_Y_rows", "winograd_Y")
+            blocks = {name: R._find_block(sch, name) for name in names}
             if any(b is None for b in blocks.values()):
                 return None
-            v_blk, m_blk, y_blk = blocks.values()
+            v_rows, v_blk, m_blk, y_rows, y_blk = blocks.values()
             lanes = vector_lanes(target)
-            for const in ("A", "B"):  # the transform matrices: constants once inlined and unrolled
-                block = R._find_block(sch, const)
-                if block is not None:
-                    sch.compute_inline(block)
 
-            # Input transform: per (channel block, tile) an alpha×alpha tile of whole vectors.
-            e, n, c, p, cb, r_a, r_b = sch.get_loops(v_blk)
-            sch.reorder(c, p, e, n, r_a, r_b, cb)
-            sch.parallel(sch.fuse(c, p))
-            R._finish_reduction(sch, v_blk, r_a, cb, [e, n, r_a, r_b], init_unroll=2)
-            R._schedule_padding(sch, v_blk, lanes, inline=True)
+            # Input transform: per (channel block, tile) an alpha×alpha tile of whole vectors, its row pass
+            # computed just before it (alpha² vectors, in L1).
+            e, n, c, p, cb = sch.get_loops(v_blk)
+            sch.reorder(c, p, e, n, cb)
+            tile_loop = sch.fuse(c, p)
+            sch.parallel(tile_loop)
+            _unroll_vectorize(sch, [e, n], cb)
+            sch.compute_at(v_rows, tile_loop, preserve_unit_loops=True)
+            *_, a, n, cb = sch.get_loops(v_rows)
+            _unroll_vectorize(sch, [a, n], cb)
+            R._schedule_padding(sch, v_rows, lanes, inline=True)
 
             # Batched product over input channels: the direct conv's register tile (tiles × channel blocks).
             e, n, o, p, ob, r_ic = sch.get_loops(m_blk)
@@ -145,21 +197,27 @@ def schedule_rule():
             R._write_back_tile(sch, m_blk, p_o, lanes, epilogue=False)
             R._finish_reduction(sch, m_blk, ic_o, ob, [p_i, o_i], init_unroll=2)
 
-            # Output transform, with the fused epilogue in its write-back.
-            b, o, y, x, ob, r_c, r_d = sch.get_loops(y_blk)
-            tile = _tile_of(sch, y_blk)
+            # Output transform per output tile, its row pass just before it, the fused epilogue inlined.
+            leftover = R._inline_epilogue(sch, y_blk)
+            tile = int(sch.get(y_rows).writes[0].source.shape[3])
+            b, o, y, x, ob = sch.get_loops(y_blk)
             y_o, y_i = sch.split(y, [None, tile])
             x_o, x_i = sch.split(x, [None, tile])
-            sch.reorder(b, o, y_o, x_o, y_i, x_i, r_c, r_d, ob)
+            sch.reorder(b, o, y_o, x_o, y_i, x_i, ob)
             sch.parallel(sch.fuse(b, o, y_o))
-            R._write_back_tile(sch, y_blk, x_o, lanes)
-            R._finish_reduction(sch, y_blk, r_c, ob, [y_i, x_i, r_c, r_d], init_unroll=2)
+            _unroll_vectorize(sch, [y_i, x_i], ob)
+            sch.compute_at(y_rows, x_o, preserve_unit_loops=True)
+            *_, c, xx, ob = sch.get_loops(y_rows)
+            _unroll_vectorize(sch, [c, xx], ob)
+            for other in leftover:
+                R._schedule_elementwise_root(sch, other, lanes)
             return sch
 
     return WinogradNCHWc()
 
 
-def _tile_of(sch, y_block) -> int:
-    """m from the block's reduction extent: alpha = m + 2 for a 3×3 kernel."""
-    alpha = int(sch.get(y_block).iter_vars[-1].dom.extent)
-    return alpha - 2
+def _unroll_vectorize(sch, unrolled: list, vector_loop) -> None:
+    """Unroll a transform's matrix loops (so its Select chains fold to constants) and vectorize the channel block."""
+    sch.vectorize(vector_loop)
+    for loop in unrolled:
+        sch.unroll(loop)
