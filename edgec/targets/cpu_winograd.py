@@ -137,7 +137,11 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     """The tile size m for a conv, or None to keep the direct kernel.
 
     3×3, stride 1, dilation 1, ungrouped, with enough channels that the batched product dominates the transforms
-    (both ≥ 32) and a map at least 7 wide. m = 4 where the map divides into 4×4 tiles, else 2 — also on maps
+    (both ≥ 32) and a map at least 7 wide. 16 channels would pay too (4-conv 3×3 stacks at 28×28: 2.0× faster
+    with 16 channels, 2.1× with 24; 8 ties; the embedded model 0.072 → 0.051 ms), but a layer pruned from 16 to
+    8 channels cannot follow: the embedded model pruned to 50 % of MACs would then run only 1.14× faster than
+    the unpruned one instead of ~1.7× (bench/prune.py's bound is 1.6×). Lowering it waits for a pruner whose
+    cost model knows which layers run as Winograd. m = 4 where the map divides into 4×4 tiles, else 2 — also on maps
     that do not divide into 2×2 tiles, padded to whole ones: ResNet-18's last stage (512 channels, 7×7, 8×8 of
     tiles) runs 26 % faster with F(2,3) than with the direct kernel, despite 31 % of its tiles being padding;
     F(4,3) there is 9 % slower than direct (its transformed weights are 4× the kernel's, and streamed from
