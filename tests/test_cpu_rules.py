@@ -100,7 +100,7 @@ def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: st
 
 
 CONV_CASES = {
-    "3x3_relu": dict(n=1, cin=24, cout=64, hw=14, k=3, act="relu"),  # < 32 input channels: direct, not Winograd
+    "3x3_relu": dict(n=1, cin=12, cout=64, hw=14, k=3, act="relu"),  # < 16 input channels: direct, not Winograd
     "odd_channels": dict(n=1, cin=3, cout=20, hw=15, k=3, act="relu"),  # 4-channel blocks, too few to widen
     "stride2_asym_pad": dict(n=1, cin=16, cout=32, hw=17, k=3, stride=2, pads=[0, 1, 2, 1]),
     "1x1_residual": dict(n=1, cin=48, cout=48, hw=9, k=1, residual=True, act="relu"),
@@ -117,7 +117,7 @@ def test_conv_rule(case, tmp_path):
 
 
 WIDENED_CASES = {  # output channels in half-vector blocks: computed in full vectors, the real channels stored
-    "cout_40_relu6": dict(n=1, cin=16, cout=40, hw=10, k=3, act="relu6"),
+    "cout_40_relu6": dict(n=1, cin=12, cout=40, hw=10, k=3, act="relu6"),  # < 16 in: not Winograd
     "cout_24_first_layer": dict(n=1, cin=3, cout=24, hw=15, k=3, act="relu"),
     "cout_24_1x1_residual": dict(n=1, cin=24, cout=24, hw=9, k=1, residual=True),
     "cout_24_stride2_asym_pad_batch2": dict(n=2, cin=16, cout=24, hw=13, k=3, stride=2, pads=[0, 1, 2, 1]),
@@ -177,7 +177,7 @@ def test_matmul_rule(a_shape, k, n, tmp_path):
 
 def test_arm_rules_match_on_emulated_device(tmp_path):
     """The same rules with NEON's 4 lanes, cross-compiled and run on the emulated aarch64 device."""
-    onnx.save(_conv_model(n=1, cin=16, cout=24, hw=10, k=3, act="relu6", residual=False), str(tmp_path / "m.onnx"))
+    onnx.save(_conv_model(n=1, cin=12, cout=24, hw=10, k=3, act="relu6", residual=False), str(tmp_path / "m.onnx"))
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
                            device="qemu-aarch64")
     assert result.verification.passed, result.verification.summary()
@@ -271,7 +271,7 @@ WINOGRAD_CASES = {
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_winograd_rule(case, tmp_path):
-    """3×3 stride-1 convs with ≥ 32 channels go through Winograd (F(4,3) or F(2,3)); output still within 1e-4."""
+    """3×3 stride-1 convs with ≥ 16 channels go through Winograd (F(4,3) or F(2,3)); output still within 1e-4."""
     _check(_conv_model(**WINOGRAD_CASES[case]), tmp_path, "WinogradNCHWc")
 
 
@@ -283,7 +283,8 @@ def test_winograd_not_used_where_it_does_not_pay(tmp_path):
     assert use_winograd((1, 64, 14, 14), (64, 64, 3, 3), (1, 1), (1, 1), 1) == 2
     assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (2, 2), (1, 1), 1) is None
     assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (2, 2), 1) is None
-    assert use_winograd((1, 16, 56, 56), (16, 16, 3, 3), (1, 1), (1, 1), 1) is None
+    assert use_winograd((1, 16, 56, 56), (16, 16, 3, 3), (1, 1), (1, 1), 1) == 4
+    assert use_winograd((1, 8, 56, 56), (8, 8, 3, 3), (1, 1), (1, 1), 1) is None
     assert use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1) == 2  # padded to 8×8 of tiles
     assert use_winograd((1, 512, 6, 6), (512, 512, 3, 3), (1, 1), (1, 1), 1) is None
     assert use_winograd((1, 64, 56, 56), (64, 64, 1, 1), (1, 1), (1, 1), 1) is None

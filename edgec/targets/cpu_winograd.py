@@ -129,7 +129,7 @@ def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
         name="winograd_Y")
 
 
-MIN_CHANNELS = 32
+MIN_CHANNELS = 16
 MIN_WIDTH = 7
 
 
@@ -137,15 +137,14 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     """The tile size m for a conv, or None to keep the direct kernel.
 
     3×3, stride 1, dilation 1, ungrouped, with enough channels that the batched product dominates the transforms
-    (both ≥ 32) and a map at least 7 wide. 16 channels would pay too (4-conv 3×3 stacks at 28×28: 2.0× faster
-    with 16 channels, 2.1× with 24; 8 ties; the embedded model 0.072 → 0.051 ms), but a layer pruned from 16 to
-    8 channels cannot follow: the embedded model pruned to 50 % of MACs would then run only 1.14× faster than
-    the unpruned one instead of ~1.7× (bench/prune.py's bound is 1.6×). Lowering it waits for a pruner whose
-    cost model knows which layers run as Winograd. m = 4 where the map divides into 4×4 tiles, else 2 — also on maps
-    that do not divide into 2×2 tiles, padded to whole ones: ResNet-18's last stage (512 channels, 7×7, 8×8 of
+    (both ≥ 16: 4-conv stacks at 28×28 run 2.0× faster with 16 channels, 2.1× with 24, once the transforms
+    skip zeros; 8 ties; the embedded model 0.078 → 0.051 ms) and a map at least 7 wide. A layer pruned below 16
+    channels cannot follow, so pruning such a layer buys less than its MACs say (the embedded model at 50 % of
+    MACs: 0.049 ms, 1.1× the unpruned one; see bench/prune.py). m = 4 where the map divides into 4×4 tiles,
+    else 2 — also on maps that do not divide into 2×2 tiles, padded to whole ones: ResNet-18's last stage (512 channels, 7×7, 8×8 of
     tiles) runs 26 % faster with F(2,3) than with the direct kernel, despite 31 % of its tiles being padding;
     F(4,3) there is 9 % slower than direct (its transformed weights are 4× the kernel's, and streamed from
-    memory). On 14×14, F(2,3) stays 17 % ahead of a padded F(4,3) for the same reason.
+    memory). On 14×14 a padded F(4,3) ties with F(2,3), which rounds less.
     """
     _, cin, height, width = data_shape
     cout, _, k_h, k_w = weight_shape
