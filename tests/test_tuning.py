@@ -207,13 +207,14 @@ def test_x86_database_never_applies_to_another_target(tuned, tiny_onnx, tmp_path
 
 @pytest.fixture(scope="module")
 def conv_onnx(tmp_path_factory) -> Path:
-    """One 16→64 3×3 conv at 14×14: four channel blocks and 14 columns give the conv rule many register tiles."""
+    """One 12→64 3×3 conv at 14×14 (under 16 input channels: the direct kernel, not Winograd): four channel blocks
+    and 14 columns give the conv rule many register tiles."""
     rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array((rng.standard_normal((64, 16, 3, 3)) * 0.1).astype(np.float32), "w"),
+    inits = [numpy_helper.from_array((rng.standard_normal((64, 12, 3, 3)) * 0.1).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")]
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["y"])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 14, 14])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 14, 14])], inits)
     path = tmp_path_factory.mktemp("tiles") / "conv.onnx"
     import onnx
