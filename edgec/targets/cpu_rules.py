@@ -114,10 +114,8 @@ def _finish_reduction(sch: s_tir.Schedule, block, first_reduce, vector_loop, unr
 
 def _schedule_padding(sch: s_tir.Schedule, block, lanes: int, inline: bool = False) -> None:
     """The padded input: inlined into the conv (a bounds check per input read), or materialised once, parallel
-    over channel blocks and rows, vectorized along c. Measured on ResNet-18 / MobileNetV2 layers (1 thread):
-    inlining wins on wide maps (56×56: 1.07 → 0.96 ms) and on unblocked stems (3→32 stride 2: 0.61 → 0.11 ms),
-    ties at 28×28, and loses badly on narrow ones (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms), where the check
-    is paid on a large share of reads."""
+    over channel blocks and rows, vectorized along c (along the row for an unblocked input). Which one a conv
+    takes: _inline_padding."""
     for producer in sch.get_producers(block):
         if sch.get(producer).name_hint.endswith("pad"):
             if inline:
@@ -134,12 +132,15 @@ def _schedule_padding(sch: s_tir.Schedule, block, lanes: int, inline: bool = Fal
 CHECKED_UNBLOCKED_REGISTERS = 24  # register budget of a tile whose unblocked input is read bounds-checked
 
 
-def _inline_padding(width: int, ic_bn: int, taps: int) -> bool:
-    """Whether a conv reads its padded input through a bounds check (see _schedule_padding): on wide maps, and on
-    unblocked stems with few taps. A 7×7 stem (49 checked reads per broadcast) is faster from a materialised copy:
-    ResNet-18's 3→64 stem 1.64 → 1.34 ms, the whole model 17.2 → 16.1 ms; a 3×3 stem ties (0.25 / 0.26 ms)."""
-    if ic_bn == 1:
-        return taps < 25
+def _inline_padding(width: int, kernel) -> bool:
+    """Whether a conv with output ``width`` and (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn) ``kernel`` reads its
+    padded input through a bounds check (see _schedule_padding). Measured on ResNet-18 / MobileNetV2 layers
+    (1 thread): the check wins on wide maps (56×56: 1.07 → 0.96 ms), ties at 28×28, and loses badly on narrow ones
+    (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms), where it is paid on a large share of reads. Unblocked stems keep
+    it up to 3×3 (3→32 stride 2: 0.25 vs 0.26 ms from a row-vectorized copy); a 7×7 stem (49 checked reads per
+    broadcast) is faster from the copy: ResNet-18's 3→64 stem 1.64 → 1.34 ms, the whole model 17.2 → 16.1 ms."""
+    if int(kernel.shape[4]) == 1:
+        return int(kernel.shape[2]) * int(kernel.shape[3]) < 25
     return width >= 56
 
 
@@ -180,8 +181,7 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     ic_bn = int(kernel.shape[4])
     lanes = vector_lanes(target)
     vec_per_block = max(1, oc_bn // lanes)
-    taps = int(kernel.shape[2]) * int(kernel.shape[3])
-    inline_pad = _inline_padding(ow_size, ic_bn, taps)
+    inline_pad = _inline_padding(ow_size, kernel)
     registers = _vector_registers(target)
     if inline_pad and ic_bn == 1:
         # Bounds-checked broadcasts want registers of their own: EfficientNet-Lite0's 3→32 stride-2 stem runs
@@ -242,13 +242,11 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
     sch.compute_at(conv, x_o, preserve_unit_loops=True)
     sch.set_scope(conv, 0, "local")  # the register tile itself
     _, occ, _, ow, ocb, ic, kh, kw = sch.get_loops(conv)[-8:]
-    ic_bn = int(sch.get(conv).reads[1].source.shape[4])
-    ic_o, ic_i = sch.split(ic, [None, ic_bn])
+    kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
+    ic_o, ic_i = sch.split(ic, [None, int(kernel.shape[4])])
     sch.reorder(ic_o, kh, kw, ic_i, ow, occ, ocb)
     _finish_reduction(sch, conv, ic_o, ocb, [ow, occ], init_unroll=2)
-    kernel = sch.get(conv).reads[1].source
-    taps = int(kernel.shape[2]) * int(kernel.shape[3])
-    _schedule_padding(sch, conv, lanes, inline=_inline_padding(width, ic_bn, taps))
+    _schedule_padding(sch, conv, lanes, inline=_inline_padding(width, kernel))
     for other in leftover:
         _schedule_elementwise_root(sch, other, lanes)
     return row

@@ -139,8 +139,8 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     3×3, stride 1, dilation 1, ungrouped, with enough channels that the batched product dominates the transforms (both ≥
     16: 4-conv stacks at 28×28 run 2.0× faster with 16 channels, 2.1× with 24, once the transforms skip zeros; 8 ties;
     the embedded model 0.078 → 0.051 ms) and a map at least 7 wide. A layer pruned below 16 channels cannot follow, so
-    pruning such a layer buys less than its MACs say (the embedded model at 50 % of MACs: 0.049 ms, 1.1× the unpruned
-    one; see bench/prune.py). m = 4 where the map divides into 4×4 tiles, else 2 — also on maps that do not divide into
+    pruning such a layer buys less than its MACs say (the embedded model at 50 % of MACs: 0.041 ms, 1.16× the unpruned
+    one in bench/prune.py). m = 4 where the map divides into 4×4 tiles, else 2 — also on maps that do not divide into
     2×2 tiles, padded to whole ones: ResNet-18's last stage (512 channels, 7×7, 8×8 of tiles) runs 26 % faster with
     F(2,3) than with the direct kernel, despite 31 % of its tiles being padding; F(4,3) there is 9 % slower than direct
     (its transformed weights are 4× the kernel's, and streamed from memory). On 14×14 a padded F(4,3) ties with F(2,3),
