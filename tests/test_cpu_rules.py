@@ -6,6 +6,8 @@ grouped convs, batch > 1, and matmuls whose sizes do not divide the vector width
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -108,6 +110,8 @@ CONV_CASES = {
     "batch3_7x7": dict(n=3, cin=8, cout=32, hw=11, k=7, stride=2),
     # unblocked 7×7 stem: padded copy vectorized along rows that are no whole number of vectors (21 + 3 + 4)
     "stem_7x7_padded_copy": dict(n=2, cin=3, cout=32, hw=21, k=7, stride=2, pads=[3, 3, 4, 4], act="relu"),
+    # 7 channel blocks on a 7-wide row: tiles of 3 blocks, the last one a predicated tail of 1 (batch 2)
+    "seven_blocks_tail": dict(n=2, cin=40, cout=112, hw=13, k=3, stride=2, act="relu"),
 }
 
 
@@ -224,11 +228,16 @@ def test_register_tile_fits_the_register_file():
     for width in (7, 14, 28, 56, 112, 10, 13):
         for chunks in (1, 2, 3, 4, 12, 20, 72):
             for vec, regs in ((1, 32), (1, 16), (2, 32)):
-                reg_n, oc_tile = register_tile(width, chunks, vec, regs)
-                assert width % reg_n == 0 and chunks % oc_tile == 0
-                assert reg_n * oc_tile * vec + oc_tile * vec + 1 <= regs
+                for partial in (True, False):
+                    reg_n, oc_tile = register_tile(width, chunks, vec, regs, partial=partial)
+                    assert width % reg_n == 0 and oc_tile <= chunks
+                    assert partial or chunks % oc_tile == 0
+                    assert reg_n * oc_tile * vec + oc_tile * vec + 1 <= regs
     assert register_tile(7, 72, 1, 32) == (7, 3)  # 7x4 would need 33 registers and spill
     assert register_tile(56, 4, 1, 32) == (14, 2)
+    # 7 blocks: 3+3+1 keeps 16.3 accumulators busy on average; whole tiles only allow 7 (7x1 or 1x7)
+    assert register_tile(7, 7, 1, 32) == (7, 3)
+    assert math.prod(register_tile(7, 7, 1, 32, partial=False)) == 7
 
 
 @pytest.mark.parametrize("mid", [22, 11, 6, 3])
