@@ -134,11 +134,11 @@ def test_widened_conv_rule(case, tmp_path):
 
 
 SPATIAL_CASES = {  # fewer output channels than AVX-512 lanes, stride 1: vectorized along the output rows
-    "16_to_8_3x3_relu": dict(n=1, cin=16, cout=8, hw=28, k=3, act="relu"),
+    "16_to_8_5x5_relu": dict(n=1, cin=16, cout=8, hw=28, k=5, pads=[2, 2, 2, 2], act="relu"),  # 3×3: Winograd
     "8_to_8_1x1_residual": dict(n=1, cin=8, cout=8, hw=20, k=1, residual=True, act="relu"),
     "12_channels_asym_pad_batch2": dict(n=2, cin=24, cout=12, hw=13, k=3, pads=[0, 1, 2, 1], act="relu6"),
     "first_layer_5x5": dict(n=1, cin=3, cout=4, hw=33, k=5),
-    "64_to_8_wide_map": dict(n=1, cin=64, cout=8, hw=60, k=3, act="relu"),  # 4 channel blocks, 64-wide rows
+    "64_to_12_wide_map": dict(n=1, cin=64, cout=12, hw=60, k=3, act="relu"),  # 4 channel blocks, 64-wide rows
 }
 
 
@@ -147,20 +147,31 @@ def test_spatial_conv_rule(case, tmp_path):
     _check(_conv_model(**SPATIAL_CASES[case]), tmp_path, "SpatialConv2d")
 
 
-def test_pruned_pair_reads_the_row_layout(tmp_path):
-    """16 → 8 → 16 channels (what pruning a block's inner conv to half leaves): the second conv reads the first's
-    plain NCHW output directly, and both match onnxruntime."""
-    first = _conv_model(n=1, cin=16, cout=8, hw=28, k=3, act="relu")
-    second = _conv_model(n=1, cin=8, cout=16, hw=28, k=3)
+def _pruned_pair(k: int) -> onnx.ModelProto:
+    """16 → 8 → 16 channels with k×k kernels (what pruning a block's inner conv to half leaves)."""
+    first = _conv_model(n=1, cin=16, cout=8, hw=28, k=k, act="relu")
+    second = _conv_model(n=1, cin=8, cout=16, hw=28, k=k)
     graph = first.graph
     for init in second.graph.initializer:
         init.name = "2" + init.name
         graph.initializer.append(init)
-    graph.node.append(helper.make_node("Conv", [graph.output[0].name, "2w", "2b"], ["y"], pads=[1, 1, 1, 1]))
+    graph.node.append(helper.make_node("Conv", [graph.output[0].name, "2w", "2b"], ["y"], pads=[k // 2] * 4))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
-    _check(first, tmp_path, "SpatialConv2d")
+    return first
+
+
+def test_pruned_pair_reads_the_row_layout(tmp_path):
+    """5×5 kernels: the first conv is row-vectorized and the second reads its plain NCHW output directly."""
+    _check(_pruned_pair(5), tmp_path, "SpatialConv2d")
     assert "Conv2dNCHWc" in _scheduled_rules(tmp_path / "m.onnx")
+
+
+def test_pruned_pair_stays_in_winograd_blocks(tmp_path):
+    """3×3 kernels: both convs go through Winograd in 8-channel blocks (the first's output is the second's input
+    as it is), neither through the row-vectorized conv."""
+    _check(_pruned_pair(3), tmp_path, "WinogradNCHWc")
+    assert "SpatialConv2d" not in _scheduled_rules(tmp_path / "m.onnx")
 
 
 @pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None)])
@@ -275,6 +286,9 @@ WINOGRAD_CASES = {
     # odd maps: 2×2 tiles over a padded map, the output transform's loops with tails
     "f2_padded_7x7": dict(n=1, cin=32, cout=48, hw=7, k=3, act="relu"),
     "f2_padded_9x9_batch2_residual": dict(n=2, cin=32, cout=32, hw=9, k=3, residual=True, act="relu"),
+    # one side of 8 channels (half-vector blocks) when the other has >= 16
+    "narrow_out_16_to_8": dict(n=1, cin=16, cout=8, hw=28, k=3, act="relu"),
+    "narrow_in_8_to_24_batch2": dict(n=2, cin=8, cout=24, hw=12, k=3, act="relu6"),
 }
 
 
@@ -294,6 +308,9 @@ def test_winograd_not_used_where_it_does_not_pay(tmp_path):
     assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (2, 2), 1) is None
     assert use_winograd((1, 16, 56, 56), (16, 16, 3, 3), (1, 1), (1, 1), 1) == 4
     assert use_winograd((1, 8, 56, 56), (8, 8, 3, 3), (1, 1), (1, 1), 1) is None
+    assert use_winograd((1, 16, 28, 28), (8, 16, 3, 3), (1, 1), (1, 1), 1) == 4  # a pruned block's inner conv
+    assert use_winograd((1, 8, 28, 28), (16, 8, 3, 3), (1, 1), (1, 1), 1) == 4
+    assert use_winograd((1, 12, 28, 28), (16, 12, 3, 3), (1, 1), (1, 1), 1) is None  # 4-channel blocks: slower
     assert use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1) == 2  # padded to 8×8 of tiles
     assert use_winograd((1, 512, 6, 6), (512, 512, 3, 3), (1, 1), (1, 1), 1) is None
     assert use_winograd((1, 64, 56, 56), (64, 64, 1, 1), (1, 1), (1, 1), 1) is None

@@ -49,14 +49,18 @@ def _block(channels: int, lanes: int) -> int:
     return b
 
 
-def _input_block(channels: int, lanes: int, dtype: str) -> int:
+def _input_block(call, lanes: int) -> int:
     """Input channel block of an ungrouped conv. Fewer float channels than lanes arrive from a row-vectorized
     conv (cpu_spatial_conv) in plain NCHW, so they are read as they are (blocks of one): the direct conv
     broadcasts one input value per FMA whatever the block (16 → 8 → 16 at 28×28: the second conv 10 → 8.8 µs).
+    A conv that Winograd computes takes whole blocks (its input transform is vectorized over them).
     Integer convs keep their blocks: VNNI reads four input channels per instruction."""
     from edgec.targets import cpu_spatial_conv as spatial
+    from edgec.targets import cpu_winograd
 
-    if spatial.ENABLED and lanes == spatial.LANES and channels < lanes and "float" in dtype:
+    channels, dtype = int(call.args[0].ty.shape[1]), str(call.args[0].ty.dtype)
+    if (spatial.ENABLED and lanes == spatial.LANES and channels < lanes and "float" in dtype
+            and not cpu_winograd.takes(call)):
         return 1
     return _block(channels, lanes)
 
@@ -74,7 +78,7 @@ def choose_layouts(call, lanes: int) -> list[str] | None:
     dtype = str(call.args[0].ty.dtype)
     from edgec.targets import cpu_spatial_conv as spatial
 
-    ic_bn = _input_block(cin, lanes, dtype)
+    ic_bn = _input_block(call, lanes)
     # One-channel blocks of float data are declared plain NCHW (legalize_conv2d adds the unit axis as a view):
     # TVM's ConvertLayout cannot convert NCHW8c to NCHW1c ("Invalid layout axis 1b").
     data = "NCHW" if ic_bn == 1 and "float" in dtype else f"NCHW{ic_bn}c"

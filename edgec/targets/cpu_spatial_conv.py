@@ -8,7 +8,8 @@ FMA multiplies a contiguous run of the (padded) input row by one broadcast weigh
 output channels of the tile. That conv now takes 12.8 µs, 2.7 of them the transpose of its NCHW16c input; the conv
 after it, reading the plain output, 8.8 µs instead of 10 (1 thread). The 50 % pruned embedded model went from
 1.40x to 1.56-1.64x faster than the unpruned one (bench/prune.py). With 16 output channels the row form measured
-no faster than the blocked conv, so it is kept to fewer.
+no faster than the blocked conv, so it is kept to fewer. A 3×3 conv with 8 outputs from ≥ 16 inputs now goes
+to Winograd instead (cpu_winograd.use_winograd: 9 µs for that 16 → 8 conv).
 
 Stages, all in one kernel:
 
@@ -40,7 +41,8 @@ PAD_WHOLE = 4 * LANES  # a padded row up to this long is copied as one vector; l
 
 def applies(call: Any, lanes: int) -> bool:
     """Whether a Relax ``conv2d`` (still NCHW/OIHW) should be computed along rows: float, ungrouped, stride and
-    dilation 1, 4 to lanes - 1 output channels, on a LANES-wide target, rows at least MIN_WIDTH wide."""
+    dilation 1, 4 to lanes - 1 output channels, on a LANES-wide target, rows at least MIN_WIDTH wide, and not
+    one that Winograd computes (cpu_winograd.use_winograd: 8 outputs from ≥ 16 inputs, 3×3)."""
     if not ENABLED or lanes != LANES:
         return False
     attrs = call.attrs
@@ -53,7 +55,11 @@ def applies(call: Any, lanes: int) -> bool:
     _, _, _, width = data_shape
     pad = [int(p) for p in attrs.padding]
     out_w = width + pad[1] + pad[3] - k_w + 1
-    return 4 <= cout < lanes and out_w >= MIN_WIDTH
+    if not (4 <= cout < lanes and out_w >= MIN_WIDTH):
+        return False
+    from edgec.targets import cpu_winograd
+
+    return not cpu_winograd.takes(call)  # 16 → 8 at 28×28: 9 µs as Winograd, 13 here
 
 
 def row_tile(out_w: int, out_channels: int, lanes: int, registers: int = 32) -> tuple[int, int, int]:

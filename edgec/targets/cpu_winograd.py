@@ -130,6 +130,7 @@ def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
 
 
 MIN_CHANNELS = 16
+NARROW_SIDE = 8  # one side of the conv may have this many channels when the other has at least MIN_CHANNELS
 MIN_WIDTH = 7
 
 
@@ -137,22 +138,38 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     """The tile size m for a conv, or None to keep the direct kernel.
 
     3×3, stride 1, dilation 1, ungrouped, with enough channels that the batched product dominates the transforms (both ≥
-    16: 4-conv stacks at 28×28 run 2.0× faster with 16 channels, 2.1× with 24, once the transforms skip zeros; 8 ties;
-    the embedded model 0.078 → 0.051 ms) and a map at least 7 wide. A layer pruned below 16 channels cannot follow, so
-    pruning such a layer buys less than its MACs say (the embedded model at 50 % of MACs: 0.041 ms, 1.16× the unpruned
-    one in bench/prune.py). m = 4 where the map divides into 4×4 tiles, else 2 — also on maps that do not divide into
-    2×2 tiles, padded to whole ones: ResNet-18's last stage (512 channels, 7×7, 8×8 of tiles) runs 26 % faster with
-    F(2,3) than with the direct kernel, despite 31 % of its tiles being padding; F(4,3) there is 9 % slower than direct
-    (its transformed weights are 4× the kernel's, and streamed from memory). On 14×14 a padded F(4,3) ties with F(2,3),
-    which rounds less.
+    16: 4-conv stacks at 28×28 run 2.0× faster with 16 channels, 2.1× with 24, once the transforms skip zeros; the
+    embedded model 0.078 → 0.051 ms) and a map at least 7 wide. One side may have 8 channels when the other has ≥ 16:
+    that is what pruning a 16-channel residual block to half leaves (16 → 8 → 16), and in the pruned embedded model
+    that pair runs 9 + 5 µs as Winograd against 13 (row-vectorized, cpu_spatial_conv) + 9 (direct) µs; the model
+    0.041 → 0.033 ms (the unpruned one: 0.047). With 8 channels on both sides it ties with the direct kernel and
+    with 12 (4-channel blocks) it is 1.4× slower, so those stay direct. m = 4 where the map divides into 4×4 tiles,
+    else 2 — also on maps that do not divide into 2×2 tiles, padded to whole ones: ResNet-18's last stage (512
+    channels, 7×7, 8×8 of tiles) runs 26 % faster with F(2,3) than with the direct kernel, despite 31 % of its tiles
+    being padding; F(4,3) there is 9 % slower than direct (its transformed weights are 4× the kernel's, and
+    streamed from memory). On 14×14 a padded F(4,3) ties with F(2,3), which rounds less.
     """
     _, cin, height, width = data_shape
     cout, _, k_h, k_w = weight_shape
     if (k_h, k_w) != (3, 3) or tuple(strides) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
         return None
-    if cin < MIN_CHANNELS or cout < MIN_CHANNELS or min(height, width) < MIN_WIDTH:
+    narrow, wide = sorted((cin, cout))
+    if wide < MIN_CHANNELS or (narrow < MIN_CHANNELS and narrow != NARROW_SIDE) or min(height, width) < MIN_WIDTH:
         return None
     return 4 if height % 4 == 0 and width % 4 == 0 else 2
+
+
+def takes(call) -> bool:
+    """Whether a float Relax ``conv2d`` still in NCHW/OIHW will be computed by Winograd once blocked: its layouts
+    are chosen for that (whole channel blocks in, not cpu_spatial_conv's rows)."""
+    from edgec.targets import cpu_layout
+
+    if not cpu_layout.WINOGRAD or "float" not in str(call.args[0].ty.dtype):
+        return False
+    attrs = call.attrs
+    return use_winograd([int(d) for d in call.args[0].ty.shape], [int(d) for d in call.args[1].ty.shape],
+                        [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation],
+                        int(attrs.groups)) is not None
 
 
 def schedule_rule():
