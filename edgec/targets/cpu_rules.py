@@ -136,18 +136,18 @@ def _schedule_padding(sch: s_tir.Schedule, block, lanes: int, inline: bool = Fal
                 _schedule_elementwise_root(sch, producer, lanes)
 
 
-CHECKED_UNBLOCKED_REGISTERS = 24  # register budget of a tile whose unblocked input is read bounds-checked
-
-
 def _inline_padding(width: int, kernel) -> bool:
     """Whether a conv with output ``width`` and (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn) ``kernel`` reads its
     padded input through a bounds check (see _schedule_padding). Measured on ResNet-18 / MobileNetV2 layers
     (1 thread): the check wins on wide maps (56×56: 1.07 → 0.96 ms), ties at 28×28, and loses badly on narrow ones
-    (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms), where it is paid on a large share of reads. Unblocked stems keep
-    it up to 3×3 (3→32 stride 2: 0.25 vs 0.26 ms from a row-vectorized copy); a 7×7 stem (49 checked reads per
-    broadcast) is faster from the copy: ResNet-18's 3→64 stem 1.64 → 1.34 ms, the whole model 17.2 → 16.1 ms."""
+    (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms), where it is paid on a large share of reads. Unblocked inputs (a
+    model's image, ic_bn 1) always go through the row-vectorized copy: a 7×7 stem (49 checked reads per broadcast)
+    runs faster from it in isolation (ResNet-18's 3→64 stem 1.64 → 1.34 ms), and a 3×3 one ties there (3→32
+    stride 2: 0.25 vs 0.26 ms) but not in the model, where the image arrives cold: one sequential pass over it
+    beats nine interleaved strided row streams. EfficientNet-Lite0's stem, timed in the model (VM instrument):
+    0.285 → 0.185 ms; the model 4.82 → 4.67 ms, MobileNetV2 4.18 → 4.10 ms (interleaved A/B)."""
     if int(kernel.shape[4]) == 1:
-        return int(kernel.shape[2]) * int(kernel.shape[3]) < 25
+        return False
     return width >= 56
 
 
@@ -189,12 +189,7 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     lanes = vector_lanes(target)
     vec_per_block = max(1, oc_bn // lanes)
     inline_pad = _inline_padding(ow_size, kernel)
-    registers = _vector_registers(target)
-    if inline_pad and ic_bn == 1:
-        # Bounds-checked broadcasts want registers of their own: EfficientNet-Lite0's 3→32 stride-2 stem runs
-        # 0.30 ms with a 14×2 tile (31 registers), 0.23 ms with 8×2 or 7×2.
-        registers = min(registers, CHECKED_UNBLOCKED_REGISTERS)
-    derived = register_tile(ow_size, _extent(sch, occ), vec_per_block, registers)
+    derived = register_tile(ow_size, _extent(sch, occ), vec_per_block, _vector_registers(target))
     reg_n, oc_tile = reg_n or derived[0], oc_tile or derived[1]
 
     occ_o, occ_i = sch.split(occ, [None, oc_tile])
