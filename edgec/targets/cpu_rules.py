@@ -11,6 +11,8 @@ the epilogue (bias, ReLU, residual add) applied as the tile is written back, so 
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
@@ -136,19 +138,28 @@ def _schedule_padding(sch: s_tir.Schedule, block, lanes: int, inline: bool = Fal
                 _schedule_elementwise_root(sch, producer, lanes)
 
 
-def _inline_padding(width: int, kernel) -> bool:
-    """Whether a conv with output ``width`` and (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn) ``kernel`` reads its
-    padded input through a bounds check (see _schedule_padding). Measured on ResNet-18 / MobileNetV2 layers
-    (1 thread): the check wins on wide maps (56×56: 1.07 → 0.96 ms), ties at 28×28, and loses badly on narrow ones
-    (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms), where it is paid on a large share of reads. Unblocked inputs (a
-    model's image, ic_bn 1) always go through the row-vectorized copy: a 7×7 stem (49 checked reads per broadcast)
-    runs faster from it in isolation (ResNet-18's 3→64 stem 1.64 → 1.34 ms), and a 3×3 one ties there (3→32
-    stride 2: 0.25 vs 0.26 ms) but not in the model, where the image arrives cold: one sequential pass over it
-    beats nine interleaved strided row streams. EfficientNet-Lite0's stem, timed in the model (VM instrument):
-    0.285 → 0.185 ms; the model 4.82 → 4.67 ms, MobileNetV2 4.18 → 4.10 ms (interleaved A/B)."""
+SMALL_CONV_MACS = 4_000_000  # up to this many MACs, a conv reads its padding bounds-checked (see _inline_padding)
+
+
+def _inline_padding(sch: s_tir.Schedule, conv, width: int) -> bool:
+    """Whether the conv block ``conv`` with output ``width`` reads its padded input through a bounds check (see
+    _schedule_padding). Measured on ResNet-18 / MobileNetV2 layers (1 thread): the check wins on wide maps (56×56:
+    1.07 → 0.96 ms), ties at 28×28, and loses badly on narrow ones (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms),
+    where it is paid on a large share of reads. Small convs (≤ SMALL_CONV_MACS) keep the check whatever their
+    width: the copy is a pass of its own whose fixed cost shows there (16 → 16 stride 2 to 14×14, 0.45 M MACs:
+    4 µs checked, 6 µs from the copy; 16 → 32: 8 vs 9 µs; 64 → 128 to 7×7, 3.6 M MACs: 31 vs 33 µs; 32 → 64 to
+    14×14, 3.6 M MACs: a tie; ResNet-18's 128 → 256 stride 2, 29 M MACs: 0.56 vs 0.51 ms, the copy wins).
+    Unblocked inputs (a model's image, ic_bn 1) always go through the row-vectorized copy: a 7×7 stem (49 checked
+    reads per broadcast) runs faster from it in isolation (ResNet-18's 3→64 stem 1.64 → 1.34 ms), and a 3×3 one
+    ties there (3→32 stride 2: 0.25 vs 0.26 ms) but not in the model, where the image arrives cold: one sequential
+    pass over it beats nine interleaved strided row streams. EfficientNet-Lite0's stem, timed in the model (VM
+    instrument): 0.285 → 0.185 ms; the model 4.82 → 4.67 ms, MobileNetV2 4.18 → 4.10 ms (interleaved A/B)."""
+    kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
     if int(kernel.shape[4]) == 1:
         return False
-    return width >= 56
+    outputs = math.prod(int(d) for d in sch.get(conv).writes[0].source.shape)
+    macs = outputs * math.prod(int(d) for d in kernel.shape[1:5])
+    return width >= 56 or macs <= SMALL_CONV_MACS
 
 
 def _find_block(sch: s_tir.Schedule, name: str):
@@ -188,7 +199,7 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     ic_bn = int(kernel.shape[4])
     lanes = vector_lanes(target)
     vec_per_block = max(1, oc_bn // lanes)
-    inline_pad = _inline_padding(ow_size, kernel)
+    inline_pad = _inline_padding(sch, conv, ow_size)
     derived = register_tile(ow_size, _extent(sch, occ), vec_per_block, _vector_registers(target))
     reg_n, oc_tile = reg_n or derived[0], oc_tile or derived[1]
 
@@ -233,6 +244,7 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
     n, c, y, x, i = sch.get_loops(narrow)[-5:]
     wide_blocks = _extent(sch, sch.get_loops(conv)[1])
     width = _extent(sch, x)
+    inline_pad = _inline_padding(sch, conv, width)  # before the conv becomes a local tile
     reg_n = _divisor_at_most(width, max(1, min(16, (_vector_registers(target) - wide_blocks - 1) // wide_blocks)))
     x_o, x_i = sch.split(x, [None, reg_n])
     sch.reorder(n, y, x_o, c, x_i, i)
@@ -248,7 +260,7 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target):
     ic_o, ic_i = sch.split(ic, [None, int(kernel.shape[4])])
     sch.reorder(ic_o, kh, kw, ic_i, ow, occ, ocb)
     _finish_reduction(sch, conv, ic_o, ocb, [ow, occ], init_unroll=2)
-    _schedule_padding(sch, conv, lanes, inline=_inline_padding(width, kernel))
+    _schedule_padding(sch, conv, lanes, inline=inline_pad)
     for other in leftover:
         _schedule_elementwise_root(sch, other, lanes)
     return row
