@@ -112,6 +112,8 @@ CONV_CASES = {
     "stem_7x7_padded_copy": dict(n=2, cin=3, cout=32, hw=21, k=7, stride=2, pads=[3, 3, 4, 4], act="relu"),
     # 7 channel blocks on a 7-wide row: tiles of 3 blocks, the last one a predicated tail of 1 (batch 2)
     "seven_blocks_tail": dict(n=2, cin=40, cout=112, hw=13, k=3, stride=2, act="relu"),
+    # > 4 M MACs on a 14-wide output: the padding comes from a copy (smaller convs read it bounds-checked)
+    "stride2_padded_copy": dict(n=1, cin=64, cout=128, hw=28, k=3, stride=2, pads=[1, 1, 2, 2], act="relu"),
 }
 
 
@@ -231,6 +233,30 @@ def test_elementwise_chain_rule(tmp_path):
 def test_conv_rule_avx2_preset(case, rule, tmp_path):
     """The AVX2 preset: 8 lanes and 16 registers give other blocks and tiles; this host runs AVX2 code too."""
     _check(_conv_model(**CONV_CASES[case]), tmp_path, rule, target="x86:avx2")
+
+
+def test_padding_read_bounds_checked_only_where_it_pays():
+    """The rule behind the two padding paths: checked reads on wide maps and small convs, a copy otherwise, and
+    always a copy for an unblocked (image) input."""
+    from tvm import s_tir, te, topi
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu_rules import _find_block, _inline_padding
+
+    def decide(cin, cout, hw, stride, ic_bn):
+        data = te.placeholder((1, cin // ic_bn, hw, hw, ic_bn), name="data")
+        kernel = te.placeholder((cout // 16, cin // ic_bn, 3, 3, ic_bn, 16), name="kernel")
+        with resolve_target("x86").tvm_target():
+            out = topi.nn.conv2d_NCHWc(data, kernel, [stride] * 2, [1, 1], [1, 1], f"NCHW{ic_bn}c", "NCHW16c",
+                                       "float32")
+        sch = s_tir.Schedule(te.create_prim_func([data, kernel, out]))
+        conv = _find_block(sch, "conv2d_NCHWc")
+        return _inline_padding(sch, conv, (hw + 2 - 3) // stride + 1)
+
+    assert decide(16, 16, 28, 2, 16)        # 0.45 M MACs: checked
+    assert not decide(64, 128, 28, 2, 16)   # 14.5 M MACs on a 14-wide output: copy
+    assert decide(64, 64, 112, 2, 16)       # 56-wide output: checked
+    assert not decide(16, 16, 28, 2, 1)     # an image: copy
 
 
 def test_register_tile_fits_the_register_file():
