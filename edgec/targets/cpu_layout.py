@@ -56,11 +56,10 @@ def _input_block(call, lanes: int) -> int:
     A conv that Winograd computes takes whole blocks (its input transform is vectorized over them).
     Integer convs keep their blocks: VNNI reads four input channels per instruction."""
     from edgec.targets import cpu_spatial_conv as spatial
-    from edgec.targets import cpu_winograd
 
     channels, dtype = int(call.args[0].ty.shape[1]), str(call.args[0].ty.dtype)
     if (spatial.ENABLED and lanes == spatial.LANES and channels < lanes and "float" in dtype
-            and not cpu_winograd.takes(call)):
+            and winograd_tile(call) is None):
         return 1
     return _block(channels, lanes)
 
@@ -149,7 +148,7 @@ def legalize_conv2d(bb, call, lanes: int):
                           list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
                           str(out_dtype), primfunc_name_hint="conv2d_NCHWc_int8")
     if int(attrs.groups) == 1:
-        tile = _winograd_tile(call)
+        tile = winograd_tile(call)
         if tile:
             from edgec.targets.cpu_winograd import weight_transform, winograd_conv2d_nchwc
 
@@ -277,19 +276,25 @@ def depthwise_conv2d_nchwc(data, kernel, strides, padding, dilation, out_dtype: 
 WINOGRAD = True  # edgec's default; tests and benchmarks switch it off to compare with the direct kernel
 
 
-def _winograd_tile(call) -> int | None:
-    """Winograd tile size for a blocked conv2d call (see cpu_winograd.use_winograd), None for the direct kernel."""
+def winograd_tile(call) -> int | None:
+    """Winograd tile size for a conv2d call (see cpu_winograd.use_winograd), None for the direct kernel. The call
+    may still be NCHW/OIHW (choosing its layouts: a conv Winograd will compute takes whole channel blocks, not
+    cpu_spatial_conv's rows) or already blocked (legalizing it)."""
     if not WINOGRAD:
         return None
     if "float" not in str(call.args[0].ty.dtype):
         return None  # integer convs (QDQ → int8, see qdq_lower): Winograd's fractional transforms are not exact
     from edgec.targets.cpu_winograd import use_winograd
 
-    n, ic_chunks, height, width, ic_bn = (int(d) for d in call.args[0].ty.shape)
-    oc_chunks, _, k_h, k_w, _, oc_bn = (int(d) for d in call.args[1].ty.shape)
+    data = [int(d) for d in call.args[0].ty.shape]
+    weight = [int(d) for d in call.args[1].ty.shape]
+    if len(data) == 5:  # (n, ic_chunks, h, w, ic_bn)
+        data = [data[0], data[1] * data[4], data[2], data[3]]
+    if len(weight) == 6:  # (oc_chunks, ic_chunks, kh, kw, ic_bn, oc_bn)
+        weight = [weight[0] * weight[5], weight[1] * weight[4], weight[2], weight[3]]
     attrs = call.attrs
-    return use_winograd((n, ic_chunks * ic_bn, height, width), (oc_chunks * oc_bn, ic_chunks * ic_bn, k_h, k_w),
-                        [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation], int(attrs.groups))
+    return use_winograd(data, weight, [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation],
+                        int(attrs.groups))
 
 
 def _vnni_applies(call) -> bool:

@@ -50,7 +50,7 @@ def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int
             acc, weights = reg_n * oc_tile * vec_per_block, oc_tile * vec_per_block
             if acc + weights + 1 > registers:
                 continue
-            busy = acc * oc_chunks / (-(-oc_chunks // oc_tile) * oc_tile)
+            busy = acc * oc_chunks / (math.ceil(oc_chunks / oc_tile) * oc_tile)
             key = (busy, acc / (reg_n + weights))
             if key > best_key:
                 best, best_key = (reg_n, oc_tile), key

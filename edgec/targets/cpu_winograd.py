@@ -159,19 +159,6 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     return 4 if height % 4 == 0 and width % 4 == 0 else 2
 
 
-def takes(call) -> bool:
-    """Whether a float Relax ``conv2d`` still in NCHW/OIHW will be computed by Winograd once blocked: its layouts
-    are chosen for that (whole channel blocks in, not cpu_spatial_conv's rows)."""
-    from edgec.targets import cpu_layout
-
-    if not cpu_layout.WINOGRAD or "float" not in str(call.args[0].ty.dtype):
-        return False
-    attrs = call.attrs
-    return use_winograd([int(d) for d in call.args[0].ty.shape], [int(d) for d in call.args[1].ty.shape],
-                        [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation],
-                        int(attrs.groups)) is not None
-
-
 def schedule_rule():
     """The schedule rule for winograd_conv2d_NCHWc functions (registered in cpu_rules.rules)."""
     from tvm import s_tir, tirx
