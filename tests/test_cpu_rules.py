@@ -176,7 +176,7 @@ def test_pruned_pair_stays_in_winograd_blocks(tmp_path):
     assert "SpatialConv2d" not in _scheduled_rules(tmp_path / "m.onnx")
 
 
-@pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None)])
+@pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None), (19, 1, "relu6")])
 def test_depthwise_rule(hw, stride, act, tmp_path):
     model = _conv_model(n=2, cin=32, cout=32, hw=hw, k=3, stride=stride, groups=32, act=act)
     _check(model, tmp_path, "DepthwiseConv2dNCHWc")
@@ -275,6 +275,16 @@ def test_register_tile_fits_the_register_file():
     # 7 blocks: 3+3+1 keeps 16.3 accumulators busy on average; whole tiles only allow 7 (7x1 or 1x7)
     assert register_tile(7, 7, 1, 32) == (7, 3)
     assert math.prod(register_tile(7, 7, 1, 32, partial=False)) == 7
+
+
+def test_depthwise_row_tile():
+    """Few columns (a 28-wide tile spilled), dividing the row where a divisor of at least half the cap exists."""
+    from edgec.targets.cpu_rules import DEPTHWISE_ROW_TILE, depthwise_row_tile
+
+    assert DEPTHWISE_ROW_TILE == 8
+    assert [depthwise_row_tile(w, 1) for w in (112, 56, 28, 14, 7, 10, 5)] == [8, 8, 7, 7, 7, 5, 5]
+    assert depthwise_row_tile(38, 1) == 8 and depthwise_row_tile(19, 1) == 8   # divisors 2 / 1 only: a tail
+    assert depthwise_row_tile(56, 2) == 4                                       # two vectors per channel block
 
 
 @pytest.mark.parametrize("mid", [22, 11, 6, 3])
@@ -390,6 +400,8 @@ DW_PW_CASES = {
     "wide_out_many_chunks": dict(c=48, cout=160, hw=7),
     # one 16-channel chunk in and out, as EfficientNet-Lite0's first block pruned by 30 % (a scheduling error before)
     "one_chunk_16_channels": dict(c=16, cout=16, hw=28),
+    # a 38-wide row has no divisor between 4 and 8: tiles of 8 columns, the last one predicated (6 columns)
+    "row_tile_tail": dict(c=32, cout=24, hw=38, k=5, act="relu"),
 }
 
 

@@ -193,15 +193,15 @@ class DepthwisePointwise(ScheduleRule):
         dw = R._find_block(sch, "depthwise_conv2d_NCHWc")
         if conv is None or dw is None or len(sch.get_loops(conv)) != 8 or len(sch.get_loops(dw)) != 7:
             return None
-        lanes, registers = vector_lanes(target), R._vector_registers(target)
+        lanes = vector_lanes(target)
         narrow = R._find_block(sch, NARROW)
         row = R.schedule_widened(sch, conv, narrow, target) if narrow is not None else \
             R.schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, rows_outer=True)
-        self._depthwise_rows(sch, dw, conv, row, lanes, registers)
+        self._depthwise_rows(sch, dw, conv, row, lanes)
         return sch
 
     @staticmethod
-    def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int, registers: int) -> None:
+    def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int) -> None:
         # The depthwise stage: accumulate in a local tile, its epilogue reverse-inlined into the tile's write-back,
         # both moved under the row loop, so only one row of the depthwise output exists at a time.
         write_back = sch.cache_write(dw, 0, "local")
@@ -216,8 +216,7 @@ class DepthwisePointwise(ScheduleRule):
         sch.compute_at(dw, row, preserve_unit_loops=True)
         c, x, cb, ry, rx = sch.get_loops(dw)[-5:]
         vec_per_block = max(1, R._extent(sch, cb) // lanes)
-        dw_n = R._divisor_at_most(R._extent(sch, x), max(1, min(28, (registers - 4) // vec_per_block)))
-        x_o, x_i = sch.split(x, [None, dw_n])
+        x_o, x_i = sch.split(x, [None, R.depthwise_row_tile(R._extent(sch, x), vec_per_block)])
         sch.reorder(c, x_o, ry, rx, x_i, cb)
         sch.reverse_compute_at(write_back, x_o)
         wb_loops = sch.get_loops(write_back)
