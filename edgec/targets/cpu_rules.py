@@ -200,15 +200,20 @@ class Conv2dNCHWc(ScheduleRule):
         conv = _find_block(sch, "conv2d_NCHWc")
         if conv is None or len(sch.get_loops(conv)) != 8:
             return None
-        schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile)
-        return sch
+        plans: list = []
+        schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, prefetch=plans)
+        from edgec.targets import cpu_prefetch
+
+        return cpu_prefetch.insert(sch, plans[0])
 
 
 def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | None = None,
-                       oc_tile: int | None = None, rows_outer: bool = False):
+                       oc_tile: int | None = None, rows_outer: bool = False, prefetch: list | None = None):
     """The direct conv's loops: a register tile of ``reg_n`` columns × ``oc_tile`` channel blocks (derived from
     the target unless given), the epilogue in its write-back; returns the parallel outer loop. ``rows_outer``:
-    output rows outside the channel-block tiles, for a producer computed once per row (cpu_dw_pointwise)."""
+    output rows outside the channel-block tiles, for a producer computed once per row (cpu_dw_pointwise).
+    ``prefetch``: gets the plan of the next tile's weight prefetch (cpu_prefetch), for the caller to insert once
+    its schedule is complete."""
     n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
     oc_bn, ow_size = _extent(sch, ocb), _extent(sch, ow)
     kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
@@ -224,6 +229,7 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
     # ow_i outside occ_i: each broadcast input feeds all oc_tile FMAs at once and dies, so only the
     # accumulators, oc_tile weight vectors and one broadcast are live (no spills).
+    rows = _extent(sch, oh)
     if rows_outer:
         sch.reorder(n, oh, occ_o, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
         outer = sch.fuse(n, oh)
@@ -234,6 +240,11 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     _write_back_tile(sch, conv, ow_o, lanes)
     _finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
     _schedule_padding(sch, conv, lanes, inline=inline_pad)
+    if prefetch is not None:
+        from edgec.targets import cpu_prefetch
+
+        prefetch.append(cpu_prefetch.plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile, rows,
+                                                    rows_outer))
     return outer
 
 
