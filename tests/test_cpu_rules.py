@@ -310,7 +310,7 @@ def test_depthwise_row_tile():
     assert depthwise_row_tile(56, 2) == 4                                       # two vectors per channel block
 
 
-def test_weight_prefetch_hints_only_for_large_weights(tmp_path):
+def test_weight_prefetch_hints_only_for_large_weights(tmp_path, fuse_every_pair):
     """A 1×1 conv with 256 KB of weights (16 → 4 channel blocks per tile) asks for the next tile's weights, one
     hint per block of its tile; a fused depthwise → 1×1 pair with 96 KB as well; a conv with 36 KB does not. All
     three still equal onnxruntime (batch 2 for the conv: the tile index comes from the fused batch/tile/row loop)."""
@@ -455,13 +455,22 @@ DW_PW_CASES = {
 }
 
 
+@pytest.fixture
+def fuse_every_pair(monkeypatch):
+    """Fuse depthwise → 1×1 pairs of any size: the size threshold is a speed choice, and these small cases check
+    the fused kernel's output."""
+    from edgec.targets import cpu_dw_pointwise
+
+    monkeypatch.setattr(cpu_dw_pointwise, "MIN_INTERMEDIATE_BYTES", 0)
+
+
 @pytest.mark.parametrize("case", DW_PW_CASES)
-def test_depthwise_pointwise_fusion(case, tmp_path):
+def test_depthwise_pointwise_fusion(case, tmp_path, fuse_every_pair):
     """depthwise → 1×1 pairs compile to one kernel (rule DepthwisePointwise) and still equal onnxruntime."""
     _check(_dw_pw_model(**DW_PW_CASES[case]), tmp_path, "DepthwisePointwise")
 
 
-def test_depthwise_with_second_use_is_not_fused(tmp_path):
+def test_depthwise_with_second_use_is_not_fused(tmp_path, fuse_every_pair):
     model = _dw_pw_model(tap_dw=True)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
@@ -474,7 +483,21 @@ def test_depthwise_with_second_use_is_not_fused(tmp_path):
         assert np.max(np.abs(g - r)) <= ATOL * max(1.0, float(np.max(np.abs(r))))
 
 
-def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path):
+def test_only_pairs_with_a_large_intermediate_are_fused(tmp_path):
+    """32 channels at 14×14 (25 KB between the convs) stay two kernels; at 96×96 (1.2 MB) they are fused. Both
+    equal onnxruntime."""
+    from edgec.targets.cpu_dw_pointwise import MIN_INTERMEDIATE_BYTES
+
+    assert MIN_INTERMEDIATE_BYTES == 1 << 20
+    for hw, fused in ((14, False), (96, True)):
+        (tmp_path / str(hw)).mkdir()
+        _check(_dw_pw_model(c=32, cout=32, hw=hw), tmp_path / str(hw), None)
+        used = _scheduled_rules(tmp_path / str(hw) / "m.onnx")
+        assert ("DepthwisePointwise" in used) == fused, (hw, used)
+        assert fused or {"DepthwiseConv2dNCHWc", "Conv2dNCHWc"} <= used
+
+
+def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path, fuse_every_pair):
     """The fused pair with NEON's 4 lanes (channel blocks of 4), run on the emulated aarch64 device."""
     onnx.save(_dw_pw_model(c=20, cout=12, hw=9, stride=2, residual=False), str(tmp_path / "m.onnx"))
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,

@@ -267,12 +267,15 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
     assert not [n for n in applied["functions"] if "conv2d" in n]  # the tile won over the conv's record
 
 
-def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile(tmp_path):
+def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile(tmp_path, monkeypatch):
     """A depthwise 3×3 → 1×1 pair (one fused kernel, cpu_dw_pointwise): its 1×1 conv's register tiles are
     candidates too, a database searched before pairs were covered searches them again, and a tile logged as
     verified faster is what compile schedules the pair with (output still equal to onnxruntime's)."""
     import onnx
 
+    from edgec.targets import cpu_dw_pointwise
+
+    monkeypatch.setattr(cpu_dw_pointwise, "MIN_INTERMEDIATE_BYTES", 0)  # fuse this small pair
     rng = np.random.default_rng(7)
     inits = [numpy_helper.from_array((rng.standard_normal((64, 1, 3, 3)) * 0.3).astype(np.float32), "dw"),
              numpy_helper.from_array((rng.standard_normal((64, 64, 1, 1)) * 0.1).astype(np.float32), "pw")]
