@@ -375,6 +375,9 @@ WINOGRAD_CASES = {
     # one side of 8 channels (half-vector blocks) when the other has >= 16
     "narrow_out_16_to_8": dict(n=1, cin=16, cout=8, hw=28, k=3, act="relu"),
     "narrow_in_8_to_24_batch2": dict(n=2, cin=8, cout=24, hw=12, k=3, act="relu6"),
+    # 8-channel blocks on a 14×14 map: F(4,3) over 16×16 of padded tiles (batch 2: tiles span both images)
+    "f4_padded_14x14_24_channels_batch2": dict(n=2, cin=16, cout=24, hw=14, k=3, act="relu"),
+    "f4_padded_14x14_24_residual": dict(n=1, cin=24, cout=24, hw=14, k=3, residual=True, act="relu"),
 }
 
 
@@ -398,6 +401,8 @@ def test_winograd_not_used_where_it_does_not_pay(tmp_path):
     assert use_winograd((1, 8, 28, 28), (16, 8, 3, 3), (1, 1), (1, 1), 1) == 4
     assert use_winograd((1, 12, 28, 28), (16, 12, 3, 3), (1, 1), (1, 1), 1) is None  # 4-channel blocks: slower
     assert use_winograd((1, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1) == 2  # padded to 8×8 of tiles
+    assert use_winograd((1, 16, 14, 14), (24, 16, 3, 3), (1, 1), (1, 1), 1) == 4  # 8-channel blocks: padded F(4,3)
+    assert use_winograd((1, 24, 7, 7), (16, 24, 3, 3), (1, 1), (1, 1), 1) == 2    # not on a 7-wide map
     assert use_winograd((1, 512, 6, 6), (512, 512, 3, 3), (1, 1), (1, 1), 1) is None
     assert use_winograd((1, 64, 56, 56), (64, 64, 1, 1), (1, 1), (1, 1), 1) is None
 
