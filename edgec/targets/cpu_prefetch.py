@@ -9,7 +9,8 @@ asks for the next tile's weights at the same input channel (into L2: the current
 their way one tile ahead; with caches flushed before each call, that conv took 133 instead of 160 µs, warm 95
 against 94 µs. Whole models (1 thread, interleaved with onnxruntime): EfficientNet-Lite0 0.85× → 0.80–0.82×,
 MobileNetV2 0.81× → 0.78–0.79×, ResNet-18 unchanged (0.61×). Hints into L1 instead were 2 % slower (they evict
-the tile in use); hints only above 256 KB or 1 MB of weights gained less than from 64 KB, and 0 tied with 64 KB.
+the tile in use); hints only above 1 MB of weights gained clearly less, and thresholds of 256 KB, 64 KB and 0 were
+within the host's noise of each other (64 KB ahead in two of three runs).
 
 TVM 0.27's LLVM code generator does not lower ``tirx.prefetch``, so the hint is LLVM's own ``llvm.prefetch``
 intrinsic, which every LLVM CPU backend lowers (``prefetcht1`` on x86, ``prfm pldl2keep`` on AArch64). The schedule
