@@ -13,6 +13,13 @@ and tests may flip; the default build has them all on.
     gemv          the one-row matmul schedule (cpu_rules.Matmul._gemv; mobilenet_v2)
     spatial       convs with fewer output channels than lanes vectorized along rows (cpu_spatial_conv; the
                   50 % pruned embedded model bench/prune.py caches, bench/.cache/prune/embedded_pruned50_rt8.onnx)
+    prefetch      the next register tile's weights prefetched in the direct conv (cpu_prefetch; efficientnet)
+    small-pairs   "off" fuses every depthwise → 1×1 pair, "on" only those with ≥ 1 MiB between the convs
+                  (cpu_dw_pointwise.MIN_INTERMEDIATE_BYTES; efficientnet)
+    dw-tile       "off" is the old 28-column depthwise register tile, "on" at most 8 (cpu_rules.DEPTHWISE_ROW_TILE;
+                  mobilenet_v2)
+    padded-f4     Winograd F(4,3) over padded tiles on 14×14 maps with 8-channel blocks (cpu_winograd; the pruned
+                  embedded model, as for spatial)
 
 Add --profile to also print, per fused kernel, its time in each build (bench/profile_cpu.py's per-kernel timing).
 """
@@ -29,13 +36,17 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SWITCHES = {  # name: (module, flag, default model)
+PRUNED_EMBEDDED = str(HERE / ".cache" / "prune" / "embedded_pruned50_rt8.onnx")
+SWITCHES = {  # name: (module, flag, default model[, (value off, value on)]); on/off values default to False/True
     "winograd": ("edgec.targets.cpu_layout", "WINOGRAD", "resnet18"),
     "dw-pointwise": ("edgec.targets.cpu_dw_pointwise", "ENABLED", "mobilenet_v2"),
     "widen": ("edgec.targets.cpu_layout", "WIDEN", "efficientnet"),
     "gemv": ("edgec.targets.cpu_rules", "GEMV", "mobilenet_v2"),
-    "spatial": ("edgec.targets.cpu_spatial_conv", "ENABLED",
-                str(HERE / ".cache" / "prune" / "embedded_pruned50_rt8.onnx")),
+    "spatial": ("edgec.targets.cpu_spatial_conv", "ENABLED", PRUNED_EMBEDDED),
+    "prefetch": ("edgec.targets.cpu_prefetch", "ENABLED", "efficientnet"),
+    "small-pairs": ("edgec.targets.cpu_dw_pointwise", "MIN_INTERMEDIATE_BYTES", "efficientnet", (0, 1 << 20)),
+    "dw-tile": ("edgec.targets.cpu_rules", "DEPTHWISE_ROW_TILE", "mobilenet_v2", (28, 8)),
+    "padded-f4": ("edgec.targets.cpu_winograd", "PADDED_F4_MIN_WIDTH", PRUNED_EMBEDDED, (1 << 30, 14)),
 }
 
 
@@ -63,12 +74,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--profile", action="store_true", help="also time each fused kernel alone in both builds")
     a = ap.parse_args()
-    module_name, flag, default_model = SWITCHES[a.switch]
+    module_name, flag, default_model, *values = SWITCHES[a.switch]
+    off_value, on_value = values[0] if values else (False, True)
     module = importlib.import_module(module_name)
     path = _model_path(a.model or default_model)
     runs, profiles = {}, {}
-    for label, enabled in (("off", False), ("on", True)):
-        setattr(module, flag, enabled)
+    for label, value in (("off", off_value), ("on", on_value)):
+        setattr(module, flag, value)
         result = edgec.compile(path, target="x86", output=HERE / ".cache" / "artifacts" / f"ab-{a.switch}-{label}")
         print(f"{a.switch} {label}: {result.verification.summary()}", flush=True)
         vm, dev, manifest = load_vm(result.artifact.path)
@@ -80,7 +92,7 @@ def main() -> None:
             import profile_cpu
 
             profiles[label] = profile_cpu.kernel_times(path, "x86")
-    setattr(module, flag, True)
+    setattr(module, flag, on_value)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

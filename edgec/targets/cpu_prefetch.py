@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+ENABLED = True  # edgec's default; bench/kernel_ab.py prefetch switches it off to compare
 MIN_BYTES = 64 * 1024  # weights smaller than this: no hints (see the docstring)
 _LOCALITY_L2 = 2        # llvm.prefetch locality 2: prefetcht1, into L2
 
@@ -72,7 +73,7 @@ def insert(sch, plan: Plan | None):
     """``sch`` with the hints of ``plan`` added (a new Schedule of the rewritten function), or ``sch`` itself."""
     from tvm import s_tir, tirx
 
-    if plan is None:
+    if plan is None or not ENABLED:
         return sch
     hints = [tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, tirx.const(0, "int32"),
                                                  tirx.const(_LOCALITY_L2, "int32"), tirx.const(1, "int32")))
