@@ -216,13 +216,12 @@ class DepthwisePointwise(ScheduleRule):
             return None
         lanes = vector_lanes(target)
         narrow = R._find_block(sch, NARROW)
-        plans: list = []
-        row = R.schedule_widened(sch, conv, narrow, target) if narrow is not None else \
-            R.schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, rows_outer=True, prefetch=plans)
+        row, plan = (R.schedule_widened(sch, conv, narrow, target), None) if narrow is not None else \
+            R.schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, rows_outer=True)
         self._depthwise_rows(sch, dw, conv, row, lanes)
         from edgec.targets import cpu_prefetch
 
-        return cpu_prefetch.insert(sch, plans[0] if plans else None)
+        return cpu_prefetch.insert(sch, plan)
 
     @staticmethod
     def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int) -> None:

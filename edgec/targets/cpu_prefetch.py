@@ -36,22 +36,19 @@ class Plan:
     addresses: list
 
 
-def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, rows: int, rows_outer: bool,
-                   min_bytes: int | None = None) -> Plan | None:
+def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, rows: int,
+                   rows_outer: bool) -> Plan | None:
     """Where the direct conv (cpu_rules.schedule_conv_tile's loops) asks for the next tile's weights, or None when
-    its weights (``kernel``, OIHW[i]i[o]o) are small or it has one tile. ``outer`` is the parallel loop fused from (n, oc tile, ``rows``
-    output rows), or from (n, row) when ``rows_outer``; the next tile's chunk index is clamped to the last chunk
-    (the last tile asks for its own)."""
-    import tvm
+    its weights (``kernel``, OIHW[i]i[o]o) are small or it has one tile. ``outer`` is the parallel loop fused
+    from (n, oc tile, ``rows`` output rows), or from (n, row) when ``rows_outer``; the next tile's chunk index is
+    clamped to the last chunk (the last tile asks for its own)."""
     from tvm import tirx
 
+    from edgec.targets.stack_alloc import buffer_bytes
+
     chunks = int(kernel.shape[0])
-    size = 1
-    for dim in kernel.shape:
-        size *= int(dim)
     tiles = int(sch.get(occ_o).extent) if rows_outer else -(-chunks // oc_tile)
-    limit = MIN_BYTES if min_bytes is None else min_bytes
-    if size * tvm.runtime.DataType(str(kernel.dtype)).bits // 8 < limit or tiles < 2:
+    if (buffer_bytes(kernel) or 0) < MIN_BYTES or tiles < 2:
         return None
 
     def var(loop):

@@ -200,20 +200,19 @@ class Conv2dNCHWc(ScheduleRule):
         conv = _find_block(sch, "conv2d_NCHWc")
         if conv is None or len(sch.get_loops(conv)) != 8:
             return None
-        plans: list = []
-        schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, prefetch=plans)
+        _, plan = schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile)
         from edgec.targets import cpu_prefetch
 
-        return cpu_prefetch.insert(sch, plans[0])
+        return cpu_prefetch.insert(sch, plan)
 
 
 def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | None = None,
-                       oc_tile: int | None = None, rows_outer: bool = False, prefetch: list | None = None):
+                       oc_tile: int | None = None, rows_outer: bool = False):
     """The direct conv's loops: a register tile of ``reg_n`` columns × ``oc_tile`` channel blocks (derived from
-    the target unless given), the epilogue in its write-back; returns the parallel outer loop. ``rows_outer``:
-    output rows outside the channel-block tiles, for a producer computed once per row (cpu_dw_pointwise).
-    ``prefetch``: gets the plan of the next tile's weight prefetch (cpu_prefetch), for the caller to insert once
-    its schedule is complete."""
+    the target unless given), the epilogue in its write-back. Returns the parallel outer loop and the plan of the
+    next tile's weight prefetch (cpu_prefetch; None when not worth it), which the caller inserts once its schedule
+    is complete. ``rows_outer``: output rows outside the channel-block tiles, for a producer computed once per
+    row (cpu_dw_pointwise)."""
     n, occ, oh, ow, ocb, ic, kh, kw = sch.get_loops(conv)
     oc_bn, ow_size = _extent(sch, ocb), _extent(sch, ow)
     kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
@@ -240,12 +239,10 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, reg_n: int | N
     _write_back_tile(sch, conv, ow_o, lanes)
     _finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
     _schedule_padding(sch, conv, lanes, inline=inline_pad)
-    if prefetch is not None:
-        from edgec.targets import cpu_prefetch
+    from edgec.targets import cpu_prefetch
 
-        prefetch.append(cpu_prefetch.plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile, rows,
-                                                    rows_outer))
-    return outer
+    return outer, cpu_prefetch.plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile, rows,
+                                              rows_outer)
 
 
 class WidenedConv2dNCHWc(ScheduleRule):

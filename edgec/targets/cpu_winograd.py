@@ -132,6 +132,7 @@ def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
 MIN_CHANNELS = 16
 NARROW_SIDE = 8  # one side of the conv may have this many channels when the other has at least MIN_CHANNELS
 MIN_WIDTH = 7
+PADDED_F4_MIN_WIDTH = 14  # maps that do not divide into 4×4 tiles take F(4,3) (8-channel blocks) from this width
 
 
 def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> int | None:
@@ -164,9 +165,6 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
         return 4
     half_blocks = cin % 16 or cout % 16  # 8-channel blocks: half-width vectors on AVX-512
     return 4 if half_blocks and min(height, width) >= PADDED_F4_MIN_WIDTH else 2
-
-
-PADDED_F4_MIN_WIDTH = 14
 
 
 def schedule_rule():

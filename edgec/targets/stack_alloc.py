@@ -24,7 +24,8 @@ PIPELINE = "edgec_cpu"
 _ANNOTATION = "disable_lower_builtin"  # TVM's kDisableLowerTVMBuiltin
 
 
-def _constant_bytes(buffer: Any) -> int | None:
+def buffer_bytes(buffer: Any) -> int | None:
+    """Bytes of a TIR buffer of constant shape, None when a dimension is symbolic."""
     import tvm
 
     size = 1
@@ -42,7 +43,7 @@ def _rewrite(stmt: Any, budget: list[int] | None) -> Any:
     from tvm import tirx
 
     if isinstance(stmt, tirx.AllocBuffer):
-        nbytes = _constant_bytes(stmt.buffer)
+        nbytes = buffer_bytes(stmt.buffer)
         if budget is None or nbytes is None or nbytes > budget[0]:
             return stmt
         budget[0] -= nbytes
