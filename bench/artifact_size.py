@@ -35,7 +35,7 @@ BOUNDS = {"int8": 3.9, "int4": 7.0, "int4 group:32": 7.0}
 
 
 def bench_model(name: str, work: Path) -> None:
-    from edgec.targets import cpu_layout
+    from edgec.targets.cpu.options import CpuOptions
     from edgec.toolchain.api import compile as edgec_compile
 
     if name == "default":
@@ -56,13 +56,8 @@ def bench_model(name: str, work: Path) -> None:
     sizes, notes = {}, {}
     for label, q in variants.items():
         started = time.perf_counter()
-        old = cpu_layout.WINOGRAD
-        cpu_layout.WINOGRAD = label != "fp32 (no Winograd)"
-        try:
-            res = edgec_compile(source, output=work / f"{name}-{label.replace(' ', '_').replace(':', '')}",
-                                quantize=q)
-        finally:
-            cpu_layout.WINOGRAD = old
+        res = edgec_compile(source, output=work / f"{name}-{label.replace(' ', '_').replace(':', '')}",
+                            quantize=q, cpu_options=CpuOptions(winograd=label != "fp32 (no Winograd)"))
         m = res.artifact.manifest
         sizes[label] = m["sizes"]["artifact_weights_bytes"]
         packed = m["target"]["build"]["params"]["int4_packed"]

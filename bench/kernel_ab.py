@@ -1,24 +1,24 @@
 #!/usr/bin/env python
 """One of edgec's CPU kernel choices switched off and on, same model, same run: edgec without it, edgec with it
-(the default) and onnxruntime, interleaved round by round, 1 thread. Each switch is a module flag the benchmarks
-and tests may flip; the default build has them all on.
+(the default) and onnxruntime, interleaved round by round, 1 thread. Each switch is a field of the CpuOptions the
+build is given (edgec/targets/cpu/options.py); the default build has them all on.
 
     TVM_NUM_THREADS=1 python bench/kernel_ab.py SWITCH [MODEL] [--rounds 15]
 
-    winograd      Winograd F(4,3)/F(2,3) for 3×3 convs where cpu_winograd.use_winograd allows (default model
+    winograd      Winograd F(4,3)/F(2,3) for 3×3 convs where kernels/winograd.use_winograd allows (default model
                   resnet18)
-    dw-pointwise  a depthwise conv fused into the 1×1 conv that consumes it (cpu_dw_pointwise; mobilenet_v2)
-    widen         convs with 24/40 output channels computed in full-vector blocks (cpu_layout.widened_block;
+    dw-pointwise  a depthwise conv fused into the 1×1 conv that consumes it (kernels/dw_pointwise; mobilenet_v2)
+    widen         convs with 24/40 output channels computed in full-vector blocks (kernels/widened;
                   efficientnet)
-    gemv          the one-row matmul schedule (cpu_rules.Matmul._gemv; mobilenet_v2)
-    spatial       convs with fewer output channels than lanes vectorized along rows (cpu_spatial_conv; the
+    gemv          the one-row matmul schedule (kernels/matmul.Matmul._gemv; mobilenet_v2)
+    spatial       convs with fewer output channels than lanes vectorized along rows (kernels/spatial; the
                   50 % pruned embedded model bench/prune.py caches, bench/.cache/prune/embedded_pruned50_rt8.onnx)
-    prefetch      the next register tile's weights prefetched in the direct conv (cpu_prefetch; efficientnet)
+    prefetch      the next register tile's weights prefetched in the direct conv (cpu/prefetch.py; efficientnet)
     small-pairs   "off" fuses every depthwise → 1×1 pair, "on" only those with ≥ 1 MiB between the convs
-                  (cpu_dw_pointwise.MIN_INTERMEDIATE_BYTES; efficientnet)
-    dw-tile       "off" is the old 28-column depthwise register tile, "on" at most 8 (cpu_rules.DEPTHWISE_ROW_TILE;
+                  (CpuOptions.dw_pointwise_min_bytes; efficientnet)
+    dw-tile       "off" is the old 28-column depthwise register tile, "on" at most 8 (CpuOptions.dw_row_tile;
                   mobilenet_v2)
-    padded-f4     Winograd F(4,3) over padded tiles on 14×14 maps with 8-channel blocks (cpu_winograd; the pruned
+    padded-f4     Winograd F(4,3) over padded tiles on 14×14 maps with 8-channel blocks (kernels/winograd; the pruned
                   embedded model, as for spatial)
 
 Add --profile to also print, per fused kernel, its time in each build (bench/profile_cpu.py's per-kernel timing).
@@ -27,7 +27,6 @@ Add --profile to also print, per fused kernel, its time in each build (bench/pro
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -37,16 +36,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 PRUNED_EMBEDDED = str(HERE / ".cache" / "prune" / "embedded_pruned50_rt8.onnx")
-SWITCHES = {  # name: (module, flag, default model[, (value off, value on)]); on/off values default to False/True
-    "winograd": ("edgec.targets.cpu_layout", "WINOGRAD", "resnet18"),
-    "dw-pointwise": ("edgec.targets.cpu_dw_pointwise", "ENABLED", "mobilenet_v2"),
-    "widen": ("edgec.targets.cpu_layout", "WIDEN", "efficientnet"),
-    "gemv": ("edgec.targets.cpu_rules", "GEMV", "mobilenet_v2"),
-    "spatial": ("edgec.targets.cpu_spatial_conv", "ENABLED", PRUNED_EMBEDDED),
-    "prefetch": ("edgec.targets.cpu_prefetch", "ENABLED", "efficientnet"),
-    "small-pairs": ("edgec.targets.cpu_dw_pointwise", "MIN_INTERMEDIATE_BYTES", "efficientnet", (0, 1 << 20)),
-    "dw-tile": ("edgec.targets.cpu_rules", "DEPTHWISE_ROW_TILE", "mobilenet_v2", (28, 8)),
-    "padded-f4": ("edgec.targets.cpu_winograd", "PADDED_F4_MIN_WIDTH", PRUNED_EMBEDDED, (1 << 30, 14)),
+SWITCHES = {  # name: (CpuOptions field, default model[, (value off, value on)]); on/off default to False/True
+    "winograd": ("winograd", "resnet18"),
+    "dw-pointwise": ("dw_pointwise", "mobilenet_v2"),
+    "widen": ("widen", "efficientnet"),
+    "gemv": ("gemv", "mobilenet_v2"),
+    "spatial": ("spatial", PRUNED_EMBEDDED),
+    "prefetch": ("prefetch", "efficientnet"),
+    "small-pairs": ("dw_pointwise_min_bytes", "efficientnet", (0, None)),
+    "dw-tile": ("dw_row_tile", "mobilenet_v2", (28, 8)),
+    "padded-f4": ("padded_f4_min_width", PRUNED_EMBEDDED, (1 << 30, 14)),
 }
 
 
@@ -67,6 +66,7 @@ def main() -> None:
     import _timing
     import edgec
     from edgec.devices.device_main import load_vm
+    from edgec.targets.cpu.options import CpuOptions
 
     ap = argparse.ArgumentParser()
     ap.add_argument("switch", choices=sorted(SWITCHES))
@@ -74,14 +74,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--profile", action="store_true", help="also time each fused kernel alone in both builds")
     a = ap.parse_args()
-    module_name, flag, default_model, *values = SWITCHES[a.switch]
+    field, default_model, *values = SWITCHES[a.switch]
     off_value, on_value = values[0] if values else (False, True)
-    module = importlib.import_module(module_name)
     path = _model_path(a.model or default_model)
     runs, profiles = {}, {}
     for label, value in (("off", off_value), ("on", on_value)):
-        setattr(module, flag, value)
-        result = edgec.compile(path, target="x86", output=HERE / ".cache" / "artifacts" / f"ab-{a.switch}-{label}")
+        options = CpuOptions().replace(**{field: value})
+        result = edgec.compile(path, target="x86", output=HERE / ".cache" / "artifacts" / f"ab-{a.switch}-{label}",
+                               cpu_options=options)
         print(f"{a.switch} {label}: {result.verification.summary()}", flush=True)
         vm, dev, manifest = load_vm(result.artifact.path)
         spec = manifest["inputs"][0]
@@ -91,8 +91,7 @@ def main() -> None:
         if a.profile:
             import profile_cpu
 
-            profiles[label] = profile_cpu.kernel_times(path, "x86")
-    setattr(module, flag, on_value)
+            profiles[label] = profile_cpu.kernel_times(path, "x86", options)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

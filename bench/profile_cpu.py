@@ -19,13 +19,14 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def scheduled_module(onnx_path: Path, target_name: str):
+def scheduled_module(onnx_path: Path, target_name: str, options=None):
     import onnx_ir as ir
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu import fusion_passes, schedule_passes
+    from edgec.targets.cpu.build import fusion_passes, schedule_passes, target_l2
+    from edgec.targets.cpu.options import CpuOptions
     from edgec.targets.lower import to_relax
     from edgec.toolchain.load import load_model
     from edgec.toolchain.pipeline import run_pipeline
@@ -34,9 +35,11 @@ def scheduled_module(onnx_path: Path, target_name: str):
     preset = resolve_target(target_name)
     target = preset.tvm_target()
     mod = to_relax(ir.serde.serialize_model(model))
+    options = options or CpuOptions()
     with target:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target)
-                                       + schedule_passes(target))(mod)
+        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
+                                       + fusion_passes(target, options, target_l2(preset))
+                                       + schedule_passes(target, options))(mod)
     return mod, target
 
 
@@ -57,7 +60,7 @@ def time_primfunc(func, target, number: int = 20) -> float:
     import numpy as np
     import tvm
 
-    from edgec.targets import stack_alloc
+    from edgec.targets.cpu import stack_alloc
 
     lib = tvm.tirx.build(func, target=target, pipeline=stack_alloc.register())  # lowered as edgec's builds lower
     dev = tvm.cpu()
@@ -91,11 +94,11 @@ def conv_flops(func) -> int:
     return 0
 
 
-def kernel_times(path: Path, target_name: str) -> list[tuple]:
+def kernel_times(path: Path, target_name: str, options=None) -> list[tuple]:
     """(seconds × calls, name, calls, seconds per call, conv FLOPs, scheduled?) per fused kernel of the model."""
     from tvm import tirx
 
-    mod, target = scheduled_module(path, target_name)
+    mod, target = scheduled_module(path, target_name, options)
     counts = call_counts(mod)
     rows = []
     for gv, func in mod.functions.items():

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = [float(v) for v in args.curve.split(",")]
     if args.round_to is None:
         from edgec.targets import resolve_target
-        from edgec.targets.cpu_layout import channel_multiple
+        from edgec.targets.cpu.layout import channel_multiple
 
         args.round_to = ",".join(map(str, sorted({1, 8, channel_multiple(resolve_target("x86"))})))
     round_tos = [int(v) for v in args.round_to.split(",")]

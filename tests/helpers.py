@@ -52,19 +52,23 @@ def finish_qdq_layer(nodes: list, init: list, inputs: list[str], kind: str, xsha
 
 
 def compile_x86(model: onnx.ModelProto):
-    """``model`` through edgec's CPU pipeline for this host: (the imported Relax module, x → numpy output)."""
+    """``model`` through edgec's CPU pipeline for this host: (the imported Relax module, x → numpy output,
+    the BuildReport)."""
     import tvm
     from tvm import relax
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu import relax_pipeline, schedule_passes
+    from edgec.targets.cpu.build import BuildReport, relax_pipeline, schedule_passes
+    from edgec.targets.cpu.options import CpuOptions
     from edgec.targets.lower import to_relax
 
     target = resolve_target("x86").tvm_target()
     mod = to_relax(model)
-    ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target)))
+    options, report = CpuOptions(), BuildReport()
+    ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target, options),
+                                                                       options, report=report))
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    return mod, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+    return mod, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy(), report
 
 
 class GraphBuilder:

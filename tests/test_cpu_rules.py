@@ -59,69 +59,90 @@ def _matmul_model(a_shape, k, n, bias=True):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-def _scheduled_rules(path, target="x86") -> set[str]:
-    """Names of the edgec rules that scheduled a function of the compiled model."""
+# The rule and layout choices asserted below are those of a 16-lane, 32-register target: they are checked on this
+# preset whatever the host (a choice is made from the target's features, not the machine's). Outputs are compared
+# on it where the host can run AVX-512 code, else on the host's own preset.
+RULES_TARGET = "x86:avx512"
+
+
+def _runnable(target: str) -> str:
+    """``target`` where this host can run its code, else the host's own preset."""
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+
+    preset = resolve_target(target)
+    if preset.arch != "x86_64":
+        return target
+    need = isa_of(preset.tvm_target()).features
+    return target if need <= isa_of(resolve_target("x86").tvm_target()).features else "x86"
+
+
+def _fused(path, target: str, options, scheduled: bool):
+    """The compiled model's Relax module after fusion (and, with ``scheduled``, after the schedule stage)."""
     import onnx_ir as ir
     import tvm
-    from tvm import s_tir, tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu import fusion_passes
-    from edgec.targets.cpu_rules import rules
+    from edgec.targets.cpu.build import fusion_passes, schedule_passes, target_l2
     from edgec.targets.lower import to_relax
     from edgec.toolchain.load import load_model
     from edgec.toolchain.pipeline import run_pipeline
 
     model, _ = run_pipeline(load_model(path))
-    tgt = resolve_target(target).tvm_target()
+    preset = resolve_target(target)
+    tgt = preset.tvm_target()
     mod = to_relax(ir.serde.serialize_model(model))
     with tgt:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(tgt) + fusion_passes(tgt))(mod)
+        passes = cpu.library_dispatch_passes(tgt) + fusion_passes(tgt, options, target_l2(preset))
+        if scheduled:
+            passes += schedule_passes(tgt, options)
+        return tvm.transform.Sequential(passes)(mod), tgt
+
+
+def _scheduled_rules(path, target=RULES_TARGET, options=None) -> set[str]:
+    """Names of the edgec rules that scheduled a function of the compiled model."""
+    from tvm import tirx
+
+    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.cpu.registry import rules
+
+    options = options or CpuOptions()
+    mod, tgt = _fused(path, target, options, scheduled=False)
     used = set()
     for func in mod.functions.values():
         if isinstance(func, tirx.PrimFunc):
-            for rule in rules(tgt):
-                if rule.apply(func, tgt, False) is not None:
-                    used.add(type(rule).__name__)
-                    break
+            with tgt:
+                for rule in rules(options):
+                    if rule.apply(func, tgt, False) is not None:
+                        used.add(type(rule).__name__)
+                        break
     return used
 
 
-def _prefetch_hints(path, target="x86") -> dict[str, int]:
-    """Scheduled function name → how many weight prefetch hints (cpu_prefetch) its scheduled TIR holds."""
-    import onnx_ir as ir
-    import tvm
+def _prefetch_hints(path, target=RULES_TARGET, options=None) -> dict[str, int]:
+    """Scheduled function name → how many weight prefetch hints (prefetch.py) its scheduled TIR holds."""
     from tvm import tirx
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu import fusion_passes, schedule_passes
-    from edgec.targets.lower import to_relax
-    from edgec.toolchain.load import load_model
-    from edgec.toolchain.pipeline import run_pipeline
+    from edgec.targets.cpu.options import CpuOptions
 
-    model, _ = run_pipeline(load_model(path))
-    tgt = resolve_target(target).tvm_target()
-    mod = to_relax(ir.serde.serialize_model(model))
-    with tgt:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(tgt) + fusion_passes(tgt)
-                                       + schedule_passes(tgt))(mod)
+    mod, _ = _fused(path, target, options or CpuOptions(), scheduled=True)
     return {gv.name_hint: func.script().count("llvm.prefetch") for gv, func in mod.functions.items()
             if isinstance(func, tirx.PrimFunc) and "conv" in gv.name_hint}
 
 
-def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: str = "x86") -> None:
+def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: str = RULES_TARGET,
+           options=None) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
-    result = edgec.compile(path, target=target, output=tmp_path / "art")
+    result = edgec.compile(path, target=_runnable(target), output=tmp_path / "art", cpu_options=options)
     feed = random_inputs(result.artifact.inputs, seed=3)
     got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
     ref = onnxruntime_outputs(path, feed)[0]
     assert got.shape == ref.shape
-    assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))) 
+    assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref))))
     if expect_rule:
-        assert expect_rule in _scheduled_rules(path, target)
+        assert expect_rule in _scheduled_rules(path, target, options)
 
 
 CONV_CASES = {
@@ -264,17 +285,17 @@ def test_padding_read_bounds_checked_only_where_it_pays():
     from tvm import s_tir, te, topi
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu_rules import _find_block, _inline_padding
+    from edgec.targets.cpu.sched import find_block, inline_padding
 
     def decide(cin, cout, hw, stride, ic_bn):
         data = te.placeholder((1, cin // ic_bn, hw, hw, ic_bn), name="data")
         kernel = te.placeholder((cout // 16, cin // ic_bn, 3, 3, ic_bn, 16), name="kernel")
-        with resolve_target("x86").tvm_target():
+        with resolve_target(RULES_TARGET).tvm_target():
             out = topi.nn.conv2d_NCHWc(data, kernel, [stride] * 2, [1, 1], [1, 1], f"NCHW{ic_bn}c", "NCHW16c",
                                        "float32")
         sch = s_tir.Schedule(te.create_prim_func([data, kernel, out]))
-        conv = _find_block(sch, "conv2d_NCHWc")
-        return _inline_padding(sch, conv, (hw + 2 - 3) // stride + 1)
+        conv = find_block(sch, "conv2d_NCHWc")
+        return inline_padding(sch, conv, (hw + 2 - 3) // stride + 1)
 
     assert decide(16, 16, 28, 2, 16)        # 0.45 M MACs: checked
     assert not decide(64, 128, 28, 2, 16)   # 14.5 M MACs on a 14-wide output: copy
@@ -283,7 +304,7 @@ def test_padding_read_bounds_checked_only_where_it_pays():
 
 
 def test_register_tile_fits_the_register_file():
-    from edgec.targets.cpu_rules import register_tile
+    from edgec.targets.cpu.sched import register_tile
 
     for width in (7, 14, 28, 56, 112, 10, 13):
         for chunks in (1, 2, 3, 4, 12, 20, 72):
@@ -302,9 +323,10 @@ def test_register_tile_fits_the_register_file():
 
 def test_depthwise_row_tile():
     """Few columns (a 28-wide tile spilled), dividing the row where a divisor of at least half the cap exists."""
-    from edgec.targets.cpu_rules import DEPTHWISE_ROW_TILE, depthwise_row_tile
+    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.cpu.sched import depthwise_row_tile
 
-    assert DEPTHWISE_ROW_TILE == 8
+    assert CpuOptions().dw_row_tile == 8
     assert [depthwise_row_tile(w, 1) for w in (112, 56, 28, 14, 7, 10, 5)] == [8, 8, 7, 7, 7, 5, 5]
     assert depthwise_row_tile(38, 1) == 8 and depthwise_row_tile(19, 1) == 8   # divisors 2 / 1 only: a tail
     assert depthwise_row_tile(56, 2) == 4                                       # two vectors per channel block
@@ -314,16 +336,16 @@ def test_weight_prefetch_hints_only_for_large_weights(tmp_path, fuse_every_pair)
     """A 1×1 conv with 256 KB of weights (16 → 4 channel blocks per tile) asks for the next tile's weights, one
     hint per block of its tile; a fused depthwise → 1×1 pair with 96 KB as well; a conv with 36 KB does not. All
     three still equal onnxruntime (batch 2 for the conv: the tile index comes from the fused batch/tile/row loop)."""
-    from edgec.targets import cpu_prefetch
+    from edgec.targets.cpu.options import CpuOptions
 
-    assert cpu_prefetch.MIN_BYTES == 64 * 1024
+    assert CpuOptions().prefetch_min_bytes == 64 * 1024
     cases = [("big", _conv_model(n=2, cin=256, cout=256, hw=7, k=1, act="relu"), "Conv2dNCHWc", True),
              ("pair", _dw_pw_model(c=192, cout=128, hw=14, act="relu6"), "DepthwisePointwise", True),
              ("small", _conv_model(n=1, cin=32, cout=32, hw=14, k=3, stride=2), "Conv2dNCHWc", False)]
     for name, model, rule, hinted in cases:
         (tmp_path / name).mkdir()
-        _check(model, tmp_path / name, rule)
-        hints = _prefetch_hints(tmp_path / name / "m.onnx")
+        _check(model, tmp_path / name, rule, options=fuse_every_pair)
+        hints = _prefetch_hints(tmp_path / name / "m.onnx", options=fuse_every_pair)
         assert (sum(hints.values()) > 0) == hinted, (name, hints)
 
 
@@ -389,7 +411,7 @@ def test_winograd_rule(case, tmp_path):
 
 def test_winograd_not_used_where_it_does_not_pay(tmp_path):
     """Strided, dilated, narrow-channel and tiny-map 3×3 convs stay on the direct kernel."""
-    from edgec.targets.cpu_winograd import use_winograd
+    from edgec.targets.cpu.kernels.winograd import use_winograd
 
     assert use_winograd((1, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1, 1), 1) == 4
     assert use_winograd((1, 64, 14, 14), (64, 64, 3, 3), (1, 1), (1, 1), 1) == 2
@@ -461,27 +483,27 @@ DW_PW_CASES = {
 
 
 @pytest.fixture
-def fuse_every_pair(monkeypatch):
-    """Fuse depthwise → 1×1 pairs of any size: the size threshold is a speed choice, and these small cases check
-    the fused kernel's output."""
-    from edgec.targets import cpu_dw_pointwise
+def fuse_every_pair():
+    """Options that fuse depthwise → 1×1 pairs of any size: the size threshold is a speed choice, and these small
+    cases check the fused kernel's output."""
+    from edgec.targets.cpu.options import CpuOptions
 
-    monkeypatch.setattr(cpu_dw_pointwise, "MIN_INTERMEDIATE_BYTES", 0)
+    return CpuOptions(dw_pointwise_min_bytes=0)
 
 
 @pytest.mark.parametrize("case", DW_PW_CASES)
 def test_depthwise_pointwise_fusion(case, tmp_path, fuse_every_pair):
     """depthwise → 1×1 pairs compile to one kernel (rule DepthwisePointwise) and still equal onnxruntime."""
-    _check(_dw_pw_model(**DW_PW_CASES[case]), tmp_path, "DepthwisePointwise")
+    _check(_dw_pw_model(**DW_PW_CASES[case]), tmp_path, "DepthwisePointwise", options=fuse_every_pair)
 
 
 def test_depthwise_with_second_use_is_not_fused(tmp_path, fuse_every_pair):
     model = _dw_pw_model(tap_dw=True)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
-    used = _scheduled_rules(path)
+    used = _scheduled_rules(path, options=fuse_every_pair)
     assert "DepthwisePointwise" not in used and "DepthwiseConv2dNCHWc" in used
-    result = edgec.compile(path, target="x86", output=tmp_path / "art")
+    result = edgec.compile(path, target="x86", output=tmp_path / "art", cpu_options=fuse_every_pair)
     feed = random_inputs(result.artifact.inputs, seed=3)
     got = list(edgec.run(tmp_path / "art", feed).outputs.values())
     for g, r in zip(got, onnxruntime_outputs(path, feed)):
@@ -489,11 +511,11 @@ def test_depthwise_with_second_use_is_not_fused(tmp_path, fuse_every_pair):
 
 
 def test_only_pairs_with_a_large_intermediate_are_fused(tmp_path):
-    """32 channels at 14×14 (25 KB between the convs) stay two kernels; at 96×96 (1.2 MB) they are fused. Both
-    equal onnxruntime."""
-    from edgec.targets.cpu_dw_pointwise import MIN_INTERMEDIATE_BYTES
+    """32 channels at 14×14 (25 KB between the convs) stay two kernels; at 96×96 (1.2 MB) they are fused, with
+    the threshold of a 1 MiB L2 (the pinned preset's default: it names no cache size). Both equal onnxruntime."""
+    from edgec.targets.cpu.options import FALLBACK_L2, CpuOptions
 
-    assert MIN_INTERMEDIATE_BYTES == 1 << 20
+    assert CpuOptions().pair_min_bytes() == FALLBACK_L2 == 1 << 20
     for hw, fused in ((14, False), (96, True)):
         (tmp_path / str(hw)).mkdir()
         _check(_dw_pw_model(c=32, cout=32, hw=hw), tmp_path / str(hw), None)
@@ -506,9 +528,9 @@ def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path, fuse_every_
     """The fused pair with NEON's 4 lanes (channel blocks of 4), run on the emulated aarch64 device."""
     onnx.save(_dw_pw_model(c=20, cout=12, hw=9, stride=2, residual=False), str(tmp_path / "m.onnx"))
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
-                           device="qemu-aarch64")
+                           device="qemu-aarch64", cpu_options=fuse_every_pair)
     assert result.verification.passed, result.verification.summary()
-    assert "DepthwisePointwise" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72")
+    assert "DepthwisePointwise" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72", fuse_every_pair)
 
 
 def test_row_reduction_is_not_a_window(tmp_path):
@@ -523,7 +545,7 @@ def test_row_reduction_is_not_a_window(tmp_path):
 
 
 def test_row_tile_fits_and_covers_the_row():
-    from edgec.targets.cpu_spatial_conv import row_tile
+    from edgec.targets.cpu.kernels.spatial import row_tile
 
     for width in (12, 14, 28, 33, 56, 112, 224):
         for channels in range(4, 16):
@@ -555,7 +577,7 @@ def test_parallel_scratch_buffers_live_on_the_stack():
     import tvm
     from tvm.script import tirx as T
 
-    from edgec.targets import stack_alloc
+    from edgec.targets.cpu import stack_alloc
 
     over = stack_alloc.STACK_BUDGET // 4 + 1  # floats: one more than the budget allows
     width = over

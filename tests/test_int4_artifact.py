@@ -99,17 +99,17 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_int4_layer_packed_and_within_one_step_of_onnxruntime(case):
-    from edgec.targets.int4_pack import LAST_PACKED, LAST_PARAMS
     from edgec.targets.qdq_lower import count_integer_layers
     from edgec.toolchain.api import onnxruntime_outputs
 
     model, wq = int4_layer(**CASES[case])
-    mod, run = compile_x86(model)
+    mod, run, report = compile_x86(model)
     assert count_integer_layers(mod) == 1  # an int32-accumulating conv/matmul replaced the float layer
-    assert LAST_PACKED["tensors"] == 1 and LAST_PACKED["packed_bytes"] == (LAST_PACKED["int8_bytes"] + 1) // 2
-    assert LAST_PACKED["int8_bytes"] >= wq.size  # (padded to whole blocks for group-wise / channel blocks)
-    assert "int8" not in LAST_PARAMS["by_dtype"]  # no unpacked copy of the weight is stored
-    assert LAST_PARAMS["by_dtype"]["uint8"] == LAST_PACKED["packed_bytes"]
+    packed, params = report.packed, report.params
+    assert packed["tensors"] == 1 and packed["packed_bytes"] == (packed["int8_bytes"] + 1) // 2
+    assert packed["int8_bytes"] >= wq.size  # (padded to whole blocks for group-wise / channel blocks)
+    assert "int8" not in params["by_dtype"]  # no unpacked copy of the weight is stored
+    assert params["by_dtype"]["uint8"] == packed["packed_bytes"]
     spec = CASES[case]
     if spec.get("out_q", True):
         step = 0.05

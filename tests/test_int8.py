@@ -107,7 +107,7 @@ def test_integer_kernel_equals_numpy_reference_and_onnxruntime_within_one_step(c
 
     spec = CASES[case]
     model = qdq_layer(**spec)
-    mod, run = compile_x86(model)
+    mod, run, _ = compile_x86(model)
     assert count_integer_layers(mod) == 1
     text = mod.script(show_meta=False)
     assert "R.dequantize(metadata" not in text  # weights are no longer dequantized to float
@@ -128,7 +128,7 @@ def test_float_output_layer_keeps_integer_product():
     from edgec.toolchain.api import onnxruntime_outputs
 
     model = qdq_layer(kind="gemm", relu=False, out_q=False, zx=9, cin=64, cout=10)
-    mod, run = compile_x86(model)
+    mod, run, _ = compile_x86(model)
     assert count_integer_layers(mod) == 1
     x = _input(model)
     got = run(x)

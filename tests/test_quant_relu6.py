@@ -91,7 +91,8 @@ def test_relu6_layer_lowers_to_integer_kernel_with_the_clamp_at_quantize_6():
     from tvm import relax
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu import relax_pipeline, schedule_passes
+    from edgec.targets.cpu.build import relax_pipeline, schedule_passes
+    from edgec.targets.cpu.options import CpuOptions
     from edgec.targets.lower import to_relax
     from edgec.targets.qdq_lower import count_integer_layers
     from edgec.toolchain.api import onnxruntime_outputs
@@ -101,7 +102,9 @@ def test_relu6_layer_lowers_to_integer_kernel_with_the_clamp_at_quantize_6():
         model = _relu6_layer(sy)
         mod = to_relax(model)
         assert count_integer_layers(mod) == 1
-        ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target)))
+        options = CpuOptions()
+        ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target, options),
+                                                                           options))
         vm = relax.VirtualMachine(ex, tvm.cpu())
         x = np.random.default_rng(3).uniform(-1, 7, (1, 8, 10, 10)).astype(np.float32)
         got = vm["main"](tvm.runtime.tensor(x)).numpy()

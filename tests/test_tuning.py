@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.targets import resolve_target
-from edgec.targets import tuning
+from edgec.targets.cpu import tuning
 
 ATOL = 1e-4
 TRIALS = 12
@@ -124,11 +124,12 @@ def test_apply_pass_installs_the_database_schedules(tuned, tiny_onnx):
     saved = bare.read_text()
     try:
         bare.write_text("")  # no baselines: every record applies
+        applied: dict = {}
         with target:
-            new = tuning.apply_database_pass(db, target)(mod)
+            new = tuning.apply_database_pass(db, target, applied=applied)(mod)
     finally:
         bare.write_text(saved)
-    used = tuning.LAST_APPLIED["functions"]
+    used = applied["functions"]
     assert used
     for gv, func in new.functions.items():
         if gv.name_hint in used:
@@ -139,7 +140,7 @@ def test_apply_pass_installs_the_database_schedules(tuned, tiny_onnx):
 def test_kill_loses_nothing_measured(tiny_onnx, tmp_path):
     """SIGKILL a tuning run once it has written records; the next run counts them and measures the rest."""
     db = tmp_path / "db"
-    script = ("import sys; from edgec.targets import resolve_target; from edgec.targets import tuning; "
+    script = ("import sys; from edgec.targets import resolve_target; from edgec.targets.cpu import tuning; "
               f"tuning.tune(tuning.prepare_model(sys.argv[1]), resolve_target('x86'), sys.argv[2], 300, 1000, "
               f"progress=lambda s: None, **{FAST!r})")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_onnx), str(db)], start_new_session=True,
@@ -223,21 +224,22 @@ def conv_onnx(tmp_path_factory) -> Path:
     return path
 
 
-def _conv_task(conv_onnx):
-    tasks = tuning.extract_tasks(tuning.prepare_model(conv_onnx), resolve_target("x86"))
+def _conv_task(conv_onnx, target="x86"):
+    tasks = tuning.extract_tasks(tuning.prepare_model(conv_onnx), resolve_target(target))
     conv = [t for t in tasks if "conv2d" in str(t.task_name)]
     assert len(conv) == 1
     return conv[0]
 
 
 def test_tile_candidates_fit_the_register_file(conv_onnx):
-    from edgec.targets import cpu_rules
+    from edgec.targets.cpu.sched import register_tile
 
-    target = resolve_target("x86").tvm_target()
-    func = _conv_task(conv_onnx).dispatched[0]["main"]
+    # a 16-lane, 32-register preset (the candidates follow the target's features, not the host's)
+    target = resolve_target("x86:avx512").tvm_target()
+    func = _conv_task(conv_onnx, "x86:avx512").dispatched[0]["main"]
     with target:
         tiles = tuning.tile_candidates(func, target)
-    default = cpu_rules.register_tile(14, 4, 1, 32)
+    default = register_tile(14, 4, 1, 32)
     assert tiles and default not in tiles and len(tiles) <= tuning.MAX_TILES
     assert all(14 % r == 0 and 4 % o == 0 and 8 <= r * o and r * o + o + 1 <= 32 for r, o in tiles)
 
@@ -267,15 +269,16 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
     assert not [n for n in applied["functions"] if "conv2d" in n]  # the tile won over the conv's record
 
 
-def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile(tmp_path, monkeypatch):
+def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile(tmp_path):
     """A depthwise 3×3 → 1×1 pair (one fused kernel, cpu_dw_pointwise): its 1×1 conv's register tiles are
     candidates too, a database searched before pairs were covered searches them again, and a tile logged as
     verified faster is what compile schedules the pair with (output still equal to onnxruntime's)."""
     import onnx
 
-    from edgec.targets import cpu_dw_pointwise
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.options import CpuOptions
 
-    monkeypatch.setattr(cpu_dw_pointwise, "MIN_INTERMEDIATE_BYTES", 0)  # fuse this small pair
+    fuse = CpuOptions(dw_pointwise_min_bytes=0)  # fuse this small pair
     rng = np.random.default_rng(7)
     inits = [numpy_helper.from_array((rng.standard_normal((64, 1, 3, 3)) * 0.3).astype(np.float32), "dw"),
              numpy_helper.from_array((rng.standard_normal((64, 64, 1, 1)) * 0.1).astype(np.float32), "pw")]
@@ -286,18 +289,19 @@ def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile
     src = tmp_path / "dwpw.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(src))
     target = resolve_target("x86").tvm_target()
-    tasks = [t for t in tuning.extract_tasks(tuning.prepare_model(src), resolve_target("x86"))
+    tasks = [t for t in tuning.extract_tasks(tuning.prepare_model(src), resolve_target("x86"), fuse)
              if "depthwise_pointwise" in str(t.task_name)]
     assert len(tasks) == 1
     func = tasks[0].dispatched[0]["main"]
     assert tuning._tile_search_version(func) == 2
     with target:
         tiles = tuning.tile_candidates(func, target)
-    assert tiles and all(14 % r == 0 and 4 % o == 0 for r, o in tiles)
+    chunks = 64 // isa_of(target).lanes  # 64 channels in blocks of the host's lanes
+    assert tiles and all(14 % r == 0 and chunks % o == 0 for r, o in tiles)
 
     db = tmp_path / "db"
     report = tuning.tune(tuning.prepare_model(src), resolve_target("x86"), db, budget_s=30, trials=2, seed=0,
-                         progress=lambda _line: None, **FAST)
+                         progress=lambda _line: None, options=fuse, **FAST)
     key = tuning._structural_key(tasks[0].dispatched[0])
     side = report.db_folder / tuning.MEASURED_FILE
     # a search logged before pairs were covered (True: version 1) leaves the pair to be searched again
@@ -307,7 +311,7 @@ def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile
     assert tuning._read_measured(old).tiles_searched[key] == 1 < tuning._tile_search_version(func)
     side.write_text(side.read_text() + '{"w": "%s", "tile": [%d, %d], "verified_tile": 0.5, "verified": 0.9}\n'
                     % (key, *tiles[0]))
-    result = edgec.compile(src, target="x86", output=tmp_path / "a", tuning_db=db)
+    result = edgec.compile(src, target="x86", output=tmp_path / "a", tuning_db=db, cpu_options=fuse)
     assert result.verification.passed and result.verification.max_abs_diff <= ATOL
     applied = result.artifact.manifest["tuning"]
     assert [n for n in applied["tiles"] if "depthwise_pointwise" in n] == applied["tiles"] and applied["tiles"]

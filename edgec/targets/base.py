@@ -30,12 +30,20 @@ class TargetPreset:
     cc: str | None = None  # cross compiler that links the shared library (None: the host's default)
 
     def resolved_tvm(self) -> dict[str, Any]:
-        """The TVM target dict with ``"mcpu": "host"`` replaced by the CPU LLVM detects on this machine."""
+        """The TVM target dict with ``"mcpu": "host"`` replaced by the CPU LLVM detects on this machine, plus (as
+        ``mattr``) any feature the machine reports that LLVM's name for it lacks (see cpu/isa.host_mattr)."""
         if self.tvm.get("mcpu") != "host":
             return dict(self.tvm)
         import tvm
 
-        return {**self.tvm, "mcpu": str(tvm.target.codegen.llvm_get_system_cpu())}
+        from edgec.targets.cpu.isa import host_mattr
+
+        mcpu = str(tvm.target.codegen.llvm_get_system_cpu())
+        extra = host_mattr(mcpu, str(self.tvm.get("mtriple", "")))
+        resolved = {**self.tvm, "mcpu": mcpu}
+        if extra:
+            resolved["mattr"] = [*self.tvm.get("mattr", []), *extra]
+        return resolved
 
     def tvm_target(self):
         import tvm
@@ -111,7 +119,7 @@ def host_arch() -> str:
 
 def _load_families() -> None:
     # Importing a family module registers its presets and builder; the order is the order `edgec targets` lists.
-    import edgec.targets.cpu
+    import edgec.targets.cpu.build
     import edgec.targets.x86
     import edgec.targets.arm
     import edgec.targets.cuda  # noqa: F401

@@ -25,7 +25,7 @@ import onnx
 
 from edgec.errors import EdgecError
 from edgec.targets.base import BuildInfo, TargetPreset, register_builder, register_parametric, register_preset
-from edgec.targets.cpu import require_compiler
+from edgec.targets.cpu.build import require_compiler
 
 # Architectures nvcc 13 builds for (Turing and newer); Maxwell/Pascal/Volta were dropped by CUDA 13.
 CUDA_ARCHS = {

@@ -35,14 +35,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["widen_low_bit", "pack_int4", "unpack_int4_reference", "unpack_int4_te", "pack_int4_pass",
-           "pack_binary", "unpack_binary_reference", "pack_low_bit", "packed_bits", "constant_bytes", "LAST_PACKED",
-           "LAST_PARAMS"]
+           "pack_binary", "unpack_binary_reference", "pack_low_bit", "packed_bits", "constant_bytes",
+           "empty_pack_stats"]
 
 _LOW_BIT = {TensorProto.INT4: (TensorProto.INT8, np.int8), TensorProto.UINT4: (TensorProto.UINT8, np.uint8)}
 MIN_PACKED_ELEMENTS = 32  # smaller int8 constants (zero points, tiny tables) are not worth a kernel launch
 # set by pack_int4_pass: totals, and "binary" (1-bit) / "int4" entries with the same three counts
-LAST_PACKED: dict[str, Any] = {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0}
-LAST_PARAMS: dict[str, Any] = {}  # set by the CPU pipeline: constant_bytes of the final module
 
 
 # ---------------------------------------------------------------------------------------------- ONNX side
@@ -198,17 +196,24 @@ def _unpack_func(shape: tuple[int, ...], bits: int = 4):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("global_symbol", _KERNEL_NAME[bits])
 
 
-def pack_int4_pass():
+def empty_pack_stats() -> dict[str, Any]:
+    """What :func:`pack_int4_pass` counts: tensors packed, their int8 and packed bytes, in all and per kind."""
+    return {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0,
+            **{k: {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0} for k in ("int4", "binary")}}
+
+
+def pack_int4_pass(stats: dict[str, Any] | None = None):
     """Relax pass (after FoldConstant/FuseTIR): int8 kernel constants in [-8, 7] → packed uint8 + unpack kernel
-    (all ±1: one bit per element, else two per byte)."""
+    (all ±1: one bit per element, else two per byte). ``stats`` (from :func:`empty_pack_stats`, owned by the
+    build that runs the pass) is reset and filled with what was packed."""
     import tvm
     from tvm import relax
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecPackInt4")
     def _pass(mod, _ctx):
-        LAST_PACKED.clear()
-        LAST_PACKED.update(tensors=0, int8_bytes=0, packed_bytes=0,
-                           **{k: {"tensors": 0, "int8_bytes": 0, "packed_bytes": 0} for k in ("int4", "binary")})
+        counts = stats if stats is not None else {}
+        counts.clear()
+        counts.update(empty_pack_stats())
         call_tir = tvm.ir.Op.get("relax.call_tir")
         funcs: dict[tuple[tuple[int, ...], int], Any] = {}
 
@@ -231,7 +236,7 @@ def pack_int4_pass():
                 var = self.builder_.emit(relax.call_tir(funcs[(shape, bits)], [relax.const(packed_np, "uint8")],
                                                         out_ty=relax.TensorType(shape, "int8")),
                                          "w_binary" if bits == 1 else "w_int4")
-                for entry in (LAST_PACKED, LAST_PACKED["binary" if bits == 1 else "int4"]):
+                for entry in (counts, counts["binary" if bits == 1 else "int4"]):
                     entry["tensors"] += 1
                     entry["int8_bytes"] += int(value.nbytes)
                     entry["packed_bytes"] += int(packed_np.size)

@@ -411,21 +411,15 @@ def _rewrite_function(func) -> tuple[Any, int]:
     return func, total
 
 
-LAST_COUNT: dict[str, int] = {"integer_layers": 0}
-
-
 def lower_qdq(mod):
     """Rewrite every Q/DQ-wrapped conv2d / matmul of ``mod`` into integer arithmetic (see the module doc)."""
     from tvm import relax
 
-    total = 0
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
             new, n = _rewrite_function(func)
             if n:
                 mod[gv] = relax.analysis.remove_all_unused(new)
-                total += n
-    LAST_COUNT["integer_layers"] = total
     return mod
 
 

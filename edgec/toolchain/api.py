@@ -135,7 +135,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             input_shapes: str | Sequence[str] | dict | None = None, passes: Sequence[str] = DEFAULT_PASSES,
             verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
             seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None,
-            quantize: dict[str, Any] | None = None) -> CompileResult:
+            quantize: dict[str, Any] | None = None, cpu_options: Any = None) -> CompileResult:
     """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
 
     ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,
@@ -151,13 +151,15 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     for image folders) the mixed-precision search of ``edgec quantize --max-drop`` picks the per-layer precisions
     first (``manifest["quantization"]["mixed_precision"]``); a bound it cannot meet is an EdgecError, and nothing
     is written.
+    ``cpu_options``: an ``edgec.targets.cpu.options.CpuOptions`` for CPU targets (kernel switches and thresholds;
+    default: edgec's).
     """
     from edgec.targets import get_builder, resolve_target
 
     started = time.perf_counter()
     preset = resolve_target(target)  # an unknown target fails before any work
     if tuning_db is not None:
-        from edgec.targets.tuning import require_database
+        from edgec.targets.cpu.tuning import require_database
 
         require_database(tuning_db, preset)
     source = default_model() if source is None else source
@@ -196,8 +198,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
 
     with art.staging_dir(Path(output)) as stage:
         onnx.save(optimized, str(stage / "optimized.onnx"))
-        build = get_builder(preset)(optimized, preset, stage / "model.so",
-                                    {"tuning_db": str(tuning_db)} if tuning_db is not None else {})
+        build_options: dict[str, Any] = {"cpu": cpu_options}
+        if tuning_db is not None:
+            build_options["tuning_db"] = str(tuning_db)
+        build = get_builder(preset)(optimized, preset, stage / "model.so", build_options)
         manifest: dict[str, Any] = {
             "edgec_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

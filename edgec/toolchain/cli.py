@@ -192,7 +192,7 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     where it stopped. Progress goes to stderr, one line per round.
     """
     from edgec.targets import resolve_target
-    from edgec.targets.tuning import KEEP_RATIO, format_latency, format_seconds, parse_budget, prepare_model, tune
+    from edgec.targets.cpu.tuning import KEEP_RATIO, format_latency, format_seconds, parse_budget, prepare_model, tune
 
     budget_s = parse_budget(budget)
     preset = resolve_target(target)
@@ -558,17 +558,25 @@ def inspect_cmd(model: str | None, input_shapes: tuple[str, ...], as_json: bool)
 @main.command("targets")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def targets_cmd(as_json: bool) -> None:
-    """List every target preset and what it means."""
+    """List every target preset, what it means and (CPU presets) the ISA features its kernels use."""
     from edgec.targets import presets
+    from edgec.targets.cpu.isa import isa_of
 
     items = presets()
+    isas = {p.name: isa_of(p.tvm_target()) for p in items if p.family == "cpu"}
     if as_json:
-        click.echo(json.dumps([{k: v for k, v in p.to_dict().items() if k != "family"} for p in items], indent=2))
+        click.echo(json.dumps([{**{k: v for k, v in p.to_dict().items() if k != "family"},
+                                **({"isa": isas[p.name].summary()} if p.name in isas else {})} for p in items],
+                              indent=2))
         return
     width = max(len(p.name) for p in items)
     for p in items:
         where = f"{p.arch}/{p.device}"
         click.echo(f"{p.name:<{width}}  {where:<14}  {p.description}")
+        if p.name in isas:
+            isa = isas[p.name]
+            click.echo(f"{'':<{width}}  {'':<14}  mcpu {isa.mcpu}: {isa.lanes} float32 lanes, "
+                       f"{isa.vector_registers} vector registers; {', '.join(sorted(isa.features)) or 'baseline'}")
 
 
 if __name__ == "__main__":

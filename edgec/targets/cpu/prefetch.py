@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ENABLED = True  # edgec's default; bench/kernel_ab.py prefetch switches it off to compare
-MIN_BYTES = 64 * 1024  # weights smaller than this: no hints (see the docstring)
+from edgec.targets.cpu.options import CpuOptions
+
 _LOCALITY_L2 = 2        # llvm.prefetch locality 2: prefetcht1, into L2
 
 
@@ -37,18 +37,21 @@ class Plan:
 
 
 def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, rows: int,
-                   rows_outer: bool) -> Plan | None:
-    """Where the direct conv (cpu_rules.schedule_conv_tile's loops) asks for the next tile's weights, or None when
-    its weights (``kernel``, OIHW[i]i[o]o) are small or it has one tile. ``outer`` is the parallel loop fused
+                   rows_outer: bool, options: CpuOptions) -> Plan | None:
+    """Where the direct conv (kernels/direct.schedule_conv_tile's loops) asks for the next tile's weights, or None
+    when prefetching is off (CpuOptions.prefetch), its weights (``kernel``, OIHW[i]i[o]o) are smaller than
+    CpuOptions.prefetch_min_bytes or it has one tile. ``outer`` is the parallel loop fused
     from (n, oc tile, ``rows`` output rows), or from (n, row) when ``rows_outer``; the next tile's chunk index is
     clamped to the last chunk (the last tile asks for its own)."""
     from tvm import tirx
 
-    from edgec.targets.stack_alloc import buffer_bytes
+    from edgec.targets.cpu.stack_alloc import buffer_bytes
 
+    if not options.prefetch:
+        return None
     chunks = int(kernel.shape[0])
     tiles = int(sch.get(occ_o).extent) if rows_outer else -(-chunks // oc_tile)
-    if (buffer_bytes(kernel) or 0) < MIN_BYTES or tiles < 2:
+    if (buffer_bytes(kernel) or 0) < options.prefetch_min_bytes or tiles < 2:
         return None
 
     def var(loop):
@@ -66,11 +69,11 @@ def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, 
     return Plan(var(ic_i), addresses)
 
 
-def insert(sch, plan: Plan | None):
+def insert(sch, plan: Plan | None, options: CpuOptions):
     """``sch`` with the hints of ``plan`` added (a new Schedule of the rewritten function), or ``sch`` itself."""
     from tvm import s_tir, tirx
 
-    if plan is None or not ENABLED:
+    if plan is None or not options.prefetch:
         return sch
     hints = [tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, tirx.const(0, "int32"),
                                                  tirx.const(_LOCALITY_L2, "int32"), tirx.const(1, "int32")))

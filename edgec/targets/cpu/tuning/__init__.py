@@ -49,7 +49,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edgec.targets.intrinsics import cpu_tensor_intrinsics
+from edgec.targets.cpu.intrinsics import cpu_tensor_intrinsics
+from edgec.targets.cpu.options import DEFAULT, CpuOptions
 from edgec.errors import EdgecError
 
 WORKLOAD_FILE = "database_workload.json"
@@ -227,7 +228,7 @@ def build_candidate(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    from edgec.targets import stack_alloc
+    from edgec.targets.cpu import stack_alloc
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target, pipeline=stack_alloc.register())  # lowered as edgec's builds lower
@@ -270,11 +271,11 @@ def prepare_model(source=None, input_shapes=None, passes=None):
     return proto
 
 
-def fused_module(model, preset):
+def fused_module(model, preset, options: CpuOptions = DEFAULT):
     """The Relax module exactly as the CPU builder's scheduling stage sees it (imported, legalized, fused)."""
     import tvm
 
-    from edgec.targets.cpu import relax_pipeline
+    from edgec.targets.cpu.build import relax_pipeline, target_l2
     from edgec.targets.lower import to_relax
 
     target = preset.tvm_target()
@@ -285,17 +286,17 @@ def fused_module(model, preset):
         captured.append(mod)
         return mod
 
-    relax_pipeline(target, [_capture])(to_relax(model))
+    relax_pipeline(target, [_capture], options, target_l2(preset))(to_relax(model))
     return captured[0]
 
 
-def extract_tasks(model, preset) -> list:
+def extract_tasks(model, preset, options: CpuOptions = DEFAULT) -> list:
     """The tuning tasks of ``model`` for ``preset``: one meta-schedule ExtractedTask per distinct fused PrimFunc,
     hashed the way :func:`apply_database_pass` looks them up at compile time."""
     from tvm.s_tir import meta_schedule as ms
 
     _require_cpu(preset)
-    tasks = ms.relax_integration.extract_tasks(fused_module(model, preset), preset.tvm_target(),
+    tasks = ms.relax_integration.extract_tasks(fused_module(model, preset, options), preset.tvm_target(),
                                                module_equality="structural")
     return sorted(tasks, key=lambda t: str(t.task_name))
 
@@ -397,7 +398,8 @@ class _Task:
 def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None = None,
          progress: Callable[[str], None] | None = None, rpc: str | None = None, rpc_key: str | None = None, *,
          cost_model: str | None = None, trials_per_round: int = TRIALS_PER_ROUND, population: int = 256,
-         evaluator: dict[str, Any] | None = None, seed: int | None = None, threads: int | None = None) -> TuneReport:
+         evaluator: dict[str, Any] | None = None, seed: int | None = None, threads: int | None = None,
+         options: CpuOptions = DEFAULT) -> TuneReport:
     """Tune ``model``'s fused operators for ``preset`` into ``db_dir`` for at most ``budget_s`` seconds.
 
     ``trials``: total measurements wanted, split evenly over the tasks and counting the records already in the
@@ -407,12 +409,13 @@ def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None 
     ``rpc``/``rpc_key``: measure on a device behind a TVM RPC tracker (required for Arm). The run stops starting
     rounds once the budget is spent; the round in flight then finishes (seconds, with the default sizes).
     ``threads``: measure every candidate on this many threads (default: every core), as the artifact will run.
+    ``options``: the CpuOptions the artifact will be compiled with (its workloads and rule schedules follow them).
     """
     if threads is not None and threads < 1:
         raise EdgecError(f"--threads must be at least 1, got {threads}", "pass e.g. --threads 1")
     with _measuring_threads(threads, rpc):
         return _tune(model, preset, db_dir, budget_s, trials, progress, rpc, rpc_key, cost_model, trials_per_round,
-                     population, evaluator, seed)
+                     population, evaluator, seed, options)
 
 
 _THREADS: list[int] = []  # the thread count tune() measures with, while it runs (see _measuring_threads)
@@ -444,7 +447,7 @@ def _measuring_threads(threads: int | None, rpc: str | None) -> Iterator[None]:
 
 
 def _tune(model, preset, db_dir, budget_s, trials, progress, rpc, rpc_key, cost_model, trials_per_round,
-          population, evaluator, seed) -> TuneReport:
+          population, evaluator, seed, options: CpuOptions) -> TuneReport:
     started = time.monotonic()
     deadline = started + float(budget_s)
     say = progress if progress is not None else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -454,7 +457,7 @@ def _tune(model, preset, db_dir, budget_s, trials, progress, rpc, rpc_key, cost_
         raise EdgecError(f"--trials must be at least 1, got {trials}", "pass a positive number, e.g. --trials 200")
     target = preset.tvm_target()
     where = _where(preset, rpc, rpc_key)
-    extracted = extract_tasks(model, preset)
+    extracted = extract_tasks(model, preset, options)
     if not extracted:
         raise EdgecError("the model has no operators to tune", "compile it directly with `edgec compile`")
 
@@ -489,29 +492,29 @@ def _tune(model, preset, db_dir, budget_s, trials, progress, rpc, rpc_key, cost_
                if resumed else ""))
         stopped = "trials"
         _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluator or {}, folder, deadline,
-                      say)
+                      say, options)
         if todo:
             stopped = _run(extracted, todo, reports, database, _runner(rpc, rpc_key, evaluator or {}), preset, rpc,
                            cost_model, trials_per_round, population, seed, side, folder, started, deadline,
-                           budget_s, say, interrupt)
+                           budget_s, say, interrupt, options)
         for i, token in enumerate(tokens):
             reports[i].best_ms = _best_ms(database, token)
         if stopped != "interrupted":
             _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, evaluator or {}, folder,
-                            say)
+                            say, options)
     return TuneReport(db_dir=Path(db_dir), db_folder=folder, target=str(target), cost_model=cost_model,
                       tasks=reports, seconds=time.monotonic() - started, budget_s=float(budget_s), stopped=stopped)
 
 
 def _run(extracted, todo, reports, database, runner, preset, rpc, cost_model, trials_per_round, population, seed,
-         side, folder, started, deadline, budget_s, say, interrupt) -> str:
+         side, folder, started, deadline, budget_s, say, interrupt, options: CpuOptions) -> str:
     from tvm.s_tir import meta_schedule as ms
 
     tune_target = _with_num_cores(preset, rpc)
     with _measuring(preset, rpc, runner) as builder:
         return _tune_tasks(ms, extracted, todo, reports, database, builder, runner, tune_target, cost_model,
                            trials_per_round, population, seed, side, folder, started, deadline, budget_s, say,
-                           interrupt)
+                           interrupt, options)
 
 
 @contextlib.contextmanager
@@ -531,11 +534,12 @@ def _measuring(preset, rpc: str | None, runner) -> Iterator[Any]:
 
 
 def _tune_tasks(ms, extracted, todo, reports, database, builder, runner, tune_target, cost_model, trials_per_round,
-                population, seed, side, folder, started, deadline, budget_s, say, interrupt) -> str:
+                population, seed, side, folder, started, deadline, budget_s, say, interrupt,
+                options: CpuOptions) -> str:
     missing = [t for t in todo if t.wkey not in side.rule_ms]
     if missing:  # what edgec's rules alone give: the latency a record has to beat to be used
         for task, latency in zip(missing, _rule_latencies([extracted[t.index].dispatched[0] for t in missing],
-                                                          extracted[0].target, builder, runner)):
+                                                          extracted[0].target, builder, runner, options)):
             if latency is not None:
                 side.rule_ms[task.wkey] = reports[task.index].rule_ms = latency
                 _append_measured(folder, {"w": task.wkey, "rule_ms": latency})
@@ -649,47 +653,49 @@ MAX_TILES = 12  # register tiles tried per conv by the tile search
 
 def tile_candidates(func, target) -> list[tuple[int, int]]:
     """Register tiles (columns, channel blocks) to try for a conv that edgec's Conv2dNCHWc rule schedules, or the
-    1×1 conv of a fused depthwise → 1×1 pair (cpu_dw_pointwise), the rule's own choice excluded: those that fit
+    1×1 conv of a fused depthwise → 1×1 pair (kernels/dw_pointwise), the rule's own choice excluded: those that fit
     the register file with at least 8 accumulators, most first."""
     from tvm import s_tir
 
-    from edgec.targets import cpu_rules as R
-    from edgec.targets.cpu_layout import NARROW, vector_lanes
+    from edgec.targets.cpu import sched
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels.widened import NARROW
 
     sch = s_tir.Schedule(func)
-    conv = R._find_block(sch, "conv2d_NCHWc")
-    if conv is None or R._find_block(sch, NARROW) is not None or len(sch.get_loops(conv)) != 8:
+    conv = sched.find_block(sch, "conv2d_NCHWc")
+    if conv is None or sched.find_block(sch, NARROW) is not None or len(sch.get_loops(conv)) != 8:
         return []
     _, occ, _, ow, ocb, _, _, _ = sch.get_loops(conv)
-    width, chunks = R._extent(sch, ow), R._extent(sch, occ)
-    vec, registers = max(1, R._extent(sch, ocb) // vector_lanes(target)), R._vector_registers(target)
-    default = R.register_tile(width, chunks, vec, registers)
+    width, chunks = sched.extent(sch, ow), sched.extent(sch, occ)
+    isa = isa_of(target)
+    vec, registers = max(1, sched.extent(sch, ocb) // isa.lanes), isa.vector_registers
+    default = sched.register_tile(width, chunks, vec, registers)
     tiles = [(r, o) for r in range(1, min(width, 28) + 1) if width % r == 0
              for o in range(1, min(chunks, 8) + 1) if chunks % o == 0
              if 8 <= r * o * vec and r * o * vec + o * vec + 1 <= registers and (r, o) != default]
     return sorted(tiles, key=lambda t: (-t[0] * t[1], -t[1]))[:MAX_TILES]
 
 
-def _with_tile(workload, tile, target):
+def _with_tile(workload, tile, target, options: CpuOptions = DEFAULT):
     """The workload scheduled by the conv rule (or the fused depthwise → 1×1 rule) with register tile ``tile``."""
     import tvm
 
-    from edgec.targets.cpu_dw_pointwise import DepthwisePointwise
-    from edgec.targets.cpu_rules import Conv2dNCHWc
+    from edgec.targets.cpu.kernels.direct import Conv2dNCHWc
+    from edgec.targets.cpu.kernels.dw_pointwise import DepthwisePointwise
 
     rule = DepthwisePointwise if _is_depthwise_pointwise(workload["main"]) else Conv2dNCHWc
     with target:
-        sch = rule(*tile).apply(workload["main"], target, False)
+        sch = rule(options, *tile).apply(workload["main"], target, False)
     return tvm.IRModule({"main": sch.mod["main"].with_attr("tirx.is_scheduled", True)})
 
 
 def _is_depthwise_pointwise(func) -> bool:
-    """Whether ``func`` is a fused depthwise → 1×1 pair (cpu_dw_pointwise), not a plain conv."""
+    """Whether ``func`` is a fused depthwise → 1×1 pair (kernels/dw_pointwise), not a plain conv."""
     from tvm import s_tir
 
-    from edgec.targets import cpu_rules as R
+    from edgec.targets.cpu import sched
 
-    return R._find_block(s_tir.Schedule(func), "depthwise_conv2d_NCHWc") is not None
+    return sched.find_block(s_tir.Schedule(func), "depthwise_conv2d_NCHWc") is not None
 
 
 def _tile_search_version(func) -> int:
@@ -698,7 +704,8 @@ def _tile_search_version(func) -> int:
     return 2 if _is_depthwise_pointwise(func) else 1
 
 
-def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluator, folder, deadline, say) -> None:
+def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluator, folder, deadline, say,
+                  options: CpuOptions) -> None:
     """Measure the conv rule's other register tiles for each conv task (a few seconds per conv), one task at a
     time until the budget's deadline: the rule's choice is a heuristic, and a per-layer grid over its tile is what
     pays (the ResNet stem: 4x4 beats the heuristic's 14x2 by ~10 %). Tasks searched by an earlier run are skipped;
@@ -721,7 +728,7 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
             workload = extracted[i].dispatched[0]
             with target:
                 tiles = tile_candidates(workload["main"], target)
-            mods = [_with_tile(workload, tile, target) for tile in tiles]
+            mods = [_with_tile(workload, tile, target, options) for tile in tiles]
             built = builder.build([BuilderInput(m, target) for m in mods]) if mods else []
             try:
                 ok = [k for k, b in enumerate(built) if b.error_msg is None]
@@ -746,7 +753,8 @@ def _search_tiles(extracted, reports, wkeys, side, preset, rpc, rpc_key, evaluat
         say(f"tiles: {measured} register tile(s) of edgec's conv rule measured for {searched} conv(s)")
 
 
-def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, evaluator, folder, say) -> None:
+def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, evaluator, folder, say,
+                    options: CpuOptions) -> None:
     """Re-measure each task's best record against edgec's rules, alternately, and log the ratio.
 
     Why: the best of hundreds of noisy measurements is biased low (on a busy host a candidate "wins" by being
@@ -758,7 +766,7 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from edgec.targets.cpu import schedule_passes
+    from edgec.targets.cpu.build import schedule_passes
 
     target = _with_num_cores(preset, rpc)
     groups = []  # (task index, {"rules": mod, "verified": best record, "verified_tile": best tile})
@@ -769,11 +777,11 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
         if sch is not None:
             contenders["verified"] = sch.mod
         if reports[i].tile is not None:
-            contenders["verified_tile"] = _with_tile(workload, reports[i].tile, target)
+            contenders["verified_tile"] = _with_tile(workload, reports[i].tile, target, options)
         if not contenders:
             continue
         with target:
-            contenders["rules"] = tvm.transform.Sequential(schedule_passes(target))(workload.clone())
+            contenders["rules"] = tvm.transform.Sequential(schedule_passes(target, options))(workload.clone())
         groups.append((i, contenders))
     if not groups:
         return
@@ -809,18 +817,18 @@ def _verify_records(extracted, reports, wkeys, database, preset, rpc, rpc_key, e
     _remove_artifacts(built)
 
 
-def _rule_latencies(mods: list, target, builder, runner) -> list[float | None]:
+def _rule_latencies(mods: list, target, builder, runner, options: CpuOptions) -> list[float | None]:
     """Build and measure each task as a compile without a database would schedule it (edgec's rules)."""
     import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from edgec.targets.cpu import schedule_passes
+    from edgec.targets.cpu.build import schedule_passes
 
     with target:
         # On a clone: the rules' pass edits a module it holds the only handle to in place.
-        ruled = [tvm.transform.Sequential(schedule_passes(target))(m.clone()) for m in mods]
+        ruled = [tvm.transform.Sequential(schedule_passes(target, options))(m.clone()) for m in mods]
     built = builder.build([BuilderInput(m, target) for m in ruled])
     latencies: list[float | None] = [None] * len(mods)
     ok = [i for i, b in enumerate(built) if b.error_msg is None]
@@ -1109,24 +1117,23 @@ def require_database(db_dir: str | Path, preset=None) -> None:
                          f"run `edgec tune MODEL --target T --db {db_dir}` first")
 
 
-LAST_APPLIED: dict[str, Any] = {}  # what the last apply_database_pass run did: read into the artifact manifest
-
-
-def apply_database_pass(db_dir: str | Path, target):
+def apply_database_pass(db_dir: str | Path, target, options: CpuOptions = DEFAULT,
+                        applied: dict[str, Any] | None = None):
     """A Relax pass (for the CPU builder's scheduling stage) that replaces each fused PrimFunc that has a record
     in ``db_dir`` for ``target`` with its best measured schedule, marked ``tirx.is_scheduled``.
 
     A record (or a searched register tile of the conv rule) is used only when, re-measured alternately against
     edgec's default rules after the search, it took at most ``KEEP_RATIO`` of their time; of the two, the faster.
-    A missing folder is a user error; a folder without records for this target applies nothing. Sets
-    :data:`LAST_APPLIED` to ``{"db", "folder", "records_used", "functions", "rules_faster", "tiles",
-    "functions_total"}``.
+    A missing folder is a user error; a folder without records for this target applies nothing. Fills
+    ``applied`` (owned by the caller: the build's BuildReport.tuning) with ``{"db", "folder", "records_used",
+    "functions", "rules_faster", "tiles", "functions_total"}``.
     """
     import tvm
 
     db_dir = Path(db_dir)
     require_database(db_dir)
     folder = _db_folder(db_dir, target)
+    report = applied if applied is not None else {}
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecApplyTuningDatabase")
     def _apply(mod, _ctx):
@@ -1135,8 +1142,8 @@ def apply_database_pass(db_dir: str | Path, target):
 
         prims = {gv: f for gv, f in mod.functions.items()
                  if isinstance(f, tvm.tirx.PrimFunc) and not _scheduled(f)}
-        LAST_APPLIED.clear()
-        LAST_APPLIED.update({"db": str(db_dir), "folder": str(folder), "records_used": 0, "functions": [],
+        report.clear()
+        report.update({"db": str(db_dir), "folder": str(folder), "records_used": 0, "functions": [],
                              "rules_faster": [], "tiles": [], "functions_total": len(prims)})
         if not prims or not (folder / MEASURED_FILE).is_file():
             return mod
@@ -1172,7 +1179,7 @@ def apply_database_pass(db_dir: str | Path, target):
                 if min(faster)[1] == "record":
                     chosen[gv] = func
                 else:
-                    tiled[gv] = _with_tile(tvm.IRModule({"main": func}), side.tiles[key], target)["main"]
+                    tiled[gv] = _with_tile(tvm.IRModule({"main": func}), side.tiles[key], target, options)["main"]
             mod = mod.clone() if chosen or tiled else mod
             if chosen:
                 with target, database:
@@ -1183,7 +1190,7 @@ def apply_database_pass(db_dir: str | Path, target):
                 has_symbol = func.attrs is not None and "global_symbol" in func.attrs
                 mod.update_func(gv, func.without_attr("global_symbol") if has_symbol else func)
         used = sorted(gv.name_hint for gv in chosen if _scheduled(mod[gv]))
-        LAST_APPLIED.update(records_used=len(used), functions=used, rules_faster=sorted(slower),
+        report.update(records_used=len(used), functions=used, rules_faster=sorted(slower),
                             tiles=sorted(gv.name_hint for gv in tiled))
         return mod
 

@@ -20,6 +20,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+
+from edgec.targets.cpu import sched
+from edgec.targets.cpu.blocked import is_blocked
+from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.options import CpuOptions
 
 
 def weight_transform(kernel, tile: int, out_dtype: str):
@@ -132,10 +139,10 @@ def winograd_conv2d_nchwc(data, weights_u, padding, tile: int, out_dtype: str):
 MIN_CHANNELS = 16
 NARROW_SIDE = 8  # one side of the conv may have this many channels when the other has at least MIN_CHANNELS
 MIN_WIDTH = 7
-PADDED_F4_MIN_WIDTH = 14  # maps that do not divide into 4×4 tiles take F(4,3) (8-channel blocks) from this width
 
 
-def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> int | None:
+def use_winograd(data_shape, weight_shape, strides, dilation, groups: int,
+                 padded_f4_min_width: int = 14) -> int | None:
     """The tile size m for a conv, or None to keep the direct kernel.
 
     3×3, stride 1, dilation 1, ungrouped, with enough channels that the batched product dominates the transforms (both ≥
@@ -151,7 +158,7 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     streamed from memory). On 14×14 a padded F(4,3) ties with F(2,3), which rounds less — except where a side has
     8-channel blocks (24 channels, what pruning to multiples of 8 leaves): there the batched product, at half-width
     vectors, is most of the cost, and F(4,3)'s 16 tiles of 36 points (576) are 27 % fewer than F(2,3)'s 49 of 16
-    (784). The pruned embedded model's 16 → 24 → 16 pair at 14×14: the model 31.5 → 29.4 µs; the unpruned one
+    (784): from ``padded_f4_min_width`` (CpuOptions). The pruned embedded model's 16 → 24 → 16 pair at 14×14: the model 31.5 → 29.4 µs; the unpruned one
     (32 channels) 46.7 / 46.5 µs either way (interleaved).
     """
     _, cin, height, width = data_shape
@@ -164,71 +171,97 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int) -> in
     if height % 4 == 0 and width % 4 == 0:
         return 4
     half_blocks = cin % 16 or cout % 16  # 8-channel blocks: half-width vectors on AVX-512
-    return 4 if half_blocks and min(height, width) >= PADDED_F4_MIN_WIDTH else 2
+    return 4 if half_blocks and min(height, width) >= padded_f4_min_width else 2
 
 
-def schedule_rule():
-    """The schedule rule for winograd_conv2d_NCHWc functions (registered in cpu_rules.rules)."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.base import ScheduleRule
+def tile_for(call, options: CpuOptions) -> int | None:
+    """Winograd tile size for a Relax conv2d call (see use_winograd), None for another kernel. The call may still
+    be NCHW/OIHW (choosing its layouts: a conv Winograd will compute takes whole channel blocks, not the spatial
+    kernel's rows) or already blocked (legalizing it). Integer convs never: the fractional transforms are not
+    exact."""
+    if not options.winograd or "float" not in str(call.args[0].ty.dtype):
+        return None
+    data = [int(d) for d in call.args[0].ty.shape]
+    weight = [int(d) for d in call.args[1].ty.shape]
+    if len(data) == 5:  # (n, ic_chunks, h, w, ic_bn)
+        data = [data[0], data[1] * data[4], data[2], data[3]]
+    if len(weight) == 6:  # (oc_chunks, ic_chunks, kh, kw, ic_bn, oc_bn)
+        weight = [weight[0] * weight[5], weight[1] * weight[4], weight[2], weight[3]]
+    attrs = call.attrs
+    return use_winograd(data, weight, [int(v) for v in attrs.strides], [int(v) for v in attrs.dilation],
+                        int(attrs.groups), options.padded_f4_min_width)
 
-    from edgec.targets import cpu_rules as R
-    from edgec.targets.cpu_layout import vector_lanes
 
-    class WinogradNCHWc(ScheduleRule):
-        def apply(self, func, target, tunable):
-            if not isinstance(func, tirx.PrimFunc):
-                return None
-            sch = s_tir.Schedule(func)
-            names = ("winograd_V_rows", "winograd_V", "winograd_M", "winograd_Y_rows", "winograd_Y")
-            blocks = {name: R._find_block(sch, name) for name in names}
-            if any(b is None for b in blocks.values()):
-                return None
-            v_rows, v_blk, m_blk, y_rows, y_blk = blocks.values()
-            lanes = vector_lanes(target)
+def legalize(bb, call, isa: Isa, options: CpuOptions):
+    attrs = call.attrs
+    if not is_blocked(attrs) or int(attrs.groups) != 1:
+        return None
+    tile = tile_for(call, options)
+    if not tile:
+        return None
+    out_dtype = str(attrs.out_dtype or call.args[0].ty.dtype)
+    # The weights are constants here: FoldConstant evaluates this transform at compile time.
+    u = bb.emit_te(weight_transform, call.args[1], tile, out_dtype, primfunc_name_hint="winograd_weight_transform")
+    return bb.call_te(winograd_conv2d_nchwc, call.args[0], u, list(attrs.padding), tile, out_dtype,
+                      primfunc_name_hint="winograd_conv2d_NCHWc")
 
-            # Input transform: per (channel block, tile) an alpha×alpha tile of whole vectors, its row pass
-            # computed just before it (alpha² vectors, in L1).
-            e, n, c, p, cb = sch.get_loops(v_blk)
-            sch.reorder(c, p, e, n, cb)
-            tile_loop = sch.fuse(c, p)
-            sch.parallel(tile_loop)
-            _unroll_vectorize(sch, [e, n], cb)
-            sch.compute_at(v_rows, tile_loop, preserve_unit_loops=True)
-            *_, a, n, cb = sch.get_loops(v_rows)
-            _unroll_vectorize(sch, [a, n], cb)
-            R._schedule_padding(sch, v_rows, lanes, inline=True)
 
-            # Batched product over input channels: the direct conv's register tile (tiles × channel blocks).
-            e, n, o, p, ob, r_ic = sch.get_loops(m_blk)
-            ic_bn = int(sch.get(m_blk).reads[1].source.shape[-1])
-            vec = max(1, R._extent(sch, ob) // lanes)
-            reg_n, oc_tile = R.register_tile(R._extent(sch, p), R._extent(sch, o), vec, R._vector_registers(target))
-            o_o, o_i = sch.split(o, [None, oc_tile])
-            p_o, p_i = sch.split(p, [None, reg_n])
-            ic_o, ic_i = sch.split(r_ic, [None, ic_bn])
-            sch.reorder(e, n, o_o, p_o, ic_o, ic_i, p_i, o_i, ob)
-            sch.parallel(sch.fuse(e, n, o_o))
-            R._write_back_tile(sch, m_blk, p_o, lanes, epilogue=False)
-            R._finish_reduction(sch, m_blk, ic_o, ob, [p_i, o_i], init_unroll=2)
+class WinogradNCHWc(ScheduleRule):
+    def __init__(self, options: CpuOptions) -> None:
+        self.options = options
 
-            # Output transform per output tile, its row pass just before it, the fused epilogue inlined.
-            leftover = R._inline_epilogue(sch, y_blk)
-            tile = int(sch.get(y_rows).writes[0].source.shape[3])
-            b, o, y, x, ob = sch.get_loops(y_blk)
-            y_o, y_i = sch.split(y, [None, tile])
-            x_o, x_i = sch.split(x, [None, tile])
-            sch.reorder(b, o, y_o, x_o, y_i, x_i, ob)
-            sch.parallel(sch.fuse(b, o, y_o))
-            _unroll_vectorize(sch, [y_i, x_i], ob)
-            sch.compute_at(y_rows, x_o, preserve_unit_loops=True)
-            *_, c, xx, ob = sch.get_loops(y_rows)
-            _unroll_vectorize(sch, [c, xx], ob)
-            for other in leftover:
-                R._schedule_elementwise_root(sch, other, lanes)
-            return sch
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        names = ("winograd_V_rows", "winograd_V", "winograd_M", "winograd_Y_rows", "winograd_Y")
+        blocks = {name: sched.find_block(sch, name) for name in names}
+        if any(b is None for b in blocks.values()):
+            return None
+        v_rows, v_blk, m_blk, y_rows, y_blk = blocks.values()
+        isa = isa_of(target)
+        lanes = isa.lanes
 
-    return WinogradNCHWc()
+        # Input transform: per (channel block, tile) an alpha×alpha tile of whole vectors, its row pass
+        # computed just before it (alpha² vectors, in L1).
+        e, n, c, p, cb = sch.get_loops(v_blk)
+        sch.reorder(c, p, e, n, cb)
+        tile_loop = sch.fuse(c, p)
+        sch.parallel(tile_loop)
+        _unroll_vectorize(sch, [e, n], cb)
+        sch.compute_at(v_rows, tile_loop, preserve_unit_loops=True)
+        *_, a, n, cb = sch.get_loops(v_rows)
+        _unroll_vectorize(sch, [a, n], cb)
+        sched.schedule_padding(sch, v_rows, lanes, inline=True)
+
+        # Batched product over input channels: the direct conv's register tile (tiles × channel blocks).
+        e, n, o, p, ob, r_ic = sch.get_loops(m_blk)
+        ic_bn = int(sch.get(m_blk).reads[1].source.shape[-1])
+        vec = max(1, sched.extent(sch, ob) // lanes)
+        reg_n, oc_tile = sched.register_tile(sched.extent(sch, p), sched.extent(sch, o), vec, isa.vector_registers)
+        o_o, o_i = sch.split(o, [None, oc_tile])
+        p_o, p_i = sch.split(p, [None, reg_n])
+        ic_o, ic_i = sch.split(r_ic, [None, ic_bn])
+        sch.reorder(e, n, o_o, p_o, ic_o, ic_i, p_i, o_i, ob)
+        sch.parallel(sch.fuse(e, n, o_o))
+        sched.write_back_tile(sch, m_blk, p_o, lanes, epilogue=False)
+        sched.finish_reduction(sch, m_blk, ic_o, ob, [p_i, o_i], init_unroll=2)
+
+        # Output transform per output tile, its row pass just before it, the fused epilogue inlined.
+        leftover = sched.inline_epilogue(sch, y_blk)
+        tile = int(sch.get(y_rows).writes[0].source.shape[3])
+        b, o, y, x, ob = sch.get_loops(y_blk)
+        y_o, y_i = sch.split(y, [None, tile])
+        x_o, x_i = sch.split(x, [None, tile])
+        sch.reorder(b, o, y_o, x_o, y_i, x_i, ob)
+        sch.parallel(sch.fuse(b, o, y_o))
+        _unroll_vectorize(sch, [y_i, x_i], ob)
+        sch.compute_at(y_rows, x_o, preserve_unit_loops=True)
+        *_, c, xx, ob = sch.get_loops(y_rows)
+        _unroll_vectorize(sch, [c, xx], ob)
+        for other in leftover:
+            sched.schedule_elementwise_root(sch, other, lanes)
+        return sch
 
 
 def _unroll_vectorize(sch, unrolled: list, vector_loop) -> None:

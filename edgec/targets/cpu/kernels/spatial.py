@@ -9,7 +9,7 @@ output channels of the tile. That conv now takes 12.8 µs, 2.7 of them the trans
 after it, reading the plain output, 8.8 µs instead of 10 (1 thread). The 50 % pruned embedded model went from
 1.40x to 1.56-1.64x faster than the unpruned one (bench/prune.py). With 16 output channels the row form measured
 no faster than the blocked conv, so it is kept to fewer. A 3×3 conv with 8 outputs from ≥ 16 inputs now goes
-to Winograd instead (cpu_winograd.use_winograd: 9 µs for that 16 → 8 conv).
+to Winograd instead (winograd.use_winograd: 9 µs for that 16 → 8 conv).
 
 Stages, all in one kernel:
 
@@ -20,7 +20,7 @@ Stages, all in one kernel:
 - ``conv2d_spatial_out``: the real columns, in plain NCHW, where FuseOps attaches the bias, activation and
   residual add.
 
-The output stays plain NCHW; a conv reading fewer than ``lanes`` channels takes it as it is (``cpu_layout``
+The output stays plain NCHW; a conv reading fewer than ``lanes`` channels takes it as it is (``layout``
 gives such a conv one-channel input blocks: its own inner loop broadcasts one input value at a time either way).
 """
 
@@ -32,18 +32,22 @@ from tvm import s_tir
 from tvm.target import Target
 from tvm.s_tir.dlight.base import ScheduleRule
 
-ENABLED = True  # edgec's default; benchmarks switch it off to compare with the half-vector blocked conv
+from edgec.targets.cpu import sched
+from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.options import CpuOptions
+
 CONV, OUT, PAD, TRANSPOSE = "conv2d_spatial", "conv2d_spatial_out", "spatial_pad", "spatial_transpose"
 MIN_WIDTH = 12  # narrower rows would be mostly padding lanes
 LANES = 16  # float32 lanes of AVX-512, the only vectors where a half-filled channel block runs at half rate
 PAD_WHOLE = 4 * LANES  # a padded row up to this long is copied as one vector; longer ones in whole vectors
 
 
-def applies(call: Any, lanes: int) -> bool:
+def applies(call: Any, isa: Isa, options: CpuOptions) -> bool:
     """Whether a Relax ``conv2d`` (still NCHW/OIHW) should be computed along rows: float, ungrouped, stride and
     dilation 1, 4 to lanes - 1 output channels, on a LANES-wide target, rows at least MIN_WIDTH wide, and not
-    one that Winograd computes (cpu_winograd.use_winograd: 8 outputs from ≥ 16 inputs, 3×3)."""
-    if not ENABLED or lanes != LANES:
+    one that Winograd computes (winograd.use_winograd: 8 outputs from ≥ 16 inputs, 3×3)."""
+    lanes = isa.lanes
+    if not options.spatial or lanes != LANES:
         return False
     attrs = call.attrs
     if int(attrs.groups) != 1 or any(int(v) != 1 for v in (*attrs.strides, *attrs.dilation)):
@@ -57,9 +61,9 @@ def applies(call: Any, lanes: int) -> bool:
     out_w = width + pad[1] + pad[3] - k_w + 1
     if not (4 <= cout < lanes and out_w >= MIN_WIDTH):
         return False
-    from edgec.targets.cpu_layout import winograd_tile
+    from edgec.targets.cpu.kernels.winograd import tile_for
 
-    return winograd_tile(call) is None  # 16 → 8 at 28×28: 9 µs as Winograd, 13 here
+    return tile_for(call, options) is None  # 16 → 8 at 28×28: 9 µs as Winograd, 13 here
 
 
 def row_tile(out_w: int, out_channels: int, lanes: int, registers: int = 32) -> tuple[int, int, int]:
@@ -122,41 +126,53 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
     return te.compute((n, out_c, out_h, out_w), lambda b, o, y, x: conv[b, o, y, x], name=OUT)
 
 
+def legalize(bb, call, isa: Isa, options: CpuOptions):
+    """A conv the layout choice left with a plain NCHW output and OIHW kernel: either one that ``applies`` or one
+    whose input arrives blocked (layout.choose_layouts gives such a call exactly this form)."""
+    attrs = call.attrs
+    if not (attrs.out_layout == "NCHW" and attrs.kernel_layout == "OIHW"
+            and (attrs.data_layout != "NCHW" or applies(call, isa, options))):
+        return None
+    return bb.call_te(conv2d_spatial, call.args[0], call.args[1], list(attrs.padding),
+                      str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_spatial")
+
+
 class SpatialConv2d(ScheduleRule):
     """Schedule of ``conv2d_spatial``: output rows in parallel; per row, the padded input is already there (one
     stage before, parallel over channel rows), the conv accumulates tiles of ``channels`` × ``vectors`` row
     vectors in registers over (input channel, kernel row, kernel column) (see row_tile), and the real columns are
     stored with the fused epilogue."""
 
+    def __init__(self, options: CpuOptions) -> None:
+        self.options = options
+
     def apply(self, func: Any, target: Target, tunable: bool):
         from tvm import tirx
-
-        from edgec.targets import cpu_rules as R
-        from edgec.targets.cpu_layout import vector_lanes
 
         if not isinstance(func, tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
-        conv, out, pad = (R._find_block(sch, name) for name in (CONV, OUT, PAD))
+        conv, out, pad = (sched.find_block(sch, name) for name in (CONV, OUT, PAD))
         if conv is None or out is None or pad is None:
             return None
-        lanes = vector_lanes(target)
-        leftover = R._inline_epilogue(sch, out)
+        isa = isa_of(target)
+        lanes = isa.lanes
+        leftover = sched.inline_epilogue(sch, out)
         n, oc, oh, ow, rc, ry, rx = sch.get_loops(conv)
-        channels, vectors, _ = row_tile(R._extent(sch, ow), R._extent(sch, oc), lanes, R._vector_registers(target))
+        channels, vectors, _ = row_tile(sched.extent(sch, ow), sched.extent(sch, oc), lanes, isa.vector_registers)
         oc_t, oc_i = sch.split(oc, [None, channels])
         ow_t, ow_v, ow_l = sch.split(ow, [None, vectors, lanes])
         sch.reorder(n, oh, oc_t, ow_t, rc, ry, rx, oc_i, ow_v, ow_l)
         row = sch.fuse(n, oh)
         sch.parallel(row)
-        R._write_back_tile(sch, conv, ow_t, lanes, epilogue=False)
-        R._finish_reduction(sch, conv, rc, ow_l, [oc_i, ow_v], init_unroll=2)
+        sched.write_back_tile(sch, conv, ow_t, lanes, epilogue=False)
+        sched.finish_reduction(sch, conv, rc, ow_l, [oc_i, ow_v], init_unroll=2)
         sch.reverse_compute_at(out, row)
         o_loops = sch.get_loops(out)
-        R._vectorize_innermost(sch, o_loops[-1], lanes, max_whole=4 * lanes)
+        sched.vectorize_innermost(sch, o_loops[-1], lanes, max_whole=4 * lanes)
         _schedule_pad(sch, pad, lanes)
         for other in leftover:
-            R._schedule_elementwise_root(sch, other, lanes)
+            sched.schedule_elementwise_root(sch, other, lanes)
         return sch
 
 
@@ -167,12 +183,10 @@ def _schedule_pad(sch: s_tir.Schedule, pad, lanes: int) -> None:
     measured for 16×28×28: 2.7 µs with the copy, against 3.6 µs for a transposing pad (one contiguous read per
     pixel, stores channel by channel) and 8 µs vectorized along the row (every value read with its own bounds
     check)."""
-    from edgec.targets import cpu_rules as R
-
     n, c, y, x = sch.get_loops(pad)
     sch.parallel(sch.fuse(n, c, y))
-    R._vectorize_innermost(sch, x, lanes, max_whole=PAD_WHOLE)
-    transpose = R._find_block(sch, TRANSPOSE)
+    sched.vectorize_innermost(sch, x, lanes, max_whole=PAD_WHOLE)
+    transpose = sched.find_block(sch, TRANSPOSE)
     if transpose is None:
         return
     block = int(sch.get(transpose).reads[0].source.shape[-1])
@@ -181,7 +195,7 @@ def _schedule_pad(sch: s_tir.Schedule, pad, lanes: int) -> None:
         return
     n, c, y, x = sch.get_loops(transpose)
     c_o, c_i = sch.split(c, [None, block])
-    x_o, x_i = sch.split(x, [None, R._divisor_at_most(R._extent(sch, x), 4)])
+    x_o, x_i = sch.split(x, [None, sched.divisor_at_most(sched.extent(sch, x), 4)])
     sch.reorder(n, y, c_o, x_o, c_i, x_i)
     sch.parallel(sch.fuse(n, y))
     sch.unroll(c_i)

@@ -4,7 +4,7 @@ In an inverted-residual block the depthwise conv's output is a wide activation (
 written to memory and read straight back by the 1×1 projection. Fused, each output row of the projection first
 computes the one depthwise row it needs into a buffer that stays in L1, so the wide tensor never reaches memory.
 Measured on MobileNetV2's pairs (1 thread, A/B interleaved): the pair runs 0.74–0.92× the time of the two kernels.
-Only pairs whose depthwise output outgrows L2 are joined (MIN_INTERMEDIATE_BYTES, see find_pairs): with a faster
+Only pairs whose depthwise output outgrows L2 are joined (CpuOptions.pair_min_bytes, see find_pairs): with a faster
 depthwise tile and the weights prefetched, the smaller ones ran faster apart (EfficientNet-Lite0 0.85× → 0.77×
 onnxruntime's latency, MobileNetV2 0.78× → 0.75×, 1 thread, interleaved).
 
@@ -23,14 +23,14 @@ from tvm import relax, s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from edgec.targets import cpu_rules as R
-from edgec.targets.cpu_layout import (_BLOCKED, NARROW, _channels, conv2d_nchwc_narrowed, depthwise_conv2d_nchwc,
-                                      vector_lanes, widen_kernel, widened_block)
-
-ENABLED = True  # edgec's default; benchmarks and tests switch it off to compare with the two separate kernels
-# Pairs whose depthwise output is smaller stay two kernels: that output stays in L2 between them, and the fused
-# kernel's row order re-reads the 1×1 weights once per output row (below).
-MIN_INTERMEDIATE_BYTES = 1 << 20
+from edgec.targets.cpu import prefetch, sched
+from edgec.targets.cpu.blocked import BLOCKED
+from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.kernels.depthwise import depthwise_conv2d_nchwc
+from edgec.targets.cpu.kernels.direct import schedule_conv_tile
+from edgec.targets.cpu.kernels.widened import (NARROW, conv2d_nchwc_narrowed, kernel_channels, schedule_widened,
+                                               widen_kernel, widened_block)
+from edgec.targets.cpu.options import CpuOptions
 
 # Elementwise ops allowed between the two convs (what BN folding and ReLU/ReLU6/Clip leave there).
 _EPILOGUE_OPS = {"relax.add": "add", "relax.multiply": "multiply", "relax.nn.relu": "relu",
@@ -47,7 +47,7 @@ def _is_depthwise(call) -> bool:
     a = call.attrs
     channels = int(call.args[0].ty.shape[1]) * int(call.args[0].ty.shape[4]) if len(call.args[0].ty.shape) == 5 \
         else -1
-    return (bool(_BLOCKED.match(a.data_layout)) and a.out_layout == a.data_layout and int(a.groups) == channels
+    return (bool(BLOCKED.match(a.data_layout)) and a.out_layout == a.data_layout and int(a.groups) == channels
             and _is_float(call.args[0]))
 
 
@@ -57,7 +57,7 @@ def _is_pointwise(call) -> bool:
     a = call.attrs
     shape = call.args[1].ty.shape
     k_h, k_w = int(shape[2]), int(shape[3])
-    return (bool(_BLOCKED.match(a.data_layout)) and int(a.groups) == 1 and (k_h, k_w) == (1, 1)
+    return (bool(BLOCKED.match(a.data_layout)) and int(a.groups) == 1 and (k_h, k_w) == (1, 1)
             and [int(v) for v in a.strides] == [1, 1] and not any(int(v) for v in a.padding)
             and _is_float(call.args[0]))
 
@@ -80,9 +80,11 @@ def _tensor_bytes(expr) -> int:
     return size * tvm.runtime.DataType(str(expr.ty.dtype)).bits // 8
 
 
-def find_pairs(func: relax.Function) -> dict:
+def find_pairs(func: relax.Function, min_bytes: int) -> dict:
     """pointwise-conv var → (depthwise call, [epilogue calls, in order], pointwise call), for each pair whose
-    intermediate values feed nothing else and whose depthwise output has at least MIN_INTERMEDIATE_BYTES.
+    intermediate values feed nothing else and whose depthwise output has at least ``min_bytes`` (the L2 size by
+    default: pairs whose depthwise output is smaller stay two kernels, that output stays in L2 between them, and
+    the fused kernel's row order re-reads the 1×1 weights once per output row).
 
     Why the size: fused, the 1×1 conv runs output rows outermost and reads all its weights once per row; apart,
     it reads each tile's weights once for all rows, and a depthwise output that fits in L2 is still there when it
@@ -101,7 +103,7 @@ def find_pairs(func: relax.Function) -> dict:
             producer = bound[cur]
             if _is_depthwise(producer):
                 if producer.attrs.out_layout == value.attrs.data_layout and \
-                        _tensor_bytes(producer) >= MIN_INTERMEDIATE_BYTES:
+                        _tensor_bytes(producer) >= min_bytes:
                     pairs[var] = (producer, list(reversed(chain)), value)
                 break
             if not (isinstance(producer, relax.Call) and getattr(producer.op, "name", None) in _EPILOGUE_OPS):
@@ -128,7 +130,7 @@ def _epilogue_te(call: relax.Call) -> tuple[Callable, int]:
 
 def depthwise_pointwise_te(dw: relax.Call, epilogue: list, pw: relax.Call, channels: int | None = None) -> Callable:
     """The combined TE compute: depthwise conv, its epilogue, then the 1×1 conv (TOPI's conv2d_NCHWc, or the
-    widened conv storing ``channels`` real channels when its kernel was widened, see cpu_layout.widened_block)."""
+    widened conv storing ``channels`` real channels when its kernel was widened, see widened.widened_block)."""
     from tvm import topi
 
     da, pa = dw.attrs, pw.attrs
@@ -153,9 +155,9 @@ def depthwise_pointwise_te(dw: relax.Call, epilogue: list, pw: relax.Call, chann
 
 @relax.expr_functor.mutator
 class _FusePairs(relax.PyExprMutator):
-    def __init__(self, mod, pairs: dict) -> None:
+    def __init__(self, mod, pairs: dict, isa: Isa, options: CpuOptions) -> None:
         super().__init__(mod)
-        self.pairs = pairs
+        self.pairs, self.isa, self.options = pairs, isa, options
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var not in self.pairs:
@@ -164,8 +166,8 @@ class _FusePairs(relax.PyExprMutator):
         dw, epilogue, pw = self.pairs[binding.var]
         operands = [arg for call in epilogue for arg in call.args[1:]]
         args = [self.visit_expr(e) for e in (dw.args[0], dw.args[1], *operands, pw.args[1])]
-        wide = widened_block(args[-1], str(pw.attrs.out_dtype or pw.args[0].ty.dtype))
-        channels = _channels(args[-1]) if wide else None
+        wide = widened_block(args[-1], str(pw.attrs.out_dtype or pw.args[0].ty.dtype), self.isa, self.options)
+        channels = kernel_channels(args[-1]) if wide else None
         if wide:  # constant weights: FoldConstant re-blocks them at compile time
             args[-1] = self.builder_.emit_te(widen_kernel, args[-1], wide, primfunc_name_hint="conv_kernel_widen")
         new = self.builder_.call_te(depthwise_pointwise_te(dw, epilogue, pw, channels), *args,
@@ -174,20 +176,23 @@ class _FusePairs(relax.PyExprMutator):
         self.set_var_remap(binding.var, emit(new))
 
 
-def fuse_depthwise_pointwise_pass():
-    """Relax pass (after the layout pass, before legalization): join depthwise → 1×1 conv pairs."""
+def fuse_depthwise_pointwise_pass(isa: Isa, options: CpuOptions, l2: int | None = None):
+    """Relax pass (after the layout pass, before legalization): join depthwise → 1×1 conv pairs whose depthwise
+    output is at least ``options.pair_min_bytes(l2)``."""
     import tvm
+
+    min_bytes = options.pair_min_bytes(l2)
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecFuseDepthwisePointwise")
     def _pass(mod, _ctx):
-        if not ENABLED:
+        if not options.dw_pointwise:
             return mod
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function):
                 continue
-            pairs = find_pairs(func)
+            pairs = find_pairs(func, min_bytes)
             if pairs:
-                mutator = _FusePairs(mod, pairs)
+                mutator = _FusePairs(mod, pairs, isa, options)
                 new_func = mutator.visit_expr(func)
                 mod = mutator.builder_.get()  # holds the new PrimFuncs
                 mod[gv] = new_func
@@ -203,28 +208,26 @@ class DepthwisePointwise(ScheduleRule):
 
     ``reg_n`` / ``oc_tile`` override the 1×1 conv's register tile (``edgec tune``'s tile search measures them)."""
 
-    def __init__(self, reg_n: int | None = None, oc_tile: int | None = None) -> None:
-        self.reg_n, self.oc_tile = reg_n, oc_tile
+    def __init__(self, options: CpuOptions, reg_n: int | None = None, oc_tile: int | None = None) -> None:
+        self.options, self.reg_n, self.oc_tile = options, reg_n, oc_tile
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> Any:
         if not isinstance(func, tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
-        conv = R._find_block(sch, "conv2d_NCHWc")
-        dw = R._find_block(sch, "depthwise_conv2d_NCHWc")
+        conv = sched.find_block(sch, "conv2d_NCHWc")
+        dw = sched.find_block(sch, "depthwise_conv2d_NCHWc")
         if conv is None or dw is None or len(sch.get_loops(conv)) != 8 or len(sch.get_loops(dw)) != 7:
             return None
-        lanes = vector_lanes(target)
-        narrow = R._find_block(sch, NARROW)
-        row, plan = (R.schedule_widened(sch, conv, narrow, target), None) if narrow is not None else \
-            R.schedule_conv_tile(sch, conv, target, self.reg_n, self.oc_tile, rows_outer=True)
-        self._depthwise_rows(sch, dw, conv, row, lanes)
-        from edgec.targets import cpu_prefetch
-
-        return cpu_prefetch.insert(sch, plan)
+        lanes = isa_of(target).lanes
+        narrow = sched.find_block(sch, NARROW)
+        row, plan = (schedule_widened(sch, conv, narrow, target, self.options), None) if narrow is not None else \
+            schedule_conv_tile(sch, conv, target, self.options, self.reg_n, self.oc_tile, rows_outer=True)
+        self._depthwise_rows(sch, dw, conv, row, lanes, self.options.dw_row_tile)
+        return prefetch.insert(sch, plan, self.options)
 
     @staticmethod
-    def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int) -> None:
+    def _depthwise_rows(sch: s_tir.Schedule, dw, conv, row, lanes: int, max_vectors: int) -> None:
         # The depthwise stage: accumulate in a local tile, its epilogue reverse-inlined into the tile's write-back,
         # both moved under the row loop, so only one row of the depthwise output exists at a time.
         write_back = sch.cache_write(dw, 0, "local")
@@ -238,11 +241,11 @@ class DepthwisePointwise(ScheduleRule):
         # and the last five loops would reach up into the row loop.
         sch.compute_at(dw, row, preserve_unit_loops=True)
         c, x, cb, ry, rx = sch.get_loops(dw)[-5:]
-        vec_per_block = max(1, R._extent(sch, cb) // lanes)
-        x_o, x_i = sch.split(x, [None, R.depthwise_row_tile(R._extent(sch, x), vec_per_block)])
+        vec_per_block = max(1, sched.extent(sch, cb) // lanes)
+        x_o, x_i = sch.split(x, [None, sched.depthwise_row_tile(sched.extent(sch, x), vec_per_block, max_vectors)])
         sch.reorder(c, x_o, ry, rx, x_i, cb)
         sch.reverse_compute_at(write_back, x_o)
         wb_loops = sch.get_loops(write_back)
         sch.vectorize(wb_loops[-1])
         sch.unroll(wb_loops[-2])
-        R._finish_reduction(sch, dw, ry, cb, [x_i, rx], init_unroll=1)
+        sched.finish_reduction(sch, dw, ry, cb, [x_i, rx], init_unroll=1)

@@ -1,0 +1,176 @@
+"""The CPU builder, shared by every LLVM preset (x86 and Arm): Relax → scheduled TIR → shared library.
+
+TVM's default CPU pipeline legalizes and fuses operators but schedules nothing: every loop nest runs as written,
+which is why untuned code is 13–37× slower than onnxruntime. This builder runs the same pipeline with a
+scheduling stage inserted right after fusion, where each fused PrimFunc is scheduled by (1) a tuning database
+when one is given (records measured by `edgec tune`), then (2) the rules of edgec's kernel table (registry.py)
+for whatever is left. A function already scheduled (``tirx.is_scheduled``) is never touched again.
+
+Every kernel decision asks the target's ISA features (isa.py) and the :class:`CpuOptions` passed in; what the
+build did comes back as a :class:`BuildReport` (no module globals in either direction).
+
+Cross-compiled libraries (aarch64) are linked with Debian's cross g++, so the artifact is a real ELF for the board.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from edgec.errors import EdgecError
+from edgec.targets.base import BuildInfo, TargetPreset, register_builder
+from edgec.targets.cpu.isa import isa_of
+from edgec.targets.cpu.options import CpuOptions, l2_bytes
+from edgec.targets.lower import to_relax
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What a CPU build did, returned to its caller (and written into the manifest's ``target.build``)."""
+
+    isa: dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved mcpu, lanes, features used
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    integer_layers: int = 0  # QDQ layers compiled to integer kernels (qdq_lower)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # constants the executable holds
+    packed: dict[str, Any] = dataclasses.field(default_factory=dict)  # int4/binary weights packed (int4_pack)
+    tuning: dict[str, Any] | None = None  # what the tuning database scheduled (tuning.apply_database_pass)
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"isa": self.isa, "cpu_options": self.options,
+                               "params": {**self.params, "int4_packed": dict(self.packed)}}
+        if self.integer_layers:
+            out["integer_layers"] = self.integer_layers
+        if self.tuning is not None:
+            out["tuning"] = dict(self.tuning)
+        return out
+
+
+def require_compiler(cc: str | None) -> None:
+    if cc and shutil.which(cc) is None:
+        package = cc.replace("-g++", "").replace("gcc", "")
+        raise EdgecError(f"cross compiler {cc} not found",
+                         f"install it: apt-get install g++-{package}" if package else "install a C++ compiler")
+
+
+def target_l2(preset: TargetPreset) -> int | None:
+    """The L2 size the depthwise → 1×1 threshold derives from: this host's for a host preset, else None (the
+    default: 1 MiB, what it was measured against)."""
+    return l2_bytes() if preset.tvm.get("mcpu") == "host" else None
+
+
+def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = None,
+                    report: BuildReport | None = None) -> list:
+    """The scheduling stage: tuned records first, then the kernel table's rules (registry.py)."""
+    from edgec.targets.cpu.registry import cpu_schedule_pass
+
+    passes = []
+    if tuning_db is not None:
+        from edgec.targets.cpu.tuning import apply_database_pass
+
+        applied: dict[str, Any] = {}
+        if report is not None:
+            report.tuning = applied
+        passes.append(apply_database_pass(tuning_db, target, options, applied))
+    passes.append(cpu_schedule_pass(options))
+    return passes
+
+
+def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: dict[str, Any] | None = None) -> list:
+    """Relax → fused PrimFuncs: blocked conv layouts, legalization (the kernel table's), fusion.
+
+    The weights' layout transforms are constants here, so FoldConstant prepacks them. Tuning extracts its tasks
+    from this same list, so a workload hashes identically when it is tuned and when it is compiled.
+    """
+    from tvm import relax
+
+    from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
+    from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for
+    from edgec.targets.int4_pack import pack_int4_pass
+
+    return [
+        layout_pass(target, options),
+        # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
+        fuse_depthwise_pointwise_pass(isa_of(target), options, l2),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options)}),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        pack_int4_pass(packed),  # int4 weights, now in their final layout: stored packed, unpacked at run time
+        # A fused function that only reshapes becomes a view again (TVM runs this pass after scheduling, when the
+        # scheduled loops no longer show the pattern): the image's NCHW → NCHW1c copy cost 10 µs per inference.
+        relax.transform.RewriteDataflowReshape(),
+    ]
+
+
+def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: int | None = None,
+                   report: BuildReport | None = None):
+    """TVM's CPU pipeline (cpu_generic) with edgec's fusion passes and ``scheduling`` before lowering; the
+    constants the final module holds go into ``report.params``."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from edgec.targets.int4_pack import constant_bytes
+
+    packed = report.packed if report is not None else None
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target, options, l2,
+                                                                                               packed)
+                                           + list(scheduling) + cpu.dataflow_lower_passes(target)
+                                           + cpu.finalize_passes(target))
+            mod = seq(mod)
+        if report is not None:
+            report.params = constant_bytes(mod)  # what the executable holds: the artifact's weights
+        return mod
+
+    return _pipeline
+
+
+def compile_cpu(model: onnx.ModelProto, preset: TargetPreset, options: CpuOptions | None = None,
+                tuning_db: str | Path | None = None):
+    """(executable, BuildReport) for ``model`` on ``preset``: the TVM build, not yet exported."""
+    import tvm
+    from tvm import relax
+
+    from edgec.targets.cpu import stack_alloc
+    from edgec.targets.qdq_lower import count_integer_layers
+
+    options = options or CpuOptions()
+    mod = to_relax(model)
+    target = preset.tvm_target()
+    report = BuildReport(isa=isa_of(target).summary(), options=options.to_dict(),
+                         integer_layers=count_integer_layers(mod))
+    pipeline = relax_pipeline(target, schedule_passes(target, options, tuning_db, report), options,
+                              target_l2(preset), report)
+    # "compiled": the Relax ``main`` itself becomes machine code (TVM's VM-TIR) instead of bytecode the VM
+    # interprets call by call: 1.7-2 µs less per inference on the embedded model, 3 % of its pruned latency.
+    # TIR: TVM's lowering, then per-row scratch buffers on the stack (stack_alloc.py).
+    checked = tvm.transform.PassContext(config={"tir.instrument_bound_checkers": True}) if options.bounds_check \
+        else contextlib.nullcontext()
+    with checked:
+        executable = relax.build(mod, target=target, relax_pipeline=pipeline, tir_pipeline=stack_alloc.register(),
+                                 exec_mode=options.exec_mode)
+    return executable, report
+
+
+@register_builder("cpu")
+def build_cpu(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, options: dict[str, Any]) -> BuildInfo:
+    """The registered builder: ``options["cpu"]`` (a CpuOptions) and ``options["tuning_db"]`` are read."""
+    require_compiler(preset.cc)
+    start = time.perf_counter()
+    executable, report = compile_cpu(model, preset, options.get("cpu"), options.get("tuning_db"))
+    if preset.cc:
+        executable.export_library(str(lib_path), cc=preset.cc)
+    else:
+        executable.export_library(str(lib_path))
+    details: dict[str, Any] = {"tvm_target": str(preset.tvm_target()), **report.details()}
+    return BuildInfo(seconds=time.perf_counter() - start, details=details)

@@ -1,0 +1,81 @@
+"""uint8 × int8 → int32 conv with AVX-512 VNNI (TOPI's conv2d_NCHWc_int8 compute): each vpdpbusd multiplies
+4 input channels (one broadcast 32-bit word) by a 16 output channels × 4 weight block and accumulates 16 int32 —
+four times the MACs of an fp32 FMA. Same register tile and fused (requantizing) write-back as the direct conv.
+Applies where the target has the ``avx512vnni`` feature, whatever its name."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from edgec.targets.cpu import sched
+from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.blocked import is_blocked
+from edgec.targets.cpu.options import CpuOptions
+
+
+def applies(call, isa: Isa) -> bool:
+    """uint8 activations × int8 weights on a target with AVX-512 VNNI, channel blocks that fit vpdpbusd."""
+    data, kernel = call.args[0].ty, call.args[1].ty
+    if str(data.dtype) != "uint8" or str(kernel.dtype) != "int8":
+        return False
+    ic_bn, oc_bn = int(data.shape[-1]), int(kernel.shape[-1])
+    return ic_bn % 4 == 0 and oc_bn == 16 and isa.vnni
+
+
+def kernel_4deep(kernel):
+    """(oc_chunks, ic_chunks, kh, kw, ic_bn, oc_bn) → (…, ic_bn/4, oc_bn, 4): the layout vpdpbusd reads."""
+    from tvm import te
+
+    oc_chunks, ic_chunks, k_h, k_w, ic_bn, oc_bn = (int(d) for d in kernel.shape)
+    return te.compute((oc_chunks, ic_chunks, k_h, k_w, ic_bn // 4, oc_bn, 4),
+                      lambda o, c, h, w, f, ob, s: kernel[o, c, h, w, f * 4 + s, ob], name="kernel_4deep")
+
+
+def legalize(bb, call, isa: Isa, options: CpuOptions):
+    from tvm import topi
+
+    attrs = call.attrs
+    if not is_blocked(attrs) or int(attrs.groups) != 1 or not applies(call, isa):
+        return None
+    # The (constant, folded) kernel repacked to the 4-deep layout.
+    kernel = bb.emit_te(kernel_4deep, call.args[1], primfunc_name_hint="int8_kernel_repack")
+    return bb.call_te(topi.nn.conv2d_NCHWc_int8, call.args[0], kernel, list(attrs.strides),
+                      list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
+                      str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_NCHWc_int8")
+
+
+class Int8Conv2dNCHWcVNNI(ScheduleRule):
+    def __init__(self, options: CpuOptions) -> None:
+        self.options = options
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        conv = sched.find_block(sch, "conv2d_NCHWc_int8")
+        if conv is None or len(sch.get_loops(conv)) != 10:
+            return None
+        from edgec.targets.cpu.intrinsics import register_vnni_local_acc
+
+        isa = isa_of(target)
+        intrinsic = register_vnni_local_acc()
+        n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = sch.get_loops(conv)
+        if sched.extent(sch, ocb) != 16 or sched.extent(sch, ic_s) != 4:
+            return None
+        reg_n, oc_tile = sched.register_tile(sched.extent(sch, ow), sched.extent(sch, occ), 1, isa.vector_registers,
+                                             partial=False)  # tensorize wants whole tiles
+        occ_o, occ_i = sch.split(occ, [None, oc_tile])
+        ow_o, ow_i = sch.split(ow, [None, reg_n])
+        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_f, ow_i, occ_i, ocb, ic_s)
+        sch.parallel(sch.fuse(n, occ_o, oh))
+        sched.write_back_tile(sch, conv, ow_o, isa.lanes)
+        sch.unroll(ow_i)
+        sch.unroll(occ_i)
+        init = sch.decompose_reduction(conv, ic_o)
+        init_loops = sch.get_loops(init)
+        sch.vectorize(init_loops[-1])
+        sched.schedule_padding(sch, conv, isa.lanes, inline=False)  # before tensorize replaces the block
+        sch.tensorize(ocb, intrinsic)
+        return sch

@@ -1,0 +1,120 @@
+"""Blocked channel layouts for CPU convolutions (NCHW[x]c), chosen per convolution, and the conv2d legalization
+that hands each blocked conv to the first kernel of the table (registry.KERNELS) that takes it.
+
+Why: a convolution vectorizes over output channels only if a vector's worth of them is contiguous in memory.
+NCHW16c keeps 16 channels (one AVX-512 register of float32) innermost for activations, and the weights are
+repacked offline (the layout transforms of constant weights fold away at compile time). Layers agree on the
+layout, so activations stay blocked between convolutions and elementwise ops; TVM inserts the transforms at the
+edges. The block is the target's float32 lanes (isa.Isa.lanes), read from its features.
+
+TVM 0.27 imports blocked layouts through ``ConvertLayout`` but has no legalization for a blocked conv2d, so
+:func:`legalize_conv2d` lowers it to a kernel's compute (scheduled by that kernel's rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgec.targets.cpu.blocked import BLOCKED, BLOCKED_KERNEL, block
+from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.kernels import spatial, winograd
+from edgec.targets.cpu.options import CpuOptions
+
+
+def channel_multiple(preset) -> int:
+    """Channel counts a pruned model should keep a multiple of on ``preset`` to run full-width vectors: the
+    float32 lanes (a conv whose channels are not a multiple of the lanes runs a narrower block: 88 channels on
+    AVX-512 take 8-wide blocks, and a 50 % MACs cut of the bench's wide ResNet then ran only 1.07× faster).
+    ``edgec compile --prune`` still defaults to 8 on x86: 16 leaves a 16-channel layer nothing to give."""
+    if preset.family == "cpu":
+        return isa_of(preset.tvm_target()).lanes
+    return 8 if preset.arch == "x86_64" else 4
+
+
+def input_block(call, isa: Isa, options: CpuOptions) -> int:
+    """Input channel block of an ungrouped conv. Fewer float channels than lanes arrive from a row-vectorized
+    conv (kernels/spatial) in plain NCHW, so they are read as they are (blocks of one): the direct conv
+    broadcasts one input value per FMA whatever the block (16 → 8 → 16 at 28×28: the second conv 10 → 8.8 µs).
+    A conv that Winograd computes takes whole blocks (its input transform is vectorized over them).
+    Integer convs keep their blocks: VNNI reads four input channels per instruction."""
+    channels, dtype = int(call.args[0].ty.shape[1]), str(call.args[0].ty.dtype)
+    lanes = isa.lanes
+    if (options.spatial and lanes == spatial.LANES and channels < lanes and "float" in dtype
+            and winograd.tile_for(call, options) is None):
+        return 1
+    return block(channels, lanes)
+
+
+def choose_layouts(call, isa: Isa, options: CpuOptions) -> list[str] | None:
+    """Layouts for one relax.nn.conv2d call: [data, kernel, out], or None to leave it NCHW."""
+    attrs = call.attrs
+    if getattr(call.op, "name", None) != "relax.nn.conv2d":
+        return None
+    if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
+        return None
+    data_shape = [int(d) for d in call.args[0].ty.shape]
+    weight_shape = [int(d) for d in call.args[1].ty.shape]
+    cin, cout, groups = data_shape[1], weight_shape[0], int(attrs.groups)
+    dtype = str(call.args[0].ty.dtype)
+    ic_bn = input_block(call, isa, options)
+    # One-channel blocks of float data are declared plain NCHW (legalize_conv2d adds the unit axis as a view):
+    # TVM's ConvertLayout cannot convert NCHW8c to NCHW1c ("Invalid layout axis 1b").
+    data = "NCHW" if ic_bn == 1 and "float" in dtype else f"NCHW{ic_bn}c"
+    if spatial.applies(call, isa, options):  # too few output channels for the lanes: vectorized along rows
+        return [data, "OIHW", "NCHW"]
+    oc_bn = block(cout, isa.lanes)
+    if oc_bn < 4:
+        return None  # too few output channels to fill a vector: not worth a layout change
+    if groups == 1:
+        return [data, f"OIHW{ic_bn}i{oc_bn}o", f"NCHW{oc_bn}c"]
+    if groups == cin == cout and weight_shape[1] == 1:  # depthwise
+        return [f"NCHW{oc_bn}c", f"OIHW1i{oc_bn}o", f"NCHW{oc_bn}c"]
+    return None  # other grouped convs keep NCHW
+
+
+def layout_pass(target, options: CpuOptions):
+    from tvm import relax
+
+    isa = isa_of(target)
+
+    def callback(call) -> dict[str, Any]:
+        if getattr(call.op, "name", None) != "relax.nn.conv2d":
+            return {}
+        # A conv left unblocked must say so: with no preference, ConvertLayout would keep a blocked input's
+        # 5-D layout against the conv's 4-D kernel ("Layouts must have the same size").
+        return {"relax.nn.conv2d": choose_layouts(call, isa, options) or ["NCHW", "OIHW"]}
+
+    return relax.transform.ConvertLayout({}, layout_cb=callback)
+
+
+def legalize_conv2d_for(target, options: CpuOptions):
+    """The conv2d legalization for ``target`` with ``options``."""
+    isa = isa_of(target)
+    return lambda bb, call: legalize_conv2d(bb, call, isa, options)
+
+
+def legalize_conv2d(bb, call, isa: Isa, options: CpuOptions):
+    """A conv2d to the first kernel of the table that takes it; a plain NCHW conv to TVM's own legalization."""
+    import tvm
+
+    from edgec.targets.cpu.registry import KERNELS
+
+    attrs = call.attrs
+    if attrs.data_layout == "NCHW" and BLOCKED_KERNEL.match(attrs.kernel_layout):  # see choose_layouts
+        from tvm import relax
+        from tvm import topi
+
+        n, c, h, w = (int(d) for d in call.args[0].ty.shape)
+        data = bb.emit_te(topi.reshape, call.args[0], [n, c, h, w, 1], primfunc_name_hint="reshape")
+        unit = bb.normalize(relax.op.nn.conv2d(
+            data, call.args[1], strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+            groups=attrs.groups, data_layout="NCHW1c", kernel_layout=attrs.kernel_layout,
+            out_layout=attrs.out_layout, out_dtype=attrs.out_dtype))
+        return legalize_conv2d(bb, unit, isa, options)
+    for kernel in KERNELS:
+        if kernel.legalize is not None:
+            lowered = kernel.legalize(bb, call, isa, options)
+            if lowered is not None:
+                return lowered
+    default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
+    return default(bb, call)

@@ -1,0 +1,79 @@
+"""CpuOptions: every switch and threshold of the CPU backend, passed in (never module globals set from outside).
+
+Why one object: the kernel choices were ten module-level flags that benchmarks and tests set with ``setattr``, so a
+build's behaviour depended on who had imported and poked what before it. Now the build, the tuner and every rule
+take the same frozen object; ``bench/kernel_ab.py`` compares two of them. Thresholds measured on one host are
+defaults here, each with where it came from; the one that depends on a cache size is derived from the target's
+caches (:func:`l2_bytes`) unless given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuOptions:
+    """The CPU backend's options. Defaults are what edgec ships; see each kernel module for the measurements.
+
+    - ``winograd``: 3×3 stride-1 convs with enough channels as Winograd F(2,3)/F(4,3) (kernels/winograd.py).
+    - ``widen``: convs with half-vector output blocks computed in full vectors (kernels/widened.py).
+    - ``spatial``: convs with fewer outputs than lanes vectorized along rows (kernels/spatial.py).
+    - ``dw_pointwise``: depthwise → 1×1 pairs as one kernel when the depthwise output is at least
+      ``dw_pointwise_min_bytes`` (None: the target's L2 size, 1 MiB where unknown; kernels/dw_pointwise.py).
+    - ``prefetch``: the direct conv asks for the next tile's weights when they are ≥ ``prefetch_min_bytes``.
+    - ``gemv``: batch-1 matmuls read their weights in storage order (kernels/matmul.py).
+    - ``dw_row_tile``: most output vectors a depthwise tile accumulates along a row (kernels/depthwise.py).
+    - ``padded_f4_min_width``: maps that do not divide into 4×4 tiles take F(4,3) from this width.
+    - ``small_conv_macs``: up to this many MACs a conv reads its padding bounds-checked (sched.inline_padding).
+    - ``exec_mode``: how the Relax VM runs ``main``: "compiled" (machine code) or "bytecode" (TVM's default).
+    - ``bounds_check``: every buffer access checked at run time (TVM's ``tir.instrument_bound_checkers``): an
+      out-of-bounds read raises instead of reading memory. Slow; for tests and debugging.
+    """
+
+    winograd: bool = True
+    widen: bool = True
+    spatial: bool = True
+    dw_pointwise: bool = True
+    dw_pointwise_min_bytes: int | None = None
+    prefetch: bool = True
+    prefetch_min_bytes: int = 64 * 1024
+    gemv: bool = True
+    dw_row_tile: int = 8
+    padded_f4_min_width: int = 14
+    small_conv_macs: int = 4_000_000
+    exec_mode: str = "compiled"
+    bounds_check: bool = False
+
+    def replace(self, **changes: Any) -> "CpuOptions":
+        return dataclasses.replace(self, **changes)
+
+    def pair_min_bytes(self, l2: int | None = None) -> int:
+        """The depthwise → 1×1 fusion threshold: the option, else the target's L2 size ``l2`` (build.target_l2:
+        this host's for a host preset), else 1 MiB, the L2 it was measured against."""
+        if self.dw_pointwise_min_bytes is not None:
+            return self.dw_pointwise_min_bytes
+        return l2 if l2 is not None else FALLBACK_L2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+DEFAULT = CpuOptions()
+FALLBACK_L2 = 1 << 20  # what the pair threshold was measured against (Zen 5: 1 MiB of L2 per core)
+
+
+def l2_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """This machine's per-core L2 size in bytes (Linux sysfs), or 1 MiB where it cannot be read."""
+    try:
+        for index in sorted(sysfs.glob("index*")):
+            if (index / "level").read_text().strip() == "2" and \
+                    (index / "type").read_text().strip() in ("Unified", "Data"):
+                text = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+                return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return FALLBACK_L2

@@ -1,0 +1,170 @@
+"""Public schedule helpers of edgec's CPU kernels, in the spirit of TVM dlight's ``base`` (``get_extent``,
+``auto_vectorize``, ``try_inline``): each kernel module's rule imports these and nothing private of another.
+
+The shared design is the classic direct-convolution one for SIMD CPUs: a register tile of accumulators held in
+vector registers across the whole reduction (:func:`register_tile`), weights read as whole vectors, the fused
+elementwise epilogue (bias, ReLU, residual add) applied as the tile is written back (:func:`write_back_tile`), so
+the output is written once.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import s_tir
+
+
+def divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int,
+                  partial: bool = True) -> tuple[int, int]:
+    """(columns, channel blocks) of the conv register tile: the most accumulators that fit with the tile's weight
+    vectors and one broadcast input (acc + weights + 1 ≤ registers; a spill costs 2.5× on a 7-wide layer), ties
+    broken by FMAs per load. The columns divide the row. The channel blocks need not divide theirs when
+    ``partial``: the last tile then computes only the blocks left (a predicated tail), and a tile counts the
+    accumulators it keeps busy on average. Why: 7 blocks (112 channels, a width pruned to a multiple of 16) only
+    divide into 1 or 7, and the 7-wide tile with one block (7 accumulators, too few to hide the FMA latency) ran a
+    48 → 112 stride-2 conv at 76 GFLOP/s; 3 blocks with a tail run it at 220. Even 8 blocks on a 7-wide row run 5 %
+    faster as 3+3+2 than as 2+2+2+2 (21 accumulators instead of 14)."""
+    best = (1, 1)
+    best_key = (0.0, 0.0)
+    for reg_n in (d for d in range(1, min(width, 16) + 1) if width % d == 0):
+        for oc_tile in (d for d in range(1, min(oc_chunks, 8) + 1) if partial or oc_chunks % d == 0):
+            acc, weights = reg_n * oc_tile * vec_per_block, oc_tile * vec_per_block
+            if acc + weights + 1 > registers:
+                continue
+            busy = acc * oc_chunks / (math.ceil(oc_chunks / oc_tile) * oc_tile)
+            key = (busy, acc / (reg_n + weights))
+            if key > best_key:
+                best, best_key = (reg_n, oc_tile), key
+    return best
+
+
+def depthwise_row_tile(width: int, vec_per_block: int, max_vectors: int = 8) -> int:
+    """Output columns of the depthwise register tile: the largest divisor of the row up to ``max_vectors``
+    (CpuOptions.dw_row_tile) vectors, or that many with a predicated tail when the row has no divisor of at least half of it (38 → 8+…+6,
+    not 2). Why so few when 28 accumulators fit in 32 registers: the 28-wide tile spills around its window loads
+    and ran twice as slow (144 channels at 56×56: 86 → 41–46 µs with 7 or 8; the depthwise → 1×1 pairs of
+    MobileNetV2 and EfficientNet-Lite0 at 112/56/28 wide 5–28 % faster, 1 thread, interleaved)."""
+    cap = max(1, max_vectors // vec_per_block)
+    if width <= cap:
+        return width
+    best = divisor_at_most(width, cap)
+    return best if 2 * best >= cap else cap
+
+
+def inline_epilogue(sch: s_tir.Schedule, writer) -> list:
+    """Reverse-inline every elementwise block that follows ``writer``; return the ones that could not be."""
+    while True:
+        consumers = sch.get_consumers(writer)
+        if not consumers:
+            return []
+        if len(consumers) != 1:
+            return list(consumers)
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except Exception:  # noqa: BLE001  (tir raises ScheduleError subclasses of RuntimeError/TVMError)
+            return list(consumers)
+
+
+def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, max_whole: int) -> None:
+    """Vectorize ``loop`` whole when it is at most ``max_whole`` long, else in vector-sized pieces when it divides
+    into them (a loop that does neither stays scalar rather than get a masked tail)."""
+    size = extent(sch, loop)
+    if size <= max_whole:
+        sch.vectorize(loop)
+    elif size % lanes == 0:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+
+
+def schedule_elementwise_root(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Parallel outer loops, vectorized innermost, for a stand-alone stage."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    vectorize_innermost(sch, loops[-1], lanes, max_whole=64)
+
+
+def write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int, epilogue: bool = True) -> None:
+    """Accumulate ``block``'s register tile in a local buffer and write it back once per tile at ``at_loop``,
+    with the fused elementwise epilogue (bias, ReLU, residual add...) reverse-inlined into the write-back
+    (``epilogue=False`` when the consumer is another stage, not an elementwise tail)."""
+    cache = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(cache, at_loop)
+    leftover = inline_epilogue(sch, cache) if epilogue else []
+    wb_loops = sch.get_loops(cache)
+    at_depth = next(i for i, lp in enumerate(wb_loops) if sch.get(lp).same_as(sch.get(at_loop)))
+    inner = wb_loops[at_depth + 1:]
+    sch.vectorize(inner[-1])
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    for other in leftover:
+        schedule_elementwise_root(sch, other, lanes)
+
+
+def finish_reduction(sch: s_tir.Schedule, block, first_reduce, vector_loop, unrolled: list, init_unroll: int,
+                      ) -> None:
+    """Vectorize the channel block, unroll the register tile, and split off the accumulator init (zeroed once
+    per tile, vectorized) — in that order: vectorize must precede decompose_reduction."""
+    sch.vectorize(vector_loop)
+    for loop in unrolled:
+        sch.unroll(loop)
+    init_loops = sch.get_loops(sch.decompose_reduction(block, first_reduce))
+    sch.vectorize(init_loops[-1])
+    for loop in init_loops[-1 - init_unroll:-1]:
+        sch.unroll(loop)
+
+
+def schedule_padding(sch: s_tir.Schedule, block, lanes: int, inline: bool = False) -> None:
+    """The padded input: inlined into the conv (a bounds check per input read), or materialised once, parallel
+    over channel blocks and rows, vectorized along c (along the row for an unblocked input). Which one a conv
+    takes: inline_padding."""
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint.endswith("pad"):
+            if inline:
+                sch.compute_inline(producer)
+            elif int(sch.get(producer).writes[0].source.shape[-1]) == 1:
+                # Unblocked (NCHW1c) input: vectorize along the row, not the unit channel block.
+                *outer, w, cb = sch.get_loops(producer)
+                sch.parallel(sch.fuse(*outer))
+                sch.vectorize(sch.split(w, [None, lanes])[1])
+            else:
+                schedule_elementwise_root(sch, producer, lanes)
+
+
+def inline_padding(sch: s_tir.Schedule, conv, width: int, small_conv_macs: int = 4_000_000) -> bool:
+    """Whether the conv block ``conv`` with output ``width`` reads its padded input through a bounds check (see
+    schedule_padding). Measured on ResNet-18 / MobileNetV2 layers (1 thread): the check wins on wide maps (56×56:
+    1.07 → 0.96 ms), ties at 28×28, and loses badly on narrow ones (14×14: 1.01 → 2.58 ms, 7×7: 1.15 → 2.94 ms),
+    where it is paid on a large share of reads. Small convs (≤ ``small_conv_macs``, CpuOptions) keep the check whatever their
+    width: the copy is a pass of its own whose fixed cost shows there (16 → 16 stride 2 to 14×14, 0.45 M MACs:
+    4 µs checked, 6 µs from the copy; 16 → 32: 8 vs 9 µs; 64 → 128 to 7×7, 3.6 M MACs: 31 vs 33 µs; 32 → 64 to
+    14×14, 3.6 M MACs: a tie; ResNet-18's 128 → 256 stride 2, 29 M MACs: 0.56 vs 0.51 ms, the copy wins).
+    Unblocked inputs (a model's image, ic_bn 1) always go through the row-vectorized copy: a 7×7 stem (49 checked
+    reads per broadcast) runs faster from it in isolation (ResNet-18's 3→64 stem 1.64 → 1.34 ms), and a 3×3 one
+    ties there (3→32 stride 2: 0.25 vs 0.26 ms) but not in the model, where the image arrives cold: one sequential
+    pass over it beats nine interleaved strided row streams. EfficientNet-Lite0's stem, timed in the model (VM
+    instrument): 0.285 → 0.185 ms; the model 4.82 → 4.67 ms, MobileNetV2 4.18 → 4.10 ms (interleaved A/B)."""
+    kernel = sch.get(conv).reads[1].source  # (oc_chunk, ic_chunk, kh, kw, ic_bn, oc_bn)
+    if int(kernel.shape[4]) == 1:
+        return False
+    outputs = math.prod(int(d) for d in sch.get(conv).writes[0].source.shape)
+    macs = outputs * math.prod(int(d) for d in kernel.shape[1:5])
+    return width >= 56 or macs <= small_conv_macs
+
+
+def find_block(sch: s_tir.Schedule, name: str):
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # noqa: BLE001  (no block of that name)
+        return None
+
+
