@@ -98,7 +98,7 @@ def test_compile_with_tuning_db_uses_records_and_matches_onnxruntime(tuned, tiny
     # Each record was re-measured against the rules after the search, and that check decides (per workload:
     # structurally equal functions share a record, so names are not compared here).
     assert all(t.verified is not None for t in report.tasks if t.best_ms is not None)
-    verified = tuning._read_measured(report.db_folder).verified
+    verified = tuning.read_measured(report.db_folder).verified
     assert bool(applied["functions"]) == any(v <= tuning.KEEP_RATIO for v in verified.values())
 
     # A database without the rules' baselines applies every record: all tuned schedules, still correct.
@@ -259,7 +259,7 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
         assert applied["tiles"] or applied["records_used"]  # the faster of tile and record
 
     # Whatever this busy machine measured: a tile logged as verified faster is what compile schedules with.
-    key = tuning._structural_key(_conv_task(conv_onnx).dispatched[0])
+    key = tuning.structural_key(_conv_task(conv_onnx).dispatched[0])
     side = report.db_folder / tuning.MEASURED_FILE
     side.write_text(side.read_text() + '{"w": "%s", "tile": [7, 2], "verified_tile": 0.5, "verified": 0.9}\n' % key)
     result = edgec.compile(conv_onnx, target="x86", output=tmp_path / "b", tuning_db=db)
@@ -293,7 +293,7 @@ def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile
              if "depthwise_pointwise" in str(t.task_name)]
     assert len(tasks) == 1
     func = tasks[0].dispatched[0]["main"]
-    assert tuning._tile_search_version(func) == 2
+    assert tuning.tile_search_version(func) == 2
     with target:
         tiles = tuning.tile_candidates(func, target)
     chunks = 64 // isa_of(target).lanes  # 64 channels in blocks of the host's lanes
@@ -302,13 +302,13 @@ def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile
     db = tmp_path / "db"
     report = tuning.tune(tuning.prepare_model(src), resolve_target("x86"), db, budget_s=30, trials=2, seed=0,
                          progress=lambda _line: None, options=fuse, **FAST)
-    key = tuning._structural_key(tasks[0].dispatched[0])
+    key = tuning.structural_key(tasks[0].dispatched[0])
     side = report.db_folder / tuning.MEASURED_FILE
     # a search logged before pairs were covered (True: version 1) leaves the pair to be searched again
     old = tmp_path / "old"
     old.mkdir()
     (old / tuning.MEASURED_FILE).write_text('{"w": "%s", "tiles_searched": true}\n' % key)
-    assert tuning._read_measured(old).tiles_searched[key] == 1 < tuning._tile_search_version(func)
+    assert tuning.read_measured(old).tiles_searched[key] == 1 < tuning.tile_search_version(func)
     side.write_text(side.read_text() + '{"w": "%s", "tile": [%d, %d], "verified_tile": 0.5, "verified": 0.9}\n'
                     % (key, *tiles[0]))
     result = edgec.compile(src, target="x86", output=tmp_path / "a", tuning_db=db, cpu_options=fuse)
@@ -318,16 +318,21 @@ def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile
 
 
 def test_threads_size_the_measurement_and_are_restored(monkeypatch):
-    """`edgec tune --threads N`: the measuring workers (started while tune runs) get TVM_NUM_THREADS=N and
-    meta-schedule's target N cores; both are put back afterwards."""
+    """`edgec tune --threads N`: the measuring workers (started while tune runs) get TVM_NUM_THREADS=N, put back
+    afterwards, and meta-schedule's target N cores; through RPC the board's server sets its own pool."""
     monkeypatch.setenv("TVM_NUM_THREADS", "7")
     preset = resolve_target("x86")
-    with tuning._measuring_threads(1, None):
+    with tuning.measuring_threads(1, None):
         assert os.environ["TVM_NUM_THREADS"] == "1"
-        assert int(tuning._with_num_cores(preset, None).attrs["num-cores"]) == 1
-    assert os.environ["TVM_NUM_THREADS"] == "7" and not tuning._THREADS
-    with tuning._measuring_threads(None, None):
+    assert os.environ["TVM_NUM_THREADS"] == "7"
+    assert int(tuning.with_num_cores(preset, None, 1).attrs["num-cores"]) == 1
+    assert int(tuning.with_num_cores(preset, "127.0.0.1:9190", None).attrs["num-cores"]) == 4  # a board: unknown
+    with tuning.measuring_threads(None, None), tuning.measuring_threads(2, "127.0.0.1:9190"):
         assert os.environ["TVM_NUM_THREADS"] == "7"
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    with tuning.measuring_threads(3, None):
+        assert os.environ["TVM_NUM_THREADS"] == "3"
+    assert "TVM_NUM_THREADS" not in os.environ
 
 
 def test_bad_thread_count_is_a_one_line_error(cli, tiny_onnx, tmp_path):
