@@ -167,18 +167,19 @@ def run_worker(artifact: Path, source: str, threads: int, args: argparse.Namespa
 # ------------------------------------------------------------------------------------------------ main
 
 def bench_model(name: str, thread_counts: list[int], args: argparse.Namespace, tuning_db: Path | None = None,
-                bench: str = BENCH) -> dict[str, Any]:
-    """Compile ``name`` for x86 (with ``tuning_db`` when given) and time it against onnxruntime."""
+                bench: str = BENCH, target: str = "x86") -> dict[str, Any]:
+    """Compile ``name`` for ``target`` (with ``tuning_db`` when given) and time it against onnxruntime."""
     import edgec
 
     info = prepare(name)
     record: dict[str, Any] = {"bench": bench, "model": name, "label": info["label"], "source": info["source"],
                               "export_seconds": info["export_seconds"], "tuning_db": str(tuning_db or "")}
     record["macs"] = count_macs(info["source"], info["input_shapes"])
-    out = CACHE / "artifacts" / (f"{name}-tuned" if tuning_db else name)
+    tag = "" if target == "x86" else "-" + target.replace(":", "_")
+    out = CACHE / "artifacts" / ((f"{name}-tuned" if tuning_db else name) + tag)
     started = time.perf_counter()
     extra = {"tuning_db": tuning_db} if tuning_db else {}
-    result = edgec.compile(info["source"], target="x86", output=out, input_shapes=info["input_shapes"], **extra)
+    result = edgec.compile(info["source"], target=target, output=out, input_shapes=info["input_shapes"], **extra)
     wall = time.perf_counter() - started
     manifest = result.artifact.manifest
     record["compile_seconds"] = manifest["compile_seconds"]
@@ -186,6 +187,7 @@ def bench_model(name: str, thread_counts: list[int], args: argparse.Namespace, t
     record["artifact"] = str(result.artifact.path)
     record["inputs"], record["outputs"] = manifest["inputs"], manifest["outputs"]
     record["tvm_target"] = manifest["target"]["tvm"]
+    record["isa"] = manifest["target"]["build"].get("isa")
     v = result.verification
     record["verification"] = None if v is None else {"passed": v.passed, "max_abs_diff": v.max_abs_diff,
                                                      "atol": v.atol, "reference": v.reference}
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     host = {"cpu": _cpu_name(), "cores": cores, "machine": platform.machine(), "loadavg_start": _loadavg()}
     tree = edgec_tree_sha256()
-    print(f"# {BENCH}: {host['cpu']}, {cores} cores, load average {host['loadavg_start']}; "
+    print(f"# {BENCH}: {host_line()}, {cores} cores, load average {host['loadavg_start']}; "
           f"rounds={args.rounds}, threads={thread_counts}; edgec tree {tree[:12]}; "
           + ", ".join(f"{k} {v}" for k, v in versions().items()), flush=True)
     records, failed = [], False
@@ -319,6 +321,17 @@ def _loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def host_line() -> str:
+    """The host CPU as every bench prints it: its name, what LLVM calls it, and the ISA features edgec's kernels
+    can use on it (cpu/isa.py; the ``x86`` preset resolved here)."""
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+
+    isa = isa_of(resolve_target("x86").tvm_target())
+    return (f"host CPU {_cpu_name()} (LLVM mcpu {isa.mcpu}; {isa.lanes} float32 lanes; features "
+            f"{' '.join(sorted(isa.features))})")
 
 
 def _cpu_name() -> str:

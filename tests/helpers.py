@@ -114,3 +114,78 @@ class GraphBuilder:
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
         onnx.checker.check_model(proto, full_check=True)
         return ir.serde.deserialize_model(proto)
+
+
+def conv_model(n, cin, cout, hw, k, stride=1, pads=None, dilation=1, groups=1, act=None, residual=False):
+    """Conv (+ residual add) (+ ReLU / ReLU6), random weights; ``hw`` a side or (height, width)."""
+    rng = np.random.default_rng(cin * 100 + cout)
+    height, width = (hw, hw) if isinstance(hw, int) else hw
+    pads = pads if pads is not None else [k // 2] * 4
+    w = numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=pads, strides=[stride, stride],
+                              dilations=[dilation, dilation], group=groups)]
+    last = "c"
+    if residual:
+        nodes.append(helper.make_node("Add", [last, "x"], ["r"]))
+        last = "r"
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", [last], ["a"]))
+        last = "a"
+    elif act == "relu6":
+        lo = numpy_helper.from_array(np.array(0.0, np.float32), "lo")
+        hi = numpy_helper.from_array(np.array(6.0, np.float32), "hi")
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["a"]))
+        last = "a"
+    inits = [w, b] + ([lo, hi] if act == "relu6" else [])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, height, width])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def matmul_model(a_shape, k, n, bias=True):
+    rng = np.random.default_rng(k + n)
+    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"])]
+    inits = [w]
+    out = "m"
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"))
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+        out = "y"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(a_shape))],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def dw_pw_model(n=1, c=32, cout=16, hw=14, k=3, stride=1, pads=None, act="relu6", residual=False,
+                tap_dw=False):
+    """depthwise k×k conv (+ act) → 1×1 conv (+ residual add): a MobileNet block's second half."""
+    rng = np.random.default_rng(c * 7 + cout)
+    height, width = (hw, hw) if isinstance(hw, int) else hw
+    pads = pads if pads is not None else [k // 2] * 4
+    inits = [numpy_helper.from_array((rng.standard_normal((c, 1, k, k)) * 0.3).astype(np.float32), "wd"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bd"),
+             numpy_helper.from_array((rng.standard_normal((cout, c, 1, 1)) * 0.2).astype(np.float32), "wp"),
+             numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "bp"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "wd", "bd"], ["d"], pads=pads, strides=[stride, stride], group=c)]
+    mid = "d"
+    if act == "relu6":
+        nodes.append(helper.make_node("Clip", ["d", "lo", "hi"], ["a"]))
+        mid = "a"
+    elif act == "relu":
+        nodes.append(helper.make_node("Relu", ["d"], ["a"]))
+        mid = "a"
+    nodes.append(helper.make_node("Conv", [mid, "wp", "bp"], ["p"]))
+    out = "p"
+    if residual:
+        nodes.append(helper.make_node("Add", ["p", "x"], ["r"]))
+        out = "r"
+    outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)]
+    if tap_dw:  # the depthwise result is also a model output: it must still be computed on its own
+        outputs.append(helper.make_tensor_value_info(mid, TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, height, width])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)

@@ -15,48 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
+from helpers import conv_model, dw_pw_model, matmul_model
 
 ATOL = 1e-4
-
-
-def _conv_model(n, cin, cout, hw, k, stride=1, pads=None, dilation=1, groups=1, act=None, residual=False):
-    rng = np.random.default_rng(cin * 100 + cout)
-    pads = pads if pads is not None else [k // 2] * 4
-    w = numpy_helper.from_array((rng.standard_normal((cout, cin // groups, k, k)) * 0.2).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=pads, strides=[stride, stride],
-                              dilations=[dilation, dilation], group=groups)]
-    last = "c"
-    if residual:
-        nodes.append(helper.make_node("Add", [last, "x"], ["r"]))
-        last = "r"
-    if act == "relu":
-        nodes.append(helper.make_node("Relu", [last], ["a"]))
-        last = "a"
-    elif act == "relu6":
-        lo = numpy_helper.from_array(np.array(0.0, np.float32), "lo")
-        hi = numpy_helper.from_array(np.array(6.0, np.float32), "hi")
-        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["a"]))
-        last = "a"
-    inits = [w, b] + ([lo, hi] if act == "relu6" else [])
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, hw, hw])],
-                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-
-
-def _matmul_model(a_shape, k, n, bias=True):
-    rng = np.random.default_rng(k + n)
-    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"])]
-    inits = [w]
-    out = "m"
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"))
-        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
-        out = "y"
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(a_shape))],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 # The rule and layout choices asserted below are those of a 16-lane, 32-register target: they are checked on this
@@ -163,7 +124,7 @@ CONV_CASES = {
 
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_rule(case, tmp_path):
-    _check(_conv_model(**CONV_CASES[case]), tmp_path, "Conv2dNCHWc")
+    _check(conv_model(**CONV_CASES[case]), tmp_path, "Conv2dNCHWc")
 
 
 WIDENED_CASES = {  # output channels in half-vector blocks: computed in full vectors, the real channels stored
@@ -176,7 +137,7 @@ WIDENED_CASES = {  # output channels in half-vector blocks: computed in full vec
 
 @pytest.mark.parametrize("case", WIDENED_CASES)
 def test_widened_conv_rule(case, tmp_path):
-    _check(_conv_model(**WIDENED_CASES[case]), tmp_path, "WidenedConv2dNCHWc")
+    _check(conv_model(**WIDENED_CASES[case]), tmp_path, "WidenedConv2dNCHWc")
 
 
 SPATIAL_CASES = {  # fewer output channels than AVX-512 lanes, stride 1: vectorized along the output rows
@@ -190,13 +151,13 @@ SPATIAL_CASES = {  # fewer output channels than AVX-512 lanes, stride 1: vectori
 
 @pytest.mark.parametrize("case", SPATIAL_CASES)
 def test_spatial_conv_rule(case, tmp_path):
-    _check(_conv_model(**SPATIAL_CASES[case]), tmp_path, "SpatialConv2d")
+    _check(conv_model(**SPATIAL_CASES[case]), tmp_path, "SpatialConv2d")
 
 
 def _pruned_pair(k: int) -> onnx.ModelProto:
     """16 → 8 → 16 channels with k×k kernels (what pruning a block's inner conv to half leaves)."""
-    first = _conv_model(n=1, cin=16, cout=8, hw=28, k=k, act="relu")
-    second = _conv_model(n=1, cin=8, cout=16, hw=28, k=k)
+    first = conv_model(n=1, cin=16, cout=8, hw=28, k=k, act="relu")
+    second = conv_model(n=1, cin=8, cout=16, hw=28, k=k)
     graph = first.graph
     for init in second.graph.initializer:
         init.name = "2" + init.name
@@ -222,23 +183,23 @@ def test_pruned_pair_stays_in_winograd_blocks(tmp_path):
 
 @pytest.mark.parametrize("hw,stride,act", [(14, 1, "relu6"), (15, 2, "relu"), (8, 1, None), (19, 1, "relu6")])
 def test_depthwise_rule(hw, stride, act, tmp_path):
-    model = _conv_model(n=2, cin=32, cout=32, hw=hw, k=3, stride=stride, groups=32, act=act)
+    model = conv_model(n=2, cin=32, cout=32, hw=hw, k=3, stride=stride, groups=32, act=act)
     _check(model, tmp_path, "DepthwiseConv2dNCHWc")
 
 
 def test_grouped_conv_falls_back_and_matches(tmp_path):
-    _check(_conv_model(n=1, cin=32, cout=32, hw=8, k=3, groups=4, act="relu"), tmp_path, None)
+    _check(conv_model(n=1, cin=32, cout=32, hw=8, k=3, groups=4, act="relu"), tmp_path, None)
 
 
 @pytest.mark.parametrize("a_shape,k,n", [((1, 512), 512, 1000), ((1, 37), 37, 70), ((1, 1, 64), 64, 48),
                                          ((5, 33), 33, 70), ((2, 3, 40), 40, 24)])
 def test_matmul_rule(a_shape, k, n, tmp_path):
-    _check(_matmul_model(a_shape, k, n), tmp_path, "Matmul")
+    _check(matmul_model(a_shape, k, n), tmp_path, "Matmul")
 
 
 def test_arm_rules_match_on_emulated_device(tmp_path):
     """The same rules with NEON's 4 lanes, cross-compiled and run on the emulated aarch64 device."""
-    onnx.save(_conv_model(n=1, cin=12, cout=24, hw=10, k=3, act="relu6", residual=False), str(tmp_path / "m.onnx"))
+    onnx.save(conv_model(n=1, cin=12, cout=24, hw=10, k=3, act="relu6", residual=False), str(tmp_path / "m.onnx"))
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
                            device="qemu-aarch64")
     assert result.verification.passed, result.verification.summary()
@@ -253,7 +214,7 @@ def test_pooling_after_conv_rule(op, attrs, tmp_path):
     """Pooling on the blocked layout a conv leaves behind (the conv makes the layout NCHW16c). The global
     average pool reduces a 13×13 window, larger than SpatialWindow's limit for windows along the contiguous
     axis: the channel block stays innermost, so it is the rule's too."""
-    base = _conv_model(n=2, cin=8, cout=32, hw=13, k=3, act="relu")
+    base = conv_model(n=2, cin=8, cout=32, hw=13, k=3, act="relu")
     graph = base.graph
     graph.node.append(helper.make_node(op, [graph.output[0].name], ["p"], **attrs))
     del graph.output[:]
@@ -276,7 +237,7 @@ def test_elementwise_chain_rule(tmp_path):
                                        ("odd_channels", "WidenedConv2dNCHWc")])  # 20 channels: 24 in 8-lane blocks
 def test_conv_rule_avx2_preset(case, rule, tmp_path):
     """The AVX2 preset: 8 lanes and 16 registers give other blocks and tiles; this host runs AVX2 code too."""
-    _check(_conv_model(**CONV_CASES[case]), tmp_path, rule, target="x86:avx2")
+    _check(conv_model(**CONV_CASES[case]), tmp_path, rule, target="x86:avx2")
 
 
 def test_padding_read_bounds_checked_only_where_it_pays():
@@ -339,9 +300,9 @@ def test_weight_prefetch_hints_only_for_large_weights(tmp_path, fuse_every_pair)
     from edgec.targets.cpu.options import CpuOptions
 
     assert CpuOptions().prefetch_min_bytes == 64 * 1024
-    cases = [("big", _conv_model(n=2, cin=256, cout=256, hw=7, k=1, act="relu"), "Conv2dNCHWc", True),
-             ("pair", _dw_pw_model(c=192, cout=128, hw=14, act="relu6"), "DepthwisePointwise", True),
-             ("small", _conv_model(n=1, cin=32, cout=32, hw=14, k=3, stride=2), "Conv2dNCHWc", False)]
+    cases = [("big", conv_model(n=2, cin=256, cout=256, hw=7, k=1, act="relu"), "Conv2dNCHWc", True),
+             ("pair", dw_pw_model(c=192, cout=128, hw=14, act="relu6"), "DepthwisePointwise", True),
+             ("small", conv_model(n=1, cin=32, cout=32, hw=14, k=3, stride=2), "Conv2dNCHWc", False)]
     for name, model, rule, hinted in cases:
         (tmp_path / name).mkdir()
         _check(model, tmp_path / name, rule, options=fuse_every_pair)
@@ -352,7 +313,7 @@ def test_weight_prefetch_hints_only_for_large_weights(tmp_path, fuse_every_pair)
 def test_weight_prefetch_on_emulated_arm_device(tmp_path):
     """The hint is LLVM's generic prefetch intrinsic: cross-compiled for aarch64 and run under qemu, a conv with
     prefetched weights (NEON's 4-lane blocks, 128 KB) still equals onnxruntime."""
-    onnx.save(_conv_model(n=1, cin=128, cout=256, hw=6, k=1, act="relu"), str(tmp_path / "m.onnx"))
+    onnx.save(conv_model(n=1, cin=128, cout=256, hw=6, k=1, act="relu"), str(tmp_path / "m.onnx"))
     assert sum(_prefetch_hints(tmp_path / "m.onnx", "arm:cortex-a72").values()) > 0
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
                            device="qemu-aarch64")
@@ -406,7 +367,7 @@ WINOGRAD_CASES = {
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_winograd_rule(case, tmp_path):
     """3×3 stride-1 convs with ≥ 16 channels go through Winograd (F(4,3) or F(2,3)); output still within 1e-4."""
-    _check(_conv_model(**WINOGRAD_CASES[case]), tmp_path, "WinogradNCHWc")
+    _check(conv_model(**WINOGRAD_CASES[case]), tmp_path, "WinogradNCHWc")
 
 
 def test_winograd_not_used_where_it_does_not_pay(tmp_path):
@@ -430,43 +391,11 @@ def test_winograd_not_used_where_it_does_not_pay(tmp_path):
 
 
 def test_winograd_on_emulated_arm_device(tmp_path):
-    onnx.save(_conv_model(**WINOGRAD_CASES["f4_residual"]), str(tmp_path / "m.onnx"))
+    onnx.save(conv_model(**WINOGRAD_CASES["f4_residual"]), str(tmp_path / "m.onnx"))
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a76", output=tmp_path / "a", verify=True,
                            device="qemu-aarch64")
     assert result.verification.passed, result.verification.summary()
     assert "WinogradNCHWc" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a76")
-
-
-def _dw_pw_model(n=1, c=32, cout=16, hw=14, k=3, stride=1, pads=None, act="relu6", residual=False,
-                 tap_dw=False):
-    """depthwise k×k conv (+ act) → 1×1 conv (+ residual add): a MobileNet block's second half."""
-    rng = np.random.default_rng(c * 7 + cout)
-    pads = pads if pads is not None else [k // 2] * 4
-    inits = [numpy_helper.from_array((rng.standard_normal((c, 1, k, k)) * 0.3).astype(np.float32), "wd"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bd"),
-             numpy_helper.from_array((rng.standard_normal((cout, c, 1, 1)) * 0.2).astype(np.float32), "wp"),
-             numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "bp"),
-             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
-    nodes = [helper.make_node("Conv", ["x", "wd", "bd"], ["d"], pads=pads, strides=[stride, stride], group=c)]
-    mid = "d"
-    if act == "relu6":
-        nodes.append(helper.make_node("Clip", ["d", "lo", "hi"], ["a"]))
-        mid = "a"
-    elif act == "relu":
-        nodes.append(helper.make_node("Relu", ["d"], ["a"]))
-        mid = "a"
-    nodes.append(helper.make_node("Conv", [mid, "wp", "bp"], ["p"]))
-    out = "p"
-    if residual:
-        nodes.append(helper.make_node("Add", ["p", "x"], ["r"]))
-        out = "r"
-    outputs = [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)]
-    if tap_dw:  # the depthwise result is also a model output: it must still be computed on its own
-        outputs.append(helper.make_tensor_value_info(mid, TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, hw, hw])],
-                              outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 DW_PW_CASES = {
@@ -494,11 +423,11 @@ def fuse_every_pair():
 @pytest.mark.parametrize("case", DW_PW_CASES)
 def test_depthwise_pointwise_fusion(case, tmp_path, fuse_every_pair):
     """depthwise → 1×1 pairs compile to one kernel (rule DepthwisePointwise) and still equal onnxruntime."""
-    _check(_dw_pw_model(**DW_PW_CASES[case]), tmp_path, "DepthwisePointwise", options=fuse_every_pair)
+    _check(dw_pw_model(**DW_PW_CASES[case]), tmp_path, "DepthwisePointwise", options=fuse_every_pair)
 
 
 def test_depthwise_with_second_use_is_not_fused(tmp_path, fuse_every_pair):
-    model = _dw_pw_model(tap_dw=True)
+    model = dw_pw_model(tap_dw=True)
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     used = _scheduled_rules(path, options=fuse_every_pair)
@@ -518,7 +447,7 @@ def test_only_pairs_with_a_large_intermediate_are_fused(tmp_path):
     assert CpuOptions().pair_min_bytes() == FALLBACK_L2 == 1 << 20
     for hw, fused in ((14, False), (96, True)):
         (tmp_path / str(hw)).mkdir()
-        _check(_dw_pw_model(c=32, cout=32, hw=hw), tmp_path / str(hw), None)
+        _check(dw_pw_model(c=32, cout=32, hw=hw), tmp_path / str(hw), None)
         used = _scheduled_rules(tmp_path / str(hw) / "m.onnx")
         assert ("DepthwisePointwise" in used) == fused, (hw, used)
         assert fused or {"DepthwiseConv2dNCHWc", "Conv2dNCHWc"} <= used
@@ -526,7 +455,7 @@ def test_only_pairs_with_a_large_intermediate_are_fused(tmp_path):
 
 def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path, fuse_every_pair):
     """The fused pair with NEON's 4 lanes (channel blocks of 4), run on the emulated aarch64 device."""
-    onnx.save(_dw_pw_model(c=20, cout=12, hw=9, stride=2, residual=False), str(tmp_path / "m.onnx"))
+    onnx.save(dw_pw_model(c=20, cout=12, hw=9, stride=2, residual=False), str(tmp_path / "m.onnx"))
     result = edgec.compile(tmp_path / "m.onnx", target="arm:cortex-a72", output=tmp_path / "a", verify=True,
                            device="qemu-aarch64", cpu_options=fuse_every_pair)
     assert result.verification.passed, result.verification.summary()

@@ -154,7 +154,7 @@ def compile_cpu(model: onnx.ModelProto, preset: TargetPreset, options: CpuOption
     # "compiled": the Relax ``main`` itself becomes machine code (TVM's VM-TIR) instead of bytecode the VM
     # interprets call by call: 1.7-2 µs less per inference on the embedded model, 3 % of its pruned latency.
     # TIR: TVM's lowering, then per-row scratch buffers on the stack (stack_alloc.py).
-    checked = tvm.transform.PassContext(config={"tir.instrument_bound_checkers": True}) if options.bounds_check \
+    checked = tvm.transform.PassContext(config={"tirx.instrument_bound_checkers": True}) if options.bounds_check \
         else contextlib.nullcontext()
     with checked:
         executable = relax.build(mod, target=target, relax_pipeline=pipeline, tir_pipeline=stack_alloc.register(),
