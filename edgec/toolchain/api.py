@@ -152,12 +152,16 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     first (``manifest["quantization"]["mixed_precision"]``); a bound it cannot meet is an EdgecError, and nothing
     is written.
     ``cpu_options``: an ``edgec.targets.cpu.options.CpuOptions`` for CPU targets (kernel switches and thresholds;
-    default: edgec's).
+    default: edgec's). ``CpuOptions(bounds_check=True)`` is a debug build in which every buffer access checks its
+    index and an out-of-bounds one fails the run with a RuntimeError naming the kernel and buffer.
     """
     from edgec.targets import get_builder, resolve_target
 
     started = time.perf_counter()
     preset = resolve_target(target)  # an unknown target fails before any work
+    if cpu_options is not None and preset.family != "cpu":
+        raise EdgecError(f"CPU options (such as --bounds-check) apply to CPU targets, not {preset.name}",
+                         "compile for an x86 or arm target, or drop the option")
     if tuning_db is not None:
         from edgec.targets.cpu.tuning import require_database
 

@@ -56,6 +56,9 @@ def main(verbose: bool) -> None:
 @click.option("--device", default=None, help="Where to run the verification (local, qemu-aarch64, ...).")
 @click.option("--tuning-db", "tuning_db", default=None, type=click.Path(path_type=Path),
               help="Schedule operators with the records `edgec tune --db DIR` measured.")
+@click.option("--bounds-check", "bounds_check", is_flag=True,
+              help="Debug build (CPU): every buffer access checks its index; an out-of-bounds one fails the run "
+                   "with an error naming the kernel and buffer. Slower, one thread per kernel.")
 @click.option("--prune", "prune_spec", default=None,
               help="Prune channels first: macs=0.5, ratio=0.3 or latency_ms=2.5 (measured on --target)"
                    "[,criterion=thinet,calib=x.npy,reconstruct=1,round_to=8] (see `edgec prune`).")
@@ -87,7 +90,7 @@ def main(verbose: bool) -> None:
               help="With --quantize: image folders: shorter side before a centre crop.")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
-                verify: bool | None, device: str | None, tuning_db: Path | None,
+                verify: bool | None, device: str | None, tuning_db: Path | None, bounds_check: bool = False,
                 prune_spec: str | None = None, quantize_mode: str | None = None, quant_calib: str | None = None,
                 quant_samples: int = 64, quant_granularity: str | None = None, quant_eval: Path | None = None,
                 quant_max_drop: float | None = None, quant_promote_to: str = "float", quant_mean: str = "0",
@@ -124,7 +127,7 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         raise EdgecError("--calib, --granularity, --max-drop and --eval are only used with --quantize",
                          "add --quantize int8")
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
-                        device=device, tuning_db=tuning_db,
+                        device=device, tuning_db=tuning_db, cpu_options=_cpu_options(bounds_check),
                         prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize)
     m = result.artifact.manifest
     lib = m["files"][m["library"]]
@@ -161,6 +164,15 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
                    f"`edgec verify {result.artifact.path}` runs it"
                    + (" on the emulated device" if m["target"]["arch"] == "aarch64" and m["target"]["device"] == "cpu"
                       else ""))
+
+
+def _cpu_options(bounds_check: bool):
+    """The CpuOptions the compile flags ask for (None: edgec's defaults)."""
+    if not bounds_check:
+        return None
+    from edgec.targets.cpu.options import CpuOptions
+
+    return CpuOptions(bounds_check=True)
 
 
 def _cpu_or_arch(target: dict[str, Any]) -> str:

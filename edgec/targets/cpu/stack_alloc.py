@@ -85,17 +85,24 @@ def stack_in_parallel_pass():
     return _pass
 
 
-def _pipeline():
+def _pipeline(bounds_check: bool = False):
     import tvm
     from tvm.s_tir.pipeline import default_s_tir_pipeline
 
     lower, finalize_host, finalize_device = default_s_tir_pipeline()
-    return tvm.transform.Sequential([lower, stack_in_parallel_pass()]), finalize_host, finalize_device
+    passes = [lower, stack_in_parallel_pass()]
+    if bounds_check:
+        from edgec.targets.cpu.bounds_check import bounds_check_pass
+
+        passes.append(bounds_check_pass())
+    return tvm.transform.Sequential(passes), finalize_host, finalize_device
 
 
-def register() -> str:
-    """Register (once per process) and name the TIR pipeline: TVM's s_tir lowering, then this pass."""
+def register(bounds_check: bool = False) -> str:
+    """Register (once per process) and name the TIR pipeline: TVM's s_tir lowering, then this pass; with
+    ``bounds_check``, then an assertion before every buffer access (bounds_check.py)."""
     import tvm
 
-    tvm.tirx.register_tir_pipeline(PIPELINE, _pipeline)
-    return PIPELINE
+    name = PIPELINE + "_bounds_checked" if bounds_check else PIPELINE
+    tvm.tirx.register_tir_pipeline(name, lambda: _pipeline(bounds_check))
+    return name

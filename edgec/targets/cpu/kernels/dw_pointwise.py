@@ -248,4 +248,4 @@ class DepthwisePointwise(ScheduleRule):
         wb_loops = sch.get_loops(write_back)
         sch.vectorize(wb_loops[-1])
         sch.unroll(wb_loops[-2])
-        sched.finish_reduction(sch, dw, ry, cb, [x_i, rx], init_unroll=1)
+        sched.finish_reduction(sch, dw, ry, cb, [x_i, rx, ry], init_unroll=1)  # ry: see depthwise.py

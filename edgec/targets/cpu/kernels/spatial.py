@@ -100,7 +100,7 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
     top, left, bottom, right = (int(v) for v in padding)
     out_h, out_w = in_h + top + bottom - k_h + 1, in_w + left + right - k_w + 1
     _, _, padded_w = row_tile(out_w, out_c, LANES)
-    zero = tirx.const(0, out_dtype)
+    zero, one = tirx.const(0, out_dtype), tirx.const(1, out_dtype)
 
     if blocked:  # NCHW[x]c → NCHW; with one-channel blocks only a view, else a transpose (see _schedule_pad)
         source = data
@@ -108,10 +108,13 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
                           name=TRANSPOSE)
 
     def padded(b, c, y, x):
+        # The load stays outside the select, which only picks a factor: TVM's simplifier simplifies a select's
+        # operands under its condition, where the clamp is the identity, and a load inside it read past the input
+        # (32 lanes from a 20-wide last row: 12 floats past the buffer; see kernels/depthwise.py).
         iy, ix = y - top, x - left
         inside = tirx.all(iy >= 0, iy < in_h, ix >= 0, ix < in_w)
         iy, ix = tirx.max(tirx.min(iy, in_h - 1), 0), tirx.max(tirx.min(ix, in_w - 1), 0)
-        return tirx.Select(inside, data[b, c, iy, ix].astype(out_dtype), zero)
+        return data[b, c, iy, ix].astype(out_dtype) * tirx.Select(inside, one, zero)
 
     pad_w = padded_w + k_w - 1
     if pad_w > PAD_WHOLE:  # longer rows are copied in whole vectors (see _schedule_pad): no tail
