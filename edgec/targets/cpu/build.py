@@ -89,14 +89,17 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from tvm import relax
 
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
-    from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for
+    from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass
+    from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for, legalize_round
     from edgec.targets.int4_pack import pack_int4_pass
 
     return [
+        pad_input_channels_pass(isa_of(target)),  # an image's 3 channels as 4: the int8 stem runs on VNNI
         layout_pass(target, options),
         # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
         fuse_depthwise_pointwise_pass(isa_of(target), options, l2),
-        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options)}),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options),
+                                     "relax.round": legalize_round}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
