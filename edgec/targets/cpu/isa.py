@@ -127,18 +127,14 @@ def _isa(kind: str, mtriple: str, mcpu: str, mattr: tuple[str, ...], arch: str) 
     return Isa(arch=arch, mcpu=mcpu or "generic", features=features, lanes=lanes, vector_registers=registers)
 
 
-def host_features(cpuinfo: str | None = None, arch: str | None = None) -> frozenset[str]:
-    """The ISA features the running kernel reports for this machine, as LLVM names (``/proc/cpuinfo``; empty
-    where it cannot be read)."""
+def host_features(arch: str, cpuinfo: str | None = None) -> frozenset[str]:
+    """The ISA features the running kernel reports for this ``arch`` ("x86_64" or "aarch64") machine, as LLVM
+    names (``/proc/cpuinfo``; empty where it cannot be read)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return frozenset()
-    if arch is None:
-        from edgec.targets.base import host_arch
-
-        arch = host_arch()
     table, key = (_CPUINFO_ARM, "features") if arch == "aarch64" else (_CPUINFO_X86, "flags")
     for line in cpuinfo.splitlines():
         name, _, value = line.partition(":")
@@ -153,10 +149,10 @@ def host_mattr(mcpu: str, mtriple: str, reported: frozenset[str] | None = None) 
     ``mcpu: host`` never builds for less than the machine has; ``-f`` for one the name implies and the host lacks
     (a hypervisor that hides AVX-512 or AMX), so it never builds an instruction the machine would fault on.
     Nothing is changed where the host's features cannot be read."""
-    reported = host_features() if reported is None else reported
+    arch = "aarch64" if mtriple.startswith("aarch64") else "x86_64"
+    reported = host_features(arch) if reported is None else reported
     if not reported:
         return []
-    arch = "aarch64" if mtriple.startswith("aarch64") else "x86_64"
     readable = set((_CPUINFO_ARM if arch == "aarch64" else _CPUINFO_X86).values())
     named = _isa("llvm", mtriple, mcpu, (), arch).features
     return [f"+{f}" for f in sorted(reported - named)] + [f"-{f}" for f in sorted((named & readable) - reported)]
