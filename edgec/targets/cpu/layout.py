@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgec.targets.cpu.blocked import BLOCKED, BLOCKED_KERNEL, block
+from edgec.targets.cpu.blocked import BLOCKED_KERNEL, block
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.kernels import spatial, winograd
 from edgec.targets.cpu.options import CpuOptions

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
 
 
 def divisor_at_most(n: int, limit: int) -> int:
@@ -195,3 +197,17 @@ def find_block(sch: s_tir.Schedule, name: str):
         return None
 
 
+class KernelRule(ScheduleRule):
+    """A kernel's schedule rule (dlight's ScheduleRule), built from the CpuOptions by registry.rules. Subclasses
+    implement :meth:`schedule`: the scheduled ``sch``, or None where the function is not their kernel's."""
+
+    def __init__(self, options) -> None:
+        self.options = options
+
+    def apply(self, func, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        return self.schedule(s_tir.Schedule(func), target)
+
+    def schedule(self, sch: s_tir.Schedule, target: Target):
+        raise NotImplementedError

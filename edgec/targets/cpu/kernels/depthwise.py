@@ -5,7 +5,6 @@ innermost), each weight vector is reused across the row."""
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from edgec.targets.cpu import sched
@@ -65,14 +64,8 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
                       primfunc_name_hint="depthwise_conv2d_NCHWc")
 
 
-class DepthwiseConv2dNCHWc(ScheduleRule):
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+class DepthwiseConv2dNCHWc(sched.KernelRule):
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         conv = sched.find_block(sch, BLOCK)
         if conv is None or len(sch.get_loops(conv)) != 7:
             return None

@@ -8,8 +8,7 @@ the whole reduction; weights are read as whole vectors, one input value is broad
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from edgec.targets.cpu import prefetch, sched
@@ -30,18 +29,16 @@ def legalize(bb, call, isa, options: CpuOptions):
                       str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_NCHWc")
 
 
-class Conv2dNCHWc(ScheduleRule):
+class Conv2dNCHWc(sched.KernelRule):
     """conv2d in NCHW[x]c layout with its fused elementwise epilogue.
 
     ``reg_n`` / ``oc_tile`` override the register tile the rule derives from the target (the tile search)."""
 
     def __init__(self, options: CpuOptions, reg_n: int | None = None, oc_tile: int | None = None) -> None:
-        self.options, self.reg_n, self.oc_tile = options, reg_n, oc_tile
+        super().__init__(options)
+        self.reg_n, self.oc_tile = reg_n, oc_tile
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         conv = sched.find_block(sch, "conv2d_NCHWc")
         if conv is None or len(sch.get_loops(conv)) != 8:
             return None

@@ -6,8 +6,7 @@ Applies where the target has the ``avx512vnni`` feature, whatever its name."""
 from __future__ import annotations
 
 import numpy as np
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from edgec.targets.cpu import sched
@@ -47,14 +46,8 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
                       str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_NCHWc_int8")
 
 
-class Int8Conv2dNCHWcVNNI(ScheduleRule):
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+class Int8Conv2dNCHWcVNNI(sched.KernelRule):
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         conv = sched.find_block(sch, "conv2d_NCHWc_int8")
         if conv is None or len(sch.get_loops(conv)) != 10:
             return None

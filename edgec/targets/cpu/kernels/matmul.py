@@ -3,27 +3,19 @@ or a weight-streaming GEMV for one input row."""
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.isa import isa_of
-from edgec.targets.cpu.options import CpuOptions
 
 
-class Matmul(ScheduleRule):
+class Matmul(sched.KernelRule):
     """Dense / batched matmul ``C[..., m, n] = sum_k A[..., m, k] · B[..., k, n]`` with B's n contiguous (ONNX
     Gemm/MatMul with constant weights arrive this way: the transpose of a constant weight folds away).
     A tile of ``mt`` rows × ``nt`` columns stays in registers across k; the epilogue is fused in the write-back."""
 
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         block = sched.find_block(sch, "matmul") or sched.find_block(sch, "T_matmul_NN")
         if block is None:
             return None

@@ -30,7 +30,6 @@ from typing import Any
 
 from tvm import s_tir
 from tvm.target import Target
-from tvm.s_tir.dlight.base import ScheduleRule
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.isa import Isa, isa_of
@@ -140,21 +139,13 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
                       str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_spatial")
 
 
-class SpatialConv2d(ScheduleRule):
+class SpatialConv2d(sched.KernelRule):
     """Schedule of ``conv2d_spatial``: output rows in parallel; per row, the padded input is already there (one
     stage before, parallel over channel rows), the conv accumulates tiles of ``channels`` × ``vectors`` row
     vectors in registers over (input channel, kernel row, kernel column) (see row_tile), and the real columns are
     stored with the fused epilogue."""
 
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func: Any, target: Target, tunable: bool):
-        from tvm import tirx
-
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         conv, out, pad = (sched.find_block(sch, name) for name in (CONV, OUT, PAD))
         if conv is None or out is None or pad is None:
             return None

@@ -10,7 +10,6 @@ next layer reads; the consumer is unchanged. Worth it while padding adds at most
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
 from edgec.targets.cpu import sched
@@ -83,17 +82,11 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
                       out_dtype, primfunc_name_hint="conv2d_NCHWc")
 
 
-class WidenedConv2dNCHWc(ScheduleRule):
+class WidenedConv2dNCHWc(sched.KernelRule):
     """The store stage drives the loops, and the conv is a register tile computed at each group of ``reg_n``
     output columns for all (at most three) wide blocks at once."""
 
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         conv, narrow = sched.find_block(sch, "conv2d_NCHWc"), sched.find_block(sch, NARROW)
         if conv is None or narrow is None or len(sch.get_loops(conv)) != 8:
             return None

@@ -3,13 +3,11 @@ innermost (contiguous) loop vectorized."""
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.isa import isa_of
-from edgec.targets.cpu.options import CpuOptions
 
 
 def _reduces_outside_innermost(block_stmt) -> bool:
@@ -22,20 +20,14 @@ def _reduces_outside_innermost(block_stmt) -> bool:
         region.region[-1].min.same_as(spatial[-1]) for region in block_stmt.reads)
 
 
-class SpatialWindow(ScheduleRule):
+class SpatialWindow(sched.KernelRule):
     """Elementwise / layout-transform / pooling functions: elementwise producers inlined, then the outer spatial
     loops in parallel, the window reduction (pooling, if any) next, the innermost spatial loop vectorized — in
     NCHW[x]c that is the channel block, so a pooling window is a sequence of whole-vector max/add."""
 
     max_window = 64
 
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         root = sch.get_sblock("root")
         blocks = sch.get_child_blocks(root)
         for block in blocks[:-1]:  # producers: inline into their consumers where possible

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
+from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.blocked import is_blocked
@@ -206,14 +206,8 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
                       primfunc_name_hint="winograd_conv2d_NCHWc")
 
 
-class WinogradNCHWc(ScheduleRule):
-    def __init__(self, options: CpuOptions) -> None:
-        self.options = options
-
-    def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
+class WinogradNCHWc(sched.KernelRule):
+    def schedule(self, sch: s_tir.Schedule, target: Target):
         names = ("winograd_V_rows", "winograd_V", "winograd_M", "winograd_Y_rows", "winograd_Y")
         blocks = {name: sched.find_block(sch, name) for name in names}
         if any(b is None for b in blocks.values()):
