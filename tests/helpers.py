@@ -189,3 +189,16 @@ def dw_pw_model(n=1, c=32, cout=16, hw=14, k=3, stride=1, pads=None, act="relu6"
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, height, width])],
                               outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def runnable_preset(target: str) -> str:
+    """``target`` where this host can run its code (its ISA features are the host's or fewer), else the host's own
+    preset ``x86``: a test pins the preset whose kernel choices it checks, and compares outputs where it can."""
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+
+    preset = resolve_target(target)
+    if preset.arch != "x86_64":
+        return target
+    need = isa_of(preset.tvm_target()).features
+    return target if need <= isa_of(resolve_target("x86").tvm_target()).features else "x86"

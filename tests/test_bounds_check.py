@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import conv_model, dw_pw_model, matmul_model
+from helpers import conv_model, dw_pw_model, matmul_model, runnable_preset
 
 ATOL = 1e-4
 
@@ -132,13 +132,6 @@ SWEEP = {
 }
 
 
-def _runnable(target: str) -> str:
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu.isa import isa_of
-
-    need = isa_of(resolve_target(target).tvm_target()).features
-    return target if need <= isa_of(resolve_target("x86").tvm_target()).features else "x86"
-
 
 @pytest.mark.parametrize("case", SWEEP)
 def test_every_kernel_stays_inside_its_buffers(case, tmp_path):
@@ -149,7 +142,7 @@ def test_every_kernel_stays_inside_its_buffers(case, tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(SWEEP[case](), str(path))
     options = CpuOptions(bounds_check=True, dw_pointwise_min_bytes=0)
-    result = edgec.compile(path, target=_runnable("x86:avx512"), output=tmp_path / "art", verify=False,
+    result = edgec.compile(path, target=runnable_preset("x86:avx512"), output=tmp_path / "art", verify=False,
                            cpu_options=options)
     for seed in (3, 4):  # twice, from fresh inputs
         feed = random_inputs(result.artifact.inputs, seed=seed)
@@ -168,7 +161,7 @@ def test_int8_kernel_stays_inside_its_buffers(tmp_path):
     onnx.save(conv_model(n=2, cin=32, cout=48, hw=(11, 7), k=3, pads=[0, 1, 2, 1], act="relu"), str(path))
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((8, 32, 11, 7)).astype(np.float32))
-    result = edgec.compile(path, target=_runnable("x86:avx512-vnni"), output=tmp_path / "art", verify=True,
+    result = edgec.compile(path, target=runnable_preset("x86:avx512-vnni"), output=tmp_path / "art", verify=True,
                            quantize={"mode": "int8", "calib": str(calib)},
                            cpu_options=CpuOptions(bounds_check=True))
     assert result.artifact.manifest["quantization"]["integer_layers"] == 1

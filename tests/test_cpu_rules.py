@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import conv_model, dw_pw_model, matmul_model
+from helpers import conv_model, dw_pw_model, matmul_model, runnable_preset
 
 ATOL = 1e-4
 
@@ -25,17 +25,6 @@ ATOL = 1e-4
 # on it where the host can run AVX-512 code, else on the host's own preset.
 RULES_TARGET = "x86:avx512"
 
-
-def _runnable(target: str) -> str:
-    """``target`` where this host can run its code, else the host's own preset."""
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu.isa import isa_of
-
-    preset = resolve_target(target)
-    if preset.arch != "x86_64":
-        return target
-    need = isa_of(preset.tvm_target()).features
-    return target if need <= isa_of(resolve_target("x86").tvm_target()).features else "x86"
 
 
 def _fused(path, target: str, options, scheduled: bool):
@@ -96,7 +85,7 @@ def _check(model: onnx.ModelProto, tmp_path, expect_rule: str | None, target: st
            options=None) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
-    result = edgec.compile(path, target=_runnable(target), output=tmp_path / "art", cpu_options=options)
+    result = edgec.compile(path, target=runnable_preset(target), output=tmp_path / "art", cpu_options=options)
     feed = random_inputs(result.artifact.inputs, seed=3)
     got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
     ref = onnxruntime_outputs(path, feed)[0]

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
+from helpers import runnable_preset
 
 VNNI_TARGET = "x86:avx512-vnni"  # the choices below are those of a VNNI target, whatever the host
 
@@ -36,16 +37,8 @@ def _residual_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-def _runnable(target: str) -> str:
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu.isa import isa_of
-
-    need = isa_of(resolve_target(target).tvm_target()).features
-    return target if need <= isa_of(resolve_target("x86").tvm_target()).features else "x86"
-
 
 def test_int8_network_runs_as_blocked_vnni_kernels(tmp_path):
-    import onnx_ir as ir
     import tvm
     from tvm import tirx
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -59,7 +52,7 @@ def test_int8_network_runs_as_blocked_vnni_kernels(tmp_path):
     onnx.save(_residual_net(), str(src))
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((16, 3, 30, 30)).astype(np.float32))
-    result = edgec.compile(src, target=_runnable(VNNI_TARGET), output=tmp_path / "art", verify=True,
+    result = edgec.compile(src, target=runnable_preset(VNNI_TARGET), output=tmp_path / "art", verify=True,
                            quantize={"mode": "int8", "calib": str(calib)})
     assert result.artifact.manifest["quantization"]["integer_layers"] == 3
     assert result.verification.passed, result.verification.summary()  # within one output step of onnxruntime
