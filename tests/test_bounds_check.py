@@ -132,7 +132,6 @@ SWEEP = {
 }
 
 
-
 @pytest.mark.parametrize("case", SWEEP)
 def test_every_kernel_stays_inside_its_buffers(case, tmp_path):
     """Bounds-checked build of each kernel on a shape chosen to push its indices to the edges: it runs without an

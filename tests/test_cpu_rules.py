@@ -26,7 +26,6 @@ ATOL = 1e-4
 RULES_TARGET = "x86:avx512"
 
 
-
 def _fused(path, target: str, options, scheduled: bool):
     """The compiled model's Relax module after fusion (and, with ``scheduled``, after the schedule stage)."""
     import onnx_ir as ir

@@ -37,7 +37,6 @@ def _residual_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-
 def test_int8_network_runs_as_blocked_vnni_kernels(tmp_path):
     import tvm
     from tvm import tirx
