@@ -270,7 +270,7 @@ def test_tune_searches_register_tiles_and_compile_applies_a_verified_one(conv_on
 
 
 def test_fused_depthwise_pointwise_pairs_get_the_tile_search_and_a_verified_tile(tmp_path):
-    """A depthwise 3×3 → 1×1 pair (one fused kernel, cpu_dw_pointwise): its 1×1 conv's register tiles are
+    """A depthwise 3×3 → 1×1 pair (one fused kernel, kernels/dw_pointwise): its 1×1 conv's register tiles are
     candidates too, a database searched before pairs were covered searches them again, and a tile logged as
     verified faster is what compile schedules the pair with (output still equal to onnxruntime's)."""
     import onnx

@@ -30,8 +30,9 @@ class TargetPreset:
     cc: str | None = None  # cross compiler that links the shared library (None: the host's default)
 
     def resolved_tvm(self) -> dict[str, Any]:
-        """The TVM target dict with ``"mcpu": "host"`` replaced by the CPU LLVM detects on this machine, plus (as
-        ``mattr``) any feature the machine reports that LLVM's name for it lacks (see cpu/isa.host_mattr)."""
+        """The TVM target dict with ``"mcpu": "host"`` replaced by the CPU LLVM detects on this machine, with
+        ``mattr`` adding what the machine reports and LLVM's name for it lacks, and removing what the name implies
+        and the machine lacks (see cpu/isa.host_mattr)."""
         if self.tvm.get("mcpu") != "host":
             return dict(self.tvm)
         import tvm

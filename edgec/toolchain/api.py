@@ -6,7 +6,7 @@ import dataclasses
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import onnx
@@ -17,6 +17,9 @@ from edgec.errors import EdgecError
 from edgec.toolchain import artifact as art
 from edgec.toolchain.load import input_signature, load_model, output_signature, parse_input_shapes
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
+
+if TYPE_CHECKING:
+    from edgec.targets.cpu.options import CpuOptions
 
 DEFAULT_ATOL = 1e-4
 
@@ -135,7 +138,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             input_shapes: str | Sequence[str] | dict | None = None, passes: Sequence[str] = DEFAULT_PASSES,
             verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
             seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None,
-            quantize: dict[str, Any] | None = None, cpu_options: Any = None) -> CompileResult:
+            quantize: dict[str, Any] | None = None, cpu_options: "CpuOptions | None" = None) -> CompileResult:
     """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
 
     ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,

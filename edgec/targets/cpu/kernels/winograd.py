@@ -149,7 +149,7 @@ def use_winograd(data_shape, weight_shape, strides, dilation, groups: int,
     16: 4-conv stacks at 28×28 run 2.0× faster with 16 channels, 2.1× with 24, once the transforms skip zeros; the
     embedded model 0.078 → 0.051 ms) and a map at least 7 wide. One side may have 8 channels when the other has ≥ 16:
     that is what pruning a 16-channel residual block to half leaves (16 → 8 → 16), and in the pruned embedded model
-    that pair runs 9 + 5 µs as Winograd against 13 (row-vectorized, cpu_spatial_conv) + 9 (direct) µs; the model
+    that pair runs 9 + 5 µs as Winograd against 13 (row-vectorized, kernels/spatial) + 9 (direct) µs; the model
     0.041 → 0.033 ms (the unpruned one: 0.047). With 8 channels on both sides it ties with the direct kernel and
     with 12 (4-channel blocks) it is 1.4× slower, so those stay direct. m = 4 where the map divides into 4×4 tiles,
     else 2 — also on maps that do not divide into 2×2 tiles, padded to whole ones: ResNet-18's last stage (512
