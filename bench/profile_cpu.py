@@ -21,26 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def scheduled_module(onnx_path: Path, target_name: str, options=None):
     import onnx_ir as ir
-    import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu.build import fusion_passes, schedule_passes, target_l2
-    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.cpu.build import staged_module
     from edgec.targets.lower import to_relax
     from edgec.toolchain.load import load_model
     from edgec.toolchain.pipeline import run_pipeline
 
     model, _ = run_pipeline(load_model(onnx_path))
-    preset = resolve_target(target_name)
-    target = preset.tvm_target()
-    mod = to_relax(ir.serde.serialize_model(model))
-    options = options or CpuOptions()
-    with target:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target)
-                                       + fusion_passes(target, options, target_l2(preset))
-                                       + schedule_passes(target, options))(mod)
-    return mod, target
+    return staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(target_name), options)
 
 
 def call_counts(mod) -> collections.Counter:

@@ -29,24 +29,15 @@ RULES_TARGET = "x86:avx512"
 def _fused(path, target: str, options, scheduled: bool):
     """The compiled model's Relax module after fusion (and, with ``scheduled``, after the schedule stage)."""
     import onnx_ir as ir
-    import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu.build import fusion_passes, schedule_passes, target_l2
+    from edgec.targets.cpu.build import staged_module
     from edgec.targets.lower import to_relax
     from edgec.toolchain.load import load_model
     from edgec.toolchain.pipeline import run_pipeline
 
     model, _ = run_pipeline(load_model(path))
-    preset = resolve_target(target)
-    tgt = preset.tvm_target()
-    mod = to_relax(ir.serde.serialize_model(model))
-    with tgt:
-        passes = cpu.library_dispatch_passes(tgt) + fusion_passes(tgt, options, target_l2(preset))
-        if scheduled:
-            passes += schedule_passes(tgt, options)
-        return tvm.transform.Sequential(passes)(mod), tgt
+    return staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(target), options, scheduled)
 
 
 def _scheduled_rules(path, target=RULES_TARGET, options=None) -> set[str]:

@@ -38,13 +38,10 @@ def _residual_net() -> onnx.ModelProto:
 
 
 def test_int8_network_runs_as_blocked_vnni_kernels(tmp_path):
-    import tvm
     from tvm import tirx
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgec.targets import resolve_target
-    from edgec.targets.cpu.build import fusion_passes, schedule_passes
-    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.cpu.build import staged_module
     from edgec.targets.lower import to_relax
 
     src = tmp_path / "m.onnx"
@@ -57,11 +54,7 @@ def test_int8_network_runs_as_blocked_vnni_kernels(tmp_path):
     assert result.verification.passed, result.verification.summary()  # within one output step of onnxruntime
 
     qdq = onnx.load(str(result.artifact.path / "optimized.onnx"))
-    target = resolve_target(VNNI_TARGET).tvm_target()
-    options = CpuOptions()
-    with target:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target, options)
-                                       + schedule_passes(target, options))(to_relax(qdq))
+    mod, _ = staged_module(to_relax(qdq), resolve_target(VNNI_TARGET))
     calls = [str(expr.args[0].name_hint) for expr in _calls(mod["main"])]
     convs = [c for c in calls if "conv2d" in c]
     assert len(convs) == 3 and all("conv2d_NCHWc_int8" in c for c in convs), calls  # the 3-channel stem too

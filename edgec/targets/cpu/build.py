@@ -33,6 +33,7 @@ from edgec.targets.lower import to_relax
 class BuildReport:
     """What a CPU build did, returned to its caller (and written into the manifest's ``target.build``)."""
 
+    tvm_target: str = ""  # the resolved TVM target the build used
     isa: dict[str, Any] = dataclasses.field(default_factory=dict)  # resolved mcpu, lanes, features used
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     integer_layers: int = 0  # QDQ layers compiled to integer kernels (qdq_lower)
@@ -41,7 +42,7 @@ class BuildReport:
     tuning: dict[str, Any] | None = None  # what the tuning database scheduled (tuning.apply_database_pass)
 
     def details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"isa": self.isa, "cpu_options": self.options,
+        out: dict[str, Any] = {"tvm_target": self.tvm_target, "isa": self.isa, "cpu_options": self.options,
                                "params": {**self.params, "int4_packed": dict(self.packed)}}
         if self.integer_layers:
             out["integer_layers"] = self.integer_layers
@@ -93,11 +94,12 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for, legalize_round
     from edgec.targets.int4_pack import pack_int4_pass
 
+    isa = isa_of(target)
     return [
-        pad_input_channels_pass(isa_of(target)),  # an image's 3 channels as 4: the int8 stem runs on VNNI
+        pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
         layout_pass(target, options),
         # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
-        fuse_depthwise_pointwise_pass(isa_of(target), options, l2),
+        fuse_depthwise_pointwise_pass(isa, options, l2),
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options),
                                      "relax.round": legalize_round}),
         relax.transform.AnnotateTIROpPattern(),
@@ -137,6 +139,21 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
     return _pipeline
 
 
+def staged_module(mod, preset: TargetPreset, options: CpuOptions | None = None, scheduled: bool = True):
+    """(``mod`` — imported Relax — as a CPU build sees it after fusion, and after its schedule stage with
+    ``scheduled``; the TVM target): the fused PrimFuncs that tuning extracts and tests and benches inspect."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    options = options or CpuOptions()
+    target = preset.tvm_target()
+    with target:
+        passes = cpu.library_dispatch_passes(target) + fusion_passes(target, options, target_l2(preset))
+        if scheduled:
+            passes += schedule_passes(target, options)
+        return tvm.transform.Sequential(passes)(mod), target
+
+
 def compile_cpu(model: onnx.ModelProto, preset: TargetPreset, options: CpuOptions | None = None,
                 tuning_db: str | Path | None = None):
     """(executable, BuildReport) for ``model`` on ``preset``: the TVM build, not yet exported."""
@@ -148,7 +165,7 @@ def compile_cpu(model: onnx.ModelProto, preset: TargetPreset, options: CpuOption
     options = options or CpuOptions()
     mod = to_relax(model)
     target = preset.tvm_target()
-    report = BuildReport(isa=isa_of(target).summary(), options=options.to_dict(),
+    report = BuildReport(tvm_target=str(target), isa=isa_of(target).summary(), options=options.to_dict(),
                          integer_layers=count_integer_layers(mod))
     pipeline = relax_pipeline(target, schedule_passes(target, options, tuning_db, report), options,
                               target_l2(preset), report)
@@ -172,5 +189,4 @@ def build_cpu(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opti
         executable.export_library(str(lib_path), cc=preset.cc)
     else:
         executable.export_library(str(lib_path))
-    details: dict[str, Any] = {"tvm_target": str(preset.tvm_target()), **report.details()}
-    return BuildInfo(seconds=time.perf_counter() - start, details=details)
+    return BuildInfo(seconds=time.perf_counter() - start, details=report.details())

@@ -50,8 +50,8 @@ def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int
 
 def depthwise_row_tile(width: int, vec_per_block: int, max_vectors: int = 8) -> int:
     """Output columns of the depthwise register tile: the largest divisor of the row up to ``max_vectors``
-    (CpuOptions.dw_row_tile) vectors, or that many with a predicated tail when the row has no divisor of at least half of it (38 → 8+…+6,
-    not 2). Why so few when 28 accumulators fit in 32 registers: the 28-wide tile spills around its window loads
+    (CpuOptions.dw_row_tile) vectors, or that many with a predicated tail when the row has no divisor of at least
+    half of it (38 → 8+…+6, not 2). Why so few when 28 accumulators fit in 32 registers: the 28-wide tile spills around its window loads
     and ran twice as slow (144 channels at 56×56: 86 → 41–46 µs with 7 or 8; the depthwise → 1×1 pairs of
     MobileNetV2 and EfficientNet-Lite0 at 112/56/28 wide 5–28 % faster, 1 thread, interleaved)."""
     cap = max(1, max_vectors // vec_per_block)
@@ -109,11 +109,11 @@ def inline_side_inputs(sch: s_tir.Schedule, block) -> None:
                 own.add(name)
                 todo.append(producer)
     root = sch.get_sblock("root")
-    for child in sch.get_child_blocks(root):
+    for child in sch.get_child_blocks(root):  # the stages before ``block``: those that are not its own inputs
         name = sch.get(child).name_hint
-        if name == sch.get(block).name_hint or name in own:
-            continue
-        if sch.get_consumers(child):  # not the function's output
+        if name == sch.get(block).name_hint:
+            break
+        if name not in own:
             try:
                 sch.compute_inline(child)
             except Exception:  # noqa: BLE001  (not inlinable: it stays a stage)

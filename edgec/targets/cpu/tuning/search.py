@@ -97,21 +97,10 @@ def prepare_model(source=None, input_shapes=None, passes=None):
 
 def fused_module(model, preset, options: CpuOptions = DEFAULT):
     """The Relax module exactly as the CPU builder's scheduling stage sees it (imported, legalized, fused)."""
-    import tvm
-
-    from edgec.targets.cpu.build import relax_pipeline, target_l2
+    from edgec.targets.cpu.build import staged_module
     from edgec.targets.lower import to_relax
 
-    target = preset.tvm_target()
-    captured = []
-
-    @tvm.transform.module_pass(opt_level=0, name="EdgecCaptureFused")
-    def _capture(mod, _ctx):
-        captured.append(mod)
-        return mod
-
-    relax_pipeline(target, [_capture], options, target_l2(preset))(to_relax(model))
-    return captured[0]
+    return staged_module(to_relax(model), preset, options, scheduled=False)[0]
 
 
 def extract_tasks(model, preset, options: CpuOptions = DEFAULT) -> list:
