@@ -53,6 +53,12 @@ def check_calibration(model: ir.Model, calib: np.ndarray, max_samples: int = MAX
     if calib.shape[1:] != shape[1:]:
         raise EdgecError(f"calibration inputs have shape {calib.shape}, the model takes {shape} per sample",
                          f"save an array of N×{'×'.join(map(str, shape[1:]))} inputs")
+    if len(calib) == 0:
+        raise EdgecError("the calibration data holds 0 samples", "save at least one input; a few hundred work best")
+    if calib.dtype.kind == "f" and not np.all(np.isfinite(calib)):
+        bad = int(np.sum(~np.all(np.isfinite(calib.reshape(len(calib), -1)), axis=1)))
+        raise EdgecError(f"{bad} of {len(calib)} calibration samples contain NaN or infinite values",
+                         "clean the calibration data")
     if not 1 <= max_samples <= MAX_SAMPLES:
         raise EdgecError(f"--calib-samples {max_samples} is outside 1..{MAX_SAMPLES}",
                          "a few hundred samples are enough for least-squares recovery")

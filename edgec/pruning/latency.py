@@ -280,8 +280,10 @@ def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]]
     if todo:
         entries.update(time_models(todo, target, device=device))
         if cache is not None:
-            Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            Path(cache).write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1))
+            from edgec.toolchain.writes import staged_file
+
+            with staged_file(Path(cache)) as tmp:
+                tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1))
     out_layers = [{"node": layer.node, "groups": touched, "full": tuple(size[g] for g in touched),
                    "ms": {point: entries[key] for point, key in keys.items()}} for layer, touched, keys in layers]
     return {"target": target, "model_ms": entries[mkey], "layers": out_layers, "compiled": len(todo)}

@@ -6,7 +6,6 @@ same folder and renamed, so a failed or interrupted run never leaves a half-writ
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +20,7 @@ from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ, quantized_ops
 from edgec.quantization import collect
 from edgec.toolchain.load import load_model
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
+from edgec.toolchain.writes import check_output_file, staged_file
 
 __all__ = ["QuantizeResult", "quantize_model", "evaluate", "write_model"]
 
@@ -102,8 +102,7 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     if out_path is not None:
         if out_path.suffix.lower() != ".onnx":
             raise EdgecError(f"output {out_path} should end in .onnx", "pass -o model.int8.onnx")
-        if not out_path.parent.is_dir():
-            raise EdgecError(f"the folder of {out_path} does not exist", "create it first")
+        check_output_file(out_path, [source, calib, eval_path], create_parent=False)
     eval_file = Path(eval_path) if eval_path is not None else None
     if eval_file is not None and not eval_file.exists():
         raise EdgecError(f"eval data {eval_file} does not exist",
@@ -144,11 +143,6 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
 
 
 def write_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Write ``proto`` to a temporary name in ``path``'s folder, then rename it into place (atomic)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write ``proto`` under a staging name, then rename it onto ``path`` (atomic: never half a model)."""
+    with staged_file(path) as tmp:
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -17,6 +17,7 @@ from edgec.errors import EdgecError
 from edgec.toolchain import artifact as art
 from edgec.toolchain.load import input_signature, load_model, output_signature, parse_input_shapes
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
+from edgec.toolchain.writes import check_not_an_input, check_replaceable, staged_folder
 
 if TYPE_CHECKING:
     from edgec.targets.cpu.options import CpuOptions
@@ -32,13 +33,21 @@ class Verification:
     reference: str  # what onnxruntime ran: "source" or "optimized.onnx"
     device: str
     per_output: dict[str, float]
+    # Each output's allowed difference: atol × max(1, max |reference|) when ``relative`` (float models: float32
+    # rounding grows with the values, so outputs around 10 differ by ~1e-4 when correct), else atol itself
+    # (quantized models: atol is one output quantization step, already in the output's units).
+    relative: bool = False
+    per_output_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"{verdict}: max |edgec - onnxruntime| = {self.max_abs_diff:.3g} (tolerance {self.atol:g}), "
+        tolerance = f"{self.atol:g}"
+        if self.relative and any(t > self.atol for t in self.per_output_tolerance.values()):
+            tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = {self.atol:g} × max(1, max |reference|)")
+        return (f"{verdict}: max |edgec - onnxruntime| = {self.max_abs_diff:.3g} (tolerance {tolerance}), "
                 f"reference: onnxruntime on the {self.reference}, device: {self.device}")
 
 
@@ -113,17 +122,22 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, n
 
 
 def compare(outputs: dict[str, np.ndarray], reference: list[np.ndarray], names: list[str], atol: float,
-            reference_name: str, device: str) -> Verification:
-    per_output = {}
+            reference_name: str, device: str, relative: bool = False) -> Verification:
+    """Each output against onnxruntime's; ``relative`` scales atol by the output's magnitude (see Verification)."""
+    per_output, tolerance = {}, {}
     for name, ref in zip(names, reference):
         got = outputs[name]
         if got.shape != ref.shape:
             raise EdgecError(f"output '{name}' has shape {got.shape}, onnxruntime gives {ref.shape}",
                              "this is an edgec bug: please report it with the model")
-        per_output[name] = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
+        ref64 = ref.astype(np.float64)
+        per_output[name] = float(np.max(np.abs(got.astype(np.float64) - ref64))) if ref.size else 0.0
+        scale = max(1.0, float(np.max(np.abs(ref64)))) if relative and ref.size else 1.0
+        tolerance[name] = atol * scale
     worst = max(per_output.values(), default=0.0)
-    return Verification(passed=bool(worst <= atol), max_abs_diff=worst, atol=atol, reference=reference_name,
-                        device=device, per_output=per_output)
+    passed = all(per_output[n] <= tolerance[n] for n in per_output)
+    return Verification(passed=bool(passed), max_abs_diff=worst, atol=atol, reference=reference_name,
+                        device=device, per_output=per_output, relative=relative, per_output_tolerance=tolerance)
 
 
 # ---------------------------------------------------------------------------------------------- compile
@@ -138,7 +152,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             input_shapes: str | Sequence[str] | dict | None = None, passes: Sequence[str] = DEFAULT_PASSES,
             verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
             seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None,
-            quantize: dict[str, Any] | None = None, cpu_options: "CpuOptions | None" = None) -> CompileResult:
+            quantize: dict[str, Any] | None = None, cpu_options: "CpuOptions | None" = None,
+            progress: Callable[[str], None] | None = None) -> CompileResult:
     """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
 
     ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,
@@ -157,7 +172,9 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     ``cpu_options``: an ``edgec.targets.cpu.options.CpuOptions`` for CPU targets (kernel switches and thresholds;
     default: edgec's). ``CpuOptions(bounds_check=True)`` is a debug build in which every buffer access checks its
     index and an out-of-bounds one fails the run with a RuntimeError naming the kernel and buffer.
+    ``progress``: called with the name of each stage as it starts (load, passes, build, verify, write).
     """
+    step = progress or (lambda _stage: None)
     from edgec.targets import get_builder, resolve_target
 
     started = time.perf_counter()
@@ -170,8 +187,12 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
 
         require_database(tuning_db, preset)
     source = default_model() if source is None else source
+    # the output is checked before any work: a refused -o fails in a second, not after the TVM build
+    check_not_an_input(Path(output), [source, tuning_db, *_data_paths(prune), *_data_paths(quantize)])
+    check_replaceable(Path(output))
     shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
     load_log: list[dict[str, Any]] = []
+    step("load")
     model = load_model(source, shapes, log=load_log)
     source_info = _source_info(source)
     if prune:  # changes the function on purpose, so the pruned model (not the source) is the reference
@@ -191,6 +212,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         model, prune_log = run_pipeline(model, [PruneChannels(**prune)])  # before fold_batchnorm (BN criterion)
         load_log.extend({"stage": "prune", **e} for e in prune_log)
     reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference
+    step("passes")
     model, pass_log = run_pipeline(model, passes)
     pass_log = load_log + [{"stage": "pipeline", **e} for e in pass_log]
     quant_info = None
@@ -203,11 +225,12 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     optimized = ir.serde.serialize_model(model)
     onnx.checker.check_model(optimized)
 
-    with art.staging_dir(Path(output)) as stage:
+    with staged_folder(Path(output)) as stage:
         onnx.save(optimized, str(stage / "optimized.onnx"))
         build_options: dict[str, Any] = {"cpu": cpu_options}
         if tuning_db is not None:
             build_options["tuning_db"] = str(tuning_db)
+        step("build")
         build = get_builder(preset)(optimized, preset, stage / "model.so", build_options)
         manifest: dict[str, Any] = {
             "edgec_version": __version__,
@@ -235,16 +258,24 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         should_verify = verify if verify is not None else can_run_here(manifest["target"])
         verification = None
         if should_verify:
+            step("verify")
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
             verification = _verify_folder(stage, manifest, inputs, reference_proto,
                                           "quantized (QDQ) model" if quantize is not None else
-                                          "pruned source model" if prune else "source model", runner_name, atol)
+                                          "pruned source model" if prune else "source model", runner_name, atol,
+                                          relative=quantize is None)
             manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
+        step("write")
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
         (stage / "report.md").write_text(render_report(manifest))
         manifest = art.seal(stage, manifest)
     return CompileResult(art.open_artifact(output), verification)
+
+
+def _data_paths(options: dict[str, Any] | None) -> list[str]:
+    """The data files a prune/quantize option dict reads (calibration, evaluation, layer ratios)."""
+    return [str(options[k]) for k in ("calib", "eval", "layer_ratios") if options and options.get(k) is not None]
 
 
 def _weight_bytes(model: ir.Model) -> int:
@@ -270,12 +301,14 @@ def _auto_device(target: dict[str, Any]) -> str:
 
 
 def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.ndarray],
-                   reference: onnx.ModelProto | Path, reference_name: str, device: str, atol: float) -> Verification:
+                   reference: onnx.ModelProto | Path, reference_name: str, device: str, atol: float,
+                   relative: bool) -> Verification:
     from edgec.devices import get_runner
 
     result = get_runner(device).run(folder, inputs)
     ref = onnxruntime_outputs(reference, inputs)
-    return compare(result.outputs, ref, [o["name"] for o in manifest["outputs"]], atol, reference_name, device)
+    return compare(result.outputs, ref, [o["name"] for o in manifest["outputs"]], atol, reference_name, device,
+                   relative)
 
 
 # ---------------------------------------------------------------------------------------------- run / verify
@@ -307,7 +340,8 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     else:
         reference, name = artifact.path / "optimized.onnx", "optimized.onnx (source model not found or changed)"
     return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,
-                          device or _auto_device(artifact.target), atol)
+                          device or _auto_device(artifact.target), atol,
+                          relative="quantization" not in artifact.manifest)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -327,7 +361,8 @@ def render_report(manifest: dict[str, Any]) -> str:
     if manifest.get("verification"):
         v = manifest["verification"]
         lines.append(f"- verification: {'PASS' if v['passed'] else 'FAIL'}, max abs diff {v['max_abs_diff']:.3g} "
-                     f"(tolerance {v['atol']:g}) vs onnxruntime on the {v['reference']}, device {v['device']}, "
+                     f"(tolerance {v['atol']:g}{' × max(1, max |reference|)' if v.get('relative') else ''}) "
+                     f"vs onnxruntime on the {v['reference']}, device {v['device']}, "
                      f"{v['inputs']} inputs")
     else:
         lines.append("- verification: not run at compile time (`edgec verify DIR` runs it)")

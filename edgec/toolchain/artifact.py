@@ -1,22 +1,18 @@
 """The artifact folder: written atomically, described by a manifest with the sha256 of every file.
 
 The manifest is the contract between compile time and run time (and the CI gate): a runner reads what it needs
-from it, and nothing runs from a folder whose files no longer match their hashes. The folder is assembled in a
-sibling staging directory and renamed into place only when complete, so an interrupted or failed compile never
-leaves a half-written artifact that looks usable.
+from it, and nothing runs from a folder whose files no longer match their hashes. The folder is assembled by
+:func:`edgec.toolchain.writes.staged_folder` and renamed into place only when complete, so an interrupted or failed
+compile never leaves a half-written artifact that looks usable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edgec.errors import EdgecError
 
@@ -30,33 +26,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty folder beside ``out_dir``; it replaces ``out_dir`` only if the block completes.
-
-    An existing ``out_dir`` is replaced only when it is an earlier artifact (or empty): we never delete a folder
-    of someone's files because it was named as output.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).exists())):
-        raise EdgecError(f"output {out_dir} exists and is not an edgec artifact",
-                         "choose another -o folder or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        yield tmp
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.rename(out_dir, old / "artifact")
-        os.rename(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def seal(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,11 @@ traceback. Anything else is an edgec bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,23 +22,106 @@ import numpy as np
 from edgec import __version__
 from edgec.arrays import open_arrays
 from edgec.errors import EdgecError
+from edgec.toolchain import interrupts
 
 
 def _handle_errors(fn: Callable) -> Callable:
+    """The one error path: every failure ends as one stderr line and an exit code, never a traceback.
+
+    EdgecError (a mistake the user can fix) and the OS's refusals (permissions, missing folders, a full disk):
+    exit 2. Ctrl-C / SIGTERM at any moment: exit 130 / 143, whatever the interrupted code raised. Anything else
+    is a bug in edgec: exit 1, and the traceback goes to a file the line names (``--verbose`` prints it too).
+    """
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         verbose = click.get_current_context().find_root().params.get("verbose", False)
-        try:
-            return fn(*args, **kwargs)
-        except EdgecError as err:
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"edgec: error: {err}", err=True)
-            sys.exit(2)
+        with interrupts.handled():
+            try:
+                result = fn(*args, **kwargs)
+            except SystemExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the one place every failure is turned into an exit
+                _exit_for(exc, verbose)
+            if interrupts.received() is not None:  # the signal arrived where nothing could raise it
+                _exit_interrupted()
+            return result
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _exit_interrupted() -> None:
+    signum = interrupts.received() or signal.SIGINT
+    click.echo(f"edgec: interrupted by {signal.Signals(signum).name}: stopped, nothing partial was written",
+               err=True)
+    sys.exit(interrupts.exit_code(signum))
+
+
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EROFS,
+                errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _exit_for(exc: BaseException, verbose: bool) -> None:
+    if interrupts.received() is not None or isinstance(exc, KeyboardInterrupt):
+        _exit_interrupted()
+    if verbose:
+        traceback.print_exception(exc)
+    if isinstance(exc, EdgecError):
+        message = str(exc)
+    elif isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        message = f"cannot use{where}: {exc.strerror} (check the path, its permissions and the free disk space)"
+    elif isinstance(exc, MemoryError):
+        message = ("out of memory (the model, or the shapes given, need more memory than this machine has: "
+                   "try smaller --input-shape)")
+    else:
+        log = _save_traceback(exc)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        click.echo(f"edgec: internal error: {type(exc).__name__}: {first} -- this is a bug in edgec; please report "
+                   f"it with the traceback in {log}" + ("" if verbose else " (--verbose prints it)"), err=True)
+        sys.exit(1)
+    click.echo(f"edgec: error: {' '.join(message.split())}", err=True)
+    sys.exit(2)
+
+
+def _save_traceback(exc: BaseException) -> str:
+    """Write the traceback to a new file in the temp folder and return its path (or say where it went)."""
+    import tempfile
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="edgec-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"edgec {__version__}, argv: {sys.argv}\n")
+            fh.write("".join(traceback.format_exception(exc)))
+        return path
+    except OSError:
+        return "(no file could be written: run again with --verbose)"
+
+
+class _OneLineGroup(click.Group):
+    """click's group, whose option mistakes end as one line (``edgec: error: ... (see ... --help)``), exit 2,
+    like every other failure, instead of click's three-line usage block; and the signal handlers installed for
+    the whole run, so a Ctrl-C while click starts or exits ends like one inside a command."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        with interrupts.handled():
+            try:
+                result = super().main(*args, standalone_mode=False, **kwargs)
+            except click.exceptions.NoArgsIsHelpError as err:  # bare `edgec` or `edgec CMD`: show the help
+                click.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
+                sys.exit(2)
+            except click.ClickException as err:
+                where = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
+                click.echo(f"edgec: error: {' '.join(err.format_message().split())}{where}", err=True)
+                sys.exit(err.exit_code)
+            except (click.Abort, KeyboardInterrupt):  # Ctrl-C outside a command (click's parsing, a prompt)
+                _exit_interrupted()
+            if interrupts.received() is not None:
+                _exit_interrupted()
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=_OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgec")
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and progress details.")
 def main(verbose: bool) -> None:
@@ -70,11 +156,11 @@ def main(verbose: bool) -> None:
               help="With --quantize: weight scales per channel (default) or group:N (per N input channels).")
 @click.option("--calib", "quant_calib", default=None,
               help="With --quantize: calibration data (image folder, .npy/.npz) or 'none' (data-free).")
-@click.option("--samples", "quant_samples", default=64, show_default=True,
+@click.option("--samples", "quant_samples", default=64, show_default=True, type=click.IntRange(min=1),
               help="With --quantize: calibration samples to use.")
 @click.option("--eval", "quant_eval", default=None, type=click.Path(path_type=Path),
               help="With --quantize --max-drop: evaluation data, as for `edgec quantize --eval`.")
-@click.option("--max-drop", "quant_max_drop", type=float, default=None,
+@click.option("--max-drop", "quant_max_drop", type=click.FloatRange(min=0), default=None,
               help="With --quantize: mixed precision, the search of `edgec quantize --max-drop` (the most "
                    "sensitive layers promoted until the drop on --eval is at most this, in points); the chosen "
                    "model is compiled. Exit 2, no artifact, if it cannot be met.")
@@ -86,7 +172,7 @@ def main(verbose: bool) -> None:
               help="With --quantize: image folders: per-channel std of pixel/255.")
 @click.option("--layout", "quant_layout", default="auto", show_default=True,
               type=click.Choice(["auto", "nchw", "nhwc"]), help="With --quantize: image folders: the input layout.")
-@click.option("--resize", "quant_resize", default=None, type=int,
+@click.option("--resize", "quant_resize", default=None, type=click.IntRange(min=1),
               help="With --quantize: image folders: shorter side before a centre crop.")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
@@ -126,9 +212,11 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
             or quant_eval is not None:
         raise EdgecError("--calib, --granularity, --max-drop and --eval are only used with --quantize",
                          "add --quantize int8")
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
                         device=device, tuning_db=tuning_db, cpu_options=_cpu_options(bounds_check),
-                        prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize)
+                        prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize,
+                        progress=(lambda stage: click.echo(f"edgec: {stage}", err=True)) if verbose else None)
     m = result.artifact.manifest
     lib = m["files"][m["library"]]
     click.echo(f"artifact: {result.artifact.path}/ ({m['library']} {lib['bytes'] / 1024:.0f} KiB, "
@@ -186,14 +274,14 @@ def _cpu_or_arch(target: dict[str, Any]) -> str:
 @click.argument("model", required=False)
 @click.option("--target", "-t", default="x86", show_default=True, help="Target preset (see `edgec targets`).")
 @click.option("--budget", default="10m", show_default=True, help="Time budget: 90s, 10m, 1h, 1h30m.")
-@click.option("--trials", type=int, default=None,
+@click.option("--trials", type=click.IntRange(min=1), default=None,
               help="Total measurements, split over the operators (default: as many as the budget allows).")
 @click.option("--db", "db", default="tuning-db", show_default=True, type=click.Path(path_type=Path),
               help="Database folder: created, and extended by every later run (one subfolder per target).")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
 @click.option("--rpc", default=None, help="host:port of a TVM RPC tracker: measure on its device (needed for Arm).")
 @click.option("--rpc-key", default=None, help="The device key its rpc_server registered with.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Measure on this many threads, as the artifact will run (default: every core).")
 @_handle_errors
 def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db: Path,
@@ -207,6 +295,8 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     from edgec.targets.cpu.tuning import KEEP_RATIO, format_latency, format_seconds, parse_budget, prepare_model, tune
 
     budget_s = parse_budget(budget)
+    if db.exists() and not db.is_dir():
+        raise EdgecError(f"--db {db} is a file, not a database folder", "name a folder; it is created if missing")
     preset = resolve_target(target)
     model_proto = prepare_model(model, list(input_shapes))
     try:
@@ -273,8 +363,10 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
 @main.command("prune")
 @click.argument("model", required=False)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Pruned .onnx to write.")
-@click.option("--ratio", type=float, default=None, help="Share of every prunable group's channels to remove.")
-@click.option("--macs", type=float, default=None, help="Share of the model's MACs to remove (global greedy).")
+@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of every prunable group's channels to remove.")
+@click.option("--macs", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of the model's MACs to remove (global greedy).")
 @click.option("--layer-ratios", type=click.Path(path_type=Path), default=None,
               help="Per-layer shares to remove: .toml/.json/.yaml of 'layer name = ratio'.")
 @click.option("--criterion", default="l1", show_default=True,
@@ -285,11 +377,13 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
               help="How a --macs budget is spread: global score ranking, or per-group measured sensitivity.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Calibration inputs (.npy/.npz, N×C×H×W) for --reconstruct and the similarity criterion.")
-@click.option("--calib-samples", default=256, show_default=True, help="Use at most this many calibration inputs.")
+@click.option("--calib-samples", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Use at most this many calibration inputs.")
 @click.option("--reconstruct", is_flag=True, help="Refit consumer layers by least squares on the calibration data.")
-@click.option("--round-to", default=1, show_default=True, help="Keep channel counts a multiple of this (SIMD).")
+@click.option("--round-to", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Keep channel counts a multiple of this (SIMD).")
 @click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
-@click.option("--latency-ms", type=float, default=None,
+@click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Latency budget in ms, measured on --target (per-layer latency table, cached next to -o).")
 @click.option("--target", default=None, help="Measure latency on this target (e.g. x86): the budget for "
               "--latency-ms, and measured latency before/after in the report.")
@@ -306,18 +400,20 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
 
     Without MODEL, prunes the embedded default model; its calibration data defaults to the MNIST training images.
     """
-    import os
-    import tempfile
-
     import onnx
     import onnx_ir as ir
 
     from edgec.passes.prune_channels import PruneChannels
     from edgec.toolchain.api import default_model
     from edgec.toolchain.load import load_model
+    from edgec.toolchain.writes import check_output_file, staged_file
 
     if output.suffix != ".onnx":
         raise EdgecError(f"output {output} is not an .onnx path", "pass -o pruned.onnx")
+    check_output_file(output, [model, calib, layer_ratios])
+    if latency_ms is not None:
+        check_output_file(output.with_suffix(".latency.json"), [model, calib, layer_ratios],
+                          "the latency table next to -o")
     data = calib
     if data is None and model is None and (reconstruct or criterion in ("similarity", "thinet", "thinet-ls")
                                            or allocation == "sensitivity"):
@@ -345,15 +441,8 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
                              "measured_ms": [round(ms["before"], 5), round(ms["after"], 5)]}
     proto = ir.serde.serialize_model(loaded)
     onnx.checker.check_model(proto)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.partial", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with staged_file(output) as tmp:
+        onnx.save(proto, str(tmp))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -410,13 +499,19 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str | None, np.ndarray]:
               "Without it, seeded random inputs are used.")
 @click.option("--device", "-d", default=None, help="local, qemu-aarch64, rpc (default: chosen by the artifact).")
 @click.option("--save", "save", type=click.Path(path_type=Path), default=None, help="Write outputs to this .npz.")
-@click.option("--repeat", default=0, show_default=True, help="Also time this many runs on the device.")
+@click.option("--repeat", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also time this many runs on the device.")
 @_handle_errors
 def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, save: Path | None,
             repeat: int) -> None:
     """Run an ARTIFACT folder and print (or save) its outputs."""
     from edgec.toolchain.api import run as do_run
+    from edgec.toolchain.writes import check_output_file, staged_file
 
+    if save is not None:  # np.savez names the file .npz: say (and check) the path that will really be written
+        save = save if save.suffix == ".npz" else save.with_name(save.name + ".npz")
+        check_output_file(save, [artifact, *(spec.partition("=")[2] or spec for spec in input_files)], "--save",
+                          create_parent=False)
     inputs = _read_inputs(input_files)
     if not inputs:
         click.echo("no --input given: using seeded random inputs")
@@ -431,7 +526,8 @@ def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, sa
         note = " (emulated device: proves the timing path, not a performance figure)" if result.emulated else ""
         click.echo(f"latency: median {np.median(lat):.3f} ms, min {lat.min():.3f} ms over {len(lat)} runs{note}")
     if save is not None:
-        np.savez(save, **result.outputs)
+        with staged_file(save) as tmp:
+            np.savez(tmp, **result.outputs)
         click.echo(f"outputs saved to {save}")
 
 
@@ -439,7 +535,9 @@ def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, sa
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--device", "-d", default=None, help="Where to run the artifact (default: chosen by the artifact).")
 @click.option("--input", "-i", "input_files", multiple=True, help="Inputs (.npy/.npz); default seeded random.")
-@click.option("--atol", default=1e-4, show_default=True, help="Largest allowed absolute difference.")
+@click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0),
+              help="Largest allowed difference, absolute for outputs within ±1, relative to the largest |output| "
+                   "beyond (quantized artifacts: their recorded quantization step).")
 @_handle_errors
 def verify_cmd(artifact: Path, device: str | None, input_files: tuple[str, ...], atol: float) -> None:
     """Compare an ARTIFACT's output with onnxruntime on the source model. Exit 1 if they differ."""
@@ -467,7 +565,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
               help="Quantized QDQ .onnx to write (written atomically).")
 @click.option("--calib", default=None, help="Calibration data: an image folder, a .npy/.npz, or 'none' (data-free: "
               "synthetic inputs matched to the first BatchNorm).")
-@click.option("--samples", default=64, show_default=True, help="Calibration samples to use.")
+@click.option("--samples", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Calibration samples to use.")
 @click.option("--weights", default="int8", show_default=True, type=click.Choice(["int8", "int4", "binary"]),
               help="binary: sign(w)·α per output channel (α = mean |w|); for models trained binary-aware.")
 @click.option("--activations", default="int8", show_default=True, type=click.Choice(["int8", "fp32"]))
@@ -486,7 +585,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
               help="Per-layer precision (node or weight name; float: left unquantized). Repeatable.")
 @click.option("--scan", is_flag=True, help="Print the per-layer sensitivity scan (each layer quantized alone; "
               "drop on --eval, else output SQNR on the calibration data).")
-@click.option("--max-drop", type=float, default=None, help="Mixed precision: promote the most sensitive layers "
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Mixed precision: promote the most sensitive layers "
               "(int4 → int8 → float) until the drop on --eval (top-1 points; without labels, disagreement points) "
               "is at most this; the best model so far is always written. Exit 2 if it cannot be met.")
 @click.option("--promote-to", default="float", show_default=True, type=click.Choice(["int8", "float"]),
@@ -496,7 +596,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
 @click.option("--std", default="1", show_default=True, help="Image folders: per-channel std of pixel/255.")
 @click.option("--layout", default="auto", show_default=True, type=click.Choice(["auto", "nchw", "nhwc"]),
               help="Image folders: the model's input layout.")
-@click.option("--resize", default=None, type=int, help="Image folders: shorter side before a centre crop "
+@click.option("--resize", default=None, type=click.IntRange(min=1),
+              help="Image folders: shorter side before a centre crop "
               "(default: resize straight to the model's size).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @_handle_errors
@@ -569,6 +670,7 @@ def inspect_cmd(model: str | None, input_shapes: tuple[str, ...], as_json: bool)
 
 @main.command("targets")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_handle_errors
 def targets_cmd(as_json: bool) -> None:
     """List every target preset, what it means and (CPU presets) the ISA features its kernels use."""
     from edgec.targets import presets
@@ -591,5 +693,15 @@ def targets_cmd(as_json: bool) -> None:
                        f"{isa.vector_registers} vector registers; {', '.join(sorted(isa.features)) or 'baseline'}")
 
 
+def entry() -> None:
+    """The console script (and ``python -m``): :func:`main`, then the signals ignored while the interpreter shuts
+    down, so a Ctrl-C after the outcome is decided (TVM and torch take a moment to unload) neither prints a
+    traceback nor kills the process (Python resets its handlers to the default, killing one, at shutdown)."""
+    try:
+        main()
+    finally:
+        interrupts.ignore_after_finish()
+
+
 if __name__ == "__main__":
-    main()
+    entry()
