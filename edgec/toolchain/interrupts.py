@@ -65,6 +65,20 @@ def handled() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold the signals back for a short block that must not be cut in two (moving an output into place,
+    removing a staging folder); one that arrives meanwhile is delivered, and raises, right after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def ignore_after_finish() -> None:
     """Ignore the signals from now on: for a process whose outcome is decided and which is about to exit."""
     if threading.current_thread() is threading.main_thread():

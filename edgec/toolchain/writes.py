@@ -159,9 +159,10 @@ def _staging_entry(parent: Path) -> Iterator[Path]:
     try:
         yield entry
     finally:
-        shutil.rmtree(entry, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.rmdir()
+        with interrupts.deferred():  # a Ctrl-C here would leave the staging entry behind
+            shutil.rmtree(entry, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                staging.rmdir()
 
 
 def _umask() -> int:
@@ -183,9 +184,10 @@ def staged_folder(out_dir: Path) -> Iterator[Path]:
         yield work
         interrupts.raise_if_interrupted()
         check_replaceable(out_dir)
-        if out_dir.exists():
-            os.rename(out_dir, entry / "old")  # removed with the entry
-        os.rename(work, out_dir)
+        with interrupts.deferred():  # between the two renames there is no artifact at out_dir: never stop there
+            if out_dir.exists():
+                os.rename(out_dir, entry / "old")  # removed with the entry
+            os.rename(work, out_dir)
 
 
 @contextlib.contextmanager
@@ -198,6 +200,4 @@ def staged_file(path: Path) -> Iterator[Path]:
         tmp = entry / path.name
         yield tmp
         interrupts.raise_if_interrupted()
-        if not tmp.exists():
-            raise RuntimeError(f"staged file {tmp} was not written")
         os.replace(tmp, path)
