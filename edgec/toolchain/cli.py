@@ -111,7 +111,9 @@ class _OneLineGroup(click.Group):
                 click.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
                 sys.exit(2)
             except click.ClickException as err:
-                where = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
+                ctx = getattr(err, "ctx", None)
+                where = f" (see `{' '.join(['edgec', *ctx.command_path.split()[1:]])} --help`)" if ctx else \
+                    " (see `edgec --help`)"
                 click.echo(f"edgec: error: {' '.join(err.format_message().split())}{where}", err=True)
                 sys.exit(err.exit_code)
             except (click.Abort, KeyboardInterrupt):  # Ctrl-C outside a command (click's parsing, a prompt)
@@ -303,9 +305,10 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
         report = tune(model_proto, preset, db, budget_s, trials, lambda line: click.echo(line, err=True), rpc,
                       rpc_key, threads=threads)
     except KeyboardInterrupt:
-        click.echo(f"edgec: interrupted; every round measured so far is in {db}: run the same command to "
-                   f"continue", err=True)
-        sys.exit(130)
+        signum = interrupts.received() or signal.SIGINT
+        click.echo(f"edgec: interrupted by {signal.Signals(signum).name}; every round measured so far is in {db}: "
+                   f"run the same command to continue", err=True)
+        sys.exit(interrupts.exit_code(signum))
     earlier = sum(t.trials_before for t in report.tasks)
     click.echo(f"tuned {len(report.tasks)} operator(s) for {preset.name} in {format_seconds(report.seconds)} "
                f"(budget {format_seconds(budget_s)}): {report.trials_new} new trial(s)"
@@ -334,7 +337,7 @@ def tune_cmd(model: str | None, target: str, budget: str, trials: int | None, db
     click.echo(f"use it: edgec compile {model or ''} --target {preset.name}{shapes} --tuning-db {db}"
                .replace("  ", " "))
     if report.stopped == "interrupted":
-        sys.exit(130)
+        sys.exit(interrupts.exit_code(report.signal or signal.SIGINT))
 
 
 # ---------------------------------------------------------------------------------------------- prune
@@ -363,9 +366,9 @@ def _parse_prune_spec(spec: str) -> dict[str, Any]:
 @main.command("prune")
 @click.argument("model", required=False)
 @click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Pruned .onnx to write.")
-@click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--ratio", type=float, default=None,
               help="Share of every prunable group's channels to remove.")
-@click.option("--macs", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--macs", type=float, default=None,
               help="Share of the model's MACs to remove (global greedy).")
 @click.option("--layer-ratios", type=click.Path(path_type=Path), default=None,
               help="Per-layer shares to remove: .toml/.json/.yaml of 'layer name = ratio'.")

@@ -184,7 +184,8 @@ class TuneReport:
     seconds: float
     budget_s: float
     stopped: str  # "trials" (every task has its trials), "budget" (time ran out), "exhausted" (a search ran dry),
-    # or "interrupted" (Ctrl-C)
+    # or "interrupted" (Ctrl-C or SIGTERM)
+    signal: int | None = None  # the signal that interrupted it
 
     @property
     def trials_new(self) -> int:
@@ -301,7 +302,7 @@ def tune(model, preset, db_dir: str | Path, budget_s: float, trials: int | None 
                 _verify_records(run, extracted, reports, wkeys, database)
     return TuneReport(db_dir=Path(db_dir), db_folder=run.folder, target=str(target), cost_model=cost_model,
                       tasks=reports, seconds=time.monotonic() - clock.started, budget_s=float(budget_s),
-                      stopped=stopped)
+                      stopped=stopped, signal=interrupt.signum)
 
 
 def _search(run: Run, extracted: list, todo: list[_Task], reports: list[TaskReport], database, side: SideLog,
@@ -388,10 +389,11 @@ def _quiet_logger():
 # ---------------------------------------------------------------------------------------------- the scheduler
 
 class _Interrupt:
-    """Set by the first Ctrl-C; the scheduler then starts no new round."""
+    """Set by the first Ctrl-C (or SIGTERM); the scheduler then starts no new round."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
 
 
 @contextlib.contextmanager
@@ -406,17 +408,20 @@ def _graceful_interrupt(say: Callable[[str], None]) -> Iterator[_Interrupt]:
         yield state
         return
 
-    def handler(_signum, _frame) -> None:
+    def handler(signum, _frame) -> None:
         if state.requested:
             raise KeyboardInterrupt
-        state.requested = True
-        say("interrupted: stopping after the round in flight (Ctrl-C again to stop at once)")
+        state.requested, state.signum = True, signum
+        say(f"interrupted by {signal.Signals(signum).name}: stopping after the round in flight (Ctrl-C again to "
+            f"stop at once)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handler) for sig in handled}
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _make_scheduler(todo: list[_Task], deadline: float, on_round: Callable[[int, list], None],
