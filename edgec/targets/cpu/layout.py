@@ -78,13 +78,72 @@ def layout_pass(target, options: CpuOptions):
     isa = isa_of(target)
 
     def callback(call) -> dict[str, Any]:
-        if getattr(call.op, "name", None) != "relax.nn.conv2d":
-            return {}
-        # A conv left unblocked must say so: with no preference, ConvertLayout would keep a blocked input's
-        # 5-D layout against the conv's 4-D kernel ("Layouts must have the same size").
-        return {"relax.nn.conv2d": choose_layouts(call, isa, options) or ["NCHW", "OIHW"]}
+        op = getattr(call.op, "name", None)
+        if op == "relax.nn.conv2d":
+            # A conv left unblocked must say so: with no preference, ConvertLayout would keep a blocked input's
+            # 5-D layout against the conv's 4-D kernel ("Layouts must have the same size").
+            return {op: choose_layouts(call, isa, options) or ["NCHW", "OIHW"]}
+        if op == "relax.nn.conv2d_transpose":
+            # TVM 0.27 has no blocked conv2d_transpose, and without a preference it takes a blocked input's
+            # layout as its own and fails the same way (PP-OCRv4's text detector): it reads its input plain.
+            a = call.attrs
+            return {op: [a.data_layout, a.kernel_layout, a.out_layout]}
+        return {}
 
     return relax.transform.ConvertLayout({}, layout_cb=callback)
+
+
+def split_channels_pass():
+    """Relax pass (before the layout pass): a split along the channel axis of a 4-D tensor becomes one
+    strided_slice per part. TVM 0.27's layout inference for split moves its axis to a blocked layout's outer
+    channel axis but keeps the split points in channels (a 32-channel NCHW16c tensor split at 16 gives parts of
+    2 and 0 blocks), so every conv after a channel Split — the C2f blocks of YOLOv8 — failed to build with
+    "the data channel size is 0". strided_slice reads its input unblocked instead (a layout transform either
+    side), which is correct for any split point."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Split(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            points = channel_split_points(call)
+            if points is None:
+                return call
+            data = call.args[0]
+            bounds = [0, *points, int(data.ty.shape[1])]
+            return relax.Tuple([self.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[lo], end=[hi]))
+                                for lo, hi in zip(bounds, bounds[1:])])
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecSplitChannels")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = _Split(mod).visit_expr(func)
+        return mod
+
+    return _pass
+
+
+def channel_split_points(call) -> list[int] | None:
+    """The split points of a relax.split along axis 1 of a static 4-D tensor, or None for any other call."""
+    import tvm
+    from tvm import relax
+
+    if not isinstance(call, relax.Call) or getattr(call.op, "name", None) != "relax.split":
+        return None
+    ty = call.args[0].ty
+    if not isinstance(ty, relax.TensorType) or ty.ndim != 4 or int(call.attrs.axis) not in (1, -3):
+        return None
+    try:
+        channels = int(ty.shape[1])
+    except (TypeError, AttributeError):
+        return None
+    sections = call.attrs.indices_or_sections
+    if isinstance(sections, (int, tvm.tirx.IntImm)):  # N equal parts
+        parts = int(sections)
+        return [channels // parts * i for i in range(1, parts)]
+    return [int(p) for p in sections]
 
 
 def legalize_conv2d_for(target, options: CpuOptions):

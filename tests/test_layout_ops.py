@@ -1,0 +1,70 @@
+"""Ops between blocked convolutions whose layout TVM 0.27 infers wrongly: a channel Split (YOLOv8's C2f blocks)
+and a ConvTranspose after a blocked conv (PP-OCRv4's text detector). Each model compiles for a pinned AVX-512
+preset (16-channel blocks) and for AVX2 (8-channel blocks) and matches onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import runnable_preset
+
+
+def _weights(rng, *shape) -> np.ndarray:
+    return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+
+def split_model(points: list[int], cin: int = 16, channels: int = 32, opset: int = 17) -> onnx.ModelProto:
+    """Conv → Split(channels) → (a conv on every part but the first) → Concat → 1×1 Conv, as in YOLOv8's C2f."""
+    rng = np.random.default_rng(0)
+    sizes = np.diff([0, *points, channels]).tolist()
+    inits = [numpy_helper.from_array(_weights(rng, channels, cin, 3, 3), "w0"),
+             numpy_helper.from_array(np.array(sizes, np.int64), "split"),
+             numpy_helper.from_array(_weights(rng, 8, channels, 1, 1), "wout")]
+    parts = [f"p{i}" for i in range(len(sizes))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Split", ["ar", "split"], parts, axis=1)]
+    joined = [parts[0]]
+    for i, (part, size) in enumerate(zip(parts[1:], sizes[1:])):
+        inits.append(numpy_helper.from_array(_weights(rng, size, size, 3, 3), f"w{i + 1}"))
+        nodes.append(helper.make_node("Conv", [part, f"w{i + 1}"], [f"c{i}"], pads=[1, 1, 1, 1]))
+        joined.append(f"c{i}")
+    nodes += [helper.make_node("Concat", joined, ["cat"], axis=1),
+              helper.make_node("Conv", ["cat", "wout"], ["y"])]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, cin, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def conv_transpose_model() -> onnx.ModelProto:
+    """A blocked conv, then a stride-2 ConvTranspose (an upsampling head), then a conv again."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(_weights(rng, 32, 16, 3, 3), "w0"),
+             numpy_helper.from_array(_weights(rng, 32, 16, 2, 2), "wt"),  # ConvTranspose: C_in × C_out × kH × kW
+             numpy_helper.from_array(_weights(rng, 16, 16, 3, 3), "w1")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["a", "wt"], ["u"], strides=[2, 2]),
+             helper.make_node("Conv", ["u", "w1"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+CASES = [("split 16+16", lambda: split_model([16])), ("split 8+24", lambda: split_model([8])),
+         ("split 5+11+16", lambda: split_model([5, 16])), ("conv transpose", conv_transpose_model)]
+
+
+@pytest.mark.parametrize("target", ["x86:avx512", "x86:avx2"])
+@pytest.mark.parametrize("name,build", CASES, ids=[c[0] for c in CASES])
+def test_blocked_layout_neighbours_match_onnxruntime(tmp_path, target, name, build):
+    from edgec.toolchain.api import compile as do_compile
+
+    path = tmp_path / "m.onnx"
+    onnx.save(build(), path)
+    result = do_compile(path, target=runnable_preset(target), output=tmp_path / "out", verify=True)
+    assert result.verification.passed, (name, result.verification.summary())
+    assert result.verification.max_abs_diff < 1e-4
