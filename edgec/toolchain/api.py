@@ -38,6 +38,11 @@ class Verification:
     # (quantized models: atol is one output quantization step, already in the output's units).
     relative: bool = False
     per_output_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Quantized models: how far onnxruntime's two runs of the same QDQ model (its fused integer kernels, and the
+    # float simulation with graph optimizations off) are apart, per output. A deep net amplifies a rounding tie
+    # that one early layer resolves the other way (a 17-conv random ResNet: 11 output steps between onnxruntime's
+    # own two runs); a correct kernel is held to one output step, or to twice that spread where it is larger.
+    reference_spread: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -47,6 +52,9 @@ class Verification:
         tolerance = f"{self.atol:g}"
         if self.relative and any(t > self.atol for t in self.per_output_tolerance.values()):
             tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = {self.atol:g} × max(1, max |reference|)")
+        elif any(2 * s > self.atol for s in self.reference_spread.values()):
+            tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = 2 × onnxruntime's own spread between its "
+                         f"integer and float-simulated runs, wider than one output step {self.atol:.3g}")
         return (f"{verdict}: max |edgec - onnxruntime| = {self.max_abs_diff:.3g} (tolerance {tolerance}), "
                 f"reference: onnxruntime on the {self.reference}, device: {self.device}")
 
@@ -110,11 +118,16 @@ def check_inputs(signature: Sequence[dict[str, Any]], inputs: dict[str, np.ndarr
 
 # ---------------------------------------------------------------------------------------------- reference
 
-def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray],
+                        optimize: bool = True) -> list[np.ndarray]:
+    """onnxruntime's outputs, 1 thread. ``optimize=False`` turns its graph optimizations off: a QDQ model then
+    runs as float ops between QuantizeLinear/DequantizeLinear instead of fused integer kernels."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(payload, opts, providers=["CPUExecutionProvider"])
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
@@ -122,8 +135,10 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, n
 
 
 def compare(outputs: dict[str, np.ndarray], reference: list[np.ndarray], names: list[str], atol: float,
-            reference_name: str, device: str, relative: bool = False) -> Verification:
-    """Each output against onnxruntime's; ``relative`` scales atol by the output's magnitude (see Verification)."""
+            reference_name: str, device: str, relative: bool = False,
+            spread: dict[str, float] | None = None) -> Verification:
+    """Each output against onnxruntime's; ``relative`` scales atol by the output's magnitude, ``spread`` widens
+    it to twice onnxruntime's own disagreement on a quantized model (see Verification)."""
     per_output, tolerance = {}, {}
     for name, ref in zip(names, reference):
         got = outputs[name]
@@ -133,11 +148,12 @@ def compare(outputs: dict[str, np.ndarray], reference: list[np.ndarray], names: 
         ref64 = ref.astype(np.float64)
         per_output[name] = float(np.max(np.abs(got.astype(np.float64) - ref64))) if ref.size else 0.0
         scale = max(1.0, float(np.max(np.abs(ref64)))) if relative and ref.size else 1.0
-        tolerance[name] = atol * scale
+        tolerance[name] = max(atol * scale, 2 * (spread or {}).get(name, 0.0))
     worst = max(per_output.values(), default=0.0)
     passed = all(per_output[n] <= tolerance[n] for n in per_output)
     return Verification(passed=bool(passed), max_abs_diff=worst, atol=atol, reference=reference_name,
-                        device=device, per_output=per_output, relative=relative, per_output_tolerance=tolerance)
+                        device=device, per_output=per_output, relative=relative, per_output_tolerance=tolerance,
+                        reference_spread=dict(spread or {}))
 
 
 # ---------------------------------------------------------------------------------------------- compile
@@ -307,8 +323,13 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
 
     result = get_runner(device).run(folder, inputs)
     ref = onnxruntime_outputs(reference, inputs)
-    return compare(result.outputs, ref, [o["name"] for o in manifest["outputs"]], atol, reference_name, device,
-                   relative)
+    names = [o["name"] for o in manifest["outputs"]]
+    spread = None
+    if "quantization" in manifest:  # onnxruntime's own two runs of the QDQ model: see Verification
+        simulated = onnxruntime_outputs(reference, inputs, optimize=False)
+        spread = {n: float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+                  for n, a, b in zip(names, ref, simulated)}
+    return compare(result.outputs, ref, names, atol, reference_name, device, relative, spread)
 
 
 # ---------------------------------------------------------------------------------------------- run / verify
