@@ -17,6 +17,21 @@ def supported_ops() -> set[str]:
     return set(_get_convert_map())
 
 
+# Operators whose presence says more than "unsupported": why the model has them, and what to compile instead.
+QOPERATOR_HINT = ("the model is quantized in onnxruntime's QOperator format, which edgec does not read: compile the "
+                  "float model with --quantize int8, or a QDQ model (onnxruntime's quantize_static with "
+                  "quant_format=QuantFormat.QDQ)")
+DYNAMIC_HINT = ("the model is dynamically quantized (onnxruntime's quantize_dynamic: activation scales computed at "
+                "run time), which edgec does not compile: compile the float model with --quantize int8")
+OP_HINTS = {
+    **dict.fromkeys(("QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
+                     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+                     "QLinearSoftmax", "QAttention"), QOPERATOR_HINT),
+    **dict.fromkeys(("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"),
+                    DYNAMIC_HINT),
+}
+
+
 def check_supported(model: onnx.ModelProto) -> None:
     known = supported_ops()
     for node in model.graph.node:
@@ -24,7 +39,8 @@ def check_supported(model: onnx.ModelProto) -> None:
             op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
             raise EdgecError(f"operator {op} (node '{node.name or node.output[0]}') is not supported by TVM's "
                              f"ONNX importer",
-                             "replace it in the model (or export without it); `edgec inspect` lists the ops")
+                             OP_HINTS.get(node.op_type, "replace it in the model (or export without it); "
+                                                        "`edgec inspect` lists the ops"))
 
 
 def elementwise_min_max(mod):
