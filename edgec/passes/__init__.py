@@ -2,6 +2,7 @@
 
 from edgec.passes import (  # noqa: F401  (registration)
     canonicalize_clip,
+    conv_transpose_to_conv,
     fold_batchnorm,
     fold_constants,
     fuse_pad_into_conv,

@@ -17,7 +17,7 @@ from edgec.passes.base import EdgecPass, PassReport, count_nodes, get_pass
 # Cleanup that every compile runs. fold_constants runs again after BN folding and identity removal because those
 # expose new constant expressions; it is cheap when there is nothing left to fold.
 DEFAULT_PASSES: tuple[str, ...] = ("fold_constants", "remove_identity", "fold_batchnorm", "fuse_pad_into_conv",
-                                   "canonicalize_clip", "fold_constants", "remove_dead")
+                                   "canonicalize_clip", "conv_transpose_to_conv", "fold_constants", "remove_dead")
 
 
 def run_pipeline(model: ir.Model, passes: Sequence[str | EdgecPass] = DEFAULT_PASSES
