@@ -18,6 +18,7 @@ from edgec.calibration.sources import EvalData, batches, open_eval, open_source
 from edgec.errors import EdgecError
 from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ, quantized_ops
 from edgec.quantization import collect
+from edgec.toolchain.dynamic_dims import restore_dynamic, source_dims
 from edgec.toolchain.load import load_model
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
 from edgec.toolchain.writes import check_output_file, staged_file
@@ -122,8 +123,11 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     if max_drop is not None or scan:
         from edgec.quantization.sensitivity import mixed_precision
 
-        return mixed_precision(model, float_proto, log, config, src, out_path, eval_data, max_drop, scan,
-                               promote_to)
+        result = mixed_precision(model, float_proto, log, config, src, out_path, eval_data, max_drop, scan,
+                                 promote_to)
+        if out_path is not None:  # the search wrote its best model at batch 1; the final one keeps the batch
+            result.model = _write_keeping_batch(result.model, source, out_path, result.notes)
+        return result
     qpass = QuantizeQDQ(config, (lambda: batches(src)) if src is not None else None)
     model, qlog = run_pipeline(model, [qpass])
     quant_proto = ir.serde.serialize_model(model)
@@ -138,8 +142,18 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     report["passes"] = log + qlog
 
     if out_path is not None:
-        write_model(quant_proto, out_path)
+        quant_proto = _write_keeping_batch(quant_proto, source, out_path, notes)
     return QuantizeResult(out_path, report, quant_proto, float_proto, notes)
+
+
+def _write_keeping_batch(proto: onnx.ModelProto, source: str | Path, path: Path,
+                         notes: list[str]) -> onnx.ModelProto:
+    """Write ``proto`` with the source's dynamic batch dim restored where it runs batched (dynamic_dims)."""
+    proto, note = restore_dynamic(proto, source_dims(source))
+    if note:
+        notes.append(note)
+    write_model(proto, path)
+    return proto
 
 
 def write_model(proto: onnx.ModelProto, path: Path) -> None:

@@ -240,6 +240,9 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
             click.echo(f"mixed precision: drop {mp['final_drop_pt']:.2f} pt ≤ {mp['max_drop']:g} pt "
                        f"({mp['metric']}, {mp['measured_on']}); promoted: "
                        + (", ".join(f"{p['layer']} → {p['precision']}" for p in mp["promoted"]) or "none"))
+    for note in (p["report"]["note"] for p in m["passes"] if isinstance(p.get("report"), dict)
+                 and "note" in p["report"]):
+        click.echo(f"note: {note}")
     changed = [f"{p['stage']}:{p['pass']}" for p in m["passes"] if p["changed"]]
     click.echo(f"passes: {', '.join(changed) if changed else 'none changed the graph'}; "
                f"weights {m['sizes']['weights_bytes'] / 1024:.1f} KiB"
@@ -408,6 +411,7 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
 
     from edgec.passes.prune_channels import PruneChannels
     from edgec.toolchain.api import default_model
+    from edgec.toolchain.dynamic_dims import restore_dynamic, source_dims
     from edgec.toolchain.load import load_model
     from edgec.toolchain.writes import check_output_file, staged_file
 
@@ -444,12 +448,15 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
                              "measured_ms": [round(ms["before"], 5), round(ms["after"], 5)]}
     proto = ir.serde.serialize_model(loaded)
     onnx.checker.check_model(proto)
+    proto, note = restore_dynamic(proto, source_dims(model or default_model()))
     with staged_file(output) as tmp:
         onnx.save(proto, str(tmp))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(_format_prune_report(report))
+    if note:
+        click.echo(f"note: {note}")
     click.echo(f"written: {output}")
 
 

@@ -152,11 +152,20 @@ def read_source(source: str | Path, shapes: dict[str | None, tuple[int, ...]] | 
 
 # --------------------------------------------------------------------------------------------------------------
 
-def fix_input_shapes(model: ir.Model, shapes: dict[str | None, tuple[int, ...]]) -> None:
+def is_static(dim: object) -> bool:
+    """A dim with a fixed size. ``-1`` (paddle2onnx and others write dynamic dims so), a name, ``?`` and an empty
+    dim are all dynamic."""
+    return isinstance(dim, int) and dim >= 0
+
+
+def fix_input_shapes(model: ir.Model, shapes: dict[str | None, tuple[int, ...]],
+                     notes: list[str] | None = None) -> None:
     """Replace the graph inputs' dims by the given static shapes; refuse what does not fit.
 
     A given dim must equal the model's dim where that one is already static: a 1×3×224×224 model fed 1×3×32×32 is a
-    user mistake we catch here instead of deep inside TVM.
+    user mistake we catch here instead of deep inside TVM. An input whose only dynamic dim is the first (the batch
+    of almost every exported model) and that no shape was given for runs at batch 1; the assumption is appended to
+    ``notes``. Any other dynamic dim must be given, and the message lists them.
     """
     inputs = {v.name: v for v in model.graph.inputs}
     if None in shapes:
@@ -175,20 +184,31 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str | None, tuple[int, ...]])
                                  f"but the shape given has rank {len(shape)} {tuple(shape)}",
                                  f"pass a shape with {len(current)} dimensions")
             for i, (old, new) in enumerate(zip(current, shape)):
-                if isinstance(old, int) and old != new:
+                if is_static(old) and old != new:
                     raise EdgecError(f"input '{name}' needs {_fmt_dims(current)}, but the shape given is "
                                      f"{tuple(shape)} (dim {i}: {old} ≠ {new})",
                                      "pass a shape that matches the model's fixed dimensions")
         value.shape = ir.Shape(list(shape))
     for name, value in inputs.items():
-        if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-            dims = _fmt_dims(list(value.shape)) if value.shape is not None else "(unknown rank)"
-            raise EdgecError(f"input '{name}' has dynamic dimensions {dims}",
-                             f"fix them with --input-shape {name}:{','.join('1' if not isinstance(d, int) else str(d) for d in (value.shape or [1]))}")
+        dims = list(value.shape) if value.shape is not None else None
+        if dims is not None and all(is_static(d) for d in dims):
+            continue
+        if dims and not is_static(dims[0]) and all(is_static(d) for d in dims[1:]):
+            value.shape = ir.Shape([1, *dims[1:]])
+            if notes is not None:
+                notes.append(f"input '{name}' has a dynamic batch dim {_fmt_dims(dims)}: compiled for batch 1 "
+                             f"(--input-shape {name}:N,{','.join(str(d) for d in dims[1:])} for another)")
+            continue
+        shown = _fmt_dims(dims) if dims is not None else "(unknown rank)"
+        which = ", ".join(str(i) for i, d in enumerate(dims or []) if not is_static(d))
+        example = ",".join(str(d) if is_static(d) else "1" if i == 0 else "N" for i, d in enumerate(dims or [1]))
+        raise EdgecError(f"input '{name}' has dynamic dimensions {shown}" + (f" (dims {which})" if which else ""),
+                         f"fix them with --input-shape {name}:{example}, N the size to compile for")
 
 
 def _fmt_dims(dims: list) -> str:
-    return "(" + ", ".join(str(d) if isinstance(d, int) else (str(d) or "?") for d in dims) + ")"
+    return "(" + ", ".join(str(d) if is_static(d) else (str(d) if not isinstance(d, int) and str(d) else "?")
+                           for d in dims) + ")"
 
 
 # What loading runs after fixing input shapes; recorded in the pass log like any pipeline.
@@ -199,7 +219,8 @@ def canonicalize(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...
                  log: list[dict] | None = None) -> ir.Model:
     """Static shapes, Constant weights lifted, shape subgraphs folded: what every pass and target expects.
 
-    The canonicalising passes' log entries are appended to ``log`` (marked ``"stage": "load"``) when given.
+    The canonicalising passes' log entries are appended to ``log`` (marked ``"stage": "load"``) when given, after
+    one ``input_shapes`` entry per assumption made about a dynamic dim (its ``report["note"]`` says which).
     """
     from edgec.toolchain.pipeline import run_pipeline
 
@@ -209,9 +230,13 @@ def canonicalize(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...
     for value in list(ir_model.graph.inputs):
         if value.name in init_names:
             ir_model.graph.inputs.remove(value)
-    fix_input_shapes(ir_model, shapes)
+    notes: list[str] = []
+    fix_input_shapes(ir_model, shapes, notes)
+    nodes = len(ir_model.graph)
     ir_model, entries = run_pipeline(ir_model, CANONICAL_PASSES)
     if log is not None:
+        log.extend({"stage": "load", "pass": "input_shapes", "changed": True, "nodes_before": nodes,
+                    "nodes_after": nodes, "report": {"note": note}} for note in notes)
         log.extend({"stage": "load", **e} for e in entries)
     return ir_model
 
