@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ def test_compile_default_model_prints_artifact_and_verification(cli, tmp_path):
     assert code == 0, err
     assert "embedded default model" in out
     assert f"artifact: {tmp_path / 'out'}/" in out
+    assert f"manifest sha256: {hashlib.sha256((tmp_path / 'out' / 'manifest.json').read_bytes()).hexdigest()}" in out
     assert "verify: PASS" in out
 
 

@@ -18,6 +18,7 @@ from edgec.devices.base import get_runner
 from edgec.devices.device_main import run_artifact
 from edgec.devices.qemu_aarch64 import QemuAarch64Runner, QemuDevice, elf_machine, ensure_device
 from edgec.errors import EdgecError
+from edgec.toolchain.artifact import seal
 
 SHAPE = (1, 3, 16, 16)
 ARM_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
@@ -57,10 +58,10 @@ def _build(onnx_bytes: bytes, target: dict, out: Path, arch: str, cc: str | None
         ex.export_library(str(out / "model.so"), cc=cc)
     else:
         ex.export_library(str(out / "model.so"))
-    manifest = {"library": "model.so", "target": {"device": "cpu", "arch": arch},
+    manifest = {"library": "model.so", "entry": "main", "target": {"name": arch, "device": "cpu", "arch": arch},
                 "inputs": [{"name": "x", "dtype": "float32", "shape": list(SHAPE)}],
                 "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10]}]}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    seal(out, manifest)  # the library's sha256 goes in the manifest: device_main checks it before loading
     return out
 
 

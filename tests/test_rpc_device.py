@@ -20,6 +20,7 @@ from edgec.devices.base import get_runner
 from edgec.devices.device_main import run_artifact
 from edgec.devices.rpc import RpcRunner, parse_tracker
 from edgec.errors import EdgecError
+from edgec.toolchain.artifact import seal
 
 SHAPE = (1, 3, 16, 16)
 KEY = "edgec-test"
@@ -100,10 +101,9 @@ def x86_artifact(onnx_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) ->
     ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
     out = tmp_path_factory.mktemp("x86")
     ex.export_library(str(out / "model.so"))
-    (out / "manifest.json").write_text(json.dumps({
-        "library": "model.so", "target": {"device": "cpu", "arch": "x86_64"},
-        "inputs": [{"name": "x", "dtype": "float32", "shape": list(SHAPE)}],
-        "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10]}]}))
+    seal(out, {"library": "model.so", "entry": "main", "target": {"name": "x86", "device": "cpu", "arch": "x86_64"},
+               "inputs": [{"name": "x", "dtype": "float32", "shape": list(SHAPE)}],
+               "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10]}]})
     return out
 
 

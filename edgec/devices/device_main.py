@@ -6,15 +6,160 @@ aarch64 device and on remote boards where edgec itself is not installed. Usage::
     python device_main.py ARTIFACT_DIR INPUTS.npz OUTPUTS.npz [--repeat N] [--number M]
 
 It prints one JSON line: {"latencies_ms": [...]}.
+
+Loading a shared library runs its constructors, so before any file of the artifact is opened it must be proven
+to be that artifact's own file: :func:`checked_file` is the one place that does this, here and on the host
+(:mod:`edgec.toolchain.artifact` calls it too), because this module cannot import edgec.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import numpy as np
+
+MANIFEST = "manifest.json"
+_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
+_ET_DYN = 3  # ELF e_type of a shared object
+_HOST_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+class ArtifactError(Exception):
+    """An artifact file that must not be loaded (outside the folder, unlisted, changed) or a manifest that cannot
+    be read. The same (message, hint) shape as ``edgec.errors.EdgecError``, which the host converts it to; this
+    module cannot import edgec."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (libraries can be hundreds of MiB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(artifact_dir: Path) -> dict[str, Any]:
+    """The manifest as a JSON object; anything else is an ArtifactError, not a traceback."""
+    path = Path(artifact_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}", "compile the artifact with `edgec compile`") \
+            from None
+    except ValueError:
+        raise ArtifactError(f"{path} is not valid JSON", "recompile the artifact") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} holds a JSON {type(manifest).__name__}, not an object", "recompile the artifact")
+    return manifest
+
+
+def relative_file_name(rel: object) -> str:
+    """``rel`` if it names a file inside a folder: a normalised relative posix path without ``..``.
+
+    Why: the manifest is data read from disk; a name like ``/abs/other.so`` or ``../x`` would make us open (and
+    for a library, execute) a file that is not part of the artifact.
+    """
+    if not isinstance(rel, str) or not rel:
+        raise ArtifactError(f"artifact file name {rel!r} is not a non-empty string", "recompile the artifact")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or "\\" in rel or ".." in pure.parts or pure.as_posix() != rel or rel == ".":
+        raise ArtifactError(f"artifact file name '{rel}' is not a plain relative path inside the artifact folder",
+                            "an artifact only refers to its own files: recompile it")
+    return rel
+
+
+def confined_path(artifact_dir: Path, manifest: dict[str, Any], rel: object) -> Path:
+    """The resolved path of artifact file ``rel``, once it is listed in ``files`` and lies inside the folder
+    (a symlink pointing out of it is refused). Does not read the file."""
+    name = relative_file_name(rel)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(files.get(name), dict):
+        raise ArtifactError(f"artifact file {name} is not listed in the manifest's files",
+                            "every file an artifact loads must be listed with its sha256: recompile it")
+    root = Path(artifact_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ArtifactError(f"artifact file {name} resolves to {path}, outside the artifact folder {root}",
+                            "an artifact's files must be inside its folder: recompile it")
+    if not path.is_file():
+        raise ArtifactError(f"artifact file {name} is missing from {root}", "recompile the artifact")
+    return path
+
+
+def checked_file(artifact_dir: Path, manifest: dict[str, Any], rel: object) -> Path:
+    """:func:`confined_path`, and its size and sha256 match the manifest: the only way to get a path to open.
+
+    Why: it catches accidental corruption, a partly copied folder and a file swapped under the same name before
+    the file is opened (a library's constructors run as it loads). It cannot stop a hostile folder: whoever can
+    write the library can rewrite the manifest too.
+    """
+    path = confined_path(artifact_dir, manifest, rel)
+    info = manifest["files"][rel]
+    expected = info.get("sha256")
+    if not isinstance(expected, str):
+        raise ArtifactError(f"artifact file {rel} has no sha256 in the manifest", "recompile the artifact")
+    size = info.get("bytes")
+    if isinstance(size, int) and path.stat().st_size != size:
+        raise ArtifactError(f"artifact file {rel} has {path.stat().st_size} bytes, the manifest says {size} "
+                            "(partly copied or modified after compile)", "copy or recompile the whole artifact")
+    if sha256_file(path) != expected.lower():
+        raise ArtifactError(f"artifact file {rel} does not match its sha256 in the manifest (modified after "
+                            "compile)", "recompile the artifact; never edit files inside it")
+    return path
+
+
+def elf_machine(path: Path) -> str | None:
+    """The architecture named in an ELF file's header (``e_machine``), or None if it is not ELF."""
+    fields = _elf_fields(path)
+    if fields is None:
+        return None
+    return _ELF_MACHINES.get(fields[1], f"elf-machine-{fields[1]}")
+
+
+def _elf_fields(path: Path) -> tuple[int, int] | None:
+    """(e_type, e_machine) of an ELF file, or None if it is not ELF."""
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
+    return int.from_bytes(head[16:18], order), int.from_bytes(head[18:20], order)
+
+
+def host_machine() -> str:
+    """This machine's architecture in ELF terms (x86_64, aarch64, ...)."""
+    machine = platform.machine().lower()
+    return _HOST_ALIASES.get(machine, machine)
+
+
+def check_loadable(library: Path, name: str) -> None:
+    """Refuse a library this machine cannot load, with the reason, where TVM's loader would only say
+    "No such file". Only on Linux, where artifacts are ELF shared objects; elsewhere the loader's message stands.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    fields = _elf_fields(library)
+    if fields is None or fields[0] != _ET_DYN:
+        raise ArtifactError(f"artifact library '{name}' is not an ELF shared library", "recompile the artifact")
+    machine, here = elf_machine(library), host_machine()
+    if machine != here:
+        raise ArtifactError(f"artifact library '{name}' is built for {machine}: it is not a loadable shared "
+                            f"library for this {here} machine (the manifest's target does not match it)",
+                            f"recompile the artifact for this machine's target, or run it on {machine} hardware")
 
 
 def _device(kind: str):
@@ -24,13 +169,21 @@ def _device(kind: str):
 
 
 def load_vm(artifact_dir: Path):
-    """Load the artifact's Relax VM and return (vm, device, manifest)."""
+    """Load the artifact's Relax VM and return (vm, device, manifest).
+
+    The library's path and sha256 are checked against the manifest first, here on the device itself, so every
+    runner (local, emulated, a board) loads only the library the artifact was sealed with.
+    """
     import tvm
     from tvm import relax
 
-    manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    dev = _device(manifest["target"]["device"])
-    lib = tvm.runtime.load_module(str(artifact_dir / manifest["library"]))
+    manifest = read_manifest(artifact_dir)
+    target = manifest.get("target")
+    library = manifest.get("library")
+    lib_path = checked_file(artifact_dir, manifest, library)
+    check_loadable(lib_path, str(library))
+    dev = _device(target.get("device", "cpu") if isinstance(target, dict) else "cpu")
+    lib = tvm.runtime.load_module(str(lib_path))
     return relax.VirtualMachine(lib, dev), dev, manifest
 
 
@@ -56,8 +209,13 @@ def run_vm(vm, dev, manifest: dict, inputs: dict[str, np.ndarray], repeat: int =
     import tvm
 
     entry = manifest.get("entry", "main")
+    try:
+        function = vm[entry]
+    except AttributeError:  # a manifest whose entry the library lacks is a broken artifact, not an edgec bug
+        raise ArtifactError(f"the artifact library has no function '{entry}' (the manifest's entry)",
+                            "recompile the artifact") from None
     args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec["name"]]), dev) for spec in manifest["inputs"]]
-    results = _as_list(vm[entry](*args))
+    results = _as_list(function(*args))
     outputs = {spec["name"]: r.numpy() for spec, r in zip(manifest["outputs"], results)}
     latencies: list[float] = []
     if repeat > 0:
@@ -79,7 +237,11 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     with np.load(a.inputs) as data:
         inputs = {k: data[k] for k in data.files}
-    outputs, latencies = run_artifact(a.artifact_dir, inputs, a.repeat, a.number)
+    try:
+        outputs, latencies = run_artifact(a.artifact_dir, inputs, a.repeat, a.number)
+    except ArtifactError as e:  # one line on stderr, which the host's runner reports
+        print(f"device_main: error: {e}", file=sys.stderr)
+        return 2
     np.savez(a.outputs, **outputs)
     print(json.dumps({"latencies_ms": latencies}))
     return 0

@@ -34,12 +34,15 @@ class LocalRunner:
 
     def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
             number: int = 1) -> RunResult:
-        import json
+        """The manifest is validated first (the library's hash is checked as device_main loads it)."""
+        from edgec.toolchain.artifact import open_artifact, user_errors
 
-        problem = why_not_here(json.loads((Path(artifact_dir) / "manifest.json").read_text())["target"])
+        artifact = open_artifact(artifact_dir, check_hashes=False)
+        problem = why_not_here(artifact.target)
         if problem is not None:
             raise problem
-        outputs, latencies = run_artifact(Path(artifact_dir), inputs, repeat, number)
+        with user_errors():
+            outputs, latencies = run_artifact(artifact.path, inputs, repeat, number)
         return RunResult(outputs, latencies)
 
 

@@ -23,11 +23,12 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from edgec.devices.base import RunResult, register_runner
+from edgec.devices.device_main import elf_machine
 from edgec.errors import EdgecError
 
 # Everything that decides what the rootfs contains; a rootfs whose stamp differs is rebuilt.
@@ -56,7 +57,6 @@ DEVICE_MAIN = Path(__file__).with_name("device_main.py")
 DEFAULT_TIMEOUT_S = 600.0
 
 EM_AARCH64 = 183
-_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 
 
 def default_cache_dir() -> Path:
@@ -232,28 +232,19 @@ def ensure_device(cache_dir: Path | None = None) -> QemuDevice:
     return QemuDevice(rootfs, qemu)
 
 
-def elf_machine(path: Path) -> str | None:
-    """The architecture named in an ELF file's header (``e_machine``), or None if it is not ELF."""
-    with open(path, "rb") as fh:
-        head = fh.read(20)
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        return None
-    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
-    code = int.from_bytes(head[18:20], order)
-    return _ELF_MACHINES.get(code, f"elf-machine-{code}")
-
-
 def check_aarch64_artifact(artifact_dir: Path, manifest: dict) -> None:
-    """Refuse artifacts built for another architecture, from both the manifest and the library's ELF header."""
+    """Refuse artifacts built for another architecture, from both the manifest and the library's ELF header
+    (read only once the library is proven to be the artifact's own: device_main checks it again on the device).
+    """
+    from edgec.toolchain.artifact import Artifact
+
     target = manifest.get("target", {})
     if target.get("device", "cpu") != "cpu":
         raise EdgecError(f"artifact {artifact_dir} targets device '{target.get('device')}', "
                          "but the emulated aarch64 device has only a CPU",
                          "run it on a matching device (e.g. --device rpc), or rebuild it for an aarch64 CPU target")
     arch = target.get("arch")
-    lib = artifact_dir / manifest["library"]
-    if not lib.is_file():
-        raise EdgecError(f"artifact library {lib} is missing", "rebuild the artifact")
+    lib = Artifact(artifact_dir, manifest).verified_file(manifest["library"])
     machine = elf_machine(lib)
     found = arch if arch not in (None, "aarch64") else machine
     if found != "aarch64":
@@ -282,11 +273,10 @@ class QemuAarch64Runner:
 
     def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
             number: int = 1) -> RunResult:
+        from edgec.toolchain.artifact import open_artifact
+
         artifact_dir = Path(artifact_dir).resolve()
-        try:
-            manifest = json.loads((artifact_dir / "manifest.json").read_text())
-        except (OSError, ValueError) as e:
-            raise EdgecError(f"cannot read {artifact_dir / 'manifest.json'}: {e}", "rebuild the artifact") from e
+        manifest = open_artifact(artifact_dir, check_hashes=False).manifest
         check_aarch64_artifact(artifact_dir, manifest)
         missing = [s["name"] for s in manifest["inputs"] if s["name"] not in inputs]
         if missing:

@@ -8,7 +8,6 @@ and ``EDGEC_RPC_KEY=key`` (or pass them to :class:`RpcRunner`).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgec.devices.base import RunResult, register_runner
-from edgec.devices.device_main import run_vm
+from edgec.devices.device_main import ArtifactError, run_vm
 from edgec.errors import EdgecError
 
 _START_HINT = ("set EDGEC_RPC_TRACKER=host:port and EDGEC_RPC_KEY=key; start a tracker with "
@@ -89,12 +88,11 @@ class RpcRunner:
         import tvm
         from tvm import relax
 
-        artifact_dir = Path(artifact_dir)
-        try:
-            manifest = json.loads((artifact_dir / "manifest.json").read_text())
-        except (OSError, ValueError) as e:
-            raise EdgecError(f"cannot read {artifact_dir / 'manifest.json'}: {e}", "rebuild the artifact") from e
-        lib = artifact_dir / manifest["library"]
+        from edgec.toolchain.artifact import open_artifact
+
+        artifact = open_artifact(artifact_dir, check_hashes=False)
+        manifest = artifact.manifest
+        lib = artifact.verified_file(manifest["library"])  # the board loads what we upload: check it here
         missing = [s["name"] for s in manifest["inputs"] if s["name"] not in inputs]
         if missing:
             raise EdgecError(f"missing inputs: {', '.join(missing)}",
@@ -107,8 +105,8 @@ class RpcRunner:
             vm = relax.VirtualMachine(rlib, dev)
             outputs, latencies = run_vm(vm, dev, manifest, inputs, repeat, number)
         # TVM's errors (tvm.error.RPCError, InternalError) derive from RuntimeError; a missing entry function
-        # is an AttributeError.
-        except (RuntimeError, AttributeError) as e:
+        # is an ArtifactError from run_vm.
+        except (RuntimeError, AttributeError, ArtifactError) as e:
             first = str(e).strip().splitlines()
             raise EdgecError(f"the artifact failed on the RPC device '{self.key}': {first[-1] if first else e}",
                              "check that the board's architecture and TVM version match the artifact's target"

@@ -335,20 +335,24 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
 # ---------------------------------------------------------------------------------------------- run / verify
 
 def run(artifact_dir: str | Path, inputs: dict[str | None, np.ndarray] | None = None, device: str | None = None,
-        repeat: int = 0, number: int = 1, seed: int = 0):
-    """Run an artifact (hashes checked first) on ``device``; returns the runner's RunResult."""
+        repeat: int = 0, number: int = 1, seed: int = 0, manifest_sha256: str | None = None):
+    """Run an artifact (hashes checked first; with ``manifest_sha256``, the manifest pinned) on ``device``;
+    returns the runner's RunResult."""
     from edgec.devices import get_runner
 
-    artifact = art.open_artifact(artifact_dir)
+    artifact = art.open_artifact(artifact_dir, manifest_sha256=manifest_sha256)
     feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
     return get_runner(device or _auto_device(artifact.target)).run(artifact.path, feed, repeat=repeat,
                                                                    number=number)
 
 
 def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str | None, np.ndarray] | None = None,
-           atol: float = DEFAULT_ATOL, seed: int = 0) -> Verification:
-    """Artifact output vs onnxruntime on the source model (or on optimized.onnx when the source has moved)."""
-    artifact = art.open_artifact(artifact_dir)
+           atol: float = DEFAULT_ATOL, seed: int = 0, manifest_sha256: str | None = None) -> Verification:
+    """Artifact output vs onnxruntime on the source model (or on optimized.onnx when the source has moved).
+
+    ``manifest_sha256``: refuse the artifact unless its manifest has this sha256 (CI pins the artifact with it).
+    """
+    artifact = art.open_artifact(artifact_dir, manifest_sha256=manifest_sha256)
     feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
     source = artifact.manifest.get("source", {})
     src_path = Path(source.get("path") or "")
@@ -359,7 +363,8 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
             and art.sha256_file(src_path) == source["sha256"]:
         reference, name = src_path, "source model"
     else:
-        reference, name = artifact.path / "optimized.onnx", "optimized.onnx (source model not found or changed)"
+        reference = artifact.verified_file("optimized.onnx")  # checked like the library: it is opened too
+        name = "optimized.onnx (source model not found or changed)"
     return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,
                           device or _auto_device(artifact.target), atol,
                           relative="quantization" not in artifact.manifest)

@@ -223,6 +223,7 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
     lib = m["files"][m["library"]]
     click.echo(f"artifact: {result.artifact.path}/ ({m['library']} {lib['bytes'] / 1024:.0f} KiB, "
                f"target {m['target']['name']} [{_cpu_or_arch(m['target'])}], compiled in {m['compile_seconds']} s)")
+    click.echo(f"manifest sha256: {result.artifact.manifest_sha256}")
     if "tuning" in m:
         t = m["tuning"]
         click.echo(f"tuning db: {t['records_used']}/{t['functions_total']} operators scheduled by records from "
@@ -511,9 +512,11 @@ def _read_inputs(specs: tuple[str, ...]) -> dict[str | None, np.ndarray]:
 @click.option("--save", "save", type=click.Path(path_type=Path), default=None, help="Write outputs to this .npz.")
 @click.option("--repeat", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also time this many runs on the device.")
+@click.option("--manifest-sha256", "manifest_sha256", default=None,
+              help="Refuse the artifact unless its manifest.json has this sha256 (as `edgec compile` printed).")
 @_handle_errors
 def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, save: Path | None,
-            repeat: int) -> None:
+            repeat: int, manifest_sha256: str | None = None) -> None:
     """Run an ARTIFACT folder and print (or save) its outputs."""
     from edgec.toolchain.api import run as do_run
     from edgec.toolchain.writes import check_output_file, staged_file
@@ -525,7 +528,7 @@ def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, sa
     inputs = _read_inputs(input_files)
     if not inputs:
         click.echo("no --input given: using seeded random inputs")
-    result = do_run(artifact, inputs or None, device=device, repeat=repeat)
+    result = do_run(artifact, inputs or None, device=device, repeat=repeat, manifest_sha256=manifest_sha256)
     for name, value in result.outputs.items():
         flat = value.reshape(-1)
         head = np.array2string(flat[:8], precision=4, separator=", ")
@@ -548,12 +551,17 @@ def run_cmd(artifact: Path, input_files: tuple[str, ...], device: str | None, sa
 @click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0),
               help="Largest allowed difference, absolute for outputs within ±1, relative to the largest |output| "
                    "beyond (quantized artifacts: their recorded quantization step).")
+@click.option("--manifest-sha256", "manifest_sha256", default=None,
+              help="Refuse the artifact unless its manifest.json has this sha256 (pin it in CI; `edgec compile` "
+                   "prints it). The manifest holds the sha256 of every other file.")
 @_handle_errors
-def verify_cmd(artifact: Path, device: str | None, input_files: tuple[str, ...], atol: float) -> None:
+def verify_cmd(artifact: Path, device: str | None, input_files: tuple[str, ...], atol: float,
+               manifest_sha256: str | None = None) -> None:
     """Compare an ARTIFACT's output with onnxruntime on the source model. Exit 1 if they differ."""
     from edgec.toolchain.api import verify as do_verify
 
-    result = do_verify(artifact, device=device, inputs=_read_inputs(input_files) or None, atol=atol)
+    result = do_verify(artifact, device=device, inputs=_read_inputs(input_files) or None, atol=atol,
+                       manifest_sha256=manifest_sha256)
     click.echo(result.summary())
     if not result.passed:
         sys.exit(1)
