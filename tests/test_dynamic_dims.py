@@ -33,9 +33,9 @@ def dyn_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dyn")
     torch.manual_seed(0)
     for view in (False, True):
-        torch.onnx.export(Net(view).eval(), (torch.randn(1, 1, 16, 16),), str(folder / f"{'view' if view else 'flat'}.onnx"),
-                          input_names=["input"], output_names=["y"], dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "y": {0: "batch"}})
+        path = folder / f"{'view' if view else 'flat'}.onnx"
+        torch.onnx.export(Net(view).eval(), (torch.randn(1, 1, 16, 16),), str(path), input_names=["input"],
+                          output_names=["y"], dynamo=False, dynamic_axes={"input": {0: "batch"}, "y": {0: "batch"}})
     np.save(folder / "calib.npy", np.random.default_rng(0).standard_normal((32, 1, 16, 16)).astype(np.float32))
     return folder
 

@@ -153,8 +153,8 @@ def read_source(source: str | Path, shapes: dict[str | None, tuple[int, ...]] | 
 # --------------------------------------------------------------------------------------------------------------
 
 def is_static(dim: object) -> bool:
-    """A dim with a fixed size. ``-1`` (paddle2onnx and others write dynamic dims so), a name, ``?`` and an empty
-    dim are all dynamic."""
+    """A dim with a fixed size. ``-1`` (paddle2onnx and others write dynamic dims so), a name, ``?`` and an
+    empty dim are all dynamic."""
     return isinstance(dim, int) and dim >= 0
 
 
@@ -162,8 +162,8 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str | None, tuple[int, ...]],
                      notes: list[str] | None = None) -> None:
     """Replace the graph inputs' dims by the given static shapes; refuse what does not fit.
 
-    A given dim must equal the model's dim where that one is already static: a 1×3×224×224 model fed 1×3×32×32 is a
-    user mistake we catch here instead of deep inside TVM. An input whose only dynamic dim is the first (the batch
+    A given dim must equal the model's dim where that one is already static: a 1×3×224×224 model fed 1×3×32×32 is
+    a user mistake we catch here instead of deep inside TVM. An input whose only dynamic dim is the first (the batch
     of almost every exported model) and that no shape was given for runs at batch 1; the assumption is appended to
     ``notes``. Any other dynamic dim must be given, and the message lists them.
     """
