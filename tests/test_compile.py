@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import edgec
+from edgec.errors import EdgecError
 from edgec.models import default_model_path
 from edgec.targets.cuda import FATBIN_MAGIC
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
@@ -131,8 +132,11 @@ def test_torch_factory_and_pt2_compile(tmp_path):
 def test_recompile_replaces_previous_artifact(tmp_path):
     out = tmp_path / "a"
     edgec.compile(None, target="x86", output=out)
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(EdgecError, match="notes.txt"):  # a file edgec did not write is never deleted
+        edgec.compile(None, target="x86:avx2", output=out)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
     edgec.compile(None, target="x86:avx2", output=out)
-    assert not (out / "stale.txt").exists()
     assert json.loads((out / "manifest.json").read_text())["target"]["tvm"]["mcpu"] == "haswell"
     assert [p.name for p in tmp_path.iterdir()] == ["a"]  # no staging folders left behind

@@ -201,7 +201,7 @@ def test_cli_max_drop_option_errors(cli, mnist, tmp_path):
     code, _, err = cli("quantize", "-o", out, "--calib", mnist["calib"], "--max-drop", "0.5")
     _assert_user_error(code, err, "--max-drop needs evaluation data", "--eval")
     code, _, err = cli("quantize", "-o", out, "--calib", mnist["calib"], "--eval", mnist["test"], "--max-drop", "-1")
-    _assert_user_error(code, err, "--max-drop must be ≥ 0")
+    _assert_user_error(code, err, "--max-drop", "x>=0")
     code, _, err = cli("quantize", "-o", out, "--calib", mnist["calib"], "--override", "fc")
     _assert_user_error(code, err, "cannot read --override 'fc'")
     code, _, err = cli("quantize", "-o", out, "--calib", mnist["calib"], "--eval", mnist["test"], "--max-drop", "1",
