@@ -9,6 +9,7 @@ from __future__ import annotations
 import onnx
 
 from edgec.errors import EdgecError
+from edgec.targets.captured_output import captured_output
 
 
 def supported_ops() -> set[str]:
@@ -86,7 +87,8 @@ def to_relax(model: onnx.ModelProto):
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
         shapes[value.name] = dims
     try:
-        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+        with captured_output():
+            mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
         raise EdgecError(f"TVM's ONNX importer failed: {first}",

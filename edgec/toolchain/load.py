@@ -16,6 +16,8 @@ import onnx
 import onnx_ir as ir
 
 from edgec.errors import EdgecError
+from edgec.limits import Limits
+from edgec.toolchain.validate import check_conv_channels, check_external_data, validate_model
 
 InputShapes = dict[str, tuple[int, ...]]
 
@@ -52,20 +54,27 @@ def parse_input_shapes(spec: str | Sequence[str] | None) -> dict[str | None, tup
 
 def _read_onnx(source: str, shapes: dict[str | None, tuple[int, ...]]) -> onnx.ModelProto:
     path = Path(source)
-    if path.stat().st_size == 0:
-        raise EdgecError(f"{path} is empty", "pass a complete .onnx file (re-export the model)")
+    if path.is_dir():
+        raise EdgecError(f"{path} is a folder, not a model file", "pass the .onnx file inside it")
     try:
+        if path.stat().st_size == 0:
+            raise EdgecError(f"{path} is empty", "pass a complete .onnx file (re-export the model)")
         model = onnx.load(str(path), load_external_data=False)
+    except PermissionError:
+        raise EdgecError(f"cannot read {path}: permission denied", "make the file readable (chmod +r)") from None
+    except EdgecError:
+        raise
     except Exception as exc:  # protobuf raises DecodeError or RuntimeError depending on the damage
         raise EdgecError(f"{path} is not a valid ONNX file ({type(exc).__name__})",
                          "re-export the model; the file may be truncated or not ONNX") from None
     if not model.graph.node:
         raise EdgecError(f"{path} holds no graph nodes", "pass a complete .onnx file (re-export the model)")
+    check_external_data(model, path.parent)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError) as exc:
-        raise EdgecError(f"external data of {path.name} is missing: {Path(exc.filename or '').name or exc}",
-                         "keep the .data files next to the .onnx file they belong to") from None
+    except OSError as exc:
+        raise EdgecError(f"cannot read the external data of {path.name}: {exc.strerror or exc}",
+                         "keep the .data files, readable, next to the .onnx file they belong to") from None
     return model
 
 
@@ -136,8 +145,10 @@ _READERS: list[tuple[Callable[[str], bool], Callable[[str, dict], onnx.ModelProt
 ]
 
 
-def read_source(source: str | Path, shapes: dict[str | None, tuple[int, ...]] | None = None) -> onnx.ModelProto:
-    """Read a model file or ``package.module:factory`` into ONNX, without canonicalising it."""
+def read_source(source: str | Path, shapes: dict[str | None, tuple[int, ...]] | None = None,
+                limits: Limits | None = None) -> onnx.ModelProto:
+    """Read a model file or ``package.module:factory`` into ONNX, without canonicalising it, and validate it
+    (:func:`edgec.toolchain.validate.validate_model`): every command refuses a broken graph here, in one line."""
     source = str(source)
     shapes = shapes or {}
     looks_like_path = "/" in source or Path(source).suffix != ""
@@ -145,7 +156,9 @@ def read_source(source: str | Path, shapes: dict[str | None, tuple[int, ...]] | 
         raise EdgecError(f"model file {source} does not exist", "check the path")
     for matches, reader in _READERS:
         if matches(source):
-            return reader(source, shapes)
+            model = reader(source, shapes)
+            validate_model(model, limits or Limits.from_env(), Path(source) if Path(source).is_file() else None)
+            return model
     raise EdgecError(f"unsupported model source '{source}'",
                      "pass an .onnx file, a .pt2 torch.export program, or package.module:factory for PyTorch")
 
@@ -184,13 +197,16 @@ def fix_input_shapes(model: ir.Model, shapes: dict[str | None, tuple[int, ...]],
                                  f"but the shape given has rank {len(shape)} {tuple(shape)}",
                                  f"pass a shape with {len(current)} dimensions")
             for i, (old, new) in enumerate(zip(current, shape)):
-                if is_static(old) and old != new:
+                if is_static(old) and old not in (0, new):
                     raise EdgecError(f"input '{name}' needs {_fmt_dims(current)}, but the shape given is "
                                      f"{tuple(shape)} (dim {i}: {old} ≠ {new})",
                                      "pass a shape that matches the model's fixed dimensions")
         value.shape = ir.Shape(list(shape))
     for name, value in inputs.items():
         dims = list(value.shape) if value.shape is not None else None
+        if dims is not None and 0 in dims:
+            raise EdgecError(f"input '{name}' has a dimension of size 0 {_fmt_dims(dims)}: an empty tensor",
+                             f"give its real size with --input-shape {name}:...")
         if dims is not None and all(is_static(d) for d in dims):
             continue
         if dims and not is_static(dims[0]) and all(is_static(d) for d in dims[1:]):
@@ -216,14 +232,18 @@ CANONICAL_PASSES = ("lift_constants", "fold_constants")
 
 
 def canonicalize(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...]],
-                 log: list[dict] | None = None) -> ir.Model:
+                 log: list[dict] | None = None, limits: Limits | None = None) -> ir.Model:
     """Static shapes, Constant weights lifted, shape subgraphs folded: what every pass and target expects.
 
     The canonicalising passes' log entries are appended to ``log`` (marked ``"stage": "load"``) when given, after
     one ``input_shapes`` entry per assumption made about a dynamic dim (its ``report["note"]`` says which).
+    Folding makes no tensor over ``limits``, and a model in which shape inference finds one is refused here,
+    before anything allocates it.
     """
+    from edgec.passes import get_pass
     from edgec.toolchain.pipeline import run_pipeline
 
+    limits = limits or Limits.from_env()
     ir_model = ir.serde.deserialize_model(model)
     # Initializers listed as graph inputs (old exporters do this) are weights, not inputs.
     init_names = set(ir_model.graph.initializers)
@@ -232,8 +252,14 @@ def canonicalize(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...
             ir_model.graph.inputs.remove(value)
     notes: list[str] = []
     fix_input_shapes(ir_model, shapes, notes)
+    for value in ir_model.graph.inputs:
+        itemsize = value.dtype.itemsize if value.dtype is not None else 4
+        limits.check(f"input '{value.name}'", list(value.shape or []), itemsize)
     nodes = len(ir_model.graph)
-    ir_model, entries = run_pipeline(ir_model, CANONICAL_PASSES)
+    passes = [get_pass(name, limits=limits) if name == "fold_constants" else name for name in CANONICAL_PASSES]
+    ir_model, entries = run_pipeline(ir_model, passes)
+    check_value_sizes(ir_model, limits)
+    check_conv_channels(ir_model)
     if log is not None:
         log.extend({"stage": "load", "pass": "input_shapes", "changed": True, "nodes_before": nodes,
                     "nodes_after": nodes, "report": {"note": note}} for note in notes)
@@ -241,12 +267,27 @@ def canonicalize(model: onnx.ModelProto, shapes: dict[str | None, tuple[int, ...
     return ir_model
 
 
+def check_value_sizes(model: ir.Model, limits: Limits) -> None:
+    """Every tensor of the graph whose shape inference knows fits ``limits``: the compiled model, onnxruntime
+    during verification and the runner would each allocate it."""
+    for node in model.graph.all_nodes():
+        for value in node.outputs:
+            shape, dtype = value.shape, value.dtype
+            if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
+                continue
+            limits.check(f"tensor '{value.name}' (output of {node.op_type} node '{node.name}')", list(shape),
+                         dtype.itemsize)
+
+
 def load_model(source: str | Path, input_shapes: str | Sequence[str] | dict | None = None,
-               log: list[dict] | None = None) -> ir.Model:
-    """Read ``source`` (ONNX file, .pt2, or ``module:factory``) and canonicalise it. The one entry point."""
+               log: list[dict] | None = None, limits: Limits | None = None) -> ir.Model:
+    """Read ``source`` (ONNX file, .pt2, or ``module:factory``) and canonicalise it. The one entry point.
+
+    ``limits`` bounds every tensor edgec makes; by default what ``EDGEC_MAX_TENSOR_MB`` says."""
+    limits = limits or Limits.from_env()
     shapes = input_shapes if isinstance(input_shapes, dict) else parse_input_shapes(input_shapes)
-    proto = read_source(source, shapes)
-    return canonicalize(proto, shapes, log)
+    proto = read_source(source, shapes, limits)
+    return canonicalize(proto, shapes, log, limits)
 
 
 def input_signature(model: ir.Model) -> list[dict]:
