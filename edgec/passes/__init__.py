@@ -11,6 +11,7 @@ from edgec.passes import (  # noqa: F401  (registration)
     prune_channels,
     remove_dead,
     remove_identity,
+    unroll_rnn,
 )
 from edgec.passes.base import EdgecPass, PassReport, get_pass, pass_names, register_pass
 

@@ -30,6 +30,9 @@ OP_HINTS = {
                      "QLinearSoftmax", "QAttention"), QOPERATOR_HINT),
     **dict.fromkeys(("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"),
                     DYNAMIC_HINT),
+    # reached only when the unroll_rnn pass did not run (edgec.compile(passes=...) without it)
+    **dict.fromkeys(("LSTM", "GRU", "RNN"), "edgec's unroll_rnn pass rewrites it into MatMul/Sigmoid/Tanh steps: "
+                                            "keep unroll_rnn in the pass list"),
 }
 
 
