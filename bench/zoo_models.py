@@ -80,7 +80,7 @@ MODELS: dict[str, Model] = {m.name: m for m in [
     Model("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx", "1,3,416,416", "text/icon detection (YOLOX)",
           "pytorch 1.9, opset 11", "bgr_255", ("topk", (0,), 10, "yolox")),
     Model("ddddocr_rec", "ddddocr==1.6.1", "ddddocr/common.onnx", "1,1,64,160", "captcha OCR (CNN + LSTM, CTC)",
-          "pytorch 1.9, opset 12", "gray_line", ("equal", 0)),
+          "pytorch 1.9, opset 12", "gray_line", ("argmax", 0, -1)),
     Model("nudenet_320n", "nudenet==3.4.2", "nudenet/320n.onnx", "1,3,320,320", "detection (YOLOv8n, 18 classes)",
           "pytorch 2.3, opset 17", "rgb_01", ("topk", (0,), 20, "yolov8")),
     Model("oww_melspec", OWW, f"{OWW_MODELS}/melspectrogram.onnx", "1,1760", "audio features (mel spectrogram)",
