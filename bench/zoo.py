@@ -182,8 +182,9 @@ def ort_quantize(source: Path, calib: list[dict[str, np.ndarray]], work: Path) -
             return None if feed is None else {k: v for k, v in feed.items() if k in names}
 
     pre, out = work / "ort_pre.onnx", work / "ort_int8.onnx"
+    # quant_pre_process and the calibrator write temporary models (and .data files) into the current folder
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), contextlib.chdir(work):
         warnings.simplefilter("ignore")
         source = opset13(source, work)
         try:
