@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import onnx_ir as ir
-from onnx_ir.passes.common import IdentityEliminationPass
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as rules
 
@@ -36,6 +35,35 @@ def _dropout_to_identity(graph: ir.Graph) -> None:
                                                     identity.outputs)
 
 
+def remove_identities(graph: ir.Graph) -> None:
+    """Bypass the main graph's Identity nodes; keep those that give a graph output its name from a graph
+    input, an initializer or another output (the output must stay a distinct value).
+
+    Why not onnx_ir's IdentityEliminationPass: it also rewrites Identity nodes inside If/Loop bodies, and an
+    Identity there that returns a value of the enclosing graph (openWakeWord's models, Silero VAD) ends as a
+    branch output no node of the branch produces, or as one value output by two graphs — invalid models. Subgraph
+    Identities are rare and cost one copy; they are left alone.
+    """
+    for node in list(graph):
+        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        source, result = node.inputs[0], node.outputs[0]
+        if source is None:
+            continue
+        if result.is_graph_output():
+            if (source.is_graph_input() or source.is_graph_output() or source.is_initializer()
+                    or source.producer() is None or source.producer().graph is not graph):
+                continue
+            name = result.name
+            graph.outputs[graph.outputs.index(result)] = source
+            result.replace_all_uses_with(source)
+            graph.remove(node, safe=True)
+            source.name = name
+            continue
+        result.replace_all_uses_with(source)
+        graph.remove(node, safe=True)
+
+
 @register_pass
 class RemoveIdentity(EdgecPass):
     name = "remove_identity"
@@ -49,6 +77,6 @@ class RemoveIdentity(EdgecPass):
             rules.no_op_transpose_rule,
             rules.no_op_expand_rule,
         ]))(model)
-        IdentityEliminationPass()(model)
+        remove_identities(model.graph)
         delta = node_delta(before, ops_histogram(model))
         return {"changed": bool(delta), "nodes": delta}

@@ -300,5 +300,6 @@ def output_signature(model: ir.Model) -> list[dict]:
 
 def _value_spec(value: ir.Value) -> dict:
     dtype = value.dtype.numpy().name if value.dtype is not None else "unknown"
-    shape = [d if isinstance(d, int) else None for d in value.shape] if value.shape is not None else None
+    # -1 (paddle2onnx) is a dynamic dim like a name: null in signatures and manifests.
+    shape = [d if is_static(d) else None for d in value.shape] if value.shape is not None else None
     return {"name": value.name, "dtype": dtype, "shape": shape}

@@ -1,0 +1,56 @@
+"""The zoo's failures (bench/zoo.py), each reduced to the smallest graph that showed it (bench/zoo_repro.py):
+paddle2onnx's -1 output dims reached the manifest and made every artifact of such a model unloadable
+(PP-OCR's direction classifier); remove_identity broke If branches that return a value of the enclosing graph
+(openWakeWord's wake-word heads, Silero VAD), and `edgec quantize` of them failed inside onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from helpers import assert_user_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import zoo_repro  # noqa: E402
+from edgec.passes import get_pass  # noqa: E402
+
+
+def test_minus_one_output_dims_compile_and_run(cli, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo_repro.neg_dim_output(), str(path))
+    code, out, err = cli("compile", path, "--input-shape", "1,3,8,8", "--target", "x86", "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, err
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["outputs"][0]["shape"] in ([1, 3], [None, 3])
+    code, _, err = cli("run", tmp_path / "a")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("also_graph_output", [False, True])
+def test_identity_in_if_branch_keeps_a_valid_model(also_graph_output, tmp_path):
+    """remove_identity on a model whose If branch is Identity(outer value): still valid ONNX, same outputs in
+    onnxruntime on both branches; compiling then fails in one line naming If (TVM's importer lacks it)."""
+    proto = zoo_repro.if_identity(also_graph_output)
+    model = ir.serde.deserialize_model(proto)
+    get_pass("remove_identity")(model)
+    rewritten = ir.serde.serialize_model(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in (np.full((1, 4), -9.0, np.float32), np.full((1, 4), 3.0, np.float32)):  # else, then branch
+        for a, b in zip(before.run(None, {"x": x}), after.run(None, {"x": x})):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_if_model_is_one_line(cli, tmp_path):
+    path = tmp_path / "if.onnx"
+    onnx.save(zoo_repro.if_identity(True), str(path))
+    code, _, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
+    assert_user_error(code, err, "operator If", "not supported by TVM's ONNX importer")
