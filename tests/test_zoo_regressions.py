@@ -49,8 +49,37 @@ def test_identity_in_if_branch_keeps_a_valid_model(also_graph_output, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_if_model_is_one_line(cli, tmp_path):
+@pytest.mark.parametrize("also_graph_output", [False, True])
+def test_if_becomes_where_on_both_branches(also_graph_output, cli, tmp_path):
+    """if_to_where (TVM has no If): the rewritten graph has no If and equals the source in onnxruntime on the
+    branch taken and on the one not taken; the CLI compiles the model and verifies it."""
+    proto = zoo_repro.if_identity(also_graph_output)
+    model = ir.serde.deserialize_model(proto)
+    for name in ("fold_constants", "if_to_where", "remove_identity"):
+        get_pass(name)(model)
+    rewritten = ir.serde.serialize_model(model)
+    assert "If" not in {n.op_type for n in rewritten.graph.node}
+    onnx.checker.check_model(rewritten, full_check=True)
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in (np.full((1, 4), -9.0, np.float32), np.full((1, 4), 3.0, np.float32)):
+        for a, b in zip(before.run(None, {"x": x}), after.run(None, {"x": x})):
+            np.testing.assert_array_equal(a, b)
     path = tmp_path / "if.onnx"
-    onnx.save(zoo_repro.if_identity(True), str(path))
+    onnx.save(proto, str(path))
+    code, out, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, err
+
+
+def test_if_with_differently_shaped_branches_is_one_line(cli, tmp_path):
+    """Branches whose outputs differ in shape are a run-time-shaped result: left alone, named in one line."""
+    proto = zoo_repro.if_identity(False)
+    then_g = onnx.helper.make_graph([onnx.helper.make_node("ReduceSum", ["s"], ["t"], keepdims=1)], "then", [],
+                                   [onnx.helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [1, 1])])
+    node = next(n for n in proto.graph.node if n.op_type == "If")
+    next(a for a in node.attribute if a.name == "then_branch").g.CopyFrom(then_g)
+    proto.graph.output[0].type.tensor_type.ClearField("shape")
+    path = tmp_path / "if.onnx"
+    onnx.save(proto, str(path))
     code, _, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
     assert_user_error(code, err, "operator If", "not supported by TVM's ONNX importer")

@@ -6,6 +6,7 @@ from edgec.passes import (  # noqa: F401  (registration)
     fold_batchnorm,
     fold_constants,
     fuse_pad_into_conv,
+    if_to_where,
     lift_constants,
     quantize_qdq,
     prune_channels,

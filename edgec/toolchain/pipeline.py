@@ -17,8 +17,9 @@ from edgec.passes.base import EdgecPass, PassReport, count_nodes, get_pass
 # Cleanup that every compile runs. fold_constants runs again after BN folding and identity removal because those
 # expose new constant expressions; it is cheap when there is nothing left to fold. unroll_rnn runs after the first
 # fold (an LSTM's weights and zero initial states are often computed by Slice/Concat/Expand) and before the rest,
-# so later passes (and quantization) see its MatMuls.
-DEFAULT_PASSES: tuple[str, ...] = ("fold_constants", "remove_identity", "unroll_rnn", "fold_batchnorm",
+# so later passes (and quantization) see its MatMuls. if_to_where comes first: TVM has no If, and a branch may
+# hold an LSTM (Silero VAD).
+DEFAULT_PASSES: tuple[str, ...] = ("fold_constants", "if_to_where", "remove_identity", "unroll_rnn", "fold_batchnorm",
                                    "fuse_pad_into_conv", "canonicalize_clip", "conv_transpose_to_conv",
                                    "fold_constants", "remove_dead")
 
