@@ -79,3 +79,16 @@ def node_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 PassFactory = Callable[..., EdgecPass]
+
+
+def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Every use of ``old`` becomes ``new``, graph outputs included; a graph output keeps its name (what users and
+    the manifest know it by), so ``new`` takes it."""
+    name = old.name if old.is_graph_output() else None
+    for i, out in enumerate(graph.outputs):
+        if out is old:
+            graph.outputs[i] = new
+    old.replace_all_uses_with(new)
+    if name is not None:
+        old.name = None
+        new.name = name

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgec.passes.base import EdgecPass, register_pass
+from edgec.passes.base import EdgecPass, register_pass, replace_value
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 _IMPURE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -83,13 +83,7 @@ def rewrite_if(graph: ir.Graph, node: ir.Node) -> None:
         graph.insert_before(node, where)
         selected = where.outputs[0]
         selected.shape, selected.dtype = a.shape, a.dtype
-        name = result.name
-        for i, out in enumerate(graph.outputs):
-            if out is result:
-                graph.outputs[i] = selected
-        result.replace_all_uses_with(selected)
-        result.name = None
-        selected.name = name
+        replace_value(graph, result, selected)
     graph.remove(node, safe=True)
 
 

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.rewriter.rules import common as rules
 
-from edgec.passes.base import EdgecPass, node_delta, ops_histogram, register_pass
+from edgec.passes.base import EdgecPass, node_delta, ops_histogram, register_pass, replace_value
 
 
 def _is_inference_dropout(node: ir.Node) -> bool:
@@ -54,13 +54,7 @@ def remove_identities(graph: ir.Graph) -> None:
             if (source.is_graph_input() or source.is_graph_output() or source.is_initializer()
                     or source.producer() is None or source.producer().graph is not graph):
                 continue
-            name = result.name
-            graph.outputs[graph.outputs.index(result)] = source
-            result.replace_all_uses_with(source)
-            graph.remove(node, safe=True)
-            source.name = name
-            continue
-        result.replace_all_uses_with(source)
+        replace_value(graph, result, source)
         graph.remove(node, safe=True)
 
 
