@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgec.calibration import capture
 from edgec.calibration.observers import OBSERVERS, Observer, get_observer
 from edgec.errors import EdgecError
 from edgec.passes.base import EdgecPass, register_pass
@@ -488,8 +489,8 @@ class QuantizeQDQ(EdgecPass):
             w = layer.weight.const_value.numpy().astype(np.float64)  # the float weight (dropped from the graph)
             rng = np.random.default_rng(1000 + index)
             x_name, y_name = node.inputs[0].name, layer.output.name
-            q_sess = collect.session(collect.expose(ir.serde.serialize_model(model), [x_name]))
-            f_sess = collect.session(collect.expose(float_proto, [y_name]))
+            q_sess = capture.session(capture.expose(ir.serde.serialize_model(model), [x_name]))
+            f_sess = capture.session(capture.expose(float_proto, [y_name]))
             xs, ys, seen = [], [], 0
             for feed in self.calibration():
                 if seen >= samples:
