@@ -74,7 +74,8 @@ def depthwise_pairs(model: ir.Model) -> list[DepthwisePair]:
             continue
         w2 = _private_const(reader, 1)
         group = reader.attributes["group"].value if "group" in reader.attributes else 1
-        if w2 is None or w2.ndim != 4 or w2.dtype != np.float32 or w2.shape[1] != 1 or group != w1.shape[0] or w2.shape[0] % group:
+        depthwise = w2 is not None and w2.ndim == 4 and w2.shape[1] == 1 and group == w1.shape[0]
+        if not depthwise or w2.dtype != np.float32 or w2.shape[0] % group:
             continue
         pairs.append(DepthwisePair(node, reader, tensor))
     return pairs
