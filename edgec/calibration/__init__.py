@@ -1,2 +1,3 @@
-"""Calibration data for quantization: where inputs come from (:mod:`.sources`) and streaming range observers
-(:mod:`.observers`) that keep a fixed-size state however many samples they see."""
+"""Calibration data for quantization and pruning: where inputs come from (:mod:`.sources`), how a model's
+intermediate activations are read on them (:mod:`.capture`, the one path both use), and streaming range
+observers (:mod:`.observers`) whose state is bounded however many samples they see."""

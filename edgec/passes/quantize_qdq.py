@@ -12,7 +12,10 @@ What is quantized, and how (see :mod:`edgec.quantization.qmath` for the arithmet
 * Activations (``activations="int8"``): every float input of those layers and every layer output (after a
   following Relu, so the pair becomes one integer kernel with fused ReLU), per tensor, asymmetric uint8 by
   default, with ranges from streaming observers fed by onnxruntime running the float model on calibration data.
-  Graph outputs stay float (logits keep their precision; an integer kernel dequantizes its int32 accumulator).
+  Graph outputs stay float (logits keep their precision; an integer kernel dequantizes its int32 accumulator),
+  and so does a layer output that no quantized layer reads, directly or through float ops (a head's logits
+  before its Softmax). With per-channel weights, a Conv output that a depthwise Conv reads is first equalized
+  (channel ranges brought to one, exactly, through both convs' weights: :mod:`edgec.quantization.equalize`).
 * Biases of layers whose input is quantized: int32 with scale ``input_scale × weight_scale``, what an integer
   kernel adds to its accumulator (kept float for group-wise weights, which have no single per-channel scale).
 * Bias correction (optional): quantization shifts each layer's output mean; layer by layer in graph order, the
@@ -36,10 +39,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgec.calibration import capture
 from edgec.calibration.observers import OBSERVERS, Observer, get_observer
 from edgec.errors import EdgecError
 from edgec.passes.base import EdgecPass, register_pass
 from edgec.quantization import collect
+from edgec.quantization.equalize import equalize
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
                                       quantize_weight, sqnr_db)
 
@@ -70,6 +75,9 @@ class QuantConfig:
     activation_dtype: str = "uint8"
     percentile: float = 99.99
     bins: int = 2048
+    # Conv → depthwise Conv activations brought to one range before calibration (exact in float, free with
+    # per-channel weight scales: :mod:`edgec.quantization.equalize`)
+    equalize: bool = True
     # per layer (node name, weight name, or weight name without ".weight") → "int8" | "int4" | "float"; a float
     # layer keeps its float weight and reads float inputs (no QDQ on them), see ``_activation_values``
     overrides: dict[str, str] = field(default_factory=dict)
@@ -214,6 +222,9 @@ class QuantizeQDQ(EdgecPass):
             _upgrade_opset(model, min_opset)
             notes.append(f"opset {opset} → {min_opset} (needed by "
                          f"{'INT4/blocked' if min_opset == 21 else 'per-axis'} DequantizeLinear)")
+        if cfg.activations == "int8" and cfg.granularity == "channel" and cfg.equalize:
+            assert self.calibration is not None
+            notes.extend(equalize(model, self.calibration))
         layers = self._find_layers(model)  # again: a converter may have rebuilt the graph's nodes
         self._float_nodes = {id(layer.node) for layer in layers if cfg.precision(layer.keys) == "float"}
         self._names = {v.name for v in _all_values(model) if v.name}
@@ -293,8 +304,10 @@ class QuantizeQDQ(EdgecPass):
         return layers
 
     def _activation_values(self, model: ir.Model, layers: list[_Layer]) -> list[str]:
-        """Float tensors to quantize: layer data inputs and (fused) layer outputs, never graph outputs; none for
+        """Float tensors to quantize: layer data inputs and (fused) layer outputs, never graph outputs, nor a layer
+        output from which no quantized layer can be reached (see :func:`_feeds_a_quantized_layer`); none for
         layers kept float (their output is still quantized where a quantized layer reads it)."""
+        quantized = {id(layer.node) for layer in layers if id(layer.node) not in self._float_nodes}
         wanted: list[str] = []
         for layer in layers:
             if id(layer.node) in self._float_nodes:
@@ -305,6 +318,8 @@ class QuantizeQDQ(EdgecPass):
                     continue
                 if self._float_nodes and all(id(u.node) in self._float_nodes for u in v.uses()):
                     continue  # only float layers read it: it stays float
+                if v is layer.activation_out and not _feeds_a_quantized_layer(v, quantized):
+                    continue
                 wanted.append(v.name)
         return wanted
 
@@ -488,8 +503,8 @@ class QuantizeQDQ(EdgecPass):
             w = layer.weight.const_value.numpy().astype(np.float64)  # the float weight (dropped from the graph)
             rng = np.random.default_rng(1000 + index)
             x_name, y_name = node.inputs[0].name, layer.output.name
-            q_sess = collect.session(collect.expose(ir.serde.serialize_model(model), [x_name]))
-            f_sess = collect.session(collect.expose(float_proto, [y_name]))
+            q_sess = capture.session(capture.expose(ir.serde.serialize_model(model), [x_name]))
+            f_sess = capture.session(capture.expose(float_proto, [y_name]))
             xs, ys, seen = [], [], 0
             for feed in self.calibration():
                 if seen >= samples:
@@ -603,6 +618,24 @@ def _adaround_unsupported(layer: _Layer) -> str | None:
         if layer.bias_float.size != w.shape[layer.out_axis]:
             return "broadcast bias"
     return None
+
+
+def _feeds_a_quantized_layer(value: ir.Value, quantized: set[int]) -> bool:
+    """Whether a quantized layer reads ``value`` or anything computed from it. Where none does (a recognizer's
+    logits → Softmax → graph output), quantizing it rounds for no integer kernel: its producer dequantizes its
+    int32 accumulator straight to float, as for a graph output, and the logits keep their precision (rounded to
+    uint8 over PP-OCRv4's head range, close characters' scores tie)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        for use in stack.pop().uses():
+            node = use.node
+            if id(node) in quantized and use.idx == 0:
+                return True
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.outputs)
+    return False
 
 
 def _float_report(layer: _Layer) -> dict[str, Any]:

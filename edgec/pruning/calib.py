@@ -1,30 +1,30 @@
 """Calibration data: read it, and capture intermediate activations of a model on it with onnxruntime.
 
-Activations are captured by listing the wanted tensors as extra graph outputs of a copy of the model. The copy
-gets a symbolic batch dimension so that many samples run in one call; models that pin the batch size inside the
-graph (a Reshape to [1, -1], say) fall back to one sample per call. Every captured batch goes through ``reduce``
-at once (sampling positions, cutting patches), so memory stays at the reduced size even for 224×224 models.
+Activations are captured through :mod:`edgec.calibration.capture`, the path quantization's calibration uses too:
+the wanted tensors become graph outputs of a copy of the model, many samples run in one call where the graph
+allows it (one per call where it pins the batch, a Reshape to [1, -1], say), on one thread. Every captured batch
+goes through ``reduce`` at once (sampling positions, cutting patches), so memory stays at the reduced size even
+for 224×224 models.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from edgec.arrays import open_arrays
+from edgec.calibration import capture as shared_capture
+from edgec.calibration.capture import Reduce
 from edgec.errors import EdgecError
 
 __all__ = ["MAX_SAMPLES", "load_calibration", "check_calibration", "capture", "spread"]
 
 # The issue's bound for retrain-free recovery: a few hundred inputs, minutes on a CPU.
 MAX_SAMPLES = 256
-
-Reduce = Callable[[str, np.ndarray, int], np.ndarray]   # (tensor name, batch of activations, first sample index)
-
 
 def load_calibration(path: str | Path) -> np.ndarray:
     """Inputs from a .npy (the array) or .npz (its single array, or the one named ``input``/``x``)."""
@@ -78,43 +78,9 @@ def spread(x: np.ndarray, n: int) -> np.ndarray:
     return x if len(x) <= n else x[evenly_spaced(len(x), n)]
 
 
-def _with_outputs(proto: onnx.ModelProto, names: Sequence[str], batched: bool) -> onnx.ModelProto:
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    graph = proto.graph
-    del graph.output[:]
-    del graph.value_info[:]
-    graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    if batched:
-        for vi in graph.input:
-            vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    return proto
-
-
 def capture(proto: onnx.ModelProto, names: Sequence[str], calib: np.ndarray, reduce: Reduce | None = None,
             batch: int = 16) -> dict[str, np.ndarray]:
-    """Activations ``names`` of ``proto`` on ``calib`` (N×...), each passed through ``reduce`` per batch."""
-    import onnxruntime as ort
-
-    names = list(dict.fromkeys(names))
-    reduce = reduce or (lambda name, a, start: a)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    input_name = proto.graph.input[0].name
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    session, step = None, batch
-    probe = ort.SessionOptions()
-    probe.log_severity_level = 4  # a model with a hard-coded batch (Reshape [1, -1]) fails here, as expected
-    try:
-        session = ort.InferenceSession(_with_outputs(proto, names, True).SerializeToString(), probe,
-                                       providers=["CPUExecutionProvider"])
-        session.run(None, {input_name: calib[:2]})
-    except Exception:
-        session, step = None, 1
-    if session is None:
-        session = ort.InferenceSession(_with_outputs(proto, names, False).SerializeToString(), opts,
-                                       providers=["CPUExecutionProvider"])
-    for start in range(0, len(calib), step):
-        outs = session.run(None, {input_name: calib[start: start + step]})
-        for name, out in zip(names, outs):
-            parts[name].append(reduce(name, out, start))
-    return {n: np.concatenate(v, axis=0) for n, v in parts.items()}
+    """Activations ``names`` of ``proto`` on ``calib`` (N×...), each passed through ``reduce`` per batch: the shared
+    capture path (:func:`edgec.calibration.capture.capture`: batched where the graph allows, else one sample per
+    call, one thread)."""
+    return shared_capture.capture(proto, names, calib, reduce, batch)

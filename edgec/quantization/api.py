@@ -17,7 +17,7 @@ import onnx_ir as ir
 from edgec.calibration.sources import EvalData, batches, open_eval, open_source
 from edgec.errors import EdgecError
 from edgec.passes.quantize_qdq import QuantConfig, QuantizeQDQ, quantized_ops
-from edgec.quantization import collect
+from edgec.calibration import capture
 from edgec.toolchain.dynamic_dims import restore_dynamic, source_dims
 from edgec.toolchain.load import load_model
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
@@ -59,7 +59,7 @@ def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: P
     data = path if isinstance(path, EvalData) else open_eval(path, ir.serde.deserialize_model(float_model))
     source, labels = data.source, data.labels
     batch = source.specs[0].batch
-    f_sess, q_sess = collect.session(float_model), collect.session(quant_model)
+    f_sess, q_sess = capture.session(float_model), capture.session(quant_model)
     f_top, q_top = [], []
     for feed in batches(source):
         f_top.append(np.argmax(f_sess.run(None, feed)[0].reshape(batch, -1), axis=1))
@@ -131,7 +131,7 @@ def quantize_model(source: str | Path, output: str | Path | None, calib: str | P
     qpass = QuantizeQDQ(config, (lambda: batches(src)) if src is not None else None)
     model, qlog = run_pipeline(model, [qpass])
     quant_proto = ir.serde.serialize_model(model)
-    collect.session(quant_proto)  # onnxruntime must load what we write; failing here is an edgec bug
+    capture.session(quant_proto)  # onnxruntime must load what we write; failing here is an edgec bug
 
     report: dict[str, Any] = dict(qlog[-1].get("report", {}))
     report["calibration"] = src.description if src is not None else "none (weights only)"

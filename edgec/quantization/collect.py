@@ -1,8 +1,9 @@
-"""Run a model in onnxruntime over calibration data with chosen intermediate tensors exposed, one batch at a time.
+"""Quantization's reductions over calibration data: observed ranges, per-channel means, per-tensor SQNR.
 
-The model is copied with those tensors added as graph outputs; each batch's values go to a callback and are
-dropped, so memory stays at one batch's activations whatever the number of samples. Sessions run on one thread:
-the machines this runs on are shared, and calibration is dominated by per-run overhead on small inputs anyway.
+Activations come from :mod:`edgec.calibration.capture`, the capture path pruning uses too (intermediate tensors
+exposed as graph outputs, feeds batched where the graph allows, one thread); each group's values go to a
+reduction here and are dropped, so memory stays at one group's activations whatever the number of samples.
+``session``, ``expose`` and ``run_exposed`` are that module's, named here for the callers that reduce their own way.
 """
 
 from __future__ import annotations
@@ -12,42 +13,19 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import onnx
 
+from edgec.calibration import capture
+from edgec.calibration.capture import expose, session
 from edgec.calibration.observers import NonFiniteError, Observer
 from edgec.errors import EdgecError
 
 __all__ = ["expose", "session", "run_exposed", "observe", "ChannelMeans", "channel_means", "output_sqnr"]
 
 
-def expose(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs are ``names`` (float32 tensors), in that order."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    del copy.graph.output[:]
-    copy.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    return copy
-
-
-def session(model: onnx.ModelProto, optimize: bool = True):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def run_exposed(model: onnx.ModelProto, names: Sequence[str], feeds: Iterable[dict[str, np.ndarray]],
-                callback: Callable[[int, list[np.ndarray]], None]) -> int:
-    """Call ``callback(batch_index, values)`` for every feed, ``values`` in the order of ``names``."""
-    sess = session(expose(model, names))
-    count = 0
-    for i, feed in enumerate(feeds):
-        callback(i, sess.run(list(names), feed))
-        count += 1
-    return count
+                callback: Callable[[range, list[np.ndarray]], None]) -> int:
+    """Call ``callback(feed_indices, values)`` per group of feeds, ``values`` in the order of ``names``; returns
+    the number of feeds."""
+    return capture.run(model, names, feeds, callback)
 
 
 def observe(model: onnx.ModelProto, observers: dict[str, Observer],
@@ -55,15 +33,25 @@ def observe(model: onnx.ModelProto, observers: dict[str, Observer],
     """Feed every named tensor's values to its observer; a NaN/inf becomes a one-line user error."""
     names = list(observers)
 
-    def update(i: int, values: list[np.ndarray]) -> None:
+    def update(indices: range, values: list[np.ndarray]) -> None:
         for name, value in zip(names, values):
             try:
                 observers[name].update(value)
             except NonFiniteError:
-                raise EdgecError(f"activation '{name}' has NaN or infinite values on calibration batch {i}",
+                raise EdgecError(f"activation '{name}' has NaN or infinite values on calibration batch "
+                                 f"{_first_bad_feed(value, indices)}",
                                  "check the calibration data's scale/normalization, or the model itself") from None
 
     return run_exposed(model, names, feeds, update)
+
+
+def _first_bad_feed(value: np.ndarray, indices: range) -> int:
+    """The index of the first feed of a group whose rows hold a NaN/inf (the group's rows are its feeds' rows)."""
+    rows = value.shape[0] // len(indices) if value.ndim and value.shape[0] % len(indices) == 0 else 0
+    if rows == 0:
+        return indices.start
+    per_feed = ~np.isfinite(value.reshape(len(indices), -1)).all(axis=1)
+    return indices.start + int(np.argmax(per_feed))
 
 
 class ChannelMeans:
@@ -89,7 +77,7 @@ def channel_means(model: onnx.ModelProto, names: Sequence[str],
                   feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     means = {n: ChannelMeans() for n in names}
 
-    def update(i: int, values: list[np.ndarray]) -> None:
+    def update(_indices: range, values: list[np.ndarray]) -> None:
         for n, v in zip(names, values):
             means[n].update(v)
 
@@ -100,10 +88,10 @@ def channel_means(model: onnx.ModelProto, names: Sequence[str],
 def output_sqnr(reference: onnx.ModelProto, quantized: onnx.ModelProto, names: Sequence[str],
                 feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
     """Per tensor (Σ ref², Σ (ref - quantized)²) over the feeds: both models run on each batch, nothing is kept."""
-    ref_sess, q_sess = session(expose(reference, names)), session(expose(quantized, names))
+    ref_run, q_run = capture.Exposed(reference, names), capture.Exposed(quantized, names)
     energy = {n: [0.0, 0.0] for n in names}
-    for feed in feeds:
-        for n, r, q in zip(names, ref_sess.run(list(names), feed), q_sess.run(list(names), feed)):
+    for feed in feeds:  # both models on the same feed, one call each
+        for n, r, q in zip(names, ref_run.run_one(feed), q_run.run_one(feed)):
             r64 = r.astype(np.float64)
             energy[n][0] += float(np.sum(r64 ** 2))
             energy[n][1] += float(np.sum((r64 - q) ** 2))

@@ -42,7 +42,7 @@ import onnx_ir as ir
 from edgec.calibration.sources import CalibrationSource, EvalData, batches, open_eval
 from edgec.errors import EdgecError
 from edgec.passes.quantize_qdq import PRECISION_CHOICES, QuantConfig, QuantizeQDQ, _upgrade_opset
-from edgec.quantization import collect
+from edgec.calibration import capture
 from edgec.quantization.qmath import sqnr_db
 
 __all__ = ["Evaluator", "Candidate", "mixed_precision", "scan_layers", "bound_missed", "check_search_options",
@@ -88,7 +88,7 @@ class Evaluator:
             self.n = len(self.float_pred)
 
     def _run(self, proto: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
-        sess = collect.session(proto)
+        sess = capture.session(proto)
         outs = []
         for feed in self._feeds():
             y = sess.run(None, feed)[0]
@@ -296,7 +296,7 @@ def mixed_precision(model: ir.Model, float_proto: onnx.ModelProto, passes_log: l
     report["passes"] = passes_log + final.log
     all_notes = list(notes) + [n for n in final.report.get("notes", []) if not n.startswith("kept float: ")]
     all_notes += src.notes if src is not None else []
-    collect.session(final.proto)  # onnxruntime must load what we write; failing here is an edgec bug
+    capture.session(final.proto)  # onnxruntime must load what we write; failing here is an edgec bug
     return QuantizeResult(out_path, report, final.proto, float_proto, all_notes,
                           met=met(final) if max_drop is not None else None)
 
