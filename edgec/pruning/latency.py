@@ -282,7 +282,7 @@ def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]]
         if cache is not None:
             from edgec.toolchain.writes import staged_file
 
-            with staged_file(Path(cache)) as tmp:
+            with staged_file(Path(cache), final=False) as tmp:
                 tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1))
     out_layers = [{"node": layer.node, "groups": touched, "full": tuple(size[g] for g in touched),
                    "ms": {point: entries[key] for point, key in keys.items()}} for layer, touched, keys in layers]

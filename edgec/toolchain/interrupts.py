@@ -79,6 +79,13 @@ def deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def decided() -> None:
+    """The command's output is in place: drop signals from now on, but only inside :func:`handled` (a library
+    caller's own handlers are never touched). Call it with the signals blocked so a pending one is discarded."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(HANDLED[0]) is _handler:
+        ignore_after_finish()
+
+
 def ignore_after_finish() -> None:
     """Ignore the signals from now on: for a process whose outcome is decided and which is about to exit."""
     if threading.current_thread() is threading.main_thread():

@@ -172,9 +172,13 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: Path) -> Iterator[Path]:
+def staged_folder(out_dir: Path, *, final: bool = True) -> Iterator[Path]:
     """Yield an empty folder; when the block completes it replaces ``out_dir`` (checked by
-    :func:`check_replaceable` again just before the swap), else it is removed and ``out_dir`` is untouched."""
+    :func:`check_replaceable` again just before the swap), else it is removed and ``out_dir`` is untouched.
+
+    ``final``: this is the command's output, so once it is in place the command's outcome is decided: a signal that
+    arrives during the swap or the clean-up after it is dropped (else the user would read "interrupted, nothing
+    written" next to a new artifact)."""
     out_dir = Path(os.path.abspath(out_dir))
     check_replaceable(out_dir)
     with _staging_entry(out_dir.parent) as entry:
@@ -188,11 +192,14 @@ def staged_folder(out_dir: Path) -> Iterator[Path]:
             if out_dir.exists():
                 os.rename(out_dir, entry / "old")  # removed with the entry
             os.rename(work, out_dir)
+            if final:
+                interrupts.decided()  # while still blocked: a pending signal is discarded
 
 
 @contextlib.contextmanager
-def staged_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; when the block completes it is renamed onto ``path`` (atomic)."""
+def staged_file(path: Path, *, final: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; when the block completes it is renamed onto ``path`` (atomic).
+    ``final``: as for :func:`staged_folder` (a cache written mid-command passes False)."""
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise EdgecError(f"{path} is a folder", "name a file")
@@ -200,4 +207,7 @@ def staged_file(path: Path) -> Iterator[Path]:
         tmp = entry / path.name
         yield tmp
         interrupts.raise_if_interrupted()
-        os.replace(tmp, path)
+        with interrupts.deferred():
+            os.replace(tmp, path)
+            if final:
+                interrupts.decided()
