@@ -1,6 +1,6 @@
 """Where does the time go? Build each fused, scheduled PrimFunc of a model alone and time it (1 thread).
 
-    .venv/bin/python bench/profile_cpu.py MODEL.onnx|resnet18|mobilenet_v2 [--target x86] [--top 25]
+    .venv/bin/python bench/profile_cpu.py MODEL.onnx|resnet18|mobilenet_v2 [--target x86] [--top 25] [--input-shape 1,3,H,W]
 
 Prints one row per kernel: calls × median time, share of the total, GFLOP/s for convs, and whether edgec's rules
 (or a tuning record) scheduled it. The sum is close to, not equal to, the model's latency (no VM overhead, warm
@@ -19,7 +19,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def scheduled_module(onnx_path: Path, target_name: str, options=None):
+def scheduled_module(onnx_path: Path, target_name: str, options=None, input_shapes: str | None = None):
     import onnx_ir as ir
 
     from edgec.targets import resolve_target
@@ -28,7 +28,7 @@ def scheduled_module(onnx_path: Path, target_name: str, options=None):
     from edgec.toolchain.load import load_model
     from edgec.toolchain.pipeline import run_pipeline
 
-    model, _ = run_pipeline(load_model(onnx_path))
+    model, _ = run_pipeline(load_model(onnx_path, input_shapes))
     return staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(target_name), options)
 
 
@@ -83,11 +83,11 @@ def conv_flops(func) -> int:
     return 0
 
 
-def kernel_times(path: Path, target_name: str, options=None) -> list[tuple]:
+def kernel_times(path: Path, target_name: str, options=None, input_shapes: str | None = None) -> list[tuple]:
     """(seconds × calls, name, calls, seconds per call, conv FLOPs, scheduled?) per fused kernel of the model."""
     from tvm import tirx
 
-    mod, target = scheduled_module(path, target_name, options)
+    mod, target = scheduled_module(path, target_name, options, input_shapes)
     counts = call_counts(mod)
     rows = []
     for gv, func in mod.functions.items():
@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--target", default="x86")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--input-shape", default=None, help="e.g. 1,3,224,224 (models with dynamic dims)")
     a = ap.parse_args()
     path = Path(a.model)
     if not path.exists():
@@ -113,7 +114,7 @@ def main() -> None:
         path = models.onnx_path(a.model)
     from tvm import tirx
 
-    rows = kernel_times(path, a.target)
+    rows = kernel_times(path, a.target, input_shapes=a.input_shape)
     total = sum(r[0] for r in rows)
     rows.sort(reverse=True)
     print(f"{'kernel':<48} {'calls':>5} {'ms each':>8} {'ms total':>8} {'share':>6} {'GFLOP/s':>8} sched")

@@ -91,12 +91,14 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
 
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass
+    from edgec.targets.cpu.kernels.matmul import pad_columns_pass
     from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass
     from edgec.targets.int4_pack import pack_int4_pass
 
     isa = isa_of(target)
     return [
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
+        pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
         split_channels_pass(),  # channel splits as slices: TVM's split keeps unblocked split points
         layout_pass(target, options),
         # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
