@@ -89,6 +89,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     """
     from tvm import relax
 
+    from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
@@ -98,6 +99,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     isa = isa_of(target)
     return [
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
+        conv1d_pass(isa),  # 1-D convs as im2col + matmul (long kernels) or 2-D convs of unit height
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
         split_channels_pass(),  # channel splits as slices: TVM's split keeps unblocked split points
         layout_pass(target, options),

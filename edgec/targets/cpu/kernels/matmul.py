@@ -33,7 +33,9 @@ class Matmul(sched.KernelRule):
         n_size, m_size = sched.extent(sch, n), sched.extent(sch, m)
         if self.options.gemv and m_size == 1 and all(sched.extent(sch, b) == 1 for b in batch):
             return self._gemv(sch, block, [*batch, m], n, k, lanes)
-        candidates = [d for d in range(1, min(n_size, 4 * lanes) + 1) if n_size % d == 0]
+        # whole tiles of 1, 2 or 4 vectors (LLVM splits a 3-vector type badly: 10× slower), or under one vector
+        candidates = [d for d in range(1, min(n_size, 4 * lanes) + 1)
+                      if n_size % d == 0 and (d < lanes or d in (lanes, 2 * lanes, 4 * lanes))]
         nt = max(candidates, key=lambda d: (d % lanes == 0 or d >= lanes, d))
         vectors = -(-nt // lanes)
         mt = sched.divisor_at_most(m_size, row_tile(isa, vectors))
@@ -125,7 +127,7 @@ def pad_columns_pass(isa: Isa):
     """Relax pass: float matmuls with a constant 2-D weight ``W[k, n]`` get their weight laid out for the rule.
 
     - A large weight (≥ ``PANEL_MIN_BYTES``, more than two panels) is stored as column panels ``[n/nt, k, nt]``
-      (nt = 4 vectors) and computed as a batched matmul over the panels, then put back to ``[m, n]`` (a copy that
+      (nt up to 4 vectors) and computed as a batched matmul over the panels, then put back to ``[m, n]`` (a copy that
       fuses with the bias add). Read in place, a column tile walks k with a stride of n floats: one page per k
       step, which the prefetchers do not follow (ddddocr's 512 × 8210 CTC head ran at 5.6× onnxruntime); a panel
       is contiguous and stays in L2 while every row tile passes over it.
@@ -135,7 +137,11 @@ def pad_columns_pass(isa: Isa):
     import tvm
     from tvm import relax
 
-    panel = 4 * isa.lanes
+    def panel_width(n: int) -> int:
+        """The widest panel of 4, 2 or 1 vectors whose padding adds at most an eighth to the columns (257 mel
+        bins: 32, not 64, which would store a quarter more weight). Not 3: LLVM splits a 48-float vector type
+        badly (the same STFT matmul ran 10× slower in 48-wide panels than in 64-wide ones)."""
+        return next(w * isa.lanes for w in (4, 2, 1) if (-n % (w * isa.lanes)) * 8 <= n or w == 1)
 
     @relax.expr_functor.mutator
     class _Pad(relax.PyExprMutator):
@@ -146,8 +152,9 @@ def pad_columns_pass(isa: Isa):
             if "float" not in str(call.args[1].ty.dtype) or len(call.args[0].ty.shape) < 2:
                 return call
             k, n = (int(d) for d in call.args[1].ty.shape)
+            panel = panel_width(n)
             packed = k * n * 4 >= PANEL_MIN_BYTES and n > 2 * panel
-            if not packed and (n <= panel or good_column_tile(n, isa.lanes)):
+            if not packed and (n <= 4 * isa.lanes or good_column_tile(n, isa.lanes)):
                 return call
             weight = _constant_weight(call.args[1], self.lookup_binding)
             if weight is None:
@@ -163,7 +170,7 @@ def pad_columns_pass(isa: Isa):
                 rows = int(np.prod(lead))
                 panels = padded.reshape(k, -1, panel).transpose(1, 0, 2).copy()  # [n/nt, k, nt], contiguous
                 # rows padded to a whole number of register tiles: 38 rows took 2-row tiles (8 FMAs per 6 loads)
-                tile_rows = row_tile(isa)
+                tile_rows = row_tile(isa, panel // isa.lanes)
                 extra_rows = -rows % tile_rows if rows > tile_rows else 0
                 x3 = relax.op.reshape(x, [1, rows, k])
                 if extra_rows:
