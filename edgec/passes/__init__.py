@@ -12,6 +12,7 @@ from edgec.passes import (  # noqa: F401  (registration)
     prune_channels,
     remove_dead,
     remove_identity,
+    scalar_constants,
     unroll_rnn,
 )
 from edgec.passes.base import EdgecPass, PassReport, get_pass, pass_names, register_pass

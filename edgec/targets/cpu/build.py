@@ -89,11 +89,13 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     """
     from tvm import relax
 
+    from edgec.targets.cpu.fast_math import fast_math_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
     from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass
+    from edgec.targets.cpu.pad_channels import pad_output_channels_pass
     from edgec.targets.int4_pack import pack_int4_pass
 
     isa = isa_of(target)
@@ -101,10 +103,12 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
         conv1d_pass(isa),  # 1-D convs as im2col + matmul (long kernels) or 2-D convs of unit height
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
+        pad_output_channels_pass(isa),  # 42 output channels as 48: whole blocks, not TVM's generic conv
         split_channels_pass(),  # channel splits as slices: TVM's split keeps unblocked split points
         layout_pass(target, options),
         # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
         fuse_depthwise_pointwise_pass(isa, options, l2),
+        fast_math_pass(),  # exp / sigmoid / tanh / erf as vectorizable arithmetic, not one expf call per lane
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options),
                                      "relax.round": legalize_round}),
         relax.transform.AnnotateTIROpPattern(),

@@ -62,17 +62,47 @@ def depthwise_row_tile(width: int, vec_per_block: int, max_vectors: int = 8) -> 
 
 
 def inline_epilogue(sch: s_tir.Schedule, writer) -> list:
-    """Reverse-inline every elementwise block that follows ``writer``; return the ones that could not be."""
+    """Reverse-inline every elementwise block that follows ``writer``; return the ones that could not be.
+
+    An epilogue that reads the conv's output twice (HardSwish: ``x · min(max(x + 3, 0), 6) / 6``) gives the writer
+    two consumers; its inner stages are first inlined forward into the last one (:func:`collapse_consumers`), so
+    the whole epilogue becomes one stage read from registers. Left as it was, four of its five stages ran as
+    single-threaded scalar loops over the whole output (PP-PicoDet's 1×1 convs: 7.8 ms instead of 1.5)."""
+    collapsed = False
     while True:
         consumers = sch.get_consumers(writer)
         if not consumers:
             return []
+        if len(consumers) != 1 and not collapsed:
+            collapsed = True
+            collapse_consumers(sch, writer)
+            continue
         if len(consumers) != 1:
             return list(consumers)
         try:
             sch.reverse_compute_inline(consumers[0])
         except Exception:  # noqa: BLE001  (tir raises ScheduleError subclasses of RuntimeError/TVMError)
             return list(consumers)
+
+
+def collapse_consumers(sch: s_tir.Schedule, writer) -> None:
+    """Inline forward every stage downstream of ``writer`` that has a consumer of its own (the last stages, which
+    write the function's outputs, stay), so that elementwise chains which fork and join again reach one stage."""
+    seen: set[str] = set()
+    todo = list(sch.get_consumers(writer))
+    while todo:
+        block = todo.pop()
+        name = sch.get(block).name_hint
+        if name in seen:
+            continue
+        seen.add(name)
+        after = list(sch.get_consumers(block))
+        if after:
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001  (not inlinable: a reduction, or a layout change; left as it is)
+                pass
+        todo.extend(after)
 
 
 def vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int, max_whole: int) -> None:
