@@ -1,6 +1,6 @@
 """A PP-PicoDet-like block as paddle2onnx writes it: conv + bias, HardSwish spelt ``x · Clip(x + [3], 0, 6) / [6]``
 with one-element constants, then a 42-channel head conv. Three fixes meet here: the constants become scalars
-(passes/scalar_constants: no layout round trip per activation), the epilogue that reads the conv output twice is
+(passes/broadcast_constants: no layout round trip per activation), the epilogue that reads the conv output twice is
 collapsed into the conv's write-back (sched.inline_epilogue), and 42 output channels are padded to whole blocks
 (targets/cpu/pad_channels). Outputs equal onnxruntime's on a pinned AVX-512 and an AVX2 preset."""
 
@@ -45,11 +45,11 @@ def _loaded(tmp_path, proto: onnx.ModelProto) -> ir.Model:
     return load_model(tmp_path / "m.onnx")
 
 
-def test_scalar_constants_exact_and_rank_0(tmp_path):
+def test_broadcast_constants_exact_and_rank_0(tmp_path):
     from edgec.toolchain.pipeline import run_pipeline
 
     proto = picodet_block()
-    model, log = run_pipeline(_loaded(tmp_path, proto), ["scalar_constants", "fold_constants", "remove_dead"])
+    model, log = run_pipeline(_loaded(tmp_path, proto), ["broadcast_constants", "fold_constants", "remove_dead"])
     assert log[0]["report"]["operands_made_scalar"] == 2
     after = ir.serde.serialize_model(model)
     ranks = {i.name: len(i.dims) for i in after.graph.initializer}

@@ -1,8 +1,10 @@
 """Graph passes on onnx_ir. Importing this package registers every built-in pass."""
 
 from edgec.passes import (  # noqa: F401  (registration)
+    broadcast_constants,
     canonicalize_clip,
     conv_transpose_to_conv,
+    decompose_activations,
     fold_batchnorm,
     fold_constants,
     fuse_pad_into_conv,
@@ -12,7 +14,6 @@ from edgec.passes import (  # noqa: F401  (registration)
     prune_channels,
     remove_dead,
     remove_identity,
-    scalar_constants,
     unroll_rnn,
 )
 from edgec.passes.base import EdgecPass, PassReport, get_pass, pass_names, register_pass

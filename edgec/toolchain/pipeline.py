@@ -20,7 +20,8 @@ from edgec.passes.base import EdgecPass, PassReport, count_nodes, get_pass
 # so later passes (and quantization) see its MatMuls. if_to_where comes first: TVM has no If, and a branch may
 # hold an LSTM (Silero VAD).
 DEFAULT_PASSES: tuple[str, ...] = ("fold_constants", "if_to_where", "remove_identity", "unroll_rnn", "fold_batchnorm",
-                                   "fuse_pad_into_conv", "canonicalize_clip", "scalar_constants",
+                                   "fuse_pad_into_conv", "canonicalize_clip", "decompose_activations",
+                                   "broadcast_constants",
                                    "conv_transpose_to_conv",
                                    "fold_constants", "remove_dead")
 
