@@ -300,8 +300,17 @@ def test_crnn_compiles_and_runs_through_the_cli(cli, crnn_onnx, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logprobs"], want, atol=1e-4, rtol=0)
 
 
+def _dequantized_weights(quant: onnx.ModelProto) -> dict[str, bool]:
+    """For every MatMul/Gemm/Conv node: whether its weight (second input) comes out of a DequantizeLinear."""
+    producers = {out: n.op_type for n in quant.graph.node for out in n.output}
+    return {n.name: producers.get(n.input[1]) == "DequantizeLinear" for n in quant.graph.node
+            if n.op_type in ("MatMul", "Gemm", "Conv")}
+
+
 def test_crnn_quantizes(crnn_onnx, tmp_path):
-    """The quantize path runs DEFAULT_PASSES: the unrolled MatMuls get int8 weights and the QDQ model runs."""
+    """The quantize path runs DEFAULT_PASSES: the convs and the classifier get int8 weights, the unrolled LSTM's
+    MatMuls stay float (as onnxruntime keeps an LSTM float: a quantized recurrence feeds its error back at every
+    step), unless an override names one; the QDQ model runs."""
     from edgec.quantization.api import quantize_model
 
     rng = np.random.default_rng(4)
@@ -310,7 +319,17 @@ def test_crnn_quantizes(crnn_onnx, tmp_path):
     quant = onnx.load(str(tmp_path / "q.onnx"))
     ops = {n.op_type for n in quant.graph.node}
     assert "LSTM" not in ops and {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= ops
-    assert any(layer["op"] == "MatMul" for layer in result.report["layers"])
+    weights = _dequantized_weights(quant)
+    lstm = {name for name in weights if "LSTM" in name or "lstm" in name or "rnn" in name}
+    assert lstm and not any(weights[name] for name in lstm), weights
+    assert sum(weights.values()) == 3, weights  # two convs and the classifier
+    kept = sorted(layer["layer"] for layer in result.report["layers"] if layer["precision"] == "float")
+    assert kept and any(note.startswith(f"kept float: {len(kept)} MatMuls of unrolled LSTM")
+                        for note in result.report["notes"]), result.report["notes"]
+    override = kept[0]
+    again = quantize_model(crnn_onnx, tmp_path / "q2.onnx", tmp_path / "calib.npy", samples=16,
+                           overrides={override: "int8"})
+    assert sum(_dequantized_weights(onnx.load(str(tmp_path / "q2.onnx"))).values()) > 3, again.report["notes"]
     x = rng.standard_normal((1, 1, 16, 48)).astype(np.float32)
     got = _ort(quant, {"image": x})[0]
     want = _ort(onnx.load(str(crnn_onnx)), {"image": x})[0]

@@ -14,6 +14,10 @@ from typing import Any, Callable, ClassVar
 import onnx_ir as ir
 import onnx_ir.passes
 
+# A node's metadata_props key through which the pass that made the node asks quantization for a precision
+# ("float", "int8", ...); a user's per-layer override wins (passes/quantize_qdq.layer_precision).
+PRECISION_HINT = "edgec.precision"
+
 
 @dataclasses.dataclass
 class PassReport(onnx_ir.passes.PassResult):

@@ -42,7 +42,7 @@ import onnx_ir as ir
 from edgec.calibration import capture
 from edgec.calibration.observers import OBSERVERS, Observer, get_observer
 from edgec.errors import EdgecError
-from edgec.passes.base import EdgecPass, register_pass
+from edgec.passes.base import PRECISION_HINT, EdgecPass, register_pass
 from edgec.quantization import collect
 from edgec.quantization.equalize import equalize
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
@@ -54,6 +54,8 @@ __all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACT
 WEIGHT_CHOICES = ("int8", "int4", "binary")  # binary: ±α per output channel (int8 ±1 + scale in the QDQ model)
 # per-layer overrides, lowest first ("float": left unquantized)
 PRECISION_CHOICES = ("binary", "int4", "int8", "float")
+# PRECISION_HINT (passes/base): unroll_rnn keeps the MatMuls of an unrolled LSTM float, as onnxruntime keeps a
+# whole LSTM float — quantizing the state at every step accumulates the error over the sequence.
 ACTIVATION_CHOICES = ("int8", "fp32")
 _QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
                        "QAttention", "QGemm", "QuantizeBFP", "DequantizeBFP"}
@@ -158,6 +160,15 @@ class _Layer:
         return layer_keys(self.name, self.weight.name)
 
 
+def layer_precision(cfg: QuantConfig, layer) -> str:
+    """A layer's precision: the user's override, else the hint of the pass that made its node
+    (``PRECISION_HINT``), else the configured weights precision."""
+    if any(key in cfg.overrides for key in layer.keys):
+        return cfg.precision(layer.keys)
+    hint = layer.node.metadata_props.get(PRECISION_HINT)
+    return hint if hint in PRECISION_CHOICES else cfg.weights
+
+
 def layer_keys(node_name: str, weight_name: str) -> tuple[str, ...]:
     """The names an override may use for a layer: node name, weight name, weight name without ``.weight``."""
     short = weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
@@ -214,7 +225,7 @@ class QuantizeQDQ(EdgecPass):
             raise EdgecError(f"no quantizable layer named '{unknown[0]}'",
                              "name a Conv/Gemm/MatMul by node or weight name: "
                              + ", ".join(layer.keys[-1] for layer in found))
-        precisions = [cfg.precision(layer.keys) for layer in found]
+        precisions = [layer_precision(cfg, layer) for layer in found]
         min_opset = 21 if "int4" in precisions or (cfg.granularity.startswith("group:") and any(
             p != "float" for p in precisions)) else 13
         opset = model.opset_imports.get("", 1)
@@ -226,7 +237,7 @@ class QuantizeQDQ(EdgecPass):
             assert self.calibration is not None
             notes.extend(equalize(model, self.calibration))
         layers = self._find_layers(model)  # again: a converter may have rebuilt the graph's nodes
-        self._float_nodes = {id(layer.node) for layer in layers if cfg.precision(layer.keys) == "float"}
+        self._float_nodes = {id(layer.node) for layer in layers if layer_precision(cfg, layer) == "float"}
         self._names = {v.name for v in _all_values(model) if v.name}
         float_proto = ir.serde.serialize_model(model)
 
@@ -244,9 +255,14 @@ class QuantizeQDQ(EdgecPass):
         if "binary" in precisions:
             notes.append("binary weights: post-training binarisation without retraining loses most of the accuracy "
                          "of a float-trained model; they are meant for models trained binary-aware (BWN/XNOR-Net)")
-        if self._float_nodes:
-            notes.append("kept float: " + ", ".join(layer.keys[-1] for layer in layers
-                                                    if id(layer.node) in self._float_nodes))
+        hinted = [layer for layer in layers if id(layer.node) in self._float_nodes
+                  and not any(key in cfg.overrides for key in layer.keys)]
+        chosen = [layer for layer in layers if id(layer.node) in self._float_nodes and layer not in hinted]
+        if chosen:
+            notes.append("kept float: " + ", ".join(layer.keys[-1] for layer in chosen))
+        if hinted:
+            notes.append(f"kept float: {len(hinted)} MatMuls of unrolled LSTM/GRU/RNN layers (as onnxruntime keeps "
+                         "recurrent layers float; override one with --override NAME=int8)")
         if cfg.adaround:
             notes.extend(self._adaround(model, float_proto, [layer for layer in layers
                                                              if id(layer.node) not in self._float_nodes]))
@@ -360,7 +376,7 @@ class QuantizeQDQ(EdgecPass):
         cfg = self.config
         w_float = layer.weight.const_value.numpy().astype(np.float32)
         granularity = cfg.granularity
-        wq = quantize_weight(w_float, cfg.precision(layer.keys), granularity, layer.out_axis, layer.in_axis)
+        wq = quantize_weight(w_float, layer_precision(cfg, layer), granularity, layer.out_axis, layer.in_axis)
         layer.wq = wq
         storage = wq.q.astype(ml_dtypes.int4) if wq.bits == 4 else wq.q
         q_value = self._initializer(model, f"{layer.weight.name}_quantized", storage,

@@ -33,7 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.errors import EdgecError
-from edgec.passes.base import EdgecPass, node_delta, ops_histogram, register_pass
+from edgec.passes.base import PRECISION_HINT, EdgecPass, node_delta, ops_histogram, register_pass
 
 RNN_OPS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -189,6 +189,15 @@ class GraphWriter:
             attributes: dict[str, Any] | None = None) -> ir.Value:
         return self.op(op_type, inputs, tag, attributes)[0]
 
+    def float_matmul(self, x: ir.Value, weight: ir.Value, tag: str) -> ir.Value:
+        """A MatMul of the recurrence, marked for quantization to stay float (``PRECISION_HINT``), as onnxruntime
+        keeps a whole LSTM/GRU/RNN float: quantized, a step's error is fed back into every later step
+        (openWakeWord's LSTM wake-word head: 24.4 dB SQNR with every MatMul int8, 26.8 with the recurrent ones
+        float, 51 dB with the input projection float too; onnxruntime's quantize_static 27.4)."""
+        value = self.one("MatMul", [x, weight], tag)
+        self.nodes[-1].metadata_props[PRECISION_HINT] = "float"
+        return value
+
     def split(self, x: ir.Value, sizes: list[int], axis: int, tag: str) -> list[ir.Value]:
         """Split ``x`` into pieces of ``sizes`` along ``axis`` (the split sizes are an input from opset 13)."""
         if len(sizes) == 1:
@@ -261,7 +270,7 @@ def unroll(spec: RnnSpec, out: GraphWriter) -> dict[int, ir.Value]:
     # 2-D rows (seq·batch) × weights: a matmul whose rows share each weight tile, not seq matmuls of batch rows
     rows = out.one("Reshape", [x, out.const(np.array([-1, wt.const_value.shape[0]], np.int64), "x_rows_shape")],
                    "x_rows")
-    xw = out.one("MatMul", [rows, wt], "xw")
+    xw = out.float_matmul(rows, wt, "xw")
     bias = np.concatenate(biases).astype(out.dtype)
     if np.any(bias):
         xw = out.one("Add", [xw, out.const(bias, "xw_bias")], "xw_biased")
@@ -287,7 +296,7 @@ def unroll(spec: RnnSpec, out: GraphWriter) -> dict[int, ir.Value]:
                 h = _gru_step(out, zr_in, h_in, h, rec_weights[d], rec_bias[d], spec.linear_before_reset, hid, tag)
             else:
                 pre = per_step[d][t] if h is None else out.one(
-                    "Add", [per_step[d][t], out.one("MatMul", [h, rec_weights[d][0]], f"{tag}_rec")], f"{tag}_pre")
+                    "Add", [per_step[d][t], out.float_matmul(h, rec_weights[d][0], f"{tag}_rec")], f"{tag}_pre")
                 h = out.one("Tanh", [pre], f"{tag}_h")
             hs[d][t] = h
         last_c[d] = c
@@ -312,7 +321,7 @@ def unroll(spec: RnnSpec, out: GraphWriter) -> dict[int, ir.Value]:
 def _lstm_step(out: GraphWriter, xw: ir.Value, h: ir.Value | None, c: ir.Value | None, rt: ir.Value, hid: int,
                tag: str) -> tuple[ir.Value, ir.Value]:
     """i, f, o = σ(·), g = tanh(·); C' = f⊙C + i⊙g; H' = o⊙tanh(C'). Gates are in i, f, o, c order."""
-    pre = xw if h is None else out.one("Add", [xw, out.one("MatMul", [h, rt], f"{tag}_rec")], f"{tag}_gates")
+    pre = xw if h is None else out.one("Add", [xw, out.float_matmul(h, rt, f"{tag}_rec")], f"{tag}_gates")
     sig_in, cand_in = out.split(pre, [3 * hid, hid], 2, f"{tag}_split")
     i, f, o = out.split(out.one("Sigmoid", [sig_in], f"{tag}_ifo"), [hid, hid, hid], 2, f"{tag}_ifo_split")
     ig = out.one("Mul", [i, out.one("Tanh", [cand_in], f"{tag}_g")], f"{tag}_ig")
@@ -327,11 +336,11 @@ def _gru_step(out: GraphWriter, xw_zr: ir.Value, xw_h: ir.Value, h: ir.Value | N
     if h is None:
         rec_zr, rec_h = None, rbh  # H·Rᵀ is zero; only Rbh is left of the recurrent term
     elif linear_before_reset:
-        rec_zr, rec_h = out.split(out.one("MatMul", [h, rt[0]], f"{tag}_rec"), [2 * hid, hid], 2, f"{tag}_rec_split")
+        rec_zr, rec_h = out.split(out.float_matmul(h, rt[0], f"{tag}_rec"), [2 * hid, hid], 2, f"{tag}_rec_split")
         if rbh is not None:
             rec_h = out.one("Add", [rec_h, rbh], f"{tag}_rec_h")
     else:
-        rec_zr, rec_h = out.one("MatMul", [h, rt[0]], f"{tag}_rec_zr"), None
+        rec_zr, rec_h = out.float_matmul(h, rt[0], f"{tag}_rec_zr"), None
     zr_pre = xw_zr if rec_zr is None else out.one("Add", [xw_zr, rec_zr], f"{tag}_zr_pre")
     z, r = out.split(out.one("Sigmoid", [zr_pre], f"{tag}_zr"), [hid, hid], 2, f"{tag}_zr_split")
     if linear_before_reset:
@@ -340,7 +349,7 @@ def _gru_step(out: GraphWriter, xw_zr: ir.Value, xw_h: ir.Value, h: ir.Value | N
     elif h is None:
         cand_pre = xw_h
     else:
-        rh = out.one("MatMul", [out.one("Mul", [r, h], f"{tag}_rh"), rt[1]], f"{tag}_rec_h")
+        rh = out.float_matmul(out.one("Mul", [r, h], f"{tag}_rh"), rt[1], f"{tag}_rec_h")
         cand_pre = out.one("Add", [xw_h, rh], f"{tag}_cand_pre")
     cand = out.one("Tanh", [cand_pre], f"{tag}_cand")
     if h is None:  # H' = (1 − z)⊙h̃
