@@ -24,7 +24,7 @@ from edgec.errors import EdgecError
 __all__ = ["render_html", "write_html_report", "load_bench", "report_artifact", "BENCH_SCHEMA"]
 
 BENCH_SCHEMA = "edgec.bench/1"
-MAX_LAYER_BARS = 60  # the per-layer charts show the largest layers; the tables list them all
+MAX_LAYER_BARS = 40  # the per-layer charts show the largest layers; the tables list them all
 MAX_BENCH_BYTES = 256 << 20
 
 _STYLE = """
