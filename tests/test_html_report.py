@@ -195,3 +195,36 @@ def test_report_refuses_bad_outputs_and_bench_files(report_artifacts, cli, tmp_p
     assert not (tmp_path / "r.html").exists()
     code, _, err = cli("report", tmp_path / "missing", "-o", tmp_path / "r.html")
     assert code == 2 and "does not exist" in err
+
+
+def test_pruning_and_accuracy_sections_from_real_records():
+    """Pruning (the embedded model at half its MACs, no TVM build) and a mixed-precision search record render
+    their charts and rows; the layer record sees the MACs drop at the prune stage."""
+    from edgec.passes.prune_channels import PruneChannels
+    from edgec.toolchain.api import default_model
+    from edgec.toolchain.html_report import render_html
+    from edgec.toolchain.layer_record import LayerRecorder
+    from edgec.toolchain.load import load_model
+    from edgec.toolchain.pipeline import run_pipeline
+
+    model = load_model(default_model(), {})
+    layers = LayerRecorder()
+    layers.add("source", model)
+    model, log = run_pipeline(model, [PruneChannels(macs=0.5, round_to=8)],
+                              observe=lambda name, m: layers.add(f"prune: {name}", m))
+    record = layers.to_dict()
+    assert [s["after"] for s in record["stages"]] == ["source", "prune: prune_channels"]
+    assert record["stages"][1]["macs"] <= 0.5 * record["stages"][0]["macs"]
+    steps = [{"step": "all int8", "drop_pt": 1.5, "weight_bytes": 30000, "best": False},
+             {"step": "fc float", "drop_pt": 0.3, "weight_bytes": 34000, "best": True}]
+    manifest = {"source": {"path": "m.onnx"}, "target": {"name": "x86"}, "sizes": {},
+                "passes": [{"stage": "prune", **e} for e in log],
+                "quantization": {"mode": "int8", "mixed_precision": {"steps": steps, "metric": "top-1",
+                                                                     "measured_on": "val.npz", "max_drop": 0.5}}}
+    page = render_html(manifest, record)
+    _assert_self_contained(page)
+    pruned = page.split("Pruning: channels per layer")[1].split("<h2>")[0]
+    assert pruned.count("<tr>") == 1 + len(log[0]["report"]["layers"]) and "Not pruned" not in pruned
+    accuracy = page.split("Accuracy vs size")[1].split("<h2>")[0]
+    assert "fc float" in accuracy and "+0.30" in accuracy and "<img" in accuracy
+    assert len(_images(page)) == 5  # totals, bytes, MACs, channels, accuracy vs size
