@@ -63,11 +63,13 @@ def layer_rows(model: ir.Model) -> list[list[Any]]:
     proto = _light_proto(model)
     stats = inspect_model(proto)
     weights = {t.name for t in proto.graph.initializer}
-    weights |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant" and n.output}
+    weights |= {n.output[0] for n in proto.graph.node
+                if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
     # weight-only nodes (every input a weight): their outputs are weights, their bytes go to their reader
     carry: dict[str, int] = {}
     rows: list[list[Any]] = []
-    for node, stat in zip((n for n in proto.graph.node if n.op_type != "Constant"), stats.layers):
+    nodes = [n for n in proto.graph.node if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx"))]
+    for node, stat in zip(nodes, stats.layers, strict=True):  # inspect's rows: every node but Constants
         inputs = [x for x in node.input if x]
         moved = sum(carry.pop(x, 0) for x in inputs)
         if inputs and all(x in weights for x in inputs) and stat.macs == 0:
