@@ -47,7 +47,8 @@ def test_manifest_lists_every_file_with_hash_and_size(x86_default):
 
     manifest = json.loads((x86_default / "manifest.json").read_text())
     on_disk = sorted(p.name for p in x86_default.iterdir() if p.name != "manifest.json")
-    assert sorted(manifest["files"]) == on_disk == ["model.so", "optimized.onnx", "report.md"]
+    assert sorted(manifest["files"]) == on_disk == ["layers.json", "model.so", "optimized.onnx", "report.html",
+                                                    "report.md"]
     for name, info in manifest["files"].items():
         assert info["sha256"] == sha256_file(x86_default / name)
         assert info["bytes"] == (x86_default / name).stat().st_size

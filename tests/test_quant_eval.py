@@ -88,6 +88,10 @@ def test_compile_quantize_int4_max_drop_promotes_and_verifies(cli, data, tmp_pat
     entry = [p for p in m["passes"] if p["pass"] == "mixed_precision"]
     assert entry and entry[0]["stage"] == "quantize" and mp["promoted"][0]["layer"] in entry[0]["report"]
     assert "mixed_precision" in (out / "report.md").read_text()
+    # the search's steps (drop and weight bytes of each) are the report page's accuracy-vs-size chart
+    assert mp["steps"] and all(s["weight_bytes"] > 0 for s in mp["steps"])
+    page = (out / "report.html").read_text()
+    assert page.count("<img ") == 5 and "Accuracy vs size</h2><p class=\"note\">top-1 drop (pt) on" in page
     assert m["verification"]["passed"]
     code, stdout, err = cli("verify", out)
     assert code == 0, err

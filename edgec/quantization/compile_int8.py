@@ -78,7 +78,7 @@ def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float |
         if not result.met:  # before the artifact folder is staged: nothing is written
             raise bound_missed(mp, "no artifact written")
         search = {k: mp[k] for k in ("max_drop", "metric", "measured_on", "final_drop_pt", "met", "promoted",
-                                     "ladder", "evaluations", "seconds")}
+                                     "ladder", "evaluations", "seconds", "steps")}
         model = ir.serde.deserialize_model(result.model)
         promoted = ", ".join(f"{p['layer']} → {p['precision']}" for p in mp["promoted"]) or "none"
         log = [e for e in result.report["passes"]] + [{

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import re
 import time
 from pathlib import Path
@@ -212,6 +213,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     load_log: list[dict[str, Any]] = []
     step("load")
     model = load_model(source, shapes, log=load_log)
+    from edgec.toolchain.layer_record import LayerRecorder
+
+    layers = LayerRecorder()  # per-layer bytes and MACs before the passes and after each one (layers.json)
+    layers.add("source", model)
     source_info = _source_info(source)
     if prune:  # changes the function on purpose, so the pruned model (not the source) is the reference
         from edgec.passes.prune_channels import PruneChannels
@@ -227,11 +232,12 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             # the measured per-layer table is kept next to the artifact, so compiling again does not re-measure
             out_dir = Path(output)
             prune.setdefault("latency_cache", out_dir.with_name(f"{out_dir.name}.latency.json"))
-        model, prune_log = run_pipeline(model, [PruneChannels(**prune)])  # before fold_batchnorm (BN criterion)
+        model, prune_log = run_pipeline(model, [PruneChannels(**prune)],
+                                        observe=lambda name, m: layers.add(f"prune: {name}", m))  # before fold_batchnorm (BN criterion)
         load_log.extend({"stage": "prune", **e} for e in prune_log)
     reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference
     step("passes")
-    model, pass_log = run_pipeline(model, passes)
+    model, pass_log = run_pipeline(model, passes, observe=lambda name, m: layers.add(f"pipeline: {name}", m))
     pass_log = load_log + [{"stage": "pipeline", **e} for e in pass_log]
     quant_info = None
     if quantize is not None:  # after cleanup (fold_constants would fold the weights' DequantizeLinear away)
@@ -239,6 +245,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
 
         model, q_log, atol, quant_info = quantize_for_compile(model, quantize, atol)
         pass_log += [{"stage": "quantize", **e} for e in q_log]
+        layers.add(f"quantize: {quantize.get('mode', 'int8')}", model)
         reference_proto = ir.serde.serialize_model(model)  # the QDQ model: quantization changes outputs on purpose
     optimized = ir.serde.serialize_model(model)
     onnx.checker.check_model(optimized)
@@ -287,6 +294,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         step("write")
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
         (stage / "report.md").write_text(render_report(manifest))
+        (stage / "layers.json").write_text(json.dumps(layers.to_dict(), separators=(",", ":")) + "\n")
+        from edgec.toolchain.html_report import write_html_report
+
+        write_html_report(stage / "report.html", manifest, layers.to_dict())
         manifest = art.seal(stage, manifest)
     return CompileResult(art.open_artifact(output), verification)
 

@@ -711,6 +711,20 @@ def targets_cmd(as_json: bool) -> None:
                        f"{isa.vector_registers} vector registers; {', '.join(sorted(isa.features)) or 'baseline'}")
 
 
+@main.command("report")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The HTML file to write (one self-contained page).")
+@click.option("--bench", "benches", multiple=True, type=click.Path(path_type=Path),
+              help="A bench JSON (edgec bench --json); repeatable.")
+@_handle_errors
+def report_cmd(artifact: Path, output: Path, benches: tuple[Path, ...]) -> None:
+    """One self-contained HTML page about ARTIFACT: per-layer bytes and MACs per pass, latency, SQNR, pruning."""
+    from edgec.toolchain.html_report import report_artifact
+
+    click.echo(f"written: {report_artifact(artifact, output, list(benches))}")
+
+
 def entry() -> None:
     """The console script (and ``python -m``): :func:`main`, then the signals ignored while the interpreter shuts
     down, so a Ctrl-C after the outcome is decided (TVM and torch take a moment to unload) neither prints a

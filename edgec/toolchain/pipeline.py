@@ -7,7 +7,7 @@ model they gave us (and how a later CI gate can tell which rewrite moved accurac
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx_ir as ir
 
@@ -26,9 +26,12 @@ DEFAULT_PASSES: tuple[str, ...] = ("fold_constants", "if_to_where", "remove_iden
                                    "fold_constants", "remove_dead")
 
 
-def run_pipeline(model: ir.Model, passes: Sequence[str | EdgecPass] = DEFAULT_PASSES
-                 ) -> tuple[ir.Model, list[dict[str, Any]]]:
-    """Run ``passes`` in place on ``model``; return it with the pass log (one JSON-able dict per pass)."""
+def run_pipeline(model: ir.Model, passes: Sequence[str | EdgecPass] = DEFAULT_PASSES,
+                 observe: Callable[[str, ir.Model], None] | None = None) -> tuple[ir.Model, list[dict[str, Any]]]:
+    """Run ``passes`` in place on ``model``; return it with the pass log (one JSON-able dict per pass).
+
+    ``observe(pass_name, model)`` is called after each pass that changed the model (compile records per-layer
+    bytes and MACs with it, see :mod:`edgec.toolchain.layer_record`)."""
     log: list[dict[str, Any]] = []
     for item in passes:
         p = get_pass(item) if isinstance(item, str) else item
@@ -44,4 +47,6 @@ def run_pipeline(model: ir.Model, passes: Sequence[str | EdgecPass] = DEFAULT_PA
             "nodes_after": count_nodes(model),
             **({"report": result.report} if isinstance(result, PassReport) and result.report else {}),
         })
+        if observe is not None and result.modified:
+            observe(p.name, model)
     return model, log
