@@ -304,7 +304,8 @@ def transpose(b: Builder, op: Operator) -> None:
 
 
 def strided_slice(b: Builder, op: Operator) -> None:
-    """On TFLite's layout: begin/end masks applied here, shrunk axes removed by a Reshape to the output shape."""
+    """Begin/end masks applied here; a 4-D slice of a tensor held NCHW that keeps all four dims is sliced in NCHW
+    (its axes permuted), any other on TFLite's layout, shrunk axes removed by a Reshape to the output shape."""
     from edgec.errors import EdgecError
 
     o = op.options
@@ -322,11 +323,15 @@ def strided_slice(b: Builder, op: Operator) -> None:
             hi = lo + 1 if lo != -1 else big
         starts.append(lo)
         ends.append(hi)
-    out = b.node("Slice", [b.value(op.inputs[0], PLAIN), b.const(np.array(starts, np.int64)),
-                           b.const(np.array(ends, np.int64)), b.const(np.arange(len(shape), dtype=np.int64)),
-                           b.const(strides)])[0]
-    out = b.node("Reshape", [out, b.const(np.array(b.tensor(op.outputs[0]).shape, np.int64))])[0]
-    _finish(b, op, out, PLAIN)
+    axes = np.arange(len(shape), dtype=np.int64)
+    layout = b.layout_of(op.inputs[0])
+    if layout == NCHW and not o.ShrinkAxisMask() and b.tensor(op.outputs[0]).rank == 4:
+        axes = np.array([nchw_axis(a) for a in range(4)], np.int64)
+    out = b.node("Slice", [b.value(op.inputs[0], layout), b.const(np.array(starts, np.int64)),
+                           b.const(np.array(ends, np.int64)), b.const(axes), b.const(strides)])[0]
+    if layout == PLAIN:
+        out = b.node("Reshape", [out, b.const(np.array(b.tensor(op.outputs[0]).shape, np.int64))])[0]
+    _finish(b, op, out, layout)
 
 
 def dequantize(b: Builder, op: Operator) -> None:
