@@ -4,8 +4,9 @@ the CLI as a user runs it. A benchmark that prints figures and asserts nothing.
 
 Per model, one line:
 
-* ``compile``: ``edgec compile MODEL --target x86 --input-shape ...`` and its verification against onnxruntime
-  (PASS and the max difference, or FAIL), or the one-line error edgec printed;
+* ``compile``: ``edgec compile MODEL --target x86 --input-shape ...`` and its verification against the source's
+  runtime (onnxruntime; the TFLite interpreter for .tflite) (PASS and the max difference, or FAIL), or the one-line
+  error edgec printed;
 * ``latency``: the artifact vs the source's own runtime (``PEERS``: onnxruntime for .onnx, the TFLite
   interpreter with XNNPACK for .tflite), 1 thread each (TVM_NUM_THREADS=1,
   intra_op_num_threads=1), interleaved round by round (bench/_timing.py), median of the per-round ratios,
@@ -23,6 +24,7 @@ Inputs are real-ish (bench/zoo_data.py): scikit-image's photographs and page sca
 
     python bench/zoo.py [--models a,b] [--skip-quant] [--skip-prune] [--rounds N] [--calib N] [--eval N]
     python bench/zoo.py --fetch            # only download/unpack/convert (bench/.cache/zoo), then exit
+    python bench/zoo.py --models $(python bench/zoo_models.py --list-tflite)   # the .tflite models vs TFLite
 """
 
 from __future__ import annotations

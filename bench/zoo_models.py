@@ -240,7 +240,11 @@ def selected(spec: str | None) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--list-tflite", action="store_true", help="print the .tflite models' names (a --models value)")
     args = ap.parse_args()
+    if args.list_tflite:
+        print(",".join(m.name for m in MODELS.values() if m.format == ".tflite"))
+        return 0
     failed = 0
     for name in selected(args.models):
         try:
