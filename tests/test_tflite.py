@@ -158,3 +158,25 @@ def test_cli_inspect_compile_verify_against_the_interpreter(cli, tmp_path):
         for spec, ref in zip(manifest["outputs"], reference, strict=True):
             np.testing.assert_allclose(got[spec["name"]], ref, rtol=0,
                                        atol=1e-4 * max(1.0, float(np.max(np.abs(ref)))))
+
+
+def test_a_quantized_model_is_refused_not_misread(cli, tmp_path):
+    """Integer activations with quantization parameters: refused in one line (the reader does not convert them
+    to QDQ yet), never run as if the integers were floats. The model is BlazeFace with its input made int8."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    source = fetched("tfl_face_short")
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(source.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    tensor = graph.tensors[graph.inputs[0]]
+    tensor.type = schema.TensorType.INT8
+    tensor.quantization = schema.QuantizationParametersT()
+    tensor.quantization.scale, tensor.quantization.zeroPoint = [1 / 128], [0]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    crafted = tmp_path / "int8_input.tflite"
+    crafted.write_bytes(builder.Output())
+    code, _, stderr = cli("inspect", crafted)
+    assert code == 2, stderr
+    assert "quantized (integer activations) TFLite model" in stderr and "'input'" in stderr

@@ -26,6 +26,12 @@ def tflite_to_onnx(path: str | Path) -> onnx.ModelProto:
         raise EdgecError(f"{Path(path).name} uses TFLite operator(s) edgec cannot read: {', '.join(missing)} "
                          f"(the model's operators: {histogram})",
                          "re-export the model without them, or convert it to ONNX another way")
+    quantized = [t.name for t in graph.tensors
+                 if t.data is None and t.dtype.kind in "iu" and t.scale is not None and t.scale.size]
+    if quantized:
+        raise EdgecError(f"{Path(path).name} is a quantized (integer activations) TFLite model, which edgec does not "
+                         f"read yet (first quantized tensor: '{quantized[0]}')",
+                         "pass the float model, and quantize it with edgec quantize / compile --quantize")
     return convert_graph(graph, Path(path).stem)
 
 

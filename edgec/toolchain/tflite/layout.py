@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgec.toolchain.tflite.reader import Tensor, TfliteGraph
+from edgec.toolchain.tflite.reader import Tensor, TfliteGraph, dequantize
 
 NCHW, PLAIN = "nchw", "plain"
 TO_NCHW = (0, 3, 1, 2)
@@ -61,7 +61,9 @@ class Builder:
         return index >= 0 and self.tensor(index).data is not None
 
     def data(self, index: int) -> np.ndarray:
-        return self.tensor(index).data
+        """A constant's real values: quantized integer weights (dynamic-range models) dequantized."""
+        t = self.tensor(index)
+        return dequantize(t) if t.scale is not None and t.dtype.kind in "iu" and t.scale.size else t.data
 
     def value(self, index: int, layout: str, broadcast_to: int = 0) -> str:
         """Tensor ``index`` as an ONNX value in ``layout``. A constant is laid out statically (``broadcast_to``:
@@ -72,13 +74,13 @@ class Builder:
             return self._names[key]
         t = self.tensor(index)
         if t.data is not None:
-            array = t.data
+            array = self.data(index)
             if broadcast_to and array.ndim < broadcast_to:
                 array = array.reshape((1,) * (broadcast_to - array.ndim) + array.shape)
             if layout == NCHW and array.ndim == 4:
                 array = array.transpose(TO_NCHW)
-            name = self.const(array.astype(t.dtype) if t.dtype != np.float16 else array.astype(np.float32),
-                              f"w{index}")
+            keep = t.dtype.kind in "iub" and array.dtype == t.dtype  # shapes, indices: as stored
+            name = self.const(array if keep else array.astype(np.float32), f"w{index}")
         else:
             have = self.layout[index]
             src = self._names[(index, have)]
