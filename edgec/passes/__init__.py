@@ -8,7 +8,6 @@ from edgec.passes import (  # noqa: F401  (registration)
     fuse_pad_into_conv,
     if_to_where,
     lift_constants,
-    prelu_to_elementwise,
     quantize_qdq,
     prune_channels,
     remove_dead,

@@ -21,7 +21,7 @@ from edgec.passes.base import EdgecPass, PassReport, count_nodes, get_pass
 # hold an LSTM (Silero VAD).
 DEFAULT_PASSES: tuple[str, ...] = ("fold_constants", "if_to_where", "remove_identity", "unroll_rnn", "fold_batchnorm",
                                    "fuse_pad_into_conv", "canonicalize_clip", "scalar_constants",
-                                   "prelu_to_elementwise", "conv_transpose_to_conv",
+                                   "conv_transpose_to_conv",
                                    "fold_constants", "remove_dead")
 
 
