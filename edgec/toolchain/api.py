@@ -45,6 +45,7 @@ class Verification:
     # that one early layer resolves the other way (a 17-conv random ResNet: 11 output steps between onnxruntime's
     # own two runs); a correct kernel is held to one output step, or to twice that spread where it is larger.
     reference_spread: dict[str, float] = dataclasses.field(default_factory=dict)
+    runtime: str = "onnxruntime"  # what ran the reference (REFERENCES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -52,13 +53,18 @@ class Verification:
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         tolerance = f"{self.atol:g}"
-        if self.relative and any(t > self.atol for t in self.per_output_tolerance.values()):
+        # the rule that set the widest tolerance: the reference's own spread, else the output's magnitude
+        spread_rules = any(2 * s > self.atol and 2 * s >= self.per_output_tolerance.get(n, 0.0)
+                           for n, s in self.reference_spread.items())
+        if self.relative and not spread_rules and any(t > self.atol for t in self.per_output_tolerance.values()):
             tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = {self.atol:g} × max(1, max |reference|)")
-        elif any(2 * s > self.atol for s in self.reference_spread.values()):
-            tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = 2 × onnxruntime's own spread between its "
-                         f"integer and float-simulated runs, wider than one output step {self.atol:.3g}")
-        return (f"{verdict}: max |edgec - onnxruntime| = {self.max_abs_diff:.3g} (tolerance {tolerance}), "
-                f"reference: onnxruntime on the {self.reference}, device: {self.device}")
+        elif spread_rules:
+            between = ("its integer and float-simulated runs, wider than one output step" if not self.relative
+                       else "its two kernel sets (XNNPACK and builtin), wider than")
+            tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = 2 × {self.runtime}'s own spread between "
+                         f"{between} {self.atol:.3g}")
+        return (f"{verdict}: max |edgec - {self.runtime}| = {self.max_abs_diff:.3g} (tolerance {tolerance}), "
+                f"reference: {self.runtime} on the {self.reference}, device: {self.device}")
 
 
 @dataclasses.dataclass
@@ -137,9 +143,42 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, n
     return session.run(None, feed)
 
 
+def _tflite_outputs(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    from edgec.toolchain.tflite import interpreter_outputs
+
+    return interpreter_outputs(path, inputs)
+
+
+def _tflite_spread(path: str | Path, inputs: dict[str, np.ndarray]) -> list[float]:
+    from edgec.toolchain.tflite.reference import interpreter_spread
+
+    return interpreter_spread(path, inputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What checks an artifact compiled from a source format: the runtime that runs the source file itself.
+    ``converted``: edgec converted the source to ONNX, so compile time checks the artifact against the source's
+    own runtime too (not only against the converted ONNX); ``spread``: the runtime's own disagreement between
+    its kernel sets per output (see Verification.reference_spread), where it has two."""
+
+    runtime: str
+    outputs: Callable[[Any, dict[str, np.ndarray]], list[np.ndarray]]
+    converted: bool = False
+    spread: Callable[[Any, dict[str, np.ndarray]], list[float]] | None = None
+
+
+# Source file suffix → its reference; a format is added by one row.
+REFERENCES: dict[str, Reference] = {
+    ".onnx": Reference("onnxruntime", onnxruntime_outputs),
+    ".tflite": Reference("TFLite interpreter", _tflite_outputs, converted=True, spread=_tflite_spread),
+}
+ONNXRUNTIME = REFERENCES[".onnx"]
+
+
 def compare(outputs: dict[str, np.ndarray], reference: list[np.ndarray], names: list[str], atol: float,
             reference_name: str, device: str, relative: bool = False,
-            spread: dict[str, float] | None = None) -> Verification:
+            spread: dict[str, float] | None = None, runtime: str = "onnxruntime") -> Verification:
     """Each output against onnxruntime's; ``relative`` scales atol by the output's magnitude, ``spread`` widens
     it to twice onnxruntime's own disagreement on a quantized model (see Verification)."""
     per_output, tolerance = {}, {}
@@ -156,7 +195,7 @@ def compare(outputs: dict[str, np.ndarray], reference: list[np.ndarray], names: 
     passed = all(per_output[n] <= tolerance[n] for n in per_output)
     return Verification(passed=bool(passed), max_abs_diff=worst, atol=atol, reference=reference_name,
                         device=device, per_output=per_output, relative=relative, per_output_tolerance=tolerance,
-                        reference_spread=dict(spread or {}))
+                        reference_spread=dict(spread or {}), runtime=runtime)
 
 
 # ---------------------------------------------------------------------------------------------- compile
@@ -286,10 +325,16 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             step("verify")
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
-            verification = _verify_folder(stage, manifest, inputs, reference_proto,
-                                          "quantized (QDQ) model" if quantize is not None else
-                                          "pruned source model" if prune else "source model", runner_name, atol,
-                                          relative=quantize is None)
+            own = REFERENCES.get(Path(str(source)).suffix.lower())
+            if own is not None and own.converted and not prune and quantize is None:
+                # a converted source: the artifact is checked against the source's own runtime
+                verification = _verify_folder(stage, manifest, inputs, Path(str(source)), "source model",
+                                              runner_name, atol, relative=True, reference_runtime=own)
+            else:
+                verification = _verify_folder(stage, manifest, inputs, reference_proto,
+                                              "quantized (QDQ) model" if quantize is not None else
+                                              "pruned source model" if prune else "source model", runner_name,
+                                              atol, relative=quantize is None)
             manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
         step("write")
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
@@ -331,10 +376,16 @@ def _auto_device(target: dict[str, Any]) -> str:
 
 def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.ndarray],
                    reference: onnx.ModelProto | Path, reference_name: str, device: str, atol: float,
-                   relative: bool) -> Verification:
+                   relative: bool, reference_runtime: Reference = ONNXRUNTIME) -> Verification:
     from edgec.devices import get_runner
 
     result = get_runner(device).run(folder, inputs)
+    names = [o["name"] for o in manifest["outputs"]]
+    if reference_runtime is not ONNXRUNTIME:
+        ref = reference_runtime.outputs(reference, inputs)
+        spread = dict(zip(names, reference_runtime.spread(reference, inputs))) if reference_runtime.spread else None
+        return compare(result.outputs, ref, names, atol, reference_name, device, relative, spread,
+                       reference_runtime.runtime)
     try:
         ref = onnxruntime_outputs(reference, inputs)
     except Exception as exc:  # onnxruntime lacks an op or form the source uses (e.g. an LSTM with layout=1)
@@ -345,7 +396,6 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
         raise EdgecError(f"onnxruntime cannot run the {reference_name} to verify the artifact against: {reason}",
                          "compile with --no-verify (the artifact is then not checked against a reference)"
                          ) from None
-    names = [o["name"] for o in manifest["outputs"]]
     spread = None
     if "quantization" in manifest:  # onnxruntime's own two runs of the QDQ model: see Verification
         simulated = onnxruntime_outputs(reference, inputs, optimize=False)
@@ -370,7 +420,8 @@ def run(artifact_dir: str | Path, inputs: dict[str | None, np.ndarray] | None = 
 
 def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str | None, np.ndarray] | None = None,
            atol: float = DEFAULT_ATOL, seed: int = 0, manifest_sha256: str | None = None) -> Verification:
-    """Artifact output vs onnxruntime on the source model (or on optimized.onnx when the source has moved).
+    """Artifact output vs the source model's own runtime (REFERENCES: onnxruntime for .onnx, the TFLite
+    interpreter for .tflite), or onnxruntime on optimized.onnx when the source has moved.
 
     ``manifest_sha256``: refuse the artifact unless its manifest has this sha256 (CI pins the artifact with it).
     """
@@ -381,15 +432,17 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     pruned = any(p.get("stage") in ("prune", "quantize") for p in artifact.manifest.get("passes", []))
     if "quantization" in artifact.manifest and atol == DEFAULT_ATOL:  # one output quantization step
         atol = float(artifact.manifest["quantization"]["atol"])
-    if not pruned and source.get("sha256") and src_path.suffix == ".onnx" and src_path.is_file() \
+    runtime = REFERENCES.get(src_path.suffix.lower())
+    if not pruned and source.get("sha256") and runtime is not None and src_path.is_file() \
             and art.sha256_file(src_path) == source["sha256"]:
         reference, name = src_path, "source model"
     else:
         reference = artifact.verified_file("optimized.onnx")  # checked like the library: it is opened too
         name = "optimized.onnx (source model not found or changed)"
+        runtime = ONNXRUNTIME
     return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,
                           device or _auto_device(artifact.target), atol,
-                          relative="quantization" not in artifact.manifest)
+                          relative="quantization" not in artifact.manifest, reference_runtime=runtime)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -410,7 +463,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         v = manifest["verification"]
         lines.append(f"- verification: {'PASS' if v['passed'] else 'FAIL'}, max abs diff {v['max_abs_diff']:.3g} "
                      f"(tolerance {v['atol']:g}{' × max(1, max |reference|)' if v.get('relative') else ''}) "
-                     f"vs onnxruntime on the {v['reference']}, device {v['device']}, "
+                     f"vs {v.get('runtime', 'onnxruntime')} on the {v['reference']}, device {v['device']}, "
                      f"{v['inputs']} inputs")
     else:
         lines.append("- verification: not run at compile time (`edgec verify DIR` runs it)")

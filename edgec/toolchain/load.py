@@ -138,8 +138,21 @@ def _export_torch(net, shapes: dict[str | None, tuple[int, ...]], source: str) -
     return program.model_proto
 
 
+def _read_tflite(source: str, shapes: dict[str | None, tuple[int, ...]]) -> onnx.ModelProto:
+    from edgec.toolchain.tflite import tflite_to_onnx
+
+    path = Path(source)
+    if path.is_dir():
+        raise EdgecError(f"{path} is a folder, not a model file", "pass the .tflite file inside it")
+    try:
+        return tflite_to_onnx(path)
+    except PermissionError:
+        raise EdgecError(f"cannot read {path}: permission denied", "make the file readable (chmod +r)") from None
+
+
 _READERS: list[tuple[Callable[[str], bool], Callable[[str, dict], onnx.ModelProto]]] = [
     (lambda s: s.lower().endswith(".onnx"), _read_onnx),
+    (lambda s: s.lower().endswith(".tflite"), _read_tflite),
     (lambda s: s.lower().endswith((".pt2", ".pte")), _read_pt2),
     (lambda s: bool(re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s)), _read_torch_factory),
 ]
@@ -160,7 +173,8 @@ def read_source(source: str | Path, shapes: dict[str | None, tuple[int, ...]] | 
             validate_model(model, limits or Limits.from_env(), Path(source) if Path(source).is_file() else None)
             return model
     raise EdgecError(f"unsupported model source '{source}'",
-                     "pass an .onnx file, a .pt2 torch.export program, or package.module:factory for PyTorch")
+                     "pass an .onnx or .tflite file, a .pt2 torch.export program, or package.module:factory "
+                     "for PyTorch")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -281,7 +295,7 @@ def check_value_sizes(model: ir.Model, limits: Limits) -> None:
 
 def load_model(source: str | Path, input_shapes: str | Sequence[str] | dict | None = None,
                log: list[dict] | None = None, limits: Limits | None = None) -> ir.Model:
-    """Read ``source`` (ONNX file, .pt2, or ``module:factory``) and canonicalise it. The one entry point.
+    """Read ``source`` (ONNX or TFLite file, .pt2, or ``module:factory``) and canonicalise it. The one entry point.
 
     ``limits`` bounds every tensor edgec makes; by default what ``EDGEC_MAX_TENSOR_MB`` says."""
     limits = limits or Limits.from_env()

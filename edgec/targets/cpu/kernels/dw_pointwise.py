@@ -167,6 +167,11 @@ class _FusePairs(relax.PyExprMutator):
         operands = [arg for call in epilogue for arg in call.args[1:]]
         args = [self.visit_expr(e) for e in (dw.args[0], dw.args[1], *operands, pw.args[1])]
         wide = widened_block(args[-1], str(pw.attrs.out_dtype or pw.args[0].ty.dtype), self.isa, self.options)
+        if not wide and len(pw.args[1].ty.shape) != 6:
+            # a 1×1 conv the layout pass left with an unblocked (OIHW) kernel: TOPI's conv2d_NCHWc needs the
+            # blocked one, so the pair stays two kernels (MediaPipe's sparse face detector has such pairs)
+            super().visit_var_binding_(binding)
+            return
         channels = kernel_channels(args[-1]) if wide else None
         if wide:  # constant weights: FoldConstant re-blocks them at compile time
             args[-1] = self.builder_.emit_te(widen_kernel, args[-1], wide, primfunc_name_hint="conv_kernel_widen")
