@@ -83,3 +83,60 @@ def test_if_with_differently_shaped_branches_is_one_line(cli, tmp_path):
     onnx.save(proto, str(path))
     code, _, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
     assert_user_error(code, err, "operator If", "not supported by TVM's ONNX importer")
+
+
+def concat_of_mixed_blocks() -> onnx.ModelProto:
+    """ddddocr's YOLOX CSP block, widened: 24- and 32-channel convs (8- and 16-channel blocks on AVX-512)
+    concatenated both ways round, through an elementwise op, into 1×1 and 3×3 convs whose own channel counts
+    (48, 56) would ask for other blocks."""
+    rng = np.random.default_rng(0)
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    shapes = {"wa": (24, 48, 1, 1), "wb": (24, 48, 3, 3), "wc": (32, 48, 1, 1), "wd": (48, 48, 1, 1),
+              "we": (16, 56, 3, 3)}
+    inits = [numpy_helper.from_array((0.1 * rng.standard_normal(s)).astype(np.float32), n) for n, s in shapes.items()]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wc"], ["c"]),
+             helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),  # 24 + 24 → a 48-channel reader
+             helper.make_node("Conv", ["ab", "wd"], ["y1"]),
+             helper.make_node("Concat", ["c", "a"], ["ca"], axis=1),  # 32 + 24: the first part's block is 16
+             helper.make_node("Relu", ["ca"], ["r"]),
+             helper.make_node("Conv", ["r", "we"], ["y2"], pads=[1, 1, 1, 1])]
+    vi = onnx.helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [vi("x", onnx.TensorProto.FLOAT, [1, 48, 12, 12])],
+                              [vi("y1", onnx.TensorProto.FLOAT, [1, 48, 12, 12]),
+                               vi("y2", onnx.TensorProto.FLOAT, [1, 16, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:avx512"])
+def test_concat_of_differently_blocked_convs_compiles_and_verifies(target, cli, tmp_path):
+    """A channel Concat of convs whose own blocks differ (TVM's ConvertLayout failed: "Invalid layout axis 16b",
+    an internal error): channel_groups gives every tensor around a concat one block, and the artifact equals
+    onnxruntime (verify: within 1e-4 relative) on the host and on a pinned AVX-512 preset (16 lanes)."""
+    path = tmp_path / "concat.onnx"
+    onnx.save(concat_of_mixed_blocks(), str(path))
+    code, out, err = cli("compile", path, "--target", target, "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, err + out
+
+
+def test_channel_groups_block_divides_every_concat_part():
+    """The analysis itself: the concat's parts and reader share one granularity (gcd of the channel counts),
+    a conv's output outside any concat keeps its own count."""
+    from edgec.targets.cpu.channel_groups import ChannelGroups
+    from edgec.targets.lower import to_relax
+
+    mod = to_relax(concat_of_mixed_blocks())
+    groups = ChannelGroups(mod)
+    convs = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            if getattr(getattr(binding.value, "op", None), "name", "") == "relax.nn.conv2d":
+                convs[int(binding.value.args[1].ty.shape[0]), int(binding.value.args[1].ty.shape[3])] = binding
+    assert groups.of_call(convs[24, 1].value) == 8  # a: in both concats (24+24, 32+24)
+    assert groups.of_call(convs[32, 1].value) == 8  # c: 32 channels, but concatenated with a
+    assert groups.of_call(convs[48, 1].value) == 48  # y1: read by nothing
+    assert groups.of_var(convs[16, 3].value.args[0]) == 8  # relu(concat(c, a)): 56 channels, blocks of 8
