@@ -137,6 +137,35 @@ def split_channels_pass():
     return _pass
 
 
+def squeeze_axes_pass():
+    """Relax pass (before the layout pass): a squeeze's negative axes as non-negative ones. TVM 0.27's layout
+    inference for squeeze looks its axes up in the layout as given, and a negative one ends in ``std::bad_alloc``
+    inside ConvertLayout (Silero VAD's decoder squeezes axis -1 of its (1, 128, 1) features)."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Squeeze(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) != "relax.squeeze" or call.attrs.axis is None:
+                return call
+            ty = call.args[0].ty
+            axes = [int(a) for a in call.attrs.axis]
+            if not isinstance(ty, relax.TensorType) or ty.ndim < 0 or all(a >= 0 for a in axes):
+                return call
+            return relax.op.squeeze(call.args[0], axis=[a % ty.ndim for a in axes])
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecSqueezeAxes")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = _Squeeze(mod).visit_expr(func)
+        return mod
+
+    return _pass
+
+
 def channel_split_points(call) -> list[int] | None:
     """The split points of a relax.split along axis 1 of a static 4-D tensor, or None for any other call."""
     import tvm
