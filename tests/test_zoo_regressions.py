@@ -140,3 +140,67 @@ def test_channel_groups_block_divides_every_concat_part():
     assert groups.of_call(convs[32, 1].value) == 8  # c: 32 channels, but concatenated with a
     assert groups.of_call(convs[48, 1].value) == 48  # y1: read by nothing
     assert groups.of_var(convs[16, 3].value.args[0]) == 8  # relu(concat(c, a)): 56 channels, blocks of 8
+
+
+@pytest.fixture(scope="module")
+def sample_rate_artifact(tmp_path_factory):
+    """zoo_repro's Silero-like model (the network inside an If on ``sr == 16000``, an LSTM and a shape-decided
+    nested If in the branch, a Squeeze of axis -1) compiled with ``--input-value sr=16000``."""
+    from click.testing import CliRunner
+
+    from edgec.toolchain.cli import main
+
+    folder = tmp_path_factory.mktemp("sr")
+    onnx.save(zoo_repro.if_sample_rate(), str(folder / "vad.onnx"))
+    done = CliRunner().invoke(main, ["compile", str(folder / "vad.onnx"), "--target", "x86", "--input-value",
+                                     "sr=16000", "-o", str(folder / "a")], catch_exceptions=False)
+    return folder, done
+
+
+def test_if_on_an_input_value_compiles_for_the_fixed_value(sample_rate_artifact, cli):
+    """The If is decided at compile time (no If, no LSTM left), the artifact verifies against the source model
+    at sr=16000, runs it exactly as onnxruntime does, records the value, and `edgec verify` feeds the source it."""
+    from edgec.toolchain import api
+
+    folder, done = sample_rate_artifact
+    assert done.exit_code == 0 and "verify: PASS" in done.stdout, done.stdout + done.stderr
+    manifest = json.loads((folder / "a" / "manifest.json").read_text())
+    assert manifest["fixed_inputs"] == {"sr": {"dtype": "int64", "shape": [], "value": [16000]}}
+    assert [s["name"] for s in manifest["inputs"]] == ["x"]
+    assert "`sr` fixed to 16000" in (folder / "a" / "report.md").read_text()
+    optimized = onnx.load(str(folder / "a" / "optimized.onnx"))
+    assert not {"If", "LSTM"} & {n.op_type for n in optimized.graph.node}
+    source = ort.InferenceSession(str(folder / "vad.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((3, 1, 4)).astype(np.float32)
+    want = source.run(None, {"x": x, "sr": np.array(16000, np.int64)})[0]
+    got = api.run(folder / "a", {"x": x, "sr": np.array(16000, np.int64)}).outputs["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want, source.run(None, {"x": x, "sr": np.array(8000, np.int64)})[0])  # a real branch
+    code, out, err = cli("verify", folder / "a")
+    assert code == 0 and "PASS" in out, out + err
+
+
+def test_an_input_fixed_at_compile_time_refuses_other_values(sample_rate_artifact, cli, tmp_path):
+    folder, _ = sample_rate_artifact
+    np.savez(tmp_path / "in.npz", x=np.zeros((3, 1, 4), np.float32), sr=np.array(8000, np.int64))
+    code, _, err = cli("run", folder / "a", "-i", tmp_path / "in.npz")
+    assert_user_error(code, err, "input 'sr' was fixed to 16000", "sr=8000", "--input-value sr=")
+
+
+@pytest.mark.parametrize("value, needle", [("sr=1.5", "not exact as int64"), ("rate=16000", "not an input"),
+                                           ("sr", "not NAME=VALUE"), ("sr=1,2", "2 values for an input of shape")])
+def test_bad_input_values_are_one_line(value, needle, cli, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo_repro.if_sample_rate(), str(path))
+    code, _, err = cli("compile", path, "--target", "x86", "--input-value", value, "-o", tmp_path / "a")
+    assert_user_error(code, err, needle)
+    assert not (tmp_path / "a").exists()
+
+
+def test_scalar_inputs_reach_the_artifact_as_scalars(cli, tmp_path):
+    """Without --input-value the If computes both branches (if_to_where); its 0-d int64 input reached TVM as a
+    1-element vector (np.ascontiguousarray makes 0-d arrays 1-d): an internal error in verify."""
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo_repro.if_sample_rate(), str(path))
+    code, out, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, out + err
