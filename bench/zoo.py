@@ -93,7 +93,8 @@ def shape_args(model: Model) -> list[str]:
 def compile_verify(source: Path, model: Model, out: Path) -> tuple[bool, str]:
     """(verified, words): ``PASS 1.2e-06`` / ``FAIL 0.31 > tol`` / edgec's error line."""
     started = time.perf_counter()
-    done = edgec("compile", str(source), "--target", "x86", *shape_args(model), "-o", str(out))
+    values = [f for v in model.values.split(";") if v for f in ("--input-value", v)]
+    done = edgec("compile", str(source), "--target", "x86", *shape_args(model), *values, "-o", str(out))
     seconds = time.perf_counter() - started
     verify = next((ln for ln in done.stdout.splitlines() if ln.startswith("verify:")), "")
     if done.returncode and not verify:

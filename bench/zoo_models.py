@@ -58,6 +58,7 @@ class Model:
     prep: str
     metric: tuple = ("sqnr",)
     convert: str | None = None  # "tflite2onnx" or "mtcnn:PNet|RNet|ONet"
+    values: str = ""  # ``--input-value`` flags for compile (``;`` separates them): inputs the model branches on
 
     @property
     def format(self) -> str:
@@ -100,7 +101,7 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           "tf2onnx 1.10.1, opset 13", "oww_embeddings", ("sqnr",)),
     # spox (Silero VAD v5: the network inside an If on the sample rate)
     Model("silero_vad", "silero-vad==5.1.2", "silero_vad/data/silero_vad.onnx", "input:1,512;state:2,1,128",
-          "voice activity (conv + LSTM, If)", "spox, opset 16", "vad", ("sqnr",)),
+          "voice activity (conv + LSTM, If)", "spox, opset 16", "vad", ("sqnr",), values="sr=16000"),
     # torch.onnx.export(dynamo=True) here, from facenet-pytorch's own modules and weights
     Model("mtcnn_pnet", FACENET, "facenet_pytorch/data/pnet.pt", "1,3,120,160", "face proposal map (MTCNN P-Net)",
           "torch.onnx dynamo, opset 18", "mtcnn", ("argmax", 1, 1), "mtcnn:PNet"),

@@ -11,7 +11,11 @@ and tested without the wheels. Writes them into a folder and runs ``edgec compil
 * ``if_identity_graph_output.onnx`` (Silero VAD v5): the same where the outer value is also a main-graph output;
   the pass raises "already an output of a different graph";
 * ``concat24.onnx`` (ddddocr's YOLOX detector, CSP block): two 1×1 convs to 24 channels, Concat, 1×1 conv;
-  TVM's layout pass fails with "Invalid layout axis 16b".
+  TVM's layout pass failed with "Invalid layout axis 16b" (fixed: targets/cpu/channel_groups.py);
+* ``if_sample_rate.onnx`` (Silero VAD v5): the whole network inside an If on ``sr == 16000``, ``sr`` an input;
+  the branch holds an LSTM, a nested If on the LSTM state's shape whose branches differ in shape (Squeeze or
+  Identity: if_to_where cannot select between them) and a Squeeze of axis -1 (TVM's layout pass ends in
+  std::bad_alloc). Compiled with ``--input-value sr=16000`` (run here), the If folds to its branch.
 """
 
 from __future__ import annotations
@@ -64,11 +68,43 @@ def concat24() -> onnx.ModelProto:
     return _model(nodes, [_vi("x", [1, 48, 16, 16])], [_vi("y", [1, 48, 16, 16])], 13, inits)
 
 
+def if_sample_rate() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    hidden = 4
+    inits = [numpy_helper.from_array((0.3 * rng.standard_normal(shape)).astype(np.float32), name)
+             for name, shape in (("W", (1, 4 * hidden, 4)), ("R", (1, 4 * hidden, hidden)))]
+
+    def const(name: str, values: list[int], dims: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, dims,
+                                                                               values))
+
+    squeezed = helper.make_graph([helper.make_node("Squeeze", ["h", "ax0"], ["hs"])], "squeeze", [],
+                                 [_vi("hs", [1, hidden])])
+    kept = helper.make_graph([helper.make_node("Identity", ["h"], ["hk"])], "keep", [], [_vi("hk", [1, 1, hidden])])
+    then_g = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], hidden_size=hidden),
+         helper.make_node("Shape", ["h"], ["hshape"]), const("i0", [0], []), const("one", [1], []),
+         helper.make_node("Gather", ["hshape", "i0"], ["dirs"]), helper.make_node("Equal", ["dirs", "one"], ["single"]),
+         const("ax0", [0], [1]), helper.make_node("If", ["single"], ["hn"], then_branch=squeezed, else_branch=kept),
+         const("ax2", [2], [1]), helper.make_node("Unsqueeze", ["hn", "ax2"], ["hu"]),
+         helper.make_node("Relu", ["hu"], ["hr"]), const("axm1", [-1], [1]),
+         helper.make_node("Squeeze", ["hr", "axm1"], ["t"])], "then", [], [_vi("t", [1, hidden])])
+    else_g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["e"], axes=[0], keepdims=0)], "else", [],
+                               [_vi("e", [1, hidden])])
+    nodes = [helper.make_node("Constant", [], ["rate"], value=helper.make_tensor("rate", TensorProto.INT64, [],
+                                                                                [16000])),
+             helper.make_node("Equal", ["sr", "rate"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
+    inputs = [_vi("x", [3, 1, 4]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    return _model(nodes, inputs, [_vi("y", [1, hidden])], 16, inits)
+
+
 CASES = {
     "neg_dim_output": (neg_dim_output, ["--input-shape", "1,3,8,8"]),
     "if_identity_outer": (lambda: if_identity(False), []),
     "if_identity_graph_output": (lambda: if_identity(True), []),
     "concat24": (concat24, []),
+    "if_sample_rate": (if_sample_rate, ["--input-value", "sr=16000"]),
 }
 
 

@@ -83,3 +83,124 @@ def test_if_with_differently_shaped_branches_is_one_line(cli, tmp_path):
     onnx.save(proto, str(path))
     code, _, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
     assert_user_error(code, err, "operator If", "not supported by TVM's ONNX importer")
+
+
+def concat_of_mixed_blocks() -> onnx.ModelProto:
+    """ddddocr's YOLOX CSP block, widened: 24- and 32-channel convs (8- and 16-channel blocks on AVX-512)
+    concatenated both ways round, through an elementwise op, into 1×1 and 3×3 convs whose own channel counts
+    (48, 56) would ask for other blocks."""
+    rng = np.random.default_rng(0)
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    shapes = {"wa": (24, 48, 1, 1), "wb": (24, 48, 3, 3), "wc": (32, 48, 1, 1), "wd": (48, 48, 1, 1),
+              "we": (16, 56, 3, 3)}
+    inits = [numpy_helper.from_array((0.1 * rng.standard_normal(s)).astype(np.float32), n) for n, s in shapes.items()]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wc"], ["c"]),
+             helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),  # 24 + 24 → a 48-channel reader
+             helper.make_node("Conv", ["ab", "wd"], ["y1"]),
+             helper.make_node("Concat", ["c", "a"], ["ca"], axis=1),  # 32 + 24: the first part's block is 16
+             helper.make_node("Relu", ["ca"], ["r"]),
+             helper.make_node("Conv", ["r", "we"], ["y2"], pads=[1, 1, 1, 1])]
+    vi = onnx.helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [vi("x", onnx.TensorProto.FLOAT, [1, 48, 12, 12])],
+                              [vi("y1", onnx.TensorProto.FLOAT, [1, 48, 12, 12]),
+                               vi("y2", onnx.TensorProto.FLOAT, [1, 16, 12, 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:avx512"])
+def test_concat_of_differently_blocked_convs_compiles_and_verifies(target, cli, tmp_path):
+    """A channel Concat of convs whose own blocks differ (TVM's ConvertLayout failed: "Invalid layout axis 16b",
+    an internal error): channel_groups gives every tensor around a concat one block, and the artifact equals
+    onnxruntime (verify: within 1e-4 relative) on the host and on a pinned AVX-512 preset (16 lanes)."""
+    path = tmp_path / "concat.onnx"
+    onnx.save(concat_of_mixed_blocks(), str(path))
+    code, out, err = cli("compile", path, "--target", target, "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, err + out
+
+
+def test_channel_groups_block_divides_every_concat_part():
+    """The analysis itself: the concat's parts and reader share one granularity (gcd of the channel counts),
+    a conv's output outside any concat keeps its own count."""
+    from edgec.targets.cpu.channel_groups import ChannelGroups
+    from edgec.targets.lower import to_relax
+
+    mod = to_relax(concat_of_mixed_blocks())
+    groups = ChannelGroups(mod)
+    convs = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            if getattr(getattr(binding.value, "op", None), "name", "") == "relax.nn.conv2d":
+                convs[int(binding.value.args[1].ty.shape[0]), int(binding.value.args[1].ty.shape[3])] = binding
+    assert groups.of_call(convs[24, 1].value) == 8  # a: in both concats (24+24, 32+24)
+    assert groups.of_call(convs[32, 1].value) == 8  # c: 32 channels, but concatenated with a
+    assert groups.of_call(convs[48, 1].value) == 48  # y1: read by nothing
+    assert groups.of_var(convs[16, 3].value.args[0]) == 8  # relu(concat(c, a)): 56 channels, blocks of 8
+
+
+@pytest.fixture(scope="module")
+def sample_rate_artifact(tmp_path_factory):
+    """zoo_repro's Silero-like model (the network inside an If on ``sr == 16000``, an LSTM and a shape-decided
+    nested If in the branch, a Squeeze of axis -1) compiled with ``--input-value sr=16000``."""
+    from click.testing import CliRunner
+
+    from edgec.toolchain.cli import main
+
+    folder = tmp_path_factory.mktemp("sr")
+    onnx.save(zoo_repro.if_sample_rate(), str(folder / "vad.onnx"))
+    done = CliRunner().invoke(main, ["compile", str(folder / "vad.onnx"), "--target", "x86", "--input-value",
+                                     "sr=16000", "-o", str(folder / "a")], catch_exceptions=False)
+    return folder, done
+
+
+def test_if_on_an_input_value_compiles_for_the_fixed_value(sample_rate_artifact, cli):
+    """The If is decided at compile time (no If, no LSTM left), the artifact verifies against the source model
+    at sr=16000, runs it exactly as onnxruntime does, records the value, and `edgec verify` feeds the source it."""
+    from edgec.toolchain import api
+
+    folder, done = sample_rate_artifact
+    assert done.exit_code == 0 and "verify: PASS" in done.stdout, done.stdout + done.stderr
+    manifest = json.loads((folder / "a" / "manifest.json").read_text())
+    assert manifest["fixed_inputs"] == {"sr": {"dtype": "int64", "shape": [], "value": [16000]}}
+    assert [s["name"] for s in manifest["inputs"]] == ["x"]
+    assert "`sr` fixed to 16000" in (folder / "a" / "report.md").read_text()
+    optimized = onnx.load(str(folder / "a" / "optimized.onnx"))
+    assert not {"If", "LSTM"} & {n.op_type for n in optimized.graph.node}
+    source = ort.InferenceSession(str(folder / "vad.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((3, 1, 4)).astype(np.float32)
+    want = source.run(None, {"x": x, "sr": np.array(16000, np.int64)})[0]
+    got = api.run(folder / "a", {"x": x, "sr": np.array(16000, np.int64)}).outputs["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(want, source.run(None, {"x": x, "sr": np.array(8000, np.int64)})[0])  # a real branch
+    code, out, err = cli("verify", folder / "a")
+    assert code == 0 and "PASS" in out, out + err
+
+
+def test_an_input_fixed_at_compile_time_refuses_other_values(sample_rate_artifact, cli, tmp_path):
+    folder, _ = sample_rate_artifact
+    np.savez(tmp_path / "in.npz", x=np.zeros((3, 1, 4), np.float32), sr=np.array(8000, np.int64))
+    code, _, err = cli("run", folder / "a", "-i", tmp_path / "in.npz")
+    assert_user_error(code, err, "input 'sr' was fixed to 16000", "sr=8000", "--input-value sr=")
+
+
+@pytest.mark.parametrize("value, needle", [("sr=1.5", "not exact as int64"), ("rate=16000", "not an input"),
+                                           ("sr", "not NAME=VALUE"), ("sr=1,2", "2 values for an input of shape")])
+def test_bad_input_values_are_one_line(value, needle, cli, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo_repro.if_sample_rate(), str(path))
+    code, _, err = cli("compile", path, "--target", "x86", "--input-value", value, "-o", tmp_path / "a")
+    assert_user_error(code, err, needle)
+    assert not (tmp_path / "a").exists()
+
+
+def test_scalar_inputs_reach_the_artifact_as_scalars(cli, tmp_path):
+    """Without --input-value the If computes both branches (if_to_where); its 0-d int64 input reached TVM as a
+    1-element vector (np.ascontiguousarray makes 0-d arrays 1-d): an internal error in verify."""
+    path = tmp_path / "m.onnx"
+    onnx.save(zoo_repro.if_sample_rate(), str(path))
+    code, out, err = cli("compile", path, "--target", "x86", "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, out + err

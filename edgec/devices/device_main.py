@@ -214,7 +214,7 @@ def run_vm(vm, dev, manifest: dict, inputs: dict[str, np.ndarray], repeat: int =
     except AttributeError:  # a manifest whose entry the library lacks is a broken artifact, not an edgec bug
         raise ArtifactError(f"the artifact library has no function '{entry}' (the manifest's entry)",
                             "recompile the artifact") from None
-    args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[spec["name"]]), dev) for spec in manifest["inputs"]]
+    args = [tvm.runtime.tensor(np.asarray(inputs[spec["name"]], order="C"), dev) for spec in manifest["inputs"]]
     results = _as_list(function(*args))
     outputs = {spec["name"]: r.numpy() for spec, r in zip(manifest["outputs"], results)}
     latencies: list[float] = []

@@ -284,7 +284,7 @@ class QemuAarch64Runner:
                              f"the artifact expects {', '.join(s['name'] for s in manifest['inputs'])}")
         with tempfile.TemporaryDirectory(prefix="edgec-qemu-") as tmp:
             in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
-            arrays: dict[str, Any] = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+            arrays: dict[str, Any] = {k: np.asarray(v, order="C") for k, v in inputs.items()}
             np.savez(in_path, **arrays)
             args = [str(DEVICE_MAIN), str(artifact_dir), str(in_path), str(out_path),
                     "--repeat", str(repeat), "--number", str(number)]

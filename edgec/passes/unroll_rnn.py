@@ -377,7 +377,12 @@ class UnrollRnn(EdgecPass):
         targets = [n for n in graph if n.op_type in RNN_OPS and n.domain in ("", "ai.onnx")]
         nested = [n for n in graph.all_nodes() if n.op_type in RNN_OPS and n.graph is not graph]
         if nested:  # inside an If/Loop body: the importer refuses those bodies anyway; name the node clearly
-            raise _refuse(nested[0], "a place inside a subgraph (If/Loop/Scan body)")
+            node = nested[0]
+            raise EdgecError(f"{node.op_type} node '{_label(node)}' is inside an If/Loop/Scan body, which edgec "
+                             "cannot unroll",
+                             "an If that branches on an input's value (Silero VAD's sample rate 'sr') is decided "
+                             "at compile time with --input-value NAME=VALUE; else re-export the model without "
+                             "the branch")
         if not targets:
             return {"changed": False}
         before = ops_histogram(model)

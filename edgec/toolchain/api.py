@@ -18,6 +18,8 @@ from edgec import __version__
 from edgec.errors import EdgecError
 from edgec.toolchain import artifact as art
 from edgec.toolchain.load import input_signature, load_model, output_signature, parse_input_shapes
+from edgec.toolchain.input_values import (accept_fixed_inputs, fix_input_values, fixed_feed, parse_input_values,
+                                          text_of)
 from edgec.toolchain.pipeline import DEFAULT_PASSES, run_pipeline
 from edgec.toolchain.writes import check_not_an_input, check_replaceable, staged_folder
 
@@ -211,8 +213,12 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             verify: bool | None = None, device: str | None = None, atol: float = DEFAULT_ATOL,
             seed: int = 0, tuning_db: str | Path | None = None, prune: dict[str, Any] | None = None,
             quantize: dict[str, Any] | None = None, cpu_options: "CpuOptions | None" = None,
-            progress: Callable[[str], None] | None = None) -> CompileResult:
+            progress: Callable[[str], None] | None = None,
+            input_values: Sequence[str] | dict[str, list[float]] | None = None) -> CompileResult:
     """Load → pass pipeline → TVM build → artifact folder (atomic), verified against onnxruntime.
+
+    ``input_values``: inputs fixed to a value (``["sr=16000"]``, input_values.py): constants from load on, so the
+    reference is the source model at that value, and the manifest's ``fixed_inputs`` says so.
 
     ``verify=None`` verifies when the artifact can run on this machine (same arch, CPU), and skips otherwise,
     since an emulated device costs a minute; ``verify=True`` always does, on ``device`` (auto-chosen if None).
@@ -254,6 +260,9 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     model = load_model(source, shapes, log=load_log)
     from edgec.toolchain.layer_record import LayerRecorder
 
+    values = input_values if isinstance(input_values, dict) else parse_input_values(input_values)
+    unfixed = ir.serde.serialize_model(model) if values else None
+    fixed = fix_input_values(model, values) if values else {}
     layers = LayerRecorder()  # per-layer bytes and MACs before the passes and after each one (layers.json)
     layers.add("source", model)
     source_info = _source_info(source)
@@ -275,6 +284,13 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
                                         observe=lambda name, m: layers.add(f"prune: {name}", m))  # before fold_batchnorm (BN criterion)
         load_log.extend({"stage": "prune", **e} for e in prune_log)
     reference_proto = ir.serde.serialize_model(model)  # canonical source, before any pass: the reference
+    reference_extra: dict[str, np.ndarray] = {}
+    if fixed and not prune:
+        # The source at the fixed values. As given (an .onnx file): with its input shapes made static, onnxruntime
+        # may refuse a branch those values never take (Silero VAD's 8 kHz network on 16 kHz chunks).
+        path = Path(str(source))
+        reference_proto = path if path.suffix == ".onnx" and path.is_file() else unfixed
+        reference_extra = fixed_feed(fixed)
     step("passes")
     model, pass_log = run_pipeline(model, passes, observe=lambda name, m: layers.add(f"pipeline: {name}", m))
     pass_log = load_log + [{"stage": "pipeline", **e} for e in pass_log]
@@ -286,6 +302,7 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         pass_log += [{"stage": "quantize", **e} for e in q_log]
         layers.add(f"quantize: {quantize.get('mode', 'int8')}", model)
         reference_proto = ir.serde.serialize_model(model)  # the QDQ model: quantization changes outputs on purpose
+        reference_extra = {}
     optimized = ir.serde.serialize_model(model)
     onnx.checker.check_model(optimized)
 
@@ -312,6 +329,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
                       "artifact_weights_bytes": build.details.get("params", {}).get("bytes")},
             "compile_seconds": None,
         }
+        if fixed:
+            manifest["fixed_inputs"] = fixed
         if quant_info is not None:
             manifest["quantization"] = {**quant_info, "integer_layers": build.details.get("integer_layers")}
         if "tuning" in build.details:  # the database, and the functions its records scheduled
@@ -329,12 +348,13 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             if own is not None and own.converted and not prune and quantize is None:
                 # a converted source: the artifact is checked against the source's own runtime
                 verification = _verify_folder(stage, manifest, inputs, Path(str(source)), "source model",
-                                              runner_name, atol, relative=True, reference_runtime=own)
+                                              runner_name, atol, relative=True, reference_runtime=own,
+                                              reference_extra=reference_extra)
             else:
                 verification = _verify_folder(stage, manifest, inputs, reference_proto,
                                               "quantized (QDQ) model" if quantize is not None else
                                               "pruned source model" if prune else "source model", runner_name,
-                                              atol, relative=quantize is None)
+                                              atol, relative=quantize is None, reference_extra=reference_extra)
             manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
         step("write")
         manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
@@ -376,7 +396,9 @@ def _auto_device(target: dict[str, Any]) -> str:
 
 def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.ndarray],
                    reference: onnx.ModelProto | Path, reference_name: str, device: str, atol: float,
-                   relative: bool, reference_runtime: Reference = ONNXRUNTIME) -> Verification:
+                   relative: bool, reference_runtime: Reference = ONNXRUNTIME,
+                   reference_extra: dict[str, np.ndarray] | None = None) -> Verification:
+    """``reference_extra``: inputs only the reference takes (the values of the artifact's fixed inputs)."""
     from edgec.devices import get_runner
 
     result = get_runner(device).run(folder, inputs)
@@ -387,7 +409,7 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
         return compare(result.outputs, ref, names, atol, reference_name, device, relative, spread,
                        reference_runtime.runtime)
     try:
-        ref = onnxruntime_outputs(reference, inputs)
+        ref = onnxruntime_outputs(reference, {**inputs, **(reference_extra or {})})
     except Exception as exc:  # onnxruntime lacks an op or form the source uses (e.g. an LSTM with layout=1)
         if not type(exc).__module__.startswith("onnxruntime") or "quantization" in manifest:
             raise  # a QDQ model edgec wrote that onnxruntime refuses is an edgec bug
@@ -398,7 +420,7 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
                          ) from None
     spread = None
     if "quantization" in manifest:  # onnxruntime's own two runs of the QDQ model: see Verification
-        simulated = onnxruntime_outputs(reference, inputs, optimize=False)
+        simulated = onnxruntime_outputs(reference, {**inputs, **(reference_extra or {})}, optimize=False)
         spread = {n: float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
                   for n, a, b in zip(names, ref, simulated)}
     return compare(result.outputs, ref, names, atol, reference_name, device, relative, spread)
@@ -413,7 +435,9 @@ def run(artifact_dir: str | Path, inputs: dict[str | None, np.ndarray] | None = 
     from edgec.devices import get_runner
 
     artifact = art.open_artifact(artifact_dir, manifest_sha256=manifest_sha256)
-    feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
+    fixed = artifact.manifest.get("fixed_inputs")
+    feed = check_inputs(artifact.inputs, accept_fixed_inputs(fixed, inputs)) if inputs else \
+        random_inputs(artifact.inputs, seed)
     return get_runner(device or _auto_device(artifact.target)).run(artifact.path, feed, repeat=repeat,
                                                                    number=number)
 
@@ -426,7 +450,9 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     ``manifest_sha256``: refuse the artifact unless its manifest has this sha256 (CI pins the artifact with it).
     """
     artifact = art.open_artifact(artifact_dir, manifest_sha256=manifest_sha256)
-    feed = check_inputs(artifact.inputs, inputs) if inputs else random_inputs(artifact.inputs, seed)
+    fixed = artifact.manifest.get("fixed_inputs")
+    feed = check_inputs(artifact.inputs, accept_fixed_inputs(fixed, inputs)) if inputs else \
+        random_inputs(artifact.inputs, seed)
     source = artifact.manifest.get("source", {})
     src_path = Path(source.get("path") or "")
     pruned = any(p.get("stage") in ("prune", "quantize") for p in artifact.manifest.get("passes", []))
@@ -436,13 +462,16 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     if not pruned and source.get("sha256") and runtime is not None and src_path.is_file() \
             and art.sha256_file(src_path) == source["sha256"]:
         reference, name = src_path, "source model"
+        extra = fixed_feed(fixed)  # the source model still takes its fixed inputs
     else:
         reference = artifact.verified_file("optimized.onnx")  # checked like the library: it is opened too
         name = "optimized.onnx (source model not found or changed)"
         runtime = ONNXRUNTIME
+        extra = {}
     return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,
                           device or _auto_device(artifact.target), atol,
-                          relative="quantization" not in artifact.manifest, reference_runtime=runtime)
+                          relative="quantization" not in artifact.manifest, reference_runtime=runtime,
+                          reference_extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -459,6 +488,9 @@ def render_report(manifest: dict[str, Any]) -> str:
     for kind in ("inputs", "outputs"):
         for spec in manifest[kind]:
             lines.append(f"- {kind[:-1]} `{spec['name']}`: {spec['dtype']} {tuple(spec['shape'])}")
+    for name, spec in manifest.get("fixed_inputs", {}).items():
+        lines.append(f"- input `{name}` fixed to {text_of(spec['value'])} ({spec['dtype']}): the artifact runs only "
+                     "that value")
     if manifest.get("verification"):
         v = manifest["verification"]
         lines.append(f"- verification: {'PASS' if v['passed'] else 'FAIL'}, max abs diff {v['max_abs_diff']:.3g} "

@@ -139,6 +139,9 @@ def main(verbose: bool) -> None:
               help="Artifact folder to write (replaced atomically).")
 @click.option("--input-shape", "input_shapes", multiple=True,
               help="Static input shape: 1,3,224,224 or name:1,3,224,224 (repeatable).")
+@click.option("--input-value", "input_values", multiple=True,
+              help="Fix an input to a value (name=16000 or name=1,0,1; repeatable): the artifact runs only that "
+                   "value (e.g. Silero VAD's sample rate).")
 @click.option("--verify/--no-verify", default=None,
               help="Check the artifact against onnxruntime (default: when it can run on this machine).")
 @click.option("--device", default=None, help="Where to run the verification (local, qemu-aarch64, ...).")
@@ -178,7 +181,7 @@ def main(verbose: bool) -> None:
               help="With --quantize: image folders: shorter side before a centre crop.")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
-                verify: bool | None, device: str | None, tuning_db: Path | None, bounds_check: bool = False,
+                input_values: tuple[str, ...], verify: bool | None, device: str | None, tuning_db: Path | None, bounds_check: bool = False,
                 prune_spec: str | None = None, quantize_mode: str | None = None, quant_calib: str | None = None,
                 quant_samples: int = 64, quant_granularity: str | None = None, quant_eval: Path | None = None,
                 quant_max_drop: float | None = None, quant_promote_to: str = "float", quant_mean: str = "0",
@@ -215,7 +218,8 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         raise EdgecError("--calib, --granularity, --max-drop and --eval are only used with --quantize",
                          "add --quantize int8")
     verbose = click.get_current_context().find_root().params.get("verbose", False)
-    result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes), verify=verify,
+    result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes),
+                        input_values=list(input_values), verify=verify,
                         device=device, tuning_db=tuning_db, cpu_options=_cpu_options(bounds_check),
                         prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize,
                         progress=(lambda stage: click.echo(f"edgec: {stage}", err=True)) if verbose else None)

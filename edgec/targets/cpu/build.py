@@ -94,7 +94,8 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
-    from edgec.targets.cpu.layout import layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass
+    from edgec.targets.cpu.layout import (layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass,
+                                          squeeze_axes_pass)
     from edgec.targets.cpu.pad_channels import pad_output_channels_pass
     from edgec.targets.int4_pack import pack_int4_pass
 
@@ -105,6 +106,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
         pad_output_channels_pass(isa),  # 42 output channels as 48: whole blocks, not TVM's generic conv
         split_channels_pass(),  # channel splits as slices: TVM's split keeps unblocked split points
+        squeeze_axes_pass(),  # squeeze(axis=-1) as axis=2: TVM's layout pass crashes on a negative one
         layout_pass(target, options),
         # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
         fuse_depthwise_pointwise_pass(isa, options, l2),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgec.targets.cpu.blocked import BLOCKED_KERNEL, block
+from edgec.targets.cpu.channel_groups import ChannelGroups
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.kernels import spatial, winograd
 from edgec.targets.cpu.options import CpuOptions
@@ -31,22 +32,25 @@ def channel_multiple(preset) -> int:
     return 8 if preset.arch == "x86_64" else 4
 
 
-def input_block(call, isa: Isa, options: CpuOptions) -> int:
+def input_block(call, isa: Isa, options: CpuOptions, granularity: int | None = None) -> int:
     """Input channel block of an ungrouped conv. Fewer float channels than lanes arrive from a row-vectorized
     conv (kernels/spatial) in plain NCHW, so they are read as they are (blocks of one): the direct conv
     broadcasts one input value per FMA whatever the block (16 → 8 → 16 at 28×28: the second conv 10 → 8.8 µs).
     A conv that Winograd computes takes whole blocks (its input transform is vectorized over them).
-    Integer convs keep their blocks: VNNI reads four input channels per instruction."""
+    Integer convs keep their blocks: VNNI reads four input channels per instruction. ``granularity``: what every
+    block of the input's channel group must divide (channel_groups; default: its own channel count)."""
     channels, dtype = int(call.args[0].ty.shape[1]), str(call.args[0].ty.dtype)
     lanes = isa.lanes
     if (options.spatial and lanes == spatial.LANES and channels < lanes and "float" in dtype
             and winograd.tile_for(call, options) is None):
         return 1
-    return block(channels, lanes)
+    return block(granularity or channels, lanes)
 
 
-def choose_layouts(call, isa: Isa, options: CpuOptions) -> list[str] | None:
-    """Layouts for one relax.nn.conv2d call: [data, kernel, out], or None to leave it NCHW."""
+def choose_layouts(call, isa: Isa, options: CpuOptions, channels: ChannelGroups | None = None) -> list[str] | None:
+    """Layouts for one relax.nn.conv2d call: [data, kernel, out], or None to leave it NCHW. With ``channels``
+    (the module's channel groups), the data and output blocks divide their groups' granularities, so a concat's
+    parts and its reader agree on one block."""
     attrs = call.attrs
     if getattr(call.op, "name", None) != "relax.nn.conv2d":
         return None
@@ -56,13 +60,13 @@ def choose_layouts(call, isa: Isa, options: CpuOptions) -> list[str] | None:
     weight_shape = [int(d) for d in call.args[1].ty.shape]
     cin, cout, groups = data_shape[1], weight_shape[0], int(attrs.groups)
     dtype = str(call.args[0].ty.dtype)
-    ic_bn = input_block(call, isa, options)
+    ic_bn = input_block(call, isa, options, channels.of_var(call.args[0]) if channels else None)
     # One-channel blocks of float data are declared plain NCHW (legalize_conv2d adds the unit axis as a view):
     # TVM's ConvertLayout cannot convert NCHW8c to NCHW1c ("Invalid layout axis 1b").
     data = "NCHW" if ic_bn == 1 and "float" in dtype else f"NCHW{ic_bn}c"
     if spatial.applies(call, isa, options):  # too few output channels for the lanes: vectorized along rows
         return [data, "OIHW", "NCHW"]
-    oc_bn = block(cout, isa.lanes)
+    oc_bn = block((channels.of_call(call) if channels else None) or cout, isa.lanes)
     if oc_bn < 4:
         return None  # too few output channels to fill a vector: not worth a layout change
     if groups == 1:
@@ -73,16 +77,19 @@ def choose_layouts(call, isa: Isa, options: CpuOptions) -> list[str] | None:
 
 
 def layout_pass(target, options: CpuOptions):
+    """Relax pass: TVM's ConvertLayout with each conv's layouts from :func:`choose_layouts`, its blocks chosen
+    from the module's channel groups (channel_groups.ChannelGroups, computed on the module the pass is given)."""
+    import tvm
     from tvm import relax
 
     isa = isa_of(target)
 
-    def callback(call) -> dict[str, Any]:
+    def callback(call, groups: ChannelGroups) -> dict[str, Any]:
         op = getattr(call.op, "name", None)
         if op == "relax.nn.conv2d":
             # A conv left unblocked must say so: with no preference, ConvertLayout would keep a blocked input's
             # 5-D layout against the conv's 4-D kernel ("Layouts must have the same size").
-            return {op: choose_layouts(call, isa, options) or ["NCHW", "OIHW"]}
+            return {op: choose_layouts(call, isa, options, groups) or ["NCHW", "OIHW"]}
         if op == "relax.nn.conv2d_transpose":
             # TVM 0.27 has no blocked conv2d_transpose, and without a preference it takes a blocked input's
             # layout as its own and fails the same way (PP-OCRv4's text detector): it reads its input plain.
@@ -90,7 +97,12 @@ def layout_pass(target, options: CpuOptions):
             return {op: [a.data_layout, a.kernel_layout, a.out_layout]}
         return {}
 
-    return relax.transform.ConvertLayout({}, layout_cb=callback)
+    @tvm.transform.module_pass(opt_level=0, name="EdgecConvertLayout")
+    def _pass(mod, _ctx):
+        groups = ChannelGroups(mod)
+        return relax.transform.ConvertLayout({}, layout_cb=lambda call: callback(call, groups))(mod)
+
+    return _pass
 
 
 def split_channels_pass():
@@ -120,6 +132,35 @@ def split_channels_pass():
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 mod[gv] = _Split(mod).visit_expr(func)
+        return mod
+
+    return _pass
+
+
+def squeeze_axes_pass():
+    """Relax pass (before the layout pass): a squeeze's negative axes as non-negative ones. TVM 0.27's layout
+    inference for squeeze looks its axes up in the layout as given, and a negative one ends in ``std::bad_alloc``
+    inside ConvertLayout (Silero VAD's decoder squeezes axis -1 of its (1, 128, 1) features)."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Squeeze(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) != "relax.squeeze" or call.attrs.axis is None:
+                return call
+            ty = call.args[0].ty
+            axes = [int(a) for a in call.attrs.axis]
+            if not isinstance(ty, relax.TensorType) or ty.ndim < 0 or all(a >= 0 for a in axes):
+                return call
+            return relax.op.squeeze(call.args[0], axis=[a % ty.ndim for a in axes])
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecSqueezeAxes")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = _Squeeze(mod).visit_expr(func)
         return mod
 
     return _pass
