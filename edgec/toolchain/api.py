@@ -478,7 +478,7 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
 
 def render_report(manifest: dict[str, Any]) -> str:
     t = manifest["target"]
-    lines = [f"# edgec artifact report", "",
+    lines = ["# edgec artifact report", "",
              f"- edgec {manifest['edgec_version']}, created {manifest['created']}",
              f"- source: `{manifest['source']['path']}`",
              f"- target: **{t['name']}** ({t['arch']}, {t['device']}), TVM target `{t['tvm']}`",
