@@ -20,6 +20,23 @@ class RunResult:
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
     # The device is emulated (qemu-user): its latencies prove the timing path, they are not performance figures.
     emulated: bool = False
+    # edgec bench's device-side figures (load_ms, first_run_ms, peak_rss_bytes) when the runner measured them
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSpec:
+    """How a runner times an artifact for ``edgec bench`` (on the device, with the device's clock)."""
+
+    runs: int = 100
+    warmup: int = 10
+    max_seconds: float = 60.0
+    threads: int = 1
+
+    def device_args(self) -> list[str]:
+        """device_main's flags for this spec."""
+        return ["--bench", "--repeat", str(self.runs), "--warmup", str(self.warmup),
+                "--max-seconds", str(self.max_seconds)]
 
 
 class Runner(Protocol):
@@ -28,6 +45,11 @@ class Runner(Protocol):
     def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
             number: int = 1) -> RunResult:
         """Run the artifact once for outputs; with repeat > 0 also time `repeat` rounds of `number` calls each."""
+        ...
+
+    def bench(self, artifact_dir: Path, inputs: dict[str, np.ndarray], spec: BenchSpec) -> RunResult:
+        """``edgec bench``: load, first run, warm-up, then up to ``spec.runs`` runs timed one by one on the device;
+        ``details`` holds what else the device measured."""
         ...
 
 

@@ -5,7 +5,8 @@ aarch64 device and on remote boards where edgec itself is not installed. Usage::
 
     python device_main.py ARTIFACT_DIR INPUTS.npz OUTPUTS.npz [--repeat N] [--number M]
 
-It prints one JSON line: {"latencies_ms": [...]}.
+It prints one JSON line: {"latencies_ms": [...]}; with ``--bench [--warmup W] [--max-seconds S]`` also the load
+and first-run times and the process's peak resident memory (what ``edgec bench`` reports).
 
 Loading a shared library runs its constructors, so before any file of the artifact is opened it must be proven
 to be that artifact's own file: :func:`checked_file` is the one place that does this, here and on the host
@@ -225,6 +226,40 @@ def run_vm(vm, dev, manifest: dict, inputs: dict[str, np.ndarray], repeat: int =
     return outputs, latencies
 
 
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory (Linux reports kibibytes, macOS bytes), or None where unknown."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def bench_artifact(artifact_dir: Path, inputs: dict[str, np.ndarray], runs: int, warmup: int,
+                   max_seconds: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What ``edgec bench`` measures, on the device: load + VM init, the first run, ``warmup`` untimed runs, then
+    up to ``runs`` runs timed one by one with the device's clock (fewer when ``max_seconds`` would pass, judged
+    from the first run), and this process's peak resident memory."""
+    import time
+
+    import tvm  # noqa: F401  (the runtime's own import is not the artifact's load time)
+
+    start = time.perf_counter()
+    vm, dev, manifest = load_vm(artifact_dir)
+    load_ms = (time.perf_counter() - start) * 1e3
+    start = time.perf_counter()
+    outputs, _ = run_vm(vm, dev, manifest, inputs)
+    first_ms = (time.perf_counter() - start) * 1e3
+    if warmup > 0:
+        run_vm(vm, dev, manifest, inputs, repeat=1, number=warmup)
+    if max_seconds > 0:
+        runs = max(1, min(runs, int(max_seconds * 1e3 / max(first_ms, 1e-3))))
+    _, latencies = run_vm(vm, dev, manifest, inputs, repeat=runs, number=1)
+    return outputs, {"latencies_ms": latencies, "load_ms": load_ms, "first_run_ms": first_ms,
+                     "peak_rss_bytes": peak_rss_bytes()}
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -234,16 +269,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("outputs", type=Path)
     ap.add_argument("--repeat", type=int, default=0)
     ap.add_argument("--number", type=int, default=1)
+    ap.add_argument("--bench", action="store_true", help="edgec bench: --repeat runs after --warmup ones")
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=0.0)
     a = ap.parse_args(argv)
     with np.load(a.inputs) as data:
         inputs = {k: data[k] for k in data.files}
     try:
-        outputs, latencies = run_artifact(a.artifact_dir, inputs, a.repeat, a.number)
+        if a.bench:
+            outputs, result = bench_artifact(a.artifact_dir, inputs, a.repeat, a.warmup, a.max_seconds)
+        else:
+            outputs, latencies = run_artifact(a.artifact_dir, inputs, a.repeat, a.number)
+            result = {"latencies_ms": latencies}
     except ArtifactError as e:  # one line on stderr, which the host's runner reports
         print(f"device_main: error: {e}", file=sys.stderr)
         return 2
     np.savez(a.outputs, **outputs)
-    print(json.dumps({"latencies_ms": latencies}))
+    print(json.dumps(result))
     return 0
 
 

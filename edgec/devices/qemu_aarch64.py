@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.devices.base import RunResult, register_runner
+from edgec.devices.base import BenchSpec, RunResult, register_runner
 from edgec.devices.device_main import elf_machine
 from edgec.errors import EdgecError
 
@@ -273,6 +273,13 @@ class QemuAarch64Runner:
 
     def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
             number: int = 1) -> RunResult:
+        return self._run(artifact_dir, inputs, ["--repeat", str(repeat), "--number", str(number)])
+
+    def bench(self, artifact_dir: Path, inputs: dict[str, np.ndarray], spec: BenchSpec) -> RunResult:
+        return self._run(artifact_dir, inputs, spec.device_args(), {"TVM_NUM_THREADS": str(spec.threads)})
+
+    def _run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], flags: list[str],
+             env: dict[str, str] | None = None) -> RunResult:
         from edgec.toolchain.artifact import open_artifact
 
         artifact_dir = Path(artifact_dir).resolve()
@@ -286,9 +293,8 @@ class QemuAarch64Runner:
             in_path, out_path = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
             arrays: dict[str, Any] = {k: np.asarray(v, order="C") for k, v in inputs.items()}
             np.savez(in_path, **arrays)
-            args = [str(DEVICE_MAIN), str(artifact_dir), str(in_path), str(out_path),
-                    "--repeat", str(repeat), "--number", str(number)]
-            proc = self.device.run_python(args, timeout=self.timeout)
+            args = [str(DEVICE_MAIN), str(artifact_dir), str(in_path), str(out_path), *flags]
+            proc = self.device.run_python(args, env=env, timeout=self.timeout)
             if proc.returncode != 0:
                 lines = proc.stderr.strip().splitlines()
                 last = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -296,14 +302,15 @@ class QemuAarch64Runner:
                                  "check the artifact runs with --device local on its host build")
             with np.load(out_path) as data:
                 outputs = {k: data[k] for k in data.files}
-        latencies = _parse_latencies(proc.stdout)
+        result = _parse_result(proc.stdout)
+        latencies = [float(x) for x in result.pop("latencies_ms", [])]
         return RunResult(outputs={s["name"]: outputs[s["name"]] for s in manifest["outputs"]},
-                         latencies_ms=latencies, emulated=True)
+                         latencies_ms=latencies, emulated=True, details=result)
 
 
-def _parse_latencies(stdout: str) -> list[float]:
+def _parse_result(stdout: str) -> dict[str, Any]:
     """device_main prints one JSON line last; anything the runtime logged before it is ignored."""
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
-            return [float(x) for x in json.loads(line).get("latencies_ms", [])]
+            return json.loads(line)
     raise EdgecError("the emulated device printed no result line", "run with a newer device_main.py")

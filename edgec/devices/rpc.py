@@ -15,13 +15,24 @@ from typing import Any
 
 import numpy as np
 
-from edgec.devices.base import RunResult, register_runner
+from edgec.devices.base import BenchSpec, RunResult, register_runner
 from edgec.devices.device_main import ArtifactError, run_vm
 from edgec.errors import EdgecError
 
 _START_HINT = ("set EDGEC_RPC_TRACKER=host:port and EDGEC_RPC_KEY=key; start a tracker with "
                "`python -m tvm.exec.rpc_tracker --port 9190` and a board with "
                "`python -m tvm.exec.rpc_server --tracker HOST:9190 --key KEY`")
+
+
+def parse_device_url(value: str) -> tuple[str, str] | None:
+    """``rpc://host:port/KEY`` → ("host:port", "KEY"); None for a plain device name."""
+    if not value.startswith("rpc://"):
+        return None
+    address, sep, key = value[len("rpc://"):].partition("/")
+    if not sep or not key:
+        raise EdgecError(f"bad RPC device '{value}'", "write it as rpc://host:port/KEY, e.g. rpc://127.0.0.1:9190/rpi4")
+    parse_tracker(address)
+    return address, key
 
 
 def parse_tracker(value: str) -> tuple[str, int]:
@@ -85,7 +96,17 @@ class RpcRunner:
 
     def run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], *, repeat: int = 0,
             number: int = 1) -> RunResult:
-        import tvm
+        return self._run(artifact_dir, inputs, repeat, number, None)
+
+    def bench(self, artifact_dir: Path, inputs: dict[str, np.ndarray], spec: BenchSpec) -> RunResult:
+        """Timed on the board with its own clock; load_ms covers upload + load + VM init. The board's memory is
+        not reported through TVM's RPC (peak_rss_bytes: None). Its thread count is the server's."""
+        return self._run(artifact_dir, inputs, spec.runs, 1, spec)
+
+    def _run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], repeat: int, number: int,
+             spec: BenchSpec | None) -> RunResult:
+        import time
+
         from tvm import relax
 
         from edgec.toolchain.artifact import open_artifact
@@ -98,12 +119,25 @@ class RpcRunner:
             raise EdgecError(f"missing inputs: {', '.join(missing)}",
                              f"the artifact expects {', '.join(s['name'] for s in manifest['inputs'])}")
         remote = self._connect()
+        details: dict[str, Any] = {}
         try:
+            start = time.perf_counter()
             remote.upload(str(lib))
             rlib = remote.load_module(lib.name)
             dev = remote.cuda(0) if manifest["target"].get("device") == "cuda" else remote.cpu(0)
             vm = relax.VirtualMachine(rlib, dev)
-            outputs, latencies = run_vm(vm, dev, manifest, inputs, repeat, number)
+            if spec is None:
+                outputs, latencies = run_vm(vm, dev, manifest, inputs, repeat, number)
+            else:
+                details["load_ms"] = (time.perf_counter() - start) * 1e3
+                start = time.perf_counter()
+                outputs, _ = run_vm(vm, dev, manifest, inputs)
+                details["first_run_ms"] = (time.perf_counter() - start) * 1e3
+                if spec.warmup:
+                    run_vm(vm, dev, manifest, inputs, 1, spec.warmup)
+                runs = max(1, min(spec.runs, int(spec.max_seconds * 1e3 / max(details["first_run_ms"], 1e-3))))
+                _, latencies = run_vm(vm, dev, manifest, inputs, runs, 1)
+                details["peak_rss_bytes"] = None
         # TVM's errors (tvm.error.RPCError, InternalError) derive from RuntimeError; a missing entry function
         # is an ArtifactError from run_vm.
         except (RuntimeError, AttributeError, ArtifactError) as e:
@@ -111,4 +145,4 @@ class RpcRunner:
             raise EdgecError(f"the artifact failed on the RPC device '{self.key}': {first[-1] if first else e}",
                              "check that the board's architecture and TVM version match the artifact's target"
                              ) from e
-        return RunResult(outputs=outputs, latencies_ms=latencies)
+        return RunResult(outputs=outputs, latencies_ms=latencies, details=details)

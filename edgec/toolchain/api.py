@@ -442,6 +442,21 @@ def run(artifact_dir: str | Path, inputs: dict[str | None, np.ndarray] | None = 
                                                                    number=number)
 
 
+def bench_runner(artifact_dir: str | Path, device: str | None) -> tuple[Any, dict[str, Any]]:
+    """The runner ``edgec bench`` times on, and how the record names it: ``device`` as given (``rpc://HOST:PORT/KEY``
+    for a board behind a tracker), else the artifact's own device (local, or the emulated aarch64 one)."""
+    from edgec.devices import get_runner
+    from edgec.devices.rpc import RpcRunner, parse_device_url
+
+    url = parse_device_url(device) if device else None
+    if url is not None:
+        runner = RpcRunner(*url)
+        runner.check()  # an unreachable tracker or unknown key fails now, in one line
+        return runner, {"name": "rpc", "tracker": url[0], "key": url[1]}
+    name = device or _auto_device(art.open_artifact(artifact_dir, check_hashes=False).target)
+    return get_runner(name), {"name": name, "tracker": None, "key": None}
+
+
 def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str | None, np.ndarray] | None = None,
            atol: float = DEFAULT_ATOL, seed: int = 0, manifest_sha256: str | None = None) -> Verification:
     """Artifact output vs the source model's own runtime (REFERENCES: onnxruntime for .onnx, the TFLite

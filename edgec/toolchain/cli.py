@@ -729,6 +729,49 @@ def report_cmd(artifact: Path, output: Path, benches: tuple[Path, ...]) -> None:
     click.echo(f"written: {report_artifact(artifact, output, list(benches))}")
 
 
+@main.command("bench")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--device", "-d", default=None,
+              help="local, qemu-aarch64, or rpc://HOST:PORT/KEY (a board registered with a TVM RPC tracker).")
+@click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
+@click.option("--warmup", default=10, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads for the artifact and every peer.")
+@click.option("--max-seconds", default=60.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Stop timing after about this long (fewer runs).")
+@click.option("--compare", "compare", default=None,
+              help="Peers on the same inputs, interleaved: onnxruntime (the source model) and/or tflite=M.tflite.")
+@click.option("--input", "-i", "input_files", multiple=True, help="Inputs (.npy/.npz); default seeded random.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the edgec.bench/1 record (docs/bench-schema.md) here.")
+@_handle_errors
+def bench_cmd(artifact: Path, device: str | None, runs: int, warmup: int, threads: int, max_seconds: float,
+              compare: str | None, input_files: tuple[str, ...], json_path: Path | None) -> None:
+    """Time an ARTIFACT on its device (and its peers here, interleaved): load, first run, percentiles, memory."""
+    import json
+
+    from edgec.devices.bench import BenchOptions, bench, parse_compare, summary
+    from edgec.toolchain.api import bench_runner
+    from edgec.toolchain.writes import check_output_file, staged_file
+
+    if json_path is not None:
+        check_output_file(json_path, [artifact, *(spec.partition("=")[2] or spec for spec in input_files)], "--json")
+    options = BenchOptions(runs=runs, warmup=warmup, threads=threads, max_seconds=max_seconds,
+                           compare=parse_compare(compare))
+    runner, where = bench_runner(artifact, device)
+    inputs = _read_inputs(input_files) or None
+    with click.progressbar(length=options.rounds if options.compare else 1, label="bench", file=sys.stderr,
+                           show_eta=False) as bar:
+        record = bench(artifact, options, runner, where, inputs=inputs,
+                       progress=lambda done, total: bar.update(done - bar.pos))
+    for line in summary(record):
+        click.echo(line)
+    if json_path is not None:
+        with staged_file(json_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+        click.echo(f"written: {json_path}")
+
+
 def entry() -> None:
     """The console script (and ``python -m``): :func:`main`, then the signals ignored while the interpreter shuts
     down, so a Ctrl-C after the outcome is decided (TVM and torch take a moment to unload) neither prints a
