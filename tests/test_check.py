@@ -122,6 +122,7 @@ def test_unmeasured_metric_says_how(cli, compiled, tmp_path):
     budget = _budget(tmp_path, f'[[budget]]\nartifacts = "{compiled}"\nmax_accuracy_drop = 0.5\n')
     code, _, err = cli("check", compiled, "--budget", budget)
     assert code == 2
+    assert f"'max_accuracy_drop' ({budget}:3) was not measured" in err
     assert "'max_accuracy_drop'" in err and "was not measured" in err and "max_drop=" in err
     budget.write_text(f'[[budget]]\nartifacts = "{compiled}"\nmax_peak_memory_bytes = 10\n')
     code, _, err = cli("check", compiled, "--budget", budget)
@@ -134,3 +135,20 @@ def test_glob_relative_to_budget_folder(cli, compiled, tmp_path):
     code, out, err = cli("check", "--budget", budget)
     assert code == 0, err
     assert len([ln for ln in out.splitlines() if "max_artifact_bytes" in ln]) == 1
+
+
+def test_accuracy_drop_from_quantize_record(cli, compiled, tmp_path):
+    """The drop `edgec compile --quantize ...,max_drop=X,eval=...` records (quantization.mixed_precision.final_drop_pt)
+    is what the budget reads; the record is written into a copy's manifest (manifest.json is not in its own hash
+    list) to avoid a quantized compile with an eval search here."""
+    art = tmp_path / "q"
+    shutil.copytree(compiled, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["quantization"] = {"mode": "int8", "atol": 0.01, "mixed_precision": {"final_drop_pt": 0.8, "met": True}}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    budget = _budget(tmp_path, f'[[budget]]\nartifacts = "{art}"\nmax_accuracy_drop = 0.5\n')
+    code, out, err = cli("check", art, "--budget", budget, "--json", tmp_path / "r.json")
+    assert code == 1, err
+    row = json.loads((tmp_path / "r.json").read_text())["rows"][0]
+    assert (row["metric"], row["value"], row["limit"], row["passed"]) == ("max_accuracy_drop", 0.8, 0.5, False)
+    assert row["source"] == f"{budget}:3"

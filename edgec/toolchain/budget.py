@@ -41,6 +41,7 @@ class Budget:
     limits: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # file:line of the table, for messages
     base_dir: Path = Path(".")
+    lines: dict[str, str] = field(default_factory=dict)  # key -> file:line, so a row or error points at its key
 
 
 def _line_of(text: str, key: str, nth_table: int) -> int:
@@ -82,8 +83,10 @@ def load_budgets(path: Path) -> list[Budget]:
     for n, table in enumerate(tables):
         where = f"{path}:{_line_of(text, 'artifacts', n)}"
         limits: dict[str, Any] = {}
+        lines: dict[str, str] = {}
         for key, value in table.items():
             line = f"{path}:{_line_of(text, key, n)}"
+            lines[key] = line
             if key not in BUDGET_KEYS:
                 raise EdgecError(f"{line}: unknown budget key '{key}'", f"valid keys: {_valid(BUDGET_KEYS)}")
             types = BUDGET_KEYS[key]
@@ -105,7 +108,7 @@ def load_budgets(path: Path) -> list[Budget]:
             raise EdgecError(f"{where}: 'artifacts' must be a glob string or a list of them", "e.g. \"out/*\"")
         if not limits:
             raise EdgecError(f"{where}: [[budget]] #{n + 1} sets no limit", f"valid keys: {_valid(BUDGET_KEYS)}")
-        budgets.append(Budget(patterns, limits, where, path.parent))
+        budgets.append(Budget(patterns, limits, where, path.parent, lines))
     return budgets
 
 

@@ -252,11 +252,12 @@ def evaluate(opts: CheckOptions) -> list[Row]:
                 metric = METRICS[key]
                 value = metric.read(facts, limit)
                 if value is None:
-                    raise NotMeasured(f"{name}: '{key}' ({budget.source}) was not measured for this artifact",
+                    raise NotMeasured(f"{name}: '{key}' ({budget.lines.get(key, budget.source)}) was not measured for this artifact",
                                       metric.how)
                 bound = limit.limit_ms if isinstance(limit, LatencyLimit) else float(limit)
                 label = f"{key}.{limit.percentile}@{limit.device}" if isinstance(limit, LatencyLimit) else key
-                rows.append(Row(name, label, value, bound, metric.unit, value <= bound, budget.source))
+                rows.append(Row(name, label, value, bound, metric.unit, value <= bound,
+                                budget.lines.get(key, budget.source)))
         if opts.baseline is not None:
             rows += _growth_rows(name, facts, base_manifest, base_bench, float(opts.max_growth_pct))
     if opts.budgets and not matched_any:
