@@ -187,7 +187,7 @@ def measure_bench(path: Path, runs: int, warmup: int) -> dict[str, Any]:
     except ImportError:
         raise EdgecError("edgec bench is not available in this install to measure latency/memory",
                          "run the bench separately and pass --bench b.json") from None
-    from edgec.devices.local import LocalRunner  # type: ignore[attr-defined]
+    from edgec.devices.local import LocalRunner
 
     result = bench(Path(path), BenchOptions(runs=runs, warmup=warmup, threads=1), LocalRunner())
     return result if isinstance(result, dict) else result.to_dict()
