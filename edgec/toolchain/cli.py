@@ -772,6 +772,64 @@ def bench_cmd(artifact: Path, device: str | None, runs: int, warmup: int, thread
         click.echo(f"written: {json_path}")
 
 
+@main.command("check")
+@click.argument("artifacts", nargs=-1)
+@click.option("--budget", "budget_file", type=click.Path(path_type=Path), default=None,
+              help="The budget file (edgec.toml) with [[budget]] tables.")
+@click.option("--bench", "benches", multiple=True, type=click.Path(path_type=Path),
+              help="A bench JSON (edgec bench --json), matched to its artifact by manifest sha256; repeatable.")
+@click.option("--measure", is_flag=True, help="Time artifacts that have no --bench JSON now (edgec bench's runner).")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="A baseline manifest.json (sizes) or bench JSON (latency) to compare growth against.")
+@click.option("--max-growth", default=None, help="Allowed growth over --baseline, e.g. 5%.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write JUnit XML (one testcase per row).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON.")
+@click.option("--benchmark-json", type=click.Path(path_type=Path), default=None,
+              help="Write github-action-benchmark's customSmallerIsBetter JSON.")
+@_handle_errors
+def check_cmd(artifacts: tuple[str, ...], budget_file: Path | None, benches: tuple[Path, ...], measure: bool,
+              baseline: Path | None, max_growth: str | None, junit: Path | None, json_out: Path | None,
+              benchmark_json: Path | None) -> None:
+    """The CI gate: exit 0 when every budget holds, 1 when any fails, 2 on bad input.
+
+    ARTIFACTS are folders or globs; without them, the budgets' `artifacts` globs (relative to the budget file's
+    folder first, else the working directory) pick them.
+    """
+    import json as _json
+
+    from edgec.toolchain import gate
+    from edgec.toolchain.budget import load_budgets
+    from edgec.toolchain.writes import check_output_file, staged_file
+
+    if budget_file is None and baseline is None:
+        raise EdgecError("nothing to check against", "pass --budget edgec.toml and/or --baseline base/manifest.json")
+    growth = None
+    if max_growth is not None:
+        try:
+            growth = float(max_growth.rstrip().rstrip("%"))
+        except ValueError:
+            raise EdgecError(f"--max-growth {max_growth!r} is not a percentage", "e.g. --max-growth 5%") from None
+    inputs = [budget_file, baseline, *benches]
+    outputs = {p: kind for p, kind in ((junit, "--junit"), (json_out, "--json"), (benchmark_json, "--benchmark-json"))
+               if p is not None}
+    for path, kind in outputs.items():
+        check_output_file(path, inputs, kind)
+    budgets = load_budgets(budget_file) if budget_file is not None else []
+    rows, ok = gate.run_check(gate.CheckOptions(list(artifacts), budgets, list(benches), baseline, growth, measure))
+    click.echo(gate.format_table(rows))
+    payloads = {junit: gate.junit_xml(rows),
+                json_out: _json.dumps({"passed": ok, "rows": [r.to_dict() for r in rows]}, indent=2).encode(),
+                benchmark_json: _json.dumps(gate.benchmark_json(rows), indent=2).encode()}
+    for path in outputs:
+        with staged_file(path) as tmp:
+            tmp.write_bytes(payloads[path])
+    failed = [r for r in rows if not r.passed]
+    click.echo(f"{len(rows) - len(failed)}/{len(rows)} budgets hold" + ("" if ok else
+               "; failing: " + ", ".join(f"{r.artifact} {r.metric}" for r in failed)))
+    if not ok:
+        sys.exit(1)
+
+
 def entry() -> None:
     """The console script (and ``python -m``): :func:`main`, then the signals ignored while the interpreter shuts
     down, so a Ctrl-C after the outcome is decided (TVM and torch take a moment to unload) neither prints a
