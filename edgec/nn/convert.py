@@ -87,6 +87,6 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable[torch.Tensor]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     student.eval()
     return losses

@@ -143,6 +143,8 @@ class _Frozen(nn.Module):
 def freeze(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every edgec.nn layer replaced by its stored, exportable form."""
     frozen = copy.deepcopy(model).eval().cpu()
+    if isinstance(frozen, (BinaryConv2d, BinaryLinear, AdderConv2d)):  # the model is one layer
+        return _Frozen(frozen)
     for name, module in list(frozen.named_modules()):
         if isinstance(module, (BinaryConv2d, BinaryLinear, AdderConv2d)):
             parent, _, attr = name.rpartition(".")
