@@ -6,7 +6,7 @@ Recipe (1 thread, kept short): the float MnistResNet is trained first; each stud
 (``edgec.nn.convert``, first/last layers float) and is trained with labels (Adam, cosine decay). Latency figures
 (the binary/adder kernels) are not part of this bench yet: the ops run through their inlined function bodies.
 
-    python bench/binary.py [--epochs 3] [--student-epochs 3] [--only binary,adder] [--no-compile]
+    python bench/binary.py [--epochs 8] [--student-epochs 12] [--only binary,adder] [--no-compile]
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def compile_and_verify(model: torch.nn.Module, name: str, folder: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3, help="float net epochs")
-    parser.add_argument("--student-epochs", type=int, default=3, help="BNN / AdderNet epochs")
+    parser.add_argument("--epochs", type=int, default=8, help="float net epochs")
+    parser.add_argument("--student-epochs", type=int, default=12, help="BNN / AdderNet epochs")
     parser.add_argument("--only", default="binary,adder", help="which students to train (comma-separated)")
     parser.add_argument("--no-compile", action="store_true", help="skip the x86 compile + verification")
     args = parser.parse_args()
