@@ -14,6 +14,8 @@ from edgec.passes import (  # noqa: F401  (registration)
     prune_channels,
     remove_dead,
     remove_identity,
+    substitute_adder,
+    substitute_binary,
     unroll_rnn,
 )
 from edgec.passes.base import EdgecPass, PassReport, get_pass, pass_names, register_pass

@@ -81,6 +81,9 @@ def to_relax(model: onnx.ModelProto):
     """Import a canonical (static-shape, folded) ONNX model into a Relax IRModule with weights bound."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    from edgec.targets.edgec_ops import lower_edgec_ops  # edgec::BinaryConv & co. → their standard-op bodies
+
+    model = lower_edgec_ops(model)
     check_supported(model)
     from edgec.targets.int4_pack import widen_low_bit  # INT4 / blocked weights: a form the importer reads
 

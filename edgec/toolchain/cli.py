@@ -830,6 +830,34 @@ def check_cmd(artifacts: tuple[str, ...], budget_file: Path | None, benches: tup
         sys.exit(1)
 
 
+@main.command("substitute")
+@click.argument("model", required=False)
+@click.option("--to", "to", required=True, help="binary (XNOR-popcount layers) or adder (AdderNet L1 layers).")
+@click.option("--skip", default="", help="Layers kept float: first, last and/or node names, comma-separated.")
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="The .onnx to write.")
+@click.option("--input-shape", "input_shapes", multiple=True, help="Static input shape (as for compile).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def substitute_cmd(model: str | None, to: str, skip: str, output: Path, input_shapes: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Replace MODEL's convs (and, for binary, dense layers) by edgec's binary or adder ops, written as ONNX
+    functions onnxruntime runs; retrain or distill for accuracy (edgec.nn). MODEL defaults to the embedded one."""
+    from edgec.ops.substitute import parse_skip
+    from edgec.toolchain.api import default_model
+    from edgec.toolchain.substitute import SubstituteOptions, format_report, substitute
+
+    result = substitute(model or default_model(), output,
+                        SubstituteOptions(to=to, skip=parse_skip(skip), input_shapes=tuple(input_shapes)))
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    else:
+        for line in format_report(result.report):
+            click.echo(line)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"written: {result.output}")
+
+
 def entry() -> None:
     """The console script (and ``python -m``): :func:`main`, then the signals ignored while the interpreter shuts
     down, so a Ctrl-C after the outcome is decided (TVM and torch take a moment to unload) neither prints a

@@ -1,0 +1,113 @@
+"""Issue 19 accuracy figures: a BNN and an AdderNet trained on the embedded MNIST data (edgec.nn), each printed next
+to its bound — BNN ≥ 95 % test accuracy with the first and last layer in float; AdderNet within 1 point of the same
+float net — then both exported to edgec's ONNX function form, compiled for x86 and verified against onnxruntime.
+
+Recipe (1 thread, kept short): the float MnistResNet is trained first; each student starts from its weights
+(``edgec.nn.convert``, first/last layers float) and is trained with labels (Adam, cosine decay). Latency figures
+(the binary/adder kernels) are not part of this bench yet: the ops run through their inlined function bodies.
+
+    python bench/binary.py [--epochs 8] [--student-epochs 12] [--only binary,adder] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int = 64,
+          seed: int = 0) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * (len(x) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    start = time.perf_counter()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(len(x) // batch):
+            idx = order[i * batch:(i + 1) * batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    return time.perf_counter() - start
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean()) * 100
+
+
+def compile_and_verify(model: torch.nn.Module, name: str, folder: Path) -> str:
+    import onnx
+
+    import edgec
+    from edgec.nn import export_onnx
+
+    path = folder / f"{name}.onnx"
+    onnx.save(export_onnx(model, torch.zeros(1, 1, 28, 28), input_names=["input"]), str(path))
+    result = edgec.compile(path, target="x86", output=folder / name, verify=True)
+    return result.verification.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8, help="float net epochs")
+    parser.add_argument("--student-epochs", type=int, default=12, help="BNN / AdderNet epochs")
+    parser.add_argument("--only", default="binary,adder", help="which students to train (comma-separated)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the x86 compile + verification")
+    args = parser.parse_args()
+    args.only = args.only.split(",")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    from compile_vs_ort import host_line
+
+    from edgec.models import mnist_split
+    from edgec.models.mnist_resnet import MnistResNet
+    from edgec.nn import convert
+
+    print(f"# binary: {host_line()}", flush=True)
+    split = mnist_split()
+    xt, yt = (torch.from_numpy(a) for a in split["train"])
+    xe, ye = (torch.from_numpy(a) for a in split["test"])
+    teacher = MnistResNet()
+    secs = train(teacher, xt, yt, args.epochs, 3e-3)
+    float_acc = accuracy(teacher, xe, ye)
+    print(f"float MnistResNet: {float_acc:.1f} % test ({secs:.0f} s)", flush=True)
+    results = {}
+    for to, lr in (("binary", 3e-3), ("adder", 1e-3)):
+        if to not in args.only:
+            continue
+        student = convert(copy.deepcopy(teacher), to=to, skip_first_last=True)
+        secs = train(student, xt, yt, args.student_epochs, lr)
+        acc = accuracy(student, xe, ye)
+        results[to] = student
+        if to == "binary":
+            print(f"BNN (binary middle convs, float stem and head): {acc:.1f} % test ({secs:.0f} s) "
+                  f"— bound ≥ 95 %: {'met' if acc >= 95 else 'MISSED'}", flush=True)
+        else:
+            print(f"AdderNet (adder middle convs): {acc:.1f} % test ({secs:.0f} s), float {float_acc:.1f} % — bound "
+                  f"within 1 pt: {'met' if float_acc - acc <= 1 else 'MISSED'} ({acc - float_acc:+.1f} pt)",
+                  flush=True)
+    if not args.no_compile:
+        with tempfile.TemporaryDirectory() as tmp:
+            for to, student in results.items():
+                print(f"{to} x86 artifact: {compile_and_verify(student, to, Path(tmp))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
