@@ -33,6 +33,19 @@ def test_minus_one_output_dims_compile_and_run(cli, tmp_path):
     assert code == 0, err
 
 
+def test_minus_one_output_dim_next_to_a_static_input(cli, tmp_path):
+    """A static input with an output declared -1 (paddle2onnx's dynamic dim, kept by prune on PP-OCR's classifier):
+    strict shape inference compared the inferred 1 with -1 and refused the model as invalid ONNX."""
+    from onnx import TensorProto, helper
+
+    model = zoo_repro.neg_dim_output()  # the input made static, the output left at -1: what prune wrote
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    code, out, err = cli("compile", path, "--input-shape", "1,3,8,8", "--target", "x86", "-o", tmp_path / "a")
+    assert code == 0 and "verify: PASS" in out, err
+
+
 @pytest.mark.parametrize("also_graph_output", [False, True])
 def test_identity_in_if_branch_keeps_a_valid_model(also_graph_output, tmp_path):
     """remove_identity on a model whose If branch is Identity(outer value): still valid ONNX, same outputs in

@@ -284,13 +284,30 @@ def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def _negative_dims_unknown(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose ``dim_value: -1`` dims (paddle2onnx's way of saying dynamic, which edgec reads as dynamic
+    everywhere) are unknown dims, or the model itself when it has none: strict inference would otherwise compare
+    an inferred 1 with -1 and refuse the model (a pruned PP-OCR classifier)."""
+    values = lambda g: (*g.input, *g.output, *g.value_info)  # noqa: E731
+    if not any(d.HasField("dim_value") and d.dim_value < 0 for v in values(model.graph)
+               for d in v.type.tensor_type.shape.dim):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for v in values(copy.graph):
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.ClearField("dim_value")
+    return copy
+
+
 def run_checker(model: onnx.ModelProto, path: Path | None = None) -> None:
     """onnx's checker with strict shape inference, as one line naming what it found.
 
     A model over protobuf's 2 GB is checked from its file (onnx reads external data itself then)."""
     try:
         if model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:
-            onnx.checker.check_model(_with_inferred_shapes(model), full_check=True)
+            onnx.checker.check_model(_with_inferred_shapes(_negative_dims_unknown(model)), full_check=True)
         elif path is not None:
             onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
