@@ -20,6 +20,7 @@ from edgec.targets.cpu.channel_groups import ChannelGroups
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.kernels import spatial, winograd
 from edgec.targets.cpu.options import CpuOptions
+from edgec.targets.relax_rewrite import function_rewrite
 
 
 def channel_multiple(preset) -> int:
@@ -112,7 +113,6 @@ def split_channels_pass():
     2 and 0 blocks), so every conv after a channel Split — the C2f blocks of YOLOv8 — failed to build with
     "the data channel size is 0". strided_slice reads its input unblocked instead (a layout transform either
     side), which is correct for any split point."""
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -127,21 +127,13 @@ def split_channels_pass():
             return relax.Tuple([self.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[lo], end=[hi]))
                                 for lo, hi in zip(bounds, bounds[1:])])
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecSplitChannels")
-    def _pass(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Split(mod).visit_expr(func)
-        return mod
-
-    return _pass
+    return function_rewrite("EdgecSplitChannels", _Split)
 
 
 def squeeze_axes_pass():
     """Relax pass (before the layout pass): a squeeze's negative axes as non-negative ones. TVM 0.27's layout
     inference for squeeze looks its axes up in the layout as given, and a negative one ends in ``std::bad_alloc``
     inside ConvertLayout (Silero VAD's decoder squeezes axis -1 of its (1, 128, 1) features)."""
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -156,14 +148,7 @@ def squeeze_axes_pass():
                 return call
             return relax.op.squeeze(call.args[0], axis=[a % ty.ndim for a in axes])
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecSqueezeAxes")
-    def _pass(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Squeeze(mod).visit_expr(func)
-        return mod
-
-    return _pass
+    return function_rewrite("EdgecSqueezeAxes", _Squeeze)
 
 
 def channel_split_points(call) -> list[int] | None:

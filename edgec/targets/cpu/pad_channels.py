@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from edgec.targets.cpu.blocked import block
 from edgec.targets.cpu.isa import Isa
+from edgec.targets.relax_rewrite import function_rewrite
 
 MIN_BLOCK = 4  # layout.choose_layouts blocks a conv's output only from this block size up
 
@@ -31,7 +32,6 @@ def needs_padding(call, isa: Isa) -> bool:
 
 def pad_output_channels_pass(isa: Isa):
     """Relax pass (before the layout pass): see the module docstring."""
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -50,11 +50,4 @@ def pad_output_channels_pass(isa: Isa):
                                      out_dtype=a.out_dtype)
             return relax.op.strided_slice(out, axes=[1], begin=[0], end=[cout])
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecPadOutputChannels")
-    def _pass(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Pad(mod).visit_expr(func)
-        return mod
-
-    return _pass
+    return function_rewrite("EdgecPadOutputChannels", _Pad)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.targets.cpu.isa import Isa
+from edgec.targets.relax_rewrite import function_rewrite
 
 LONG_KERNEL = 16
 
@@ -32,7 +33,6 @@ def _constant(expr, lookup) -> np.ndarray | None:
 
 def conv1d_pass(isa: Isa):
     """Relax pass: every float NCW conv1d → im2col + matmul (long kernels) or a conv2d with a unit height."""
-    import tvm
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -50,14 +50,7 @@ def conv1d_pass(isa: Isa):
                 return _im2col_matmul(call, weight)
             return _as_conv2d(call)
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecConv1d")
-    def _pass(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Rewrite(mod).visit_expr(func)
-        return mod
-
-    return _pass
+    return function_rewrite("EdgecConv1d", _Rewrite)
 
 
 def _im2col_matmul(call, weight: np.ndarray):

@@ -9,6 +9,7 @@ from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.relax_rewrite import function_rewrite
 
 
 class Matmul(sched.KernelRule):
@@ -134,7 +135,6 @@ def pad_columns_pass(isa: Isa):
     - Columns with no whole-vector tile (8210 = 2·5·821: the rule's best tile was 10 columns, one vector with 6
       lanes idle) are padded with zero columns to a multiple of the tile, and sliced off after.
     The padding and packing are of a constant: folded at compile time."""
-    import tvm
     from tvm import relax
 
     def panel_width(n: int) -> int:
@@ -185,11 +185,4 @@ def pad_columns_pass(isa: Isa):
                 return out
             return relax.op.strided_slice(out, axes=[len(call.ty.shape) - 1], begin=[0], end=[n])
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecMatmulWeightPanels")
-    def _pass(mod, _ctx):
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = _Pad(mod).visit_expr(func)
-        return mod
-
-    return _pass
+    return function_rewrite("EdgecMatmulWeightPanels", _Pad)
