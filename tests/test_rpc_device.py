@@ -221,3 +221,31 @@ def test_bench_unknown_key_and_dead_tracker_are_one_line(tracker, x86_artifact, 
     code, _, err = cli("bench", x86_artifact, "--device", "rpc://nohost")
     assert code == 2 and "rpc://host:port/KEY" in err
     assert time.monotonic() - start < 30
+
+
+def test_device_serve_registers_and_list_shows_it(tracker, x86_artifact, cli):
+    """`edgec device serve` makes this machine a device of the farm; `device list` shows the key; bench runs on it."""
+    code, out, err = cli("device", "list", "--tracker", tracker)
+    assert code == 0 and f"{KEY}: 1 free" in out, (out, err)
+    port = _free_port()
+    proc = subprocess.Popen([*_edgec_cli(), "device", "serve", "--tracker", tracker, "--key", "edgec-serve",
+                             "--host", "127.0.0.1", "--port", str(port)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, out = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "edgec-serve: 1 free" not in out:
+            time.sleep(0.5)
+            out = cli("device", "list", "--tracker", tracker)[1]
+        assert "edgec-serve: 1 free" in out, out
+        code, out, err = cli("bench", x86_artifact, "--device", f"rpc://{tracker}/edgec-serve", "--runs", "5")
+        assert code == 0 and "device rpc edgec-serve@" in out, err
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    code, _, err = cli("device", "list", "--tracker", f"127.0.0.1:{_free_port()}")
+    assert code == 2 and "cannot reach the RPC tracker" in err
+
+
+def _edgec_cli() -> list[str]:
+    exe = Path(sys.executable).with_name("edgec")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgec.toolchain.cli import entry; entry()"]

@@ -858,6 +858,46 @@ def substitute_cmd(model: str | None, to: str, skip: str, output: Path, input_sh
     click.echo(f"written: {result.output}")
 
 
+@main.group("device")
+def device_group() -> None:
+    """The device farm: TVM RPC servers registered with a tracker (used by --device rpc://HOST:PORT/KEY)."""
+
+
+@device_group.command("list")
+@click.option("--tracker", required=True, help="The tracker, host:port.")
+@_handle_errors
+def device_list_cmd(tracker: str) -> None:
+    """Keys registered with the TRACKER, with their free and busy servers."""
+    from edgec.devices.farm import tracker_summary
+
+    keys = tracker_summary(tracker)
+    if not keys:
+        click.echo(f"no server is registered with {tracker}")
+    for key, state in sorted(keys.items()):
+        click.echo(f"{key}: {state['free']} free, {state['busy']} busy, {state['pending']} waiting")
+
+
+@device_group.command("serve")
+@click.option("--tracker", required=True, help="The tracker to register with, host:port.")
+@click.option("--key", required=True, help="The device class this machine is, e.g. rpi4.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=9091, show_default=True, type=click.IntRange(1, 65535), help="First port to try.")
+@_handle_errors
+def device_serve_cmd(tracker: str, key: str, host: str, port: int) -> None:
+    """Serve this machine as a device: a TVM RPC server registered with TRACKER under KEY, until Ctrl-C."""
+    import time
+
+    from edgec.devices.farm import serve
+
+    server = serve(tracker, key, host, port, min(65535, port + 100))
+    click.echo(f"serving as '{key}' on {host}:{server.port}, registered with {tracker} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(1)
+    finally:
+        server.terminate()
+
+
 def entry() -> None:
     """The console script (and ``python -m``): :func:`main`, then the signals ignored while the interpreter shuts
     down, so a Ctrl-C after the outcome is decided (TVM and torch take a moment to unload) neither prints a
