@@ -230,7 +230,7 @@ class QuantizeQDQ(EdgecPass):
             p != "float" for p in precisions)) else 13
         opset = model.opset_imports.get("", 1)
         if opset < min_opset:
-            _upgrade_opset(model, min_opset)
+            upgrade_opset(model, min_opset)
             notes.append(f"opset {opset} → {min_opset} (needed by "
                          f"{'INT4/blocked' if min_opset == 21 else 'per-axis'} DequantizeLinear)")
         if cfg.activations == "int8" and cfg.granularity == "channel" and cfg.equalize:
@@ -498,7 +498,7 @@ class QuantizeQDQ(EdgecPass):
         non-2-D Conv, auto_pad, transposed Gemm input, a computed bias) keep nearest rounding and say so.
         """
         from edgec.quantization.adaround import adaround_matrix, conv_patches
-        from edgec.quantization.qmath import WEIGHT_QMAX, _broadcast
+        from edgec.quantization.qmath import WEIGHT_QMAX, broadcast_to_axis
 
         assert self.calibration is not None
         cfg = self.config
@@ -552,7 +552,7 @@ class QuantizeQDQ(EdgecPass):
             x_rows, y_rows = np.concatenate(xs), np.concatenate(ys)
             moved = np.moveaxis(w, layer.out_axis, 0)
             w_mat = moved.reshape(moved.shape[0], -1)
-            s_full = np.broadcast_to(_broadcast(wq.scale, w, wq.axis, wq.block), w.shape)
+            s_full = np.broadcast_to(broadcast_to_axis(wq.scale, w, wq.axis, wq.block), w.shape)
             s_mat = np.moveaxis(s_full, layer.out_axis, 0).reshape(w_mat.shape)
             relu = layer.activation_out is not layer.output
             result = adaround_matrix(w_mat, s_mat, WEIGHT_QMAX[wq.dtype], x_rows, y_rows, layer.bias_float, relu,
@@ -666,7 +666,7 @@ def _float_report(layer: _Layer) -> dict[str, Any]:
             "precision": "float"}
 
 
-def _upgrade_opset(model: ir.Model, version: int) -> None:
+def upgrade_opset(model: ir.Model, version: int) -> None:
     from onnxscript.version_converter import convert_version
 
     logger = logging.getLogger("onnxscript.version_converter")

@@ -125,7 +125,7 @@ def estimate_macs(analysis: Analysis, kept: dict[int, int]) -> int:
                          for layer in analysis.mac_layers)))
 
 
-def _min_keep(group: ChannelGroup, budget: Budget) -> int:
+def min_keep(group: ChannelGroup, budget: Budget) -> int:
     floor = max(1, math.ceil(group.size * (1.0 - budget.max_group_ratio)))
     if budget.round_to > 1:
         floor = max(budget.round_to, math.ceil(floor / budget.round_to) * budget.round_to)
@@ -133,7 +133,7 @@ def _min_keep(group: ChannelGroup, budget: Budget) -> int:
 
 
 def _rounded(keep: int, group: ChannelGroup, budget: Budget) -> int:
-    keep = max(keep, _min_keep(group, budget))
+    keep = max(keep, min_keep(group, budget))
     if budget.round_to > 1:
         keep = max(budget.round_to, int(round(keep / budget.round_to)) * budget.round_to)
     return min(group.size, keep)
@@ -188,7 +188,7 @@ def _greedy_macs(analysis: Analysis, scores: dict[int, np.ndarray], budget: Budg
     def push(gid: int) -> None:
         g, k = groups[gid], kept[gid]
         step = k - (math.ceil(k / budget.round_to) - 1) * budget.round_to if budget.round_to > 1 else 1
-        if k - step < _min_keep(g, budget):
+        if k - step < min_keep(g, budget):
             return
         removed = ascending[gid][g.size - k: g.size - k + step]
         heapq.heappush(heap, (float(np.mean(removed)), gid, step))

@@ -43,7 +43,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from edgec.errors import EdgecError
-from edgec.pruning.budget import Budget, _min_keep
+from edgec.pruning.budget import Budget, min_keep
 from edgec.pruning.groups import Analysis
 
 __all__ = ["candidates", "build_table", "predict", "allocate", "time_models", "TIMING_ROUNDS"]
@@ -60,7 +60,7 @@ def candidates(analysis: Analysis, budget: Budget) -> dict[int, list[int]]:
     """Keep counts considered for every prunable group: ~25/50/75 % on the round_to grid, the floor, and all."""
     from edgec.pruning.sensitivity import levels
 
-    return {g.id: sorted({*levels(g.size, _min_keep(g, budget), budget.round_to), g.size})
+    return {g.id: sorted({*levels(g.size, min_keep(g, budget), budget.round_to), g.size})
             for g in analysis.prunable()}
 
 

@@ -89,7 +89,7 @@ def _bn_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return scale, beta - mean * scale
 
 
-def _conv_positions(n_samples: int, start: int, count: int, ho: int, wo: int, per_image: int, seed: int
+def conv_positions(n_samples: int, start: int, count: int, ho: int, wo: int, per_image: int, seed: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sampled output positions (sample, row, col) of samples start..start+count, the same for every call."""
     rng = np.random.default_rng(seed)
@@ -99,7 +99,7 @@ def _conv_positions(n_samples: int, start: int, count: int, ho: int, wo: int, pe
     return n, flat.reshape(-1) // wo, flat.reshape(-1) % wo
 
 
-def _conv_attrs(node: ir.Node, kernel: tuple[int, int]) -> dict[str, list[int]] | None:
+def conv_attrs(node: ir.Node, kernel: tuple[int, int]) -> dict[str, list[int]] | None:
     if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return None
     if len(kernel) != 2:
@@ -109,7 +109,7 @@ def _conv_attrs(node: ir.Node, kernel: tuple[int, int]) -> dict[str, list[int]] 
             "dilations": list(node.attributes.get_ints("dilations", [1, 1]))}
 
 
-def _patches(x: np.ndarray, n: np.ndarray, r: np.ndarray, c: np.ndarray, kernel: tuple[int, int],
+def conv_patches(x: np.ndarray, n: np.ndarray, r: np.ndarray, c: np.ndarray, kernel: tuple[int, int],
              attrs: dict[str, list[int]]) -> np.ndarray:
     """im2col rows (Cin·kh·kw) of input ``x`` (B×Cin×H×W) at output positions (n, r, c)."""
     (sh, sw), (dh, dw), p = attrs["strides"], attrs["dilations"], attrs["pads"]
@@ -243,7 +243,7 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
         layer_seed = seed * 7919 + index
         if node.op_type == "Conv":
             kernel = tuple(w.shape[2:])
-            attrs = _conv_attrs(node, kernel)
+            attrs = conv_attrs(node, kernel)
             if attrs is None or node.attributes.get_int("group", 1) != 1:
                 report.append({"layer": node.name, "refit": False, "why": "padding mode or layout not handled"})
                 continue
@@ -252,7 +252,7 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
             ho_wo: dict[str, tuple[int, int]] = {}
 
             def reduce_y(name: str, y: np.ndarray, start: int) -> np.ndarray:
-                n, r, c = _conv_positions(n_samples, start, len(y), y.shape[2], y.shape[3], per_image, layer_seed)
+                n, r, c = conv_positions(n_samples, start, len(y), y.shape[2], y.shape[3], per_image, layer_seed)
                 ho_wo["hw"] = y.shape[2:]
                 return y[n, :, r, c]
 
@@ -278,8 +278,8 @@ def reconstruct(original: onnx.ModelProto, model: ir.Model, analysis: Analysis, 
             ho, wo = ho_wo["hw"]
 
             def reduce_x(name: str, x: np.ndarray, start: int) -> np.ndarray:
-                n, r, c = _conv_positions(n_samples, start, len(x), ho, wo, per_image, layer_seed)
-                return _patches(x, n, r, c, kernel, attrs)
+                n, r, c = conv_positions(n_samples, start, len(x), ho, wo, per_image, layer_seed)
+                return conv_patches(x, n, r, c, kernel, attrs)
 
             current = ir.serde.serialize_model(model)
             a = capture(current, [node.inputs[0].name], calib, reduce_x)[node.inputs[0].name].astype(np.float64)

@@ -21,7 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec.errors import EdgecError
-from edgec.pruning.budget import Budget, _min_keep, estimate_macs
+from edgec.pruning.budget import Budget, min_keep, estimate_macs
 from edgec.pruning.groups import Analysis, ChannelGroup
 
 __all__ = ["measure", "allocate", "refine", "output_loss"]
@@ -67,7 +67,7 @@ def measure(original: onnx.ModelProto, analysis: Analysis, scores: dict[int, np.
     table: dict[int, dict[int, float]] = {}
     for g in analysis.prunable():
         table[g.id] = {g.size: 0.0}
-        for k in levels(g.size, _min_keep(g, budget), budget.round_to):
+        for k in levels(g.size, min_keep(g, budget), budget.round_to):
             model = ir.serde.deserialize_model(original)
             keep = {g.id: np.sort(np.argsort(-scores[g.id], kind="stable")[:k])}
             apply_selection(model, analysis, keep)
@@ -102,7 +102,7 @@ def allocate(analysis: Analysis, table: dict[int, dict[int, float]], budget: Bud
     while macs > target:
         best: tuple[float, int, int, int] | None = None
         for gid, g in groups.items():
-            floor = _min_keep(g, budget)
+            floor = min_keep(g, budget)
             now = _interp(table[gid], kept[gid])
             k = kept[gid] - step if step > 1 else kept[gid] - 1
             if step > 1:
@@ -134,7 +134,7 @@ def _counts(group: ChannelGroup, budget: Budget, measured: dict[int, float]) -> 
     between the floor and the whole group (losses in between are interpolated). Only the measured counts left
     the budget's slack unused: on the embedded model at 50 % of MACs the best measured combination removed
     53.8 % (a 32-channel group at 24, where 28 also met the target at a lower summed loss)."""
-    floor, step = _min_keep(group, budget), _step(group, budget)
+    floor, step = min_keep(group, budget), _step(group, budget)
     if budget.round_to > 1:
         grid = {k for k in range(budget.round_to, group.size, budget.round_to) if k >= floor}
     else:
@@ -236,7 +236,7 @@ unshifted ones did not), and no sample is spent on judging. Non-image inputs are
                 moves.append((_interp(table[j], given) - _interp(table[j], best[j]), move))
         for i, gi in groups.items():
             taken = best[i] - step(gi)
-            if taken < _min_keep(gi, budget):
+            if taken < min_keep(gi, budget):
                 continue
             for j, gj in groups.items():
                 if j == i or best[j] >= gj.size:

@@ -57,7 +57,7 @@ def _consumer_covariances(model: ir.Model, analysis: Analysis, calib: np.ndarray
     """``(kind, node, layer, w, cov)`` for every dense Conv/Gemm reading a prunable group: ``w`` the weights
     (Conv: Cout×Cin×K, Gemm: Cout×F), ``cov`` the uncentred covariance of its input patches (Conv: sampled output
     positions, im2col rows of Cin·K; Gemm: the F inputs) on ``calib``, with a trailing column of ones when ``bias``."""
-    from edgec.pruning.reconstruct import _conv_attrs, _conv_positions, _patches
+    from edgec.pruning.reconstruct import conv_attrs, conv_positions, conv_patches
 
     nodes = {node.name: node for node in model.graph}
     prunable = {g.id for g in analysis.prunable()}
@@ -71,7 +71,7 @@ def _consumer_covariances(model: ir.Model, analysis: Analysis, calib: np.ndarray
             continue
         w = w_value.const_value.numpy().astype(np.float64)
         if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1:
-            attrs = _conv_attrs(node, tuple(w.shape[2:]))
+            attrs = conv_attrs(node, tuple(w.shape[2:]))
             if attrs is None:
                 continue
             w3 = w.reshape(w.shape[0], w.shape[1], -1)                  # Cout×Cin×K
@@ -96,8 +96,8 @@ def _consumer_covariances(model: ir.Model, analysis: Analysis, calib: np.ndarray
 
             def reduce(_n: str, x: np.ndarray, start: int, hw=hw, kernel=kernel, attrs=attrs, index=index
                        ) -> np.ndarray:
-                n, r, c = _conv_positions(n_samples, start, len(x), hw[0], hw[1], per_image, seed + index)
-                p = _patches(x, n, r, c, kernel, attrs)
+                n, r, c = conv_positions(n_samples, start, len(x), hw[0], hw[1], per_image, seed + index)
+                p = conv_patches(x, n, r, c, kernel, attrs)
                 return gram(p.astype(np.float64) if bias else p)
         else:
             def reduce(_n: str, x: np.ndarray, start: int) -> np.ndarray:

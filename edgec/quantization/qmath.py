@@ -53,7 +53,7 @@ def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> Activation
     return ActivationQParams(float(np.float32(scale)), zero_point, dtype, float(lo), float(hi))
 
 
-def _broadcast(p: np.ndarray | float, x: np.ndarray, axis: int | None, block: int | None) -> np.ndarray:
+def broadcast_to_axis(p: np.ndarray | float, x: np.ndarray, axis: int | None, block: int | None) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     if p.ndim == 0 or axis is None:
         return p
@@ -68,16 +68,16 @@ def quantize(x: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | 
              axis: int | None = None, block: int | None = None) -> np.ndarray:
     """ONNX QuantizeLinear: round half to even, add the zero point, saturate."""
     qmin, qmax, store = QRANGES[dtype]
-    s = _broadcast(scale, x, axis, block)
-    z = _broadcast(zero_point, x, axis, block)
+    s = broadcast_to_axis(scale, x, axis, block)
+    z = broadcast_to_axis(zero_point, x, axis, block)
     return np.clip(np.rint(x.astype(np.float64) / s) + z, qmin, qmax).astype(store)
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int = 0,
                axis: int | None = None, block: int | None = None) -> np.ndarray:
     """ONNX DequantizeLinear, computed in float32 as onnxruntime does."""
-    s = _broadcast(scale, q, axis, block).astype(np.float32)
-    z = _broadcast(zero_point, q, axis, block)
+    s = broadcast_to_axis(scale, q, axis, block).astype(np.float32)
+    z = broadcast_to_axis(zero_point, q, axis, block)
     return ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
 
 
@@ -152,7 +152,7 @@ def quantize_weight(w: np.ndarray, dtype: str, granularity: str, out_axis: int, 
     else:
         moved_shape = np.moveaxis(w, in_axis, -1).shape[:-1] + (math.ceil(w.shape[in_axis] / block),)
         scale_arr = np.moveaxis(scale.reshape(moved_shape), -1, in_axis).astype(np.float32)
-    q = np.clip(np.rint(w / _broadcast(scale_arr, w, axis, block)), -qmax, qmax).astype(np.int8)
+    q = np.clip(np.rint(w / broadcast_to_axis(scale_arr, w, axis, block)), -qmax, qmax).astype(np.int8)
     return WeightQuant(q=q, scale=scale_arr, bits=bits, granularity=granularity, axis=axis, block=block)
 
 

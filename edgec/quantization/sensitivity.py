@@ -41,7 +41,7 @@ import onnx_ir as ir
 
 from edgec.calibration.sources import CalibrationSource, EvalData, batches, open_eval
 from edgec.errors import EdgecError
-from edgec.passes.quantize_qdq import PRECISION_CHOICES, QuantConfig, QuantizeQDQ, _upgrade_opset
+from edgec.passes.quantize_qdq import PRECISION_CHOICES, QuantConfig, QuantizeQDQ, upgrade_opset
 from edgec.calibration import capture
 from edgec.quantization.qmath import sqnr_db
 
@@ -139,7 +139,7 @@ class _Builder:
         need = 21 if config.weights == "int4" or config.granularity.startswith("group:") else 13
         opset = model.opset_imports.get("", 1)
         if opset < need:
-            _upgrade_opset(model, need)
+            upgrade_opset(model, need)
             notes.append(f"opset {opset} → {need} (needed by "
                          f"{'INT4/blocked' if need == 21 else 'per-axis'} DequantizeLinear)")
         self.proto = ir.serde.serialize_model(model)
