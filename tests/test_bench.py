@@ -26,7 +26,7 @@ def test_record_with_onnxruntime(artifact, cli, tmp_path):
     from edgec.devices.device_main import sha256_file
 
     code, out, err = cli("bench", artifact, "--runs", "40", "--warmup", "2", "--compare", "onnxruntime",
-                         "--json", tmp_path / "b.json")
+                         "--rounds", "2", "--json", tmp_path / "b.json")
     assert code == 0, err
     record = json.loads((tmp_path / "b.json").read_text())
     assert set(record) == KEYS and record["schema"] == "edgec.bench/1"
