@@ -19,3 +19,26 @@ def function_rewrite(name: str, mutator: Any):
         return mod
 
     return _pass
+
+
+def constant_value(expr: Any, lookup: Any) -> Any:
+    """The numpy value of ``expr`` when it is a constant tensor, or a transpose of one (ONNX Gemm's transB arrives
+    as permute_dims of the stored weight; FoldConstant runs later), else None. ``lookup`` maps a dataflow variable
+    to the expression bound to it (a mutator's ``lookup_binding``)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    while isinstance(expr, relax.Var) and lookup(expr) is not None:
+        expr = lookup(expr)
+
+    def constant(e: Any) -> bool:  # relax.const builds a GenericConst; tensors, not PrimValues
+        return isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "numpy")
+
+    if constant(expr):
+        return expr.value.numpy()
+    if (isinstance(expr, relax.Call) and getattr(expr.op, "name", None) == "relax.permute_dims"
+            and constant(expr.args[0])):
+        axes = expr.attrs.axes
+        return np.transpose(expr.args[0].value.numpy(), [int(a) for a in axes] if axes is not None else None)
+    return None

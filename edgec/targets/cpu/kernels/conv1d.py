@@ -15,20 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.targets.cpu.isa import Isa
-from edgec.targets.relax_rewrite import function_rewrite
+from edgec.targets.relax_rewrite import constant_value, function_rewrite
 
 LONG_KERNEL = 16
-
-
-def _constant(expr, lookup) -> np.ndarray | None:
-    import tvm
-    from tvm import relax
-
-    while isinstance(expr, relax.Var) and lookup(expr) is not None:
-        expr = lookup(expr)
-    if isinstance(expr, tvm.ir.expr.Constant) and hasattr(expr.value, "numpy"):
-        return expr.value.numpy()
-    return None
 
 
 def conv1d_pass(isa: Isa):
@@ -45,7 +34,7 @@ def conv1d_pass(isa: Isa):
             if a.data_layout != "NCW" or a.kernel_layout != "OIW" or "float" not in str(call.args[0].ty.dtype):
                 return call
             taps = int(call.args[1].ty.shape[2])
-            weight = _constant(call.args[1], self.lookup_binding)
+            weight = constant_value(call.args[1], self.lookup_binding)
             if taps >= LONG_KERNEL and int(a.groups) == 1 and weight is not None:
                 return _im2col_matmul(call, weight)
             return _as_conv2d(call)

@@ -9,7 +9,7 @@ from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.isa import Isa, isa_of
-from edgec.targets.relax_rewrite import function_rewrite
+from edgec.targets.relax_rewrite import constant_value, function_rewrite
 
 
 class Matmul(sched.KernelRule):
@@ -93,28 +93,6 @@ def good_column_tile(n: int, lanes: int) -> bool:
     return any(n % d == 0 for d in range(lanes, 4 * lanes + 1, lanes))
 
 
-def _constant_weight(expr, lookup) -> np.ndarray | None:
-    """The value of a matmul's right operand when it is a constant, or a transpose of one (ONNX Gemm's transB
-    arrives as permute_dims of the stored weight; FoldConstant runs later); ``lookup`` maps a dataflow variable
-    to the expression bound to it."""
-    import tvm
-    from tvm import relax
-
-    while isinstance(expr, relax.Var) and lookup(expr) is not None:
-        expr = lookup(expr)
-    def constant(e) -> bool:  # relax.const builds a GenericConst; tensors, not PrimValues
-        return isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "numpy")
-
-    if constant(expr):
-        return expr.value.numpy()
-    if (isinstance(expr, relax.Call) and getattr(expr.op, "name", None) == "relax.permute_dims"
-            and constant(expr.args[0])):
-        axes = expr.attrs.axes
-        value = expr.args[0].value.numpy()
-        return np.transpose(value, [int(a) for a in axes] if axes is not None else None)
-    return None
-
-
 PANEL_MIN_BYTES = 256 * 1024  # smaller weights stay in cache however they are read
 
 
@@ -156,7 +134,7 @@ def pad_columns_pass(isa: Isa):
             packed = k * n * 4 >= PANEL_MIN_BYTES and n > 2 * panel
             if not packed and (n <= 4 * isa.lanes or good_column_tile(n, isa.lanes)):
                 return call
-            weight = _constant_weight(call.args[1], self.lookup_binding)
+            weight = constant_value(call.args[1], self.lookup_binding)
             if weight is None:
                 return call
             width = panel if packed else isa.lanes
