@@ -497,16 +497,18 @@ def latency_dir(tmp_path_factory):
 def latency_table(latency_dir):
     from edgec.models import default_model_path
     from edgec.pruning import latency
+    from edgec.toolchain.latency_timer import CompileTimer
     from edgec.toolchain.load import load_model
 
     model = load_model(str(default_model_path()), [])
     analysis = analyze(model)
-    budget = Budget(latency_ms=1.0, target="x86", round_to=8)
+    timer = CompileTimer("x86")
+    budget = Budget(latency_ms=1.0, timer=timer, round_to=8)
     cands = latency.candidates(analysis, budget)
     cache = latency_dir / "p.latency.json"
-    table = latency.build_table(model, analysis, cands, "x86", cache)
-    again = latency.build_table(model, analysis, cands, "x86", cache)
-    return analysis, cands, table, again
+    table = latency.build_table(model, analysis, cands, timer, cache)
+    again = latency.build_table(model, analysis, cands, timer, cache)
+    return analysis, cands, table, again, timer
 
 
 def test_latency_table_is_cached_and_fewer_channels_are_not_slower(latency_table):
@@ -516,7 +518,7 @@ def test_latency_table_is_cached_and_fewer_channels_are_not_slower(latency_table
     different channel blocking), which is exactly what a measured table is for."""
     from edgec.pruning import latency
 
-    analysis, cands, table, again = latency_table
+    analysis, cands, table, again, _ = latency_table
     assert again["compiled"] == 0 and again["model_ms"] == table["model_ms"]
     assert {layer["node"] for layer in table["layers"]} >= {"/stem/stem.0/stem.0.0/Conv", "/block2/conv2/conv2.0/Conv"}
     for layer in table["layers"]:
@@ -546,9 +548,8 @@ def test_latency_budget_within_reach_is_met_when_measured(cli, latency_dir, late
     import json
 
     from edgec.models import default_model_path
-    from edgec.pruning.latency import time_models
 
-    _, _, table, _ = latency_table
+    _, _, table, _, timer = latency_table
     budget = round(0.8 * table["model_ms"], 4)
     out = latency_dir / "p.onnx"
     code, stdout, err = cli("prune", "-o", out, "--latency-ms", budget, "--target", "x86", "--json")
@@ -557,7 +558,7 @@ def test_latency_budget_within_reach_is_met_when_measured(cli, latency_dir, late
     lat = report["latency"]
     assert lat["measured_ms"][1] <= budget and report["channels"], lat
     assert {"predicted_ms", "tried", "table"} <= set(lat)
-    now = time_models({"unpruned": onnx.load(str(default_model_path())), "pruned": onnx.load(str(out))}, "x86")
+    now = timer({"unpruned": onnx.load(str(default_model_path())), "pruned": onnx.load(str(out))})
     assert now["pruned"] / now["unpruned"] <= 1.25 * budget / lat["measured_ms"][0], (now, lat)
 
 
@@ -566,6 +567,45 @@ def test_target_adds_measured_latency_before_and_after_to_the_report(cli, tmp_pa
                             "--target", "x86")
     assert code == 0, err
     assert "latency on x86 (1 thread, median): measured" in stdout and " ms -> " in stdout
+
+
+class MacsTimer:
+    """A timer that compiles nothing: a model's 'latency' is its MACs (edgec inspect) in millions, so a budget's
+    outcome is exact. It records every call, so the test sees what pruning asked to be timed."""
+
+    target, device, where = "x86", None, "x86@macs"
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, protos):
+        from edgec.toolchain.inspect import inspect_model
+
+        self.calls.append(list(protos))
+        return {name: inspect_model(p).total_macs / 1e6 for name, p in protos.items()}
+
+
+def test_latency_budget_is_measured_by_the_timer_it_is_given(tmp_path):
+    """Pruning compiles and runs nothing itself: the timer passed in times the one-layer table and then the whole
+    candidates next to the unpruned model; with MACs as the 'latency' the chosen model's MACs are within budget
+    and the report's measured figures are the timer's."""
+    from edgec.pruning import prune
+    from edgec.toolchain.inspect import inspect_model
+
+    model, _, _ = _digits()
+    whole = inspect_model(ir.serde.serialize_model(model)).total_macs / 1e6
+    timer = MacsTimer()
+    budget = Budget(latency_ms=0.6 * whole, timer=timer, round_to=8, latency_cache=str(tmp_path / "t.json"))
+    report = prune(model, budget, "l1")
+    after = inspect_model(ir.serde.serialize_model(model)).total_macs / 1e6
+    lat = report["latency"]
+    assert after <= 0.6 * whole and report["channels"]
+    assert len(timer.calls) >= 2 and any(name.startswith("model:") for name in timer.calls[0])
+    assert "unpruned" in timer.calls[1] and any(n.startswith("option") for n in timer.calls[1])
+    assert lat["measured_ms"] == [pytest.approx(whole, rel=1e-4), pytest.approx(after, rel=1e-4)]
+    assert lat["device"] == "local" and lat["target"] == "x86"
+    with pytest.raises(Exception, match="--latency-ms needs --target"):
+        Budget(latency_ms=1.0).validate()
 
 
 def test_latency_allocation_avoids_a_slow_count_and_reports_the_closest():

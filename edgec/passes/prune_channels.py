@@ -26,8 +26,10 @@ class PruneChannels(EdgecPass):
                  layer_ratios: dict[str, float] | str | Path | None = None, criterion: str = "l1",
                  round_to: int = 1, calib: np.ndarray | str | Path | None = None, reconstruct: bool = False,
                  calib_samples: int = 256, max_group_ratio: float = 0.9, allocation: str = "score",
-                 latency_ms: float | None = None, target: str | None = None,
-                 latency_cache: str | Path | None = None, device: str | None = None) -> None:
+                 latency_ms: float | None = None, timer: Any = None,
+                 latency_cache: str | Path | None = None) -> None:
+        """``timer`` (a :class:`edgec.pruning.budget.LatencyTimer`) measures a ``latency_ms`` budget: the caller
+        chooses how models are compiled and where they are timed; this pass only prunes ONNX."""
         super().__init__()
         from edgec.pruning.budget import Budget, load_layer_ratios
         from edgec.pruning.calib import load_calibration
@@ -36,7 +38,7 @@ class PruneChannels(EdgecPass):
             layer_ratios = load_layer_ratios(layer_ratios)
         self.budget = Budget(ratio=ratio, macs=macs, layer_ratios=layer_ratios, round_to=int(round_to),
                              max_group_ratio=max_group_ratio, allocation=allocation,
-                             latency_ms=latency_ms, target=target, device=device,
+                             latency_ms=latency_ms, timer=timer,
                              latency_cache=str(latency_cache) if latency_cache is not None else None)
         self.budget.validate()  # a bad budget fails before any work
         self.criterion = criterion

@@ -71,7 +71,7 @@ def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | No
         from edgec.pruning import latency
 
         cands = latency.candidates(analysis, budget)
-        table = latency.build_table(model, analysis, cands, budget.target, budget.latency_cache, budget.device)
+        table = latency.build_table(model, analysis, cands, budget.timer, budget.latency_cache)
         sens = None
         if calib is not None:
             from edgec.pruning.sensitivity import measure, summary
@@ -104,7 +104,7 @@ def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | No
                 trial = ir.serde.deserialize_model(original)
                 apply_selection(trial, analysis, keeps[-1])
                 protos[f"option{i}"] = ir.serde.serialize_model(trial)
-            now = latency.time_models(protos, budget.target, device=budget.device)
+            now = budget.timer(protos)
             measured.setdefault("unpruned", now["unpruned"])
             measured.update({k: v for k, v in now.items() if k != "unpruned"})
             ok = [i for i in range(first, len(options)) if measured[f"option{i}"] <= budget.latency_ms]
@@ -142,7 +142,7 @@ def plan(model: ir.Model, budget: Budget, criterion: str, calib: np.ndarray | No
             choice = min(ok, key=combined.__getitem__)
         keep = keeps[choice]
         if info is not None:
-            info["latency"] = {"target": budget.target, "device": budget.device or "local",
+            info["latency"] = {"target": budget.target, "device": budget.timer.device or "local",
                                "budget_ms": budget.latency_ms,
                                "loss": "sensitivity" if calib is not None else f"{criterion} scores",
                                "predicted_ms": round(latency.predict(table, options[choice]), 5),

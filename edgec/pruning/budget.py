@@ -16,13 +16,31 @@ import heapq
 import json
 import math
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from edgec.errors import EdgecError
 from edgec.pruning.groups import Analysis, ChannelGroup
 
-__all__ = ["Budget", "estimate_macs", "select", "load_layer_ratios"]
+__all__ = ["Budget", "LatencyTimer", "estimate_macs", "select", "load_layer_ratios"]
+
+
+class LatencyTimer(Protocol):
+    """What a latency budget measures with, passed in by the caller (pruning neither compiles nor runs models):
+    :class:`edgec.toolchain.latency_timer.CompileTimer` compiles with edgec and times on a device."""
+
+    target: str   # the edgec target the models are timed for
+    device: str | None
+
+    @property
+    def where(self) -> str:
+        """Cache key of a timing: the target, and the device when it is not this machine."""
+        ...
+
+    def __call__(self, protos: dict[str, Any]) -> dict[str, float]:
+        """``{name: median ms}`` of every ONNX model, timed in the same minutes (interleaved rounds)."""
+        ...
 
 
 @dataclasses.dataclass
@@ -33,10 +51,14 @@ class Budget:
     round_to: int = 1
     max_group_ratio: float = 0.9
     allocation: str = "score"                     # MACs target: "score" (global ranking) or "sensitivity"
-    latency_ms: float | None = None               # latency target on ``target`` (measured; see pruning.latency)
-    target: str | None = None                     # where latency is measured (edgec target name, e.g. x86)
-    device: str | None = None                     # runner that times it: local (default) or rpc (a board)
+    latency_ms: float | None = None               # latency target, measured by ``timer`` (see pruning.latency)
+    timer: LatencyTimer | None = None             # what compiles and times models for the latency budget
     latency_cache: str | None = None              # JSON file caching the per-layer latency table
+
+    @property
+    def target(self) -> str | None:
+        """The target a latency budget is measured on (the timer's)."""
+        return self.timer.target if self.timer is not None else None
 
     def validate(self) -> None:
         given = [k for k in ("ratio", "macs", "layer_ratios", "latency_ms") if getattr(self, k) is not None]
@@ -48,8 +70,9 @@ class Budget:
                 raise EdgecError(f"--latency-ms and --{given[0].replace('_', '-')} both given", "pass one budget")
             if not self.latency_ms > 0:
                 raise EdgecError(f"--latency-ms {self.latency_ms:g} must be > 0", "e.g. --latency-ms 0.5")
-            if not self.target:
-                raise EdgecError("--latency-ms needs --target", "pass the target to measure on, e.g. --target x86")
+            if self.timer is None:
+                raise EdgecError("--latency-ms needs --target", "pass the target to measure on, e.g. --target x86 "
+                                 "(from Python: Budget(timer=edgec.toolchain.latency_timer.CompileTimer('x86')))")
         if self.ratio is not None and self.macs is not None:
             raise EdgecError("--ratio and --macs both given", "pass one budget")
         for key in ("ratio", "macs"):

@@ -4,9 +4,10 @@ MACs are a poor proxy for time: a conv's latency moves in steps with the channel
 layers are dominated by fixed costs. So a per-layer latency table is *measured*: for every Conv/Gemm whose channels
 a prunable group changes, and every combination of the candidate keep counts of the groups it touches (~25/50/75 %
 on the ``round_to`` grid, the floor, all; one group at a time when the grid is larger than ``MAX_POINTS``), a
-one-layer ONNX model with that layer's shapes and attributes is compiled with edgec for the target and timed with
-the local runner in one fresh process (``TVM_NUM_THREADS=1``, rounds interleaved over all models, median). The
-whole unpruned model is timed with them. A pruned model's latency is predicted as
+one-layer ONNX model with that layer's shapes and attributes is timed by the budget's timer, which the caller
+passes in (:class:`edgec.toolchain.latency_timer.CompileTimer`: compiled with edgec for the target, timed on the
+device with rounds interleaved over all models, median); pruning itself compiles and runs nothing. The whole
+unpruned model is timed with them. A pruned model's latency is predicted as
 
     whole model + Σ_layers (layer at its kept counts − layer whole)
 
@@ -30,10 +31,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +40,11 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from edgec.errors import EdgecError
-from edgec.pruning.budget import Budget, min_keep
+from edgec.pruning.budget import Budget, LatencyTimer, min_keep
 from edgec.pruning.groups import Analysis
 
-__all__ = ["candidates", "build_table", "predict", "allocate", "time_models", "TIMING_ROUNDS"]
+__all__ = ["candidates", "build_table", "predict", "allocate"]
 
-TIMING_ROUNDS = 11
-ROUND_SECONDS = 0.01    # each timed round runs a layer for about this long (number of runs chosen per artifact)
 CACHE_VERSION = 1
 MAX_POINTS = 36         # a layer touching groups with more count combinations is measured one group at a time
 VERIFY_TOP = 4          # least-loss options compiled whole and timed to check the table's choice
@@ -129,100 +124,6 @@ def _onnx_of(spec: dict[str, Any]) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(proto)
 
 
-# ------------------------------------------------------------------------------------------ timing
-
-def _where(target: str, device: str | None) -> str:
-    """What a timing is keyed by: the target, and the device when it is not this machine."""
-    return target if device in (None, "local") else f"{target}@{device}"
-
-
-def time_models(protos: dict[str, onnx.ModelProto], target: str, rounds: int = TIMING_ROUNDS,
-                device: str | None = None) -> dict[str, float]:
-    """Compile every model for ``target`` with edgec and time them: ``{name: median ms}``.
-
-    Locally (``device`` None or "local"): in one fresh process (``TVM_NUM_THREADS=1``), rounds interleaved over
-    the models. With ``device="rpc"``: on the board a TVM RPC tracker hands out (``EDGEC_RPC_TRACKER`` /
-    ``EDGEC_RPC_KEY``), timed by the board's own clock, rounds interleaved the same way."""
-    import edgec
-    from edgec.targets import resolve_target
-
-    if not protos:
-        return {}
-    preset = resolve_target(target)
-    import platform
-
-    remote = device not in (None, "local")
-    if remote:
-        from edgec.devices.base import get_runner
-
-        runner = get_runner(device)
-        if device.startswith("qemu"):
-            raise EdgecError(f"cannot build a latency table on the emulated device '{device}'",
-                             "emulated times are not real figures: measure on a board, --device rpc")
-        if hasattr(runner, "check"):
-            runner.check()  # an unset or unreachable tracker fails before the models are compiled
-    elif preset.arch not in (platform.machine(), "x86_64" if platform.machine() == "AMD64" else platform.machine()):
-        raise EdgecError(f"cannot time {target} ({preset.arch}) artifacts on this {platform.machine()} machine",
-                         "measure on a board of that target: --device rpc (EDGEC_RPC_TRACKER, EDGEC_RPC_KEY)")
-    with tempfile.TemporaryDirectory(prefix="edgec-latency-") as tmp:
-        dirs = {}
-        for i, (name, proto) in enumerate(protos.items()):
-            src = Path(tmp) / f"m{i}.onnx"
-            onnx.save(proto, str(src))
-            out = Path(tmp) / f"a{i}"
-            edgec.compile(str(src), target=target, output=out, verify=False)
-            dirs[name] = str(out)
-        if remote:
-            return _time_on_runner(runner, dirs, rounds)
-        env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        spec = json.dumps({"artifacts": dirs, "rounds": rounds})
-        proc = subprocess.run([sys.executable, "-m", "edgec.pruning.latency", spec], env=env, capture_output=True,
-                              text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode or not lines:
-            raise EdgecError("timing the latency table failed", proc.stderr.strip()[-500:] or "no output")
-        return json.loads(lines[-1])
-
-
-def _interleaved_medians(timers: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Median ms of each ``timer(repeat, number) -> [ms per run, one per repeat]``: a warm-up call gives a rough
-    time that sizes each round (about ROUND_SECONDS), then ``rounds`` rounds interleaved over the timers."""
-    numbers = {}
-    for name, timer in timers.items():
-        rough = timer(3, 1)  # warm up, rough time
-        numbers[name] = max(1, int(ROUND_SECONDS / max(min(rough) / 1e3, 1e-7)))
-    times: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(rounds):
-        for name, timer in timers.items():
-            times[name].append(timer(1, numbers[name])[0])
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def _time_on_runner(runner, dirs: dict[str, str], rounds: int) -> dict[str, float]:
-    """Median ms of each artifact on ``runner``'s device (e.g. an RPC board)."""
-    from edgec.toolchain.api import random_inputs
-
-    timers = {}
-    for name, path in dirs.items():
-        inputs = random_inputs(json.loads((Path(path) / "manifest.json").read_text())["inputs"])
-        timers[name] = (lambda repeat, number, path=Path(path), inputs=inputs:
-                        runner.run(path, inputs, repeat=repeat, number=number).latencies_ms)
-    return _interleaved_medians(timers, rounds)
-
-
-def _worker(spec: dict[str, Any]) -> dict[str, float]:
-    from edgec.devices.device_main import load_vm, run_vm
-    from edgec.toolchain.api import random_inputs
-
-    timers = {}
-    for name, path in spec["artifacts"].items():
-        vm, dev, manifest = load_vm(Path(path))
-        inputs = random_inputs(manifest["inputs"])
-        timers[name] = (lambda repeat, number, vm=vm, dev=dev, manifest=manifest, inputs=inputs:
-                        run_vm(vm, dev, manifest, inputs, repeat=repeat, number=number)[1])
-    return _interleaved_medians(timers, spec["rounds"])
-
-
 # ------------------------------------------------------------------------------------------ the table
 
 def _model_key(proto: onnx.ModelProto, target: str) -> str:
@@ -243,8 +144,8 @@ def _layer_points(touched: list[int], cands: dict[int, list[int]], size: dict[in
     return sorted(points)
 
 
-def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]], target: str,
-                cache: str | Path | None = None, device: str | None = None) -> dict[str, Any]:
+def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]], timer: LatencyTimer,
+                cache: str | Path | None = None) -> dict[str, Any]:
     """Measure (or read from ``cache``) every layer at the candidate counts of the groups it touches.
 
     Returns ``{"model_ms": whole model, "layers": [{"node", "groups": [gid], "full": (k...), "ms": {(k...): ms}}],
@@ -268,17 +169,17 @@ def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]]
             continue
         keys = {}
         for point in _layer_points(touched, cands, size):
-            key = _key(_variant(spec, layer, dict(zip(touched, point)), size), _where(target, device))
+            key = _key(_variant(spec, layer, dict(zip(touched, point)), size), timer.where)
             keys[point] = key
             wanted.add(key)
         layers.append((layer, touched, keys))
     model_proto = ir.serde.serialize_model(model)
-    mkey = _model_key(model_proto, _where(target, device))
+    mkey = _model_key(model_proto, timer.where)
     todo = {key: _onnx_of(json.loads(key)) for key in sorted(wanted) if key not in entries}
     if mkey not in entries:
         todo[mkey] = model_proto
     if todo:
-        entries.update(time_models(todo, target, device=device))
+        entries.update(timer(todo))
         if cache is not None:
             from edgec.toolchain.writes import staged_file
 
@@ -286,7 +187,7 @@ def build_table(model: ir.Model, analysis: Analysis, cands: dict[int, list[int]]
                 tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1))
     out_layers = [{"node": layer.node, "groups": touched, "full": tuple(size[g] for g in touched),
                    "ms": {point: entries[key] for point, key in keys.items()}} for layer, touched, keys in layers]
-    return {"target": target, "model_ms": entries[mkey], "layers": out_layers, "compiled": len(todo)}
+    return {"target": timer.target, "model_ms": entries[mkey], "layers": out_layers, "compiled": len(todo)}
 
 
 def _layer_ms(layer: dict[str, Any], point: tuple[int, ...]) -> float:
@@ -392,7 +293,3 @@ def summary(table: dict[str, Any], analysis: Analysis) -> list[dict[str, Any]]:
     return [{"layer": layer["node"], "groups": [analysis.groups[g].name for g in layer["groups"]],
              "ms": {"x".join(map(str, p)): round(v, 5) for p, v in sorted(layer["ms"].items())}}
             for layer in table["layers"]]
-
-
-if __name__ == "__main__":  # the timing worker (a fresh process, so TVM_NUM_THREADS applies)
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))

@@ -272,11 +272,14 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
         # Channel counts default to multiples of the vector width: a conv whose channels do not fill a vector
         # register runs unblocked (NCHW), with layout transforms around it, so odd counts save no time.
         prune = {"round_to": 8 if preset.arch == "x86_64" else 4, **prune}
+        timing_device = prune.pop("device", None)
         if prune.get("latency_ms") is not None:
-            # a latency budget is a budget on *this* target: measure the per-layer table where the artifact runs
-            prune.setdefault("target", preset.name)
-            if device == "rpc":  # the board that verifies the artifact also measures the table
-                prune.setdefault("device", device)
+            # a latency budget is a budget on *this* target: measure the per-layer table where the artifact runs,
+            # on the board that verifies the artifact (rpc) unless the spec names a device
+            from edgec.toolchain.latency_timer import CompileTimer
+
+            prune.setdefault("timer", CompileTimer(preset.name, timing_device or (device if device == "rpc"
+                                                                                   else None)))
             # the measured per-layer table is kept next to the artifact, so compiling again does not re-measure
             out_dir = Path(output)
             prune.setdefault("latency_cache", out_dir.with_name(f"{out_dir.name}.latency.json"))

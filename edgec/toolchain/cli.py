@@ -437,18 +437,18 @@ def prune_cmd(model: str | None, output: Path, ratio: float | None, macs: float 
     if device is not None and target is None:
         raise EdgecError("--device needs --target",
                          "pass the target whose latency the device measures, e.g. --target arm")
+    from edgec.toolchain.latency_timer import CompileTimer
+
+    timer = CompileTimer(target, device) if target is not None else None
     step = PruneChannels(ratio=ratio, macs=macs, layer_ratios=layer_ratios, criterion=criterion, round_to=round_to,
                          calib=data, reconstruct=reconstruct, calib_samples=calib_samples, allocation=allocation,
-                         latency_ms=latency_ms, target=target if latency_ms is not None else None,
-                         latency_cache=output.with_suffix(".latency.json") if latency_ms is not None else None,
-                         device=device if latency_ms is not None else None)
+                         latency_ms=latency_ms, timer=timer if latency_ms is not None else None,
+                         latency_cache=output.with_suffix(".latency.json") if latency_ms is not None else None)
     loaded = load_model(model or default_model(), list(input_shapes))
-    before = ir.serde.serialize_model(loaded) if target is not None and latency_ms is None else None
+    before = ir.serde.serialize_model(loaded) if timer is not None and latency_ms is None else None
     report = step(loaded).report
     if before is not None:  # --target with another budget: measured latency before/after for the report
-        from edgec.pruning.latency import time_models
-
-        ms = time_models({"before": before, "after": ir.serde.serialize_model(loaded)}, target, device=device)
+        ms = timer({"before": before, "after": ir.serde.serialize_model(loaded)})
         report["latency"] = {"target": target, "device": device or "local",
                              "measured_ms": [round(ms["before"], 5), round(ms["after"], 5)]}
     proto = ir.serde.serialize_model(loaded)
