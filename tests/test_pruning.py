@@ -6,8 +6,6 @@ which initializer axes (and at which offset) must keep the same channel indices.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -573,7 +571,7 @@ class MacsTimer:
     """A timer that compiles nothing: a model's 'latency' is its MACs (edgec inspect) in millions, so a budget's
     outcome is exact. It records every call, so the test sees what pruning asked to be timed."""
 
-    target, device, where = "x86", None, "x86@macs"
+    target, device, where, channel_multiple = "x86", None, "x86@macs", 8
 
     def __init__(self):
         self.calls: list[list[str]] = []

@@ -131,7 +131,7 @@ def bench(artifact_dir: str | Path, options: BenchOptions, runner: Runner, devic
           inputs: dict[str, np.ndarray] | None = None, progress: Callable[[int, int], None] | None = None
           ) -> dict[str, Any]:
     """Time the artifact on ``runner`` (and the peers here, interleaved); the ``edgec.bench/1`` record."""
-    from edgec.toolchain.api import random_inputs
+    from edgec.devices.inputs import random_inputs
     from edgec.devices.device_main import sha256_file
     from edgec.toolchain.artifact import open_artifact
 

@@ -52,7 +52,7 @@ def time_artifacts(dirs: dict[str, Path], runner: Runner | None = None, rounds: 
     if not dirs:
         return {}
     if runner is not None:
-        from edgec.toolchain.api import random_inputs
+        from edgec.devices.inputs import random_inputs
 
         timers = {}
         for name, path in dirs.items():
@@ -72,7 +72,7 @@ def time_artifacts(dirs: dict[str, Path], runner: Runner | None = None, rounds: 
 
 def _worker(spec: dict[str, Any]) -> dict[str, float]:
     from edgec.devices.device_main import load_vm, run_vm
-    from edgec.toolchain.api import random_inputs
+    from edgec.devices.inputs import random_inputs
 
     timers = {}
     for name, path in spec["artifacts"].items():

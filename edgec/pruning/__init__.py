@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.errors import EdgecError
-from edgec.pruning.budget import Budget, estimate_macs, select
+from edgec.pruning.budget import Budget, select
 from edgec.pruning.calib import MAX_SAMPLES, capture, check_calibration
 from edgec.pruning.criteria import CRITERIA, NEEDS_DATA, score_group
 from edgec.pruning.groups import Analysis, analyze, describe
@@ -186,10 +186,8 @@ def prune(model: ir.Model, budget: Budget, criterion: str = "l1", calib: np.ndar
                 else "the sensitivity allocation")
         raise EdgecError(f"{what} needs calibration data", "pass --calib inputs.npy (N inputs, N ≤ 256)")
     if budget.latency_ms is not None and budget.round_to == 1:
-        from edgec.targets import resolve_target
-
         # as ``edgec compile --prune``: counts off the vector width save no time, and fewer candidates to time
-        budget.round_to = 8 if resolve_target(budget.target).arch == "x86_64" else 4
+        budget.round_to = budget.timer.channel_multiple
     original = ir.serde.serialize_model(model)
     info: dict[str, Any] = {}
     analysis, keep, sensitivity = plan(model, budget, criterion, calib, reconstruct, info)

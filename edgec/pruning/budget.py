@@ -32,6 +32,7 @@ class LatencyTimer(Protocol):
 
     target: str   # the edgec target the models are timed for
     device: str | None
+    channel_multiple: int  # channel counts that fill the target's vectors (the default ``round_to``)
 
     @property
     def where(self) -> str:

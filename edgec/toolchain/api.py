@@ -15,6 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec import __version__
+from edgec.devices.inputs import random_inputs  # re-exported: the runners make inputs too
 from edgec.errors import EdgecError
 from edgec.toolchain import artifact as art
 from edgec.toolchain.load import input_signature, load_model, output_signature, parse_input_shapes
@@ -76,24 +77,6 @@ class CompileResult:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-
-def random_inputs(signature: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs matching a signature: N(0, 1) floats, small non-negative integers, booleans."""
-    rng = np.random.default_rng(seed)
-    inputs = {}
-    for spec in signature:
-        dtype = np.dtype(spec["dtype"])
-        shape = tuple(spec["shape"])
-        if dtype.kind == "f":
-            inputs[spec["name"]] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            inputs[spec["name"]] = rng.integers(0, 8, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            inputs[spec["name"]] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise EdgecError(f"cannot make inputs of dtype {dtype} for '{spec['name']}'", "pass --input files")
-    return inputs
-
 
 def check_inputs(signature: Sequence[dict[str, Any]], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Match user inputs to the artifact's signature (names, shapes, dtypes) with a clear error on mismatch."""

@@ -35,6 +35,13 @@ class CompileTimer:
     _workdir: tempfile.TemporaryDirectory | None = dataclasses.field(default=None, repr=False)
 
     @property
+    def channel_multiple(self) -> int:
+        """Channel counts that fill the target's vectors: 8 on x86 (AVX2 and up), 4 elsewhere (NEON, as compile)."""
+        from edgec.targets import resolve_target
+
+        return 8 if resolve_target(self.target).arch == "x86_64" else 4
+
+    @property
     def where(self) -> str:
         """What a timing is keyed by in caches: the target, and the device when it is not this machine."""
         return self.target if self.device in (None, "local") else f"{self.target}@{self.device}"
