@@ -57,3 +57,27 @@ def test_bad_input_is_one_line(artifact, cli, args, needle):
 def test_json_never_overwrites_an_input(artifact, cli):
     code, _, err = cli("bench", artifact, "--json", artifact / "manifest.json")
     assert code == 2 and err.strip().count("\n") == 0
+
+
+def test_profile_times_every_kernel_the_build_recorded(artifact, cli, tmp_path):
+    """--profile: the kernels the manifest lists (recorded at build time: the compiled VM has no profiler hook)
+    are each timed on the device, × their calls; rows by time with % and cumulative % of the whole, a row for
+    what lies between kernels when the end-to-end p50 exceeds their sum, and the table printed."""
+    code, out, err = cli("bench", artifact, "--runs", "20", "--warmup", "2", "--profile", "--json", tmp_path / "p.json")
+    assert code == 0, err
+    record = json.loads((tmp_path / "p.json").read_text())
+    kernels = json.loads((artifact / "manifest.json").read_text())["target"]["build"]["kernels"]
+    assert {k["name"] for k in kernels} >= {"fused_matmul_add4"} and all(k["calls"] >= 1 for k in kernels)
+    rows = {r["op"]: r for r in record["profile"]}
+    assert {k["name"] for k in kernels} <= set(rows)
+    for k in kernels:
+        row = rows[k["name"]]
+        assert row["calls"] == k["calls"] and row["time_ms"] == pytest.approx(row["per_call_ms"] * k["calls"])
+        assert row["time_ms"] > 0
+    assert set(rows) - {k["name"] for k in kernels} <= {"(between kernels: VM, allocation, copies)"}
+    times = [r["time_ms"] for r in record["profile"]]
+    assert times == sorted(times, reverse=True)
+    assert sum(r["percent"] for r in record["profile"]) == pytest.approx(100.0)
+    cumulative = [r["cumulative_percent"] for r in record["profile"]]
+    assert cumulative == sorted(cumulative) and cumulative[-1] == pytest.approx(100.0)
+    assert "kernels (each timed alone on the device" in out and record["profile"][0]["op"] in out

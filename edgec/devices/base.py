@@ -32,11 +32,12 @@ class BenchSpec:
     warmup: int = 10
     max_seconds: float = 60.0
     threads: int = 1
+    profile: bool = False  # also time every kernel alone (device_main.profile_kernels)
 
     def device_args(self) -> list[str]:
         """device_main's flags for this spec."""
         return ["--bench", "--repeat", str(self.runs), "--warmup", str(self.warmup),
-                "--max-seconds", str(self.max_seconds)]
+                "--max-seconds", str(self.max_seconds), *(["--profile"] if self.profile else [])]
 
 
 class Runner(Protocol):

@@ -32,6 +32,9 @@ PERCENTILES = (50, 90, 95, 99)
 PEERS = ("onnxruntime", "tflite")
 
 
+PROFILE_LINES = 15  # kernels ``edgec bench --profile`` prints; the JSON holds them all
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchOptions:
     runs: int = 100
@@ -40,6 +43,7 @@ class BenchOptions:
     max_seconds: float = 60.0
     rounds: int = 5  # interleaved rounds when peers are compared
     compare: tuple[tuple[str, str | None], ...] = ()  # (peer, model path or None: the artifact's source)
+    profile: bool = False  # every kernel timed alone on the device, after the first round
 
 
 def parse_compare(text: str | None) -> tuple[tuple[str, str | None], ...]:
@@ -151,7 +155,8 @@ def bench(artifact_dir: str | Path, options: BenchOptions, runner: Runner, devic
     started = time.monotonic()
     for r in range(rounds):
         spec = BenchSpec(runs=per_round, warmup=options.warmup if r == 0 else 1,
-                         max_seconds=max(0.05, options.max_seconds / rounds), threads=options.threads)
+                         max_seconds=max(0.05, options.max_seconds / rounds), threads=options.threads,
+                         profile=options.profile and r == 0)
         result = runner.bench(artifact.path, feed, spec)
         emulated = emulated or result.emulated
         samples += result.latencies_ms
@@ -185,7 +190,7 @@ def bench(artifact_dir: str | Path, options: BenchOptions, runner: Runner, devic
         "samples_ms": [round(v, 6) for v in samples],
         "throughput_per_s": round(1e3 / latency["mean"], 3) if latency["mean"] > 0 else None,
         "peak_rss_bytes": details.get("peak_rss_bytes"),
-        "profile": None,
+        "profile": details.get("profile"),
         "compare": {},
     }
     for name, values in peer_samples.items():
@@ -222,6 +227,18 @@ def summary(record: dict[str, Any]) -> list[str]:
         ratio = peer["ratio"]
         lines.append(f"{name}: p50 {peer['latency_ms']['p50']:.4f} ms vs edgec {lat['p50']:.4f} ms; edgec/"
                      f"{name} p50 {ratio['p50']:.3f}x, p90 {ratio['p90']:.3f}x, p99 {ratio['p99']:.3f}x")
+    profile = record.get("profile")
+    if profile:
+        lines.append("kernels (each timed alone on the device, x calls per inference):")
+        lines.append(f"  {'ms':>9}  {'%':>5}  {'cum %':>5}  {'calls':>5}  kernel")
+        for row in profile[:PROFILE_LINES]:
+            if row["time_ms"] is None:
+                continue
+            calls = "" if row["calls"] is None else str(row["calls"])
+            lines.append(f"  {row['time_ms']:9.4f}  {row['percent']:5.1f}  {row['cumulative_percent']:5.1f}  "
+                         f"{calls:>5}  {row['op']}")
+        if len(profile) > PROFILE_LINES:
+            lines.append(f"  ... {len(profile) - PROFILE_LINES} more in --json")
     return lines
 
 

@@ -260,6 +260,68 @@ def bench_artifact(artifact_dir: Path, inputs: dict[str, np.ndarray], runs: int,
                      "peak_rss_bytes": peak_rss_bytes()}
 
 
+def _find_function(lib, name: str):
+    """The module (the library or one it imports) that defines kernel ``name``."""
+    todo = [lib]
+    while todo:
+        mod = todo.pop()
+        if mod.implements_function(name):
+            return mod
+        todo.extend(mod.imports)
+    return None
+
+
+def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: float | None = None,
+                    min_repeat_ms: int = 5) -> list[dict[str, Any]]:
+    """``edgec bench --profile``: every kernel the manifest lists (``target.build.kernels``, recorded at build
+    time) timed alone on the device, on buffers of its own shapes (floats N(0, 1), integers 0 — a valid index for
+    any gather), median of 5 repeats; × its calls per inference. Rows by time, with % and cumulative % of the
+    kernels' sum; kernels that cannot be timed alone (dynamic shapes) are rows without a time. With
+    ``total_ms`` (the end-to-end p50) a last row holds what lies between the kernels (VM, allocation, copies).
+
+    Timed alone, a kernel runs with warm caches and its inputs already in place: the table says where the time
+    goes, not what each kernel costs inside the model to the microsecond."""
+    import tvm
+
+    kernels = ((manifest.get("target") or {}).get("build") or {}).get("kernels")
+    if not kernels:
+        raise ArtifactError("this artifact records no kernel list (built by an older edgec or a CUDA build)",
+                            "recompile it with this edgec to profile it")
+    dev = _device(manifest["target"].get("device", "cpu"))
+    lib = tvm.runtime.load_module(str(checked_file(artifact_dir, manifest, manifest.get("library"))))
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in kernels:
+        mod = _find_function(lib, k["name"]) if k.get("args") is not None else None
+        if mod is None:
+            rows.append({"op": k["name"], "calls": k["calls"], "per_call_ms": None, "time_ms": None})
+            continue
+        args = []
+        for a in k["args"]:
+            dtype = np.dtype(a["dtype"]) if a["dtype"] != "bool" else np.dtype(bool)
+            value = (rng.standard_normal(a["shape"]).astype(dtype) if dtype.kind == "f"
+                     else np.zeros(a["shape"], dtype))
+            args.append(tvm.runtime.tensor(value, dev))
+        timer = mod.time_evaluator(k["name"], dev, number=1, repeat=5, min_repeat_ms=min_repeat_ms)
+        per_call = float(np.median(timer(*args).results)) * 1e3
+        rows.append({"op": k["name"], "calls": k["calls"], "per_call_ms": per_call, "time_ms": per_call * k["calls"]})
+    timed = sum(r["time_ms"] for r in rows if r["time_ms"] is not None)
+    if total_ms is not None and total_ms > timed:
+        rows.append({"op": "(between kernels: VM, allocation, copies)", "calls": None, "per_call_ms": None,
+                     "time_ms": total_ms - timed})
+    rows.sort(key=lambda r: -1.0 if r["time_ms"] is None else r["time_ms"], reverse=True)
+    whole = sum(r["time_ms"] for r in rows if r["time_ms"] is not None)
+    running = 0.0
+    for r in rows:
+        if r["time_ms"] is None:
+            r["percent"] = r["cumulative_percent"] = None
+            continue
+        running += r["time_ms"]
+        r["percent"] = 100.0 * r["time_ms"] / whole if whole > 0 else 0.0
+        r["cumulative_percent"] = 100.0 * running / whole if whole > 0 else 0.0
+    return rows
+
+
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -272,12 +334,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--bench", action="store_true", help="edgec bench: --repeat runs after --warmup ones")
     ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=0.0)
+    ap.add_argument("--profile", action="store_true", help="with --bench: every kernel timed alone")
     a = ap.parse_args(argv)
     with np.load(a.inputs) as data:
         inputs = {k: data[k] for k in data.files}
     try:
         if a.bench:
             outputs, result = bench_artifact(a.artifact_dir, inputs, a.repeat, a.warmup, a.max_seconds)
+            if a.profile:
+                p50 = float(np.median(result["latencies_ms"])) if result["latencies_ms"] else None
+                result["profile"] = profile_kernels(a.artifact_dir, read_manifest(a.artifact_dir), p50)
         else:
             outputs, latencies = run_artifact(a.artifact_dir, inputs, a.repeat, a.number)
             result = {"latencies_ms": latencies}

@@ -101,6 +101,9 @@ class RpcRunner:
     def bench(self, artifact_dir: Path, inputs: dict[str, np.ndarray], spec: BenchSpec) -> RunResult:
         """Timed on the board with its own clock; load_ms covers upload + load + VM init. The board's memory is
         not reported through TVM's RPC (peak_rss_bytes: None). Its thread count is the server's."""
+        if spec.profile:
+            raise EdgecError("--profile is not measured through rpc yet (the kernels are timed by device_main)",
+                             "profile with --device local or qemu-aarch64 on an artifact of that machine")
         return self._run(artifact_dir, inputs, spec.runs, 1, spec)
 
     def _run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], repeat: int, number: int,

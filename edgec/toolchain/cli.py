@@ -744,11 +744,14 @@ def report_cmd(artifact: Path, output: Path, benches: tuple[Path, ...]) -> None:
 @click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1),
               help="With --compare: rounds the runs are split into, contenders taking turns.")
 @click.option("--input", "-i", "input_files", multiple=True, help="Inputs (.npy/.npz); default seeded random.")
+@click.option("--profile", is_flag=True, help="Also time every kernel alone on the device: a per-kernel table "
+              "(time, %, cumulative %).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write the edgec.bench/1 record (docs/bench-schema.md) here.")
 @_handle_errors
 def bench_cmd(artifact: Path, device: str | None, runs: int, warmup: int, threads: int, max_seconds: float,
-              compare: str | None, rounds: int, input_files: tuple[str, ...], json_path: Path | None) -> None:
+              compare: str | None, rounds: int, input_files: tuple[str, ...], json_path: Path | None,
+              profile: bool = False) -> None:
     """Time an ARTIFACT on its device (and its peers here, interleaved): load, first run, percentiles, memory."""
     import json
 
@@ -759,7 +762,7 @@ def bench_cmd(artifact: Path, device: str | None, runs: int, warmup: int, thread
     if json_path is not None:
         check_output_file(json_path, [artifact, *(spec.partition("=")[2] or spec for spec in input_files)], "--json")
     options = BenchOptions(runs=runs, warmup=warmup, threads=threads, max_seconds=max_seconds, rounds=rounds,
-                           compare=parse_compare(compare))
+                           compare=parse_compare(compare), profile=profile)
     runner, where = bench_runner(artifact, device)
     inputs = _read_inputs(input_files) or None
     with click.progressbar(length=options.rounds if options.compare else 1, label="bench", file=sys.stderr,

@@ -40,10 +40,12 @@ class BuildReport:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # constants the executable holds
     packed: dict[str, Any] = dataclasses.field(default_factory=dict)  # int4/binary weights packed (int4_pack)
     tuning: dict[str, Any] | None = None  # what the tuning database scheduled (tuning.apply_database_pass)
+    kernels: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # kernel_list.kernel_table
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tvm_target": self.tvm_target, "isa": self.isa, "cpu_options": self.options,
-                               "params": {**self.params, "int4_packed": dict(self.packed)}}
+                               "params": {**self.params, "int4_packed": dict(self.packed)},
+                               "kernels": list(self.kernels)}
         if self.integer_layers:
             out["integer_layers"] = self.integer_layers
         if self.tuning is not None:
@@ -132,6 +134,7 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from edgec.targets.int4_pack import constant_bytes
+    from edgec.targets.kernel_list import kernel_table
 
     packed = report.packed if report is not None else None
 
@@ -145,6 +148,7 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
             mod = seq(mod)
         if report is not None:
             report.params = constant_bytes(mod)  # what the executable holds: the artifact's weights
+            report.kernels = kernel_table(mod)  # what ``edgec bench --profile`` times one by one
         return mod
 
     return _pipeline
