@@ -160,6 +160,10 @@ MODELS: dict[str, Model] = {m.name: m for m in [
            "keyword spotting (MLPerf Tiny DS-CNN, float interface)"),
           ("tfl_q_speech", "tflite_micro/tflite_micro_speech", "1,49,40,1",
            "micro speech yes/no (TFLite Micro example, int8 interface)"),
+          ("tfl_q_kws_mnv2", "siliconlabs/keyword_spotting_mobilenetv2", "1,59,49,1",
+           "keyword spotting (MobileNetV2: PAD, MEAN, residual ADDs; int8 interface)"),
+          ("tfl_q_fingerprint", "siliconlabs/fingerprint_signature_generator", "1,180,180,1",
+           "fingerprint signature (2x2 AVERAGE_POOL, MEAN; int8 interface)"),
       ]],
 ]}
 

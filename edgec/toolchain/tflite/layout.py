@@ -84,10 +84,15 @@ class Builder:
                                     self.const(t.zero_point.reshape(()).astype(t.dtype), f"zero{index}"))
         return self._qparams[index]
 
+    def integers_name(self, index: int, layout: str) -> str:
+        """A fresh name for tensor ``index``'s integers held in ``layout``: named after the TFLite tensor, so the
+        tests read every quantized activation back and compare it with the interpreter's."""
+        return f"t{index}.{layout}.q{self.fresh('')}"
+
     def quantize(self, index: int, name: str, layout: str = PLAIN) -> str:
         """Float ``name`` (held in ``layout``) as tensor ``index``'s integers (QuantizeLinear: round half to even,
-        saturate). Named after the TFLite tensor and layout, so a test can read each one back."""
-        out = f"t{index}.{layout}.q{self.fresh('')}"
+        saturate)."""
+        out = self.integers_name(index, layout)
         self.nodes.append(helper.make_node("QuantizeLinear", [name, *self.qparams(index)], [out], name=out))
         return out
 

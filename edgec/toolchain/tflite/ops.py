@@ -4,6 +4,14 @@ operator's name to its converter. An operator is added by writing a function and
 Each converter reads its inputs through :meth:`Builder.value` in the layout it wants (NCHW for convolutions and
 pools, "plain" — TFLite's own — for reshapes and matrix products) and records its output's layout with
 :meth:`Builder.define`; layout.py inserts the Transposes that follow from that.
+
+In a quantized model most ops are their float selves between QuantizeLinear/DequantizeLinear (layout.py), which
+reproduces the interpreter's default kernels (XNNPACK: float requantization, round half to even). Two integer
+kernels round differently, and are computed on the stored integers instead: ADD (XNNPACK's integer multipliers
+and shift) and AVERAGE_POOL_2D (the integers' mean, ties away from zero). Either one rounded as a float op is off
+by one step at ties (~1 element in 10 of a 2×2 pool's), and a net carries that step on into its logits: on
+MLPerf Tiny's ResNet-8 and 40 seeded inputs, either one as a float op leaves 4 of them 5–11 steps off in the
+softmax output; with both, all 40 equal the interpreter's.
 """
 
 from __future__ import annotations
@@ -13,15 +21,10 @@ import struct
 from typing import Callable
 
 import numpy as np
+from onnx import helper
 
 from edgec.toolchain.tflite.layout import NCHW, PLAIN, TO_NCHW, Builder, nchw_axis
 from edgec.toolchain.tflite.reader import Operator
-
-
-def onnx_dtype(dtype: np.dtype) -> int:
-    from onnx import helper
-
-    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 Converter = Callable[[Builder, Operator], None]
 
@@ -161,10 +164,45 @@ def _pool(kind: str) -> Converter:
         o = op.options
         kernel, stride = (o.FilterHeight(), o.FilterWidth()), (o.StrideH(), o.StrideW())
         attrs = {"count_include_pad": 0} if kind == "AveragePool" else {}
-        out = b.node(kind, [b.value(op.inputs[0], NCHW)], kernel_shape=list(kernel), strides=list(stride),
+        x = b.value(op.inputs[0], NCHW)
+        integer = kind == "AveragePool" and _same_quantization(b, op.inputs[0], op.outputs[0])
+        if integer:  # the interpreter's integer average pool: the stored integers' mean, half away from zero
+            x = b.node("Cast", [b.node("QuantizeLinear", [x, *b.qparams(op.inputs[0])])[0]], to=1)[0]
+        out = b.node(kind, [x], kernel_shape=list(kernel), strides=list(stride),
                      pads=_pads(b, op, kernel, stride), **attrs)[0]
-        _finish(b, op, out, NCHW, _fused(op))
+        if integer:
+            _finish_integers(b, op, _round_half_away(b, out), NCHW, _fused(op))
+        else:
+            _finish(b, op, out, NCHW, _fused(op))
     return convert
+
+
+def _same_quantization(b: Builder, x: int, y: int) -> bool:
+    """Per-tensor int8/uint8 input and output of a quantized model with the same scale and zero point (what
+    TFLite's integer pooling requires)."""
+    tx, ty = b.tensor(x), b.tensor(y)
+    return b.qdq and all(t.quantized and t.scale.size == 1 and t.dtype in (np.int8, np.uint8) for t in (tx, ty)) \
+        and tx.dtype == ty.dtype and tx.scale[0] == ty.scale[0] and tx.zero_point[0] == ty.zero_point[0]
+
+
+def _round_half_away(b: Builder, name: str) -> str:
+    """round(x) with ties away from zero, as TFLite's integer kernels round (QuantizeLinear rounds them to even)."""
+    magnitude = b.node("Floor", [b.node("Add", [b.node("Abs", [name])[0], b.const(np.array(0.5, np.float32))])[0]])
+    return b.node("Mul", [b.node("Sign", [name])[0], magnitude[0]])[0]
+
+
+def _finish_integers(b: Builder, op: Operator, name: str, layout: str, act: int = 0) -> None:
+    """Define the op's output from ``name``: its integers (float-typed, already rounded), clamped to the output's
+    range after the fused activation and dequantized."""
+    t = b.tensor(op.outputs[0])
+    lo, hi = _quantized_range(t, act)
+    clamped = b.node("Clip", [name, b.const(np.array(lo, np.float32)), b.const(np.array(hi, np.float32))])[0]
+    # to the integer type by a unit-scale QuantizeLinear (exact on integral values): TVM imports a float → int
+    # Cast with NaN/overflow masks, bool tensors its layout conversion cannot pad
+    ints = b.integers_name(op.outputs[0], layout if t.rank == 4 else PLAIN)
+    unit = [b.const(np.array(1.0, np.float32)), b.const(np.array(0, t.dtype))]
+    b.nodes.append(helper.make_node("QuantizeLinear", [clamped, *unit], [ints], name=ints))
+    b.define(op.outputs[0], b.dequantize(op.outputs[0], ints), layout, requantize=False)
 
 
 def _resize(mode: str) -> Converter:
@@ -240,9 +278,9 @@ def _quantized_range(t, act: int) -> tuple[int, int]:
 
 def add(b: Builder, op: Operator) -> None:
     """A float ADD, or a quantized one computed the way the interpreter's default kernels (XNNPACK) do: each
-    input's integers times its integer multiplier, summed with the rounding bias, shifted right (in int64, so
-    exact). A float add rounded once differs from that near rounding ties (1 step in ~1e-4 of the elements,
-    measured on MLPerf Tiny's ResNet-8), and a residual network carries such a step on into its logits."""
+    input's integers times its integer multiplier, summed with the rounding bias, shifted right (in float64,
+    exact for these integers, which stay below 2^31). A float add rounded once differs from that near rounding ties (1 step in ~1e-4 of the elements of
+    MLPerf Tiny's ResNet-8)."""
     x, y = op.inputs
     t_out = b.tensor(op.outputs[0])
     ts = [b.tensor(i) for i in (x, y)]
@@ -256,18 +294,14 @@ def add(b: Builder, op: Operator) -> None:
         ints = b.node("QuantizeLinear", [b.value(i, layout, rank if b.is_const(i) else 0),
                                          b.const(t.scale.reshape(()).astype(np.float32)),
                                          b.const(t.zero_point.reshape(()).astype(t.dtype))])[0]
-        wide = b.node("Cast", [ints], to=7)[0]  # int64
-        terms.append(b.node("Mul", [wide, b.const(np.array(mult, np.int64))])[0])
+        wide = b.node("Cast", [ints], to=11)[0]  # float64: every integer below 2^53 exact, products and sums too
+        terms.append(b.node("Mul", [wide, b.const(np.array(mult, np.float64))])[0])
     bias = (1 << (shift - 1)) - am * int(ts[0].zero_point[0]) - bm * int(ts[1].zero_point[0])
-    offset = 1 << 40  # a multiple of 2^shift keeping the sum positive: Div then floors, as the shift does
-    acc = b.node("Add", [b.node("Add", terms)[0], b.const(np.array(bias + offset, np.int64))])[0]
-    shifted = b.node("Div", [acc, b.const(np.array(1 << shift, np.int64))])[0]
-    lo, hi = _quantized_range(t_out, _fused(op))
-    zero = int(t_out.zero_point[0]) - (offset >> shift)
-    out = b.node("Clip", [b.node("Add", [shifted, b.const(np.array(zero, np.int64))])[0],
-                          b.const(np.array(lo, np.int64)), b.const(np.array(hi, np.int64))])[0]
-    narrow = b.node("Cast", [out], to=onnx_dtype(t_out.dtype))[0]
-    b.define(op.outputs[0], b.dequantize(op.outputs[0], narrow), layout, requantize=False)
+    acc = b.node("Add", [b.node("Add", terms)[0], b.const(np.array(bias, np.float64))])[0]
+    # the arithmetic shift right: × 2^-shift (exact) and floor
+    shifted = b.node("Floor", [b.node("Mul", [acc, b.const(np.array(2.0 ** -shift, np.float64))])[0]])[0]
+    out = b.node("Add", [shifted, b.const(np.array(int(t_out.zero_point[0]), np.float64))])[0]
+    _finish_integers(b, op, b.node("Cast", [out], to=1)[0], layout, _fused(op))
 
 
 def _unary(onnx_op: str, **attrs) -> Converter:
