@@ -61,8 +61,9 @@ class Verification:
         if self.relative and not spread_rules and any(t > self.atol for t in self.per_output_tolerance.values()):
             tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = {self.atol:g} × max(1, max |reference|)")
         elif spread_rules:
-            between = ("its integer and float-simulated runs, wider than one output step" if not self.relative
-                       else "its two kernel sets (XNNPACK and builtin), wider than")
+            kernels = ("its integer and float-simulated runs" if self.runtime == "onnxruntime"
+                       else "its two kernel sets (XNNPACK and builtin)")  # the TFLite interpreter's
+            between = f"{kernels}, wider than" + (" one output step" if not self.relative else "")
             tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = 2 × {self.runtime}'s own spread between "
                          f"{between} {self.atol:.3g}")
         return (f"{verdict}: max |edgec - {self.runtime}| = {self.max_abs_diff:.3g} (tolerance {tolerance}), "
