@@ -211,3 +211,75 @@ def test_cli_compile_verify_run_on_integer_kernels(name, cli, tmp_path):
         mine = got[manifest["outputs"][0]["name"]]
     assert mine.dtype == ref.dtype
     assert np.max(np.abs(mine.astype(np.float64) - ref.astype(np.float64))) <= step
+
+
+def as_uint8(source: Path, target: Path) -> Path:
+    """The int8 micro speech model rewritten as a uint8 one, the older TFLite quantization (asymmetric uint8
+    activations and per-tensor uint8 weights with a zero point; no real uint8 model ships in a wheel found here):
+    activations keep their scale with the zero point moved by 128, weights are requantized per tensor over their
+    real range, biases to scale input × weight."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(source.read_bytes(), 0))
+    graph = model.subgraphs[0]
+
+    def values(t, dtype):
+        return np.frombuffer(np.asarray(model.buffers[t.buffer].data, np.uint8).tobytes(), dtype).reshape(t.shape)
+
+    def store(t, array):
+        model.buffers[t.buffer].data = np.frombuffer(np.ascontiguousarray(array).tobytes(), np.uint8)
+
+    weight_scale = {}
+    for i, t in enumerate(graph.tensors):
+        if t.type != schema.TensorType.INT8:
+            continue
+        q = t.quantization
+        t.type = schema.TensorType.UINT8
+        stored = model.buffers[t.buffer].data
+        if stored is None or len(stored) == 0:  # an activation
+            q.zeroPoint = [int(z) + 128 for z in q.zeroPoint]
+            continue
+        shape = [1] * len(t.shape)
+        shape[q.quantizedDimension] = -1
+        real = (values(t, np.int8).astype(np.float64) - np.reshape(q.zeroPoint, shape)) * np.reshape(q.scale, shape)
+        lo, hi = min(real.min(), 0.0), max(real.max(), 0.0)
+        scale = (hi - lo) / 255
+        zero = int(round(-lo / scale))
+        store(t, np.clip(np.round(real / scale) + zero, 0, 255).astype(np.uint8))
+        q.scale, q.zeroPoint, q.quantizedDimension = [scale], [zero], 0
+        weight_scale[i] = scale
+    for op in graph.operators:  # biases: int32 at input scale × the new weight scale
+        if len(op.inputs) > 2 and op.inputs[2] >= 0 and op.inputs[1] in weight_scale:
+            bias, x = graph.tensors[op.inputs[2]], graph.tensors[op.inputs[0]]
+            real = values(bias, np.int32).astype(np.float64) * np.asarray(bias.quantization.scale, np.float64)
+            scale = float(x.quantization.scale[0]) * weight_scale[op.inputs[1]]
+            store(bias, np.round(real / scale).astype(np.int32))
+            bias.quantization.scale, bias.quantization.zeroPoint = [scale], [0]
+            bias.quantization.quantizedDimension = 0
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    target.write_bytes(builder.Output())
+    return target
+
+
+def test_a_uint8_model_with_weight_zero_points(tmp_path):
+    path = as_uint8(fetched("tfl_q_speech"), tmp_path / "speech_uint8.tflite")
+    model = tflite_to_onnx(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in
+            [*model.graph.input, *model.graph.output]] == [np.uint8, np.uint8]
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    w = producer[conv.input[1]]
+    assert inits[w.input[0]].dtype == np.uint8 and inits[w.input[2]].dtype == np.uint8
+    assert int(inits[w.input[2]]) != 0  # asymmetric: the zero point is applied
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        feed = {model.graph.input[0].name: rng.integers(0, 256, size=(1, 49, 40, 1)).astype(np.uint8)}
+        (got,) = session.run(None, feed)
+        (ref,) = interpreter_outputs(path, feed)
+        assert got.dtype == ref.dtype == np.uint8
+        assert np.max(np.abs(got.astype(np.int64) - ref.astype(np.int64))) <= 1, seed

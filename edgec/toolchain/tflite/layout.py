@@ -115,7 +115,7 @@ class Builder:
         zero = np.broadcast_to(t.zero_point, t.scale.shape) if per_channel else t.zero_point.reshape(())
         inputs = [self.const(array, f"q{t.index}"), self.const(scale.astype(np.float32), f"scale{t.index}")]
         if t.dtype != np.int32:  # int32 (biases): zero point 0, left out as onnxruntime wants
-            inputs.append(self.const(np.ascontiguousarray(zero).astype(t.dtype), f"zero{t.index}"))
+            inputs.append(self.const(np.asarray(zero).astype(t.dtype), f"zero{t.index}"))
         return self.node("DequantizeLinear", inputs, **({"axis": axis} if per_channel else {}))[0]
 
     def weight(self, index: int, perm: tuple[int, ...] | None = None) -> str:
