@@ -24,7 +24,7 @@ import numpy as np
 from onnx import helper
 
 from edgec.toolchain.tflite.layout import NCHW, PLAIN, TO_NCHW, Builder, nchw_axis
-from edgec.toolchain.tflite.reader import Operator
+from edgec.toolchain.tflite.reader import Operator, Tensor
 
 Converter = Callable[[Builder, Operator], None]
 
@@ -265,22 +265,34 @@ def _xnnpack_add_params(sa: float, sb: float, so: float) -> tuple[int, int, int]
     return int(np.rint(np.ldexp(ratio_a, shift))), int(np.rint(np.ldexp(ratio_b, shift))), shift
 
 
-def _quantized_range(t, act: int) -> tuple[int, int]:
-    """The output's integer range after a fused activation, as TFLite computes it."""
+# fused activation code → its real bounds (None: unbounded): NONE, RELU, RELU_N1_TO_1, RELU6
+_ACTIVATION_BOUNDS = {0: (None, None), 1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
+
+
+def _quantized_range(t: Tensor, act: int) -> tuple[int, int]:
+    """A quantized output's integer range after its fused activation, as TFLite computes it: each bound
+    quantized (rounded half away from zero), within the integer type's range."""
+    if act not in _ACTIVATION_BOUNDS:
+        from edgec.errors import EdgecError
+
+        raise EdgecError(f"a quantized TFLite op with fused activation {act} (TANH or SIGN_BIT) is not supported",
+                         "re-export the model with the activation as its own op")
     info = np.iinfo(t.dtype)
     scale, zero = float(t.scale[0]), int(t.zero_point[0])
-    bounds = {0: (None, None), 1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}[act]
-    lo, hi = (info.min if v is None else int(np.sign(v / scale) * np.floor(abs(v / scale) + 0.5)) + zero
-              for v in bounds)
-    return max(info.min, lo) if bounds[0] is not None else info.min, min(info.max, hi) if bounds[1] is not None \
-        else info.max
+
+    def quantized(v: float) -> int:
+        return int(np.sign(v) * np.floor(abs(v) / scale + 0.5)) + zero
+
+    lo, hi = _ACTIVATION_BOUNDS[act]
+    return (info.min if lo is None else max(info.min, quantized(lo)),
+            info.max if hi is None else min(info.max, quantized(hi)))
 
 
 def add(b: Builder, op: Operator) -> None:
     """A float ADD, or a quantized one computed the way the interpreter's default kernels (XNNPACK) do: each
     input's integers times its integer multiplier, summed with the rounding bias, shifted right (in float64,
-    exact for these integers, which stay below 2^31). A float add rounded once differs from that near rounding ties (1 step in ~1e-4 of the elements of
-    MLPerf Tiny's ResNet-8)."""
+    exact for these integers, which stay below 2^31). A float add rounded once differs from that at near-ties
+    (1 step in ~1e-4 of the elements of MLPerf Tiny's ResNet-8's adds)."""
     x, y = op.inputs
     t_out = b.tensor(op.outputs[0])
     ts = [b.tensor(i) for i in (x, y)]
@@ -291,9 +303,7 @@ def add(b: Builder, op: Operator) -> None:
     am, bm, shift = _xnnpack_add_params(float(ts[0].scale[0]), float(ts[1].scale[0]), float(t_out.scale[0]))
     terms = []
     for i, t, mult in ((x, ts[0], am), (y, ts[1], bm)):
-        ints = b.node("QuantizeLinear", [b.value(i, layout, rank if b.is_const(i) else 0),
-                                         b.const(t.scale.reshape(()).astype(np.float32)),
-                                         b.const(t.zero_point.reshape(()).astype(t.dtype))])[0]
+        ints = b.node("QuantizeLinear", [b.value(i, layout, rank if b.is_const(i) else 0), *b.qparams(i)])[0]
         wide = b.node("Cast", [ints], to=11)[0]  # float64: every integer below 2^53 exact, products and sums too
         terms.append(b.node("Mul", [wide, b.const(np.array(mult, np.float64))])[0])
     bias = (1 << (shift - 1)) - am * int(ts[0].zero_point[0]) - bm * int(ts[1].zero_point[0])
