@@ -163,7 +163,7 @@ class Builder:
     def define(self, index: int, name: str, layout: str, requantize: bool = True) -> None:
         """Record that ONNX value ``name`` holds TFLite tensor ``index`` in ``layout``; a quantized activation is
         first rounded to its integer grid (QuantizeLinear → DequantizeLinear) unless ``requantize`` is False
-        (``name`` already on it: the graph's inputs)."""
+        (``name`` already on it: the graph's inputs, and the ops computed on the integers, ops.py)."""
         t = self.tensor(index)
         layout = layout if t.rank == 4 else PLAIN
         if requantize and self.qdq and t.quantized and t.data is None:
