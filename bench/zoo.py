@@ -184,7 +184,9 @@ def latency(artifact: Path, source: Path, feed: dict[str, np.ndarray], rounds: i
 
     vm, dev, manifest = load_vm(artifact)
     main = vm[manifest.get("entry", "main")]
-    args = [tvm.runtime.tensor(np.ascontiguousarray(feed[s["name"]]), dev) for s in manifest["inputs"]]
+    # each input as the artifact's dtype (an int8 interface gets the feed's values as integers), the peer the same
+    feed = {**feed, **{s["name"]: np.ascontiguousarray(feed[s["name"]], dtype=s["dtype"]) for s in manifest["inputs"]}}
+    args = [tvm.runtime.tensor(feed[s["name"]], dev) for s in manifest["inputs"]]
     call = peer.call(source)
     times = _timing.interleaved({"edgec": lambda: main(*args), peer.name: lambda: call(feed)},
                                 rounds=rounds, warmup=2, min_round_seconds=0.1)

@@ -187,6 +187,9 @@ def _embeddings(mels: np.ndarray, count: int) -> np.ndarray:
 def audio_feed(prep: str, shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One feed (full input shapes) for the speech models; ``shapes`` keyed by input name."""
     (name, shape), *rest = shapes.items()
+    if prep == "random":  # seeded noise, ±3 standard deviations of 40 (cast to the interface dtype of an int8
+        # input as integers); MLTK's quantized models come without their feature extractors: latency only
+        return {k: np.clip(40 * rng.standard_normal(s), -120, 120).astype(np.float32) for k, s in shapes.items()}
     if prep == "audio":  # openWakeWord feeds int16 sample values as float32
         return {name: (speech_like(shape[1] / SR, rng) * 32767).astype(np.float32)[None]}
     if prep == "oww_mels":

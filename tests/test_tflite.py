@@ -160,9 +160,10 @@ def test_cli_inspect_compile_verify_against_the_interpreter(cli, tmp_path):
                                        atol=1e-4 * max(1.0, float(np.max(np.abs(ref)))))
 
 
-def test_a_quantized_model_is_refused_not_misread(cli, tmp_path):
-    """Integer activations with quantization parameters: refused in one line (the reader does not convert them
-    to QDQ yet), never run as if the integers were floats. The model is BlazeFace with its input made int8."""
+def test_a_quantized_model_edgec_cannot_read_is_refused_not_misread(cli, tmp_path):
+    """int16 activations with quantization parameters (16x8 quantization; edgec reads int8/uint8 ones as QDQ,
+    tests/test_tflite_quantized.py): refused in one line, never run as if the integers were floats. The model is
+    BlazeFace with its input made int16."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -170,13 +171,15 @@ def test_a_quantized_model_is_refused_not_misread(cli, tmp_path):
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(source.read_bytes(), 0))
     graph = model.subgraphs[0]
     tensor = graph.tensors[graph.inputs[0]]
-    tensor.type = schema.TensorType.INT8
+    tensor.type = schema.TensorType.INT16
     tensor.quantization = schema.QuantizationParametersT()
     tensor.quantization.scale, tensor.quantization.zeroPoint = [1 / 128], [0]
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    crafted = tmp_path / "int8_input.tflite"
+    crafted = tmp_path / "int16_input.tflite"
     crafted.write_bytes(builder.Output())
     code, _, stderr = cli("inspect", crafted)
     assert code == 2, stderr
-    assert "quantized (integer activations) TFLite model" in stderr and "'input'" in stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert "quantized TFLite model with int16 activations, which edgec does not read" in lines[0], stderr
+    assert "'input'" in lines[0] and "Traceback" not in stderr

@@ -62,8 +62,9 @@ class Verification:
         if self.relative and not spread_rules and any(t > self.atol for t in self.per_output_tolerance.values()):
             tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = {self.atol:g} × max(1, max |reference|)")
         elif spread_rules:
-            between = ("its integer and float-simulated runs, wider than one output step" if not self.relative
-                       else "its two kernel sets (XNNPACK and builtin), wider than")
+            kernels = ("its integer and float-simulated runs" if self.runtime == "onnxruntime"
+                       else "its two kernel sets (XNNPACK and builtin)")  # the TFLite interpreter's
+            between = f"{kernels}, wider than" + (" one output step" if not self.relative else "")
             tolerance = (f"{max(self.per_output_tolerance.values()):.3g} = 2 × {self.runtime}'s own spread between "
                          f"{between} {self.atol:.3g}")
         return (f"{verdict}: max |edgec - {self.runtime}| = {self.max_abs_diff:.3g} (tolerance {tolerance}), "
@@ -140,23 +141,33 @@ def _tflite_spread(path: str | Path, inputs: dict[str, np.ndarray]) -> list[floa
     return interpreter_spread(path, inputs)
 
 
+def _tflite_output_step(path: str | Path) -> float | None:
+    from edgec.toolchain.tflite.convert import output_step
+
+    return output_step(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """What checks an artifact compiled from a source format: the runtime that runs the source file itself.
     ``converted``: edgec converted the source to ONNX, so compile time checks the artifact against the source's
     own runtime too (not only against the converted ONNX); ``spread``: the runtime's own disagreement between
-    its kernel sets per output (see Verification.reference_spread), where it has two."""
+    its kernel sets per output (see Verification.reference_spread), where it has two; ``output_step``: one
+    quantization step of a quantized source's outputs (None for a float one), the tolerance it is verified within
+    instead of the float rule (kept as the manifest's ``source.output_step``)."""
 
     runtime: str
     outputs: Callable[[Any, dict[str, np.ndarray]], list[np.ndarray]]
     converted: bool = False
     spread: Callable[[Any, dict[str, np.ndarray]], list[float]] | None = None
+    output_step: Callable[[Any], float | None] | None = None
 
 
 # Source file suffix → its reference; a format is added by one row.
 REFERENCES: dict[str, Reference] = {
     ".onnx": Reference("onnxruntime", onnxruntime_outputs),
-    ".tflite": Reference("TFLite interpreter", _tflite_outputs, converted=True, spread=_tflite_spread),
+    ".tflite": Reference("TFLite interpreter", _tflite_outputs, converted=True, spread=_tflite_spread,
+                         output_step=_tflite_output_step),
 }
 ONNXRUNTIME = REFERENCES[".onnx"]
 
@@ -249,6 +260,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     layers = LayerRecorder()  # per-layer bytes and MACs before the passes and after each one (layers.json)
     layers.add("source", model)
     source_info = _source_info(source)
+    own = REFERENCES.get(Path(str(source)).suffix.lower())
+    source_step = own.output_step(source) if own is not None and own.output_step is not None else None
+    if source_step is not None:  # a quantized source: verified within one step of its outputs
+        source_info["output_step"] = source_step
     if prune:  # changes the function on purpose, so the pruned model (not the source) is the reference
         from edgec.passes.prune_channels import PruneChannels
 
@@ -330,12 +345,12 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             step("verify")
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
-            own = REFERENCES.get(Path(str(source)).suffix.lower())
             if own is not None and own.converted and not prune and quantize is None:
                 # a converted source: the artifact is checked against the source's own runtime
+                stepped = source_step is not None and atol == DEFAULT_ATOL
                 verification = _verify_folder(stage, manifest, inputs, Path(str(source)), "source model",
-                                              runner_name, atol, relative=True, reference_runtime=own,
-                                              reference_extra=reference_extra)
+                                              runner_name, source_step if stepped else atol, relative=not stepped,
+                                              reference_runtime=own, reference_extra=reference_extra)
             else:
                 verification = _verify_folder(stage, manifest, inputs, reference_proto,
                                               "quantized (QDQ) model" if quantize is not None else
@@ -457,8 +472,10 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
     source = artifact.manifest.get("source", {})
     src_path = Path(source.get("path") or "")
     pruned = any(p.get("stage") in ("prune", "quantize") for p in artifact.manifest.get("passes", []))
-    if "quantization" in artifact.manifest and atol == DEFAULT_ATOL:  # one output quantization step
-        atol = float(artifact.manifest["quantization"]["atol"])
+    stepped = atol == DEFAULT_ATOL and ("quantization" in artifact.manifest or "output_step" in source)
+    if stepped:  # one output quantization step (of the QDQ model edgec made, or of a quantized source)
+        atol = float(artifact.manifest["quantization"]["atol"] if "quantization" in artifact.manifest
+                     else source["output_step"])
     runtime = REFERENCES.get(src_path.suffix.lower())
     if not pruned and source.get("sha256") and runtime is not None and src_path.is_file() \
             and art.sha256_file(src_path) == source["sha256"]:
@@ -471,7 +488,7 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
         extra = {}
     return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,
                           device or _auto_device(artifact.target), atol,
-                          relative="quantization" not in artifact.manifest, reference_runtime=runtime,
+                          relative=not stepped, reference_runtime=runtime,
                           reference_extra=extra)
 
 

@@ -4,6 +4,14 @@ operator's name to its converter. An operator is added by writing a function and
 Each converter reads its inputs through :meth:`Builder.value` in the layout it wants (NCHW for convolutions and
 pools, "plain" — TFLite's own — for reshapes and matrix products) and records its output's layout with
 :meth:`Builder.define`; layout.py inserts the Transposes that follow from that.
+
+In a quantized model most ops are their float selves between QuantizeLinear/DequantizeLinear (layout.py), which
+reproduces the interpreter's default kernels (XNNPACK: float requantization, round half to even). Two integer
+kernels round differently, and are computed on the stored integers instead: ADD (XNNPACK's integer multipliers
+and shift) and AVERAGE_POOL_2D (the integers' mean, ties away from zero). Either one rounded as a float op is off
+by one step at ties (~1 element in 10 of a 2×2 pool's), and a net carries that step on into its logits: on
+MLPerf Tiny's ResNet-8 and 40 seeded inputs, either one as a float op leaves 4 of them 5–11 steps off in the
+softmax output; with both, all 40 equal the interpreter's.
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ import struct
 from typing import Callable
 
 import numpy as np
+from onnx import helper
 
 from edgec.toolchain.tflite.layout import NCHW, PLAIN, TO_NCHW, Builder, nchw_axis
-from edgec.toolchain.tflite.reader import Operator
+from edgec.toolchain.tflite.reader import Operator, Tensor
 
 Converter = Callable[[Builder, Operator], None]
 
@@ -77,27 +86,25 @@ def _bias(b: Builder, op: Operator, channels: int) -> str:
 
 def conv_2d(b: Builder, op: Operator) -> None:
     o = op.options
-    weights = b.data(op.inputs[1])  # [O, KH, KW, I]
+    weights = b.tensor(op.inputs[1]).shape  # [O, KH, KW, I]
     cin = b.tensor(op.inputs[0]).shape[3]
     stride, dilation = (o.StrideH(), o.StrideW()), (o.DilationHFactor(), o.DilationWFactor())
-    kernel = weights.shape[1:3]
-    out = b.node("Conv", [b.value(op.inputs[0], NCHW), b.const(weights.transpose(TO_NCHW).astype(np.float32), "W"),
-                          _bias(b, op, weights.shape[0])],
+    kernel = weights[1:3]
+    out = b.node("Conv", [b.value(op.inputs[0], NCHW), b.weight(op.inputs[1], TO_NCHW), _bias(b, op, weights[0])],
                  kernel_shape=list(kernel), strides=list(stride), dilations=list(dilation),
-                 pads=_pads(b, op, kernel, stride, dilation), group=cin // weights.shape[3])[0]
+                 pads=_pads(b, op, kernel, stride, dilation), group=cin // weights[3])[0]
     _finish(b, op, out, NCHW, _fused(op))
 
 
 def depthwise_conv_2d(b: Builder, op: Operator) -> None:
     """Weights [1, KH, KW, C×M] (M the depth multiplier) → a grouped Conv with C groups of M outputs each."""
     o = op.options
-    weights = b.data(op.inputs[1])
+    weights = b.tensor(op.inputs[1]).shape
     cin = b.tensor(op.inputs[0]).shape[3]
     stride, dilation = (o.StrideH(), o.StrideW()), (o.DilationHFactor(), o.DilationWFactor())
-    kernel = weights.shape[1:3]
-    w = weights.transpose(3, 0, 1, 2)  # [C×M, 1, KH, KW]
-    out = b.node("Conv", [b.value(op.inputs[0], NCHW), b.const(w.astype(np.float32), "W"),
-                          _bias(b, op, weights.shape[3])],
+    kernel = weights[1:3]
+    w = b.weight(op.inputs[1], (3, 0, 1, 2))  # [C×M, 1, KH, KW]
+    out = b.node("Conv", [b.value(op.inputs[0], NCHW), w, _bias(b, op, weights[3])],
                  kernel_shape=list(kernel), strides=list(stride), dilations=list(dilation),
                  pads=_pads(b, op, kernel, stride, dilation), group=cin)[0]
     _finish(b, op, out, NCHW, _fused(op))
@@ -105,8 +112,7 @@ def depthwise_conv_2d(b: Builder, op: Operator) -> None:
 
 def _conv_transpose(b: Builder, op: Operator, x: int, w: int, bias: int, stride: tuple[int, int],
                     padding: int, act: int) -> None:
-    weights = b.data(w)  # [O, KH, KW, I]
-    kernel = weights.shape[1:3]
+    kernel = b.tensor(w).shape[1:3]  # [O, KH, KW, I]
     _, ih, iw, _ = b.tensor(x).shape
     _, oh, ow, _ = b.tensor(op.outputs[0]).shape
     pads = [0, 0, 0, 0]
@@ -116,7 +122,7 @@ def _conv_transpose(b: Builder, op: Operator, x: int, w: int, bias: int, stride:
         pads = [top, left, bottom, right]
     extra = [oh - ((ih - 1) * stride[0] + kernel[0] - pads[0] - pads[2]),
              ow - ((iw - 1) * stride[1] + kernel[1] - pads[1] - pads[3])]
-    inputs = [b.value(x, NCHW), b.const(weights.transpose(3, 0, 1, 2).astype(np.float32), "W")]
+    inputs = [b.value(x, NCHW), b.weight(w, (3, 0, 1, 2))]
     if bias >= 0:
         inputs.append(b.value(bias, PLAIN))
     attrs = {"output_padding": extra} if any(extra) else {}
@@ -141,12 +147,11 @@ def mediapipe_transpose_conv_bias(b: Builder, op: Operator) -> None:
 
 
 def fully_connected(b: Builder, op: Operator) -> None:
-    weights = b.data(op.inputs[1])  # [O, I]
+    weights = b.tensor(op.inputs[1]).shape  # [O, I]
     x = b.value(op.inputs[0], PLAIN)
     out_shape = b.tensor(op.outputs[0]).shape
-    flat = b.node("Reshape", [x, b.const(np.array([-1, weights.shape[1]], np.int64))])[0]
-    y = b.node("Gemm", [flat, b.const(weights.astype(np.float32), "W"), _bias(b, op, weights.shape[0])],
-               transB=1)[0]
+    flat = b.node("Reshape", [x, b.const(np.array([-1, weights[1]], np.int64))])[0]
+    y = b.node("Gemm", [flat, b.weight(op.inputs[1]), _bias(b, op, weights[0])], transB=1)[0]
     if len(out_shape) != 2:
         y = b.node("Reshape", [y, b.const(np.array(out_shape, np.int64))])[0]
     _finish(b, op, y, PLAIN, _fused(op))
@@ -159,10 +164,45 @@ def _pool(kind: str) -> Converter:
         o = op.options
         kernel, stride = (o.FilterHeight(), o.FilterWidth()), (o.StrideH(), o.StrideW())
         attrs = {"count_include_pad": 0} if kind == "AveragePool" else {}
-        out = b.node(kind, [b.value(op.inputs[0], NCHW)], kernel_shape=list(kernel), strides=list(stride),
+        x = b.value(op.inputs[0], NCHW)
+        integer = kind == "AveragePool" and _same_quantization(b, op.inputs[0], op.outputs[0])
+        if integer:  # the interpreter's integer average pool: the stored integers' mean, half away from zero
+            x = b.node("Cast", [b.node("QuantizeLinear", [x, *b.qparams(op.inputs[0])])[0]], to=1)[0]
+        out = b.node(kind, [x], kernel_shape=list(kernel), strides=list(stride),
                      pads=_pads(b, op, kernel, stride), **attrs)[0]
-        _finish(b, op, out, NCHW, _fused(op))
+        if integer:
+            _finish_integers(b, op, _round_half_away(b, out), NCHW, _fused(op))
+        else:
+            _finish(b, op, out, NCHW, _fused(op))
     return convert
+
+
+def _same_quantization(b: Builder, x: int, y: int) -> bool:
+    """Per-tensor int8/uint8 input and output of a quantized model with the same scale and zero point (what
+    TFLite's integer pooling requires)."""
+    tx, ty = b.tensor(x), b.tensor(y)
+    return b.qdq and all(t.quantized and t.scale.size == 1 and t.dtype in (np.int8, np.uint8) for t in (tx, ty)) \
+        and tx.dtype == ty.dtype and tx.scale[0] == ty.scale[0] and tx.zero_point[0] == ty.zero_point[0]
+
+
+def _round_half_away(b: Builder, name: str) -> str:
+    """round(x) with ties away from zero, as TFLite's integer kernels round (QuantizeLinear rounds them to even)."""
+    magnitude = b.node("Floor", [b.node("Add", [b.node("Abs", [name])[0], b.const(np.array(0.5, np.float32))])[0]])
+    return b.node("Mul", [b.node("Sign", [name])[0], magnitude[0]])[0]
+
+
+def _finish_integers(b: Builder, op: Operator, name: str, layout: str, act: int = 0) -> None:
+    """Define the op's output from ``name``: its integers (float-typed, already rounded), clamped to the output's
+    range after the fused activation and dequantized."""
+    t = b.tensor(op.outputs[0])
+    lo, hi = _quantized_range(t, act)
+    clamped = b.node("Clip", [name, b.const(np.array(lo, np.float32)), b.const(np.array(hi, np.float32))])[0]
+    # to the integer type by a unit-scale QuantizeLinear (exact on integral values): TVM imports a float → int
+    # Cast with NaN/overflow masks, bool tensors its layout conversion cannot pad
+    ints = b.integers_name(op.outputs[0], layout if t.rank == 4 else PLAIN)
+    unit = [b.const(np.array(1.0, np.float32)), b.const(np.array(0, t.dtype))]
+    b.nodes.append(helper.make_node("QuantizeLinear", [clamped, *unit], [ints], name=ints))
+    b.define(op.outputs[0], b.dequantize(op.outputs[0], ints), layout, requantize=False)
 
 
 def _resize(mode: str) -> Converter:
@@ -214,6 +254,64 @@ def _elementwise(onnx_op: str) -> Converter:
         out = b.node(onnx_op, inputs)[0]
         _finish(b, op, out, layout, _fused(op) if hasattr(op.options, "FusedActivationFunction") else 0)
     return convert
+
+
+def _xnnpack_add_params(sa: float, sb: float, so: float) -> tuple[int, int, int]:
+    """XNNPACK's quantized ADD parameters (xnn_init_qs8_add_minmax_scalar_params): the input/output scale ratios as
+    integer multipliers with about 20 significant bits, and the right shift that undoes them."""
+    ratio_a, ratio_b = np.float32(sa) / np.float32(so), np.float32(sb) / np.float32(so)
+    exponent = int(np.frexp(max(ratio_a, ratio_b))[1]) - 1  # the float's unbiased exponent
+    shift = 20 - exponent
+    return int(np.rint(np.ldexp(ratio_a, shift))), int(np.rint(np.ldexp(ratio_b, shift))), shift
+
+
+# fused activation code → its real bounds (None: unbounded): NONE, RELU, RELU_N1_TO_1, RELU6
+_ACTIVATION_BOUNDS = {0: (None, None), 1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
+
+
+def _quantized_range(t: Tensor, act: int) -> tuple[int, int]:
+    """A quantized output's integer range after its fused activation, as TFLite computes it: each bound
+    quantized (rounded half away from zero), within the integer type's range."""
+    if act not in _ACTIVATION_BOUNDS:
+        from edgec.errors import EdgecError
+
+        raise EdgecError(f"a quantized TFLite op with fused activation {act} (TANH or SIGN_BIT) is not supported",
+                         "re-export the model with the activation as its own op")
+    info = np.iinfo(t.dtype)
+    scale, zero = float(t.scale[0]), int(t.zero_point[0])
+
+    def quantized(v: float) -> int:
+        return int(np.sign(v) * np.floor(abs(v) / scale + 0.5)) + zero
+
+    lo, hi = _ACTIVATION_BOUNDS[act]
+    return (info.min if lo is None else max(info.min, quantized(lo)),
+            info.max if hi is None else min(info.max, quantized(hi)))
+
+
+def add(b: Builder, op: Operator) -> None:
+    """A float ADD, or a quantized one computed the way the interpreter's default kernels (XNNPACK) do: each
+    input's integers times its integer multiplier, summed with the rounding bias, shifted right (in float64,
+    exact for these integers, which stay below 2^31). A float add rounded once differs from that at near-ties
+    (1 step in ~1e-4 of the elements of MLPerf Tiny's ResNet-8's adds)."""
+    x, y = op.inputs
+    t_out = b.tensor(op.outputs[0])
+    ts = [b.tensor(i) for i in (x, y)]
+    if not (b.qdq and all(t.quantized and t.scale.size == 1 and t.dtype in (np.int8, np.uint8)
+                          for t in (*ts, t_out))):
+        return _elementwise("Add")(b, op)
+    layout, rank = _common_layout(b, op, op.inputs)
+    am, bm, shift = _xnnpack_add_params(float(ts[0].scale[0]), float(ts[1].scale[0]), float(t_out.scale[0]))
+    terms = []
+    for i, t, mult in ((x, ts[0], am), (y, ts[1], bm)):
+        ints = b.node("QuantizeLinear", [b.value(i, layout, rank if b.is_const(i) else 0), *b.qparams(i)])[0]
+        wide = b.node("Cast", [ints], to=11)[0]  # float64: every integer below 2^53 exact, products and sums too
+        terms.append(b.node("Mul", [wide, b.const(np.array(mult, np.float64))])[0])
+    bias = (1 << (shift - 1)) - am * int(ts[0].zero_point[0]) - bm * int(ts[1].zero_point[0])
+    acc = b.node("Add", [b.node("Add", terms)[0], b.const(np.array(bias, np.float64))])[0]
+    # the arithmetic shift right: × 2^-shift (exact) and floor
+    shifted = b.node("Floor", [b.node("Mul", [acc, b.const(np.array(2.0 ** -shift, np.float64))])[0]])[0]
+    out = b.node("Add", [shifted, b.const(np.array(int(t_out.zero_point[0]), np.float64))])[0]
+    _finish_integers(b, op, b.node("Cast", [out], to=1)[0], layout, _fused(op))
 
 
 def _unary(onnx_op: str, **attrs) -> Converter:
@@ -335,9 +433,17 @@ def strided_slice(b: Builder, op: Operator) -> None:
 
 
 def dequantize(b: Builder, op: Operator) -> None:
-    """A float16 activation up-cast (constants were resolved by the reader)."""
+    """A float16 activation up-cast, or a quantized one (in the QDQ graph already its real values: a no-op
+    Cast); constants were resolved by the reader."""
     layout = b.layout_of(op.inputs[0])
     _finish(b, op, b.node("Cast", [b.value(op.inputs[0], layout)], to=1)[0], layout)
+
+
+def quantize(b: Builder, op: Operator) -> None:
+    """Float → integers, or integers → integers of another scale (requantize): the real values passed on, and
+    :meth:`Builder.define` rounds them to the output's grid."""
+    layout = b.layout_of(op.inputs[0])
+    _finish(b, op, b.value(op.inputs[0], layout), layout)
 
 
 CONVERTERS: dict[str, Converter] = {
@@ -352,7 +458,7 @@ CONVERTERS: dict[str, Converter] = {
     "RESIZE_NEAREST_NEIGHBOR": _resize("nearest"),
     "DEPTH_TO_SPACE": depth_to_space,
     "SPACE_TO_DEPTH": space_to_depth,
-    "ADD": _elementwise("Add"),
+    "ADD": add,
     "SUB": _elementwise("Sub"),
     "MUL": _elementwise("Mul"),
     "DIV": _elementwise("Div"),
@@ -383,5 +489,6 @@ CONVERTERS: dict[str, Converter] = {
     "TRANSPOSE": transpose,
     "STRIDED_SLICE": strided_slice,
     "DEQUANTIZE": dequantize,
+    "QUANTIZE": quantize,
 }
 

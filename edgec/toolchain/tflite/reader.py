@@ -37,6 +37,11 @@ class Tensor:
     def rank(self) -> int:
         return len(self.shape)
 
+    @property
+    def quantized(self) -> bool:
+        """Integers standing for real numbers: (q - zero_point) × scale."""
+        return self.dtype.kind in "iu" and self.scale is not None and self.scale.size > 0
+
 
 @dataclasses.dataclass
 class Operator:
