@@ -272,10 +272,10 @@ def _find_function(lib, name: str):
 
 
 def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: float | None = None,
-                    min_repeat_ms: int = 5) -> list[dict[str, Any]]:
+                    repeat_ms: float = 0.2, repeats: int = 25) -> list[dict[str, Any]]:
     """``edgec bench --profile``: every kernel the manifest lists (``target.build.kernels``, recorded at build
     time) timed alone on the device, on buffers of its own shapes (floats N(0, 1), integers 0 — a valid index for
-    any gather), median of 5 repeats; × its calls per inference. Rows by time, with % and cumulative % of the
+    any gather), median of ``repeats`` repeats of about ``repeat_ms`` each; × its calls per inference. Rows by time, with % and cumulative % of the
     kernels' sum; kernels that cannot be timed alone (dynamic shapes) are rows without a time. With
     ``total_ms`` (the end-to-end p50) a last row holds what lies between the kernels (VM, allocation, copies).
 
@@ -302,7 +302,10 @@ def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: floa
             value = (rng.standard_normal(a["shape"]).astype(dtype) if dtype.kind == "f"
                      else np.zeros(a["shape"], dtype))
             args.append(tvm.runtime.tensor(value, dev))
-        timer = mod.time_evaluator(k["name"], dev, number=1, repeat=5, min_repeat_ms=min_repeat_ms)
+        # short repeats, median: like the end-to-end p50, robust to a run preempted on a busy host
+        rough = min(mod.time_evaluator(k["name"], dev, number=1, repeat=3)(*args).results)
+        number = max(1, int(repeat_ms * 1e-3 / max(rough, 1e-9)))
+        timer = mod.time_evaluator(k["name"], dev, number=number, repeat=repeats)
         per_call = float(np.median(timer(*args).results)) * 1e3
         rows.append({"op": k["name"], "calls": k["calls"], "per_call_ms": per_call, "time_ms": per_call * k["calls"]})
     timed = sum(r["time_ms"] for r in rows if r["time_ms"] is not None)
