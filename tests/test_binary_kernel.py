@@ -151,3 +151,84 @@ def test_popcount_instruction_follows_the_isa(mcpu, popcount, absent):
     assert popcount in asm and absent not in asm
     if popcount == "vpopcntd":
         assert "vpopcntd\t%zmm" in asm
+
+
+# ------------------------------------------------------------------------------------ in `edgec compile`
+
+@pytest.fixture(scope="module")
+def binary_model(tmp_path_factory):
+    """`edgec substitute --to binary` of the embedded MNIST CNN (five BinaryConv layers, stem and head float)."""
+    from click.testing import CliRunner
+
+    from edgec.toolchain.cli import main
+
+    path = tmp_path_factory.mktemp("binkernel") / "binary.onnx"
+    result = CliRunner().invoke(main, ["substitute", "--to", "binary", "--skip", "first,last", "-o", str(path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_path):
+    """compile → the manifest lists every BinaryConv as taken by the kernel, the library exports the kernels,
+    and `edgec verify` (onnxruntime on the function form) passes."""
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from edgec.toolchain.cli import main
+
+    calls = [n for n in onnx.load(str(binary_model)).graph.node if n.domain == "edgec"]
+    assert [n.op_type for n in calls] == ["BinaryConv"] * 5
+    out = tmp_path / "art"
+    runner = CliRunner()
+    result = runner.invoke(main, ["compile", str(binary_model), "--target", "x86", "-o", str(out)],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    build = json.loads((out / "manifest.json").read_text())["target"]["build"]
+    assert build["binary_conv"]["layers"] == 5
+    assert build["binary_conv"]["shapes"][2] == "16->32 3x3/2 28x28"  # the strided downsampling conv
+    symbols = (out / "model.so").read_bytes()
+    for i in range(5):
+        assert f"edgec_binary_conv_{i}".encode() in symbols and f"edgec_binary_pack_{i}".encode() in symbols
+    # the ±1 float weights are gone: bits (uint32 words) instead of 4 bytes per weight
+    assert build["params"]["by_dtype"]["uint32"] < build["params"]["by_dtype"]["float32"]
+    result = runner.invoke(main, ["verify", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+
+
+def test_fallback_is_decided_by_target_features(binary_model):
+    """An Arm target keeps the inlined float body (no popcount kernel there yet); this host's and an AVX2
+    target's builds take all five layers. Only the Relax pass runs (no compile)."""
+    import onnx
+    import tvm
+    from tvm import relax
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels.binary_conv import CONV_SYMBOL, binary_conv_pass, takes
+    from edgec.targets.lower import to_relax
+
+    mod = to_relax(onnx.load(str(binary_model)))
+
+    def kernels(target) -> tuple[int, dict]:
+        stats: dict = {}
+        done = binary_conv_pass(isa_of(target), stats)(mod)
+        names = [gv.name_hint for gv in done.functions if gv.name_hint.startswith(CONV_SYMBOL)]
+        convs: list = []
+
+        def visit(e) -> None:
+            if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d":
+                convs.append(e)
+
+        relax.analysis.post_order_visit(done["main"], visit)
+        return len(names), stats, len(convs)
+
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
+    assert not takes(isa_of(arm))
+    assert kernels(arm) == (0, {}, 6)  # the stem and the five binary bodies stay float convs
+    for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target()):
+        n, stats, convs = kernels(target)
+        assert (n, stats["layers"], convs) == (5, 5, 1)  # only the float stem is left a conv2d

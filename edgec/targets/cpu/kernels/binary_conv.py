@@ -230,3 +230,120 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                                         + bias[to * ob + oi])
 
     return _finish(conv, symbol)
+
+
+def takes(isa: Any) -> bool:
+    """Whether this kernel serves a target: x86-64 with a vector popcount, native (AVX-512 VPOPCNTDQ) or as
+    LLVM's vpshufb nibble count (AVX2). Elsewhere (Arm for now: its ``cnt`` path is untested) the inlined float
+    body stays, which is correct everywhere."""
+    return isa.arch == "x86_64" and (isa.vpopcntdq or isa.has("avx2"))
+
+
+def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
+    """The pieces of the inlined ``edgec::BinaryConv`` body as TVM imports it, or None when ``call`` is not one:
+
+        add(multiply(add(conv2d(where(less(add(x, shift), 0), −2, 0), W), Σ_window W), alpha), b)
+
+    (:mod:`edgec.ops.functions`; the constants folded by ``lower_edgec_ops``). Every constant is checked, not
+    assumed — W is ±1 and the added term is exactly each filter's sum — so the match is the binary conv's
+    arithmetic whatever graph it came from, and replacing it is exact."""
+    from tvm import relax
+
+    from edgec.targets.relax_rewrite import constant_value
+
+    def op(expr: Any, name: str) -> Any:
+        while isinstance(expr, relax.Var) and lookup(expr) is not None:
+            expr = lookup(expr)
+        return expr if getattr(getattr(expr, "op", None), "name", None) == f"relax.{name}" else None
+
+    def const(expr: Any) -> np.ndarray | None:
+        return constant_value(expr, lookup)
+
+    outer = op(call, "add")
+    scaled = op(outer.args[0], "multiply") if outer is not None else None
+    integer = op(scaled.args[0], "add") if scaled is not None else None
+    conv = op(integer.args[0], "nn.conv2d") if integer is not None else None
+    where = op(conv.args[0], "where") if conv is not None else None
+    less = op(where.args[0], "less") if where is not None else None
+    shifted = op(less.args[0], "add") if less is not None else None
+    if shifted is None:
+        return None
+    a = conv.attrs
+    if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"
+            or str(conv.ty.dtype) != "float32" or len(shifted.args[0].ty.shape) != 4):
+        return None
+    values = [const(e) for e in (conv.args[1], integer.args[1], scaled.args[1], outer.args[1], shifted.args[1],
+                                 less.args[1], where.args[1], where.args[2])]
+    if any(v is None for v in values):
+        return None
+    w, wsum, alpha, bias, shift, zero, minus2, zero2 = values
+    o, c = w.shape[:2]
+    if (not np.all(np.abs(w) == 1) or float(zero) != 0 or float(minus2) != -2 or float(zero2) != 0
+            or any(np.size(v) not in (1, n) for v, n in ((alpha, o), (bias, o), (shift, c)))
+            or wsum.size != o or not np.array_equal(wsum.reshape(o), w.sum(axis=(1, 2, 3)))):
+        return None
+    try:
+        x_shape = tuple(int(d) for d in shifted.args[0].ty.shape)
+    except TypeError:  # a symbolic dimension
+        return None
+    for v, n, axis in ((alpha, o, -3), (bias, o, -3), (shift, c, -3)):
+        if np.size(v) == n and n > 1 and (np.ndim(v) < 3 or v.shape[axis] != n):
+            return None  # a per-channel vector on some other axis
+    shape = BinaryConvShape(n=x_shape[0], c=c, h=x_shape[2], w=x_shape[3], o=o, kh=w.shape[2], kw=w.shape[3],
+                            strides=tuple(int(s) for s in a.strides),
+                            pads=tuple(int(p) for p in a.padding), dilations=tuple(int(d) for d in a.dilation))
+    if x_shape[1] != c or shape.oh <= 0 or shape.ow <= 0:
+        return None
+    vec = (lambda v, n: np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (n,)).copy())
+    return {"x": shifted.args[0], "shape": shape, "w": w, "alpha": vec(alpha, o), "bias": vec(bias, o),
+            "shift": vec(shift, c)}
+
+
+def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
+    """Relax pass (before the layout pass): each inlined ``edgec::BinaryConv`` → ``call_tir`` of :func:`pack_func`
+    and :func:`conv_func`, the weights packed here as constants. ``stats`` (owned by the build) is filled with the
+    layers taken: ``{"layers": n, "shapes": [...]}``. A target :func:`takes` refuses keeps the float body."""
+    import tvm
+    from tvm import relax
+
+    counts = stats if stats is not None else {}
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) != "relax.add":
+                return call
+            parts = _binary_conv_parts(call, self.lookup_binding)
+            if parts is None:
+                return call
+            shape: BinaryConvShape = parts["shape"]
+            plan = Plan(shape, Tiling.for_isa(isa, shape.o))
+            index = counts.get("layers", 0)
+            pack = self.builder_.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
+            conv = self.builder_.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
+            packed = self.builder_.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
+                                                       out_ty=relax.TensorType(plan.packed_x_shape, "uint32")),
+                                        "binary_packed")
+            counts["layers"] = index + 1
+            counts.setdefault("shapes", []).append(
+                f"{shape.c}->{shape.o} {shape.kh}x{shape.kw}/{shape.strides[0]} {shape.h}x{shape.w}")
+            return relax.call_tir(conv, [packed, relax.const(pack_weights(parts["w"], plan)),
+                                         relax.const(padded_vector(parts["alpha"], plan)),
+                                         relax.const(padded_vector(parts["bias"], plan))],
+                                  out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32"))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecBinaryConvKernels")
+    def _pass(mod, _ctx):
+        counts.clear()
+        if not takes(isa):
+            return mod
+        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        mod = rewriter.builder_.get()
+        # the float body's conv, where and less are dead now
+        return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
+
+    return _pass
