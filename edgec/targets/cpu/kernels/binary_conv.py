@@ -149,35 +149,51 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     n_, c_, h_, w_ = s.n, s.c, s.h, s.w
     hp, wp, cw_ = plan.hp, plan.wp, s.words
     pt, pl = s.pads[0], s.pads[1]
-    lanes = plan.tiling.lanes
-    wv = w_ // lanes  # whole vectors of a row; the rest is a scalar tail
     bits = WORD_BITS
+    # A row in segments of whole vectors, then at most one half and one quarter vector, then scalars: a 14-wide
+    # row is 8 + 4 + 2, not 14 scalar words.
+    seg = [lanes, lanes // 2, lanes // 4, 1] if (lanes := plan.tiling.lanes) >= 4 else [lanes, 1, 1, 1]
+    count = [w_ // seg[0], 0, 0, 0]
+    for i in (1, 2, 3):
+        left = w_ - sum(c * w for c, w in zip(count, seg))
+        count[i] = left // seg[i] if i == 3 else min(1, left // seg[i])
+    first = [sum(c * w for c, w in zip(count[:i], seg[:i])) for i in range(4)]
 
     # buffer types as names: TVMScript reads string dtypes inside annotations, pyflakes would not
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
     xp_type = T.Buffer((n_, hp, cw_, wp), "uint32")
 
+    @T.macro
+    def segment(x, shift, xp, nh, cw, begin, width, vectors):
+        """``vectors`` words of ``width`` columns from column ``begin``: 32 channels or-ed into a register."""
+        for v in range(vectors):
+            acc = T.alloc_buffer((width,), "uint32", scope="local")
+            for lane in T.vectorized(width):
+                acc[lane] = T.uint32(0)
+            for b in range(T.min(bits, c_ - cw * bits)):
+                for lane in T.vectorized(width):
+                    acc[lane] = T.bitwise_or(acc[lane], T.Select(
+                        x[nh // hp, cw * bits + b, nh % hp - pt, begin + v * width + lane] + shift[cw * bits + b]
+                        < T.float32(0), T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+            for lane in T.vectorized(width):
+                xp[nh // hp, nh % hp, cw, pl + begin + v * width + lane] = acc[lane]
+
     @T.prim_func
     def pack(x: x_type, shift: shift_type, xp: xp_type):
         for nh in T.parallel(n_ * hp):
             for cw in range(cw_):
-                for col in T.vectorized(wp):
-                    xp[nh // hp, nh % hp, cw, col] = T.uint32(0)
                 if nh % hp >= pt and nh % hp < pt + h_:
-                    for b in range(T.min(bits, c_ - cw * bits)):
-                        for v in range(wv):
-                            for lane in T.vectorized(lanes):
-                                xp[nh // hp, nh % hp, cw, pl + v * lanes + lane] = T.bitwise_or(
-                                    xp[nh // hp, nh % hp, cw, pl + v * lanes + lane],
-                                    T.Select(x[nh // hp, cw * bits + b, nh % hp - pt, v * lanes + lane]
-                                             + shift[cw * bits + b] < T.float32(0),
-                                             T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
-                        for t in range(w_ - wv * lanes):
-                            xp[nh // hp, nh % hp, cw, pl + wv * lanes + t] = T.bitwise_or(
-                                xp[nh // hp, nh % hp, cw, pl + wv * lanes + t],
-                                T.Select(x[nh // hp, cw * bits + b, nh % hp - pt, wv * lanes + t]
-                                         + shift[cw * bits + b] < T.float32(0),
-                                         T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+                    for col in range(pl):
+                        xp[nh // hp, nh % hp, cw, col] = T.uint32(0)
+                    for col in range(wp - pl - w_):
+                        xp[nh // hp, nh % hp, cw, pl + w_ + col] = T.uint32(0)
+                    segment(x, shift, xp, nh, cw, first[0], seg[0], count[0])
+                    segment(x, shift, xp, nh, cw, first[1], seg[1], count[1])
+                    segment(x, shift, xp, nh, cw, first[2], seg[2], count[2])
+                    segment(x, shift, xp, nh, cw, first[3], seg[3], count[3])
+                else:
+                    for col in T.vectorized(wp):
+                        xp[nh // hp, nh % hp, cw, col] = T.uint32(0)
 
     return _finish(pack, symbol)
 
