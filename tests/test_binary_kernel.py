@@ -15,7 +15,10 @@ CHANNELS = (1, 31, 32, 33, 64, 100)
 # (kernel, stride, pad, H, W): 3×3 and 1×1, strides 1 and 2, pads 0 and 1, odd sizes (some wider than a vector)
 LAYERS = [(k, s, p, h, w) for (k, s, p), (h, w) in zip(itertools.product((3, 1), (1, 2), (0, 1)),
                                                           itertools.cycle([(9, 7), (7, 19), (5, 5), (11, 17)]))]
-CASES = [(c, *layer) for c in CHANNELS for layer in LAYERS] + [(33, 3, 1, 2, 9, 9, 2)]  # + one dilated
+# Each channel count with half the layers (every kernel, stride and pad value twice: the parity of the three
+# choices alternates), each layer with three channel counts; one compile for all of them stays a few seconds.
+CASES = [(c, *layer) for i, c in enumerate(CHANNELS) for j, layer in enumerate(LAYERS)
+         if (j ^ (j >> 1) ^ (j >> 2)) % 2 == i % 2] + [(33, 3, 1, 2, 9, 9, 2)]  # + one dilated
 
 
 def _shape(case):
