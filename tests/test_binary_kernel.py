@@ -235,3 +235,40 @@ def test_fallback_is_decided_by_target_features(binary_model):
     for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target()):
         n, stats, convs = kernels(target)
         assert (n, stats["layers"], convs) == (5, 5, 1)  # only the float stem is left a conv2d
+
+
+def test_batchnorm_after_binary_conv_folds_into_alpha_and_bias(tmp_path):
+    """fold_batchnorm merges a BN (random statistics, a negative γ included) into the BinaryConv before it; the
+    model's output in onnxruntime (function form) stays the same within float rounding."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgec.passes import get_pass
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    rng = np.random.default_rng(0)
+    c, o = 20, 12
+    bn = [rng.uniform(0.5, 2, o), rng.standard_normal(o), rng.standard_normal(o), rng.uniform(0.5, 2, o)]
+    bn[0][0] = -1.5
+    inits = [numpy_helper.from_array(rng.standard_normal((o, c, 3, 3)).astype(np.float32), "w")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip(bn, ("g", "b", "m", "v"))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["z"], epsilon=1e-3)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 9, 9])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, o, 5, 5])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "f.onnx"))
+    substitute(str(tmp_path / "f.onnx"), tmp_path / "b.onnx", SubstituteOptions(to="binary"))
+    model = ir.load(str(tmp_path / "b.onnx"))
+    assert [n.op_type for n in model.graph] == ["BinaryConv", "BatchNormalization"]
+    stats = get_pass("fold_batchnorm")(model)
+    assert [n.op_type for n in model.graph] == ["BinaryConv"], stats
+    ir.save(model, str(tmp_path / "folded.onnx"))
+    x = rng.standard_normal((1, c, 9, 9)).astype(np.float32)
+    run = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for f in ("b.onnx", "folded.onnx")]
+    assert np.abs(run[0]).max() > 1
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-5)
