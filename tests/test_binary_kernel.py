@@ -272,3 +272,16 @@ def test_batchnorm_after_binary_conv_folds_into_alpha_and_bias(tmp_path):
            for f in ("b.onnx", "folded.onnx")]
     assert np.abs(run[0]).max() > 1
     np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-5)
+
+
+def test_tuning_leaves_the_binary_kernels_alone(binary_model):
+    """`edgec tune` extracts the fused functions to search; the binary kernels are written scheduled (loop nests
+    without blocks: nothing to search), so they are no tuning tasks, while the float stem conv still is."""
+    import onnx
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.tuning import extract_tasks
+
+    names = [str(t.task_name) for t in extract_tasks(onnx.load(str(binary_model)), resolve_target("x86"))]
+    assert any("conv2d" in n for n in names)
+    assert not any(n.startswith("edgec_binary") for n in names), names
