@@ -195,8 +195,12 @@ def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_
     symbols = (out / "model.so").read_bytes()
     for i in range(5):
         assert f"edgec_binary_conv_{i}".encode() in symbols and f"edgec_binary_pack_{i}".encode() in symbols
-    # the ±1 float weights are gone: bits (uint32 words) instead of 4 bytes per weight
-    assert build["params"]["by_dtype"]["uint32"] < build["params"]["by_dtype"]["float32"]
+    # the ±1 float weights are gone: bits (uint32 words, 16 channels fill half a word) instead of 4 bytes each
+    inits = {t.name: t for t in onnx.load(str(binary_model)).graph.initializer}
+    bits = sum(int(np.prod(inits[n.input[1]].dims)) for n in calls)  # uint8 bytes; 16 and 32 channels: exact
+    params = build["params"]["by_dtype"]
+    assert bits <= params["uint32"] <= 2 * bits
+    assert params["float32"] < bits * 8  # the weights as ±1 floats alone would be bits · 8 · 4 bytes
     result = runner.invoke(main, ["verify", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output

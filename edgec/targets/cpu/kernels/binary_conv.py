@@ -6,9 +6,10 @@ a float layer costs. Packed, 32 input channels are one word and one ``xor`` + ``
 
 Two PrimFuncs, written as loop nests (they are scheduled by construction, ``tirx.is_scheduled``):
 
-* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits ``xp`` [N, Hp, Cw, Wp] uint32, the
-  spatial padding already in place as zero words (bit 0 = +1, edgec's padding value) and channels past C as zero
-  bits. Words along the width are contiguous, so the conv loads a vector of output columns at once.
+* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits ``xp`` [N, Hp, Cw, S, Wq] uint32
+  (S the column stride: padded column ``col`` at phase ``col % S``, index ``col // S``), the spatial padding
+  already in place as zero words (bit 0 = +1, edgec's padding value) and channels past C as zero bits. The words
+  an output vector's columns read are contiguous at any stride, so the conv loads them with one vector load.
 * :func:`conv_func` — ``xp`` and the weights packed at compile time (:func:`pack_weights`, [Op, kh, kw, Cw]) →
   ``y`` [N, O, OH, OW] float32 with the epilogue ``alpha[o]·(K − 2·pop) + b[o]`` fused. Each parallel task is one
   output row; a register tile of ``ob`` output channels × one vector of output columns accumulates int32 popcounts
@@ -105,15 +106,19 @@ class Plan:
         return s.h + s.pads[0] + s.pads[2]
 
     @property
-    def wp(self) -> int:
-        """Wide enough for every column a whole output vector reads (beyond the real padding: zero words)."""
+    def wq(self) -> int:
+        """Words per column phase: padded column ``col`` is stored at phase ``col % stride``, index
+        ``col // stride``, so output columns ``x..x+lanes`` read contiguous words at any stride (a strided
+        conv's loads were gathers: 1.6x slower per MAC). Wide enough for every column a whole output vector
+        reads (beyond the real padding: zero words)."""
         s = self.shape
-        needed = (self.ow_padded - 1) * s.strides[1] + (s.kw - 1) * s.dilations[1] + 1
-        return max(s.w + s.pads[1] + s.pads[3], needed)
+        sw = s.strides[1]
+        return max(-(-(s.w + s.pads[1] + s.pads[3]) // sw),
+                   self.ow_padded + (s.kw - 1) * s.dilations[1] // sw)
 
     @property
-    def packed_x_shape(self) -> tuple[int, int, int, int]:
-        return (self.shape.n, self.hp, self.shape.words, self.wp)
+    def packed_x_shape(self) -> tuple[int, int, int, int, int]:
+        return (self.shape.n, self.hp, self.shape.words, self.shape.strides[1], self.wq)
 
     @property
     def packed_w_shape(self) -> tuple[int, int, int, int]:
@@ -147,8 +152,9 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
 
     s = plan.shape
     n_, c_, h_, w_ = s.n, s.c, s.h, s.w
-    hp, wp, cw_ = plan.hp, plan.wp, s.words
+    hp, wq, cw_ = plan.hp, plan.wq, s.words
     pt, pl = s.pads[0], s.pads[1]
+    sw = s.strides[1]
     bits = WORD_BITS
     # A row in segments of whole vectors, then at most one half and one quarter vector, then scalars: a 14-wide
     # row is 8 + 4 + 2, not 14 scalar words.
@@ -161,7 +167,7 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
 
     # buffer types as names: TVMScript reads string dtypes inside annotations, pyflakes would not
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
-    xp_type = T.Buffer((n_, hp, cw_, wp), "uint32")
+    xp_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32")
 
     @T.macro
     def segment(x, shift, xp, nh, cw, begin, width, vectors):
@@ -176,24 +182,21 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
                         x[nh // hp, cw * bits + b, nh % hp - pt, begin + v * width + lane] + shift[cw * bits + b]
                         < T.float32(0), T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
             for lane in T.vectorized(width):
-                xp[nh // hp, nh % hp, cw, pl + begin + v * width + lane] = acc[lane]
+                xp[nh // hp, nh % hp, cw, (pl + begin + v * width + lane) % sw,
+                   (pl + begin + v * width + lane) // sw] = acc[lane]
 
     @T.prim_func
     def pack(x: x_type, shift: shift_type, xp: xp_type):
         for nh in T.parallel(n_ * hp):
             for cw in range(cw_):
+                for phase in range(sw):
+                    for col in T.vectorized(wq):
+                        xp[nh // hp, nh % hp, cw, phase, col] = T.uint32(0)
                 if nh % hp >= pt and nh % hp < pt + h_:
-                    for col in range(pl):
-                        xp[nh // hp, nh % hp, cw, col] = T.uint32(0)
-                    for col in range(wp - pl - w_):
-                        xp[nh // hp, nh % hp, cw, pl + w_ + col] = T.uint32(0)
                     segment(x, shift, xp, nh, cw, first[0], seg[0], count[0])
                     segment(x, shift, xp, nh, cw, first[1], seg[1], count[1])
                     segment(x, shift, xp, nh, cw, first[2], seg[2], count[2])
                     segment(x, shift, xp, nh, cw, first[3], seg[3], count[3])
-                else:
-                    for col in T.vectorized(wp):
-                        xp[nh // hp, nh % hp, cw, col] = T.uint32(0)
 
     return _finish(pack, symbol)
 
@@ -208,12 +211,12 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     kh_, kw_, cw_ = s.kh, s.kw, s.words
     sh, sw = s.strides
     dh, dw = s.dilations
-    hp, wp, op_ = plan.hp, plan.wp, plan.o_padded
+    hp, wq, op_ = plan.hp, plan.wq, plan.o_padded
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
     k_ = s.k
 
-    xp_type, w_type = T.Buffer((n_, hp, cw_, wp), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
+    xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
     y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
 
@@ -230,7 +233,8 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                         for oi in T.unroll(ob):
                             for lane in T.vectorized(lanes):
                                 acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
-                                    xp[ny // oh_, ny % oh_ * sh + i * dh, cw, (tx * lanes + lane) * sw + j * dw],
+                                    xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                       tx * lanes + lane + j * dw // sw],
                                     wpk[to * ob + oi, i, j, cw])))
                     for oi in T.unroll(ob):
                         if to * ob + oi < o_:
