@@ -267,6 +267,7 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     (:mod:`edgec.ops.functions`; the constants folded by ``lower_edgec_ops``). Every constant is checked, not
     assumed — W is ±1 and the added term is exactly each filter's sum — so the match is the binary conv's
     arithmetic whatever graph it came from, and replacing it is exact."""
+    import tvm
     from tvm import relax
 
     from edgec.targets.relax_rewrite import constant_value
@@ -290,7 +291,8 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
         return None
     a = conv.attrs
     if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"
-            or str(conv.ty.dtype) != "float32" or len(shifted.args[0].ty.shape) != 4):
+            or str(conv.ty.dtype) != "float32" or getattr(shifted.args[0].ty, "shape", None) is None
+            or len(shifted.args[0].ty.shape) != 4):
         return None
     values = [const(e) for e in (conv.args[1], integer.args[1], scaled.args[1], outer.args[1], shifted.args[1],
                                  less.args[1], where.args[1], where.args[2])]
@@ -302,10 +304,10 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
             or any(np.size(v) not in (1, n) for v, n in ((alpha, o), (bias, o), (shift, c)))
             or wsum.size != o or not np.array_equal(wsum.reshape(o), w.sum(axis=(1, 2, 3)))):
         return None
-    try:
-        x_shape = tuple(int(d) for d in shifted.args[0].ty.shape)
-    except TypeError:  # a symbolic dimension
-        return None
+    dims = list(shifted.args[0].ty.shape)
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None  # a symbolic dimension: the kernels are built for one static shape
+    x_shape = tuple(int(d) for d in dims)
     for v, n, axis in ((alpha, o, -3), (bias, o, -3), (shift, c, -3)):
         if np.size(v) == n and n > 1 and (np.ndim(v) < 3 or v.shape[axis] != n):
             return None  # a per-channel vector on some other axis
