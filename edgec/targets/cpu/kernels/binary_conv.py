@@ -117,7 +117,36 @@ class Plan:
                    self.ow_padded + (s.kw - 1) * s.dilations[1] // sw)
 
     @property
-    def packed_x_shape(self) -> tuple[int, int, int, int, int]:
+    def flat(self) -> bool:
+        """A stride-1 "same" conv (output as wide as the input: 3×3 pad 1, 1×1 pad 0) runs on the *flat* form:
+        output positions q = y·OW + x are one index, so a vector of 16 spans rows and a 14-wide row wastes no
+        lanes (the row kernel computes 16 columns for 14: 12.5 % of its work). Each cw plane stores the
+        vertically padded rows back to back without column padding, so the words a tap (i, j) reads for q..q+15
+        are contiguous (q + i·W + j − pad_left); the lanes whose column falls off the row's edge read a
+        neighbour row's word and are masked to 0 (+1, the padding value) by a per-tap mask."""
+        s = self.shape
+        return (s.strides == (1, 1) and s.dilations == (1, 1) and s.pads[1] + s.pads[3] == s.kw - 1
+                and s.ow == s.w)
+
+    @property
+    def q_vectors(self) -> int:
+        """Flat form: vectors of output positions per image."""
+        return -(-self.shape.oh * self.shape.ow // self.tiling.lanes)
+
+    @property
+    def slack(self) -> int:
+        """Flat form: zero words before a plane's first row (the left tap of position 0 reads at −pad_left)."""
+        return self.tiling.lanes
+
+    @property
+    def plane(self) -> int:
+        """Flat form: words per cw plane — slack, Hp·W rows, and zeros for the last vector's overhang."""
+        return self.slack + self.hp * self.shape.w + self.tiling.lanes + self.shape.kw
+
+    @property
+    def packed_x_shape(self) -> tuple[int, ...]:
+        if self.flat:
+            return (self.shape.n, self.shape.words, self.plane)
         return (self.shape.n, self.hp, self.shape.words, self.shape.strides[1], self.wq)
 
     @property
@@ -150,6 +179,8 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     ``symbol``."""
     from tvm.script import tirx as T
 
+    if plan.flat:
+        return _pack_flat(plan, symbol)
     s = plan.shape
     n_, c_, h_, w_ = s.n, s.c, s.h, s.w
     hp, wq, cw_ = plan.hp, plan.wq, s.words
@@ -206,6 +237,8 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     ``symbol``."""
     from tvm.script import tirx as T
 
+    if plan.flat:
+        return _conv_flat(plan, symbol)
     s = plan.shape
     n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
     kh_, kw_, cw_ = s.kh, s.kw, s.words
@@ -248,6 +281,117 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                                     y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = (
                                         alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
                                         + bias[to * ob + oi])
+
+    return _finish(conv, symbol)
+
+
+def _row_segments(width: int, lanes: int) -> list[tuple[int, int, int]]:
+    """(first column, vector width, vectors) covering ``width`` columns: whole vectors, then at most one half and
+    one quarter vector, then scalars (a 14-wide row is 8 + 4 + 2, not 14 scalar words)."""
+    seg = [lanes, lanes // 2, lanes // 4, 1] if lanes >= 4 else [lanes, 1, 1, 1]
+    count = [width // seg[0], 0, 0, 0]
+    for i in (1, 2, 3):
+        left = width - sum(c * w for c, w in zip(count, seg))
+        count[i] = left // seg[i] if i == 3 else min(1, left // seg[i])
+    first = [sum(c * w for c, w in zip(count[:i], seg[:i])) for i in range(4)]
+    return list(zip(first, seg, count))
+
+
+def _pack_flat(plan: Plan, symbol: str) -> Any:
+    """The flat form's pack: xp [N, Cw, plane], row h of the vertically padded image at slack + h·W."""
+    from tvm.script import tirx as T
+
+    s = plan.shape
+    n_, c_, h_, w_ = s.n, s.c, s.h, s.w
+    cw_, pt = s.words, s.pads[0]
+    slack, plane = plan.slack, plan.plane
+    bits = WORD_BITS
+    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
+    x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
+    xp_type = T.Buffer((n_, cw_, plane), "uint32")
+
+    @T.macro
+    def segment(x, shift, xp, n, cw, h, begin, width, vectors):
+        for v in range(vectors):
+            acc = T.alloc_buffer((width,), "uint32", scope="local")
+            for lane in T.vectorized(width):
+                acc[lane] = T.uint32(0)
+            for b in range(T.min(bits, c_ - cw * bits)):
+                for lane in T.vectorized(width):
+                    acc[lane] = T.bitwise_or(acc[lane], T.Select(
+                        x[n, cw * bits + b, h, begin + v * width + lane] + shift[cw * bits + b] < T.float32(0),
+                        T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+            for lane in T.vectorized(width):
+                xp[n, cw, slack + (h + pt) * w_ + begin + v * width + lane] = acc[lane]
+
+    @T.prim_func
+    def pack(x: x_type, shift: shift_type, xp: xp_type):
+        for nc in T.parallel(n_ * cw_):
+            for col in range(slack + pt * w_):
+                xp[nc // cw_, nc % cw_, col] = T.uint32(0)
+            for col in range(plane - slack - (pt + h_) * w_):
+                xp[nc // cw_, nc % cw_, slack + (pt + h_) * w_ + col] = T.uint32(0)
+            for h in range(h_):
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f0, s0, c0)
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f1, s1, c1)
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f2, s2, c2)
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f3, s3, c3)
+
+    return _finish(pack, symbol)
+
+
+def _conv_flat(plan: Plan, symbol: str) -> Any:
+    """The flat form's conv: each parallel task is one vector of output positions of one image; per tap column j
+    a mask (all ones, or 0 where the column leaves the row) is computed once and and-ed into the loaded words."""
+    from tvm.script import tirx as T
+
+    s = plan.shape
+    n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
+    kh_, kw_, cw_ = s.kh, s.kw, s.words
+    pl, w_ = s.pads[1], s.w
+    op_, slack, plane, qv_ = plan.o_padded, plan.slack, plan.plane, plan.q_vectors
+    lanes, ob = plan.tiling.lanes, plan.tiling.ob
+    tiles_o, q_ = op_ // ob, oh_ * ow_
+    k_ = s.k
+
+    xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
+    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
+    y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
+
+    @T.prim_func
+    def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y4: y_type):
+        y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
+        for nq in T.parallel(n_ * qv_):
+            acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            mask = T.alloc_buffer((kw_, lanes), "uint32", scope="local")
+            for j in range(kw_):
+                for lane in T.vectorized(lanes):
+                    mask[j, lane] = T.Select(
+                        (nq % qv_ * lanes + lane) % ow_ + j - pl >= 0
+                        and (nq % qv_ * lanes + lane) % ow_ + j - pl < w_, T.uint32(0xFFFFFFFF), T.uint32(0))
+            for to in range(tiles_o):
+                for oi in T.unroll(ob):
+                    for lane in T.vectorized(lanes):
+                        acc[oi, lane] = 0
+                for i, j, cw in T.grid(kh_, kw_, cw_):
+                    for oi in T.unroll(ob):
+                        for lane in T.vectorized(lanes):
+                            acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
+                                T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl],
+                                              mask[j, lane]),
+                                wpk[to * ob + oi, i, j, cw])))
+                for oi in T.unroll(ob):
+                    if to * ob + oi < o_:
+                        if nq % qv_ * lanes + lanes <= q_:
+                            for lane in T.vectorized(lanes):
+                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = (
+                                    alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
+                                    + bias[to * ob + oi])
+                        else:
+                            for lane in range(q_ - nq % qv_ * lanes):
+                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = (
+                                    alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
+                                    + bias[to * ob + oi])
 
     return _finish(conv, symbol)
 
