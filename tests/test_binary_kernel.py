@@ -103,6 +103,16 @@ def test_integer_part_exact(host_build, i):
         np.testing.assert_array_equal(want, ref.binary_conv_xnor(x, w, shift, s.strides, s.pads, s.dilations, 32))
 
 
+def test_sweep_runs_both_kernel_forms(host_build):
+    """Stride-1 "same" convs take the flat form, the others (strided, unpadded 3×3, padded 1×1, dilated) the row
+    form."""
+    plans, _ = host_build
+    flat = {(p.shape.kh, p.shape.strides[0], p.shape.pads[0]) for p in plans if p.flat}
+    rows = {(p.shape.kh, p.shape.strides[0], p.shape.pads[0]) for p in plans if not p.flat}
+    assert flat == {(3, 1, 1), (1, 1, 0)}
+    assert rows == {(3, 1, 0), (3, 2, 0), (3, 2, 1), (1, 1, 1), (1, 2, 0), (1, 2, 1), (3, 1, 2)}  # + dilated
+
+
 def test_float_output_with_alpha_and_bias(host_build):
     plans, lib = host_build
     for i in (3, 17, len(CASES) - 1):
