@@ -115,7 +115,7 @@ def test_sweep_runs_both_kernel_forms(host_build):
 
 def test_float_output_with_alpha_and_bias(host_build):
     plans, lib = host_build
-    for i in (3, 17, len(CASES) - 1):
+    for i in (3, 12, 17, len(CASES) - 1):  # rows, flat, rows strided, dilated
         plan = plans[i]
         s = plan.shape
         x, shift, w = _data(plan, 100 + i)
