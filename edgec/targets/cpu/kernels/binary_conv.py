@@ -4,21 +4,29 @@ Why: the inlined function body computes a binary conv as a float conv on ±1 val
 a float layer costs. Packed, 32 input channels are one word and one ``xor`` + ``popcount`` replaces 32 multiply-adds
 (Σ s·w = K − 2·popcount(x xor w), :mod:`edgec.ops.reference`).
 
-Two PrimFuncs, written as loop nests (they are scheduled by construction, ``tirx.is_scheduled``):
+Two PrimFuncs per layer, written as loop nests (scheduled by construction, ``tirx.is_scheduled``), in one of two
+forms (:attr:`Plan.flat`):
 
-* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits ``xp`` [N, Hp, Cw, S, Wq] uint32
-  (S the column stride: padded column ``col`` at phase ``col % S``, index ``col // S``), the spatial padding
-  already in place as zero words (bit 0 = +1, edgec's padding value) and channels past C as zero bits. The words
-  an output vector's columns read are contiguous at any stride, so the conv loads them with one vector load.
+* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits in uint32 words, 32 channels per word,
+  the spatial padding in place as zero words (bit 0 = +1, edgec's padding value), channels past C zero bits.
+  Row form: ``xp`` [N, Hp, Cw, S, Wq] (S the column stride: padded column ``col`` at phase ``col % S``, index
+  ``col // S``, so an output vector's columns read contiguous words at any stride). Flat form (stride-1 "same"
+  convs): ``xp`` [N, Cw, plane], the vertically padded rows of a word plane back to back.
 * :func:`conv_func` — ``xp`` and the weights packed at compile time (:func:`pack_weights`, [Op, kh, kw, Cw]) →
-  ``y`` [N, O, OH, OW] float32 with the epilogue ``alpha[o]·(K − 2·pop) + b[o]`` fused. Each parallel task is one
-  output row; a register tile of ``ob`` output channels × one vector of output columns accumulates int32 popcounts
-  over (kh, kw, Cw): one activation vector load serves ``ob`` broadcast-xor-popcount-adds. LLVM turns the vector
-  ``ctpop`` into ``vpopcntd`` where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2.
+  ``y`` [N, O, OH, OW] float32 with the epilogue ``alpha[o]·(K − 2·pop) + b[o]`` fused. A register tile of ``ob``
+  output channels × one vector of outputs accumulates int32 popcounts over (kh, kw, Cw): one activation vector
+  load serves ``ob`` broadcast-xor-popcount-adds. Row form: a parallel task per output row, vectors of output
+  columns (a 14-wide row computes 16). Flat form: a task per vector of output positions ``y·OW + x`` (vectors span
+  rows; the taps that leave a row's edge are masked to +1). LLVM turns the vector ``ctpop`` into ``vpopcntd``
+  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2.
 
-Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Output columns
-are computed in whole vectors (the packed row is wide enough, extra columns read zero padding) and only the real
-ones are stored; output channels are padded to whole tiles in the packed weights and not stored.
+Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
+in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
+stored; output channels are padded to whole tiles in the packed weights and not stored.
+
+Cost: three vector ALU operations (xor with a broadcast weight word, popcount, add) per 32·lanes binary MACs;
+on AVX-512 that is ~2 T binary MAC/s per Zen 5 core, 7-8x edgec's float 3x3 conv (Winograd) end to end
+(bench/binary_conv.py).
 """
 
 from __future__ import annotations
