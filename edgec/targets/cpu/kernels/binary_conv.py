@@ -25,7 +25,7 @@ in whole vectors (the packed buffers are long enough, extra positions read zero 
 stored; output channels are padded to whole tiles in the packed weights and not stored.
 
 Cost: three vector ALU operations (xor with a broadcast weight word, popcount, add) per 32·lanes binary MACs;
-on AVX-512 that is ~2 T binary MAC/s per Zen 5 core, 7-8x edgec's float 3x3 conv (Winograd) end to end
+on AVX-512 that is ~2 T binary MAC/s per Zen 5 core, 6-8x edgec's float 3x3 conv (Winograd) end to end
 (bench/binary_conv.py).
 """
 
