@@ -19,6 +19,7 @@ LAYERS = [(k, s, p, h, w) for (k, s, p), (h, w) in zip(itertools.product((3, 1),
 # choices alternates), each layer with three channel counts; one compile for all of them stays a few seconds.
 CASES = [(c, *layer) for i, c in enumerate(CHANNELS) for j, layer in enumerate(LAYERS)
          if (j ^ (j >> 1) ^ (j >> 2)) % 2 == i % 2] + [(33, 3, 1, 2, 9, 9, 2)]  # + one dilated
+CASES += [(5, 5, 1, 2, 6, 13), (40, 3, 1, 1, 1, 1)]  # a 5×5 "same" conv (pad 2), a 1×1 image
 
 
 def _shape(case):
@@ -109,13 +110,13 @@ def test_sweep_runs_both_kernel_forms(host_build):
     plans, _ = host_build
     flat = {(p.shape.kh, p.shape.strides[0], p.shape.pads[0]) for p in plans if p.flat}
     rows = {(p.shape.kh, p.shape.strides[0], p.shape.pads[0]) for p in plans if not p.flat}
-    assert flat == {(3, 1, 1), (1, 1, 0)}
+    assert flat == {(3, 1, 1), (1, 1, 0), (5, 1, 2)}
     assert rows == {(3, 1, 0), (3, 2, 0), (3, 2, 1), (1, 1, 1), (1, 2, 0), (1, 2, 1), (3, 1, 2)}  # + dilated
 
 
 def test_float_output_with_alpha_and_bias(host_build):
     plans, lib = host_build
-    for i in (3, 12, 17, len(CASES) - 1):  # rows, flat, rows strided, dilated
+    for i in (3, 12, 17, 24):  # rows, flat, rows strided, dilated
         plan = plans[i]
         s = plan.shape
         x, shift, w = _data(plan, 100 + i)
@@ -135,7 +136,7 @@ def test_avx2_build_runs_exactly_here():
 
     if "avx2" not in host_features("x86_64"):
         pytest.skip("this host has no AVX2")
-    cases = [CASES[1], CASES[12], CASES[-1]]
+    cases = [CASES[1], CASES[12], CASES[24], CASES[25]]  # rows, flat, dilated, 5×5 flat
     plans, lib = _build(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}),
                         cases)
     assert plans[0].tiling.lanes == 8 and plans[0].tiling.ob == 4

@@ -144,7 +144,7 @@ class Plan:
     @property
     def slack(self) -> int:
         """Flat form: zero words before a plane's first row (the left tap of position 0 reads at −pad_left)."""
-        return self.tiling.lanes
+        return max(self.tiling.lanes, self.shape.pads[1])
 
     @property
     def plane(self) -> int:
