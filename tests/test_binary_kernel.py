@@ -250,6 +250,12 @@ def test_fallback_is_decided_by_target_features(binary_model):
     for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target()):
         n, stats, convs = kernels(target)
         assert (n, stats["layers"], convs) == (5, 5, 1)  # only the float stem is left a conv2d
+    # the float model it came from has convs of the same shapes and no binary body: nothing is taken
+    from edgec.models import default_model_path
+
+    mod = to_relax(onnx.load(str(default_model_path())))
+    n, stats, convs = kernels(resolve_target("x86").tvm_target())
+    assert n == 0 and not stats.get("layers") and convs == 6
 
 
 def test_batchnorm_after_binary_conv_folds_into_alpha_and_bias(tmp_path):
