@@ -9,9 +9,10 @@ The binary figure includes packing the float input into sign bits (the kernel's 
 All run at 1 thread (TVM_NUM_THREADS=1, onnxruntime intra/inter-op 1), interleaved round by round (A B C,
 C B A, ...); ratios are per round, summarised by their median (min-max). Usage:
 
-    TVM_NUM_THREADS=1 .venv/bin/python bench/binary_conv.py [--layers 256x28,256x14,128x56] [--rounds 9]
+    TVM_NUM_THREADS=1 .venv/bin/python bench/binary_conv.py [--layers 256x28,256x14,128x56] [--rounds 9] [--network]
 
-A layer ``CxS`` is C input = output channels on an S×S image, 3×3, stride 1, pad 1, batch 1.
+A layer ``CxS`` is C input = output channels on an S×S image, 3×3, stride 1, pad 1, batch 1. ``--network`` adds
+the embedded MNIST model, float against its binary substitute (first and last layers float).
 """
 
 from __future__ import annotations
@@ -98,9 +99,43 @@ def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
             "float_over_binary": vs_float["median"], "ort_over_binary": vs_ort["median"]}
 
 
+def bench_network(rounds: int, work: Path) -> dict:
+    """The embedded MNIST model, float vs `edgec substitute --to binary --skip first,last` (five binary convs of
+    16-32 channels), both compiled by edgec: what a whole small network gains."""
+    import tvm
+    from tvm import relax
+
+    from edgec.models import default_model_path
+    from edgec.ops.substitute import parse_skip
+    from edgec.toolchain.api import compile as edgec_compile
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    binary_path = work / "mnist-binary.onnx"
+    substitute(str(default_model_path()), binary_path, SubstituteOptions(to="binary", skip=parse_skip("first,last")))
+    results = {"float": edgec_compile(default_model_path(), output=work / "mnist-float"),
+               "binary": edgec_compile(binary_path, output=work / "mnist-binary")}
+    taken = results["binary"].artifact.manifest["target"]["build"].get("binary_conv", {}).get("layers", 0)
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    runs = {}
+    for key in ("binary", "float"):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
+        vm.set_input("main", tvm.runtime.tensor(x))
+        runs[f"edgec {key}"] = (lambda vm=vm: vm.invoke_stateful("main"))
+    times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
+    rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
+    print(format_table(rows, [f"mnist ({taken} binary convs, 1 thread)", "median ms", "min ms", "max ms"]))
+    ratio = ratio_stats(times, "edgec float", "edgec binary")
+    print(f"mnist: edgec float / edgec binary time, per round: median {ratio['median']:.2f}x "
+          f"(min {ratio['min']:.2f}x - max {ratio['max']:.2f}x)")
+    print()
+    return {"layer": "mnist", "binary_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
+            "float_over_binary": ratio["median"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default="256x28,256x14,128x56")
+    ap.add_argument("--network", action="store_true", help="also the embedded MNIST model, float vs binary")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
@@ -112,6 +147,8 @@ def main() -> int:
     for spec in (s.strip() for s in args.layers.split(",") if s.strip()):
         channels, size = (int(v) for v in spec.split("x"))
         figures.append(bench_layer(channels, size, args.rounds, work))
+    if args.network:
+        figures.append(bench_network(args.rounds, work))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
