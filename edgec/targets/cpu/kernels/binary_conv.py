@@ -195,14 +195,7 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     pt, pl = s.pads[0], s.pads[1]
     sw = s.strides[1]
     bits = WORD_BITS
-    # A row in segments of whole vectors, then at most one half and one quarter vector, then scalars: a 14-wide
-    # row is 8 + 4 + 2, not 14 scalar words.
-    seg = [lanes, lanes // 2, lanes // 4, 1] if (lanes := plan.tiling.lanes) >= 4 else [lanes, 1, 1, 1]
-    count = [w_ // seg[0], 0, 0, 0]
-    for i in (1, 2, 3):
-        left = w_ - sum(c * w for c, w in zip(count, seg))
-        count[i] = left // seg[i] if i == 3 else min(1, left // seg[i])
-    first = [sum(c * w for c, w in zip(count[:i], seg[:i])) for i in range(4)]
+    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
 
     # buffer types as names: TVMScript reads string dtypes inside annotations, pyflakes would not
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
@@ -232,10 +225,10 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
                     for col in T.vectorized(wq):
                         xp[nh // hp, nh % hp, cw, phase, col] = T.uint32(0)
                 if nh % hp >= pt and nh % hp < pt + h_:
-                    segment(x, shift, xp, nh, cw, first[0], seg[0], count[0])
-                    segment(x, shift, xp, nh, cw, first[1], seg[1], count[1])
-                    segment(x, shift, xp, nh, cw, first[2], seg[2], count[2])
-                    segment(x, shift, xp, nh, cw, first[3], seg[3], count[3])
+                    segment(x, shift, xp, nh, cw, f0, s0, c0)
+                    segment(x, shift, xp, nh, cw, f1, s1, c1)
+                    segment(x, shift, xp, nh, cw, f2, s2, c2)
+                    segment(x, shift, xp, nh, cw, f3, s3, c3)
 
     return _finish(pack, symbol)
 
