@@ -4,7 +4,8 @@ float net — then both exported to edgec's ONNX function form, compiled for x86
 
 Recipe (1 thread, kept short): the float MnistResNet is trained first; each student starts from its weights
 (``edgec.nn.convert``, first/last layers float) and is trained with labels (Adam, cosine decay). Latency figures
-(the binary/adder kernels) are not part of this bench yet: the ops run through their inlined function bodies.
+are not part of this bench: the binary conv kernel's are bench/binary_conv.py's (the adder kernel does not exist
+yet: AdderConv runs through its inlined function body).
 
     python bench/binary.py [--epochs 8] [--student-epochs 12] [--only binary,adder] [--no-compile]
 """

@@ -1,8 +1,10 @@
 """edgec's own ops (``edgec::BinaryConv``/``BinaryGemm``/``AdderConv``) before TVM's importer sees the graph.
 
-Until their kernels exist in the CPU kernel table, each call is replaced by its function body (standard ops) and
-the constant part folded (bit-packed weights unpacked to ±1 floats, one-hot unfold filters, shape arithmetic), so
-the model compiles and computes exactly what onnxruntime computes on the function form: correct first, fast later.
+Each call is replaced by its function body (standard ops) and the constant part folded (bit-packed weights
+unpacked to ±1 floats, one-hot unfold filters, shape arithmetic), so the model compiles and computes exactly what
+onnxruntime computes on the function form on every target. Where a fast kernel exists, the CPU build finds the
+imported body again and replaces it (``BinaryConv`` on x86: cpu/kernels/binary_conv.binary_conv_pass, which checks
+every constant of the body, so the match is exact); elsewhere the float body runs.
 The artifact's optimized.onnx keeps the function form; only the library sees the inlined graph.
 """
 

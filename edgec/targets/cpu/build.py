@@ -41,6 +41,7 @@ class BuildReport:
     packed: dict[str, Any] = dataclasses.field(default_factory=dict)  # int4/binary weights packed (int4_pack)
     tuning: dict[str, Any] | None = None  # what the tuning database scheduled (tuning.apply_database_pass)
     kernels: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # kernel_list.kernel_table
+    binary: dict[str, Any] = dataclasses.field(default_factory=dict)  # binary convs on the popcount kernel
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tvm_target": self.tvm_target, "isa": self.isa, "cpu_options": self.options,
@@ -50,6 +51,8 @@ class BuildReport:
             out["integer_layers"] = self.integer_layers
         if self.tuning is not None:
             out["tuning"] = dict(self.tuning)
+        if self.binary.get("layers"):
+            out["binary_conv"] = dict(self.binary)
         return out
 
 
@@ -83,7 +86,8 @@ def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = 
     return passes
 
 
-def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: dict[str, Any] | None = None) -> list:
+def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: dict[str, Any] | None = None,
+                  binary: dict[str, Any] | None = None) -> list:
     """Relax → fused PrimFuncs: blocked conv layouts, legalization (the kernel table's), fusion.
 
     The weights' layout transforms are constants here, so FoldConstant prepacks them. Tuning extracts its tasks
@@ -92,6 +96,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from tvm import relax
 
     from edgec.targets.cpu.fast_math import fast_math_pass
+    from edgec.targets.cpu.kernels.binary_conv import binary_conv_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass
@@ -103,6 +108,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
 
     isa = isa_of(target)
     return [
+        binary_conv_pass(isa, binary),  # edgec::BinaryConv's float body → bit-packed XNOR/popcount kernel
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
         conv1d_pass(isa),  # 1-D convs as im2col + matmul (long kernels) or 2-D convs of unit height
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
@@ -137,12 +143,13 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
     from edgec.targets.kernel_list import kernel_table
 
     packed = report.packed if report is not None else None
+    binary = report.binary if report is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target, options, l2,
-                                                                                               packed)
+                                                                                               packed, binary)
                                            + list(scheduling) + cpu.dataflow_lower_passes(target)
                                            + cpu.finalize_passes(target))
             mod = seq(mod)

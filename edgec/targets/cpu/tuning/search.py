@@ -111,6 +111,8 @@ def extract_tasks(model, preset, options: CpuOptions = DEFAULT) -> list:
     _require_cpu(preset)
     tasks = ms.relax_integration.extract_tasks(fused_module(model, preset, options), preset.tvm_target(),
                                                module_equality="structural")
+    # Kernels written already scheduled (the binary conv's loop nests, int4 unpacking) have no blocks to search.
+    tasks = [t for t in tasks if not (t.dispatched[0]["main"].attrs or {}).get("tirx.is_scheduled", False)]
     return sorted(tasks, key=lambda t: str(t.task_name))
 
 

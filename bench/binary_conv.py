@@ -1,0 +1,158 @@
+"""Issue 19: edgec's bit-packed binary conv (XNOR/popcount kernel, cpu/kernels/binary_conv.py) against edgec's
+float conv of the same layer and onnxruntime's float conv. Bound: the binary layer ≥ 10× faster than edgec's float
+conv of the same shape. The host CPU and its ISA features are printed first.
+
+Per layer shape, one float model (a single 3×3 Conv with bias, random weights) is written; `edgec substitute --to
+binary` turns it into a one-``edgec::BinaryConv`` model (weights bit-packed, alpha, shift, bias); both are
+compiled by `edgec compile` for this host (verified against onnxruntime), and onnxruntime runs the float model.
+The binary figure includes packing the float input into sign bits (the kernel's pack step), as in a network.
+All run at 1 thread (TVM_NUM_THREADS=1, onnxruntime intra/inter-op 1), interleaved round by round (A B C,
+C B A, ...); ratios are per round, summarised by their median (min-max). Usage:
+
+    TVM_NUM_THREADS=1 .venv/bin/python bench/binary_conv.py [--layers 256x28,256x14,128x56] [--rounds 9] [--network]
+
+A layer ``CxS`` is C input = output channels on an S×S image, 3×3, stride 1, pad 1, batch 1. ``--network`` adds
+the embedded MNIST model, float against its binary substitute (first and last layers float).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from _timing import fmt_ms, format_table, interleaved, median, ratio_stats  # noqa: E402
+
+BOUND = 10.0  # binary ≥ 10× faster than edgec's float conv of the same layer (issue 19)
+
+
+def float_conv_model(channels: int, size: int, seed: int = 0):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+    b = (rng.standard_normal(channels) * 0.1).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
+    import onnx
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from edgec.toolchain.api import compile as edgec_compile
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    name = f"{channels}x{size}"
+    float_path = work / f"{name}-float.onnx"
+    onnx.save(float_conv_model(channels, size), str(float_path))
+    binary_path = work / f"{name}-binary.onnx"
+    substitute(str(float_path), binary_path, SubstituteOptions(to="binary", skip=()))
+    results = {"float": edgec_compile(float_path, output=work / f"{name}-float"),
+               "binary": edgec_compile(binary_path, output=work / f"{name}-binary")}
+    taken = results["binary"].artifact.manifest["target"]["build"].get("binary_conv", {}).get("layers", 0)
+    for label, res in results.items():
+        print(f"# {name} {label}: verify {res.verification.summary()}")
+    print(f"# {name}: binary layers on the popcount kernel: {taken}")
+
+    x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
+    runs = {}
+    for label, key in (("edgec binary", "binary"), ("edgec float", "float")):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
+        vm.set_input("main", tvm.runtime.tensor(x))
+        runs[label] = (lambda vm=vm: vm.invoke_stateful("main"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(float_path), opts, providers=["CPUExecutionProvider"])
+    runs["onnxruntime float"] = lambda: sess.run(None, {"x": x})
+
+    times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
+    macs = channels * channels * 9 * size * size
+    rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t)), f"{macs / median(t) / 1e9:.1f}"]
+            for label, t in times.items()]
+    print(format_table(rows, [f"{name} 3x3 (1 thread)", "median ms", "min ms", "max ms", "G(bin)MAC/s"]))
+    vs_float = ratio_stats(times, "edgec float", "edgec binary")
+    vs_ort = ratio_stats(times, "onnxruntime float", "edgec binary")
+    verdict = "MEETS" if vs_float["median"] >= BOUND else "MISSES"
+    print(f"{name}: edgec float / edgec binary time, per round: median {vs_float['median']:.1f}x "
+          f"(min {vs_float['min']:.1f}x - max {vs_float['max']:.1f}x, {vs_float['rounds']} rounds): {verdict} "
+          f"the >= {BOUND:.0f}x bound")
+    print(f"{name}: onnxruntime float / edgec binary time, per round: median {vs_ort['median']:.1f}x "
+          f"(min {vs_ort['min']:.1f}x - max {vs_ort['max']:.1f}x)")
+    print()
+    return {"layer": name, "binary_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
+            "float_over_binary": vs_float["median"], "ort_over_binary": vs_ort["median"]}
+
+
+def bench_network(rounds: int, work: Path) -> dict:
+    """The embedded MNIST model, float vs `edgec substitute --to binary --skip first,last` (five binary convs of
+    16-32 channels), both compiled by edgec: what a whole small network gains."""
+    import tvm
+    from tvm import relax
+
+    from edgec.models import default_model_path
+    from edgec.ops.substitute import parse_skip
+    from edgec.toolchain.api import compile as edgec_compile
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    binary_path = work / "mnist-binary.onnx"
+    substitute(str(default_model_path()), binary_path, SubstituteOptions(to="binary", skip=parse_skip("first,last")))
+    results = {"float": edgec_compile(default_model_path(), output=work / "mnist-float"),
+               "binary": edgec_compile(binary_path, output=work / "mnist-binary")}
+    taken = results["binary"].artifact.manifest["target"]["build"].get("binary_conv", {}).get("layers", 0)
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    runs = {}
+    for key in ("binary", "float"):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
+        vm.set_input("main", tvm.runtime.tensor(x))
+        runs[f"edgec {key}"] = (lambda vm=vm: vm.invoke_stateful("main"))
+    times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
+    rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
+    print(format_table(rows, [f"mnist ({taken} binary convs, 1 thread)", "median ms", "min ms", "max ms"]))
+    ratio = ratio_stats(times, "edgec float", "edgec binary")
+    print(f"mnist: edgec float / edgec binary time, per round: median {ratio['median']:.2f}x "
+          f"(min {ratio['min']:.2f}x - max {ratio['max']:.2f}x)")
+    print()
+    return {"layer": "mnist", "binary_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
+            "float_over_binary": ratio["median"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", default="256x28,256x14,128x56")
+    ap.add_argument("--network", action="store_true", help="also the embedded MNIST model, float vs binary")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgec-binary-conv-bench-"))
+    import compile_vs_ort
+
+    print(f"# binary_conv: {compile_vs_ort.host_line()}", flush=True)
+    figures = []
+    for spec in (s.strip() for s in args.layers.split(",") if s.strip()):
+        channels, size = (int(v) for v in spec.split("x"))
+        figures.append(bench_layer(channels, size, args.rounds, work))
+    if args.network:
+        figures.append(bench_network(args.rounds, work))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,516 @@
+"""Bit-packed binary convolution (``edgec::BinaryConv``, issue 19): XNOR/popcount on 32-bit words.
+
+Why: the inlined function body computes a binary conv as a float conv on ±1 values, so a binary layer costs what
+a float layer costs. Packed, 32 input channels are one word and one ``xor`` + ``popcount`` replaces 32 multiply-adds
+(Σ s·w = K − 2·popcount(x xor w), :mod:`edgec.ops.reference`).
+
+Two PrimFuncs per layer, written as loop nests (scheduled by construction, ``tirx.is_scheduled``), in one of two
+forms (:attr:`Plan.flat`):
+
+* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits in uint32 words, 32 channels per word,
+  the spatial padding in place as zero words (bit 0 = +1, edgec's padding value), channels past C zero bits.
+  Row form: ``xp`` [N, Hp, Cw, S, Wq] (S the column stride: padded column ``col`` at phase ``col % S``, index
+  ``col // S``, so an output vector's columns read contiguous words at any stride). Flat form (stride-1 "same"
+  convs): ``xp`` [N, Cw, plane], the vertically padded rows of a word plane back to back.
+* :func:`conv_func` — ``xp`` and the weights packed at compile time (:func:`pack_weights`, [Op, kh, kw, Cw]) →
+  ``y`` [N, O, OH, OW] float32 with the epilogue ``alpha[o]·(K − 2·pop) + b[o]`` fused. A register tile of ``ob``
+  output channels × one vector of outputs accumulates int32 popcounts over (kh, kw, Cw): one activation vector
+  load serves ``ob`` broadcast-xor-popcount-adds. Row form: a parallel task per output row, vectors of output
+  columns (a 14-wide row computes 16). Flat form: a task per vector of output positions ``y·OW + x`` (vectors span
+  rows; the taps that leave a row's edge are masked to +1). LLVM turns the vector ``ctpop`` into ``vpopcntd``
+  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2.
+
+Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
+in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
+stored; output channels are padded to whole tiles in the packed weights and not stored.
+
+Cost: three vector ALU operations (xor with a broadcast weight word, popcount, add) per 32·lanes binary MACs;
+on AVX-512 that is ~2 T binary MAC/s per Zen 5 core, 6-8x edgec's float 3x3 conv (Winograd) end to end
+(bench/binary_conv.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from edgec.ops.packing import pack_signs
+
+WORD_BITS = 32
+PACK_SYMBOL = "edgec_binary_pack"
+CONV_SYMBOL = "edgec_binary_conv"
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryConvShape:
+    """One binary conv layer's static shape and attributes (ONNX Conv's, group 1); ``pads`` = (top, left,
+    bottom, right)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+
+    @property
+    def oh(self) -> int:
+        return (self.h + self.pads[0] + self.pads[2] - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
+
+    @property
+    def ow(self) -> int:
+        return (self.w + self.pads[1] + self.pads[3] - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
+
+    @property
+    def words(self) -> int:
+        return -(-self.c // WORD_BITS)
+
+    @property
+    def k(self) -> int:
+        """The reduction length that counts: real channels × window."""
+        return self.c * self.kh * self.kw
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """The register tile: ``ob`` output channels × ``lanes`` output columns (one vector of int32)."""
+
+    lanes: int
+    ob: int
+
+    @classmethod
+    def for_isa(cls, isa: Any, o: int) -> Tiling:
+        """16 lanes and 8 channels with AVX-512's 32 registers; 8 lanes and 4 channels with 16 registers (the
+        AVX2 nibble count needs a lookup table, a mask and temporaries besides the accumulators)."""
+        ob = 8 if isa.vector_registers >= 32 else 4
+        return cls(lanes=isa.lanes, ob=min(ob, o))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The packed buffers' sizes a shape and a tiling imply."""
+
+    shape: BinaryConvShape
+    tiling: Tiling
+
+    @property
+    def ow_padded(self) -> int:
+        lanes = self.tiling.lanes
+        return -(-self.shape.ow // lanes) * lanes
+
+    @property
+    def o_padded(self) -> int:
+        return -(-self.shape.o // self.tiling.ob) * self.tiling.ob
+
+    @property
+    def hp(self) -> int:
+        s = self.shape
+        return s.h + s.pads[0] + s.pads[2]
+
+    @property
+    def wq(self) -> int:
+        """Words per column phase: padded column ``col`` is stored at phase ``col % stride``, index
+        ``col // stride``, so output columns ``x..x+lanes`` read contiguous words at any stride (a strided
+        conv's loads were gathers: 1.6x slower per MAC). Wide enough for every column a whole output vector
+        reads (beyond the real padding: zero words)."""
+        s = self.shape
+        sw = s.strides[1]
+        return max(-(-(s.w + s.pads[1] + s.pads[3]) // sw),
+                   self.ow_padded + (s.kw - 1) * s.dilations[1] // sw)
+
+    @property
+    def flat(self) -> bool:
+        """A stride-1 "same" conv (output as wide as the input: 3×3 pad 1, 1×1 pad 0) runs on the *flat* form:
+        output positions q = y·OW + x are one index, so a vector of 16 spans rows and a 14-wide row wastes no
+        lanes (the row kernel computes 16 columns for 14: 12.5 % of its work). Each cw plane stores the
+        vertically padded rows back to back without column padding, so the words a tap (i, j) reads for q..q+15
+        are contiguous (q + i·W + j − pad_left); the lanes whose column falls off the row's edge read a
+        neighbour row's word and are masked to 0 (+1, the padding value) by a per-tap mask."""
+        s = self.shape
+        return (s.strides == (1, 1) and s.dilations == (1, 1) and s.pads[1] + s.pads[3] == s.kw - 1
+                and s.ow == s.w)
+
+    @property
+    def q_vectors(self) -> int:
+        """Flat form: vectors of output positions per image."""
+        return -(-self.shape.oh * self.shape.ow // self.tiling.lanes)
+
+    @property
+    def slack(self) -> int:
+        """Flat form: zero words before a plane's first row (the left tap of position 0 reads at −pad_left)."""
+        return max(self.tiling.lanes, self.shape.pads[1])
+
+    @property
+    def plane(self) -> int:
+        """Flat form: words per cw plane — slack, Hp·W rows, and zeros for the last vector's overhang."""
+        return self.slack + self.hp * self.shape.w + self.tiling.lanes + self.shape.kw
+
+    @property
+    def packed_x_shape(self) -> tuple[int, ...]:
+        if self.flat:
+            return (self.shape.n, self.shape.words, self.plane)
+        return (self.shape.n, self.hp, self.shape.words, self.shape.strides[1], self.wq)
+
+    @property
+    def packed_w_shape(self) -> tuple[int, int, int, int]:
+        return (self.o_padded, self.shape.kh, self.shape.kw, self.shape.words)
+
+
+def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
+    """Sign bits of ``w`` — float [O, C, kh, kw] or ±1 — as the conv's uint32 [Op, kh, kw, Cw] (extra output
+    channels all zero words)."""
+    words = pack_signs(np.asarray(w, np.float32), axis=1, word_bits=WORD_BITS)  # [O, Cw, kh, kw]
+    out = np.zeros(plan.packed_w_shape, np.uint32)
+    out[: w.shape[0]] = np.transpose(words, (0, 2, 3, 1))
+    return out
+
+
+def padded_vector(values: np.ndarray, plan: Plan) -> np.ndarray:
+    """A per-output-channel float vector (alpha, bias) padded with zeros to the tiled channel count."""
+    out = np.zeros(plan.o_padded, np.float32)
+    out[: values.shape[0]] = values
+    return out
+
+
+def _finish(func: Any, symbol: str) -> Any:
+    return func.with_attr({"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True})
+
+
+def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
+    """PrimFunc(x [N, C, H, W] f32, shift [C] f32) → xp (uint32, :attr:`Plan.packed_x_shape`), exported as
+    ``symbol``."""
+    from tvm.script import tirx as T
+
+    if plan.flat:
+        return _pack_flat(plan, symbol)
+    s = plan.shape
+    n_, c_, h_, w_ = s.n, s.c, s.h, s.w
+    hp, wq, cw_ = plan.hp, plan.wq, s.words
+    pt, pl = s.pads[0], s.pads[1]
+    sw = s.strides[1]
+    bits = WORD_BITS
+    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
+
+    # buffer types as names: TVMScript reads string dtypes inside annotations, pyflakes would not
+    x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
+    xp_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32")
+
+    @T.macro
+    def segment(x, shift, xp, nh, cw, begin, width, vectors):
+        """``vectors`` words of ``width`` columns from column ``begin``: 32 channels or-ed into a register."""
+        for v in range(vectors):
+            acc = T.alloc_buffer((width,), "uint32", scope="local")
+            for lane in T.vectorized(width):
+                acc[lane] = T.uint32(0)
+            for b in range(T.min(bits, c_ - cw * bits)):
+                for lane in T.vectorized(width):
+                    acc[lane] = T.bitwise_or(acc[lane], T.Select(
+                        x[nh // hp, cw * bits + b, nh % hp - pt, begin + v * width + lane] + shift[cw * bits + b]
+                        < T.float32(0), T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+            for lane in T.vectorized(width):
+                xp[nh // hp, nh % hp, cw, (pl + begin + v * width + lane) % sw,
+                   (pl + begin + v * width + lane) // sw] = acc[lane]
+
+    @T.prim_func
+    def pack(x: x_type, shift: shift_type, xp: xp_type):
+        for nh in T.parallel(n_ * hp):
+            for cw in range(cw_):
+                for phase in range(sw):
+                    for col in T.vectorized(wq):
+                        xp[nh // hp, nh % hp, cw, phase, col] = T.uint32(0)
+                if nh % hp >= pt and nh % hp < pt + h_:
+                    segment(x, shift, xp, nh, cw, f0, s0, c0)
+                    segment(x, shift, xp, nh, cw, f1, s1, c1)
+                    segment(x, shift, xp, nh, cw, f2, s2, c2)
+                    segment(x, shift, xp, nh, cw, f3, s3, c3)
+
+    return _finish(pack, symbol)
+
+
+def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
+    """PrimFunc(xp, wp [Op, kh, kw, Cw] u32, alpha [Op], bias [Op]) → y [N, O, OH, OW] f32, exported as
+    ``symbol``."""
+    from tvm.script import tirx as T
+
+    if plan.flat:
+        return _conv_flat(plan, symbol)
+    s = plan.shape
+    n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
+    kh_, kw_, cw_ = s.kh, s.kw, s.words
+    sh, sw = s.strides
+    dh, dw = s.dilations
+    hp, wq, op_ = plan.hp, plan.wq, plan.o_padded
+    lanes, ob = plan.tiling.lanes, plan.tiling.ob
+    tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
+    k_ = s.k
+
+    xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
+    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
+    y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
+
+    @T.prim_func
+    def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y: y_type):
+        for ny in T.parallel(n_ * oh_):
+            acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            for to in range(tiles_o):
+                for tx in range(tiles_x):
+                    for oi in T.unroll(ob):
+                        for lane in T.vectorized(lanes):
+                            acc[oi, lane] = 0
+                    for i, j, cw in T.grid(kh_, kw_, cw_):
+                        for oi in T.unroll(ob):
+                            for lane in T.vectorized(lanes):
+                                acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
+                                    xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                       tx * lanes + lane + j * dw // sw],
+                                    wpk[to * ob + oi, i, j, cw])))
+                    for oi in T.unroll(ob):
+                        if to * ob + oi < o_:
+                            if tx * lanes + lanes <= ow_:
+                                for lane in T.vectorized(lanes):
+                                    y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = (
+                                        alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
+                                        + bias[to * ob + oi])
+                            else:
+                                for lane in range(ow_ - tx * lanes):
+                                    y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = (
+                                        alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
+                                        + bias[to * ob + oi])
+
+    return _finish(conv, symbol)
+
+
+def _row_segments(width: int, lanes: int) -> list[tuple[int, int, int]]:
+    """(first column, vector width, vectors) covering ``width`` columns: whole vectors, then at most one half and
+    one quarter vector, then scalars (a 14-wide row is 8 + 4 + 2, not 14 scalar words)."""
+    seg = [lanes, lanes // 2, lanes // 4, 1] if lanes >= 4 else [lanes, 1, 1, 1]
+    count = [width // seg[0], 0, 0, 0]
+    for i in (1, 2, 3):
+        left = width - sum(c * w for c, w in zip(count, seg))
+        count[i] = left // seg[i] if i == 3 else min(1, left // seg[i])
+    first = [sum(c * w for c, w in zip(count[:i], seg[:i])) for i in range(4)]
+    return list(zip(first, seg, count))
+
+
+def _pack_flat(plan: Plan, symbol: str) -> Any:
+    """The flat form's pack: xp [N, Cw, plane], row h of the vertically padded image at slack + h·W."""
+    from tvm.script import tirx as T
+
+    s = plan.shape
+    n_, c_, h_, w_ = s.n, s.c, s.h, s.w
+    cw_, pt = s.words, s.pads[0]
+    slack, plane = plan.slack, plan.plane
+    bits = WORD_BITS
+    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
+    x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
+    xp_type = T.Buffer((n_, cw_, plane), "uint32")
+
+    @T.macro
+    def segment(x, shift, xp, n, cw, h, begin, width, vectors):
+        for v in range(vectors):
+            acc = T.alloc_buffer((width,), "uint32", scope="local")
+            for lane in T.vectorized(width):
+                acc[lane] = T.uint32(0)
+            for b in range(T.min(bits, c_ - cw * bits)):
+                for lane in T.vectorized(width):
+                    acc[lane] = T.bitwise_or(acc[lane], T.Select(
+                        x[n, cw * bits + b, h, begin + v * width + lane] + shift[cw * bits + b] < T.float32(0),
+                        T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+            for lane in T.vectorized(width):
+                xp[n, cw, slack + (h + pt) * w_ + begin + v * width + lane] = acc[lane]
+
+    @T.prim_func
+    def pack(x: x_type, shift: shift_type, xp: xp_type):
+        for nc in T.parallel(n_ * cw_):
+            for col in range(slack + pt * w_):
+                xp[nc // cw_, nc % cw_, col] = T.uint32(0)
+            for col in range(plane - slack - (pt + h_) * w_):
+                xp[nc // cw_, nc % cw_, slack + (pt + h_) * w_ + col] = T.uint32(0)
+            for h in range(h_):
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f0, s0, c0)
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f1, s1, c1)
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f2, s2, c2)
+                segment(x, shift, xp, nc // cw_, nc % cw_, h, f3, s3, c3)
+
+    return _finish(pack, symbol)
+
+
+def _conv_flat(plan: Plan, symbol: str) -> Any:
+    """The flat form's conv: each parallel task is one vector of output positions of one image; per tap column j
+    a mask (all ones, or 0 where the column leaves the row) is computed once and and-ed into the loaded words."""
+    from tvm.script import tirx as T
+
+    s = plan.shape
+    n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
+    kh_, kw_, cw_ = s.kh, s.kw, s.words
+    pl, w_ = s.pads[1], s.w
+    op_, slack, plane, qv_ = plan.o_padded, plan.slack, plan.plane, plan.q_vectors
+    lanes, ob = plan.tiling.lanes, plan.tiling.ob
+    tiles_o, q_ = op_ // ob, oh_ * ow_
+    k_ = s.k
+
+    xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
+    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
+    y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
+
+    @T.prim_func
+    def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y4: y_type):
+        y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
+        for nq in T.parallel(n_ * qv_):
+            acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            mask = T.alloc_buffer((kw_, lanes), "uint32", scope="local")
+            for j in range(kw_):
+                for lane in T.vectorized(lanes):
+                    mask[j, lane] = T.Select(
+                        (nq % qv_ * lanes + lane) % ow_ + j - pl >= 0
+                        and (nq % qv_ * lanes + lane) % ow_ + j - pl < w_, T.uint32(0xFFFFFFFF), T.uint32(0))
+            for to in range(tiles_o):
+                for oi in T.unroll(ob):
+                    for lane in T.vectorized(lanes):
+                        acc[oi, lane] = 0
+                for i, j, cw in T.grid(kh_, kw_, cw_):
+                    for oi in T.unroll(ob):
+                        for lane in T.vectorized(lanes):
+                            acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
+                                T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl],
+                                              mask[j, lane]),
+                                wpk[to * ob + oi, i, j, cw])))
+                for oi in T.unroll(ob):
+                    if to * ob + oi < o_:
+                        if nq % qv_ * lanes + lanes <= q_:
+                            for lane in T.vectorized(lanes):
+                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = (
+                                    alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
+                                    + bias[to * ob + oi])
+                        else:
+                            for lane in range(q_ - nq % qv_ * lanes):
+                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = (
+                                    alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
+                                    + bias[to * ob + oi])
+
+    return _finish(conv, symbol)
+
+
+def takes(isa: Any) -> bool:
+    """Whether this kernel serves a target: x86-64 with a vector popcount, native (AVX-512 VPOPCNTDQ) or as
+    LLVM's vpshufb nibble count (AVX2). Elsewhere (Arm for now: its ``cnt`` path is untested) the inlined float
+    body stays, which is correct everywhere."""
+    return isa.arch == "x86_64" and (isa.vpopcntdq or isa.has("avx2"))
+
+
+def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
+    """The pieces of the inlined ``edgec::BinaryConv`` body as TVM imports it, or None when ``call`` is not one:
+
+        add(multiply(add(conv2d(where(less(add(x, shift), 0), −2, 0), W), Σ_window W), alpha), b)
+
+    (:mod:`edgec.ops.functions`; the constants folded by ``lower_edgec_ops``). Every constant is checked, not
+    assumed — W is ±1 and the added term is exactly each filter's sum — so the match is the binary conv's
+    arithmetic whatever graph it came from, and replacing it is exact."""
+    import tvm
+    from tvm import relax
+
+    from edgec.targets.relax_rewrite import constant_value
+
+    def op(expr: Any, name: str) -> Any:
+        while isinstance(expr, relax.Var) and lookup(expr) is not None:
+            expr = lookup(expr)
+        return expr if getattr(getattr(expr, "op", None), "name", None) == f"relax.{name}" else None
+
+    def const(expr: Any) -> np.ndarray | None:
+        return constant_value(expr, lookup)
+
+    outer = op(call, "add")
+    scaled = op(outer.args[0], "multiply") if outer is not None else None
+    integer = op(scaled.args[0], "add") if scaled is not None else None
+    conv = op(integer.args[0], "nn.conv2d") if integer is not None else None
+    where = op(conv.args[0], "where") if conv is not None else None
+    less = op(where.args[0], "less") if where is not None else None
+    shifted = op(less.args[0], "add") if less is not None else None
+    if shifted is None:
+        return None
+    a = conv.attrs
+    if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"
+            or str(conv.ty.dtype) != "float32" or getattr(shifted.args[0].ty, "shape", None) is None
+            or len(shifted.args[0].ty.shape) != 4):
+        return None
+    values = [const(e) for e in (conv.args[1], integer.args[1], scaled.args[1], outer.args[1], shifted.args[1],
+                                 less.args[1], where.args[1], where.args[2])]
+    if any(v is None for v in values):
+        return None
+    w, wsum, alpha, bias, shift, zero, minus2, zero2 = values
+    o, c = w.shape[:2]
+    if (not np.all(np.abs(w) == 1) or float(zero) != 0 or float(minus2) != -2 or float(zero2) != 0
+            or any(np.size(v) not in (1, n) for v, n in ((alpha, o), (bias, o), (shift, c)))
+            or wsum.size != o or not np.array_equal(wsum.reshape(o), w.sum(axis=(1, 2, 3)))):
+        return None
+    dims = list(shifted.args[0].ty.shape)
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None  # a symbolic dimension: the kernels are built for one static shape
+    x_shape = tuple(int(d) for d in dims)
+    for v, n, axis in ((alpha, o, -3), (bias, o, -3), (shift, c, -3)):
+        if np.size(v) == n and n > 1 and (np.ndim(v) < 3 or v.shape[axis] != n):
+            return None  # a per-channel vector on some other axis
+    shape = BinaryConvShape(n=x_shape[0], c=c, h=x_shape[2], w=x_shape[3], o=o, kh=w.shape[2], kw=w.shape[3],
+                            strides=tuple(int(s) for s in a.strides),
+                            pads=tuple(int(p) for p in a.padding), dilations=tuple(int(d) for d in a.dilation))
+    if x_shape[1] != c or shape.oh <= 0 or shape.ow <= 0:
+        return None
+    vec = (lambda v, n: np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (n,)).copy())
+    return {"x": shifted.args[0], "shape": shape, "w": w, "alpha": vec(alpha, o), "bias": vec(bias, o),
+            "shift": vec(shift, c)}
+
+
+def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
+    """Relax pass (before the layout pass): each inlined ``edgec::BinaryConv`` → ``call_tir`` of :func:`pack_func`
+    and :func:`conv_func`, the weights packed here as constants. ``stats`` (owned by the build) is filled with the
+    layers taken: ``{"layers": n, "shapes": [...]}``. A target :func:`takes` refuses keeps the float body."""
+    import tvm
+    from tvm import relax
+
+    counts = stats if stats is not None else {}
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) != "relax.add":
+                return call
+            parts = _binary_conv_parts(call, self.lookup_binding)
+            if parts is None:
+                return call
+            shape: BinaryConvShape = parts["shape"]
+            plan = Plan(shape, Tiling.for_isa(isa, shape.o))
+            index = counts.get("layers", 0)
+            pack = self.builder_.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
+            conv = self.builder_.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
+            packed = self.builder_.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
+                                                       out_ty=relax.TensorType(plan.packed_x_shape, "uint32")),
+                                        "binary_packed")
+            counts["layers"] = index + 1
+            counts.setdefault("shapes", []).append(
+                f"{shape.c}->{shape.o} {shape.kh}x{shape.kw}/{shape.strides[0]} {shape.h}x{shape.w}")
+            return relax.call_tir(conv, [packed, relax.const(pack_weights(parts["w"], plan)),
+                                         relax.const(padded_vector(parts["alpha"], plan)),
+                                         relax.const(padded_vector(parts["bias"], plan))],
+                                  out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32"))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecBinaryConvKernels")
+    def _pass(mod, _ctx):
+        counts.clear()
+        if not takes(isa):
+            return mod
+        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        mod = rewriter.builder_.get()
+        # the float body's conv, where and less are dead now
+        return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
+
+    return _pass

@@ -1,0 +1,308 @@
+"""The bit-packed XNOR/popcount binary conv kernel (issue 19, edgec/targets/cpu/kernels/binary_conv.py): exact
+against the numpy references over a sweep of shapes, built for this host, and the popcount instruction LLVM picks
+per ISA (vpopcntd with AVX-512 VPOPCNTDQ, a vpshufb nibble count with AVX2)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from edgec.ops import reference as ref
+
+CHANNELS = (1, 31, 32, 33, 64, 100)
+# (kernel, stride, pad, H, W): 3×3 and 1×1, strides 1 and 2, pads 0 and 1, odd sizes (some wider than a vector)
+LAYERS = [(k, s, p, h, w) for (k, s, p), (h, w) in zip(itertools.product((3, 1), (1, 2), (0, 1)),
+                                                          itertools.cycle([(9, 7), (7, 19), (5, 5), (11, 17)]))]
+# Each channel count with half the layers (every kernel, stride and pad value twice: the parity of the three
+# choices alternates), each layer with three channel counts; one compile for all of them stays a few seconds.
+CASES = [(c, *layer) for i, c in enumerate(CHANNELS) for j, layer in enumerate(LAYERS)
+         if (j ^ (j >> 1) ^ (j >> 2)) % 2 == i % 2] + [(33, 3, 1, 2, 9, 9, 2)]  # + one dilated
+CASES += [(5, 5, 1, 2, 6, 13), (40, 3, 1, 1, 1, 1)]  # a 5×5 "same" conv (pad 2), a 1×1 image
+
+
+def _shape(case):
+    from edgec.targets.cpu.kernels.binary_conv import BinaryConvShape
+
+    c, k, s, p, h, w, *dil = case
+    d = dil[0] if dil else 1
+    o = 10 if c % 2 else 17  # not a multiple of the output-channel tile either
+    return BinaryConvShape(n=2, c=c, h=h, w=w, o=o, kh=k, kw=k, strides=(s, s), pads=(p,) * 4, dilations=(d, d))
+
+
+def _build(target, cases):
+    """One library holding a pack and a conv function per case (one LLVM compile for the whole sweep)."""
+    import tvm
+
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    isa = isa_of(target)
+    plans, funcs = [], {}
+    for i, case in enumerate(cases):
+        shape = _shape(case)
+        plan = bc.Plan(shape, bc.Tiling.for_isa(isa, shape.o))
+        plans.append(plan)
+        funcs[f"pack{i}"] = bc.pack_func(plan, f"pack{i}")
+        funcs[f"conv{i}"] = bc.conv_func(plan, f"conv{i}")
+    return plans, tvm.compile(tvm.IRModule(funcs), target=target)
+
+
+def _asm(lib) -> str:
+    mod = lib.jit()
+    return "\n".join(m.inspect_source("asm") for m in [mod, *mod.imports] if m.kind == "llvm")
+
+
+@pytest.fixture(scope="module")
+def host_build():
+    from edgec.targets import resolve_target
+
+    return _build(resolve_target("x86").tvm_target(), CASES)
+
+
+def _run(lib, i, plan, x, shift, w, alpha, bias):
+    import tvm
+
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    s = plan.shape
+    xp = tvm.runtime.empty(plan.packed_x_shape, "uint32", tvm.cpu())
+    lib[f"pack{i}"](tvm.runtime.tensor(x), tvm.runtime.tensor(shift), xp)
+    y = tvm.runtime.empty((s.n, s.o, s.oh, s.ow), "float32", tvm.cpu())
+    lib[f"conv{i}"](xp, tvm.runtime.tensor(bc.pack_weights(w, plan)),
+                    tvm.runtime.tensor(bc.padded_vector(alpha, plan)),
+                    tvm.runtime.tensor(bc.padded_vector(bias, plan)), y)
+    return y.numpy()
+
+
+def _data(plan, seed: int):
+    s = plan.shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((s.n, s.c, s.h, s.w)).astype(np.float32)
+    x[0, 0, 0, :2] = 0.0  # sign(0) = +1
+    shift = (rng.standard_normal(s.c) * 0.3).astype(np.float32)
+    shift[0] = 0.0
+    w = rng.standard_normal((s.o, s.c, s.kh, s.kw)).astype(np.float32)
+    return x, shift, w
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=[
+    f"c{c}-k{k}-s{s}-p{p}-{h}x{w}" + (f"-d{d[0]}" if d else "") for c, k, s, p, h, w, *d in CASES])
+def test_integer_part_exact(host_build, i):
+    """alpha = 1, bias = 0: the float output is the integer part, which must equal the sign-dot definition and
+    the xnor reference exactly (padding counts as +1, channels past C do not count)."""
+    plans, lib = host_build
+    plan = plans[i]
+    s = plan.shape
+    x, shift, w = _data(plan, i)
+    got = _run(lib, i, plan, x, shift, w, np.ones(s.o, np.float32), np.zeros(s.o, np.float32))
+    want = ref.binary_conv_integer(x, w, shift, s.strides, s.pads, s.dilations)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    if i % 7 == 0:  # the packed-word reference agrees too (slow in numpy: a few cases)
+        np.testing.assert_array_equal(want, ref.binary_conv_xnor(x, w, shift, s.strides, s.pads, s.dilations, 32))
+
+
+def test_sweep_runs_both_kernel_forms(host_build):
+    """Stride-1 "same" convs take the flat form, the others (strided, unpadded 3×3, padded 1×1, dilated) the row
+    form."""
+    plans, _ = host_build
+    flat = {(p.shape.kh, p.shape.strides[0], p.shape.pads[0]) for p in plans if p.flat}
+    rows = {(p.shape.kh, p.shape.strides[0], p.shape.pads[0]) for p in plans if not p.flat}
+    assert flat == {(3, 1, 1), (1, 1, 0), (5, 1, 2)}
+    assert rows == {(3, 1, 0), (3, 2, 0), (3, 2, 1), (1, 1, 1), (1, 2, 0), (1, 2, 1), (3, 1, 2)}  # + dilated
+
+
+def test_float_output_with_alpha_and_bias(host_build):
+    plans, lib = host_build
+    for i in (3, 12, 17, 24):  # rows, flat, rows strided, dilated
+        plan = plans[i]
+        s = plan.shape
+        x, shift, w = _data(plan, 100 + i)
+        rng = np.random.default_rng(i)
+        alpha = rng.uniform(0.01, 0.2, s.o).astype(np.float32)
+        bias = rng.standard_normal(s.o).astype(np.float32)
+        got = _run(lib, i, plan, x, shift, w, alpha, bias)
+        want = ref.binary_conv(x, w, alpha, shift, bias, s.strides, s.pads, s.dilations)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_avx2_build_runs_exactly_here():
+    """The 8-lane, 4-channel tile (what a 16-register ISA gets) on a few shapes; this host runs AVX2 code."""
+    import tvm
+
+    from edgec.targets.cpu.isa import host_features
+
+    if "avx2" not in host_features("x86_64"):
+        pytest.skip("this host has no AVX2")
+    cases = [CASES[1], CASES[12], CASES[24], CASES[25]]  # rows, flat, dilated, 5×5 flat
+    plans, lib = _build(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}),
+                        cases)
+    assert plans[0].tiling.lanes == 8 and plans[0].tiling.ob == 4
+    for i, plan in enumerate(plans):
+        s = plan.shape
+        x, shift, w = _data(plan, 50 + i)
+        got = _run(lib, i, plan, x, shift, w, np.ones(s.o, np.float32), np.zeros(s.o, np.float32))
+        np.testing.assert_array_equal(got, ref.binary_conv_integer(x, w, shift, s.strides, s.pads, s.dilations))
+
+
+@pytest.mark.parametrize("mcpu, popcount, absent", [("icelake-server", "vpopcntd", "vpshufb"),
+                                                    ("haswell", "vpshufb", "vpopcnt")])
+def test_popcount_instruction_follows_the_isa(mcpu, popcount, absent):
+    """AVX-512 VPOPCNTDQ: vpopcntd on zmm in the conv, no table lookup; AVX2: no vpopcnt (it does not exist
+    there), the nibble count by vpshufb instead. Only assembly is generated (no run)."""
+    import tvm
+
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    shape = _shape((64, 3, 1, 1, 9, 19))
+    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o))
+    lib = tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target)
+    asm = _asm(lib)
+    assert popcount in asm and absent not in asm
+    if popcount == "vpopcntd":
+        assert "vpopcntd\t%zmm" in asm
+
+
+# ------------------------------------------------------------------------------------ in `edgec compile`
+
+@pytest.fixture(scope="module")
+def binary_model(tmp_path_factory):
+    """`edgec substitute --to binary` of the embedded MNIST CNN (five BinaryConv layers, stem and head float)."""
+    from click.testing import CliRunner
+
+    from edgec.toolchain.cli import main
+
+    path = tmp_path_factory.mktemp("binkernel") / "binary.onnx"
+    result = CliRunner().invoke(main, ["substitute", "--to", "binary", "--skip", "first,last", "-o", str(path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_path):
+    """compile → the manifest lists every BinaryConv as taken by the kernel, the library exports the kernels,
+    and `edgec verify` (onnxruntime on the function form) passes."""
+    import json
+
+    import onnx
+    from click.testing import CliRunner
+
+    from edgec.toolchain.cli import main
+
+    calls = [n for n in onnx.load(str(binary_model)).graph.node if n.domain == "edgec"]
+    assert [n.op_type for n in calls] == ["BinaryConv"] * 5
+    out = tmp_path / "art"
+    runner = CliRunner()
+    result = runner.invoke(main, ["compile", str(binary_model), "--target", "x86", "-o", str(out)],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    build = json.loads((out / "manifest.json").read_text())["target"]["build"]
+    assert build["binary_conv"]["layers"] == 5
+    assert build["binary_conv"]["shapes"][2] == "16->32 3x3/2 28x28"  # the strided downsampling conv
+    symbols = (out / "model.so").read_bytes()
+    for i in range(5):
+        assert f"edgec_binary_conv_{i}".encode() in symbols and f"edgec_binary_pack_{i}".encode() in symbols
+    # the ±1 float weights are gone: bits (uint32 words, 16 channels fill half a word) instead of 4 bytes each
+    inits = {t.name: t for t in onnx.load(str(binary_model)).graph.initializer}
+    bits = sum(int(np.prod(inits[n.input[1]].dims)) for n in calls)  # uint8 bytes; 16 and 32 channels: exact
+    params = build["params"]["by_dtype"]
+    assert bits <= params["uint32"] <= 2 * bits
+    assert params["float32"] < bits * 8  # the weights as ±1 floats alone would be bits · 8 · 4 bytes
+    result = runner.invoke(main, ["verify", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+
+
+def test_fallback_is_decided_by_target_features(binary_model):
+    """An Arm target keeps the inlined float body (no popcount kernel there yet); this host's and an AVX2
+    target's builds take all five layers. Only the Relax pass runs (no compile)."""
+    import onnx
+    import tvm
+    from tvm import relax
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels.binary_conv import CONV_SYMBOL, binary_conv_pass, takes
+    from edgec.targets.lower import to_relax
+
+    mod = to_relax(onnx.load(str(binary_model)))
+
+    def kernels(target) -> tuple[int, dict]:
+        stats: dict = {}
+        done = binary_conv_pass(isa_of(target), stats)(mod)
+        names = [gv.name_hint for gv in done.functions if gv.name_hint.startswith(CONV_SYMBOL)]
+        convs: list = []
+
+        def visit(e) -> None:
+            if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d":
+                convs.append(e)
+
+        relax.analysis.post_order_visit(done["main"], visit)
+        return len(names), stats, len(convs)
+
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
+    assert not takes(isa_of(arm))
+    assert kernels(arm) == (0, {}, 6)  # the stem and the five binary bodies stay float convs
+    for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target()):
+        n, stats, convs = kernels(target)
+        assert (n, stats["layers"], convs) == (5, 5, 1)  # only the float stem is left a conv2d
+    # the float model it came from has convs of the same shapes and no binary body: nothing is taken
+    from edgec.models import default_model_path
+
+    mod = to_relax(onnx.load(str(default_model_path())))
+    n, stats, convs = kernels(resolve_target("x86").tvm_target())
+    assert n == 0 and not stats.get("layers") and convs == 6
+
+
+def test_batchnorm_after_binary_conv_folds_into_alpha_and_bias(tmp_path):
+    """fold_batchnorm merges a BN (random statistics, a negative γ included) into the BinaryConv before it; the
+    model's output in onnxruntime (function form) stays the same within float rounding."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgec.passes import get_pass
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    rng = np.random.default_rng(0)
+    c, o = 20, 12
+    bn = [rng.uniform(0.5, 2, o), rng.standard_normal(o), rng.standard_normal(o), rng.uniform(0.5, 2, o)]
+    bn[0][0] = -1.5
+    inits = [numpy_helper.from_array(rng.standard_normal((o, c, 3, 3)).astype(np.float32), "w")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip(bn, ("g", "b", "m", "v"))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("BatchNormalization", ["y", "g", "b", "m", "v"], ["z"], epsilon=1e-3)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 9, 9])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, o, 5, 5])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(tmp_path / "f.onnx"))
+    substitute(str(tmp_path / "f.onnx"), tmp_path / "b.onnx", SubstituteOptions(to="binary"))
+    model = ir.load(str(tmp_path / "b.onnx"))
+    assert [n.op_type for n in model.graph] == ["BinaryConv", "BatchNormalization"]
+    stats = get_pass("fold_batchnorm")(model)
+    assert [n.op_type for n in model.graph] == ["BinaryConv"], stats
+    ir.save(model, str(tmp_path / "folded.onnx"))
+    x = rng.standard_normal((1, c, 9, 9)).astype(np.float32)
+    run = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for f in ("b.onnx", "folded.onnx")]
+    assert np.abs(run[0]).max() > 1
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-5)
+
+
+def test_tuning_leaves_the_binary_kernels_alone(binary_model):
+    """`edgec tune` extracts the fused functions to search; the binary kernels are written scheduled (loop nests
+    without blocks: nothing to search), so they are no tuning tasks, while the float stem conv still is."""
+    import onnx
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.tuning import extract_tasks
+
+    names = [str(t.task_name) for t in extract_tasks(onnx.load(str(binary_model)), resolve_target("x86"))]
+    assert any("conv2d" in n for n in names)
+    assert not any(n.startswith("edgec_binary") for n in names), names
