@@ -14,5 +14,7 @@ demo: $(STAMP)
 	.venv/bin/edgec compile --target x86 -o out/default
 	.venv/bin/edgec run out/default --repeat 20
 
+# Two workers, whole files per worker; then the tests that assert on measured latency, alone on the machine.
 test: $(STAMP)
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2 --dist loadfile -m "not timing"
+	.venv/bin/python -m pytest -q -m timing

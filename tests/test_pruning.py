@@ -509,6 +509,7 @@ def latency_table(latency_dir):
     return analysis, cands, table, again, timer
 
 
+@pytest.mark.timing
 def test_latency_table_is_cached_and_fewer_channels_are_not_slower(latency_table):
     """Monotone-ish, robustly: every layer at the floor of all its groups (8 channels) is no slower than whole
     (25 % + 3 µs of timing noise allowed), and so is the whole model predicted at the floor. Intermediate counts
@@ -528,6 +529,7 @@ def test_latency_table_is_cached_and_fewer_channels_are_not_slower(latency_table
     assert latency.predict(table, {}) == table["model_ms"]
 
 
+@pytest.mark.timing
 def test_latency_budget_out_of_reach_is_exit_2_with_the_closest(cli, latency_dir, latency_table):
     out = latency_dir / "p.onnx"
     code, _, err = cli("prune", "-o", out, "--latency-ms", "0.0001", "--target", "x86")
@@ -537,6 +539,7 @@ def test_latency_budget_out_of_reach_is_exit_2_with_the_closest(cli, latency_dir
     _assert_user_error(code, err, "--latency-ms needs --target")
 
 
+@pytest.mark.timing
 def test_latency_budget_within_reach_is_met_when_measured(cli, latency_dir, latency_table):
     """Budget: 80 % of the unpruned model's measured time (reachable: every group at half measures ~60 %). The
     chosen model is measured within the budget by construction (whole-model verification); here it is timed again
@@ -560,6 +563,7 @@ def test_latency_budget_within_reach_is_met_when_measured(cli, latency_dir, late
     assert now["pruned"] / now["unpruned"] <= 1.25 * budget / lat["measured_ms"][0], (now, lat)
 
 
+@pytest.mark.timing
 def test_target_adds_measured_latency_before_and_after_to_the_report(cli, tmp_path):
     code, stdout, err = cli("prune", "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--round-to", "8",
                             "--target", "x86")
@@ -629,6 +633,7 @@ def test_latency_allocation_avoids_a_slow_count_and_reports_the_closest():
         latency.allocate(analysis, table, losses, cands, 0.5)
 
 
+@pytest.mark.timing
 def test_compile_prune_latency_budget_measures_on_the_compile_target(cli, latency_dir, latency_table):
     """``compile --prune latency_ms=`` prunes for the target being compiled (no separate --target), keeps the
     measured table next to the artifact, and an unreachable budget is exit 2 with the closest, no artifact."""
