@@ -81,3 +81,51 @@ def test_profile_times_every_kernel_the_build_recorded(artifact, cli, tmp_path):
     cumulative = [r["cumulative_percent"] for r in record["profile"]]
     assert cumulative == sorted(cumulative) and cumulative[-1] == pytest.approx(100.0)
     assert "kernels (each timed alone on the device" in out and record["profile"][0]["op"] in out
+
+
+def test_bench_all_runs_artifacts_on_parallel_runners_in_order(artifact):
+    """Several artifacts on a farm: as many at once as workers (one runner each), records in the artifacts'
+    order; with --compare (peers time on this machine) one at a time."""
+    import threading
+    import time
+
+    from edgec.devices.base import RunResult
+    from edgec.devices.bench import BenchOptions, bench_all
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class SlowRunner:
+        name = "fake"
+
+        def bench(self, artifact_dir, inputs, spec):
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.3)
+            with lock:
+                state["now"] -= 1
+            return RunResult({}, [0.5] * spec.runs, details={"load_ms": 1.0})
+
+    paths = [artifact] * 4
+    records = bench_all(paths, BenchOptions(runs=3, warmup=0), lambda p: (SlowRunner(), {"name": "fake"}),
+                        workers=2)
+    assert len(records) == 4 and state["most"] == 2 and all(r["runs"] == 3 for r in records)
+    state["most"] = 0
+    bench_all(paths[:2], BenchOptions(runs=3, warmup=0, compare=(("onnxruntime", None),), rounds=1),
+              lambda p: (SlowRunner(), {"name": "fake"}), workers=2)
+    assert state["most"] == 1
+
+
+def test_several_artifacts_write_one_record_each_into_a_new_folder(artifact, cli, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(artifact, twin)
+    code, out, err = cli("bench", artifact, twin, "--runs", "5", "--warmup", "1", "--json", tmp_path / "b")
+    assert code == 0, err
+    files = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert files == sorted([f"{artifact.name}.json", "twin.json"])
+    assert out.count("== ") == 2 and "written:" in out
+    code, _, err = cli("bench", artifact, twin, "--runs", "5", "--json", tmp_path / "b")
+    assert code == 2 and "exists" in err and err.strip().count("\n") == 0

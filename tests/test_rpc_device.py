@@ -249,3 +249,35 @@ def test_device_serve_registers_and_list_shows_it(tracker, x86_artifact, cli):
 def _edgec_cli() -> list[str]:
     exe = Path(sys.executable).with_name("edgec")
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from edgec.toolchain.cli import entry; entry()"]
+
+
+def test_several_artifacts_run_in_parallel_on_the_servers_of_one_key(tracker, x86_artifact, cli, tmp_path):
+    """Issue 18: a list of artifacts on a farm uses every free server of the key at once (here two servers of
+    'edgec-pair' on this machine), one record per artifact."""
+    import shutil
+
+    ports = [_free_port() for _ in range(2)]
+    procs = [_spawn(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1),
+                     "--tracker", tracker, "--key", "edgec-pair"], tmp_path, f"pair{i}.log")
+             for i, port in enumerate(ports)]
+    try:
+        deadline, out = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "edgec-pair: 2 free" not in out:
+            time.sleep(0.5)
+            out = cli("device", "list", "--tracker", tracker)[1]
+        assert "edgec-pair: 2 free" in out, out
+        twins = []
+        for name in ("a", "b", "c"):
+            shutil.copytree(x86_artifact, tmp_path / name)
+            twins.append(tmp_path / name)
+        code, out, err = cli("bench", *twins, "--device", f"rpc://{tracker}/edgec-pair", "--runs", "5",
+                             "--json", tmp_path / "records")
+        assert code == 0, err
+        assert "3 artifacts on 2 servers in parallel" in err
+        records = [json.loads((tmp_path / "records" / f"{n}.json").read_text()) for n in ("a", "b", "c")]
+        assert all(r["device"]["key"] == "edgec-pair" and r["runs"] == 5 for r in records)
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)

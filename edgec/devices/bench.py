@@ -201,6 +201,30 @@ def bench(artifact_dir: str | Path, options: BenchOptions, runner: Runner, devic
     return record
 
 
+def bench_all(artifacts: list[Path], options: BenchOptions,
+              runner_for: Callable[[Path], tuple[Runner, dict[str, Any]]], workers: int = 1,
+              inputs: dict[str, np.ndarray] | None = None, done: Callable[[Path], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """:func:`bench` of every artifact, in their order, each on the runner ``runner_for`` gives it (a fresh one
+    per artifact). ``workers`` > 1 benches that many at once: on a farm, one free server of the key each, which
+    the tracker hands out. Peers time on this machine, so with ``--compare`` artifacts go one at a time (two at
+    once would share its cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path: Path) -> dict[str, Any]:
+        runner, device = runner_for(path)
+        record = bench(path, options, runner, device, inputs=inputs)
+        if done is not None:
+            done(path)
+        return record
+
+    workers = 1 if options.compare else max(1, min(workers, len(artifacts)))
+    if workers == 1:
+        return [one(p) for p in artifacts]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, artifacts))
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

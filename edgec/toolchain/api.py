@@ -458,6 +458,18 @@ def bench_runner(artifact_dir: str | Path, device: str | None) -> tuple[Any, dic
     return get_runner(name), {"name": name, "tracker": None, "key": None}
 
 
+def bench_workers(device: str | None) -> int:
+    """How many artifacts ``edgec bench`` times at once on ``device``: the free servers of the key on a farm
+    (``rpc://HOST:PORT/KEY``), else one (local timings side by side would share this machine's cores)."""
+    from edgec.devices.farm import tracker_summary
+    from edgec.devices.rpc import parse_device_url
+
+    url = parse_device_url(device) if device else None
+    if url is None:
+        return 1
+    return max(1, tracker_summary(url[0]).get(url[1], {}).get("free", 1))
+
+
 def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str | None, np.ndarray] | None = None,
            atol: float = DEFAULT_ATOL, seed: int = 0, manifest_sha256: str | None = None) -> Verification:
     """Artifact output vs the source model's own runtime (REFERENCES: onnxruntime for .onnx, the TFLite

@@ -730,7 +730,7 @@ def report_cmd(artifact: Path, output: Path, benches: tuple[Path, ...]) -> None:
 
 
 @main.command("bench")
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", "-d", default=None,
               help="local, qemu-aarch64, or rpc://HOST:PORT/KEY (a board registered with a TVM RPC tracker).")
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(min=1), help="Timed runs.")
@@ -747,34 +747,73 @@ def report_cmd(artifact: Path, output: Path, benches: tuple[Path, ...]) -> None:
 @click.option("--profile", is_flag=True, help="Also time every kernel alone on the device: a per-kernel table "
               "(time, %, cumulative %).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Write the edgec.bench/1 record (docs/bench-schema.md) here.")
+              help="Write the edgec.bench/1 record (docs/bench-schema.md) here; with several artifacts, a new "
+              "folder holding one ARTIFACT-NAME.json per artifact.")
 @_handle_errors
-def bench_cmd(artifact: Path, device: str | None, runs: int, warmup: int, threads: int, max_seconds: float,
-              compare: str | None, rounds: int, input_files: tuple[str, ...], json_path: Path | None,
-              profile: bool = False) -> None:
-    """Time an ARTIFACT on its device (and its peers here, interleaved): load, first run, percentiles, memory."""
+def bench_cmd(artifacts: tuple[Path, ...], device: str | None, runs: int, warmup: int, threads: int,
+              max_seconds: float, compare: str | None, rounds: int, input_files: tuple[str, ...],
+              json_path: Path | None, profile: bool = False) -> None:
+    """Time ARTIFACTS on their device (and their peers here, interleaved): load, first run, percentiles, memory.
+
+    Several artifacts on a farm (rpc://HOST:PORT/KEY) are timed in parallel, one per free server of the key."""
     import json
 
-    from edgec.devices.bench import BenchOptions, bench, parse_compare, summary
-    from edgec.toolchain.api import bench_runner
-    from edgec.toolchain.writes import check_output_file, staged_file
+    from edgec.devices.bench import BenchOptions, bench, bench_all, parse_compare, summary
+    from edgec.toolchain.api import bench_runner, bench_workers
+    from edgec.toolchain.writes import check_not_an_input, check_output_file, staged_file, staged_folder
 
-    if json_path is not None:
-        check_output_file(json_path, [artifact, *(spec.partition("=")[2] or spec for spec in input_files)], "--json")
+    given_inputs = [spec.partition("=")[2] or spec for spec in input_files]
+    names = _record_names(artifacts)
+    if json_path is not None and len(artifacts) > 1:
+        if json_path.exists():
+            raise EdgecError(f"--json {json_path} exists; with several artifacts it names a new folder",
+                             "pass a new folder name, e.g. --json bench-out")
+        check_not_an_input(json_path, [*artifacts, *given_inputs], "--json")
+    elif json_path is not None:
+        check_output_file(json_path, [*artifacts, *given_inputs], "--json")
     options = BenchOptions(runs=runs, warmup=warmup, threads=threads, max_seconds=max_seconds, rounds=rounds,
                            compare=parse_compare(compare), profile=profile)
-    runner, where = bench_runner(artifact, device)
     inputs = _read_inputs(input_files) or None
-    with click.progressbar(length=options.rounds if options.compare else 1, label="bench", file=sys.stderr,
-                           show_eta=False) as bar:
-        record = bench(artifact, options, runner, where, inputs=inputs,
-                       progress=lambda done, total: bar.update(done - bar.pos))
-    for line in summary(record):
-        click.echo(line)
-    if json_path is not None:
+    if len(artifacts) == 1:
+        runner, where = bench_runner(artifacts[0], device)
+        with click.progressbar(length=options.rounds if options.compare else 1, label="bench", file=sys.stderr,
+                               show_eta=False) as bar:
+            records = [bench(artifacts[0], options, runner, where, inputs=inputs,
+                             progress=lambda done, total: bar.update(done - bar.pos))]
+    else:
+        workers = bench_workers(device)
+        if workers > 1 and not options.compare:
+            click.echo(f"{len(artifacts)} artifacts on {min(workers, len(artifacts))} servers in parallel",
+                       err=True)
+        with click.progressbar(length=len(artifacts), label="bench", file=sys.stderr, show_eta=False) as bar:
+            records = bench_all(list(artifacts), options, lambda path: bench_runner(path, device), workers,
+                                inputs=inputs, done=lambda _path: bar.update(1))
+    for path, record in zip(artifacts, records):
+        if len(artifacts) > 1:
+            click.echo(f"== {path}")
+        for line in summary(record):
+            click.echo(line)
+    if json_path is not None and len(artifacts) == 1:
         with staged_file(json_path) as tmp:
-            tmp.write_text(json.dumps(record, indent=1))
+            tmp.write_text(json.dumps(records[0], indent=1))
         click.echo(f"written: {json_path}")
+    elif json_path is not None:
+        with staged_folder(json_path) as tmp:
+            for name, record in zip(names, records):
+                (tmp / f"{name}.json").write_text(json.dumps(record, indent=1))
+        click.echo(f"written: {json_path}/ ({len(records)} records)")
+
+
+def _record_names(artifacts: tuple[Path, ...]) -> list[str]:
+    """One file name per artifact: its folder's name, numbered where two share one."""
+    names: list[str] = []
+    for path in artifacts:
+        base = Path(path).resolve().name or "artifact"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
 
 
 @main.command("check")
