@@ -76,7 +76,7 @@ class Tiling:
     @classmethod
     def for_isa(cls, isa: Any, o: int, ow: int) -> Tiling:
         """Two channel vectors where there are that many channels, else one; as many positions as the registers
-        hold besides the weight vectors and temporaries (32 registers: 12 × 2, 16 registers: 6 × 2), lowered to
+        hold besides the weight vectors and temporaries (32 registers: 12 × 2, 16 registers: 4 × 2), lowered to
         at least half of that when a smaller tile wastes fewer columns of the row (28 columns: 7, not 12)."""
         lanes = isa.lanes
         vectors = 2 if o > lanes else 1
