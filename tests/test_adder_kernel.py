@@ -219,3 +219,36 @@ def test_fallback_is_decided_by_target_features(adder_model):
         assert (n, stats["layers"], convs) == (4, 4, 2)
     n, stats, convs = kernels(to_relax(onnx.load(str(default_model_path()))), resolve_target("x86").tvm_target())
     assert n == 0 and not stats.get("layers") and convs == 6
+
+
+def test_small_layer_with_folded_unfold_filters(tmp_path):
+    """A one-node model of 3 channels (K = 27: the constant folder folds the one-hot filters to a constant,
+    unlike the MNIST layers' eye_like) with a stride-2 padded conv, batch 2: the kernel takes it, `edgec compile`
+    verifies against onnxruntime, and the artifact's output equals the numpy reference."""
+    import onnx
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import relax
+
+    from edgec.ops.functions import add_functions
+    from edgec.toolchain.api import compile as edgec_compile
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("AdderConv", ["x", "w", "b"], ["y"], domain="edgec", pads=[1, 1, 1, 1], strides=[2, 2],
+                          dilations=[1, 1])], "adder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 7, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 4, 5])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = add_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    onnx.save(model, str(tmp_path / "adder.onnx"))
+    result = edgec_compile(tmp_path / "adder.onnx", output=tmp_path / "art", verify=True)
+    assert result.artifact.manifest["target"]["build"]["adder_conv"] == {"layers": 1, "shapes": ["3->8 3x3/2 7x9"]}
+    assert "PASS" in result.verification.summary()
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "art" / "model.so")), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    want = ref.adder_conv(x, w, bias, 2, 1)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * float(np.abs(want).max()))
