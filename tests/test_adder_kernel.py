@@ -252,3 +252,16 @@ def test_small_layer_with_folded_unfold_filters(tmp_path):
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     want = ref.adder_conv(x, w, bias, 2, 1)
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * float(np.abs(want).max()))
+
+
+def test_tuning_leaves_the_adder_kernels_alone(adder_model):
+    """`edgec tune` extracts the fused functions to search; the adder kernels are written scheduled (loop nests
+    without blocks: nothing to search), so they are no tuning tasks, while the float convs still are."""
+    import onnx
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.tuning import extract_tasks
+
+    names = [str(t.task_name) for t in extract_tasks(onnx.load(str(adder_model)), resolve_target("x86"))]
+    assert any("conv2d" in n for n in names)
+    assert not any(n.startswith("edgec_adder") for n in names), names
