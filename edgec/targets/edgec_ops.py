@@ -3,8 +3,9 @@
 Each call is replaced by its function body (standard ops) and the constant part folded (bit-packed weights
 unpacked to ±1 floats, one-hot unfold filters, shape arithmetic), so the model compiles and computes exactly what
 onnxruntime computes on the function form on every target. Where a fast kernel exists, the CPU build finds the
-imported body again and replaces it (``BinaryConv`` on x86: cpu/kernels/binary_conv.binary_conv_pass, which checks
-every constant of the body, so the match is exact); elsewhere the float body runs.
+imported body again and replaces it (on x86: ``BinaryConv`` by cpu/kernels/binary_conv.binary_conv_pass,
+``AdderConv`` by cpu/kernels/adder_conv.adder_conv_pass; both check every constant of the body, so the match is
+exact); elsewhere the float body runs.
 The artifact's optimized.onnx keeps the function form; only the library sees the inlined graph.
 """
 

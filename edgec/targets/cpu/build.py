@@ -42,6 +42,7 @@ class BuildReport:
     tuning: dict[str, Any] | None = None  # what the tuning database scheduled (tuning.apply_database_pass)
     kernels: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # kernel_list.kernel_table
     binary: dict[str, Any] = dataclasses.field(default_factory=dict)  # binary convs on the popcount kernel
+    adder: dict[str, Any] = dataclasses.field(default_factory=dict)  # adder convs on the adder kernel
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tvm_target": self.tvm_target, "isa": self.isa, "cpu_options": self.options,
@@ -53,6 +54,8 @@ class BuildReport:
             out["tuning"] = dict(self.tuning)
         if self.binary.get("layers"):
             out["binary_conv"] = dict(self.binary)
+        if self.adder.get("layers"):
+            out["adder_conv"] = dict(self.adder)
         return out
 
 
@@ -87,7 +90,7 @@ def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = 
 
 
 def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: dict[str, Any] | None = None,
-                  binary: dict[str, Any] | None = None) -> list:
+                  binary: dict[str, Any] | None = None, adder: dict[str, Any] | None = None) -> list:
     """Relax → fused PrimFuncs: blocked conv layouts, legalization (the kernel table's), fusion.
 
     The weights' layout transforms are constants here, so FoldConstant prepacks them. Tuning extracts its tasks
@@ -96,6 +99,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from tvm import relax
 
     from edgec.targets.cpu.fast_math import fast_math_pass
+    from edgec.targets.cpu.kernels.adder_conv import adder_conv_pass
     from edgec.targets.cpu.kernels.binary_conv import binary_conv_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
@@ -109,6 +113,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     isa = isa_of(target)
     return [
         binary_conv_pass(isa, binary),  # edgec::BinaryConv's float body → bit-packed XNOR/popcount kernel
+        adder_conv_pass(isa, adder),  # edgec::AdderConv's unfold + |·| + sum body → blocked direct adder kernel
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
         conv1d_pass(isa),  # 1-D convs as im2col + matmul (long kernels) or 2-D convs of unit height
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
@@ -144,12 +149,13 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
 
     packed = report.packed if report is not None else None
     binary = report.binary if report is not None else None
+    adder = report.adder if report is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target, options, l2,
-                                                                                               packed, binary)
+                                                                                               packed, binary, adder)
                                            + list(scheduling) + cpu.dataflow_lower_passes(target)
                                            + cpu.finalize_passes(target))
             mod = seq(mod)

@@ -1,0 +1,147 @@
+"""Issue 19: edgec's adder conv kernel (``edgec::AdderConv``, cpu/kernels/adder_conv.py) against edgec's float conv
+of the same layer and onnxruntime running the adder model's ONNX function form. Bounds: the adder layer within
+1.2× of edgec's float conv latency, and ≥ 5× faster than onnxruntime on the function form. The host CPU and its
+ISA features are printed first.
+
+Per layer shape, one float model (a single 3×3 Conv with bias, random weights: bench/binary_conv.py's) is written;
+`edgec substitute --to adder` turns it into a one-``edgec::AdderConv`` model; both are compiled by `edgec
+compile` for this host (verified against onnxruntime), and onnxruntime runs the adder model (its function body:
+one-hot unfold conv, Sub, Abs, ReduceSum). All run at 1 thread (TVM_NUM_THREADS=1, onnxruntime intra/inter-op
+1), interleaved round by round; ratios are per round, summarised by their median (min-max). Usage:
+
+    TVM_NUM_THREADS=1 .venv/bin/python bench/adder_conv.py [--layers 64x28,128x14] [--rounds 9] [--network]
+
+A layer ``CxS`` is C input = output channels on an S×S image, 3×3, stride 1, pad 1, batch 1. ``--network`` adds
+the embedded MNIST model, float against its adder substitute (first and last layers float).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from _timing import fmt_ms, format_table, interleaved, median, ratio_stats  # noqa: E402
+from binary_conv import float_conv_model  # noqa: E402
+
+BOUND_FLOAT = 1.2  # adder time ≤ 1.2 × edgec's float conv time (issue 19)
+BOUND_ORT = 5.0  # adder ≥ 5× faster than onnxruntime on the function form
+
+
+def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
+    import onnx
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from edgec.toolchain.api import compile as edgec_compile
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    name = f"{channels}x{size}"
+    float_path = work / f"{name}-float.onnx"
+    onnx.save(float_conv_model(channels, size), str(float_path))
+    adder_path = work / f"{name}-adder.onnx"
+    substitute(str(float_path), adder_path, SubstituteOptions(to="adder", skip=()))
+    results = {"float": edgec_compile(float_path, output=work / f"{name}-float"),
+               "adder": edgec_compile(adder_path, output=work / f"{name}-adder")}
+    taken = results["adder"].artifact.manifest["target"]["build"].get("adder_conv", {}).get("layers", 0)
+    for label, res in results.items():
+        print(f"# {name} {label}: verify {res.verification.summary()}")
+    print(f"# {name}: adder layers on the adder kernel: {taken}")
+
+    x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
+    runs = {}
+    for label, key in (("edgec adder", "adder"), ("edgec float", "float")):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
+        vm.set_input("main", tvm.runtime.tensor(x))
+        runs[label] = (lambda vm=vm: vm.invoke_stateful("main"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(adder_path), opts, providers=["CPUExecutionProvider"])
+    runs["onnxruntime adder (function form)"] = lambda: sess.run(None, {"x": x})
+
+    times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
+    terms = channels * channels * 9 * size * size
+    rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t)), f"{terms / median(t) / 1e9:.1f}"]
+            for label, t in times.items()]
+    print(format_table(rows, [f"{name} 3x3 (1 thread)", "median ms", "min ms", "max ms", "G terms/s"]))
+    vs_float = ratio_stats(times, "edgec adder", "edgec float")
+    vs_ort = ratio_stats(times, "onnxruntime adder (function form)", "edgec adder")
+    verdict_f = "MEETS" if vs_float["median"] <= BOUND_FLOAT else "MISSES"
+    verdict_o = "MEETS" if vs_ort["median"] >= BOUND_ORT else "MISSES"
+    print(f"{name}: edgec adder / edgec float time, per round: median {vs_float['median']:.2f}x "
+          f"(min {vs_float['min']:.2f}x - max {vs_float['max']:.2f}x, {vs_float['rounds']} rounds): {verdict_f} "
+          f"the <= {BOUND_FLOAT}x bound")
+    print(f"{name}: onnxruntime adder / edgec adder time, per round: median {vs_ort['median']:.1f}x "
+          f"(min {vs_ort['min']:.1f}x - max {vs_ort['max']:.1f}x): {verdict_o} the >= {BOUND_ORT:.0f}x bound")
+    print()
+    return {"layer": name, "adder_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
+            "adder_over_float": vs_float["median"], "ort_over_adder": vs_ort["median"]}
+
+
+def bench_network(rounds: int, work: Path) -> dict:
+    """The embedded MNIST model, float vs `edgec substitute --to adder --skip first,last` (four adder convs of
+    16-32 channels), both compiled by edgec: what a whole small network costs as an AdderNet."""
+    import tvm
+    from tvm import relax
+
+    from edgec.models import default_model_path
+    from edgec.ops.substitute import parse_skip
+    from edgec.toolchain.api import compile as edgec_compile
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    adder_path = work / "mnist-adder.onnx"
+    substitute(str(default_model_path()), adder_path, SubstituteOptions(to="adder", skip=parse_skip("first,last")))
+    results = {"float": edgec_compile(default_model_path(), output=work / "mnist-float"),
+               "adder": edgec_compile(adder_path, output=work / "mnist-adder")}
+    taken = results["adder"].artifact.manifest["target"]["build"].get("adder_conv", {}).get("layers", 0)
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    runs = {}
+    for key in ("adder", "float"):
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
+        vm.set_input("main", tvm.runtime.tensor(x))
+        runs[f"edgec {key}"] = (lambda vm=vm: vm.invoke_stateful("main"))
+    times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
+    rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
+    print(format_table(rows, [f"mnist ({taken} adder convs, 1 thread)", "median ms", "min ms", "max ms"]))
+    ratio = ratio_stats(times, "edgec adder", "edgec float")
+    print(f"mnist: edgec adder / edgec float time, per round: median {ratio['median']:.2f}x "
+          f"(min {ratio['min']:.2f}x - max {ratio['max']:.2f}x)")
+    print()
+    return {"layer": "mnist", "adder_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
+            "adder_over_float": ratio["median"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", default="64x28,128x14")
+    ap.add_argument("--network", action="store_true", help="also the embedded MNIST model, float vs adder")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgec-adder-conv-bench-"))
+    import compile_vs_ort
+
+    print(f"# adder_conv: {compile_vs_ort.host_line()}", flush=True)
+    figures = []
+    for spec in (s.strip() for s in args.layers.split(",") if s.strip()):
+        channels, size = (int(v) for v in spec.split("x"))
+        figures.append(bench_layer(channels, size, args.rounds, work))
+    if args.network:
+        figures.append(bench_network(args.rounds, work))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
