@@ -238,7 +238,7 @@ def test_device_serve_registers_and_list_shows_it(tracker, x86_artifact, cli):
             out = cli("device", "list", "--tracker", tracker)[1]
         assert "edgec-serve: 1 free" in out, out
         code, out, err = cli("bench", x86_artifact, "--device", f"rpc://{tracker}/edgec-serve", "--runs", "5")
-        assert code == 0 and "device rpc edgec-serve@" in out, err
+        assert code == 0 and "device rpc edgec-serve@" in out and "emulated" not in out, err
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -281,3 +281,52 @@ def test_several_artifacts_run_in_parallel_on_the_servers_of_one_key(tracker, x8
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
             p.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def arm_artifact(onnx_bytes: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import onnx
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(onnx.load_from_string(onnx_bytes), shape_dict={"x": list(SHAPE)}, keep_params_in_input=False)
+    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+    out = tmp_path_factory.mktemp("arm")
+    ex.export_library(str(out / "model.so"), cc="aarch64-linux-gnu-g++")
+    seal(out, {"library": "model.so", "entry": "main",
+               "target": {"name": "arm", "device": "cpu", "arch": "aarch64"},
+               "inputs": [{"name": "x", "dtype": "float32", "shape": list(SHAPE)}],
+               "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10]}]})
+    return out
+
+
+def test_emulated_aarch64_device_serves_through_the_tracker_marked_emulated(tracker, arm_artifact, x86_artifact,
+                                                                           cli):
+    """Issue 18: the emulated aarch64 device registers with the tracker like a board (`edgec device serve
+    --emulated`); bench through it names the artifact by its hash and marks the record emulated (the x86 server
+    of `edgec device serve` answers the same question with false: test_device_serve_registers_and_list_shows_it)."""
+    import shutil
+
+    from edgec.devices.device_main import sha256_file
+
+    if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("needs qemu-user-static and the aarch64 cross compiler (scripts/setup.sh installs them)")
+    proc = subprocess.Popen([*_edgec_cli(), "device", "serve", "--emulated", "--tracker", tracker, "--key",
+                             "edgec-emu", "--host", "127.0.0.1", "--port", str(_free_port())],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, out = time.monotonic() + 240, ""
+        while time.monotonic() < deadline and "edgec-emu: 1 free" not in out and proc.poll() is None:
+            time.sleep(1)
+            out = cli("device", "list", "--tracker", tracker)[1]
+        assert "edgec-emu: 1 free" in out, (out, proc.poll() is not None and proc.stderr.read())
+        code, out, err = cli("bench", arm_artifact, "--device", f"rpc://{tracker}/edgec-emu", "--runs", "3",
+                             "--warmup", "1", "--json", arm_artifact.parent / "emu.json")
+        assert code == 0, err
+        record = json.loads((arm_artifact.parent / "emu.json").read_text())
+        assert record["device"] == {"name": "rpc", "tracker": tracker, "key": "edgec-emu", "emulated": True}
+        assert record["artifact"]["manifest_sha256"] == sha256_file(arm_artifact / "manifest.json")
+        assert record["runs"] == 3 and "emulated device" in out
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -43,6 +43,17 @@ def parse_tracker(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def server_is_emulated(remote: Any) -> bool:
+    """Whether the server says it runs under an emulator (``edgec device serve --emulated``); a server that does
+    not answer ``edgec.device_info`` (TVM's plain rpc_server on a board) is taken as real hardware."""
+    import json
+
+    try:
+        return bool(json.loads(remote.get_function("edgec.device_info")()).get("emulated"))
+    except (AttributeError, RuntimeError, ValueError, TypeError):
+        return False
+
+
 @register_runner("rpc")
 class RpcRunner:
     """Runs artifacts on a board obtained from a TVM RPC tracker."""
@@ -123,6 +134,7 @@ class RpcRunner:
                              f"the artifact expects {', '.join(s['name'] for s in manifest['inputs'])}")
         remote = self._connect()
         details: dict[str, Any] = {}
+        emulated = server_is_emulated(remote)
         try:
             start = time.perf_counter()
             remote.upload(str(lib))
@@ -148,4 +160,4 @@ class RpcRunner:
             raise EdgecError(f"the artifact failed on the RPC device '{self.key}': {first[-1] if first else e}",
                              "check that the board's architecture and TVM version match the artifact's target"
                              ) from e
-        return RunResult(outputs=outputs, latencies_ms=latencies, details=details)
+        return RunResult(outputs=outputs, latencies_ms=latencies, details=details, emulated=emulated)

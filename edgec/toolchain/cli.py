@@ -926,15 +926,18 @@ def device_list_cmd(tracker: str) -> None:
 @click.option("--key", required=True, help="The device class this machine is, e.g. rpi4.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", default=9091, show_default=True, type=click.IntRange(1, 65535), help="First port to try.")
+@click.option("--emulated", is_flag=True, help="Serve the emulated aarch64 device (qemu-user) instead of this "
+              "machine: an Arm device of the farm on any x86 host; its bench records are marked emulated.")
 @_handle_errors
-def device_serve_cmd(tracker: str, key: str, host: str, port: int) -> None:
+def device_serve_cmd(tracker: str, key: str, host: str, port: int, emulated: bool = False) -> None:
     """Serve this machine as a device: a TVM RPC server registered with TRACKER under KEY, until Ctrl-C."""
     import time
 
-    from edgec.devices.farm import serve
+    from edgec.devices.farm import serve, serve_emulated
 
-    server = serve(tracker, key, host, port, min(65535, port + 100))
-    click.echo(f"serving as '{key}' on {host}:{server.port}, registered with {tracker} (Ctrl-C stops)")
+    server = (serve_emulated if emulated else serve)(tracker, key, host, port, min(65535, port + 100))
+    what = "the emulated aarch64 device" if emulated else "this machine"
+    click.echo(f"serving {what} as '{key}' on {host}:{server.port}, registered with {tracker} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(1)
