@@ -37,32 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, op_kernel_pass, scheduled
+
 CONV_SYMBOL = "edgec_adder_conv"
-
-
-@dataclasses.dataclass(frozen=True)
-class AdderConvShape:
-    """One adder conv layer's static shape and attributes (ONNX Conv's, group 1); ``pads`` = (top, left, bottom,
-    right)."""
-
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
-
-    @property
-    def oh(self) -> int:
-        return (self.h + self.pads[0] + self.pads[2] - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
-
-    @property
-    def ow(self) -> int:
-        return (self.w + self.pads[1] + self.pads[3] - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
+AdderConvShape = ConvShape  # an adder conv layer needs nothing beyond the conv's shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,10 +130,6 @@ def epilogue_constant(w: np.ndarray, bias: np.ndarray, plan: Plan) -> np.ndarray
     return out
 
 
-def _finish(func: Any, symbol: str) -> Any:
-    return func.with_attr({"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True})
-
-
 def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     """PrimFunc(x [N, C, H, W] f32, wp [O/lanes, C, kh, kw, lanes], cb [Op + lanes]) → y [N, O, OH, OW] f32,
     exported as ``symbol``.
@@ -240,7 +214,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                                             y[ny // oh_, (to * vb + v) * lanes + lane, ny % oh_, tx * pb + p] = (
                                                 cb[(to * vb + v) * lanes + lane] + sx[p] + acc[p, v, lane])
 
-    return _finish(conv, symbol)
+    return scheduled(conv, symbol)
 
 
 def takes(isa: Any) -> bool:
@@ -328,45 +302,22 @@ def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
 
 
 def adder_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
-    """Relax pass (before the layout pass): each inlined ``edgec::AdderConv`` → ``call_tir`` of :func:`pad_func`
-    and :func:`conv_func`, the weights laid out here as constants. ``stats`` (owned by the build) is filled with
-    the layers taken: ``{"layers": n, "shapes": [...]}``. A target :func:`takes` refuses keeps the float body."""
-    import tvm
-    from tvm import relax
+    """Relax pass (before the layout pass): each inlined ``edgec::AdderConv`` → ``call_tir`` of :func:`conv_func`,
+    the weights laid out here as constants. ``stats`` (owned by the build) is filled with the layers taken:
+    ``{"layers": n, "shapes": [...]}``. A target :func:`takes` refuses keeps the float body (the unfold conv,
+    subtract and abs it leaves behind are dead code)."""
 
-    counts = stats if stats is not None else {}
+    def rewrite(builder: Any, call: Any, lookup: Any, index: int):
+        from tvm import relax
 
-    @relax.expr_functor.mutator
-    class _Rewrite(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", None) != "relax.add":
-                return call
-            parts = _adder_conv_parts(call, self.lookup_binding)
-            if parts is None:
-                return call
-            shape: AdderConvShape = parts["shape"]
-            plan = Plan(shape, Tiling.for_isa(isa, shape.o, shape.ow))
-            index = counts.get("layers", 0)
-            conv = self.builder_.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
-            counts["layers"] = index + 1
-            counts.setdefault("shapes", []).append(
-                f"{shape.c}->{shape.o} {shape.kh}x{shape.kw}/{shape.strides[0]} {shape.h}x{shape.w}")
-            return relax.call_tir(conv, [parts["x"], relax.const(pack_weights(parts["w"], plan)),
-                                         relax.const(epilogue_constant(parts["w"], parts["bias"], plan))],
-                                  out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32"))
+        parts = _adder_conv_parts(call, lookup)
+        if parts is None:
+            return None
+        shape: AdderConvShape = parts["shape"]
+        plan = Plan(shape, Tiling.for_isa(isa, shape.o, shape.ow))
+        conv = builder.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
+        return relax.call_tir(conv, [parts["x"], relax.const(pack_weights(parts["w"], plan)),
+                                     relax.const(epilogue_constant(parts["w"], parts["bias"], plan))],
+                              out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32")), shape
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecAdderConvKernels")
-    def _pass(mod, _ctx):
-        counts.clear()
-        if not takes(isa):
-            return mod
-        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        mod = rewriter.builder_.get()
-        # the float body's unfold conv, subtract and abs are dead now
-        return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
-
-    return _pass
+    return op_kernel_pass("EdgecAdderConvKernels", lambda: takes(isa), rewrite, stats)

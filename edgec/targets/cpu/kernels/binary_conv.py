@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgec.ops.packing import pack_signs
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, op_kernel_pass, scheduled
 
 WORD_BITS = 32
 PACK_SYMBOL = "edgec_binary_pack"
@@ -44,28 +45,8 @@ CONV_SYMBOL = "edgec_binary_conv"
 
 
 @dataclasses.dataclass(frozen=True)
-class BinaryConvShape:
-    """One binary conv layer's static shape and attributes (ONNX Conv's, group 1); ``pads`` = (top, left,
-    bottom, right)."""
-
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: tuple[int, int] = (1, 1)
-    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
-    dilations: tuple[int, int] = (1, 1)
-
-    @property
-    def oh(self) -> int:
-        return (self.h + self.pads[0] + self.pads[2] - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
-
-    @property
-    def ow(self) -> int:
-        return (self.w + self.pads[1] + self.pads[3] - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
+class BinaryConvShape(ConvShape):
+    """A binary conv layer: :class:`ConvShape` and the packed sizes it implies."""
 
     @property
     def words(self) -> int:
@@ -178,10 +159,6 @@ def padded_vector(values: np.ndarray, plan: Plan) -> np.ndarray:
     return out
 
 
-def _finish(func: Any, symbol: str) -> Any:
-    return func.with_attr({"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True})
-
-
 def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     """PrimFunc(x [N, C, H, W] f32, shift [C] f32) → xp (uint32, :attr:`Plan.packed_x_shape`), exported as
     ``symbol``."""
@@ -230,7 +207,7 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
                     segment(x, shift, xp, nh, cw, f2, s2, c2)
                     segment(x, shift, xp, nh, cw, f3, s3, c3)
 
-    return _finish(pack, symbol)
+    return scheduled(pack, symbol)
 
 
 def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
@@ -283,7 +260,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                                         alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
                                         + bias[to * ob + oi])
 
-    return _finish(conv, symbol)
+    return scheduled(conv, symbol)
 
 
 def _row_segments(width: int, lanes: int) -> list[tuple[int, int, int]]:
@@ -338,7 +315,7 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
                 segment(x, shift, xp, nc // cw_, nc % cw_, h, f2, s2, c2)
                 segment(x, shift, xp, nc // cw_, nc % cw_, h, f3, s3, c3)
 
-    return _finish(pack, symbol)
+    return scheduled(pack, symbol)
 
 
 def _conv_flat(plan: Plan, symbol: str) -> Any:
@@ -394,7 +371,7 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                                     alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
                                     + bias[to * ob + oi])
 
-    return _finish(conv, symbol)
+    return scheduled(conv, symbol)
 
 
 def takes(isa: Any) -> bool:
@@ -469,48 +446,24 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
 def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
     """Relax pass (before the layout pass): each inlined ``edgec::BinaryConv`` → ``call_tir`` of :func:`pack_func`
     and :func:`conv_func`, the weights packed here as constants. ``stats`` (owned by the build) is filled with the
-    layers taken: ``{"layers": n, "shapes": [...]}``. A target :func:`takes` refuses keeps the float body."""
-    import tvm
-    from tvm import relax
+    layers taken: ``{"layers": n, "shapes": [...]}``. A target :func:`takes` refuses keeps the float body (the
+    conv, where and less it leaves behind are dead code)."""
 
-    counts = stats if stats is not None else {}
+    def rewrite(builder: Any, call: Any, lookup: Any, index: int):
+        from tvm import relax
 
-    @relax.expr_functor.mutator
-    class _Rewrite(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if getattr(call.op, "name", None) != "relax.add":
-                return call
-            parts = _binary_conv_parts(call, self.lookup_binding)
-            if parts is None:
-                return call
-            shape: BinaryConvShape = parts["shape"]
-            plan = Plan(shape, Tiling.for_isa(isa, shape.o))
-            index = counts.get("layers", 0)
-            pack = self.builder_.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
-            conv = self.builder_.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
-            packed = self.builder_.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
-                                                       out_ty=relax.TensorType(plan.packed_x_shape, "uint32")),
-                                        "binary_packed")
-            counts["layers"] = index + 1
-            counts.setdefault("shapes", []).append(
-                f"{shape.c}->{shape.o} {shape.kh}x{shape.kw}/{shape.strides[0]} {shape.h}x{shape.w}")
-            return relax.call_tir(conv, [packed, relax.const(pack_weights(parts["w"], plan)),
-                                         relax.const(padded_vector(parts["alpha"], plan)),
-                                         relax.const(padded_vector(parts["bias"], plan))],
-                                  out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32"))
+        parts = _binary_conv_parts(call, lookup)
+        if parts is None:
+            return None
+        shape: BinaryConvShape = parts["shape"]
+        plan = Plan(shape, Tiling.for_isa(isa, shape.o))
+        pack = builder.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
+        conv = builder.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
+        packed = builder.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
+                                             out_ty=relax.TensorType(plan.packed_x_shape, "uint32")), "binary_packed")
+        return relax.call_tir(conv, [packed, relax.const(pack_weights(parts["w"], plan)),
+                                     relax.const(padded_vector(parts["alpha"], plan)),
+                                     relax.const(padded_vector(parts["bias"], plan))],
+                              out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32")), shape
 
-    @tvm.transform.module_pass(opt_level=0, name="EdgecBinaryConvKernels")
-    def _pass(mod, _ctx):
-        counts.clear()
-        if not takes(isa):
-            return mod
-        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        mod = rewriter.builder_.get()
-        # the float body's conv, where and less are dead now
-        return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
-
-    return _pass
+    return op_kernel_pass("EdgecBinaryConvKernels", lambda: takes(isa), rewrite, stats)

@@ -1,0 +1,91 @@
+"""What the kernels of edgec's own ops (binary_conv.py, adder_conv.py) share: a conv layer's static shape, the
+attributes of a hand-scheduled PrimFunc, and the Relax pass that finds each op's imported float body and replaces
+it by calls of the op's kernels.
+
+Why a pass on the imported body: TVM's ONNX importer has no hook for custom ops, so ``edgec::BinaryConv`` and
+``edgec::AdderConv`` reach Relax as their function bodies (edgec_ops.py inlines them); each kernel module
+recognises its body by checking every constant in it, so a replacement is exact whatever graph the pattern came
+from, and a target the kernel does not take keeps the float body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+__all__ = ["ConvShape", "scheduled", "op_kernel_pass"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvShape:
+    """One conv layer's static shape and attributes (ONNX Conv's, group 1); ``pads`` = (top, left, bottom, right)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+
+    @property
+    def oh(self) -> int:
+        return (self.h + self.pads[0] + self.pads[2] - self.dilations[0] * (self.kh - 1) - 1) // self.strides[0] + 1
+
+    @property
+    def ow(self) -> int:
+        return (self.w + self.pads[1] + self.pads[3] - self.dilations[1] * (self.kw - 1) - 1) // self.strides[1] + 1
+
+    def describe(self) -> str:
+        """How the build report lists the layer: ``C->O KHxKW/S HxW``."""
+        return f"{self.c}->{self.o} {self.kh}x{self.kw}/{self.strides[0]} {self.h}x{self.w}"
+
+
+def scheduled(func: Any, symbol: str) -> Any:
+    """A hand-written PrimFunc as the build must take it: exported as ``symbol``, already scheduled (no schedule
+    rule touches it, and tuning offers it no task), its buffers not aliased."""
+    return func.with_attr({"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True})
+
+
+def op_kernel_pass(name: str, takes: Callable[[], bool], rewrite: Callable[[Any, Any, Any, int], Any],
+                   stats: dict[str, Any] | None = None):
+    """A Relax module pass: every ``relax.add`` call (where both op bodies end: the bias) is offered to
+    ``rewrite(builder, call, lookup_binding, index)``, which returns the replacing expression (having added its
+    kernels to the builder as ``<symbol>_<index>``) and the layer's :class:`ConvShape`, or None to keep the call.
+    ``stats`` (owned by the build) gets ``{"layers": n, "shapes": [...]}``; a target ``takes()`` refuses is left
+    as it is. The float body left behind is removed as dead code."""
+    import tvm
+    from tvm import relax
+
+    counts = stats if stats is not None else {}
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", None) != "relax.add":
+                return call
+            done = rewrite(self.builder_, call, self.lookup_binding, counts.get("layers", 0))
+            if done is None:
+                return call
+            expr, shape = done
+            counts["layers"] = counts.get("layers", 0) + 1
+            counts.setdefault("shapes", []).append(shape.describe())
+            return expr
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod, _ctx):
+        counts.clear()
+        if not takes():
+            return mod
+        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        mod = rewriter.builder_.get()
+        return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
+
+    return _pass
