@@ -223,7 +223,7 @@ def test_bench_unknown_key_and_dead_tracker_are_one_line(tracker, x86_artifact, 
     assert time.monotonic() - start < 30
 
 
-def test_device_serve_registers_and_list_shows_it(tracker, x86_artifact, cli):
+def test_device_serve_registers_and_list_shows_it(tracker, x86_artifact, onnx_bytes, cli, tmp_path):
     """`edgec device serve` makes this machine a device of the farm; `device list` shows the key; bench runs on it."""
     code, out, err = cli("device", "list", "--tracker", tracker)
     assert code == 0 and f"{KEY}: 1 free" in out, (out, err)
@@ -239,6 +239,23 @@ def test_device_serve_registers_and_list_shows_it(tracker, x86_artifact, cli):
         assert "edgec-serve: 1 free" in out, out
         code, out, err = cli("bench", x86_artifact, "--device", f"rpc://{tracker}/edgec-serve", "--runs", "5")
         assert code == 0 and "device rpc edgec-serve@" in out and "emulated" not in out, err
+        # --profile through rpc: the edgec server times every kernel of an edgec-built artifact on the board;
+        # TVM's plain rpc_server (KEY) cannot, in one line
+        from edgec.toolchain.api import compile as do_compile
+
+        src = tmp_path / "tiny.onnx"
+        src.write_bytes(onnx_bytes)
+        built = do_compile(src, target="x86", output=tmp_path / "edgec_built", verify=False).artifact.path
+        code, out, err = cli("bench", built, "--device", f"rpc://{tracker}/edgec-serve", "--runs", "5", "--profile",
+                             "--json", tmp_path / "p.json")
+        assert code == 0, err
+        rows = json.loads((tmp_path / "p.json").read_text())["profile"]
+        kernels = json.loads((built / "manifest.json").read_text())["target"]["build"]["kernels"]
+        assert {k["name"] for k in kernels} <= {r["op"] for r in rows} and all(
+            r["time_ms"] > 0 for r in rows if r["op"] in {k["name"] for k in kernels})
+        code, _, err = cli("bench", built, "--device", f"rpc://{tracker}/{KEY}", "--runs", "2", "--profile")
+        last = err.strip().splitlines()[-1]  # after the progress bar's label
+        assert code == 2 and last.startswith("edgec: error: this RPC server cannot profile") and "Traceback" not in err
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

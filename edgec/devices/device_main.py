@@ -271,24 +271,38 @@ def _find_function(lib, name: str):
     return None
 
 
-def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: float | None = None,
+def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: float | None = None
+                    ) -> list[dict[str, Any]]:
+    """``edgec bench --profile`` on this device: :func:`profile_library` of the artifact's (hash-checked)
+    library, over the kernels the manifest lists (``target.build.kernels``, recorded at build time)."""
+    import tvm
+
+    kernels = manifest_kernels(manifest)
+    dev = _device(manifest["target"].get("device", "cpu"))
+    lib = tvm.runtime.load_module(str(checked_file(artifact_dir, manifest, manifest.get("library"))))
+    return profile_library(lib, dev, kernels, total_ms)
+
+
+def manifest_kernels(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    kernels = ((manifest.get("target") or {}).get("build") or {}).get("kernels")
+    if not kernels:
+        raise ArtifactError("this artifact records no kernel list (built by an older edgec or a CUDA build)",
+                            "recompile it with this edgec to profile it")
+    return kernels
+
+
+def profile_library(lib, dev, kernels: list[dict[str, Any]], total_ms: float | None = None,
                     repeat_ms: float = 0.2, repeats: int = 25) -> list[dict[str, Any]]:
-    """``edgec bench --profile``: every kernel the manifest lists (``target.build.kernels``, recorded at build
-    time) timed alone on the device, on buffers of its own shapes (floats N(0, 1), integers 0 — a valid index for
-    any gather), median of ``repeats`` repeats of about ``repeat_ms`` each; × its calls per inference. Rows by time, with % and cumulative % of the
-    kernels' sum; kernels that cannot be timed alone (dynamic shapes) are rows without a time. With
-    ``total_ms`` (the end-to-end p50) a last row holds what lies between the kernels (VM, allocation, copies).
+    """Every kernel of ``kernels`` timed alone in the loaded library, on buffers of its own shapes (floats
+    N(0, 1), integers 0 — a valid index for any gather), median of ``repeats`` repeats of about ``repeat_ms``
+    each; × its calls per inference. Rows by time, with % and cumulative % of the kernels' sum; kernels that
+    cannot be timed alone (dynamic shapes) are rows without a time. With ``total_ms`` (the end-to-end p50) a last
+    row holds what lies between the kernels (VM, allocation, copies).
 
     Timed alone, a kernel runs with warm caches and its inputs already in place: the table says where the time
     goes, not what each kernel costs inside the model to the microsecond."""
     import tvm
 
-    kernels = ((manifest.get("target") or {}).get("build") or {}).get("kernels")
-    if not kernels:
-        raise ArtifactError("this artifact records no kernel list (built by an older edgec or a CUDA build)",
-                            "recompile it with this edgec to profile it")
-    dev = _device(manifest["target"].get("device", "cpu"))
-    lib = tvm.runtime.load_module(str(checked_file(artifact_dir, manifest, manifest.get("library"))))
     rng = np.random.default_rng(0)
     rows = []
     for k in kernels:

@@ -54,6 +54,23 @@ def server_is_emulated(remote: Any) -> bool:
         return False
 
 
+def _profile_remote(remote: Any, library: str, manifest: dict[str, Any], latencies: list[float]) -> list:
+    """``--profile`` on the board: its server's ``edgec.profile_kernels`` (``edgec device serve`` registers it)
+    times each kernel of the uploaded library there."""
+    import json
+
+    from edgec.devices.device_main import manifest_kernels
+
+    try:
+        profile = remote.get_function("edgec.profile_kernels")
+    except (AttributeError, RuntimeError):
+        raise EdgecError("this RPC server cannot profile kernels (a plain TVM rpc_server)",
+                         "start the board's server with `edgec device serve`, or bench without --profile") from None
+    p50 = float(np.median(latencies)) if latencies else 0.0
+    return json.loads(profile(library, json.dumps(manifest_kernels(manifest)), p50,
+                              manifest["target"].get("device", "cpu")))
+
+
 @register_runner("rpc")
 class RpcRunner:
     """Runs artifacts on a board obtained from a TVM RPC tracker."""
@@ -112,9 +129,6 @@ class RpcRunner:
     def bench(self, artifact_dir: Path, inputs: dict[str, np.ndarray], spec: BenchSpec) -> RunResult:
         """Timed on the board with its own clock; load_ms covers upload + load + VM init. The board's memory is
         not reported through TVM's RPC (peak_rss_bytes: None). Its thread count is the server's."""
-        if spec.profile:
-            raise EdgecError("--profile is not measured through rpc yet (the kernels are timed by device_main)",
-                             "profile with --device local or qemu-aarch64 on an artifact of that machine")
         return self._run(artifact_dir, inputs, spec.runs, 1, spec)
 
     def _run(self, artifact_dir: Path, inputs: dict[str, np.ndarray], repeat: int, number: int,
@@ -153,6 +167,8 @@ class RpcRunner:
                 runs = max(1, min(spec.runs, int(spec.max_seconds * 1e3 / max(details["first_run_ms"], 1e-3))))
                 _, latencies = run_vm(vm, dev, manifest, inputs, runs, 1)
                 details["peak_rss_bytes"] = None
+                if spec.profile:
+                    details["profile"] = _profile_remote(remote, lib.name, manifest, latencies)
         # TVM's errors (tvm.error.RPCError, InternalError) derive from RuntimeError; a missing entry function
         # is an ArtifactError from run_vm.
         except (RuntimeError, AttributeError, ArtifactError) as e:

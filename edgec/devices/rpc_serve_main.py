@@ -17,16 +17,37 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 
 def device_info_callback(emulated: bool):
-    """A function that registers ``edgec.device_info`` in the server process (run there by TVM's server)."""
+    """A function that registers edgec's functions in the server process (run there by TVM's server):
+    ``edgec.device_info`` (machine, emulated) and ``edgec.profile_kernels`` (``edgec bench --profile`` through
+    rpc: device_main's kernel timing on a library uploaded to the session, where device_main.py sits next to
+    this file — it does wherever ``edgec device serve`` runs)."""
+    here = Path(__file__).resolve().parent
 
     def register() -> None:
+        import importlib.util
+
         import tvm
 
         info = json.dumps({"machine": platform.machine(), "emulated": emulated})
         tvm.register_global_func("edgec.device_info", lambda: info, override=True)
+        spec = importlib.util.spec_from_file_location("edgec_device_main", here / "device_main.py")
+        if spec is None or spec.loader is None:
+            return
+        device_main = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(device_main)
+
+        def profile(library: str, kernels: str, total_ms: float, device: str) -> str:
+            path = tvm.get_global_func("tvm.rpc.server.workpath")(library)
+            dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+            rows = device_main.profile_library(tvm.runtime.load_module(path), dev, json.loads(kernels),
+                                               total_ms if total_ms > 0 else None)
+            return json.dumps(rows)
+
+        tvm.register_global_func("edgec.profile_kernels", profile, override=True)
 
     return register
 
