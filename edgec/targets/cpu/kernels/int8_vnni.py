@@ -152,8 +152,14 @@ def unsigned_activations_pass(isa: Isa):
             bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
             if getattr(getattr(bound, "op", None), "name", None) == "relax.nn.pad" \
                     and bound.attrs.pad_mode == "constant":
-                data = relax.op.nn.pad(_to_unsigned(bound.args[0]), [int(p) for p in bound.attrs.pad_width],
-                                       "constant", float(bound.attrs.pad_value) + 128.0)
+                width = [int(p) for p in bound.attrs.pad_width]
+                value = float(bound.attrs.pad_value) + 128.0
+                if value == 0.0 and not any(padding) and not any(width[:4]):
+                    # zero point −128 (after a ReLU): the shifted border is 0, the conv's own padding, which
+                    # stays in the blocked layout (an explicit pad ran as NCHWc → NCHW → pad → NCHWc copies)
+                    data, padding = _to_unsigned(bound.args[0]), [width[4], width[6], width[5], width[7]]
+                else:
+                    data = relax.op.nn.pad(_to_unsigned(bound.args[0]), width, "constant", value)
             elif any(padding):
                 top, left, bottom, right = padding
                 data = relax.op.nn.pad(_to_unsigned(data), [0, 0, 0, 0, top, bottom, left, right], "constant", 128.0)
