@@ -180,7 +180,7 @@ def unsigned_activations_pass(isa: Isa):
             return mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                mod[gv] = _Shift(mod).visit_expr(func)
+                mod[gv] = relax.analysis.remove_all_unused(_Shift(mod).visit_expr(func))  # the replaced pads
         return mod
 
     return _pass
