@@ -85,10 +85,12 @@ def test_resnet8_compiled_equals_the_interpreter_exactly(compiled):
     assert report["passed"] and report["max_abs_diff"] == 0, report
 
 
-@pytest.mark.parametrize("pad,conv_padding", [(None, 1), (-128, 0), (-5, 0), (None, 0)])
-def test_unsigned_shift_keeps_the_integers(pad, conv_padding):
+@pytest.mark.parametrize("pad,conv_padding,groups", [(None, 1, 1), (-128, 0, 1), (-5, 0, 1), (None, 0, 1),
+                                                     (-128, 0, 8), (None, 1, 8)])
+def test_unsigned_shift_keeps_the_integers(pad, conv_padding, groups):
     """int8 × int8 conv, its input padded by the conv (zeros), by an explicit pad of the zero point −128 (becomes
-    the conv's zero padding) or of another value, or not at all: after the shift to uint8, the same int32."""
+    the conv's zero padding) or of another value, or not at all: after the shift to uint8, the same int32. A
+    depthwise conv is shifted only where that removes its −128 pad."""
     import tvm
     from tvm import relax
 
@@ -98,7 +100,7 @@ def test_unsigned_shift_keeps_the_integers(pad, conv_padding):
 
     rng = np.random.default_rng(0)
     x = rng.integers(-128, 128, (1, 8, 6, 6)).astype(np.int8)
-    w = rng.integers(-128, 128, (16, 8, 3, 3)).astype(np.int8)
+    w = rng.integers(-128, 128, (16 if groups == 1 else 8, 8 // groups, 3, 3)).astype(np.int8)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType((1, 8, 6, 6), "int8"))
     with bb.function("main", [xv]):
@@ -106,7 +108,7 @@ def test_unsigned_shift_keeps_the_integers(pad, conv_padding):
             data = xv if pad is None else bb.emit(relax.op.nn.pad(xv, [0, 0, 0, 0, 1, 1, 1, 1], "constant",
                                                                    float(pad)))
             y = bb.emit_output(relax.op.nn.conv2d(data, relax.const(w, "int8"), padding=conv_padding,
-                                                  out_dtype="int32"))
+                                                  groups=groups, out_dtype="int32"))
         bb.emit_func_output(y)
     mod = bb.get()
     isa = isa_of(resolve_target(VNNI_TARGET).tvm_target())
@@ -114,17 +116,23 @@ def test_unsigned_shift_keeps_the_integers(pad, conv_padding):
     ops = []
     relax.analysis.post_order_visit(shifted["main"], lambda e: ops.append(e) if isinstance(e, relax.Call) else None)
     convs = [e for e in ops if getattr(e.op, "name", "") == "relax.nn.conv2d"]
-    assert [str(e.args[0].ty.dtype) for e in convs] == ["uint8"]
     pads = [float(e.attrs.pad_value) for e in ops if getattr(e.op, "name", "") == "relax.nn.pad"]
-    assert pads == {None: [128.0] if conv_padding else [], -128: [], -5: [123.0]}[pad], pads
+    if groups == 1 or pad == -128:
+        assert [str(e.args[0].ty.dtype) for e in convs] == ["uint8"]
+        assert pads == {None: [128.0] if conv_padding else [], -128: [], -5: [123.0]}[pad], pads
+    else:
+        assert [str(e.args[0].ty.dtype) for e in convs] == ["int8"] and not pads
 
     padded = np.pad(x.astype(np.int64), [(0, 0), (0, 0), (1, 1), (1, 1)],
                     constant_values=0 if pad is None else pad) if (pad is not None or conv_padding) else x
-    want = np.zeros((1, 16, padded.shape[2] - 2, padded.shape[3] - 2), np.int64)
+    want = np.zeros((1, w.shape[0], padded.shape[2] - 2, padded.shape[3] - 2), np.int64)
     for i in range(3):
         for j in range(3):
             win = padded[:, :, i:i + want.shape[2], j:j + want.shape[3]].astype(np.int64)
-            want += np.einsum("nchw,oc->nohw", win, w[:, :, i, j].astype(np.int64))
+            if groups == 1:
+                want += np.einsum("nchw,oc->nohw", win, w[:, :, i, j].astype(np.int64))
+            else:  # depthwise: output channel c reads input channel c
+                want += win * w[:, 0, i, j].astype(np.int64).reshape(1, -1, 1, 1)
     exe = tvm.compile(shifted, target="llvm")
     got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, want)

@@ -137,7 +137,9 @@ def unsigned_activations_pass(isa: Isa):
     ``Σ (x + 128) · w = Σ x · w + 128 · Σ w`` exactly. vpdpbusd takes unsigned × signed bytes only, so the signed
     conv otherwise ran as the generic widening int32 kernel (MLPerf Tiny ResNet-8's 16-64 channel convs).
     The shift is one add per activation, fused into the producing layer's requantizing write-back; a padded
-    input (the explicit pad of the zero point, or the conv's own zero padding) is padded with the shifted value."""
+    input (the explicit pad of the zero point, or the conv's own zero padding) is padded with the shifted value.
+    A grouped (depthwise) conv is shifted only where its input is the zero point −128's explicit pad: the
+    shifted border is 0, the conv's own padding, and the pad's NCHW round trip goes (DS-CNN, MobileNets)."""
     import tvm
     from tvm import relax
 
@@ -150,11 +152,16 @@ def unsigned_activations_pass(isa: Isa):
             a = call.attrs
             data, padding = call.args[0], [int(p) for p in a.padding]
             bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
-            if getattr(getattr(bound, "op", None), "name", None) == "relax.nn.pad" \
-                    and bound.attrs.pad_mode == "constant":
+            is_pad = getattr(getattr(bound, "op", None), "name", None) == "relax.nn.pad" \
+                and bound.attrs.pad_mode == "constant"
+            vanishes = is_pad and float(bound.attrs.pad_value) == -128.0 and not any(padding) \
+                and not any(int(p) for p in bound.attrs.pad_width[:4])
+            if int(a.groups) != 1 and not vanishes:
+                return call  # a grouped (depthwise) conv gains nothing from the shift but a pad it no longer needs
+            if is_pad:
                 width = [int(p) for p in bound.attrs.pad_width]
                 value = float(bound.attrs.pad_value) + 128.0
-                if value == 0.0 and not any(padding) and not any(width[:4]):
+                if vanishes:
                     # zero point −128 (after a ReLU): the shifted border is 0, the conv's own padding, which
                     # stays in the blocked layout (an explicit pad ran as NCHWc → NCHW → pad → NCHWc copies)
                     data, padding = _to_unsigned(bound.args[0]), [width[4], width[6], width[5], width[7]]
@@ -194,18 +201,18 @@ def _to_unsigned(x):
 
 
 def _signed_int8_conv(call) -> bool:
-    """A plain (ungrouped, NCHW/OIHW) int8 × constant int8 → int32 conv whose output channels fill 16-wide blocks."""
+    """An NCHW/OIHW int8 × constant int8 → int32 conv: grouped, or plain with output channels in 16-wide blocks."""
     import tvm
     from tvm import relax
 
     if not isinstance(call, relax.Call) or getattr(call.op, "name", None) != "relax.nn.conv2d":
         return False
     a = call.attrs
-    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or int(a.groups) != 1 or str(a.out_dtype) != "int32":
+    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or str(a.out_dtype) != "int32":
         return False
     data, weight = call.args[0].ty, call.args[1]
     if not isinstance(weight, tvm.ir.expr.Constant) or str(weight.ty.dtype) != "int8":
         return False
-    if str(data.dtype) != "int8" or len(data.shape) != 4 or int(weight.ty.shape[0]) % 16 != 0:
+    if str(data.dtype) != "int8" or len(data.shape) != 4 or (int(a.groups) == 1 and int(weight.ty.shape[0]) % 16):
         return False
     return not bool(np.isin(weight.value.numpy(), (-1, 1)).all())  # binary weights: packed to bits, not VNNI
