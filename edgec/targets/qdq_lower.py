@@ -421,7 +421,12 @@ def elementwise_qdq(func):
     """The per-tensor quantize/dequantize left between layers (residual adds, pooling, the model's input and
     output) as elementwise arithmetic with ONNX's semantics — ``dequantize(x) = (float(x) − z) · s``,
     ``quantize(x) = saturate(round(x / s) + z)``, round half to even — so that layout conversion passes through
-    them and fusion puts them in the neighbouring kernels' epilogues. Per-channel ones stay as they are."""
+    them and fusion puts them in the neighbouring kernels' epilogues. Per-channel ones stay as they are.
+
+    ``quantize(dequantize(x, s, z), s, z)`` of an integer ``x`` of the output's type is ``x`` itself, exactly:
+    ``(x − z) · s / s`` is within a few float32 ulps of the integer ``x − z`` (|x − z| ≤ 255), which rounds back
+    to it. A TFLite quantized ADD reads its inputs' integers that way; left as arithmetic, each input was
+    re-quantized (float convert, multiply, divide, round, clamp) in the residual conv's epilogue."""
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
@@ -444,7 +449,17 @@ def elementwise_qdq(func):
             y = relax.op.add(y, relax.const(np.float32(zero)))
         return _to_integer(_clamp(y, *_QRANGE[out_dtype]), out_dtype)
 
+    def round_trip(expr, matches):
+        inner = matches[dq]
+        same = [_scalar(a) for a in (expr.args[1], inner.args[1], expr.args[2], inner.args[2])]
+        if None in same or same[0] != same[1] or same[2] != same[3] \
+                or str(inner.args[0].ty.dtype) != str(expr.attrs.out_dtype):
+            return expr
+        return inner.args[0]
+
     any3 = (wildcard(), wildcard(), wildcard())
+    dq = is_op("relax.dequantize")(*any3)
+    func = rewrite_call(is_op("relax.quantize")(dq, wildcard(), wildcard()), round_trip, func)
     func = rewrite_call(is_op("relax.dequantize")(*any3), dequantize, func)
     return rewrite_call(is_op("relax.quantize")(*any3), quantize, func)
 

@@ -386,11 +386,22 @@ def mean(b: Builder, op: Operator) -> None:
 
 
 def pad(b: Builder, op: Operator) -> None:
+    """PAD; a quantized one (pad value: the zero point) pads the integers, dequantized after: the same values
+    as padding the dequantized tensor with 0, but the pad then moves int8 instead of float32 (through the layout
+    copies around it) and nothing is re-quantized per element."""
     paddings = b.data(op.inputs[1]).astype(np.int64)  # [rank, 2]
     layout = b.layout_of(op.inputs[0])
     if layout == NCHW:
         paddings = paddings[list(TO_NCHW)]
-    inputs = [b.value(op.inputs[0], layout), b.const(np.concatenate([paddings[:, 0], paddings[:, 1]]), "pads")]
+    pads = b.const(np.concatenate([paddings[:, 0], paddings[:, 1]]), "pads")
+    t = b.tensor(op.inputs[0])
+    if b.qdq and len(op.inputs) == 2 and t.quantized and t.scale.size == 1 and t.dtype in (np.int8, np.uint8):
+        qparams = b.qparams(op.inputs[0])
+        ints = b.node("QuantizeLinear", [b.value(op.inputs[0], layout), *qparams])[0]
+        padded = b.node("Pad", [ints, pads, qparams[1]], mode="constant")[0]
+        _finish(b, op, b.node("DequantizeLinear", [padded, *qparams])[0], layout)
+        return
+    inputs = [b.value(op.inputs[0], layout), pads]
     if len(op.inputs) > 2 and op.inputs[2] >= 0:
         inputs.append(b.value(op.inputs[2], PLAIN))
     _finish(b, op, b.node("Pad", inputs, mode="constant")[0], layout)

@@ -128,3 +128,91 @@ def _needs_channel(call) -> bool:
 
     w = call.args[1]
     return not (isinstance(w, tvm.ir.expr.Constant) and bool(np.isin(w.value.numpy(), (-1, 1)).all()))
+
+
+def unsigned_activations_pass(isa: Isa):
+    """Relax pass (before :func:`pad_input_channels_pass`): on a VNNI target, an int8 × int8 conv (a TFLite
+    int8 model's: its activations are signed) reads its input shifted to uint8, ``x + 128``, and subtracts
+    ``128 · Σw`` per output channel from the int32 accumulator — the same integers, since
+    ``Σ (x + 128) · w = Σ x · w + 128 · Σ w`` exactly. vpdpbusd takes unsigned × signed bytes only, so the signed
+    conv otherwise ran as the generic widening int32 kernel (MLPerf Tiny ResNet-8's 16-64 channel convs).
+    The shift is one add per activation, fused into the producing layer's requantizing write-back; a padded
+    input (the explicit pad of the zero point, or the conv's own zero padding) is padded with the shifted value.
+    A grouped (depthwise) conv is shifted only where its input is the zero point −128's explicit pad: the
+    shifted border is 0, the conv's own padding, and the pad's NCHW round trip goes (DS-CNN, MobileNets)."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Shift(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not _signed_int8_conv(call):
+                return call
+            a = call.attrs
+            data, padding = call.args[0], [int(p) for p in a.padding]
+            bound = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+            is_pad = getattr(getattr(bound, "op", None), "name", None) == "relax.nn.pad" \
+                and bound.attrs.pad_mode == "constant"
+            vanishes = is_pad and float(bound.attrs.pad_value) == -128.0 and not any(padding) \
+                and not any(int(p) for p in bound.attrs.pad_width[:4])
+            if int(a.groups) != 1 and not vanishes:
+                return call  # a grouped (depthwise) conv gains nothing from the shift but a pad it no longer needs
+            if is_pad:
+                width = [int(p) for p in bound.attrs.pad_width]
+                value = float(bound.attrs.pad_value) + 128.0
+                if vanishes:
+                    # zero point −128 (after a ReLU): the shifted border is 0, the conv's own padding, which
+                    # stays in the blocked layout (an explicit pad ran as NCHWc → NCHW → pad → NCHWc copies)
+                    data, padding = _to_unsigned(bound.args[0]), [width[4], width[6], width[5], width[7]]
+                else:
+                    data = relax.op.nn.pad(_to_unsigned(bound.args[0]), width, "constant", value)
+            elif any(padding):
+                top, left, bottom, right = padding
+                data = relax.op.nn.pad(_to_unsigned(data), [0, 0, 0, 0, top, bottom, left, right], "constant", 128.0)
+                padding = [0, 0, 0, 0]
+            else:
+                data = _to_unsigned(data)
+            weight = call.args[1]
+            w = weight.value.numpy().astype(np.int64)
+            shift = (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32).reshape(1, -1, 1, 1)
+            conv = relax.op.nn.conv2d(data, weight, strides=a.strides, padding=padding, dilation=a.dilation,
+                                      groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+                                      out_layout=a.out_layout, out_dtype="int32")
+            return relax.op.subtract(conv, relax.const(shift, "int32"))
+
+    @tvm.transform.module_pass(opt_level=0, name="EdgecUnsignedActivationsForVnni")
+    def _pass(mod, _ctx):
+        if not isa.vnni:
+            return mod
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = relax.analysis.remove_all_unused(_Shift(mod).visit_expr(func))  # the replaced pads
+        return mod
+
+    return _pass
+
+
+def _to_unsigned(x):
+    """int8 → uint8 as ``x + 128`` (through int16: no wrap-around)."""
+    from tvm import relax
+
+    return relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16")), "uint8")
+
+
+def _signed_int8_conv(call) -> bool:
+    """An NCHW/OIHW int8 × constant int8 → int32 conv: grouped, or plain with output channels in 16-wide blocks."""
+    import tvm
+    from tvm import relax
+
+    if not isinstance(call, relax.Call) or getattr(call.op, "name", None) != "relax.nn.conv2d":
+        return False
+    a = call.attrs
+    if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or str(a.out_dtype) != "int32":
+        return False
+    data, weight = call.args[0].ty, call.args[1]
+    if not isinstance(weight, tvm.ir.expr.Constant) or str(weight.ty.dtype) != "int8":
+        return False
+    if str(data.dtype) != "int8" or len(data.shape) != 4 or (int(a.groups) == 1 and int(weight.ty.shape[0]) % 16):
+        return False
+    return not bool(np.isin(weight.value.numpy(), (-1, 1)).all())  # binary weights: packed to bits, not VNNI
