@@ -17,11 +17,8 @@ the embedded MNIST model, float against its adder substitute (first and last lay
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,7 +27,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from _timing import fmt_ms, format_table, interleaved, median, ratio_stats  # noqa: E402
-from binary_conv import float_conv_model  # noqa: E402
+from binary_conv import float_conv_model, run  # noqa: E402
 
 BOUND_FLOAT = 1.2  # adder time ≤ 1.2 × edgec's float conv time (issue 19)
 BOUND_ORT = 5.0  # adder ≥ 5× faster than onnxruntime on the function form
@@ -88,60 +85,5 @@ def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
             "adder_over_float": vs_float["median"], "ort_over_adder": vs_ort["median"]}
 
 
-def bench_network(rounds: int, work: Path) -> dict:
-    """The embedded MNIST model, float vs `edgec substitute --to adder --skip first,last` (four adder convs of
-    16-32 channels), both compiled by edgec: what a whole small network costs as an AdderNet."""
-    import tvm
-    from tvm import relax
-
-    from edgec.models import default_model_path
-    from edgec.ops.substitute import parse_skip
-    from edgec.toolchain.api import compile as edgec_compile
-    from edgec.toolchain.substitute import SubstituteOptions, substitute
-
-    adder_path = work / "mnist-adder.onnx"
-    substitute(str(default_model_path()), adder_path, SubstituteOptions(to="adder", skip=parse_skip("first,last")))
-    results = {"float": edgec_compile(default_model_path(), output=work / "mnist-float"),
-               "adder": edgec_compile(adder_path, output=work / "mnist-adder")}
-    taken = results["adder"].artifact.manifest["target"]["build"].get("adder_conv", {}).get("layers", 0)
-    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
-    runs = {}
-    for key in ("adder", "float"):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
-        vm.set_input("main", tvm.runtime.tensor(x))
-        runs[f"edgec {key}"] = (lambda vm=vm: vm.invoke_stateful("main"))
-    times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
-    rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
-    print(format_table(rows, [f"mnist ({taken} adder convs, 1 thread)", "median ms", "min ms", "max ms"]))
-    ratio = ratio_stats(times, "edgec adder", "edgec float")
-    print(f"mnist: edgec adder / edgec float time, per round: median {ratio['median']:.2f}x "
-          f"(min {ratio['min']:.2f}x - max {ratio['max']:.2f}x)")
-    print()
-    return {"layer": "mnist", "adder_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
-            "adder_over_float": ratio["median"]}
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", default="64x28,128x14")
-    ap.add_argument("--network", action="store_true", help="also the embedded MNIST model, float vs adder")
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="edgec-adder-conv-bench-"))
-    import compile_vs_ort
-
-    print(f"# adder_conv: {compile_vs_ort.host_line()}", flush=True)
-    figures = []
-    for spec in (s.strip() for s in args.layers.split(",") if s.strip()):
-        channels, size = (int(v) for v in spec.split("x"))
-        figures.append(bench_layer(channels, size, args.rounds, work))
-    if args.network:
-        figures.append(bench_network(args.rounds, work))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run("adder", "64x28,128x14", bench_layer))

@@ -99,9 +99,9 @@ def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
             "float_over_binary": vs_float["median"], "ort_over_binary": vs_ort["median"]}
 
 
-def bench_network(rounds: int, work: Path) -> dict:
-    """The embedded MNIST model, float vs `edgec substitute --to binary --skip first,last` (five binary convs of
-    16-32 channels), both compiled by edgec: what a whole small network gains."""
+def bench_network(rounds: int, work: Path, to: str = "binary") -> dict:
+    """The embedded MNIST model, float vs `edgec substitute --to TO --skip first,last` (its 16-32 channel convs
+    substituted), both compiled by edgec: what a whole small network gains. Shared with bench/adder_conv.py."""
     import tvm
     from tvm import relax
 
@@ -110,49 +110,52 @@ def bench_network(rounds: int, work: Path) -> dict:
     from edgec.toolchain.api import compile as edgec_compile
     from edgec.toolchain.substitute import SubstituteOptions, substitute
 
-    binary_path = work / "mnist-binary.onnx"
-    substitute(str(default_model_path()), binary_path, SubstituteOptions(to="binary", skip=parse_skip("first,last")))
+    sub_path = work / f"mnist-{to}.onnx"
+    substitute(str(default_model_path()), sub_path, SubstituteOptions(to=to, skip=parse_skip("first,last")))
     results = {"float": edgec_compile(default_model_path(), output=work / "mnist-float"),
-               "binary": edgec_compile(binary_path, output=work / "mnist-binary")}
-    taken = results["binary"].artifact.manifest["target"]["build"].get("binary_conv", {}).get("layers", 0)
+               to: edgec_compile(sub_path, output=work / f"mnist-{to}")}
+    taken = results[to].artifact.manifest["target"]["build"].get(f"{to}_conv", {}).get("layers", 0)
     x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
     runs = {}
-    for key in ("binary", "float"):
+    for key in (to, "float"):
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
         vm.set_input("main", tvm.runtime.tensor(x))
         runs[f"edgec {key}"] = (lambda vm=vm: vm.invoke_stateful("main"))
     times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
     rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
-    print(format_table(rows, [f"mnist ({taken} binary convs, 1 thread)", "median ms", "min ms", "max ms"]))
-    ratio = ratio_stats(times, "edgec float", "edgec binary")
-    print(f"mnist: edgec float / edgec binary time, per round: median {ratio['median']:.2f}x "
+    print(format_table(rows, [f"mnist ({taken} {to} convs, 1 thread)", "median ms", "min ms", "max ms"]))
+    # a binary net is measured by how much faster it is, an adder net by how much slower (its bounds)
+    top, bottom = ("float", to) if to == "binary" else (to, "float")
+    ratio = ratio_stats(times, f"edgec {top}", f"edgec {bottom}")
+    print(f"mnist: edgec {top} / edgec {bottom} time, per round: median {ratio['median']:.2f}x "
           f"(min {ratio['min']:.2f}x - max {ratio['max']:.2f}x)")
     print()
-    return {"layer": "mnist", "binary_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
-            "float_over_binary": ratio["median"]}
+    return {"layer": "mnist", f"{to}_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
+            f"{top}_over_{bottom}": ratio["median"]}
 
 
-def main() -> int:
+def run(op: str, default_layers: str, layer_bench) -> int:
+    """The command line both op benches share: layers ``CxS`` timed by ``layer_bench``, then ``--network``."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", default="256x28,256x14,128x56")
-    ap.add_argument("--network", action="store_true", help="also the embedded MNIST model, float vs binary")
+    ap.add_argument("--layers", default=default_layers)
+    ap.add_argument("--network", action="store_true", help=f"also the embedded MNIST model, float vs {op}")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="edgec-binary-conv-bench-"))
+    work = Path(tempfile.mkdtemp(prefix=f"edgec-{op}-conv-bench-"))
     import compile_vs_ort
 
-    print(f"# binary_conv: {compile_vs_ort.host_line()}", flush=True)
+    print(f"# {op}_conv: {compile_vs_ort.host_line()}", flush=True)
     figures = []
     for spec in (s.strip() for s in args.layers.split(",") if s.strip()):
         channels, size = (int(v) for v in spec.split("x"))
-        figures.append(bench_layer(channels, size, args.rounds, work))
+        figures.append(layer_bench(channels, size, args.rounds, work))
     if args.network:
-        figures.append(bench_network(args.rounds, work))
+        figures.append(bench_network(args.rounds, work, op))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run("binary", "256x28,256x14,128x56", bench_layer))
