@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, op_kernel_pass, scheduled
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer, scheduled
 
 CONV_SYMBOL = "edgec_adder_conv"
 AdderConvShape = ConvShape  # an adder conv layer needs nothing beyond the conv's shape
@@ -249,15 +249,10 @@ def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     (:mod:`edgec.ops.functions`; constants folded by ``lower_edgec_ops``). Every constant is checked — the
     unfold filters are exactly eye(K) as [K, C, kh, kw], W3 is [O, K, 1], the sum is over K — so the match is
     the adder conv's arithmetic whatever graph it came from (the filters' *shape* gives C, kh, kw)."""
-    import tvm
-    from tvm import relax
-
     from edgec.targets.relax_rewrite import constant_value
 
     def op(expr: Any, name: str) -> Any:
-        while isinstance(expr, relax.Var) and lookup(expr) is not None:
-            expr = lookup(expr)
-        return expr if getattr(getattr(expr, "op", None), "name", None) == f"relax.{name}" else None
+        return producer(expr, name, lookup)
 
     outer = op(call, "add")
     shaped = op(outer.args[0], "reshape") if outer is not None else None
@@ -269,13 +264,8 @@ def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     conv = op(unfolded.args[0], "nn.conv2d") if unfolded is not None else None
     if conv is None:
         return None
-    a = conv.attrs
     x = conv.args[0]
-    dims = getattr(x.ty, "shape", None)
-    if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"
-            or str(conv.ty.dtype) != "float32" or dims is None or len(dims) != 4
-            or not all(isinstance(d, tvm.tirx.IntImm) for d in dims)
-            or total.attrs.axis is None or [int(v) for v in total.attrs.axis] != [2] or total.attrs.keepdims):
+    if total.attrs.axis is None or [int(v) for v in total.attrs.axis] != [2] or total.attrs.keepdims:
         return None
     w3, bias = (constant_value(e, lookup) for e in (diff.args[1], outer.args[1]))
     filters = getattr(getattr(conv.args[1], "ty", None), "shape", None)
@@ -288,11 +278,8 @@ def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
         return None
     if np.size(bias) == o and o > 1 and (np.ndim(bias) < 3 or bias.shape[-3] != o):
         return None  # a per-channel vector on some other axis
-    x_shape = tuple(int(d) for d in dims)
-    shape = AdderConvShape(n=x_shape[0], c=c, h=x_shape[2], w=x_shape[3], o=o, kh=kh, kw=kw,
-                           strides=tuple(int(v) for v in a.strides), pads=tuple(int(v) for v in a.padding),
-                           dilations=tuple(int(v) for v in a.dilation))
-    if x_shape[1] != c or shape.oh <= 0 or shape.ow <= 0:
+    shape = conv_shape(conv, x, o, c, kh, kw, AdderConvShape)
+    if shape is None:
         return None
     out_shape = getattr(call.ty, "shape", None)
     if out_shape is None or tuple(int(d) for d in out_shape) != (shape.n, o, shape.oh, shape.ow):

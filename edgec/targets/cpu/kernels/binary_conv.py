@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgec.ops.packing import pack_signs
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, op_kernel_pass, scheduled
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer, scheduled
 
 WORD_BITS = 32
 PACK_SYMBOL = "edgec_binary_pack"
@@ -389,15 +389,10 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     (:mod:`edgec.ops.functions`; the constants folded by ``lower_edgec_ops``). Every constant is checked, not
     assumed — W is ±1 and the added term is exactly each filter's sum — so the match is the binary conv's
     arithmetic whatever graph it came from, and replacing it is exact."""
-    import tvm
-    from tvm import relax
-
     from edgec.targets.relax_rewrite import constant_value
 
     def op(expr: Any, name: str) -> Any:
-        while isinstance(expr, relax.Var) and lookup(expr) is not None:
-            expr = lookup(expr)
-        return expr if getattr(getattr(expr, "op", None), "name", None) == f"relax.{name}" else None
+        return producer(expr, name, lookup)
 
     def const(expr: Any) -> np.ndarray | None:
         return constant_value(expr, lookup)
@@ -411,11 +406,6 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     shifted = op(less.args[0], "add") if less is not None else None
     if shifted is None:
         return None
-    a = conv.attrs
-    if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"
-            or str(conv.ty.dtype) != "float32" or getattr(shifted.args[0].ty, "shape", None) is None
-            or len(shifted.args[0].ty.shape) != 4):
-        return None
     values = [const(e) for e in (conv.args[1], integer.args[1], scaled.args[1], outer.args[1], shifted.args[1],
                                  less.args[1], where.args[1], where.args[2])]
     if any(v is None for v in values):
@@ -426,17 +416,11 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
             or any(np.size(v) not in (1, n) for v, n in ((alpha, o), (bias, o), (shift, c)))
             or wsum.size != o or not np.array_equal(wsum.reshape(o), w.sum(axis=(1, 2, 3)))):
         return None
-    dims = list(shifted.args[0].ty.shape)
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None  # a symbolic dimension: the kernels are built for one static shape
-    x_shape = tuple(int(d) for d in dims)
     for v, n, axis in ((alpha, o, -3), (bias, o, -3), (shift, c, -3)):
         if np.size(v) == n and n > 1 and (np.ndim(v) < 3 or v.shape[axis] != n):
             return None  # a per-channel vector on some other axis
-    shape = BinaryConvShape(n=x_shape[0], c=c, h=x_shape[2], w=x_shape[3], o=o, kh=w.shape[2], kw=w.shape[3],
-                            strides=tuple(int(s) for s in a.strides),
-                            pads=tuple(int(p) for p in a.padding), dilations=tuple(int(d) for d in a.dilation))
-    if x_shape[1] != c or shape.oh <= 0 or shape.ow <= 0:
+    shape = conv_shape(conv, shifted.args[0], o, c, w.shape[2], w.shape[3], BinaryConvShape)
+    if shape is None:
         return None
     vec = (lambda v, n: np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (n,)).copy())
     return {"x": shifted.args[0], "shape": shape, "w": w, "alpha": vec(alpha, o), "bias": vec(bias, o),

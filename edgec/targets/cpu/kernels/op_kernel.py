@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-__all__ = ["ConvShape", "scheduled", "op_kernel_pass"]
+__all__ = ["ConvShape", "producer", "conv_shape", "scheduled", "op_kernel_pass"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,34 @@ class ConvShape:
     def describe(self) -> str:
         """How the build report lists the layer: ``C->O KHxKW/S HxW``."""
         return f"{self.c}->{self.o} {self.kh}x{self.kw}/{self.strides[0]} {self.h}x{self.w}"
+
+
+def producer(expr: Any, name: str, lookup: Any) -> Any:
+    """The call of Relax op ``relax.<name>`` that ``expr`` is (bound variables followed through ``lookup``), or
+    None: one step of walking an op's imported body back from its last call."""
+    from tvm import relax
+
+    while isinstance(expr, relax.Var) and lookup(expr) is not None:
+        expr = lookup(expr)
+    return expr if getattr(getattr(expr, "op", None), "name", None) == f"relax.{name}" else None
+
+
+def conv_shape(conv: Any, x: Any, o: int, c: int, kh: int, kw: int, cls: type = ConvShape) -> Any:
+    """The static :class:`ConvShape` (or ``cls``) of the body's ``relax.nn.conv2d`` over ``x``, or None where the
+    kernels do not apply: grouped or non-NCHW/OIHW, not float32, a symbolic dimension, ``x`` without ``c``
+    channels, an empty output."""
+    import tvm
+
+    a = conv.attrs
+    dims = getattr(getattr(x, "ty", None), "shape", None)
+    if (int(a.groups) != 1 or a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or a.out_layout != "NCHW"
+            or str(conv.ty.dtype) != "float32" or dims is None or len(dims) != 4
+            or not all(isinstance(d, tvm.tirx.IntImm) for d in dims)):
+        return None  # a symbolic dimension: the kernels are built for one static shape
+    n, channels, h, w = (int(d) for d in dims)
+    shape = cls(n=n, c=c, h=h, w=w, o=o, kh=kh, kw=kw, strides=tuple(int(v) for v in a.strides),
+                pads=tuple(int(v) for v in a.padding), dilations=tuple(int(v) for v in a.dilation))
+    return shape if channels == c and shape.oh > 0 and shape.ow > 0 else None
 
 
 def scheduled(func: Any, symbol: str) -> Any:
