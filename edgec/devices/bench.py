@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgec.devices.base import BenchSpec, Runner
+from edgec.devices.inputs import random_inputs
 from edgec.errors import EdgecError
 
 SCHEMA = "edgec.bench/1"
@@ -135,7 +136,6 @@ def bench(artifact_dir: str | Path, options: BenchOptions, runner: Runner, devic
           inputs: dict[str, np.ndarray] | None = None, progress: Callable[[int, int], None] | None = None
           ) -> dict[str, Any]:
     """Time the artifact on ``runner`` (and the peers here, interleaved); the ``edgec.bench/1`` record."""
-    from edgec.devices.inputs import random_inputs
     from edgec.devices.device_main import sha256_file
     from edgec.toolchain.artifact import open_artifact
 

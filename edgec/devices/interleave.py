@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgec.devices.base import Runner
+from edgec.devices.inputs import random_inputs
 from edgec.errors import EdgecError
 
 __all__ = ["TIMING_ROUNDS", "ROUND_SECONDS", "interleaved_medians", "time_artifacts"]
@@ -52,8 +53,6 @@ def time_artifacts(dirs: dict[str, Path], runner: Runner | None = None, rounds: 
     if not dirs:
         return {}
     if runner is not None:
-        from edgec.devices.inputs import random_inputs
-
         timers = {}
         for name, path in dirs.items():
             inputs = random_inputs(json.loads((Path(path) / "manifest.json").read_text())["inputs"])
@@ -72,7 +71,6 @@ def time_artifacts(dirs: dict[str, Path], runner: Runner | None = None, rounds: 
 
 def _worker(spec: dict[str, Any]) -> dict[str, float]:
     from edgec.devices.device_main import load_vm, run_vm
-    from edgec.devices.inputs import random_inputs
 
     timers = {}
     for name, path in spec["artifacts"].items():
