@@ -42,6 +42,7 @@ class BuildReport:
     tuning: dict[str, Any] | None = None  # what the tuning database scheduled (tuning.apply_database_pass)
     kernels: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # kernel_list.kernel_table
     binary: dict[str, Any] = dataclasses.field(default_factory=dict)  # binary convs on the popcount kernel
+    binary_gemm: dict[str, Any] = dataclasses.field(default_factory=dict)  # binary dense layers, same
     adder: dict[str, Any] = dataclasses.field(default_factory=dict)  # adder convs on the adder kernel
 
     def details(self) -> dict[str, Any]:
@@ -54,6 +55,8 @@ class BuildReport:
             out["tuning"] = dict(self.tuning)
         if self.binary.get("layers"):
             out["binary_conv"] = dict(self.binary)
+        if self.binary_gemm.get("layers"):
+            out["binary_gemm"] = dict(self.binary_gemm)
         if self.adder.get("layers"):
             out["adder_conv"] = dict(self.adder)
         return out
@@ -90,7 +93,8 @@ def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = 
 
 
 def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: dict[str, Any] | None = None,
-                  binary: dict[str, Any] | None = None, adder: dict[str, Any] | None = None) -> list:
+                  binary: dict[str, Any] | None = None, adder: dict[str, Any] | None = None,
+                  binary_gemm: dict[str, Any] | None = None) -> list:
     """Relax → fused PrimFuncs: blocked conv layouts, legalization (the kernel table's), fusion.
 
     The weights' layout transforms are constants here, so FoldConstant prepacks them. Tuning extracts its tasks
@@ -101,6 +105,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.fast_math import fast_math_pass
     from edgec.targets.cpu.kernels.adder_conv import adder_conv_pass
     from edgec.targets.cpu.kernels.binary_conv import binary_conv_pass
+    from edgec.targets.cpu.kernels.binary_gemm import binary_gemm_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass, unsigned_activations_pass
@@ -113,6 +118,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     isa = isa_of(target)
     return [
         binary_conv_pass(isa, binary),  # edgec::BinaryConv's float body → bit-packed XNOR/popcount kernel
+        binary_gemm_pass(isa, binary_gemm),  # edgec::BinaryGemm's → the same arithmetic as a dense kernel
         adder_conv_pass(isa, adder),  # edgec::AdderConv's unfold + |·| + sum body → blocked direct adder kernel
         unsigned_activations_pass(isa),  # int8 × int8 convs (TFLite) read x + 128: uint8 × int8 for VNNI
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
@@ -151,12 +157,14 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
     packed = report.packed if report is not None else None
     binary = report.binary if report is not None else None
     adder = report.adder if report is not None else None
+    binary_gemm = report.binary_gemm if report is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target, options, l2,
-                                                                                               packed, binary, adder)
+                                                                                               packed, binary, adder,
+                                                                                               binary_gemm)
                                            + list(scheduling) + cpu.dataflow_lower_passes(target)
                                            + cpu.finalize_passes(target))
             mod = seq(mod)
