@@ -129,3 +129,33 @@ def test_several_artifacts_write_one_record_each_into_a_new_folder(artifact, cli
     assert out.count("== ") == 2 and "written:" in out
     code, _, err = cli("bench", artifact, twin, "--runs", "5", "--json", tmp_path / "b")
     assert code == 2 and "exists" in err and err.strip().count("\n") == 0
+
+
+def test_device_program_and_bench_run_on_the_tvm_runtime_alone(artifact, tmp_path):
+    """What a device without TVM's compiler has (bench/cuda_check.py carries only the runtime to a GPU machine):
+    with ``TVM_USE_RUNTIME_LIB=1`` the compiler library is never loaded, and `edgec bench` and `edgec run` still
+    load, run and time the artifact, with the outputs of the full TVM."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from edgec.devices.device_main import run_artifact
+
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1"}
+    cli_main = "from edgec.toolchain.cli import main; main()"
+    probe = subprocess.run([sys.executable, "-c", "import tvm.base as b; print(sorted(b._LOADED_LIBS))"],
+                           env=env, capture_output=True, text=True)
+    assert "tvm_compiler" not in probe.stdout and "tvm_runtime" in probe.stdout, probe.stdout + probe.stderr
+    for args in (["run", str(artifact), "--input", str(tmp_path / "in.npz"), "--save", str(tmp_path / "out.npz")],
+                 ["bench", str(artifact), "--runs", "5", "--warmup", "1", "--json", str(tmp_path / "b.json")]):
+        proc = subprocess.run([sys.executable, "-c", cli_main, *args], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    expected, _ = run_artifact(artifact, {"input": x})
+    got = np.load(tmp_path / "out.npz")
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value)
+    assert json.loads((tmp_path / "b.json").read_text())["runs"] == 5

@@ -163,10 +163,33 @@ def check_loadable(library: Path, name: str) -> None:
                             f"recompile the artifact for this machine's target, or run it on {machine} hardware")
 
 
-def _device(kind: str):
+def load_cuda_runtime() -> None:
+    """Make TVM's CUDA device API available. A full TVM loads it at import; the runtime alone
+    (``TVM_USE_RUNTIME_LIB=1``, what a GPU machine without the compiler carries) does not, and then every CUDA
+    device reads as absent. A machine without the CUDA driver keeps it absent (the library does not load)."""
+    import tvm.base
+
+    loaded = tvm.base._LOADED_LIBS  # TVM's own record of the libraries it loaded (no public accessor in 0.27)
+    if "tvm_runtime_cuda" in loaded:
+        return
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    runtime_dir = Path(loaded["tvm_runtime"]._name).resolve().parent
+    try:
+        loaded["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+    except (OSError, RuntimeError):
+        pass
+
+
+def device_of(kind: str):
+    """The TVM device an artifact of this manifest device kind runs on."""
     import tvm
 
-    return tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+    if kind == "cuda":
+        load_cuda_runtime()
+        return tvm.cuda(0)
+    return tvm.cpu(0)
 
 
 def load_vm(artifact_dir: Path):
@@ -176,16 +199,16 @@ def load_vm(artifact_dir: Path):
     runner (local, emulated, a board) loads only the library the artifact was sealed with.
     """
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # the runtime's own class: no compiler library needed on a device
 
     manifest = read_manifest(artifact_dir)
     target = manifest.get("target")
     library = manifest.get("library")
     lib_path = checked_file(artifact_dir, manifest, library)
     check_loadable(lib_path, str(library))
-    dev = _device(target.get("device", "cpu") if isinstance(target, dict) else "cpu")
+    dev = device_of(target.get("device", "cpu") if isinstance(target, dict) else "cpu")
     lib = tvm.runtime.load_module(str(lib_path))
-    return relax.VirtualMachine(lib, dev), dev, manifest
+    return VirtualMachine(lib, dev), dev, manifest
 
 
 def _as_list(result) -> list:
@@ -278,7 +301,7 @@ def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: floa
     import tvm
 
     kernels = manifest_kernels(manifest)
-    dev = _device(manifest["target"].get("device", "cpu"))
+    dev = device_of(manifest["target"].get("device", "cpu"))
     lib = tvm.runtime.load_module(str(checked_file(artifact_dir, manifest, manifest.get("library"))))
     return profile_library(lib, dev, kernels, total_ms)
 

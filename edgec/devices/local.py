@@ -84,6 +84,6 @@ def bench_in_child(artifact_dir: Path, inputs: dict[str, np.ndarray], spec: Benc
 
 
 def _cuda_available() -> bool:
-    import tvm
+    from edgec.devices.device_main import device_of
 
-    return bool(tvm.cuda(0).exist)
+    return bool(device_of("cuda").exist)
