@@ -161,9 +161,15 @@ def schedule_matmul(sch: s_tir.Schedule, isa: Isa, intrinsic: str) -> s_tir.Sche
 
 
 def _tile(isa: Isa, rows: int, blocks: int) -> tuple[int, int]:
-    """(column blocks, rows) of the register tile: up to 4 blocks (dividing the block count: tensorize takes
-    whole tiles) and the rows that fit the registers next to them (accumulators + one weight vector per block +
-    the broadcast input word); one row: as many blocks as divide, up to 4 (a GEMV streams the weight panels)."""
+    """(column blocks, rows) of the register tile, dividing their extents (tensorize takes whole tiles).
+
+    Several rows: up to 4 blocks and the rows that fit the registers next to them (accumulators + one weight
+    vector per block + the broadcast input word). One row (an FC layer at batch 1): up to 8 blocks, the weights
+    read as memory operands — each accumulator is a dependency chain of vpdpbusd (latency 5 on Ice Lake), and
+    3 chains left the loop latency-bound (llvm-mca, icelake-server, K=1024 N=1000: 20 cycles per 4 k-steps of
+    3 blocks; 7 blocks: see bench/int8_matmul.py's report)."""
+    if rows == 1:
+        return sched.divisor_at_most(blocks, 8), 1
     nt = sched.divisor_at_most(blocks, 4)
     mt = sched.divisor_at_most(rows, max(1, min(8, (isa.vector_registers - nt - 2) // nt)))
     return nt, mt
