@@ -23,9 +23,10 @@ VNNI_TARGET = "x86:avx512-vnni"
 
 
 def qdq_matmul(kind: str, rows: list[int], k: int, n: int, xdtype=np.uint8, zx: int = 11, relu: bool = True,
-               wmax: int = 127, seed: int = 0) -> onnx.ModelProto:
+               wmax: int = 127, source: list[int] | None = None, seed: int = 0) -> onnx.ModelProto:
     """x (float, ``rows + [k]``) → Q/DQ (``xdtype``, zero point ``zx``) → Gemm (transB, int32 bias) or MatMul by
-    per-column int8 weights in ±``wmax`` → [ReLU] → Q/DQ uint8 (scale 0.03)."""
+    per-column int8 weights in ±``wmax`` → [ReLU] → Q/DQ uint8 (scale 0.03). With ``source``, x has that shape and
+    is reshaped to ``rows + [k]`` after its DQ (a TFLite FullyConnected's flatten, as the converter writes it)."""
     rng = np.random.default_rng(seed)
     init, nodes = [], []
 
@@ -39,11 +40,15 @@ def qdq_matmul(kind: str, rows: list[int], k: int, n: int, xdtype=np.uint8, zx: 
               helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
               helper.make_node("DequantizeLinear", ["wq", "sw"], ["wd"], axis=0 if kind == "gemm" else 1)]
     inputs = ["xd", "wd"]
+    if source is not None:
+        const("flat", np.array([*rows, k], np.int64))
+        nodes.append(helper.make_node("Reshape", ["xd", "flat"], ["xf"]))
+        inputs = ["xf", "wd"]
     if kind == "gemm":
         const("bq", rng.integers(-3000, 3000, n).astype(np.int32)), const("sb", (np.float32(0.02) * sw))
         nodes.append(helper.make_node("DequantizeLinear", ["bq", "sb"], ["bd"], axis=0))
         inputs.append("bd")
-    return finish_qdq_layer(nodes, init, inputs, kind, [*rows, k], relu=relu, sy=0.03)
+    return finish_qdq_layer(nodes, init, inputs, kind, source or [*rows, k], relu=relu, sy=0.03)
 
 
 def numpy_reference(model: onnx.ModelProto, x: np.ndarray, relu: bool) -> np.ndarray:
@@ -52,7 +57,9 @@ def numpy_reference(model: onnx.ModelProto, x: np.ndarray, relu: bool) -> np.nda
     c = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     sx, zx = np.float32(c["sx"]), int(c["zx"])
     lo, hi = (-128, 127) if c["zx"].dtype == np.int8 else (0, 255)
-    xq = np.clip(np.round(x / sx) + zx, lo, hi).astype(np.int64)
+    xq = np.clip(np.round(x / sx) + zx, lo, hi).astype(np.int64).reshape(-1, c["wq"].shape[0 if "bq" not in c else 1])
+    if x.ndim > 2 and "flat" not in c:
+        xq = xq.reshape(*x.shape[:-1], -1)
     wq = c["wq"].astype(np.int64)
     acc = (xq - zx) @ (wq.T if "bq" in c else wq)
     if "bq" in c:
@@ -119,6 +126,8 @@ CASES = {
     "matmul_tokens_signed": dict(kind="matmul", rows=[1, 5], k=70, n=33, xdtype=np.int8, zx=-3, relu=False,
                                  wmax=63),
     "matmul_whole_blocks": dict(kind="matmul", rows=[3], k=64, n=48, zx=0),
+    # DQ → Reshape → Gemm: the reshape moves before the dequantize (qdq_lower), the layer is integer
+    "gemm_after_flatten": dict(kind="gemm", rows=[1], k=70, n=33, source=[1, 2, 35]),
 }
 
 
@@ -142,8 +151,9 @@ def test_vnni_matmul_equals_reference_and_onnxruntime(case):
         assert any("int8_matmul_vnni" in k["name"] for k in report.kernels)
         runs.append(run)
     for seed in (1, 2):
-        x = np.random.default_rng(seed).uniform(-0.9, 3.0, [*spec["rows"], spec["k"]]).astype(np.float32)
-        ref = numpy_reference(model, x, spec.get("relu", True))
+        shape = spec.get("source") or [*spec["rows"], spec["k"]]
+        x = np.random.default_rng(seed).uniform(-0.9, 3.0, shape).astype(np.float32)
+        ref = numpy_reference(model, x, spec.get("relu", True)).reshape([*spec["rows"], -1])
         ort = onnxruntime_outputs(model, {"x": x})[0]
         for run in runs:
             got = run(x)
