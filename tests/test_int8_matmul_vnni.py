@@ -125,6 +125,8 @@ CASES = {
     # full-range weights (off by up to 150 steps here; its quantizer's reduce_range exists for this)
     "matmul_tokens_signed": dict(kind="matmul", rows=[1, 5], k=70, n=33, xdtype=np.int8, zx=-3, relu=False,
                                  wmax=63),
+    "gemm_many_tiles": dict(kind="gemm", rows=[12], k=40, n=150),  # 2 row tiles x 5 column tiles, parallel
+    "gemm_fc_row_tiles": dict(kind="gemm", rows=[1], k=40, n=150),  # one row: 2 tiles of 5 column blocks
     "matmul_whole_blocks": dict(kind="matmul", rows=[3], k=64, n=48, zx=0),
     # DQ → Reshape → Gemm: the reshape moves before the dequantize (qdq_lower), the layer is integer
     "gemm_after_flatten": dict(kind="gemm", rows=[1], k=70, n=33, source=[1, 2, 35]),
