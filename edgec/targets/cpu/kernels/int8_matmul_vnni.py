@@ -29,11 +29,12 @@ OUT_EWISE_FUSABLE = 4  # relax OpPatternKind: the epilogue fuses into it, as int
 
 
 def applies(call: Any, weight: np.ndarray | None, isa: Isa) -> bool:
-    """An int32-accumulating matmul of uint8/int8 activations by a constant 2-D int8 weight on a VNNI target."""
+    """An int32-accumulating matmul of uint8/int8 activations (rows × K, any leading dims, static) by a constant
+    2-D int8 weight on a VNNI target."""
     if not isa.vnni or getattr(call.op, "name", None) != "relax.matmul" or weight is None:
         return False
     x = call.args[0].ty
-    if str(call.attrs.out_dtype) != "int32" or str(x.dtype) not in ("uint8", "int8") or len(x.shape) < 1:
+    if str(call.attrs.out_dtype) != "int32" or str(x.dtype) not in ("uint8", "int8") or len(x.shape) < 2:
         return False
     if weight.dtype != np.int8 or weight.ndim != 2 or any(not isinstance(getattr(d, "value", None), int)
                                                           for d in x.shape):
