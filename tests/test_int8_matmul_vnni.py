@@ -85,11 +85,13 @@ def _functions(mod) -> dict:
 
 
 def _reference_run(model: onnx.ModelProto):
-    """The model as the VNNI target fuses and schedules it, the dot product portable, compiled for this host."""
+    """The model as the VNNI target fuses and schedules it, the dot product portable, compiled for this host with
+    edgec's bounds-checked TIR pipeline."""
     import tvm
     from tvm import relax, s_tir
 
     from edgec.targets import resolve_target
+    from edgec.targets.cpu import stack_alloc
     from edgec.targets.cpu.intrinsics import register_reference_local_acc
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels.int8_matmul_vnni import schedule_matmul
@@ -102,7 +104,9 @@ def _reference_run(model: onnx.ModelProto):
             mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
             scheduled += 1
     assert scheduled == 1
-    vm = relax.VirtualMachine(tvm.compile(mod, target=resolve_target("x86").tvm_target()), tvm.cpu())
+    # edgec's bounds-checked TIR pipeline (CpuOptions.bounds_check): the padded K and N, the predicated column tail
+    ex = tvm.compile(mod, target=resolve_target("x86").tvm_target(), tir_pipeline=stack_alloc.register(True))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
     return lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
