@@ -12,7 +12,8 @@ median (min-max). The host CPU and its ISA features are printed first. Usage:
     TVM_NUM_THREADS=1 .venv/bin/python bench/int8_matmul.py [--shapes 1x1024x1000,64x768x768] [--rounds 15]
         [--target x86]
 
-A shape is MxKxN (rows × input features × output features).
+A shape is MxKxN (rows × input features × output features). ``--mca icelake-server`` prints llvm-mca's model of
+each build's hot inner loop for that CPU instead of timing (a host without VNNI cannot run the kernel).
 """
 
 from __future__ import annotations
@@ -124,11 +125,86 @@ def bench_shape(m: int, k: int, n: int, preset, rounds: int) -> None:
           f"(min {s['min']:.2f}x - max {s['max']:.2f}x)\n")
 
 
+MAC_OPS = {"vpdpbusd": 4, "vpdpwssd": 1, "vpmaddwd": 1, "vpmulld": 1, "vfmadd": 1}  # real products per int32 lane
+# (vpdpwssd/vpmaddwd as LLVM emits them for the generic int8 matmul: one of each lane's two int16 pairs is zero)
+
+
+def inner_loops(asm: str) -> list[list[str]]:
+    """The innermost loops of an assembly listing: a label's block ending in a jump back to it, no label inside."""
+    import re
+
+    lines = [ln for ln in asm.splitlines() if ln.strip() and not ln.strip().startswith((".loc", ".cfi", "#", ".p2"))
+             and not re.match(r"^\.Ltmp\d+:", ln)]
+    labels = {m.group(1): i for i, ln in enumerate(lines) if (m := re.match(r"^(\.LBB\w+):", ln))}
+    loops = []
+    for i, ln in enumerate(lines):
+        m = re.match(r"^\s+j\w+\s+(\.LBB\w+)", ln)
+        if m and labels.get(m.group(1), i) < i:
+            body = lines[labels[m.group(1)] + 1:i + 1]
+            if not any(re.match(r"^\.LBB", b) for b in body):
+                loops.append(body)
+    return loops
+
+
+def loop_macs(body: list[str]) -> int:
+    """Multiply-accumulates one pass of ``body`` does: per MAC instruction, lanes × products per lane."""
+    total = 0
+    for ln in body:
+        op = ln.split()[0] if ln.split() else ""
+        per = next((v for k, v in MAC_OPS.items() if op.startswith(k)), 0)
+        if per:
+            reg = "zmm" if "zmm" in ln else "ymm" if "ymm" in ln else "xmm"
+            total += per * {"zmm": 16, "ymm": 8, "xmm": 4}[reg]
+    return total
+
+
+def model_shape(m: int, k: int, n: int, mcpu: str) -> None:
+    """llvm-mca's model of the hottest inner loop of each build for ``mcpu`` (no run: a host without VNNI can
+    still compare the kernels' instruction streams): cycles per pass, MACs per pass, MACs per cycle."""
+    import dataclasses
+    import shutil
+    import subprocess
+    import tempfile
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.build import compile_cpu
+    from edgec.targets.cpu.options import CpuOptions
+
+    mca = shutil.which("llvm-mca")
+    if mca is None:
+        print("llvm-mca not found (apt-get install llvm)")
+        return
+    preset = dataclasses.replace(resolve_target("x86:avx512"), name=f"x86:{mcpu}",
+                                 tvm={"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+    qdq, fp32 = fc_models(m, k, n)
+    rows = []
+    for label, model, options in (("edgec int8 vnni", qdq, CpuOptions()),
+                                  ("edgec int8 generic", qdq, CpuOptions(int8_matmul_vnni=False)),
+                                  ("edgec fp32", fp32, CpuOptions())):
+        ex, _ = compile_cpu(model, preset, options)
+        asm = "\n".join(mod.inspect_source("asm") for mod in [ex.mod, *ex.mod.imports] if mod.kind == "llvm")
+        body = max(inner_loops(asm), key=loop_macs)
+        with tempfile.NamedTemporaryFile("w", suffix=".s") as f:
+            f.write("\n".join(body) + "\n")
+            f.flush()
+            out = subprocess.run([mca, f"-mcpu={mcpu}", "-iterations=200", f.name], capture_output=True,
+                                 text=True).stdout
+        cycles = next(int(ln.split()[-1]) for ln in out.splitlines() if ln.startswith("Total Cycles")) / 200
+        macs = loop_macs(body)
+        rows.append([label, len(body), f"{cycles:.1f}", macs, f"{macs / cycles:.1f}"])
+    print(format_table(rows, [f"FC {m}x{k}x{n} inner loop, llvm-mca -mcpu={mcpu}", "instructions", "cycles",
+                              "MACs", "MACs/cycle"]))
+    print(f"FC {m}x{k}x{n}: modeled inner-loop MACs/cycle, vnni / generic int8: "
+          f"{float(rows[0][4]) / float(rows[1][4]):.1f}x (a model of the hot loop only: no memory, no epilogue)\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="1x1024x1000,64x768x768")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--target", default="x86", help="an x86 preset whose code this host runs (default: the host)")
+    ap.add_argument("--mca", metavar="MCPU", help="instead of timing: llvm-mca's model of each build's hot loop for "
+                    "this LLVM CPU (e.g. icelake-server, cascadelake), for hosts without VNNI")
     args = ap.parse_args()
     import compile_vs_ort
 
@@ -138,7 +214,10 @@ def main() -> int:
     preset = resolve_target(args.target)
     for shape in (s.strip() for s in args.shapes.split(",") if s.strip()):
         m, k, n = (int(v) for v in shape.lower().split("x"))
-        bench_shape(m, k, n, preset, args.rounds)
+        if args.mca:
+            model_shape(m, k, n, args.mca)
+        else:
+            bench_shape(m, k, n, preset, args.rounds)
     return 0
 
 
