@@ -167,8 +167,9 @@ def _tile(isa: Isa, rows: int, blocks: int) -> tuple[int, int]:
     Several rows: up to 4 blocks and the rows that fit the registers next to them (accumulators + one weight
     vector per block + the broadcast input word). One row (an FC layer at batch 1): up to 8 blocks, the weights
     read as memory operands — each accumulator is a dependency chain of vpdpbusd (latency 5 on Ice Lake), and
-    3 chains left the loop latency-bound (llvm-mca, icelake-server, K=1024 N=1000: 20 cycles per 4 k-steps of
-    3 blocks; 7 blocks: see bench/int8_matmul.py's report)."""
+    3 chains left the loop latency-bound (llvm-mca, icelake-server, K=1024 N=1000: 3 blocks 38 MACs/cycle, 7 blocks
+    89; ``bench/int8_matmul.py --mca icelake-server``). Row counts with no divisor near the register budget
+    (a prime 7) fall back to fewer rows per tile: correct, less register reuse."""
     if rows == 1:
         return sched.divisor_at_most(blocks, 8), 1
     nt = sched.divisor_at_most(blocks, 4)
