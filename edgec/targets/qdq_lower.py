@@ -82,8 +82,15 @@ class _Rewriter:
         return None
 
     def activation_dq(self, expr):
-        """dequantize(xq, scalar scale, scalar zp) of a uint8/int8 tensor → (xq, sx, zx) or None."""
+        """dequantize(xq, scalar scale, scalar zp) of a uint8/int8 tensor → (xq, sx, zx) or None. A reshape after
+        the dequantize (TVM's Gemm import flattens its input: a TFLite FullyConnected's) moves before it —
+        per-tensor dequantization commutes with it — so the FC layer is an integer matmul too."""
+        from tvm import relax
+
         e = self.val(expr)
+        if self.op_name(e) == "relax.reshape" and self.op_name(self.val(e.args[0])) == "relax.dequantize":
+            inner = self.activation_dq(e.args[0])
+            return None if inner is None else (relax.op.reshape(inner[0], e.args[1]), *inner[1:])
         if self.op_name(e) != "relax.dequantize":
             return None
         xq = e.args[0]

@@ -108,6 +108,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.kernels.binary_gemm import binary_gemm_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
+    from edgec.targets.cpu.kernels.int8_matmul_vnni import vnni_matmul_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass, unsigned_activations_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
     from edgec.targets.cpu.layout import (layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass,
@@ -122,6 +123,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         adder_conv_pass(isa, adder),  # edgec::AdderConv's unfold + |·| + sum body → blocked direct adder kernel
         unsigned_activations_pass(isa),  # int8 × int8 convs (TFLite) read x + 128: uint8 × int8 for VNNI
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
+        vnni_matmul_pass(isa, options),  # int8 Gemm/MatMul with constant weights as 16×4 vpdpbusd blocks
         conv1d_pass(isa),  # 1-D convs as im2col + matmul (long kernels) or 2-D convs of unit height
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
         pad_output_channels_pass(isa),  # 42 output channels as 48: whole blocks, not TVM's generic conv

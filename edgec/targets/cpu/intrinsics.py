@@ -50,22 +50,22 @@ def ensure_cpu_tensor_intrinsics() -> None:
 
 
 VNNI_LOCAL_ACC = "edgec_dot_16x4_vnni_local"
+REFERENCE_LOCAL_ACC = "edgec_dot_16x4_reference_local"
 
 
-def register_vnni_local_acc() -> str:
-    """vpdpbusd (16 int32 += 4 uint8 · 16×4 int8) with its accumulator in a ``local`` buffer.
-
-    TVM's own VNNI intrinsic declares the accumulator in global memory, so it cannot tensorize a register tile
-    kept in a local cache (edgec's conv rules accumulate there and write back once per tile). Registered once.
-    """
+def _registered(name: str) -> bool:
     from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
 
     try:
-        TensorIntrin.get(VNNI_LOCAL_ACC)
-        return VNNI_LOCAL_ACC
+        TensorIntrin.get(name)
+        return True
     except Exception:  # noqa: BLE001  (not registered yet)
-        pass
+        return False
+
+
+def _dot_16x4_local():
+    """The contract both intrinsics below implement: 16 int32 (local) += Σ_k 4 uint8 · int8[16, 4]."""
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -78,6 +78,32 @@ def register_vnni_local_acc() -> str:
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
+
+
+def register_reference_local_acc() -> str:
+    """The 16 × 4 dot product as plain scalar code (the description as its own implementation): a kernel
+    tensorized with it computes what the vpdpbusd one does on any CPU, so a test can run a VNNI kernel's
+    packing, tiling and epilogue on a host without VNNI. Registered once."""
+    from tvm.s_tir import TensorIntrin
+
+    if not _registered(REFERENCE_LOCAL_ACC):
+        TensorIntrin.register(REFERENCE_LOCAL_ACC, _dot_16x4_local(), _dot_16x4_local())
+    return REFERENCE_LOCAL_ACC
+
+
+def register_vnni_local_acc() -> str:
+    """vpdpbusd (16 int32 += 4 uint8 · 16×4 int8) with its accumulator in a ``local`` buffer.
+
+    TVM's own VNNI intrinsic declares the accumulator in global memory, so it cannot tensorize a register tile
+    kept in a local cache (edgec's conv rules accumulate there and write back once per tile). Registered once.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if _registered(VNNI_LOCAL_ACC):
+        return VNNI_LOCAL_ACC
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -93,5 +119,5 @@ def register_vnni_local_acc() -> str:
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
                 a_bytes, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
-    TensorIntrin.register(VNNI_LOCAL_ACC, desc, impl)
+    TensorIntrin.register(VNNI_LOCAL_ACC, _dot_16x4_local(), impl)
     return VNNI_LOCAL_ACC

@@ -25,6 +25,8 @@ class CpuOptions:
       ``dw_pointwise_min_bytes`` (None: the target's L2 size, 1 MiB where unknown; kernels/dw_pointwise.py).
     - ``prefetch``: the direct conv asks for the next tile's weights when they are ≥ ``prefetch_min_bytes``.
     - ``gemv``: batch-1 matmuls read their weights in storage order (kernels/matmul.py).
+    - ``int8_matmul_vnni``: int8 matmuls with constant weights as vpdpbusd blocks on VNNI targets
+      (kernels/int8_matmul_vnni.py); off: the generic matmul rule (the A/B of bench/int8_matmul.py).
     - ``dw_row_tile``: most output vectors a depthwise tile accumulates along a row (kernels/depthwise.py).
     - ``padded_f4_min_width``: maps that do not divide into 4×4 tiles take F(4,3) from this width.
     - ``small_conv_macs``: up to this many MACs a conv reads its padding bounds-checked (sched.inline_padding).
@@ -41,6 +43,7 @@ class CpuOptions:
     prefetch: bool = True
     prefetch_min_bytes: int = 64 * 1024
     gemv: bool = True
+    int8_matmul_vnni: bool = True
     dw_row_tile: int = 8
     padded_f4_min_width: int = 14
     small_conv_macs: int = 4_000_000

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_vnni, matmul, spatial, widened, window,
-                                       winograd)
+from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_matmul_vnni, int8_vnni, matmul, spatial,
+                                       widened, window, winograd)
 from edgec.targets.cpu.options import CpuOptions
 
 
@@ -35,6 +35,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("depthwise", depthwise.DepthwiseConv2dNCHWc, depthwise.legalize),
     Kernel("widened", widened.WidenedConv2dNCHWc, widened.legalize),
     Kernel("direct", direct.Conv2dNCHWc, direct.legalize),
+    Kernel("int8_matmul_vnni", int8_matmul_vnni.Int8MatmulVNNI),
     Kernel("matmul", matmul.Matmul),
     Kernel("window", window.SpatialWindow),
 )

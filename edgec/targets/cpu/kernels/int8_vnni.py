@@ -164,15 +164,15 @@ def unsigned_activations_pass(isa: Isa):
                 if vanishes:
                     # zero point −128 (after a ReLU): the shifted border is 0, the conv's own padding, which
                     # stays in the blocked layout (an explicit pad ran as NCHWc → NCHW → pad → NCHWc copies)
-                    data, padding = _to_unsigned(bound.args[0]), [width[4], width[6], width[5], width[7]]
+                    data, padding = to_unsigned(bound.args[0]), [width[4], width[6], width[5], width[7]]
                 else:
-                    data = relax.op.nn.pad(_to_unsigned(bound.args[0]), width, "constant", value)
+                    data = relax.op.nn.pad(to_unsigned(bound.args[0]), width, "constant", value)
             elif any(padding):
                 top, left, bottom, right = padding
-                data = relax.op.nn.pad(_to_unsigned(data), [0, 0, 0, 0, top, bottom, left, right], "constant", 128.0)
+                data = relax.op.nn.pad(to_unsigned(data), [0, 0, 0, 0, top, bottom, left, right], "constant", 128.0)
                 padding = [0, 0, 0, 0]
             else:
-                data = _to_unsigned(data)
+                data = to_unsigned(data)
             weight = call.args[1]
             w = weight.value.numpy().astype(np.int64)
             shift = (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32).reshape(1, -1, 1, 1)
@@ -193,7 +193,7 @@ def unsigned_activations_pass(isa: Isa):
     return _pass
 
 
-def _to_unsigned(x):
+def to_unsigned(x):
     """int8 → uint8 as ``x + 128`` (through int16: no wrap-around)."""
     from tvm import relax
 
