@@ -35,7 +35,6 @@ BOUND_VS_GENERIC, BOUND_VS_ORT = 1.5, 1.0
 
 def fc_models(m: int, k: int, n: int, seed: int = 0):
     """(the QDQ FC layer, the same layer in float): y = relu(x · Wᵀ + b), W per-row int8 with its scales."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
