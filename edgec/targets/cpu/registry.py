@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_vnni, matmul, spatial, widened,
-                                       window, winograd)
+from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul, int8_vnni, matmul,
+                                       spatial, widened, window, winograd)
 from edgec.targets.cpu.options import CpuOptions
 
 
@@ -36,6 +36,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("depthwise", depthwise.DepthwiseConv2dNCHWc, depthwise.legalize),
     Kernel("widened", widened.WidenedConv2dNCHWc, widened.legalize),
     Kernel("direct", direct.Conv2dNCHWc, direct.legalize),
+    Kernel("int8_amx_matmul", int8_amx_matmul.Int8MatmulAMX),  # legalized by build.fusion_passes (relax.matmul)
     Kernel("matmul", matmul.Matmul),
     Kernel("window", window.SpatialWindow),
 )

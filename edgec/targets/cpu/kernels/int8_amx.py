@@ -58,6 +58,10 @@ def applies(call, isa: Isa, options: CpuOptions) -> bool:
     data, kernel, out = call.args[0].ty, call.args[1].ty, call.ty
     if str(data.dtype) != "uint8" or str(kernel.dtype) != "int8" or len(kernel.shape) != 6:
         return False
+    try:
+        [int(d) for d in (*data.shape, *out.shape)]
+    except TypeError:  # a dynamic dimension: the packed copy and the tiles need static ones
+        return False
     channels = int(data.shape[1]) * int(data.shape[-1])
     return (int(kernel.shape[-1]) in COLS and channels >= MIN_CHANNELS
             and tile_rows(int(out.shape[3])) >= MIN_ROWS)
