@@ -196,7 +196,11 @@ def test_amx_targets_get_tile_instructions(stride2_model, gemm_model, preset, la
     ops = _mnemonics(functions, marker)
     for op in TILE_OPS:
         assert ops[op] >= 1, f"{preset}: no {op} in the AMX kernel: {dict(ops)}"
-    assert ops["tileloadd"] >= 3 * ops["tdpbusd"]  # C, A and B per block
+    # per call (one tap of the conv, one tile of the Gemm): configure, load C, per 64-deep step load A and B and
+    # multiply, store C; the 96- and 128-deep layers here take two steps per call
+    assert ops["tileloadd"] == ops["ldtilecfg"] + 2 * ops["tdpbusd"]
+    assert ops["tilestored"] == ops["tilerelease"] == ops["ldtilecfg"]
+    assert ops["tdpbusd"] == 2 * ops["ldtilecfg"]
     assert ops["vpdpbusd"] == 0
 
 

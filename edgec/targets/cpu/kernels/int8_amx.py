@@ -4,18 +4,18 @@ onnxruntime's MLAS uses AMX on these CPUs, so a VNNI kernel there leaves most of
 The output-channel block is 16 on AMX targets (they have AVX-512: 16-channel blocks); the emulated kernel also
 takes the 8-channel blocks of AVX2 hosts.
 
-Compute: the input is copied once per call into a packed, zero-padded NCHW64c form — 64 input channels
-innermost (a tile row of A is one pixel's 64 bytes), the conv's zero padding written out, channels past the
-conv's own up to the next multiple of 64 zero, and for a stride ``s`` each row split into ``s`` phases so that the
-16 pixels of a tile are ``s`` apart in the input and consecutive (64 bytes apart) in the copy. The weights are
-repacked at compile time to (oc/16, ic/64, kh, kw, 16, 16, 4) with zero rows for the padded channels: one
-16 × 64-byte B tile per (block of 16 output channels, 64 input channels, tap). Zero channels on both sides add
-nothing, so the result is the conv's exactly.
+Compute: the input is copied once per call into a packed, zero-padded channels-last form (n, padded height,
+stride phase, padded width / stride, channels rounded up to a multiple of 64) — a tile row of A is 64
+consecutive channels of one pixel, the conv's zero padding is written out, channels past the conv's own are
+zero, and each row is split into ``s`` phases for a stride ``s`` so that the pixels of a tile, ``s`` apart in the
+input, are consecutive in the copy (one row stride for any stride). The weights are repacked at compile time to
+(oc/16, kh, kw, ic/64, 16, 16, 4) with zero rows for the padded channels: the B tiles of one tap, all its
+64-channel steps, contiguous. Zero channels on both sides add nothing, so the result is the conv's exactly.
 
 Schedule: parallel over (batch, output-channel block, output row), the row in tiles of ``rows`` pixels (the
-largest divisor of the row width up to 16), the accumulator tile in a local buffer, reduced over taps and
-64-channel steps by the tile intrinsic (amx_intrin.py), then written back once through the fused int32
-epilogue (requantize, bias, ReLU, residual) as every other conv kernel here.
+largest divisor of the row width up to 16), the accumulator tile in a local buffer; per tap one call of the
+tile intrinsic (amx_intrin.py) runs all 64-channel steps; then the tile is written back once through the fused
+int32 epilogue (requantize, bias, ReLU, residual) as every other conv kernel here.
 
 Applies where the target has ``amx-int8`` and ``amx-tile`` (never by CPU name), or with ``CpuOptions.amx_emulate``
 (the same kernel with the block as plain loops: how it is checked on a host without AMX), to ungrouped uint8 ×
@@ -68,7 +68,7 @@ def applies(call, isa: Isa, options: CpuOptions) -> bool:
 
 
 def kernel_tiles(kernel):
-    """(oc/16, icc, kh, kw, ic_bn, 16) → (oc/16, ⌈ic/64⌉, kh, kw, 16, 16, 4): B tiles in the 4-deep packing,
+    """(oc/16, icc, kh, kw, ic_bn, 16) → (oc/16, kh, kw, ⌈ic/64⌉, 16, 16, 4): B tiles in the 4-deep packing,
     zero past the conv's input channels (a constant: folded at compile time)."""
     from tvm import te, tirx
 
@@ -76,13 +76,13 @@ def kernel_tiles(kernel):
     channels = ic_chunks * ic_bn
     steps = -(-channels // DEPTH)
 
-    def value(o, c, h, w, f, ob, s):
+    def value(o, h, w, c, f, ob, s):
         ch = c * DEPTH + f * 4 + s
         inside = tirx.all(ch < channels)
         return tirx.if_then_else(inside, kernel[o, tirx.min(ch, channels - 1) // ic_bn, h, w,
                                                 tirx.min(ch, channels - 1) % ic_bn, ob], tirx.const(0, "int8"))
 
-    return te.compute((oc_chunks, steps, k_h, k_w, DEPTH // 4, oc_bn, 4), value, name="amx_kernel_tiles")
+    return te.compute((oc_chunks, k_h, k_w, steps, DEPTH // 4, oc_bn, 4), value, name="amx_kernel_tiles")
 
 
 def conv_amx(data, kernel, strides, padding, dilation, out_dtype: str):
@@ -91,7 +91,7 @@ def conv_amx(data, kernel, strides, padding, dilation, out_dtype: str):
     from tvm import te, tirx
 
     n, ic_chunks, height, width, ic_bn = (int(d) for d in data.shape)
-    oc_chunks, steps, k_h, k_w, _, oc_bn, _ = (int(d) for d in kernel.shape)
+    oc_chunks, k_h, k_w, steps, _, oc_bn, _ = (int(d) for d in kernel.shape)
     s_h, s_w = (int(s) for s in strides)
     d_h, d_w = (int(d) for d in dilation)
     top, left, bottom, right = (int(p) for p in padding)
@@ -101,14 +101,14 @@ def conv_amx(data, kernel, strides, padding, dilation, out_dtype: str):
     padded_h, padded_w = height + top + bottom, width + left + right
     phase_w = -(-padded_w // s_w)
 
-    def pack(b, c, y, p, q, j):
-        ch, iy, ix = c * DEPTH + j, y - top, q * s_w + p - left
+    def pack(b, y, p, q, ch):
+        iy, ix = y - top, q * s_w + p - left
         inside = tirx.all(ch < channels, iy >= 0, iy < height, ix >= 0, ix < width)
         ch_, iy_, ix_ = (tirx.min(tirx.max(v, 0), hi) for v, hi in ((ch, channels - 1), (iy, height - 1),
                                                                     (ix, width - 1)))
         return tirx.if_then_else(inside, data[b, ch_ // ic_bn, iy_, ix_, ch_ % ic_bn], tirx.const(0, "uint8"))
 
-    packed = te.compute((n, steps, padded_h, s_w, phase_w, DEPTH), pack, name=PACK)
+    packed = te.compute((n, padded_h, s_w, phase_w, steps * DEPTH), pack, name=PACK)
     ry = te.reduce_axis((0, k_h), name="kh")
     rx = te.reduce_axis((0, k_w), name="kw")
     rc = te.reduce_axis((0, steps), name="ic_outer")
@@ -117,8 +117,8 @@ def conv_amx(data, kernel, strides, padding, dilation, out_dtype: str):
     return te.compute(
         (n, oc_chunks, out_h, out_w, oc_bn),
         lambda b, o, y, x, ob: te.sum(
-            packed[b, rc, y * s_h + ry * d_h, (rx * d_w) % s_w, x + (rx * d_w) // s_w, rf * 4 + rs].astype(out_dtype)
-            * kernel[o, rc, ry, rx, rf, ob, rs].astype(out_dtype), axis=[ry, rx, rc, rf, rs]),
+            packed[b, y * s_h + ry * d_h, (rx * d_w) % s_w, x + (rx * d_w) // s_w, rc * DEPTH + rf * 4 + rs]
+            .astype(out_dtype) * kernel[o, ry, rx, rc, rf, ob, rs].astype(out_dtype), axis=[ry, rx, rc, rf, rs]),
         name=BLOCK)
 
 
@@ -142,7 +142,8 @@ class Int8Conv2dAMX(sched.KernelRule):
         isa = isa_of(target)
         n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = sch.get_loops(conv)
         rows = tile_rows(sched.extent(sch, ow))
-        intrinsic = register_amx_dot(rows, sched.extent(sch, ocb), EMULATE if self.options.amx_emulate else AMX)
+        intrinsic = register_amx_dot(rows, sched.extent(sch, ocb), sched.extent(sch, ic_o),
+                                     EMULATE if self.options.amx_emulate else AMX)
         ow_o, ow_i = sch.split(ow, [None, rows])
         sch.reorder(n, occ, oh, ow_o, kh, kw, ic_o, ow_i, ocb, ic_f, ic_s)
         sch.parallel(sch.fuse(n, occ, oh))
@@ -153,5 +154,5 @@ class Int8Conv2dAMX(sched.KernelRule):
         pack = sched.find_block(sch, PACK)
         if pack is not None:
             sched.schedule_elementwise_root(sch, pack, isa.lanes)
-        sch.tensorize(ow_i, intrinsic)
+        sch.tensorize(ic_o, intrinsic)
         return sch

@@ -9,8 +9,9 @@ multiple of 64. The weight ``W[k, n]`` is repacked at compile time to (n/16, k/6
 rows past ``k``). Leading batch dimensions of A are kept (a batched MatMul against one weight).
 
 Schedule: parallel over (batch, row tiles, 16-column tiles); the accumulator tile in a local buffer, reduced
-over 64-deep steps by the tile intrinsic (the AMX instructions, or with ``CpuOptions.amx_emulate`` its plain-TIR
-twin), then written back once through the fused requantizing epilogue.
+over all 64-deep steps by one call of the tile intrinsic (the AMX instructions, or with
+``CpuOptions.amx_emulate`` its plain-TIR twin), then written back once through the fused requantizing
+epilogue.
 
 Applies (see :func:`applies`) on AMX targets or with ``amx_emulate``, to a 2-D constant int8 weight with
 columns in whole 16-blocks, at least 64 deep, and at least MIN_ROWS rows in a tile (a batch-1 classifier stays
@@ -112,7 +113,7 @@ class Int8MatmulAMX(sched.KernelRule):
         isa = isa_of(target)
         *batch, m, n, kc, kf, ks = sch.get_loops(block)
         rows = tile_rows(sched.extent(sch, m))
-        intrinsic = register_amx_dot(rows, COLS, EMULATE if self.options.amx_emulate else AMX)
+        intrinsic = register_amx_dot(rows, COLS, sched.extent(sch, kc), EMULATE if self.options.amx_emulate else AMX)
         m_o, m_i = sch.split(m, [None, rows])
         n_o, n_i = sch.split(n, [None, COLS])
         sch.reorder(*batch, m_o, n_o, kc, m_i, n_i, kf, ks)
@@ -124,5 +125,5 @@ class Int8MatmulAMX(sched.KernelRule):
         pack = sched.find_block(sch, PACK)
         if pack is not None:
             sched.schedule_elementwise_root(sch, pack, isa.lanes)
-        sch.tensorize(m_i, intrinsic)
+        sch.tensorize(kc, intrinsic)
         return sch
