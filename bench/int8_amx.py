@@ -40,7 +40,6 @@ LAYERS = {
 def qdq_layer(kind: str, cin: int, cout: int, size: int, k: int, stride: int):
     """A QDQ layer as quantizers write it: uint8 input (zero point 20), int8 per-channel weights, int32 bias,
     ReLU, uint8 output; a conv on (1, cin, size, size) or a Gemm on (size, cin)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(cin + cout)
