@@ -43,12 +43,12 @@ def applies(call, isa: Isa, options: CpuOptions) -> bool:
     a, w = call.args
     if not isinstance(w, tvm.ir.expr.Constant) or str(call.attrs.out_dtype) != "int32":
         return False
-    if str(a.ty.dtype) != "uint8" or str(w.ty.dtype) != "int8" or len(w.ty.shape) != 2 or len(a.ty.shape) < 2:
-        return False
     try:
+        if str(a.ty.dtype) != "uint8" or str(w.ty.dtype) != "int8" or len(w.ty.shape) != 2 or len(a.ty.shape) < 2:
+            return False
         m, k, n = int(a.ty.shape[-2]), int(w.ty.shape[0]), int(w.ty.shape[1])
         [int(d) for d in a.ty.shape]
-    except TypeError:  # a dynamic dimension
+    except (TypeError, AttributeError):  # a dynamic dimension, an unknown rank or no tensor
         return False
     return n % COLS == 0 and k >= DEPTH and tile_rows(m) >= MIN_ROWS
 
