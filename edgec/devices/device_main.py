@@ -192,6 +192,46 @@ def device_of(kind: str):
     return tvm.cpu(0)
 
 
+# Linux x86-64: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) through syscall(SYS_arch_prctl, ...).
+_SYS_ARCH_PRCTL = 158
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+
+
+def uses_amx(manifest: dict[str, Any]) -> bool:
+    """Whether the artifact was built for a target with AMX tiles (its manifest's ``target.build.isa``)."""
+    build = (manifest.get("target") or {}).get("build") if isinstance(manifest.get("target"), dict) else None
+    features = ((build or {}).get("isa") or {}).get("features") or ()
+    return "amx-tile" in features
+
+
+def request_amx_permission(cpuinfo: str | None = None) -> bool:
+    """Ask Linux for the AMX tile-data state before the first AMX instruction; True once granted.
+
+    Why: since Linux 5.16 a process must request the (8 KiB) tile-data state with
+    ``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``; without it the first ``ldtilecfg`` of an AMX kernel
+    (edgec's int8 conv on Sapphire/Granite Rapids, kernels/int8_amx.py) kills the process with SIGILL. TVM 0.27
+    no longer does it (0.12-0.14 had a runtime ``amx_init``). A no-op returning False anywhere else: not Linux
+    x86-64, or the CPU (``/proc/cpuinfo``, or ``cpuinfo`` given) lacks the ``amx_tile`` flag. Lives here, not in
+    edgec.targets.cpu, because this module runs on devices where edgec is not installed."""
+    import ctypes
+
+    if sys.platform != "linux" or host_machine() != "x86_64":
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.partition(":")[2].split() for line in cpuinfo.splitlines()
+                  if line.partition(":")[0].strip() == "flags"), [])
+    if "amx_tile" not in flags:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(_ARCH_REQ_XCOMP_PERM),
+                        ctypes.c_ulong(_XFEATURE_XTILEDATA)) == 0
+
+
 def load_vm(artifact_dir: Path):
     """Load the artifact's Relax VM and return (vm, device, manifest).
 
@@ -207,6 +247,8 @@ def load_vm(artifact_dir: Path):
     lib_path = checked_file(artifact_dir, manifest, library)
     check_loadable(lib_path, str(library))
     dev = device_of(target.get("device", "cpu") if isinstance(target, dict) else "cpu")
+    if uses_amx(manifest):
+        request_amx_permission()
     lib = tvm.runtime.load_module(str(lib_path))
     return VirtualMachine(lib, dev), dev, manifest
 
@@ -302,6 +344,8 @@ def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: floa
 
     kernels = manifest_kernels(manifest)
     dev = device_of(manifest["target"].get("device", "cpu"))
+    if uses_amx(manifest):
+        request_amx_permission()
     lib = tvm.runtime.load_module(str(checked_file(artifact_dir, manifest, manifest.get("library"))))
     return profile_library(lib, dev, kernels, total_ms)
 

@@ -39,6 +39,7 @@ def device_info_callback(emulated: bool):
             return
         device_main = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(device_main)
+        device_main.request_amx_permission()  # libraries uploaded later may hold AMX kernels (no-op without AMX)
 
         def profile(library: str, kernels: str, total_ms: float, device: str) -> str:
             path = tvm.get_global_func("tvm.rpc.server.workpath")(library)

@@ -108,6 +108,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.kernels.binary_gemm import binary_gemm_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
+    from edgec.targets.cpu.kernels.int8_amx_matmul import legalize_matmul_for
     from edgec.targets.cpu.kernels.int8_matmul_vnni import vnni_matmul_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass, unsigned_activations_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
@@ -134,6 +135,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         fuse_depthwise_pointwise_pass(isa, options, l2),
         fast_math_pass(),  # exp / sigmoid / tanh / erf as vectorizable arithmetic, not one expf call per lane
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options),
+                                     "relax.matmul": legalize_matmul_for(target, options),  # AMX int8, else TVM's
                                      "relax.round": legalize_round}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

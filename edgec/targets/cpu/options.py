@@ -33,6 +33,9 @@ class CpuOptions:
     - ``exec_mode``: how the Relax VM runs ``main``: "compiled" (machine code) or "bytecode" (TVM's default).
     - ``bounds_check``: every buffer access checked at run time (TVM's ``tir.instrument_bound_checkers``): an
       out-of-bounds read raises instead of reading memory. Slow; for tests and debugging.
+    - ``amx_emulate``: the AMX int8 conv kernel (kernels/int8_amx.py) with its tile block computed by plain loops
+      of the same intrinsic description, on any target: how its tiling, packing and epilogue are checked on a
+      host without AMX. Slow; for tests.
     """
 
     winograd: bool = True
@@ -49,6 +52,7 @@ class CpuOptions:
     small_conv_macs: int = 4_000_000
     exec_mode: str = "compiled"
     bounds_check: bool = False
+    amx_emulate: bool = False
 
     def replace(self, **changes: Any) -> "CpuOptions":
         return dataclasses.replace(self, **changes)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_matmul_vnni, int8_vnni, matmul, spatial,
-                                       widened, window, winograd)
+from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul, int8_matmul_vnni,
+                                       int8_vnni, matmul, spatial, widened, window, winograd)
 from edgec.targets.cpu.options import CpuOptions
 
 
@@ -30,11 +30,13 @@ class Kernel:
 KERNELS: tuple[Kernel, ...] = (
     Kernel("spatial", spatial.SpatialConv2d, spatial.legalize),
     Kernel("winograd", winograd.WinogradNCHWc, winograd.legalize),
+    Kernel("int8_amx", int8_amx.Int8Conv2dAMX, int8_amx.legalize),  # before VNNI: the AMX targets have both
     Kernel("int8_vnni", int8_vnni.Int8Conv2dNCHWcVNNI, int8_vnni.legalize),
     Kernel("dw_pointwise", dw_pointwise.DepthwisePointwise),
     Kernel("depthwise", depthwise.DepthwiseConv2dNCHWc, depthwise.legalize),
     Kernel("widened", widened.WidenedConv2dNCHWc, widened.legalize),
     Kernel("direct", direct.Conv2dNCHWc, direct.legalize),
+    Kernel("int8_amx_matmul", int8_amx_matmul.Int8MatmulAMX),  # legalized by build.fusion_passes (relax.matmul)
     Kernel("int8_matmul_vnni", int8_matmul_vnni.Int8MatmulVNNI),
     Kernel("matmul", matmul.Matmul),
     Kernel("window", window.SpatialWindow),

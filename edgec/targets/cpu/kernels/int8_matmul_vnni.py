@@ -19,6 +19,7 @@ from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.kernels import int8_amx_matmul as amx_matmul
 from edgec.targets.cpu.kernels.int8_vnni import to_unsigned
 from edgec.targets.cpu.options import CpuOptions
 
@@ -86,8 +87,8 @@ def vnni_matmul_pass(isa: Isa, options: CpuOptions):
             if getattr(call.op, "name", None) != "relax.matmul":
                 return call
             weight = constant_value(call.args[1], self.lookup_binding)
-            if not applies(call, weight, isa):
-                return call
+            if not applies(call, weight, isa) or amx_matmul.fits(call, weight.shape, isa, options):
+                return call  # AMX targets have VNNI too: the tile kernel takes what it fits
             x = call.args[0]
             signed = str(x.ty.dtype) == "int8"
             if signed:

@@ -35,6 +35,15 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def runner_worker_init() -> None:
+    """Local runner workers: :func:`ignore_sigint`, and the Linux AMX state requested, since the candidates they
+    run may hold AMX kernels (kernels/int8_amx.py; a no-op on CPUs without AMX)."""
+    from edgec.devices.device_main import request_amx_permission
+
+    ignore_sigint()
+    request_amx_permission()
+
+
 def build_candidate(mod, target, _params):
     """The build workers' build function: meta-schedule's default minus its ``import tvm.s_tir.tensor_intrin``,
     which alone took longer than the build timeout in each fresh worker (the schedules arrive already tensorized,
@@ -164,7 +173,7 @@ def _make_runner(rpc: str | None, rpc_key: str | None, evaluator: dict[str, Any]
         rpc_config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
                                          session_priority=1, session_timeout_sec=120)
         return ms.runner.RPCRunner(rpc_config, config, max_workers=1, initializer=ignore_sigint)
-    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=config, initializer=ignore_sigint)
+    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=config, initializer=runner_worker_init)
 
 
 def with_num_cores(preset, rpc: str | None, threads: int | None):
