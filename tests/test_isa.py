@@ -42,3 +42,17 @@ def test_features_the_host_hides_are_taken_away():
 def test_nothing_changes_where_the_host_agrees_or_cannot_be_read():
     assert host_mattr("znver4", TRIPLE, frozenset()) == []
     assert host_mattr("znver4", TRIPLE, _isa("znver4", []).features) == []
+
+
+def test_missing_on_host_names_the_features_an_artifact_needs_and_the_cpu_lacks():
+    """An x86:avx512 artifact on an AVX2 machine: the AVX-512 features are named (the local runner refuses it in
+    one line instead of dying on an illegal instruction); on an AVX-512 machine, nothing; features /proc/cpuinfo
+    cannot tell, or an unreadable cpuinfo, are not judged."""
+    from edgec.targets.cpu.isa import missing_on_host
+
+    avx2 = frozenset({"sse4.2", "avx", "avx2", "fma", "f16c"})
+    built = ["avx", "avx2", "avx512f", "avx512vnni", "fma", "some-llvm-only-feature"]
+    assert missing_on_host(built, "x86_64", avx2) == ["avx512f", "avx512vnni"]
+    assert missing_on_host(built, "x86_64", avx2 | {"avx512f", "avx512vnni"}) == []
+    assert missing_on_host(built, "x86_64", frozenset()) == []
+    assert missing_on_host(["neon", "dotprod"], "aarch64", frozenset({"neon"})) == ["dotprod"]

@@ -129,11 +129,18 @@ def concat_of_mixed_blocks() -> onnx.ModelProto:
 def test_concat_of_differently_blocked_convs_compiles_and_verifies(target, cli, tmp_path):
     """A channel Concat of convs whose own blocks differ (TVM's ConvertLayout failed: "Invalid layout axis 16b",
     an internal error): channel_groups gives every tensor around a concat one block, and the artifact equals
-    onnxruntime (verify: within 1e-4 relative) on the host and on a pinned AVX-512 preset (16 lanes)."""
+    onnxruntime (verify: within 1e-4 relative) on the host and on a pinned AVX-512 preset (16 lanes) — where this
+    host runs AVX-512; elsewhere that artifact compiles and its verification is refused, naming the features."""
+    from helpers import runnable_preset
+
     path = tmp_path / "concat.onnx"
     onnx.save(concat_of_mixed_blocks(), str(path))
     code, out, err = cli("compile", path, "--target", target, "-o", tmp_path / "a")
-    assert code == 0 and "verify: PASS" in out, err + out
+    assert code == 0, err + out
+    if runnable_preset(target) == target:
+        assert "verify: PASS" in out, out
+    else:
+        assert "verify: not run here (the artifact is built for CPU features this machine lacks (avx512" in out, out
 
 
 def test_channel_groups_block_divides_every_concat_part():

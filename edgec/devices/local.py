@@ -18,6 +18,16 @@ def why_not_here(target: dict) -> EdgecError | None:
     if target["arch"] != host_arch():
         hint = "use --device qemu-aarch64" if target["arch"] == "aarch64" else "run it on such a machine"
         return EdgecError(f"the artifact is built for {target['arch']}, this machine is {host_arch()}", hint)
+    if target["device"] == "cpu":
+        from edgec.targets.cpu.isa import missing_on_host
+
+        lacking = missing_on_host(((target.get("build") or {}).get("isa") or {}).get("features") or (),
+                                  target["arch"])
+        if lacking:
+            return EdgecError(f"the artifact is built for CPU features this machine lacks ({', '.join(lacking)}): "
+                              "it would stop on an illegal instruction",
+                              "compile it for this machine (--target x86, or a preset `edgec targets` lists that "
+                              "it can run) or run it on such a CPU")
     if target["device"] == "cuda" and not _cuda_available():
         return EdgecError("the artifact needs a CUDA GPU and this machine has none",
                           "run it on a machine with an NVIDIA GPU and driver")

@@ -258,8 +258,11 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         if not result.verification.passed:
             sys.exit(1)
     else:
-        click.echo(f"verify: not run here (target {m['target']['arch']}/{m['target']['device']}); "
-                   f"`edgec verify {result.artifact.path}` runs it"
+        from edgec.devices.local import why_not_here
+
+        problem = why_not_here(m["target"])
+        reason = problem.message if problem is not None else f"target {m['target']['arch']}/{m['target']['device']}"
+        click.echo(f"verify: not run here ({reason}); `edgec verify {result.artifact.path}` runs it"
                    + (" on the emulated device" if m["target"]["arch"] == "aarch64" and m["target"]["device"] == "cpu"
                       else ""))
 

@@ -143,6 +143,17 @@ def host_features(arch: str, cpuinfo: str | None = None) -> frozenset[str]:
     return frozenset()
 
 
+def missing_on_host(features, arch: str, reported: frozenset[str] | None = None) -> list[str]:
+    """The ISA ``features`` (LLVM names: a manifest's ``target.build.isa.features``) that this ``arch`` machine
+    does not report: code built for them would stop on an illegal instruction here (an ``x86:avx512`` artifact
+    on an AVX2 CPU). Only features ``/proc/cpuinfo`` can tell are judged; none where it cannot be read."""
+    reported = host_features(arch) if reported is None else reported
+    if not reported:
+        return []
+    readable = set((_CPUINFO_ARM if arch == "aarch64" else _CPUINFO_X86).values())
+    return sorted(f for f in features if f in readable and f not in reported)
+
+
 def host_mattr(mcpu: str, mtriple: str, reported: frozenset[str] | None = None) -> list[str]:
     """``mattr`` entries that make LLVM's ``mcpu`` agree with what this machine reports: ``+f`` for a feature the
     host has and the named CPU lacks (an unknown newer CPU that LLVM names after an older one, or ``generic``), so
