@@ -1,6 +1,11 @@
 """int8 compilation (issue 4): QDQ Conv/Gemm/MatMul → TVM integer kernels (int8 × int8 → int32, requantize,
 fused bias/ReLU). The integer kernels must equal a numpy integer reference of the same arithmetic exactly, and
-the compiled artifact must equal onnxruntime running the QDQ model within one output quantization step."""
+the compiled artifact must equal onnxruntime running the QDQ model within one output quantization step.
+
+onnxruntime runs the QDQ model op by op here (graph optimizations off: DequantizeLinear, the float op,
+QuantizeLinear — what the model means). Its fused integer kernels are not a reference on every host: on x86
+without VNNI (AVX2) they sum u8·s8 pairs in int16 (vpmaddubsw), which saturates for full-range int8 weights, and
+their outputs then differ by many steps while edgec's equal the exact integer arithmetic (numpy, above)."""
 
 from __future__ import annotations
 
@@ -116,7 +121,7 @@ def test_integer_kernel_equals_numpy_reference_and_onnxruntime_within_one_step(c
         got = run(x)
         ref = numpy_reference(model, x, spec["kind"], spec["relu"], True, spec.get("stride", 1), spec.get("pad", 1))
         np.testing.assert_array_equal(got, ref.reshape(got.shape))
-        ort = onnxruntime_outputs(model, {"x": x})[0]
+        ort = onnxruntime_outputs(model, {"x": x}, optimize=False)[0]
         step = float(_consts(model)["sy"])
         assert np.max(np.abs(got - ort)) <= step * (1 + 1e-6)
         assert np.mean(got == ort) > 0.98  # off by one step only at rounding ties / float-summation edges
@@ -134,7 +139,7 @@ def test_float_output_layer_keeps_integer_product():
     got = run(x)
     ref = numpy_reference(model, x, "gemm", False, False, 1, 0)  # the bias is inside acc here (same value)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(got, onnxruntime_outputs(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, onnxruntime_outputs(model, {"x": x}, optimize=False)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_cli_compile_quantize_int8_default_model(tmp_path):
@@ -150,7 +155,10 @@ def test_cli_compile_quantize_int8_default_model(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     q = manifest["quantization"]
     assert q["integer_layers"] == 7 and manifest["verification"]["passed"]
-    assert manifest["verification"]["max_abs_diff"] <= q["atol"]
+    # against onnxruntime's fused integer kernels: within one step, or twice their spread from onnxruntime's own
+    # op-by-op run where that is wider (AVX2 hosts: see the module docstring); op by op, one step (below)
+    verification = manifest["verification"]
+    assert verification["max_abs_diff"] <= max(verification["per_output_tolerance"].values())
 
     # the real test digits: the int8 artifact agrees with onnxruntime's QDQ model on (almost) every prediction
     import tvm
@@ -165,7 +173,9 @@ def test_cli_compile_quantize_int8_default_model(tmp_path):
     for i in range(len(x)):
         got = vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy()
         ref = onnxruntime_outputs(qdq, {"input": x[i:i + 1]})[0]
-        assert np.max(np.abs(got - ref)) <= q["atol"]
+        simulated = onnxruntime_outputs(qdq, {"input": x[i:i + 1]}, optimize=False)[0]
+        # verify's rule: one step, or twice onnxruntime's own spread between its two runs where that is wider
+        assert np.max(np.abs(got - ref)) <= max(q["atol"], 2 * float(np.max(np.abs(ref - simulated))))
         agree += int(got.argmax() == ref.argmax())
     assert agree >= 199
 
