@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer, scheduled
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer_chain, scheduled
 
 CONV_SYMBOL = "edgec_adder_conv"
 AdderConvShape = ConvShape  # an adder conv layer needs nothing beyond the conv's shape
@@ -223,7 +223,7 @@ def takes(isa: Any) -> bool:
     return isa.arch == "x86_64" and isa.lanes >= 8
 
 
-def _is_unfold(expr: Any, k: int, op: Any, lookup: Any) -> bool:
+def _is_unfold(expr: Any, k: int, lookup: Any) -> bool:
     """Whether ``expr`` is the body's one-hot unfold filters eye(K) as [K, C, kh, kw]: a folded constant, or
     (K² elements past the constant folder's size limit) ``reshape(eye_like(t [K, K], 0))`` left to run."""
     from edgec.targets.relax_rewrite import constant_value
@@ -231,8 +231,8 @@ def _is_unfold(expr: Any, k: int, op: Any, lookup: Any) -> bool:
     value = constant_value(expr, lookup)
     if value is not None:
         return value.size == k * k and np.array_equal(value.reshape(k, k), np.eye(k))
-    shaped = op(expr, "reshape")
-    eye = op(shaped.args[0], "eye_like") if shaped is not None else None
+    chain = producer_chain(expr, ["reshape", "eye_like"], lookup)
+    eye = chain[1] if chain is not None else None
     if eye is None or len(eye.args) < 2:
         return False
     shape = getattr(eye.ty, "shape", None)
@@ -251,19 +251,11 @@ def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     the adder conv's arithmetic whatever graph it came from (the filters' *shape* gives C, kh, kw)."""
     from edgec.targets.relax_rewrite import constant_value
 
-    def op(expr: Any, name: str) -> Any:
-        return producer(expr, name, lookup)
-
-    outer = op(call, "add")
-    shaped = op(outer.args[0], "reshape") if outer is not None else None
-    neg = op(shaped.args[0], "negative") if shaped is not None else None
-    total = op(neg.args[0], "sum") if neg is not None else None
-    absolute = op(total.args[0], "abs") if total is not None else None
-    diff = op(absolute.args[0], "subtract") if absolute is not None else None
-    unfolded = op(diff.args[0], "reshape") if diff is not None else None
-    conv = op(unfolded.args[0], "nn.conv2d") if unfolded is not None else None
-    if conv is None:
+    chain = producer_chain(call, ["add", "reshape", "negative", "sum", "abs", "subtract", "reshape", "nn.conv2d"],
+                           lookup)
+    if chain is None:
         return None
+    outer, _, _, total, _, diff, _, conv = chain
     x = conv.args[0]
     if total.attrs.axis is None or [int(v) for v in total.attrs.axis] != [2] or total.attrs.keepdims:
         return None
@@ -273,7 +265,7 @@ def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
         return None
     k, c, kh, kw = (int(d) for d in filters)
     o = w3.shape[0]
-    if (k != c * kh * kw or w3.shape != (o, k, 1) or not _is_unfold(conv.args[1], k, op, lookup)
+    if (k != c * kh * kw or w3.shape != (o, k, 1) or not _is_unfold(conv.args[1], k, lookup)
             or np.size(bias) not in (1, o)):
         return None
     if np.size(bias) == o and o > 1 and (np.ndim(bias) < 3 or bias.shape[-3] != o):

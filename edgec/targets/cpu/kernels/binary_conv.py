@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgec.ops.packing import pack_signs
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer, scheduled
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer_chain, scheduled
 
 WORD_BITS = 32
 PACK_SYMBOL = "edgec_binary_pack"
@@ -391,22 +391,11 @@ def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     arithmetic whatever graph it came from, and replacing it is exact."""
     from edgec.targets.relax_rewrite import constant_value
 
-    def op(expr: Any, name: str) -> Any:
-        return producer(expr, name, lookup)
-
-    def const(expr: Any) -> np.ndarray | None:
-        return constant_value(expr, lookup)
-
-    outer = op(call, "add")
-    scaled = op(outer.args[0], "multiply") if outer is not None else None
-    integer = op(scaled.args[0], "add") if scaled is not None else None
-    conv = op(integer.args[0], "nn.conv2d") if integer is not None else None
-    where = op(conv.args[0], "where") if conv is not None else None
-    less = op(where.args[0], "less") if where is not None else None
-    shifted = op(less.args[0], "add") if less is not None else None
-    if shifted is None:
+    chain = producer_chain(call, ["add", "multiply", "add", "nn.conv2d", "where", "less", "add"], lookup)
+    if chain is None:
         return None
-    values = [const(e) for e in (conv.args[1], integer.args[1], scaled.args[1], outer.args[1], shifted.args[1],
+    outer, scaled, integer, conv, where, less, shifted = chain
+    values = [constant_value(e, lookup) for e in (conv.args[1], integer.args[1], scaled.args[1], outer.args[1], shifted.args[1],
                                  less.args[1], where.args[1], where.args[2])]
     if any(v is None for v in values):
         return None

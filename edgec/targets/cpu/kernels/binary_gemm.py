@@ -25,7 +25,7 @@ import numpy as np
 
 from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, takes
-from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, producer, scheduled
+from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, producer_chain, scheduled
 
 PACK_SYMBOL = "edgec_binary_gemm_pack"
 DENSE_SYMBOL = "edgec_binary_dense"
@@ -164,21 +164,11 @@ def _binary_gemm_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
 
     from edgec.targets.relax_rewrite import constant_value
 
-    def op(expr: Any, name: str) -> Any:
-        return producer(expr, name, lookup)
-
-    def const(expr: Any) -> np.ndarray | None:
-        return constant_value(expr, lookup)
-
-    outer = op(call, "add")
-    scaled = op(outer.args[0], "multiply") if outer is not None else None
-    matmul = op(scaled.args[0], "matmul") if scaled is not None else None
-    where = op(matmul.args[0], "where") if matmul is not None else None
-    less = op(where.args[0], "less") if where is not None else None
-    shifted = op(less.args[0], "add") if less is not None else None
-    if shifted is None:
+    chain = producer_chain(call, ["add", "multiply", "matmul", "where", "less", "add"], lookup)
+    if chain is None:
         return None
-    values = [const(e) for e in (matmul.args[1], scaled.args[1], outer.args[1], shifted.args[1], less.args[1],
+    outer, scaled, matmul, where, less, shifted = chain
+    values = [constant_value(e, lookup) for e in (matmul.args[1], scaled.args[1], outer.args[1], shifted.args[1], less.args[1],
                                  where.args[1], where.args[2])]
     if any(v is None for v in values):
         return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-__all__ = ["ConvShape", "producer", "conv_shape", "scheduled", "op_kernel_pass"]
+__all__ = ["ConvShape", "producer", "producer_chain", "conv_shape", "scheduled", "op_kernel_pass"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,19 @@ def producer(expr: Any, name: str, lookup: Any) -> Any:
     while isinstance(expr, relax.Var) and lookup(expr) is not None:
         expr = lookup(expr)
     return expr if getattr(getattr(expr, "op", None), "name", None) == f"relax.{name}" else None
+
+
+def producer_chain(expr: Any, names: list[str], lookup: Any) -> list[Any] | None:
+    """The calls ``relax.<names[0]>(relax.<names[1]>(…), …)`` that ``expr`` is, each the producer of the previous
+    one's first argument, outermost first; None where the body is not that chain: an op's imported body, walked
+    back from its last call."""
+    calls: list[Any] = []
+    for name in names:
+        call = producer(calls[-1].args[0] if calls else expr, name, lookup)
+        if call is None:
+            return None
+        calls.append(call)
+    return calls
 
 
 def conv_shape(conv: Any, x: Any, o: int, c: int, kh: int, kw: int, cls: type = ConvShape) -> Any:
