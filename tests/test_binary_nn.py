@@ -219,6 +219,46 @@ def test_binary_ste_and_adder_gradients():
     assert abs(float(scaled.weight.grad.norm()) - 0.2 * np.sqrt(scaled.weight.numel())) < 1e-3
 
 
+def _adder_reference(x, w, g, stride, padding, dilation):
+    """The first, straightforward AdderConv2d (one [N, O, K, L] tensor each way): output, grad_x, grad_w."""
+    import torch.nn.functional as F
+
+    o = w.shape[0]
+    cols = F.unfold(x, w.shape[2:], dilation=dilation, padding=padding, stride=stride)  # [N, K, L]
+    w2 = w.reshape(o, -1)
+    out = -(cols.unsqueeze(1) - w2.view(1, o, -1, 1)).abs().sum(dim=2)  # [N, O, L]
+    grad_w = torch.einsum("nol,nkl->ok", g, cols) - w2 * g.sum(dim=(0, 2)).unsqueeze(1)
+    diff = (w2.view(1, *w2.shape, 1) - cols.unsqueeze(1)).clamp(-1.0, 1.0)
+    grad_cols = (g.unsqueeze(2) * diff).sum(dim=1)
+    grad_x = F.fold(grad_cols, x.shape[2:], w.shape[2:], dilation=dilation, padding=padding, stride=stride)
+    return out, grad_x, grad_w.reshape(w.shape)
+
+
+@pytest.mark.parametrize("block", [1 << 18, 50])  # one block; many blocks, the last one partial
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation", [
+    ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 5, 9, 8), (3, 2), (2, 2), (1, 0), (1, 1)),
+    ((2, 4, 11, 10), (3, 3), (2, 1), (2, 2), (2, 1)),
+    ((1, 2, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),
+])
+def test_adder_blocked_matches_reference(monkeypatch, block, shape, kernel, stride, padding, dilation):
+    """The blocked _AdderFunction gives the straightforward implementation's output and both gradients."""
+    from edgec.nn import adder
+
+    monkeypatch.setattr(adder, "_BLOCK_FLOATS", block)
+    gen = torch.Generator().manual_seed(sum(shape) + block)
+    x = torch.randn(*shape, generator=gen).requires_grad_()
+    w = (torch.randn(5, shape[1], *kernel, generator=gen) * 0.7).requires_grad_()  # |w − x| on both sides of 1
+    out = adder._AdderFunction.apply(x, w, stride, padding, dilation)
+    g = torch.randn(out.shape, generator=gen)
+    out.backward(g)
+    with torch.no_grad():
+        want, want_x, want_w = _adder_reference(x, w, g, stride, padding, dilation)
+    for got, ref_ in ((out.detach(), want), (x.grad, want_x), (w.grad, want_w)):
+        assert got.shape == ref_.shape
+        np.testing.assert_allclose(got.numpy(), ref_.numpy(), rtol=1e-5, atol=1e-5 * float(ref_.abs().max()))
+
+
 def test_convert_bad_input():
     from edgec.nn import convert
 
