@@ -259,6 +259,9 @@ def test_register_tile_fits_the_register_file():
     # 7 blocks: 3+3+1 keeps 16.3 accumulators busy on average; whole tiles only allow 7 (7x1 or 1x7)
     assert register_tile(7, 7, 1, 32) == (7, 3)
     assert math.prod(register_tile(7, 7, 1, 32, partial=False)) == 7
+    # 16 registers (AVX2): enough accumulators to hide the FMA latency, then the most FMAs per load
+    assert register_tile(56, 18, 1, 16) == (4, 3)  # not 14x1: one broadcast load per FMA
+    assert register_tile(7, 120, 1, 16) == (7, 1)
 
 
 def test_depthwise_row_tile():

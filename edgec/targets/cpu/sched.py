@@ -33,16 +33,23 @@ def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int
     accumulators it keeps busy on average. Why: 7 blocks (112 channels, a width pruned to a multiple of 16) only
     divide into 1 or 7, and the 7-wide tile with one block (7 accumulators, too few to hide the FMA latency) ran a
     48 → 112 stride-2 conv at 76 GFLOP/s; 3 blocks with a tail run it at 220. Even 8 blocks on a 7-wide row run 5 %
-    faster as 3+3+2 than as 2+2+2+2 (21 accumulators instead of 14)."""
+    faster as 3+3+2 than as 2+2+2+2 (21 accumulators instead of 14).
+
+    With 16 registers (AVX2) the loads bound the tile instead: a 14×1 tile loads one broadcast input per FMA,
+    and the 1×1 expansions of MobileNetV2's early stages (16–24 input channels) ran at 42–44 GFLOP/s on a Zen 3
+    core; once ``registers // 2`` accumulators hide the FMA latency, the tile with the most FMAs per load wins
+    (4×3: 12 FMAs per 4 broadcasts + 3 weight loads; a partial tail counts what it keeps busy), and those convs
+    ran at 86–88 GFLOP/s (bench/profile_cpu.py, 1 thread)."""
     best = (1, 1)
-    best_key = (0.0, 0.0)
+    best_key: tuple = (0.0,)
     for reg_n in (d for d in range(1, min(width, 16) + 1) if width % d == 0):
         for oc_tile in (d for d in range(1, min(oc_chunks, 8) + 1) if partial or oc_chunks % d == 0):
             acc, weights = reg_n * oc_tile * vec_per_block, oc_tile * vec_per_block
             if acc + weights + 1 > registers:
                 continue
             busy = acc * oc_chunks / (math.ceil(oc_chunks / oc_tile) * oc_tile)
-            key = (busy, acc / (reg_n + weights))
+            key = (busy, acc / (reg_n + weights)) if registers >= 32 else \
+                (min(busy, registers // 2), busy / (reg_n + weights), busy)
             if key > best_key:
                 best, best_key = (reg_n, oc_tile), key
     return best
