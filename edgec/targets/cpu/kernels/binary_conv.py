@@ -152,8 +152,9 @@ def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
     return out
 
 
-def padded_vector(values: np.ndarray, plan: Plan) -> np.ndarray:
-    """A per-output-channel float vector (alpha, bias) padded with zeros to the tiled channel count."""
+def padded_vector(values: np.ndarray, plan: Any) -> np.ndarray:
+    """A per-output-channel float vector (alpha, bias) padded with zeros to the tiled channel count of ``plan``
+    (a :class:`Plan`, or binary_gemm's DensePlan: anything with ``o_padded``)."""
     out = np.zeros(plan.o_padded, np.float32)
     out[: values.shape[0]] = values
     return out

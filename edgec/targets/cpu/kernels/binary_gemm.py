@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgec.ops.packing import pack_signs
-from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, takes
+from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, padded_vector, takes
 from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, producer_chain, scheduled
 
 PACK_SYMBOL = "edgec_binary_gemm_pack"
@@ -78,12 +78,6 @@ def pack_weights(w: np.ndarray, plan: DensePlan) -> np.ndarray:
     words = pack_signs(np.asarray(w, np.float32), axis=1, word_bits=WORD_BITS)  # [O, Kw]
     out = np.zeros((plan.shape.words, plan.o_padded), np.uint32)
     out[:, : w.shape[0]] = words.T
-    return out
-
-
-def padded_vector(values: np.ndarray, plan: DensePlan) -> np.ndarray:
-    out = np.zeros(plan.o_padded, np.float32)
-    out[: values.shape[0]] = values
     return out
 
 
