@@ -198,11 +198,16 @@ _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
 
 
+def build_features(target: Any) -> list[str]:
+    """The ISA features a manifest's ``target`` was built with (``target.build.isa.features``; none recorded:
+    empty)."""
+    build = target.get("build") if isinstance(target, dict) else None
+    return list(((build or {}).get("isa") or {}).get("features") or ())
+
+
 def uses_amx(manifest: dict[str, Any]) -> bool:
-    """Whether the artifact was built for a target with AMX tiles (its manifest's ``target.build.isa``)."""
-    build = (manifest.get("target") or {}).get("build") if isinstance(manifest.get("target"), dict) else None
-    features = ((build or {}).get("isa") or {}).get("features") or ()
-    return "amx-tile" in features
+    """Whether the artifact was built for a target with AMX tiles."""
+    return "amx-tile" in build_features(manifest.get("target"))
 
 
 def request_amx_permission(cpuinfo: str | None = None) -> bool:

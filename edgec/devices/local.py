@@ -19,10 +19,10 @@ def why_not_here(target: dict) -> EdgecError | None:
         hint = "use --device qemu-aarch64" if target["arch"] == "aarch64" else "run it on such a machine"
         return EdgecError(f"the artifact is built for {target['arch']}, this machine is {host_arch()}", hint)
     if target["device"] == "cpu":
+        from edgec.devices.device_main import build_features
         from edgec.targets.cpu.isa import missing_on_host
 
-        lacking = missing_on_host(((target.get("build") or {}).get("isa") or {}).get("features") or (),
-                                  target["arch"])
+        lacking = missing_on_host(build_features(target), target["arch"])
         if lacking:
             return EdgecError(f"the artifact is built for CPU features this machine lacks ({', '.join(lacking)}): "
                               "it would stop on an illegal instruction",

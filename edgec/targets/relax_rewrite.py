@@ -21,6 +21,19 @@ def function_rewrite(name: str, mutator: Any):
     return _pass
 
 
+def rewrite_with_builder(mod: Any, mutator: Any) -> Any:
+    """``mod`` with every Relax function visited by one ``mutator`` (a ``relax.PyExprMutator`` built with the
+    module) whose builder also receives the functions the rewrite adds (``call_te``, ``add_func``): the builder's
+    module. :func:`function_rewrite` serves mutators that add none."""
+    from tvm import relax
+
+    rewriter = mutator(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
 def constant_value(expr: Any, lookup: Any) -> Any:
     """The numpy value of ``expr`` when it is a constant tensor, or a transpose of one (ONNX Gemm's transB arrives
     as permute_dims of the stored weight; FoldConstant runs later), else None. ``lookup`` maps a dataflow variable

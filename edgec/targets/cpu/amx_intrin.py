@@ -49,12 +49,11 @@ def register_amx_dot(rows: int, cols: int, steps: int, impl: str) -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    from edgec.targets.cpu.intrinsics import registered
+
     name = intrinsic_name(rows, cols, steps, impl)
-    try:
-        TensorIntrin.get(name)
+    if registered(name):
         return name
-    except Exception:  # noqa: BLE001  (not registered yet)
-        pass
     depth, groups = steps * DEPTH, DEPTH // 4
 
     @T.prim_func(s_tir=True)

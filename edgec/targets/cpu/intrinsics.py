@@ -53,7 +53,8 @@ VNNI_LOCAL_ACC = "edgec_dot_16x4_vnni_local"
 REFERENCE_LOCAL_ACC = "edgec_dot_16x4_reference_local"
 
 
-def _registered(name: str) -> bool:
+def registered(name: str) -> bool:
+    """Whether a tensor intrinsic of this name is registered (TVM raises on an unknown one)."""
     from tvm.s_tir import TensorIntrin
 
     try:
@@ -88,7 +89,7 @@ def register_reference_local_acc() -> str:
     packing, tiling and epilogue on a host without VNNI. Registered once."""
     from tvm.s_tir import TensorIntrin
 
-    if not _registered(REFERENCE_LOCAL_ACC):
+    if not registered(REFERENCE_LOCAL_ACC):
         TensorIntrin.register(REFERENCE_LOCAL_ACC, _dot_16x4_local(), _dot_16x4_local())
     return REFERENCE_LOCAL_ACC
 
@@ -102,7 +103,7 @@ def register_vnni_local_acc() -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    if _registered(VNNI_LOCAL_ACC):
+    if registered(VNNI_LOCAL_ACC):
         return VNNI_LOCAL_ACC
 
     @T.prim_func(s_tir=True)

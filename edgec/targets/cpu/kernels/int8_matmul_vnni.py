@@ -78,7 +78,7 @@ def vnni_matmul_pass(isa: Isa, options: CpuOptions):
     import tvm
     from tvm import relax
 
-    from edgec.targets.relax_rewrite import constant_value
+    from edgec.targets.relax_rewrite import constant_value, rewrite_with_builder
 
     @relax.expr_functor.mutator
     class _Rewrite(relax.PyExprMutator):
@@ -109,11 +109,7 @@ def vnni_matmul_pass(isa: Isa, options: CpuOptions):
     def _pass(mod, _ctx):
         if not (isa.vnni and options.int8_matmul_vnni):
             return mod
-        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return rewrite_with_builder(mod, _Rewrite)  # the kernels it adds land in the builder's module
 
     return _pass
 

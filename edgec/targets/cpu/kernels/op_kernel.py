@@ -101,6 +101,8 @@ def op_kernel_pass(name: str, takes: Callable[[], bool], rewrite: Callable[[Any,
     import tvm
     from tvm import relax
 
+    from edgec.targets.relax_rewrite import rewrite_with_builder
+
     counts = stats if stats is not None else {}
 
     @relax.expr_functor.mutator
@@ -122,11 +124,7 @@ def op_kernel_pass(name: str, takes: Callable[[], bool], rewrite: Callable[[Any,
         counts.clear()
         if not takes():
             return mod
-        rewriter = _Rewrite(mod)  # its builder holds the module: the kernels it adds land there
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        mod = rewriter.builder_.get()
+        mod = rewrite_with_builder(mod, _Rewrite)  # the kernels it adds land in the builder's module
         return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
 
     return _pass
