@@ -27,44 +27,20 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from _timing import fmt_ms, format_table, interleaved, median, ratio_stats  # noqa: E402
-from binary_conv import float_conv_model, run  # noqa: E402
+from binary_conv import compiled_pair, float_conv_model, ort_run, run, vm_run  # noqa: E402
 
 BOUND_FLOAT = 1.2  # adder time ≤ 1.2 × edgec's float conv time (issue 19)
 BOUND_ORT = 5.0  # adder ≥ 5× faster than onnxruntime on the function form
 
 
 def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
-    import onnx
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
-
-    from edgec.toolchain.api import compile as edgec_compile
-    from edgec.toolchain.substitute import SubstituteOptions, substitute
-
     name = f"{channels}x{size}"
-    float_path = work / f"{name}-float.onnx"
-    onnx.save(float_conv_model(channels, size), str(float_path))
-    adder_path = work / f"{name}-adder.onnx"
-    substitute(str(float_path), adder_path, SubstituteOptions(to="adder", skip=()))
-    results = {"float": edgec_compile(float_path, output=work / f"{name}-float"),
-               "adder": edgec_compile(adder_path, output=work / f"{name}-adder")}
-    taken = results["adder"].artifact.manifest["target"]["build"].get("adder_conv", {}).get("layers", 0)
-    for label, res in results.items():
-        print(f"# {name} {label}: verify {res.verification.summary()}")
-    print(f"# {name}: adder layers on the adder kernel: {taken}")
-
+    _, adder_path, results, taken = compiled_pair(float_conv_model(channels, size), name, "adder", work,
+                                                  "adder_conv")
     x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
-    runs = {}
-    for label, key in (("edgec adder", "adder"), ("edgec float", "float")):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
-        vm.set_input("main", tvm.runtime.tensor(x))
-        runs[label] = (lambda vm=vm: vm.invoke_stateful("main"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(adder_path), opts, providers=["CPUExecutionProvider"])
-    runs["onnxruntime adder (function form)"] = lambda: sess.run(None, {"x": x})
+    runs = {"edgec adder": vm_run(results["adder"].artifact.path, x),
+            "edgec float": vm_run(results["float"].artifact.path, x),
+            "onnxruntime adder (function form)": ort_run(adder_path, x)}
 
     times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
     terms = channels * channels * 9 * size * size

@@ -48,38 +48,56 @@ def float_conv_model(channels: int, size: int, seed: int = 0):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
+def compiled_pair(model, name: str, to: str, work: Path, kernel: str) -> tuple[Path, Path, dict, int]:
+    """One float layer ``model`` written, its `edgec substitute --to TO` form, both compiled for this host
+    (verified against onnxruntime; the verdicts printed): (float path, substituted path, compile results by
+    "float"/TO, how many layers the build's ``kernel`` record took). Shared with adder_conv.py, binary_gemm.py."""
     import onnx
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
 
     from edgec.toolchain.api import compile as edgec_compile
     from edgec.toolchain.substitute import SubstituteOptions, substitute
 
-    name = f"{channels}x{size}"
     float_path = work / f"{name}-float.onnx"
-    onnx.save(float_conv_model(channels, size), str(float_path))
-    binary_path = work / f"{name}-binary.onnx"
-    substitute(str(float_path), binary_path, SubstituteOptions(to="binary", skip=()))
+    onnx.save(model, str(float_path))
+    sub_path = work / f"{name}-{to}.onnx"
+    substitute(str(float_path), sub_path, SubstituteOptions(to=to, skip=()))
     results = {"float": edgec_compile(float_path, output=work / f"{name}-float"),
-               "binary": edgec_compile(binary_path, output=work / f"{name}-binary")}
-    taken = results["binary"].artifact.manifest["target"]["build"].get("binary_conv", {}).get("layers", 0)
+               to: edgec_compile(sub_path, output=work / f"{name}-{to}")}
+    taken = results[to].artifact.manifest["target"]["build"].get(kernel, {}).get("layers", 0)
     for label, res in results.items():
         print(f"# {name} {label}: verify {res.verification.summary()}")
-    print(f"# {name}: binary layers on the popcount kernel: {taken}")
+    print(f"# {name}: {to} layers on edgec's {kernel} kernel: {taken}")
+    return float_path, sub_path, results, taken
 
-    x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
-    runs = {}
-    for label, key in (("edgec binary", "binary"), ("edgec float", "float")):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
-        vm.set_input("main", tvm.runtime.tensor(x))
-        runs[label] = (lambda vm=vm: vm.invoke_stateful("main"))
+
+def vm_run(artifact: Path, x: np.ndarray):
+    """A no-argument call running ``artifact`` (its VM, input set once) on ``x``: one contender of a round."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact / "model.so")), tvm.cpu())
+    vm.set_input("main", tvm.runtime.tensor(x))
+    return lambda: vm.invoke_stateful("main")
+
+
+def ort_run(path: Path, x: np.ndarray):
+    """A no-argument call running the ONNX model at ``path`` in onnxruntime (1 thread) on input ``x``."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(float_path), opts, providers=["CPUExecutionProvider"])
-    runs["onnxruntime float"] = lambda: sess.run(None, {"x": x})
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": x})
+
+
+def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
+    name = f"{channels}x{size}"
+    float_path, _, results, taken = compiled_pair(float_conv_model(channels, size), name, "binary", work,
+                                                  "binary_conv")
+    x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
+    runs = {"edgec binary": vm_run(results["binary"].artifact.path, x),
+            "edgec float": vm_run(results["float"].artifact.path, x),
+            "onnxruntime float": ort_run(float_path, x)}
 
     times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
     macs = channels * channels * 9 * size * size
@@ -102,9 +120,6 @@ def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
 def bench_network(rounds: int, work: Path, to: str = "binary") -> dict:
     """The embedded MNIST model, float vs `edgec substitute --to TO --skip first,last` (its 16-32 channel convs
     substituted), both compiled by edgec: what a whole small network gains. Shared with bench/adder_conv.py."""
-    import tvm
-    from tvm import relax
-
     from edgec.models import default_model_path
     from edgec.ops.substitute import parse_skip
     from edgec.toolchain.api import compile as edgec_compile
@@ -116,11 +131,7 @@ def bench_network(rounds: int, work: Path, to: str = "binary") -> dict:
                to: edgec_compile(sub_path, output=work / f"mnist-{to}")}
     taken = results[to].artifact.manifest["target"]["build"].get(f"{to}_conv", {}).get("layers", 0)
     x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
-    runs = {}
-    for key in (to, "float"):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
-        vm.set_input("main", tvm.runtime.tensor(x))
-        runs[f"edgec {key}"] = (lambda vm=vm: vm.invoke_stateful("main"))
+    runs = {f"edgec {key}": vm_run(results[key].artifact.path, x) for key in (to, "float")}
     times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
     rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
     print(format_table(rows, [f"mnist ({taken} {to} convs, 1 thread)", "median ms", "min ms", "max ms"]))

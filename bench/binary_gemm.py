@@ -24,6 +24,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from _timing import fmt_ms, format_table, interleaved, median, ratio_stats  # noqa: E402
+from binary_conv import compiled_pair, ort_run, vm_run  # noqa: E402
 
 CONV_BOUND = 10.0
 
@@ -41,35 +42,13 @@ def float_gemm_model(k: int, o: int, rows: int, seed: int = 0):
 
 
 def bench_layer(k: int, o: int, rows: int, rounds: int, work: Path) -> dict:
-    import onnx
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
-
-    from edgec.toolchain.api import compile as edgec_compile
-    from edgec.toolchain.substitute import SubstituteOptions, substitute
-
     name = f"{k}x{o}"
-    float_path = work / f"{name}-float.onnx"
-    onnx.save(float_gemm_model(k, o, rows), str(float_path))
-    binary_path = work / f"{name}-binary.onnx"
-    substitute(str(float_path), binary_path, SubstituteOptions(to="binary", skip=()))
-    results = {"float": edgec_compile(float_path, output=work / f"{name}-float"),
-               "binary": edgec_compile(binary_path, output=work / f"{name}-binary")}
-    taken = results["binary"].artifact.manifest["target"]["build"].get("binary_gemm", {}).get("layers", 0)
-    for label, res in results.items():
-        print(f"# {name} {label}: verify {res.verification.summary()}")
-    print(f"# {name}: binary dense layers on the popcount kernel: {taken}")
+    float_path, _, results, taken = compiled_pair(float_gemm_model(k, o, rows), name, "binary", work,
+                                                  "binary_gemm")
     x = np.random.default_rng(1).standard_normal((rows, k)).astype(np.float32)
-    runs = {}
-    for label, key in (("edgec binary", "binary"), ("edgec float", "float")):
-        vm = relax.VirtualMachine(tvm.runtime.load_module(str(results[key].artifact.path / "model.so")), tvm.cpu())
-        vm.set_input("main", tvm.runtime.tensor(x))
-        runs[label] = (lambda vm=vm: vm.invoke_stateful("main"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(float_path), opts, providers=["CPUExecutionProvider"])
-    runs["onnxruntime float"] = lambda: sess.run(None, {"x": x})
+    runs = {"edgec binary": vm_run(results["binary"].artifact.path, x),
+            "edgec float": vm_run(results["float"].artifact.path, x),
+            "onnxruntime float": ort_run(float_path, x)}
     times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
     rows_out = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
     print(format_table(rows_out, [f"{name} x{rows} (1 thread)", "median ms", "min ms", "max ms"]))
