@@ -116,6 +116,10 @@ def prepare(target: str, sets: list[str], python: str = DEVICE_PYTHON, folder: P
     if not runtime.exists():
         _runtime_tarball(runtime, _cudart(), python)
     edgec = [sys.executable, "-m", "edgec.toolchain.cli"]
+    # what travels with every call besides the set: the tracked tree (xargs may print several totals)
+    tree = sum(int(line.split()[0]) for line in subprocess.run(
+        ["bash", "-c", "git ls-files -z | xargs -0 du -b -c | grep total$"], cwd=REPO, capture_output=True,
+        text=True).stdout.splitlines() if line.strip())
     for name in sets:
         staging = Path(tempfile.mkdtemp(prefix=f"edgec-gpu-{name}-"))
         try:
@@ -135,9 +139,6 @@ def prepare(target: str, sets: list[str], python: str = DEVICE_PYTHON, folder: P
             bundle.with_suffix(".part").replace(bundle)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        tree = sum(int(line.split()[0]) for line in subprocess.run(
-            ["bash", "-c", "git ls-files -z | xargs -0 du -b -c | grep total$"], cwd=REPO, capture_output=True,
-            text=True).stdout.splitlines() if line.strip())
         total = tree + bundle.stat().st_size + runtime.stat().st_size
         print(f"set {name}: {', '.join(SETS[name])} -> {bundle} {bundle.stat().st_size / 2**20:.1f} "
               f"MiB; with runtime {runtime.stat().st_size / 2**20:.1f} MiB and the tree {total / 2**20:.1f} MiB "
