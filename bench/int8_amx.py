@@ -73,12 +73,14 @@ def bench_layer(name: str, rounds: int, amx_preset, plain_preset) -> None:
     from tvm import relax
 
     from edgec.targets.cpu.build import compile_cpu
+    from edgec.targets.cpu.options import CpuOptions
 
     model, xshape = qdq_layer(*LAYERS[name])
     x = np.random.default_rng(1).uniform(-0.4, 2.2, xshape).astype(np.float32)
     runs, outs = {}, {}
-    for label, preset in (("tvm amx", amx_preset), ("tvm no-amx", plain_preset)):
-        executable, _ = compile_cpu(model, preset)
+    for label, preset, options in (("tvm amx", amx_preset, CpuOptions(amx=True)),
+                                   ("tvm no-amx", plain_preset, CpuOptions())):
+        executable, _ = compile_cpu(model, preset, options)
         llvm = [m for m in executable.mod.imports if m.kind == "llvm"][0]
         if label == "tvm amx":
             assert "tdpbusd" in llvm.inspect_source("asm"), f"{name}: the AMX kernel was not chosen"

@@ -132,9 +132,9 @@ def test_several_artifacts_write_one_record_each_into_a_new_folder(artifact, cli
 
 
 def test_device_program_and_bench_run_on_the_tvm_runtime_alone(artifact, tmp_path):
-    """What a device without TVM's compiler has (bench/cuda_check.py carries only the runtime to a GPU machine):
-    with ``TVM_USE_RUNTIME_LIB=1`` the compiler library is never loaded, and `edgec bench` and `edgec run` still
-    load, run and time the artifact, with the outputs of the full TVM."""
+    """What a device without TVM's compiler has (bench/device_check.py carries only the runtime to the device
+    machine): with ``TVM_USE_RUNTIME_LIB=1`` the compiler library is never loaded, and `edgec bench` and `edgec
+    run` still load, run and time the artifact, with the outputs of the full TVM."""
     import os
     import subprocess
     import sys

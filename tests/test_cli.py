@@ -92,6 +92,25 @@ def test_unknown_target_lists_valid_ones(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cpu_option_switches_a_kernel_and_names_bad_keys(cli, tmp_path):
+    """--cpu-option KEY=VALUE sets a CpuOptions field (recorded in the manifest's build options); a key that is
+    not one, or a value of the wrong type, is one line naming the valid keys or the type, and nothing is written."""
+    from edgec.targets.cpu.options import CpuOptions
+
+    code, _, err = cli("compile", "--cpu-option", "amx=maybe", "-o", tmp_path / "out")
+    _assert_user_error(code, err, "amx='maybe'", "bool")
+    code, _, err = cli("compile", "--cpu-option", "amxx=on", "-o", tmp_path / "out")
+    _assert_user_error(code, err, "'amxx=on'", "amx, amx_emulate", "winograd")
+    assert not (tmp_path / "out").exists()
+    options = CpuOptions().with_settings(["amx=on", "dw-row-tile=4", "dw_pointwise_min_bytes=none", "winograd=0"])
+    assert (options.amx, options.dw_row_tile, options.dw_pointwise_min_bytes, options.winograd) == \
+        (True, 4, None, False)
+    code, out, err = cli("compile", "--cpu-option", "winograd=off", "-o", tmp_path / "out")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["target"]["build"]["cpu_options"]["winograd"] is False, manifest["target"]["build"]
+
+
 def test_input_shape_that_does_not_fit(cli, tmp_path):
     code, _, err = cli("compile", "--input-shape", "1,3,28,28", "-o", tmp_path / "out")
     _assert_user_error(code, err, "input 'input'", "dim 1: 1 ≠ 3")

@@ -65,11 +65,11 @@ def _preset(name: str):
     return resolve_target(name)
 
 
-def _build(model: onnx.ModelProto, preset: str, emulate: bool):
+def _build(model: onnx.ModelProto, preset: str, emulate: bool, amx: bool = True):
     from edgec.targets.cpu.build import compile_cpu
     from edgec.targets.cpu.options import CpuOptions
 
-    executable, _ = compile_cpu(model, _preset(preset), CpuOptions(amx_emulate=emulate))
+    executable, _ = compile_cpu(model, _preset(preset), CpuOptions(amx=amx, amx_emulate=emulate))
     llvm = [m for m in executable.mod.imports if m.kind == "llvm"]
     return executable, split_functions(llvm[0].inspect_source("asm"))
 
@@ -202,6 +202,14 @@ def test_amx_targets_get_tile_instructions(stride2_model, gemm_model, preset, la
     assert ops["tilestored"] == ops["tilerelease"] == ops["ldtilecfg"]
     assert ops["tdpbusd"] == 2 * ops["ldtilecfg"]
     assert ops["vpdpbusd"] == 0
+
+
+def test_amx_is_opt_in(stride2_model):
+    """By default an AMX CPU gets the VNNI conv (measured faster there, options.py): no tile instruction unless
+    ``CpuOptions(amx=True)`` (``edgec compile --cpu-option amx=on``)."""
+    _, functions = _build(stride2_model, "x86:spr", emulate=False, amx=False)
+    assert not any(_mnemonics(functions, "")[op] for op in TILE_OPS)
+    assert _mnemonics(functions, "conv2d_NCHWc_int8")["vpdpbusd"] > 0
 
 
 @pytest.mark.parametrize("layer", ["conv", "gemm"])

@@ -150,6 +150,9 @@ def main(verbose: bool) -> None:
 @click.option("--bounds-check", "bounds_check", is_flag=True,
               help="Debug build (CPU): every buffer access checks its index; an out-of-bounds one fails the run "
                    "with an error naming the kernel and buffer. Slower, one thread per kernel.")
+@click.option("--cpu-option", "cpu_settings", multiple=True, metavar="KEY=VALUE",
+              help="A CPU backend switch (edgec.targets.cpu.options.CpuOptions), e.g. amx=on, winograd=off; "
+                   "repeatable.")
 @click.option("--prune", "prune_spec", default=None,
               help="Prune channels first: macs=0.5, ratio=0.3 or latency_ms=2.5 (measured on --target)"
                    "[,criterion=thinet,calib=x.npy,reconstruct=1,round_to=8] (see `edgec prune`).")
@@ -181,8 +184,9 @@ def main(verbose: bool) -> None:
               help="With --quantize: image folders: shorter side before a centre crop.")
 @_handle_errors
 def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tuple[str, ...],
-                input_values: tuple[str, ...], verify: bool | None, device: str | None, tuning_db: Path | None, bounds_check: bool = False,
-                prune_spec: str | None = None, quantize_mode: str | None = None, quant_calib: str | None = None,
+                input_values: tuple[str, ...], verify: bool | None, device: str | None, tuning_db: Path | None,
+                bounds_check: bool = False, cpu_settings: tuple[str, ...] = (), prune_spec: str | None = None,
+                quantize_mode: str | None = None, quant_calib: str | None = None,
                 quant_samples: int = 64, quant_granularity: str | None = None, quant_eval: Path | None = None,
                 quant_max_drop: float | None = None, quant_promote_to: str = "float", quant_mean: str = "0",
                 quant_std: str = "1", quant_layout: str = "auto", quant_resize: int | None = None) -> None:
@@ -220,7 +224,7 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
     verbose = click.get_current_context().find_root().params.get("verbose", False)
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes),
                         input_values=list(input_values), verify=verify,
-                        device=device, tuning_db=tuning_db, cpu_options=_cpu_options(bounds_check),
+                        device=device, tuning_db=tuning_db, cpu_options=_cpu_options(bounds_check, cpu_settings),
                         prune=_parse_prune_spec(prune_spec) if prune_spec else None, quantize=quantize,
                         progress=(lambda stage: click.echo(f"edgec: {stage}", err=True)) if verbose else None)
     m = result.artifact.manifest
@@ -267,13 +271,17 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
                       else ""))
 
 
-def _cpu_options(bounds_check: bool):
+def _cpu_options(bounds_check: bool, settings: tuple[str, ...] = ()):
     """The CpuOptions the compile flags ask for (None: edgec's defaults)."""
-    if not bounds_check:
+    if not bounds_check and not settings:
         return None
     from edgec.targets.cpu.options import CpuOptions
 
-    return CpuOptions(bounds_check=True)
+    try:
+        options = CpuOptions().with_settings(settings)
+    except ValueError as exc:
+        raise EdgecError(str(exc), "see `edgec compile --help`") from None
+    return options.replace(bounds_check=True) if bounds_check else options
 
 
 def _cpu_or_arch(target: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,10 @@ class CpuOptions:
     - ``exec_mode``: how the Relax VM runs ``main``: "compiled" (machine code) or "bytecode" (TVM's default).
     - ``bounds_check``: every buffer access checked at run time (TVM's ``tir.instrument_bound_checkers``): an
       out-of-bounds read raises instead of reading memory. Slow; for tests and debugging.
+    - ``amx``: int8 convs and matmuls on AMX tiles (kernels/int8_amx.py, int8_amx_matmul.py) where the target has
+      AMX. Off by default: on a Xeon with AMX (the device machine's, bench/device_check.py set ``x``, 1 thread)
+      ResNet-18 int8 took 19.9 ms with them and 11.8 ms with the VNNI kernels (onnxruntime int8: 14.5–15.0 ms),
+      outputs equal. The VNNI kernels serve AMX CPUs (they have AVX-512 VNNI) until the tile kernels win.
     - ``amx_emulate``: the AMX int8 conv kernel (kernels/int8_amx.py) with its tile block computed by plain loops
       of the same intrinsic description, on any target: how its tiling, packing and epilogue are checked on a
       host without AMX. Slow; for tests.
@@ -52,9 +56,25 @@ class CpuOptions:
     small_conv_macs: int = 4_000_000
     exec_mode: str = "compiled"
     bounds_check: bool = False
+    amx: bool = False
     amx_emulate: bool = False
 
     def replace(self, **changes: Any) -> "CpuOptions":
+        return dataclasses.replace(self, **changes)
+
+    def with_settings(self, settings: Sequence[str]) -> "CpuOptions":
+        """These options with ``KEY=VALUE`` settings applied (``edgec compile --cpu-option``), each value read as
+        its field's type (bools: true/false/on/off/1/0; ``none`` for an optional number). A/B checks of one
+        kernel switch from the command line need no Python. Raises ValueError naming the bad key or value."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for setting in settings:
+            key, sep, text = setting.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in fields:
+                raise ValueError(f"--cpu-option {setting!r}: expected KEY=VALUE with KEY one of "
+                                 f"{', '.join(sorted(fields))}")
+            changes[key] = _parse_value(key, str(fields[key].type), text.strip())
         return dataclasses.replace(self, **changes)
 
     def pair_min_bytes(self, l2: int | None = None) -> int:
@@ -66,6 +86,20 @@ class CpuOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _parse_value(key: str, kind: str, text: str) -> Any:
+    lowered = text.lower()
+    if "None" in kind and lowered == "none":
+        return None
+    try:
+        if kind == "bool":
+            return {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}[lowered]
+        if kind.startswith("int"):
+            return int(text.replace("_", ""))
+    except (KeyError, ValueError):
+        raise ValueError(f"--cpu-option {key}={text!r}: not a {kind}") from None
+    return text
 
 
 DEFAULT = CpuOptions()

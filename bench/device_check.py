@@ -1,0 +1,404 @@
+#!/usr/bin/env python
+"""Artifacts run on the lent device machine (issue 18 item 6, issue 15 item 6): its GPU and its CPU.
+
+The artifacts are built and checked here and verified and timed there, in two halves, because the device machine
+has no TVM compiler, no internet, and takes at most 64 MiB per call:
+
+    .venv/bin/python bench/device_check.py prepare [--sets a,b,x]          # here: writes .gpu/ (git-ignored)
+    python3 bench/device_check.py run .gpu/a.tar.xz --out DIR              # there, one call per set it printed
+
+Sets (each with the runtime fits one call): ``a`` (embedded model, EfficientNet-Lite0 with real ImageNet weights)
+and ``b`` (ResNet-18) for ``cuda:sm_90`` (H100/H200), timed next to PyTorch eager on the same GPU (torchvision's
+ResNet-18, timm's EfficientNet-Lite0: the same layers, so the same work; the embedded model has no such peer);
+``x`` for the device machine's CPU (an Intel Xeon with AVX-512, VNNI and AMX: ``x86:spr``): EfficientNet-Lite0
+and MobileNetV2 fp32, and ResNet-18 int8 built twice (with the AMX kernels, ``--cpu-option amx=on``; and as
+edgec ships it, the VNNI kernels),
+each timed by ``edgec bench --threads 1 --compare onnxruntime`` (onnxruntime 1 thread on optimized.onnx: the
+same float graph, or the same QDQ graph, interleaved round by round).
+
+Rehearsal of the run half on this CPU (everything but the device): ``prepare --target x86 --python 3.11 --dir
+/tmp/gpu-x86 --sets a``, then ``.venv/bin/python bench/device_check.py run /tmp/gpu-x86/a.tar.xz --out /tmp/o``.
+
+``prepare`` compiles each set with ``edgec compile`` (int8: ``--quantize int8`` calibrated on 16 seeded random
+inputs, as bench/int8_speed.py: ResNet-18's weights are random, only its speed means anything), runs onnxruntime
+here on seeded inputs (the reference outputs, shipped as .npz beside each artifact: fp32 on the source model,
+int8 on optimized.onnx op by op), and packs each set into one .tar.xz (an artifact holds its weights twice, in
+model.so and optimized.onnx: a solid xz archive stores them about once), plus ``.gpu/runtime.tar.xz``: TVM's
+Python package without its compiler library (the runtime, ~5 MB) and tvm-ffi for the device's Python, with the
+CUDA runtime library edgec's TVM was built against.
+
+``run`` unpacks the runtime, then for each artifact of the set: ``edgec run`` on the shipped inputs, outputs
+compared with the shipped onnxruntime outputs (fp32: PASS within edgec verify's tolerance, 1e-4 × max(1,
+max|ref|); int8: ``edgec verify`` there decides, its one-quantization-step rule), then ``edgec bench --json``
+(load, first run, percentiles, memory) with its peer. It writes ``device_check_<set>.json`` (and the bench
+records) into ``--out`` and exits 1 if any artifact fails. A benchmark and a device check, never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+GPU_DIR = REPO / ".gpu"
+# set -> (target, entries); an entry is MODEL[:int8][@TARGET]. Each set with the runtime fits one 64 MiB call.
+SETS = {"a": ("cuda:sm_90", ("default", "efficientnet")), "b": ("cuda:sm_90", ("resnet18",)),
+        "x": ("x86:spr", ("resnet18:int8#amx=on", "resnet18:int8")),
+        "y": ("x86:spr", ("efficientnet", "mobilenet_v2")),
+        "r": ("x86", ("default", "default:int8"))}  # r: rehearses the CPU half here (not in the default --sets)
+CPU_ROUNDS, CPU_RUNS = 10, 300  # edgec bench --compare onnxruntime: rounds, runs (1 thread)
+GPU_ROUNDS, GPU_RUNS = 3, 300  # edgec bench and PyTorch eager take turns this many times, this many runs each
+CALL_LIMIT_BYTES = 64 * 2**20
+TVM_VERSION, TVM_FFI_VERSION = "0.27.0.post1", "0.1.14.post1"
+DEVICE_PYTHON = "3.12"  # the GPU machine's python3 (its torch image)
+TOLERANCE = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------- here: prepare
+
+def _runtime_tarball(dest: Path, cudart: Path, python: str) -> Path:
+    """TVM (py3-none wheel) without libtvm_compiler.so, 3rdparty, sources and headers; tvm-ffi built for the GPU
+    machine's Python; ``cudart`` beside TVM's libraries. Wheels come from PyPI (cached in bench/.cache)."""
+    import zipfile
+
+    wheels = HERE / ".cache" / "gpu-wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    tag = python.replace(".", "")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", python, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                    "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_17_x86_64", "-d", str(wheels),
+                    f"apache-tvm=={TVM_VERSION}", f"apache-tvm-ffi=={TVM_FFI_VERSION}"], check=True)
+    skip = ("tvm/lib/libtvm_compiler.so", "tvm/3rdparty/", "tvm/src/", "tvm/include/", "tvm_ffi/src/",
+            "tvm_ffi/include/", "tvm_ffi/3rdparty/")
+    staging = Path(tempfile.mkdtemp(prefix="edgec-gpu-runtime-"))
+    try:
+        for wheel in sorted(wheels.glob("*.whl")):
+            if "ffi" in wheel.name and f"cp{tag}" not in wheel.name:
+                continue
+            with zipfile.ZipFile(wheel) as zf:
+                for name in zf.namelist():
+                    if name.startswith(("tvm/", "tvm_ffi/")) and not name.startswith(skip):
+                        zf.extract(name, staging)
+        shutil.copy2(cudart, staging / "tvm" / "lib" / cudart.name)
+        tmp = dest.with_suffix(".part")
+        with tarfile.open(tmp, "w:xz") as tar:
+            for top in ("tvm", "tvm_ffi"):
+                tar.add(staging / top, arcname=top)
+        tmp.replace(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _cudart() -> Path:
+    """The CUDA runtime library TVM's CUDA runtime links (libcudart.so.NN), where the loader finds it here."""
+    import tvm
+
+    sidecar = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    ldd = subprocess.run(["ldd", str(sidecar)], capture_output=True, text=True).stdout
+    for line in ldd.splitlines():
+        parts = line.split()
+        if parts and parts[0].startswith("libcudart.so") and len(parts) > 2 and parts[2].startswith("/"):
+            return Path(parts[2])  # named as the loader asks for it (copy2 copies the file a link points to)
+    raise SystemExit(f"{sidecar.name} links no libcudart this machine has (ldd: {ldd.strip()[:200]}): install the "
+                     "CUDA toolkit (nvcc on the PATH) that setup installs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One artifact of a set: ``MODEL[:int8][@TARGET][#KEY=VALUE,...]`` (``#``: ``edgec compile --cpu-option``s)."""
+
+    model: str
+    int8: bool
+    target: str | None  # None: the set's
+    cpu_options: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Entry":
+        text, _, options = text.partition("#")
+        head, _, target = text.partition("@")
+        model, _, mode = head.partition(":")
+        return cls(model, mode == "int8", target or None, tuple(o for o in options.split(",") if o))
+
+    @property
+    def folder(self) -> str:
+        return (self.model + ("_int8" if self.int8 else "") + (f"_{self.target.split(':')[-1]}" if self.target else "")
+                + "".join(f"_{o.split('=')[0]}" for o in self.cpu_options))
+
+
+def _reference(model: Path, feed: dict[str, np.ndarray], op_by_op: bool) -> dict[str, np.ndarray]:
+    """onnxruntime's outputs; ``op_by_op`` (QDQ models) with graph optimizations off: what the model defines,
+    not the fused int8 kernels (which saturate on x86 without VNNI)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if op_by_op:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
+
+
+def _input_shape(source: str) -> list[int]:
+    import onnx
+
+    graph = onnx.load(source, load_external_data=False).graph
+    return [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+
+
+def _source(model: str) -> str:
+    import compile_vs_ort as cvo  # the bench models, exported once into bench/.cache
+
+    return cvo.prepare(model)["source"]
+
+
+def prepare(target: str | None, sets: list[str], python: str = DEVICE_PYTHON, folder: Path = GPU_DIR) -> int:
+    """Artifacts of ``sets``, each for its own target unless ``target`` is given (a CPU preset only to rehearse
+    the run half here)."""
+    sys.path.insert(0, str(HERE))
+    folder.mkdir(parents=True, exist_ok=True)
+    runtime = folder / "runtime.tar.xz"
+    if not runtime.exists():
+        _runtime_tarball(runtime, _cudart(), python)
+    edgec = [sys.executable, "-m", "edgec.toolchain.cli"]
+    # what travels with every call besides the set: the tracked tree (xargs may print several totals)
+    tree = sum(int(line.split()[0]) for line in subprocess.run(
+        ["bash", "-c", "git ls-files -z | xargs -0 du -b -c | grep total$"], cwd=REPO, capture_output=True,
+        text=True).stdout.splitlines() if line.strip())
+    for name in sets:
+        set_target, entries = SETS[name]
+        staging = Path(tempfile.mkdtemp(prefix=f"edgec-gpu-{name}-"))
+        scratch = Path(tempfile.mkdtemp(prefix="edgec-gpu-calib-"))
+        try:
+            for entry in map(Entry.parse, entries):
+                source = _source(entry.model)
+                art = staging / entry.folder
+                command = [*edgec, "compile", source, "--target", target or entry.target or set_target, "-o", str(art)]
+                if entry.int8:
+                    calib = scratch / "calib.npy"
+                    np.save(calib, np.random.default_rng(0).standard_normal((16, *_input_shape(source)[1:])).astype(
+                        np.float32))
+                    command += ["--quantize", "int8", "--calib", str(calib)]
+                for setting in entry.cpu_options:
+                    command += ["--cpu-option", setting]
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                manifest = json.loads((art / "manifest.json").read_text())
+                rng = np.random.default_rng(0)
+                feed = {i["name"]: rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in manifest["inputs"]}
+                np.savez(staging / f"{entry.folder}.inputs.npz", **feed)
+                reference = art / "optimized.onnx" if entry.int8 else Path(source)
+                np.savez(staging / f"{entry.folder}.reference.npz", **_reference(reference, feed, entry.int8))
+            bundle = folder / f"{name}.tar.xz"
+            with tarfile.open(bundle.with_suffix(".part"), "w:xz", preset=9) as tar:
+                tar.add(staging, arcname=name)
+            bundle.with_suffix(".part").replace(bundle)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
+        total = tree + bundle.stat().st_size + runtime.stat().st_size
+        print(f"set {name}: {', '.join(entries)} -> {bundle} {bundle.stat().st_size / 2**20:.1f} "
+              f"MiB; with runtime {runtime.stat().st_size / 2**20:.1f} MiB and the tree {total / 2**20:.1f} MiB "
+              f"(limit {CALL_LIMIT_BYTES / 2**20:.0f})")
+        if total > CALL_LIMIT_BYTES:
+            print(f"  set {name} is over the call limit: split it")
+            return 1
+        if folder.resolve() == GPU_DIR.resolve():
+            print(f"  device run: command `python3 bench/device_check.py run .gpu/{name}.tar.xz --out $OUT`, "
+                  f"carry [\".gpu/runtime.tar.xz\", \".gpu/{name}.tar.xz\"]")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- there: run
+
+def _environment(runtime_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TVM_USE_RUNTIME_LIB"] = "1"  # the runtime alone: the compiler library is not carried
+    env["PYTHONPATH"] = os.pathsep.join([str(runtime_dir), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    lib = str(runtime_dir / "tvm" / "lib")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([lib, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (nvidia-smi failed)"
+
+
+def _torch_peer(model: str) -> Callable[[int], list[float]] | None:
+    """PyTorch eager on the GPU, fp32, batch 1, the same layers as ``model`` (its own random weights: latency
+    does not depend on them); a function timing N runs (ms each, wall clock to the end of the GPU work, as edgec
+    bench times). None where this machine has no torch with CUDA or no such model."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        if model == "resnet18":
+            import torchvision
+
+            net = torchvision.models.resnet18()
+        elif model == "efficientnet":
+            import timm
+
+            net = timm.create_model("efficientnet_lite0")
+        else:
+            return None
+    except ImportError:
+        return None
+    torch.backends.cudnn.benchmark = True
+    net = net.eval().cuda()
+    x = torch.randn(1, 3, 224, 224, device="cuda")
+
+    def timed(runs: int) -> list[float]:
+        out = []
+        with torch.inference_mode():
+            for _ in range(20):
+                net(x)
+            torch.cuda.synchronize()
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                net(x)
+                torch.cuda.synchronize()
+                out.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    return timed
+
+
+def _bench(edgec: list[str], art: Path, inputs: Path, json_path: Path, env: dict[str, str],
+           extra: list[str]) -> dict:
+    proc = subprocess.run([*edgec, "bench", str(art), "--input", str(inputs), "--json", str(json_path), *extra],
+                          env=env, capture_output=True, text=True)
+    print(proc.stdout[-3000:], proc.stderr[-2000:], flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip()[-2000:] or f"edgec bench exited {proc.returncode}")
+    return json.loads(json_path.read_text())
+
+
+def _check(edgec: list[str], entry: Entry, art: Path, data: Path, work: Path, env: dict[str, str]) -> dict:
+    """edgec run on the shipped inputs against the shipped reference (int8: and edgec verify there)."""
+    row: dict = {}
+    inputs = data / f"{entry.folder}.inputs.npz"
+    proc = subprocess.run([*edgec, "run", str(art), "--input", str(inputs), "--save",
+                           str(work / f"{entry.folder}.outputs.npz")], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"status": "FAIL", "error": (proc.stderr or proc.stdout).strip()[-2000:]}
+    got = np.load(work / f"{entry.folder}.outputs.npz")
+    ref = np.load(data / f"{entry.folder}.reference.npz")
+    diffs = {key: float(np.abs(got[key].astype(np.float64) - ref[key]).max()) / max(1.0, float(np.abs(ref[key]).max()))
+             for key in ref.files}
+    row["max_scaled_diff"] = max(diffs.values())
+    row["top1_equal"] = all(bool(np.array_equal(got[k].reshape(got[k].shape[0], -1).argmax(1),
+                                                ref[k].reshape(ref[k].shape[0], -1).argmax(1))) for k in ref.files)
+    if entry.int8:
+        proc = subprocess.run([*edgec, "verify", str(art), "--input", str(inputs)], env=env, capture_output=True,
+                              text=True)
+        row["verify"] = (proc.stdout + proc.stderr).strip()[-600:]
+        row["status"] = "PASS" if proc.returncode == 0 else "FAIL"
+    else:
+        row["bound"] = TOLERANCE
+        row["status"] = "PASS" if row["max_scaled_diff"] <= TOLERANCE else "FAIL"
+    return row
+
+
+def run(bundle: Path, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="edgec-gpu-run-"))
+    with tarfile.open(bundle.parent / "runtime.tar.xz") as tar:  # prepare writes it beside every set
+        tar.extractall(work / "runtime", filter="data")
+    with tarfile.open(bundle) as tar:
+        tar.extractall(work, filter="data")
+    name = bundle.name.split(".")[0]
+    data = work / name
+    env = _environment(work / "runtime")
+    edgec = [sys.executable, "-m", "edgec.toolchain.cli"]
+    record: dict = {"set": name, "gpu": _gpu_name(), "python": sys.version.split()[0], "models": []}
+    print(f"GPU: {record['gpu']}", flush=True)
+    failed = 0
+    for entry in map(Entry.parse, SETS[name][1]):
+        art = data / entry.folder
+        start = time.perf_counter()
+        row = {"model": entry.folder, **_check(edgec, entry, art, data, work, env)}
+        row["run_seconds"] = round(time.perf_counter() - start, 2)
+        print(f"{entry.folder}: {row['status']} max |edgec - onnxruntime| / max(1, max|ref|) = "
+              f"{row.get('max_scaled_diff', float('nan')):.2e}, top-1 equal {row.get('top1_equal')} "
+              f"{row.get('verify', '')} {row.get('error', '')}", flush=True)
+        if row["status"] == "PASS":
+            inputs = data / f"{entry.folder}.inputs.npz"
+            try:
+                if json.loads((art / "manifest.json").read_text())["target"]["family"] == "cuda":
+                    _bench_gpu(edgec, entry, art, inputs, out, env, row)
+                else:
+                    rec = _bench(edgec, art, inputs, out / f"bench_{entry.folder}.json", env,
+                                 ["--threads", "1", "--runs", str(CPU_RUNS), "--warmup", "20", "--max-seconds", "90",
+                                  "--compare", "onnxruntime", "--rounds", str(CPU_ROUNDS)])
+                    row["latency_ms"] = rec["latency_ms"]
+                    row["onnxruntime"] = {k: rec["compare"]["onnxruntime"][k] for k in ("latency_ms", "ratio")}
+                    row["host"] = rec["host"]
+            except RuntimeError as exc:
+                row.update(status="FAIL", error=str(exc))
+        failed += row["status"] != "PASS"
+        record["models"].append(row)
+    (out / f"device_check_{name}.json").write_text(json.dumps(record, indent=1))
+    return 1 if failed else 0
+
+
+def _bench_gpu(edgec: list[str], entry: Entry, art: Path, inputs: Path, out: Path, env: dict[str, str],
+               row: dict) -> None:
+    """edgec bench and PyTorch eager (where there is one) taking turns, GPU_ROUNDS times; p50 ratios per round."""
+    peer = _torch_peer(entry.model)
+    ours, theirs, ratios = [], [], []
+    for r in range(GPU_ROUNDS if peer else 1):
+        rec = _bench(edgec, art, inputs, out / f"bench_{entry.folder}.json", env,
+                     ["--runs", str(GPU_RUNS), "--warmup", "50", "--max-seconds", "30"])
+        ours += rec["samples_ms"]
+        if peer:
+            samples = peer(GPU_RUNS)
+            theirs += samples
+            ratios.append(rec["latency_ms"]["p50"] / float(np.median(samples)))
+    row["latency_ms"] = {k: float(np.percentile(ours, q)) for k, q in (("min", 0), ("p50", 50), ("p90", 90),
+                                                                       ("p99", 99), ("max", 100))}
+    if peer:
+        row["pytorch_eager"] = {"p50": float(np.median(theirs)), "min": float(min(theirs)),
+                                "p50_ratio_per_round": [round(v, 3) for v in ratios],
+                                "p50_ratio_median": round(float(np.median(ratios)), 3)}
+        print(f"{entry.folder}: edgec p50 {row['latency_ms']['p50']:.4f} ms, PyTorch eager p50 "
+              f"{row['pytorch_eager']['p50']:.4f} ms; edgec/PyTorch p50 per round {ratios}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="here: build the artifacts, references and runtime into .gpu/")
+    p.add_argument("--target", default=None, help="build every set for this preset instead of its own "
+                   "(a CPU preset rehearses the run half here)")
+    p.add_argument("--python", default=DEVICE_PYTHON, help="the GPU machine's Python (tvm-ffi is built per version)")
+    p.add_argument("--sets", default="a,b,x,y")
+    p.add_argument("--dir", type=Path, default=GPU_DIR, help="where to write (default .gpu/, what a run carries)")
+    r = sub.add_parser("run", help="on the GPU machine: verify and time one set")
+    r.add_argument("bundle", type=Path)
+    r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "device_check_out")))
+    args = ap.parse_args(argv)
+    if args.cmd == "prepare":
+        return prepare(args.target, [s for s in args.sets.split(",") if s], args.python, args.dir)
+    return run(args.bundle, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
