@@ -151,17 +151,24 @@ def test_every_kernel_stays_inside_its_buffers(case, tmp_path):
         assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))), case
 
 
-def test_int8_kernel_stays_inside_its_buffers(tmp_path):
-    """The integer conv (VNNI where the target has it) and requantizing epilogue, bounds-checked, on an odd map
-    with asymmetric padding, batch 2: within one output quantization step of onnxruntime's QDQ model."""
+@pytest.mark.parametrize("preset", ["x86:avx512-vnni", "x86:avx2"])
+def test_int8_kernel_stays_inside_its_buffers(tmp_path, preset):
+    """The integer conv (VNNI where the target has it, the AVX2 pair kernel on x86:avx2) and requantizing
+    epilogue, bounds-checked, on an odd map with asymmetric padding, batch 2: within one output quantization step
+    of onnxruntime's QDQ model."""
     from edgec.targets.cpu.options import CpuOptions
 
     path = tmp_path / "m.onnx"
     onnx.save(conv_model(n=2, cin=32, cout=48, hw=(11, 7), k=3, pads=[0, 1, 2, 1], act="relu"), str(path))
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((8, 32, 11, 7)).astype(np.float32))
-    result = edgec.compile(path, target=runnable_preset("x86:avx512-vnni"), output=tmp_path / "art", verify=True,
+    result = edgec.compile(path, target=runnable_preset(preset), output=tmp_path / "art", verify=True,
                            quantize={"mode": "int8", "calib": str(calib)},
                            cpu_options=CpuOptions(bounds_check=True))
     assert result.artifact.manifest["quantization"]["integer_layers"] == 1
     assert result.verification.passed, result.verification.summary()
+    if runnable_preset(preset) == preset:  # the kernel checked is the preset's own
+        names = [k["name"] for k in result.artifact.manifest["target"]["build"]["kernels"]]
+        marker = "conv2d_NCHWc_int8_avx2" if preset == "x86:avx2" else "conv2d_NCHWc_int8"
+        assert any(marker in n for n in names) and \
+            (preset == "x86:avx2" or not any("int8_avx2" in n for n in names)), names

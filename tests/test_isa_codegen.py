@@ -180,6 +180,7 @@ MODELS = {
     "int8": (_int8_conv_model, "conv2d_NCHWc"),
 }
 VNNI_KERNEL = "conv2d_NCHWc_int8"
+PAIR_KERNEL = "conv2d_NCHWc_int8_avx2"  # kernels/int8_avx2.py: x86 without VNNI
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,14 +348,21 @@ def test_fp32_kernel_vector_width(builds, target, model):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_int8_conv_kernel(builds, target):
-    """The int8 QDQ conv compiles to integer code on every target, and to the VNNI kernel (vpdpbusd on zmm) on
-    exactly the targets with AVX-512 VNNI."""
+    """The int8 QDQ conv compiles to integer code on every target: to the VNNI kernel (vpdpbusd on zmm) on
+    exactly the targets with AVX-512 VNNI, to the pair kernel (vpmaddwd, ymm or zmm as the target's vectors) on
+    the other x86 targets."""
     want, build = EXPECT[target], builds.get(target, "int8")
     assert build.integer_layers == 1, f"{target}: the QDQ conv was not compiled as an integer layer"
+    vnni_only = [f for f in build.functions if VNNI_KERNEL in f and PAIR_KERNEL not in f]
     if want.vnni:
         assert_vnni(build.hot(VNNI_KERNEL), f"{target} int8")
+        assert PAIR_KERNEL not in " ".join(build.functions), f"{target}: pair kernel chosen with VNNI"
+    elif want.arch == "x86_64":
+        assert not vnni_only, f"{target}: VNNI kernel chosen without VNNI"
+        width = "zmm" if want.avx512 else "ymm"
+        assert count(build.hot(PAIR_KERNEL), "vpmaddwd", width) > 0, f"{target}: no {width} vpmaddwd"
     else:
-        assert VNNI_KERNEL not in " ".join(build.functions), f"{target}: VNNI kernel chosen without VNNI"
+        assert VNNI_KERNEL not in " ".join(build.functions), f"{target}: an x86 int8 kernel on Arm"
         assert count(build.hot(MODELS["int8"][1]), "vpdpbusd") == 0
 
 

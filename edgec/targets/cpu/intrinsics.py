@@ -122,3 +122,52 @@ def register_vnni_local_acc() -> str:
 
     TensorIntrin.register(VNNI_LOCAL_ACC, _dot_16x4_local(), impl)
     return VNNI_LOCAL_ACC
+
+
+def _dot_pair_local(lanes: int):
+    """The contract of :func:`register_pair_local_acc`: ``lanes`` int32 (local) += Σ_k 2 uint8 · int8[lanes, 2]."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((lanes, 2), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:2], b[0:lanes, 0:2])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
+
+
+def register_pair_local_acc(lanes: int) -> str:
+    """vpmaddwd (``lanes`` int32 += 2 uint8 · lanes×2 int8, exactly; 8 lanes on AVX2, 16 on AVX-512): the pair
+    of activations broadcast as one 16-bit word and zero-extended (vpbroadcastw + vpmovzxbw), the weights
+    sign-extended to 16 bits (vpmovsxbw), multiplied and summed in pairs into int32. Exact for every uint8 × int8
+    value, unlike vpmaddubsw (what onnxruntime's AVX2 kernels use), whose int16 pair sums saturate on full-range
+    weights. Registered once per width."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    name = f"edgec_dot_{lanes}x2_pmaddwd_local"
+    if registered(name):
+        return name
+    llvm = {8: "llvm.x86.avx2.pmadd.wd", 16: "llvm.x86.avx512.pmaddw.d.512"}[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((lanes, 2), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:2], b[0:lanes, 0:2])
+            T.writes(c[0:lanes])
+            pair = T.reinterpret(a.vload([0], "uint8x2"), dtype="uint16")
+            a16 = T.Cast(f"int16x{2 * lanes}", T.reinterpret(T.broadcast(pair, lanes), dtype=f"uint8x{2 * lanes}"))
+            b16 = T.Cast(f"int16x{2 * lanes}", b.vload([0, 0], dtype=f"int8x{2 * lanes}"))
+            c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm), a16, b16, dtype=f"int32x{lanes}")
+
+    TensorIntrin.register(name, _dot_pair_local(lanes), impl)
+    return name

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul, int8_matmul_vnni,
-                                       int8_vnni, matmul, spatial, widened, window, winograd)
+from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul, int8_avx2,
+                                       int8_matmul_vnni, int8_vnni, matmul, spatial, widened, window, winograd)
 from edgec.targets.cpu.options import CpuOptions
 
 
@@ -32,6 +32,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("winograd", winograd.WinogradNCHWc, winograd.legalize),
     Kernel("int8_amx", int8_amx.Int8Conv2dAMX, int8_amx.legalize),  # before VNNI: the AMX targets have both
     Kernel("int8_vnni", int8_vnni.Int8Conv2dNCHWcVNNI, int8_vnni.legalize),
+    Kernel("int8_avx2", int8_avx2.Int8Conv2dNCHWcAVX2, int8_avx2.legalize),  # x86 without VNNI
     Kernel("dw_pointwise", dw_pointwise.DepthwisePointwise),
     Kernel("depthwise", depthwise.DepthwiseConv2dNCHWc, depthwise.legalize),
     Kernel("widened", widened.WidenedConv2dNCHWc, widened.legalize),

@@ -75,12 +75,20 @@ class Int8Conv2dNCHWcVNNI(sched.KernelRule):
         return sch
 
 
+def integer_kernel(isa: Isa) -> bool:
+    """The target has a dot-product int8 conv kernel (VNNI here, or the AVX2 pair kernel, kernels/int8_avx2.py):
+    the passes below reshape integer convs for it."""
+    from edgec.targets.cpu.kernels import int8_avx2
+
+    return isa.vnni or int8_avx2.enabled(isa)
+
+
 def pad_input_channels_pass(isa: Isa):
-    """Relax pass (before the layout pass): on a VNNI target, an integer conv whose input channels are not a
-    multiple of 4 (an image's 3) gets a zero channel appended to its input and a zero input channel to its weights,
-    so that it runs as the 4-deep vpdpbusd kernel instead of the generic integer conv. The extra channel multiplies
-    zero weights, so the result is the same; the image copy it costs is small next to the conv (ResNet-18 int8's
-    7×7 stem: the generic kernel 1.2 ms, a fifth of the model)."""
+    """Relax pass (before the layout pass): on a VNNI (or AVX2) target, an integer conv whose input channels are
+    not a multiple of 4 (an image's 3) gets a zero channel appended to its input and a zero input channel to its
+    weights, so that it runs as the 4-deep vpdpbusd kernel (2-deep vpmaddwd) instead of the generic integer conv.
+    The extra channel multiplies zero weights, so the result is the same; the image copy it costs is small next to
+    the conv (ResNet-18 int8's 7×7 stem: the generic kernel 1.2 ms, a fifth of the model)."""
     import tvm
     from tvm import relax
 
@@ -101,7 +109,7 @@ def pad_input_channels_pass(isa: Isa):
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecPadChannelsForVnni")
     def _pass(mod, _ctx):
-        if not isa.vnni:
+        if not integer_kernel(isa):
             return mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
@@ -131,7 +139,7 @@ def _needs_channel(call) -> bool:
 
 
 def unsigned_activations_pass(isa: Isa):
-    """Relax pass (before :func:`pad_input_channels_pass`): on a VNNI target, an int8 × int8 conv (a TFLite
+    """Relax pass (before :func:`pad_input_channels_pass`): on a VNNI (or AVX2) target, an int8 × int8 conv (a TFLite
     int8 model's: its activations are signed) reads its input shifted to uint8, ``x + 128``, and subtracts
     ``128 · Σw`` per output channel from the int32 accumulator — the same integers, since
     ``Σ (x + 128) · w = Σ x · w + 128 · Σ w`` exactly. vpdpbusd takes unsigned × signed bytes only, so the signed
@@ -183,7 +191,7 @@ def unsigned_activations_pass(isa: Isa):
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecUnsignedActivationsForVnni")
     def _pass(mod, _ctx):
-        if not isa.vnni:
+        if not integer_kernel(isa):
             return mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
