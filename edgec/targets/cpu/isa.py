@@ -67,6 +67,12 @@ class Isa:
         return self.has("avx512vnni")
 
     @property
+    def int8_pairs(self) -> bool:
+        """x86 with AVX2 or AVX-512F and no AVX-512 VNNI: the int8 conv kernel on vpmaddwd pairs
+        (kernels/int8_avx2.py)."""
+        return self.arch == "x86_64" and (self.has("avx2") or self.avx512) and not self.vnni
+
+    @property
     def avx_vnni(self) -> bool:
         """AVX-VNNI (vpdpbusd on ymm, VEX-encoded: Alder Lake and newer, Zen 5)."""
         return self.has("avxvnni")

@@ -18,14 +18,10 @@ from tvm.target import Target
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.blocked import is_blocked
 from edgec.targets.cpu.isa import Isa, isa_of
+from edgec.targets.cpu.kernels.int8_vnni import dot_conv_loops, legalize_dot_conv, schedule_dot_conv
 from edgec.targets.cpu.options import CpuOptions
 
 DEPTH = 2
-
-
-def enabled(isa: Isa) -> bool:
-    """AVX2 or AVX-512F, and no AVX-512 VNNI."""
-    return isa.arch == "x86_64" and (isa.has("avx2") or isa.avx512) and not isa.vnni
 
 
 def lanes(isa: Isa) -> int:
@@ -36,32 +32,17 @@ def lanes(isa: Isa) -> int:
 def applies(call, isa: Isa) -> bool:
     """uint8 activations × int8 weights, output blocks of one vector, input blocks of whole pairs."""
     data, kernel = call.args[0].ty, call.args[1].ty
-    if str(data.dtype) != "uint8" or str(kernel.dtype) != "int8" or not enabled(isa):
+    if str(data.dtype) != "uint8" or str(kernel.dtype) != "int8" or not isa.int8_pairs:
         return False
     ic_bn, oc_bn = int(data.shape[-1]), int(kernel.shape[-1])
     return ic_bn % DEPTH == 0 and oc_bn == lanes(isa)
 
 
-def kernel_2deep(kernel):
-    """(oc_chunks, ic_chunks, kh, kw, ic_bn, oc_bn) → (…, ic_bn/2, oc_bn, 2): the layout vpmaddwd reads."""
-    from tvm import te
-
-    oc_chunks, ic_chunks, k_h, k_w, ic_bn, oc_bn = (int(d) for d in kernel.shape)
-    return te.compute((oc_chunks, ic_chunks, k_h, k_w, ic_bn // DEPTH, oc_bn, DEPTH),
-                      lambda o, c, h, w, f, ob, s: kernel[o, c, h, w, f * DEPTH + s, ob], name="kernel_2deep")
-
-
 def legalize(bb, call, isa: Isa, options: CpuOptions):
-    from tvm import topi
-
     attrs = call.attrs
     if not is_blocked(attrs) or int(attrs.groups) != 1 or not applies(call, isa):
         return None
-    kernel = bb.emit_te(kernel_2deep, call.args[1], primfunc_name_hint="int8_kernel_repack")
-    return bb.call_te(topi.nn.conv2d_NCHWc_int8, call.args[0], kernel, list(attrs.strides),
-                      list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
-                      str(attrs.out_dtype or call.args[0].ty.dtype), DEPTH,
-                      primfunc_name_hint="conv2d_NCHWc_int8_avx2")
+    return legalize_dot_conv(bb, call, DEPTH, "conv2d_NCHWc_int8_avx2")
 
 
 def register_tile(width: int, oc_chunks: int) -> tuple[int, int]:
@@ -76,28 +57,12 @@ def register_tile(width: int, oc_chunks: int) -> tuple[int, int]:
 
 class Int8Conv2dNCHWcAVX2(sched.KernelRule):
     def schedule(self, sch: s_tir.Schedule, target: Target):
-        conv = sched.find_block(sch, "conv2d_NCHWc_int8")
-        if conv is None or len(sch.get_loops(conv)) != 10:
-            return None
         isa = isa_of(target)
-        if not enabled(isa):
-            return None
-        n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = sch.get_loops(conv)
-        if sched.extent(sch, ocb) != lanes(isa) or sched.extent(sch, ic_s) != DEPTH:
+        found = dot_conv_loops(sch, lanes(isa), DEPTH) if isa.int8_pairs else None
+        if found is None:
             return None
         from edgec.targets.cpu.intrinsics import register_pair_local_acc
 
-        intrinsic = register_pair_local_acc(lanes(isa))
-        reg_n, oc_tile = register_tile(sched.extent(sch, ow), sched.extent(sch, occ))
-        occ_o, occ_i = sch.split(occ, [None, oc_tile])
-        ow_o, ow_i = sch.split(ow, [None, reg_n])
-        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_f, ow_i, occ_i, ocb, ic_s)
-        sch.parallel(sch.fuse(n, occ_o, oh))
-        sched.write_back_tile(sch, conv, ow_o, isa.lanes)
-        sch.unroll(ow_i)
-        sch.unroll(occ_i)
-        init = sch.decompose_reduction(conv, ic_o)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sched.schedule_padding(sch, conv, isa.lanes, inline=False)  # before tensorize replaces the block
-        sch.tensorize(ocb, intrinsic)
-        return sch
+        conv, loops = found
+        reg_n, oc_tile = register_tile(sched.extent(sch, loops[3]), sched.extent(sch, loops[1]))
+        return schedule_dot_conv(sch, conv, loops, reg_n, oc_tile, isa, register_pair_local_acc(lanes(isa)))

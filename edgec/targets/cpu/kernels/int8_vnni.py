@@ -24,63 +24,83 @@ def applies(call, isa: Isa) -> bool:
     return ic_bn % 4 == 0 and oc_bn == 16 and isa.vnni
 
 
-def kernel_4deep(kernel):
-    """(oc_chunks, ic_chunks, kh, kw, ic_bn, oc_bn) → (…, ic_bn/4, oc_bn, 4): the layout vpdpbusd reads."""
+def kernel_deep(kernel, depth: int):
+    """(oc_chunks, ic_chunks, kh, kw, ic_bn, oc_bn) → (…, ic_bn/depth, oc_bn, depth): the layout a dot-product
+    instruction reads (depth 4: vpdpbusd; 2: vpmaddwd, kernels/int8_avx2.py)."""
     from tvm import te
 
     oc_chunks, ic_chunks, k_h, k_w, ic_bn, oc_bn = (int(d) for d in kernel.shape)
-    return te.compute((oc_chunks, ic_chunks, k_h, k_w, ic_bn // 4, oc_bn, 4),
-                      lambda o, c, h, w, f, ob, s: kernel[o, c, h, w, f * 4 + s, ob], name="kernel_4deep")
+    return te.compute((oc_chunks, ic_chunks, k_h, k_w, ic_bn // depth, oc_bn, depth),
+                      lambda o, c, h, w, f, ob, s: kernel[o, c, h, w, f * depth + s, ob], name=f"kernel_{depth}deep")
 
 
-def legalize(bb, call, isa: Isa, options: CpuOptions):
+def legalize_dot_conv(bb, call, depth: int, name: str):
+    """The blocked uint8 × int8 conv as TOPI's conv2d_NCHWc_int8 on its (constant, folded) kernel repacked
+    ``depth``-deep; ``name`` names the kernel function."""
     from tvm import topi
 
     attrs = call.attrs
-    if not is_blocked(attrs) or int(attrs.groups) != 1 or not applies(call, isa):
-        return None
-    # The (constant, folded) kernel repacked to the 4-deep layout.
-    kernel = bb.emit_te(kernel_4deep, call.args[1], primfunc_name_hint="int8_kernel_repack")
+    kernel = bb.emit_te(kernel_deep, call.args[1], depth, primfunc_name_hint="int8_kernel_repack")
     return bb.call_te(topi.nn.conv2d_NCHWc_int8, call.args[0], kernel, list(attrs.strides),
                       list(attrs.padding), list(attrs.dilation), attrs.data_layout, attrs.out_layout,
-                      str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_NCHWc_int8")
+                      str(attrs.out_dtype or call.args[0].ty.dtype), depth, primfunc_name_hint=name)
+
+
+def legalize(bb, call, isa: Isa, options: CpuOptions):
+    attrs = call.attrs
+    if not is_blocked(attrs) or int(attrs.groups) != 1 or not applies(call, isa):
+        return None
+    return legalize_dot_conv(bb, call, 4, "conv2d_NCHWc_int8")
+
+
+def dot_conv_loops(sch: s_tir.Schedule, lanes: int, depth: int):
+    """(block, its 10 loops) of a conv2d_NCHWc_int8 whose output block is ``lanes`` wide and reduction
+    ``depth`` deep, or None."""
+    conv = sched.find_block(sch, "conv2d_NCHWc_int8")
+    if conv is None or len(sch.get_loops(conv)) != 10:
+        return None
+    loops = sch.get_loops(conv)
+    if sched.extent(sch, loops[4]) != lanes or sched.extent(sch, loops[9]) != depth:
+        return None
+    return conv, loops
+
+
+def schedule_dot_conv(sch: s_tir.Schedule, conv, loops, reg_n: int, oc_tile: int, isa: Isa, intrinsic: str):
+    """The dot-product conv's schedule: parallel over (batch, channel tiles, rows), a reg_n × oc_tile register
+    tile written back once through the fused epilogue, the (lanes × depth) block as ``intrinsic``."""
+    n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = loops
+    occ_o, occ_i = sch.split(occ, [None, oc_tile])
+    ow_o, ow_i = sch.split(ow, [None, reg_n])
+    sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_f, ow_i, occ_i, ocb, ic_s)
+    sch.parallel(sch.fuse(n, occ_o, oh))
+    sched.write_back_tile(sch, conv, ow_o, isa.lanes)
+    sch.unroll(ow_i)
+    sch.unroll(occ_i)
+    init = sch.decompose_reduction(conv, ic_o)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sched.schedule_padding(sch, conv, isa.lanes, inline=False)  # before tensorize replaces the block
+    sch.tensorize(ocb, intrinsic)
+    return sch
 
 
 class Int8Conv2dNCHWcVNNI(sched.KernelRule):
     def schedule(self, sch: s_tir.Schedule, target: Target):
-        conv = sched.find_block(sch, "conv2d_NCHWc_int8")
-        if conv is None or len(sch.get_loops(conv)) != 10:
+        found = dot_conv_loops(sch, 16, 4)
+        if found is None:
             return None
         from edgec.targets.cpu.intrinsics import register_vnni_local_acc
 
         isa = isa_of(target)
-        intrinsic = register_vnni_local_acc()
-        n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = sch.get_loops(conv)
-        if sched.extent(sch, ocb) != 16 or sched.extent(sch, ic_s) != 4:
-            return None
-        reg_n, oc_tile = sched.register_tile(sched.extent(sch, ow), sched.extent(sch, occ), 1, isa.vector_registers,
-                                             partial=False)  # tensorize wants whole tiles
-        occ_o, occ_i = sch.split(occ, [None, oc_tile])
-        ow_o, ow_i = sch.split(ow, [None, reg_n])
-        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_f, ow_i, occ_i, ocb, ic_s)
-        sch.parallel(sch.fuse(n, occ_o, oh))
-        sched.write_back_tile(sch, conv, ow_o, isa.lanes)
-        sch.unroll(ow_i)
-        sch.unroll(occ_i)
-        init = sch.decompose_reduction(conv, ic_o)
-        init_loops = sch.get_loops(init)
-        sch.vectorize(init_loops[-1])
-        sched.schedule_padding(sch, conv, isa.lanes, inline=False)  # before tensorize replaces the block
-        sch.tensorize(ocb, intrinsic)
-        return sch
+        conv, loops = found
+        reg_n, oc_tile = sched.register_tile(sched.extent(sch, loops[3]), sched.extent(sch, loops[1]), 1,
+                                             isa.vector_registers, partial=False)  # tensorize wants whole tiles
+        return schedule_dot_conv(sch, conv, loops, reg_n, oc_tile, isa, register_vnni_local_acc())
 
 
 def integer_kernel(isa: Isa) -> bool:
-    """The target has a dot-product int8 conv kernel (VNNI here, or the AVX2 pair kernel, kernels/int8_avx2.py):
-    the passes below reshape integer convs for it."""
-    from edgec.targets.cpu.kernels import int8_avx2
-
-    return isa.vnni or int8_avx2.enabled(isa)
+    """The target has a dot-product int8 conv kernel (VNNI here, or the pair kernel, kernels/int8_avx2.py): the
+    passes below reshape integer convs for it."""
+    return isa.vnni or isa.int8_pairs
 
 
 def pad_input_channels_pass(isa: Isa):
