@@ -83,6 +83,18 @@ def test_profile_times_every_kernel_the_build_recorded(artifact, cli, tmp_path):
     assert "kernels (each timed alone on the device" in out and record["profile"][0]["op"] in out
 
 
+def test_profile_without_a_kernel_list_says_why():
+    """A CUDA build records no kernel list: --profile says it is not available there (not "recompile"); an old
+    CPU artifact without one is told to recompile."""
+    from edgec.devices.device_main import ArtifactError, manifest_kernels
+
+    with pytest.raises(ArtifactError, match="not available for CUDA artifacts") as cuda:
+        manifest_kernels({"target": {"family": "cuda", "build": {"cubin_arch": "sm_90"}}})
+    assert "without --profile" in str(cuda.value)
+    with pytest.raises(ArtifactError, match="recompile it"):
+        manifest_kernels({"target": {"family": "cpu", "build": {}}})
+
+
 def test_bench_all_runs_artifacts_on_parallel_runners_in_order(artifact):
     """Several artifacts on a farm: as many at once as workers (one runner each), records in the artifacts'
     order; with --compare (peers time on this machine) one at a time."""
