@@ -21,8 +21,9 @@ Applies with ``CpuOptions.amx`` (off by default: slower than the VNNI kernel whe
 where the target has ``amx-int8`` and ``amx-tile`` (never by CPU name), or with ``CpuOptions.amx_emulate``
 (the same kernel with the block as plain loops: how it is checked on a host without AMX), to ungrouped uint8 ×
 int8 convs with output channels in blocks of 16 (or 8), at least 64 input channels (fewer would be mostly zero
-padding: those stay on the VNNI kernel) and rows of at least MIN_ROWS pixels. Speed: run on a Xeon with AMX once (the device machine, bench/device_check.py
-set x): outputs equal onnxruntime's and the VNNI build's, whole ResNet-18 int8 1.68× the VNNI build's time.
+padding: those stay on the VNNI kernel) and rows of at least MIN_ROWS pixels. Speed: run on a Xeon with AMX
+once (the device machine, bench/device_check.py set x): outputs equal onnxruntime's and the VNNI build's, whole
+ResNet-18 int8 1.68× the VNNI build's time.
 """
 
 from __future__ import annotations

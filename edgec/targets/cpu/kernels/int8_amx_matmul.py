@@ -13,8 +13,8 @@ over all 64-deep steps by one call of the tile intrinsic (the AMX instructions, 
 ``CpuOptions.amx_emulate`` its plain-TIR twin), then written back once through the fused requantizing
 epilogue.
 
-Applies (see :func:`applies`) on AMX targets with ``CpuOptions.amx`` (off by default), or with ``amx_emulate``, to a 2-D constant int8 weight with
-columns in whole 16-blocks, at least 64 deep, and at least MIN_ROWS rows in a tile (a batch-1 classifier stays
+Applies (see :func:`applies`) on AMX targets with ``CpuOptions.amx`` (off by default), or with
+``amx_emulate``, to a 2-D constant int8 weight with columns in whole 16-blocks, at least 64 deep, and at least MIN_ROWS rows in a tile (a batch-1 classifier stays
 on the weight-streaming GEMV). Speed: not timed on AMX hardware (the conv kernel was, see int8_amx.py).
 """
 
