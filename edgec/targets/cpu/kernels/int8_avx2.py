@@ -48,8 +48,8 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
 def register_tile(width: int, oc_chunks: int) -> tuple[int, int]:
     """(output pixels, output blocks) per tile: up to 8 blocks sharing one broadcast pair, then pixels up to 8
     accumulators; whole divisors (tensorize wants whole tiles). Measured on Zen 3 (8-channel blocks), 1 thread,
-    3×3 convs 64×56² … 512×7² (GMAC/s, ±15 % noise): 1×8 47–52 everywhere; the float conv's 2×4 40–54 but no
-    tile at width 7 (7×1: 32); 4×2 36–45; 2×8 and 1×16 spill (15–50). A step of a 1×8 tile is 26 vector uops
+    3×3 convs 64×56² … 512×7² (GMAC/s, ±15 % noise): 1×8 47–52 everywhere; the float conv's 2×4 40–54 but
+    no tile at width 7 (7×1: 32); 4×2 36–45; 2×8 and 1×16 spill (15–50). A step of a 1×8 tile is 26 vector uops
     (broadcast 2, weight sign-extensions 8, vpmaddwd 8, adds 8) for 128 MACs: ~19 MACs a cycle on Zen 3's four
     vector pipes, what the kernel reaches. Weights pre-widened to int16 (no sign-extensions) ran no faster:
     twice the bytes from L2."""
