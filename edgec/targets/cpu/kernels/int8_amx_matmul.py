@@ -15,7 +15,8 @@ epilogue.
 
 Applies (see :func:`applies`) on AMX targets with ``CpuOptions.amx`` (off by default), or with
 ``amx_emulate``, to a 2-D constant int8 weight with columns in whole 16-blocks, at least 64 deep, and at least
-MIN_ROWS rows in a tile (a batch-1 classifier stays on the weight-streaming GEMV). Speed: not timed on AMX hardware (the conv kernel was, see int8_amx.py).
+MIN_ROWS rows in a tile (a batch-1 classifier stays on the weight-streaming GEMV). Speed: not timed on AMX
+hardware (the conv kernel was, see int8_amx.py).
 """
 
 from __future__ import annotations
