@@ -10,7 +10,7 @@ import collections
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from test_int8 import numpy_reference, qdq_layer
 from test_int8_amx import _canonical, _input, _run
@@ -76,28 +76,20 @@ def test_vnni_targets_keep_the_vnni_kernel():
 
 
 def _signed_layer(cin: int, cout: int, side: int) -> "object":
-    """A TFLite-style int8 layer: int8 activations (zero point −5), int8 per-channel weights, int32 bias, int8
-    output (zero point −128 after the ReLU)."""
+    """A TFLite-style int8 layer: int8 activations (zero point −5), int8 per-channel weights, int32 bias; a ReLU
+    and a uint8 output at scale 0.04 (helpers.finish_qdq_layer)."""
+    from helpers import finish_qdq_layer
+
     rng = np.random.default_rng(3)
     sx, sw = np.float32(0.03), rng.uniform(0.002, 0.01, cout).astype(np.float32)
     init = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
         ("sx", sx), ("zx", np.int8(-5)), ("wq", rng.integers(-127, 128, (cout, cin, 3, 3)).astype(np.int8)),
-        ("sw", sw), ("bq", rng.integers(-2000, 2000, cout).astype(np.int32)), ("sb", (sx * sw).astype(np.float32)),
-        ("sy", np.float32(0.04)), ("zy", np.int8(-128)))]
+        ("sw", sw), ("bq", rng.integers(-2000, 2000, cout).astype(np.int32)), ("sb", (sx * sw).astype(np.float32)))]
     nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
              helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
              helper.make_node("DequantizeLinear", ["wq", "sw"], ["wd"], axis=0),
-             helper.make_node("DequantizeLinear", ["bq", "sb"], ["bd"], axis=0),
-             helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["y"], ["yr"]),
-             helper.make_node("QuantizeLinear", ["yr", "sy", "zy"], ["yq"]),
-             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["out"])]
-    graph = helper.make_graph(nodes, "signed", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                              [1, cin, side, side])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+             helper.make_node("DequantizeLinear", ["bq", "sb"], ["bd"], axis=0)]
+    return finish_qdq_layer(nodes, init, ["xd", "wd", "bd"], "conv", [1, cin, side, side], sy=0.04)
 
 
 def test_signed_activations_run_shifted_on_the_avx2_kernel():
