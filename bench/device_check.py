@@ -14,7 +14,9 @@ ResNet-18, timm's EfficientNet-Lite0: the same layers, so the same work; the emb
 and MobileNetV2 fp32, and ResNet-18 int8 built twice (with the AMX kernels, ``--cpu-option amx=on``; and as
 edgec ships it, the VNNI kernels),
 each timed by ``edgec bench --threads 1 --compare onnxruntime`` (onnxruntime 1 thread on optimized.onnx: the
-same float graph, or the same QDQ graph, interleaved round by round).
+same float graph, or the same QDQ graph, interleaved round by round); ``z`` ResNet-18 fp32 and int8 for
+``x86:spr``, which are then also timed against each other, taking turns (issue 15: int8 ≥ 2× fp32 with VNNI).
+A GPU artifact is also profiled (``edgec bench --profile``: every kernel timed alone on the GPU).
 
 Rehearsal of the run half on this CPU (everything but the device): ``prepare --target x86 --python 3.11 --dir
 /tmp/gpu-x86 --sets a``, then ``.venv/bin/python bench/device_check.py run /tmp/gpu-x86/a.tar.xz --out /tmp/o``.
@@ -58,8 +60,10 @@ GPU_DIR = REPO / ".gpu"
 SETS = {"a": ("cuda:sm_90", ("default", "efficientnet")), "b": ("cuda:sm_90", ("resnet18",)),
         "x": ("x86:spr", ("resnet18:int8#amx=on", "resnet18:int8")),
         "y": ("x86:spr", ("efficientnet", "mobilenet_v2")),
+        "z": ("x86:spr", ("resnet18", "resnet18:int8")),  # int8 vs fp32 taking turns (issue 15: ≥ 2× with VNNI)
         "r": ("x86", ("default", "default:int8"))}  # r: rehearses the CPU half here (not in the default --sets)
 CPU_ROUNDS, CPU_RUNS = 10, 300  # edgec bench --compare onnxruntime: rounds, runs (1 thread)
+PAIR_ROUNDS, PAIR_RUNS = 7, 60  # a model's fp32 and int8 artifacts in one set: edgec bench of each, taking turns
 GPU_ROUNDS, GPU_RUNS = 3, 300  # edgec bench and PyTorch eager take turns this many times, this many runs each
 CALL_LIMIT_BYTES = 64 * 2**20
 TVM_VERSION, TVM_FFI_VERSION = "0.27.0.post1", "0.1.14.post1"
@@ -355,8 +359,39 @@ def run(bundle: Path, out: Path) -> int:
                 row.update(status="FAIL", error=str(exc))
         failed += row["status"] != "PASS"
         record["models"].append(row)
+    record["int8_vs_fp32"] = _int8_vs_fp32(edgec, SETS[name][1], data, out, env, record["models"])
     (out / f"device_check_{name}.json").write_text(json.dumps(record, indent=1))
     return 1 if failed else 0
+
+
+def _int8_vs_fp32(edgec: list[str], entries: tuple[str, ...], data: Path, out: Path, env: dict[str, str],
+                  rows: list[dict]) -> list[dict]:
+    """For a model whose fp32 and int8 artifacts are both in the set (and passed): ``edgec bench --threads 1`` of
+    each taking turns PAIR_ROUNDS times (the host drifts; bench/int8_speed.py does the same here); per round the
+    fp32 p50 / int8 p50 speed-up, and its median (issue 15's bound: ≥ 2× where the host has VNNI)."""
+    passed = {r["model"] for r in rows if r["status"] == "PASS"}
+    found = []
+    parsed = [Entry.parse(e) for e in entries]
+    for fp32 in [e for e in parsed if not e.int8 and not e.cpu_options]:
+        int8 = next((e for e in parsed if e.int8 and e.model == fp32.model and e.target == fp32.target
+                     and not e.cpu_options), None)
+        if int8 is None or not {fp32.folder, int8.folder} <= passed:
+            continue
+        p50 = {fp32.folder: [], int8.folder: []}
+        for _ in range(PAIR_ROUNDS):
+            for e in (fp32, int8):
+                rec = _bench(edgec, data / e.folder, data / f"{e.folder}.inputs.npz", out / f"pair_{e.folder}.json",
+                             env, ["--threads", "1", "--runs", str(PAIR_RUNS), "--warmup", "10"])
+                p50[e.folder].append(rec["latency_ms"]["p50"])
+        speedups = [f / i for f, i in zip(p50[fp32.folder], p50[int8.folder])]
+        row = {"model": fp32.model, "fp32_p50_ms": p50[fp32.folder], "int8_p50_ms": p50[int8.folder],
+               "speedup_per_round": [round(v, 3) for v in speedups], "speedup_median": round(float(np.median(speedups)), 3),
+               "bound": ">= 2.0 where the host has VNNI"}
+        print(f"{fp32.model}: int8 {float(np.median(p50[int8.folder])):.3f} ms vs fp32 {float(np.median(p50[fp32.folder])):.3f}"
+              f" ms: int8 {row['speedup_median']}x faster (per round {row['speedup_per_round']}; bound >= 2.0x with VNNI)",
+              flush=True)
+        found.append(row)
+    return found
 
 
 def _bench_gpu(edgec: list[str], entry: Entry, art: Path, inputs: Path, out: Path, env: dict[str, str],
@@ -380,6 +415,12 @@ def _bench_gpu(edgec: list[str], entry: Entry, art: Path, inputs: Path, out: Pat
                                 "p50_ratio_median": round(float(np.median(ratios)), 3)}
         print(f"{entry.folder}: edgec p50 {row['latency_ms']['p50']:.4f} ms, PyTorch eager p50 "
               f"{row['pytorch_eager']['p50']:.4f} ms; edgec/PyTorch p50 per round {ratios}", flush=True)
+    else:
+        print(f"{entry.folder}: no PyTorch eager peer on this machine (torch with CUDA, and torchvision or timm "
+              "for the model)", flush=True)
+    rec = _bench(edgec, art, inputs, out / f"profile_{entry.folder}.json", env,
+                 ["--runs", "50", "--warmup", "10", "--profile"])  # where the GPU time goes, kernel by kernel
+    row["profile"] = rec.get("profile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default=None, help="build every set for this preset instead of its own "
                    "(a CPU preset rehearses the run half here)")
     p.add_argument("--python", default=DEVICE_PYTHON, help="the GPU machine's Python (tvm-ffi is built per version)")
-    p.add_argument("--sets", default="a,b,x,y")
+    p.add_argument("--sets", default="a,b,x,y,z")
     p.add_argument("--dir", type=Path, default=GPU_DIR, help="where to write (default .gpu/, what a run carries)")
     r = sub.add_parser("run", help="on the GPU machine: verify and time one set")
     r.add_argument("bundle", type=Path)

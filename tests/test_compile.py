@@ -101,6 +101,11 @@ def test_cuda_artifact_holds_cubins_for_the_named_arch(tmp_path, target, arch, e
     assert FATBIN_MAGIC in lib  # nvcc-built fatbin, not CUDA source
     assert f"arch = {arch}".encode() in lib or arch.encode() in lib
     assert b"extern \"C\" __global__" not in lib  # no CUDA source left for a runtime compiler
+    # the kernel list `edgec bench --profile` times on the GPU: every kernel the library exports, with its shapes
+    kernels = manifest["target"]["build"]["kernels"]
+    assert kernels and all(k["calls"] >= 1 and k["args"] for k in kernels)
+    assert all(k["name"].encode() in lib for k in kernels)
+    assert any(k["args"][0]["shape"] == [1, 1, 28, 28] for k in kernels)  # the embedded model's input
 
 
 def test_constant_weights_and_computed_reshape_compile_and_match(shape_subgraph_onnx, tmp_path):

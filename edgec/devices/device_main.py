@@ -358,9 +358,6 @@ def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: floa
 def manifest_kernels(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     target = manifest.get("target") or {}
     kernels = (target.get("build") or {}).get("kernels")
-    if not kernels and target.get("family") == "cuda":
-        raise ArtifactError("--profile is not available for CUDA artifacts yet: their builds record no kernel list",
-                            "run `edgec bench` without --profile")
     if not kernels:
         raise ArtifactError("this artifact records no kernel list (built by an older edgec)",
                             "recompile it with this edgec to profile it")

@@ -125,12 +125,15 @@ def build_cuda(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opt
     if uses_stub:
         env["LD_LIBRARY_PATH"] = f"{stub_driver_dir()}:{env.get('LD_LIBRARY_PATH', '')}"
     model_path = lib_path.with_suffix(".build.onnx")
+    kernels_path = lib_path.with_suffix(".kernels.json")
     onnx.save(model, str(model_path))
     try:
         proc = subprocess.run([sys.executable, "-m", "edgec.targets.cuda", str(model_path), preset.name,
-                               str(lib_path)], env=env, capture_output=True, text=True)
+                               str(lib_path), str(kernels_path)], env=env, capture_output=True, text=True)
+        kernels = json.loads(kernels_path.read_text()) if proc.returncode == 0 else []
     finally:
         model_path.unlink(missing_ok=True)
+        kernels_path.unlink(missing_ok=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         message = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -142,15 +145,19 @@ def build_cuda(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opt
         raise RuntimeError(f"the CUDA library for {preset.tvm['arch']} holds no fatbin (nvcc did not run)")
     return BuildInfo(seconds=time.perf_counter() - start,
                      details={"tvm_target": str(preset.tvm_target()), "cubin_arch": preset.tvm["arch"],
-                              "stub_driver": uses_stub, "schedules": "dlight default GPU rules"})
+                              "stub_driver": uses_stub, "schedules": "dlight default GPU rules",
+                              "kernels": kernels})
 
 
-def _build_in_child(model_path: Path, preset_name: str, lib_path: Path) -> None:
+def _build_in_child(model_path: Path, preset_name: str, lib_path: Path, kernels_path: Path) -> None:
+    """The build itself (in the child with the stub driver); also writes the kernel list ``edgec bench --profile``
+    times on the GPU (kernel_list.kernel_table: names, calls, buffer shapes) to ``kernels_path``."""
     import tvm
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
     from edgec.targets.base import resolve_target
+    from edgec.targets.kernel_list import kernel_table
     from edgec.targets.lower import to_relax
 
     preset = resolve_target(preset_name)
@@ -160,6 +167,7 @@ def _build_in_child(model_path: Path, preset_name: str, lib_path: Path) -> None:
         mod = relax.get_pipeline("zero")(mod)
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        kernels_path.write_text(json.dumps(kernel_table(mod)))
         executable = tvm.compile(mod, target=target)
     if preset.cc:
         executable.export_library(str(lib_path), cc=preset.cc)
@@ -169,7 +177,7 @@ def _build_in_child(model_path: Path, preset_name: str, lib_path: Path) -> None:
 
 if __name__ == "__main__":
     try:
-        _build_in_child(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+        _build_in_child(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
     except EdgecError as err:
         print("edgec-error: " + json.dumps([err.message, err.hint]), file=sys.stderr)
         sys.exit(2)
