@@ -181,6 +181,7 @@ MODELS = {
 }
 VNNI_KERNEL = "conv2d_NCHWc_int8"
 PAIR_KERNEL = "conv2d_NCHWc_int8_avx2"  # kernels/int8_avx2.py: x86 without VNNI
+SDOT_KERNEL = "conv2d_NCHWc_int8_sdot"  # kernels/int8_neon_dot.py: Arm with the dot product
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ def test_fp32_kernel_vector_width(builds, target, model):
 def test_int8_conv_kernel(builds, target):
     """The int8 QDQ conv compiles to integer code on every target: to the VNNI kernel (vpdpbusd on zmm) on
     exactly the targets with AVX-512 VNNI, to the pair kernel (vpmaddwd, ymm or zmm as the target's vectors) on
-    the other x86 targets."""
+    the other x86 targets, to the sdot kernel on Arm targets with the dot product."""
     want, build = EXPECT[target], builds.get(target, "int8")
     assert build.integer_layers == 1, f"{target}: the QDQ conv was not compiled as an integer layer"
     vnni_only = [f for f in build.functions if VNNI_KERNEL in f and PAIR_KERNEL not in f]
@@ -362,8 +363,13 @@ def test_int8_conv_kernel(builds, target):
         width = "zmm" if want.avx512 else "ymm"
         assert count(build.hot(PAIR_KERNEL), "vpmaddwd", width) > 0, f"{target}: no {width} vpmaddwd"
     else:
-        assert VNNI_KERNEL not in " ".join(build.functions), f"{target}: an x86 int8 kernel on Arm"
+        x86_kernels = [f for f in build.functions if VNNI_KERNEL in f and SDOT_KERNEL not in f]
+        assert not x86_kernels, f"{target}: an x86 int8 kernel on Arm"
         assert count(build.hot(MODELS["int8"][1]), "vpdpbusd") == 0
+        if want.dotprod:
+            assert count(build.hot(SDOT_KERNEL), "sdot") > 0, f"{target}: no sdot kernel with the dot product"
+        else:
+            assert SDOT_KERNEL not in " ".join(build.functions), f"{target}: sdot kernel without the dot product"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -384,9 +390,8 @@ def test_no_instruction_the_target_lacks(builds, target):
                 f"{target} {model}: sdot/udot without the dot-product extension"
 
 
-@pytest.mark.xfail(strict=True, reason="edgec has no NEON dot-product (sdot/udot) int8 kernel: int8 convs on "
-                                       "ARMv8.2+ (cortex-a76) do not use sdot. Remove this mark when one exists.")
 def test_dotprod_int8_kernel(builds):
+    """ARMv8.2+ (cortex-a76) runs int8 convs on sdot (kernels/int8_neon_dot.py)."""
     build = builds.get("arm:cortex-a76", "int8")
     hot = build.hot(MODELS["int8"][1])
     assert count(hot, "sdot") + count(hot, "udot") >= MIN_FMAS

@@ -171,3 +171,84 @@ def register_pair_local_acc(lanes: int) -> str:
 
     TensorIntrin.register(name, _dot_pair_local(lanes), impl)
     return name
+
+
+# 0x80808080: flips the top bit of each of the four bytes, uint8 x → int8 x − 128
+_TOP_BITS = -2139062144
+
+
+def _dot_4x4_local(activations: str):
+    """The contract of :func:`register_sdot_local_acc`: 4 int32 (local) += Σ_k 4 activations · int8[4, 4], the
+    activations int8, or uint8 read as ``x − 128`` (``activations`` "uint8": the shifted form)."""
+    from tvm.script import tirx as T
+
+    if activations == "int8":
+        @T.prim_func(s_tir=True)
+        def desc(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+                 c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+                T.writes(c[0:4])
+                for i in T.serial(0, 4):
+                    for k in T.serial(0, 4):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+        return desc
+
+    @T.prim_func(s_tir=True)
+    def desc_shifted(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+                     c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+            T.writes(c[0:4])
+            for i in T.serial(0, 4):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + (T.cast(a[vk], "int32") - 128) * T.cast(b[vi, vk], "int32")
+
+    return desc_shifted
+
+
+def register_sdot_local_acc(activations: str) -> str:
+    """NEON sdot (ARMv8.2 dot product: 4 int32 += 4 int8 · 4×4 int8) with its accumulator in a ``local`` buffer:
+    the four activations broadcast as one 32-bit word (LLVM folds the broadcast into the indexed ``sdot v.4s,
+    v.16b, v.4b[i]`` form where it can). ``activations`` "uint8": each byte's top bit flipped first (one eor),
+    which reads uint8 x as the int8 x − 128 that sdot takes; the conv adds 128·Σw back (kernels/int8_neon_dot).
+    Exact for every value. Registered once per form."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    name = f"edgec_dot_4x4_sdot_{activations}_local"
+    if registered(name):
+        return name
+
+    if activations == "int8":
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+                 c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+                T.writes(c[0:4])
+                word = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
+                c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([0], dtype="int32x4"),
+                    b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(word, 4), dtype="int8x16"),
+                    dtype="int32x4")
+    else:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+                 c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+                T.writes(c[0:4])
+                word = T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), T.int32(_TOP_BITS))
+                c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([0], dtype="int32x4"),
+                    b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(word, 4), dtype="int8x16"),
+                    dtype="int32x4")
+
+    TensorIntrin.register(name, _dot_4x4_local(activations), impl)
+    return name

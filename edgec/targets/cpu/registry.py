@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any, Callable
 
 from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul, int8_avx2,
-                                       int8_matmul_vnni, int8_vnni, matmul, spatial, widened, window, winograd)
+                                       int8_matmul_vnni, int8_neon_dot, int8_vnni, matmul, spatial, widened, window, winograd)
 from edgec.targets.cpu.options import CpuOptions
 
 
@@ -33,6 +33,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("int8_amx", int8_amx.Int8Conv2dAMX, int8_amx.legalize),  # before VNNI: the AMX targets have both
     Kernel("int8_vnni", int8_vnni.Int8Conv2dNCHWcVNNI, int8_vnni.legalize),
     Kernel("int8_avx2", int8_avx2.Int8Conv2dNCHWcAVX2, int8_avx2.legalize),  # x86 without VNNI
+    Kernel("int8_neon_dot", int8_neon_dot.Int8Conv2dNCHWcNeonDot, int8_neon_dot.legalize),  # Arm with dotprod
     Kernel("dw_pointwise", dw_pointwise.DepthwisePointwise),
     Kernel("depthwise", depthwise.DepthwiseConv2dNCHWc, depthwise.legalize),
     Kernel("widened", widened.WidenedConv2dNCHWc, widened.legalize),

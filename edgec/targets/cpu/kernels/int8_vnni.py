@@ -98,8 +98,14 @@ class Int8Conv2dNCHWcVNNI(sched.KernelRule):
 
 
 def integer_kernel(isa: Isa) -> bool:
-    """The target has a dot-product int8 conv kernel (VNNI here, or the pair kernel, kernels/int8_avx2.py): the
-    passes below reshape integer convs for it."""
+    """The target has a dot-product int8 conv kernel (VNNI here, the pair kernel, kernels/int8_avx2.py, or Arm's
+    sdot, kernels/int8_neon_dot.py): :func:`pad_input_channels_pass` gives integer convs whole 4-channel blocks."""
+    return isa.vnni or isa.int8_pairs or isa.dotprod
+
+
+def unsigned_kernel(isa: Isa) -> bool:
+    """The target's int8 conv kernel takes uint8 activations only (x86: vpdpbusd, vpmaddwd on zero-extended
+    bytes): :func:`unsigned_activations_pass` shifts signed ones. Arm's sdot takes signed ones as they are."""
     return isa.vnni or isa.int8_pairs
 
 
@@ -211,7 +217,7 @@ def unsigned_activations_pass(isa: Isa):
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecUnsignedActivationsForVnni")
     def _pass(mod, _ctx):
-        if not integer_kernel(isa):
+        if not unsigned_kernel(isa):
             return mod
         for gv, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
