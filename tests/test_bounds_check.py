@@ -116,6 +116,7 @@ SWEEP = {
     "spatial_5x5": lambda: conv_model(n=1, cin=16, cout=8, hw=(28, 20), k=5, pads=[2, 2, 2, 2], act="relu"),
     "spatial_asym_batch2": lambda: conv_model(n=2, cin=24, cout=12, hw=(13, 29), k=3, pads=[0, 1, 2, 3]),
     "spatial_image": lambda: conv_model(n=1, cin=3, cout=4, hw=(33, 17), k=5),
+    "spatial_head_1_out": lambda: conv_model(n=2, cin=8, cout=1, hw=(21, 27), k=3, pads=[1, 2, 0, 1]),
     # depthwise alone: 1-wide maps, channel counts of 8 / 24 blocks, 7x7
     "depthwise_1_wide": lambda: conv_model(n=2, cin=32, cout=32, hw=(9, 1), k=3, groups=32, act="relu"),
     "depthwise_24_7x7": lambda: conv_model(n=1, cin=24, cout=24, hw=(15, 11), k=7, pads=[3, 3, 3, 3], groups=24),

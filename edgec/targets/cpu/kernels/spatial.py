@@ -43,22 +43,25 @@ PAD_WHOLE = 4 * LANES  # a padded row up to this long is copied as one vector; l
 
 def applies(call: Any, isa: Isa, options: CpuOptions) -> bool:
     """Whether a Relax ``conv2d`` (still NCHW/OIHW) should be computed along rows: float, ungrouped, stride and
-    dilation 1, 4 to lanes - 1 output channels, on a LANES-wide target, rows at least MIN_WIDTH wide, and not
-    one that Winograd computes (winograd.use_winograd: 8 outputs from ≥ 16 inputs, 3×3)."""
+    dilation 1, 4 to lanes - 1 output channels on a LANES-wide target, rows at least MIN_WIDTH wide, and not
+    one that Winograd computes (winograd.use_winograd: 8 outputs from ≥ 16 inputs, 3×3). On any vector width, a
+    conv with 1 to 3 output channels: too few for a channel block (layout.choose_layouts leaves it NCHW), it ran
+    as TVM's generic conv, unscheduled — MediaPipe pose landmarks' 8 → 1 segmentation head at 256×256 took
+    10.9 ms of the model's 22 on an AVX2 core."""
     lanes = isa.lanes
-    if not options.spatial or lanes != LANES:
+    data_shape = [int(d) for d in call.args[0].ty.shape]
+    cout, _, _, k_w = (int(d) for d in call.args[1].ty.shape)
+    if not options.spatial or not (lanes == LANES or cout < 4):
         return False
     attrs = call.attrs
     if int(attrs.groups) != 1 or any(int(v) != 1 for v in (*attrs.strides, *attrs.dilation)):
         return False
     if "float" not in str(call.args[0].ty.dtype):
         return False  # integer convs (QDQ → int8) keep their own kernels
-    data_shape = [int(d) for d in call.args[0].ty.shape]
-    cout, _, _, k_w = (int(d) for d in call.args[1].ty.shape)
     _, _, _, width = data_shape
     pad = [int(p) for p in attrs.padding]
     out_w = width + pad[1] + pad[3] - k_w + 1
-    if not (4 <= cout < lanes and out_w >= MIN_WIDTH):
+    if not (1 <= cout < lanes and out_w >= MIN_WIDTH):
         return False
     from edgec.targets.cpu.kernels.winograd import tile_for
 
@@ -84,8 +87,9 @@ def row_tile(out_w: int, out_channels: int, lanes: int, registers: int = 32) -> 
     return channels, best[1], best[2]
 
 
-def conv2d_spatial(data, kernel, padding, out_dtype: str):
-    """Stride-1 conv of NCHW or NCHW[x]c ``data`` with an OIHW ``kernel``; the result is plain NCHW."""
+def conv2d_spatial(data, kernel, padding, out_dtype: str, lanes: int = LANES):
+    """Stride-1 conv of NCHW or NCHW[x]c ``data`` with an OIHW ``kernel``; the result is plain NCHW, its rows
+    padded to whole ``lanes``-wide vectors inside the kernel."""
     from tvm import te, tirx
 
     blocked = len(data.shape) == 5
@@ -98,7 +102,7 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
     out_c, _, k_h, k_w = (int(d) for d in kernel.shape)
     top, left, bottom, right = (int(v) for v in padding)
     out_h, out_w = in_h + top + bottom - k_h + 1, in_w + left + right - k_w + 1
-    _, _, padded_w = row_tile(out_w, out_c, LANES)
+    _, _, padded_w = row_tile(out_w, out_c, lanes)
     zero, one = tirx.const(0, out_dtype), tirx.const(1, out_dtype)
 
     if blocked:  # NCHW[x]c → NCHW; with one-channel blocks only a view, else a transpose (see _schedule_pad)
@@ -117,7 +121,7 @@ def conv2d_spatial(data, kernel, padding, out_dtype: str):
 
     pad_w = padded_w + k_w - 1
     if pad_w > PAD_WHOLE:  # longer rows are copied in whole vectors (see _schedule_pad): no tail
-        pad_w = -(-pad_w // LANES) * LANES
+        pad_w = -(-pad_w // lanes) * lanes
     pad = te.compute((n, channels, in_h + top + bottom, pad_w), padded, name=PAD)
     rc = te.reduce_axis((0, channels), name="rc")
     ry = te.reduce_axis((0, k_h), name="ry")
@@ -136,7 +140,7 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
             and (attrs.data_layout != "NCHW" or applies(call, isa, options))):
         return None
     return bb.call_te(conv2d_spatial, call.args[0], call.args[1], list(attrs.padding),
-                      str(attrs.out_dtype or call.args[0].ty.dtype), primfunc_name_hint="conv2d_spatial")
+                      str(attrs.out_dtype or call.args[0].ty.dtype), isa.lanes, primfunc_name_hint="conv2d_spatial")
 
 
 class SpatialConv2d(sched.KernelRule):
