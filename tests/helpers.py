@@ -4,6 +4,8 @@ does not collect it)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -202,3 +204,113 @@ def runnable_preset(target: str) -> str:
         return target
     need = isa_of(preset.tvm_target()).features
     return target if need <= isa_of(resolve_target("x86").tvm_target()).features else "x86"
+
+
+def edgec_ops_model(seed: int = 0) -> onnx.ModelProto:
+    """One input ``x`` [1, 40, 8, 8] (40 channels: one whole 32-bit word and part of another) and one output per
+    edgec op applied to ``x`` itself — no layer feeds another, so each output is checked on its own:
+
+    * ``bin_int``: BinaryConv 3×3/1 pad 1 (the flat form), alpha 1, bias 0, shift 0: exactly the integer part;
+    * ``bin``: BinaryConv 3×3/2 pad 1 (the row form), 17 outputs, real alpha, bias and shift;
+    * ``gemm_int``: BinaryGemm on x flattened (K = 2560), 37 outputs, alpha 1, bias 0, shift 0;
+    * ``gemm``: BinaryGemm, 20 outputs, real alpha, bias and shift;
+    * ``adder``: AdderConv 3×3/1 pad 1, 12 outputs; ``adder_s2``: AdderConv 3×3/2 pad 1, 8 outputs.
+
+    The function form is attached, so onnxruntime runs it as it stands."""
+    from edgec.ops.functions import add_functions
+    from edgec.ops.packing import pack_signs
+
+    rng = np.random.default_rng(seed)
+    c, hw = 40, 8
+    k = c * hw * hw
+    inits, nodes, outputs = [], [], []
+
+    def const(name: str, array: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def vectors(name: str, o: int, n_in: int, unit: bool) -> list[str]:
+        alpha = np.ones(o, np.float32) if unit else rng.uniform(0.05, 0.5, o).astype(np.float32)
+        bias = np.zeros(o, np.float32) if unit else rng.standard_normal(o).astype(np.float32)
+        shift = np.zeros(n_in, np.float32) if unit else (rng.standard_normal(n_in) * 0.3).astype(np.float32)
+        return [const(f"{name}_alpha", alpha), const(f"{name}_shift", shift), const(f"{name}_b", bias)]
+
+    for name, o, stride, unit in (("bin_int", 10, 1, True), ("bin", 17, 2, False)):
+        w = pack_signs(rng.standard_normal((o, c, 3, 3)), axis=1, word_bits=8)
+        alpha, shift, bias = vectors(name, o, c, unit)
+        nodes.append(helper.make_node("BinaryConv", ["x", const(f"{name}_w", w), alpha, shift, bias], [name],
+                                      domain="edgec", strides=[stride] * 2, pads=[1] * 4, dilations=[1, 1]))
+        side = (hw - 1) // stride + 1
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, o, side, side]))
+    nodes.append(helper.make_node("Reshape", ["x", const("flat_shape", np.array([1, k], np.int64))], ["x_flat"]))
+    for name, o, unit in (("gemm_int", 37, True), ("gemm", 20, False)):
+        w = pack_signs(rng.standard_normal((o, k)), axis=1, word_bits=8)
+        alpha, shift, bias = vectors(name, o, k, unit)
+        nodes.append(helper.make_node("BinaryGemm", ["x_flat", const(f"{name}_w", w), alpha, shift, bias], [name],
+                                      domain="edgec"))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, o]))
+    for name, o, stride in (("adder", 12, 1), ("adder_s2", 8, 2)):
+        w = (rng.standard_normal((o, c, 3, 3)) * 0.5).astype(np.float32)
+        nodes.append(helper.make_node("AdderConv", ["x", const(f"{name}_w", w),
+                                                    const(f"{name}_b", rng.standard_normal(o).astype(np.float32))],
+                                      [name], domain="edgec", strides=[stride] * 2, pads=[1] * 4, dilations=[1, 1]))
+        side = (hw - 1) // stride + 1
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, o, side, side]))
+    graph = helper.make_graph(nodes, "edgec_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                 [1, c, hw, hw])], outputs, inits)
+    return add_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+
+
+EDGEC_OPS_INPUT = (1, 40, 8, 8)
+
+
+@functools.cache
+def edgec_ops_arm_asm(preset: str):
+    """:func:`edgec_ops_model` through ``edgec compile``'s pipeline and CPU builder for the Arm ``preset``, built,
+    not run: test_isa_codegen's ``Build`` (LLVM's assembly split into functions). Cached: the binary, binary
+    dense and adder kernel tests read the same build."""
+    import tempfile
+    from pathlib import Path
+
+    from test_isa_codegen import compile_asm
+
+    from edgec.targets import resolve_target
+    from edgec.toolchain.load import load_model
+    from edgec.toolchain.pipeline import run_pipeline
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "edgec_ops.onnx"
+        onnx.save(edgec_ops_model(), str(path))
+        model, _ = run_pipeline(load_model(path))
+    return compile_asm(ir.serde.serialize_model(model), resolve_target(preset))
+
+
+@functools.cache
+def edgec_ops_on_qemu(target: str = "arm:cortex-a72", seed: int = 1) -> dict:
+    """`edgec compile --target TARGET` of :func:`edgec_ops_model`, run once on the emulated aarch64 device
+    (qemu-user, edgec/devices/qemu_aarch64.py): ``{"build": the manifest's build record, "outputs": name → the
+    device's output, "reference": name → onnxruntime's on the function form}`` for one random input. Cached (one
+    emulated run costs ~20 s, mostly ``import tvm`` under qemu); skips where the cross compiler or qemu is
+    missing."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from edgec.toolchain import api
+
+    missing = [tool for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64-static") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (Debian: g++-aarch64-linux-gnu, qemu-user-static)")
+    model = edgec_ops_model()
+    x = np.random.default_rng(seed).standard_normal(EDGEC_OPS_INPUT).astype(np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "edgec_ops.onnx"
+        onnx.save(model, str(path))
+        result = api.compile(path, target=target, output=Path(folder) / "art", verify=False)
+        outputs = api.run(Path(folder) / "art", {"x": x}, device="qemu-aarch64").outputs
+        reference = api.onnxruntime_outputs(path, {"x": x})
+    names = [o.name for o in model.graph.output]
+    return {"build": result.artifact.manifest["target"]["build"], "outputs": outputs,
+            "reference": dict(zip(names, reference))}

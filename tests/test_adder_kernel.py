@@ -1,7 +1,8 @@
 """The adder conv kernel (``edgec::AdderConv``, issue 19, edgec/targets/cpu/kernels/adder_conv.py): against the
 numpy reference (float64) over a sweep of shapes built for this host and for AVX2, the vector width LLVM emits per
 ISA (zmm with AVX-512, ymm with AVX2), and `edgec substitute --to adder` → `edgec compile --target x86` → `edgec
-verify` through the CLI with the layers the kernel took in the manifest (none on an Arm target)."""
+verify` through the CLI with the layers the kernel took in the manifest, and on Arm NEON its assembly (fmaxnm +
+fmla) and its outputs on the emulated aarch64 device."""
 
 from __future__ import annotations
 
@@ -184,9 +185,10 @@ def test_compile_runs_adder_convs_on_the_kernel_and_verifies(adder_model, tmp_pa
 
 
 def test_fallback_is_decided_by_target_features(adder_model):
-    """An Arm target keeps the inlined float body (its unfold conv2d stays); this host's and an AVX2 target's
-    builds take all four layers, leaving only the two float convs. The float model it came from has no adder
-    body: nothing is taken. Only the Relax pass runs (no compile)."""
+    """This host's, an AVX2 target's and an Arm NEON target's builds take all four layers, leaving only the two
+    float convs; a target with fewer than 8 float lanes on x86 (SSE only) or without NEON on aarch64 keeps the
+    inlined float body (its unfold conv2d stays). The float model it came from has no adder body: nothing is
+    taken. Only the Relax pass runs (no compile)."""
     import onnx
     import tvm
     from tvm import relax
@@ -211,14 +213,85 @@ def test_fallback_is_decided_by_target_features(adder_model):
         return len(names), stats, len(convs)
 
     mod = to_relax(onnx.load(str(adder_model)))
-    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
-    assert not takes(isa_of(arm))
-    assert kernels(mod, arm) == (0, {}, 6)  # two float convs + four unfold convs of the adder bodies
-    for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target()):
+    for refused in ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+                    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["-neon"]}):
+        target = tvm.target.Target(refused)
+        assert not takes(isa_of(target))
+        assert kernels(mod, target) == (0, {}, 6)  # two float convs + four unfold convs of the adder bodies
+    for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target(),
+                   resolve_target("arm:cortex-a72").tvm_target()):
         n, stats, convs = kernels(mod, target)
         assert (n, stats["layers"], convs) == (4, 4, 2)
     n, stats, convs = kernels(to_relax(onnx.load(str(default_model_path()))), resolve_target("x86").tvm_target())
     assert n == 0 and not stats.get("layers") and convs == 6
+
+
+@pytest.mark.parametrize("preset", ["arm:cortex-a72", "arm:cortex-a76"])
+def test_arm_adder_convs_are_neon_max_and_fma(preset):
+    """The Arm build of tests/helpers.py edgec_ops_model: each adder kernel's terms are |x − w| = 2·max(x, w) −
+    x − w as on x86, so its hot code is NEON ``fmaxnm v.4s`` (the max, LLVM's maxnum) feeding ``fmla v.4s`` (acc
+    += −2·max), one of each per term, and no ``fcmgt``/``bsl`` compare-and-select (TIR's max, 3 instructions on
+    NEON: :class:`~edgec.targets.cpu.kernels.adder_conv.Tiling`); the tile is at most 7 positions × 2 vectors
+    and the unfold conv2d of the float body is gone. Only assembly is generated."""
+    from helpers import edgec_ops_arm_asm
+    from test_isa_codegen import count
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import adder_conv as ac
+
+    build = edgec_ops_arm_asm(preset)
+    adders = [f for f in build.functions if f.startswith("edgec_adder_conv_")]
+    assert len(adders) == 2, sorted(build.functions)
+    for name in adders:
+        code = build.functions[name]
+        fmax, fmla = count(code, "fmaxnm", ".4s"), count(code, "fmla", ".4s")
+        assert fmax >= 16 and fmla == fmax, (name, fmax, fmla)
+        assert count(code, "fcmgt") + count(code, "bsl") + count(code, "bif") + count(code, "bit") == 0, name
+    assert not any("conv2d" in f for f in build.functions), sorted(build.functions)
+    tiling = ac.Tiling.for_isa(isa_of(resolve_target(preset).tvm_target()), 64, 28)
+    assert (tiling.lanes, tiling.vectors, tiling.positions, tiling.maxnum) == (4, 2, 7, True)
+
+
+def test_neon_plan_matches_reference_here():
+    """The loop nest an Arm NEON target gets (4 lanes, at most 7 positions × 2 vectors, the max as LLVM's maxnum)
+    on a third of the sweep and a 3-channel layer, built for this host instead (the TIR is the same; LLVM lowers maxnum here too) and
+    within the same tolerance as the x86 plans."""
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import adder_conv as ac
+
+    neon = isa_of(resolve_target("arm:cortex-a72").tvm_target())
+    cases = CASES[::3] + [CASES[-1], (5, 3, 3, 1, 1, 9, 11)]  # + 3 outputs: one vector
+    plans, funcs = [], {}
+    for i, case in enumerate(cases):
+        shape = _shape(case)
+        plan = ac.Plan(shape, ac.Tiling.for_isa(neon, shape.o, shape.ow))
+        plans.append(plan)
+        funcs[f"conv{i}"] = ac.conv_func(plan, f"conv{i}")
+    assert all(p.tiling.lanes == 4 and p.tiling.maxnum and p.tiling.positions <= (7 if p.tiling.vectors == 2 else 14)
+               for p in plans)
+    assert {p.tiling.vectors for p in plans} == {1, 2}
+    lib = tvm.compile(tvm.IRModule(funcs), target=resolve_target("x86").tvm_target())
+    for i, plan in enumerate(plans):
+        x, w, bias = _data(plan.shape, 300 + i)
+        _check(_run(lib, i, plan, x, w, bias), x, w, bias, plan.shape)
+
+
+def test_arm_build_matches_onnxruntime_under_qemu():
+    """`edgec compile --target arm:cortex-a72` runs both adder convs (stride 1 and 2, 40 channels, 12 and 8
+    outputs) on the kernel; on the emulated aarch64 device their outputs equal onnxruntime on the function form
+    within 1e-4 of the output's scale."""
+    from helpers import edgec_ops_on_qemu
+
+    run = edgec_ops_on_qemu()
+    assert run["build"]["adder_conv"] == {"layers": 2, "shapes": ["40->12 3x3/1 8x8", "40->8 3x3/2 8x8"]}
+    for name, shape in (("adder", (1, 12, 8, 8)), ("adder_s2", (1, 8, 4, 4))):
+        got, want = run["outputs"][name], run["reference"][name]
+        assert got.shape == want.shape == shape
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * float(np.abs(want).max()))
 
 
 def test_small_layer_with_folded_unfold_filters(tmp_path):

@@ -131,17 +131,64 @@ def test_compile_runs_binary_gemms_on_the_kernel_and_verifies(binary_mlp, tmp_pa
     assert result.exit_code == 0 and "PASS" in result.output, result.output
 
 
-def test_arm_keeps_the_float_body(binary_mlp):
-    """Where the binary kernels do not apply (Arm for now) the pass takes nothing: the float body stays."""
+def test_which_targets_take_the_kernel(binary_mlp):
+    """An Arm NEON target takes both binary Gemms like x86 does; a target without a vector popcount (x86-64 with
+    SSE only, aarch64 without NEON) keeps the float body. Only the Relax pass runs (no compile)."""
     import onnx
     import tvm
 
+    from edgec.targets import resolve_target
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels.binary_gemm import binary_gemm_pass
     from edgec.targets.lower import to_relax
 
     mod = to_relax(onnx.load(str(binary_mlp)))
-    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
-    stats: dict = {}
-    binary_gemm_pass(isa_of(arm), stats)(mod)
-    assert not stats.get("layers")
+
+    def layers(target) -> int:
+        stats: dict = {}
+        binary_gemm_pass(isa_of(target), stats)(mod)
+        return stats.get("layers", 0)
+
+    assert layers(resolve_target("arm:cortex-a72").tvm_target()) == 2
+    assert layers(resolve_target("x86:avx2").tvm_target()) == 2
+    for refused in ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+                    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["-neon"]}):
+        assert layers(tvm.target.Target(refused)) == 0
+
+
+@pytest.mark.parametrize("preset, widen", [("arm:cortex-a72", "uadalp"), ("arm:cortex-a76", "udot")])
+def test_arm_binary_dense_is_neon_cnt(preset, widen):
+    """The Arm build of tests/helpers.py edgec_ops_model: each binary dense kernel is xor + NEON ``cnt v.16b`` +
+    a sum into int32 lanes (``uadalp .4s``; ``udot .4s`` with the dot product extension), one per accumulator
+    vector of the tile (8 for 37 outputs, 5 for 20), with no more vector FMAs (the epilogue) than popcounts; no
+    function but the edgec kernels has an FMA (the float MatMul on ±1 values is gone). Only assembly."""
+    from helpers import edgec_ops_arm_asm
+    from test_isa_codegen import count
+
+    build = edgec_ops_arm_asm(preset)
+    dense = sorted(f for f in build.functions if f.startswith("edgec_binary_dense_"))
+    assert len(dense) == 2, sorted(build.functions)
+    for name, tile in zip(dense, (8, 5)):  # 2560->37: 8 vectors of 4 outputs (32 + 5 more), 2560->20: 5
+        code = build.functions[name]
+        cnt = count(code, "cnt", ".16b")
+        assert cnt >= tile and count(code, "eor", ".16b") >= tile and count(code, widen, ".4s") >= tile, (name, cnt)
+        assert count(code, "fmla") <= cnt, name
+    assert not any("matmul" in f for f in build.functions), sorted(build.functions)
+    with_fma = [f for f, code in build.functions.items() if count(code, "fmla") + count(code, "fmadd")]
+    assert all(f.startswith("edgec_") for f in with_fma), with_fma
+
+
+def test_arm_build_matches_onnxruntime_under_qemu():
+    """`edgec compile --target arm:cortex-a72` runs both binary Gemms on the kernel; on the emulated aarch64 device
+    the integer part (alpha 1, bias 0, K = 2560: 80 words) equals onnxruntime on the function form exactly, the
+    float output (real alpha, bias, shift) within 1e-5 relative."""
+    from helpers import edgec_ops_on_qemu
+
+    run = edgec_ops_on_qemu()
+    assert run["build"]["binary_gemm"] == {"layers": 2, "shapes": ["2560->37 x1", "2560->20 x1"]}
+    got, want = run["outputs"], run["reference"]
+    assert got["gemm_int"].shape == want["gemm_int"].shape == (1, 37)
+    np.testing.assert_array_equal(got["gemm_int"], want["gemm_int"])
+    assert np.abs(want["gemm_int"]).max() > 10
+    np.testing.assert_allclose(got["gemm"], want["gemm"], rtol=1e-5,
+                               atol=1e-5 * float(np.abs(want["gemm"]).max()))

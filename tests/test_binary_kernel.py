@@ -218,8 +218,9 @@ def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_
 
 
 def test_fallback_is_decided_by_target_features(binary_model):
-    """An Arm target keeps the inlined float body (no popcount kernel there yet); this host's and an AVX2
-    target's builds take all five layers. Only the Relax pass runs (no compile)."""
+    """This host's, an AVX2 target's and an Arm NEON target's builds take all five layers (only the float stem is
+    left a conv2d); a target without a vector popcount — x86-64 with SSE only, aarch64 without NEON — keeps the
+    inlined float body. Only the Relax pass runs (no compile)."""
     import onnx
     import tvm
     from tvm import relax
@@ -244,10 +245,13 @@ def test_fallback_is_decided_by_target_features(binary_model):
         relax.analysis.post_order_visit(done["main"], visit)
         return len(names), stats, len(convs)
 
-    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
-    assert not takes(isa_of(arm))
-    assert kernels(arm) == (0, {}, 6)  # the stem and the five binary bodies stay float convs
-    for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target()):
+    for refused in ({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"},
+                    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["-neon"]}):
+        target = tvm.target.Target(refused)
+        assert not takes(isa_of(target))
+        assert kernels(target) == (0, {}, 6)  # the stem and the five binary bodies stay float convs
+    for target in (resolve_target("x86").tvm_target(), resolve_target("x86:avx2").tvm_target(),
+                   resolve_target("arm:cortex-a72").tvm_target()):
         n, stats, convs = kernels(target)
         assert (n, stats["layers"], convs) == (5, 5, 1)  # only the float stem is left a conv2d
     # the float model it came from has convs of the same shapes and no binary body: nothing is taken
@@ -256,6 +260,81 @@ def test_fallback_is_decided_by_target_features(binary_model):
     mod = to_relax(onnx.load(str(default_model_path())))
     n, stats, convs = kernels(resolve_target("x86").tvm_target())
     assert n == 0 and not stats.get("layers") and convs == 6
+
+
+# ------------------------------------------------------------------------------------ Arm (NEON)
+
+# the byte counts of ``cnt`` summed into int32 lanes: pairwise widening adds on ARMv8.0, one udot against a vector
+# of ones where the dot product extension exists (ARMv8.2: Cortex-A76)
+ARM_POPCOUNT_SUMS = [("arm:cortex-a72", "uadalp"), ("arm:cortex-a76", "udot")]
+
+
+@pytest.mark.parametrize("preset, widen", ARM_POPCOUNT_SUMS)
+def test_arm_binary_convs_are_neon_cnt(preset, widen):
+    """`edgec compile`'s CPU build of a model of edgec ops (tests/helpers.py edgec_ops_model) for an Arm preset:
+    each binary conv kernel (flat and row form) is xor (``eor v.16b``) + NEON ``cnt v.16b`` + a sum into the
+    int32 lanes (``widen`` on ``.4s``), at least one per channel of the 8-channel register tile; its only float
+    FMAs are the epilogue's alpha·count + bias (fewer than the popcounts), and no function but the edgec kernels
+    has an FMA at all: the inlined float body (a conv2d on ±1 values) is gone. Only assembly is generated."""
+    from helpers import edgec_ops_arm_asm
+    from test_isa_codegen import count
+
+    build = edgec_ops_arm_asm(preset)
+    convs = [f for f in build.functions if f.startswith("edgec_binary_conv_")]
+    assert len(convs) == 2, sorted(build.functions)
+    for name in convs:
+        code = build.functions[name]
+        cnt, fmla = count(code, "cnt", ".16b"), count(code, "fmla")
+        assert cnt >= 8 and count(code, "eor", ".16b") >= 8 and count(code, widen, ".4s") >= 8, (name, cnt)
+        assert fmla < cnt, (name, fmla, cnt)
+    assert not any("conv2d" in f for f in build.functions), sorted(build.functions)
+    with_fma = [f for f, code in build.functions.items() if count(code, "fmla") + count(code, "fmadd")]
+    assert all(f.startswith("edgec_") for f in with_fma), with_fma
+
+
+def test_neon_plan_is_exact_here():
+    """The loop nests an Arm NEON target gets (4 lanes: the row pack's 2- and 1-word tails, 8 channels per tile)
+    over half the sweep (both forms; widths 4k + 1 and 4k + 3: every tail), built for this host instead — the TIR is the same, only the instructions differ — and
+    exact like the x86 plans (the emulated device runs a whole model below, not this sweep)."""
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    neon = isa_of(resolve_target("arm:cortex-a72").tvm_target())
+    cases = CASES[::2] + CASES[-3:]
+    plans, funcs = [], {}
+    for i, case in enumerate(cases):
+        shape = _shape(case)
+        plan = bc.Plan(shape, bc.Tiling.for_isa(neon, shape.o))
+        plans.append(plan)
+        funcs[f"pack{i}"] = bc.pack_func(plan, f"pack{i}")
+        funcs[f"conv{i}"] = bc.conv_func(plan, f"conv{i}")
+    assert plans[0].tiling == bc.Tiling(lanes=4, ob=8)
+    assert {p.flat for p in plans} == {True, False} and {p.shape.w % 4 for p in plans} == {1, 3}
+    lib = tvm.compile(tvm.IRModule(funcs), target=resolve_target("x86").tvm_target())
+    for i, plan in enumerate(plans):
+        s = plan.shape
+        x, shift, w = _data(plan, 200 + i)
+        got = _run(lib, i, plan, x, shift, w, np.ones(s.o, np.float32), np.zeros(s.o, np.float32))
+        np.testing.assert_array_equal(got, ref.binary_conv_integer(x, w, shift, s.strides, s.pads, s.dilations),
+                                      err_msg=str(cases[i]))
+
+
+def test_arm_build_matches_onnxruntime_under_qemu():
+    """`edgec compile --target arm:cortex-a72` runs both binary convs on the kernel, and on the emulated aarch64
+    device (qemu-user) the integer part (alpha 1, bias 0, flat form) equals onnxruntime on the function form
+    exactly, the float output (real alpha, bias, shift; strided row form) within 1e-5 relative."""
+    from helpers import edgec_ops_on_qemu
+
+    run = edgec_ops_on_qemu()
+    assert run["build"]["binary_conv"] == {"layers": 2, "shapes": ["40->10 3x3/1 8x8", "40->17 3x3/2 8x8"]}
+    got, want = run["outputs"], run["reference"]
+    assert got["bin_int"].shape == want["bin_int"].shape == (1, 10, 8, 8)
+    np.testing.assert_array_equal(got["bin_int"], want["bin_int"])
+    assert np.abs(want["bin_int"]).max() > 10
+    np.testing.assert_allclose(got["bin"], want["bin"], rtol=1e-5, atol=1e-5 * float(np.abs(want["bin"]).max()))
 
 
 def test_batchnorm_after_binary_conv_folds_into_alpha_and_bias(tmp_path):

@@ -47,24 +47,37 @@ AdderConvShape = ConvShape  # an adder conv layer needs nothing beyond the conv'
 class Tiling:
     """The register tile: ``positions`` output columns × ``vectors`` vectors of ``lanes`` output channels.
     ``fma``: accumulate as fma(max(x, w), −2, acc), the accumulation on the FMA pipes (the target's FMA
-    feature); without it acc + (−2)·max, a multiply and an add."""
+    feature); without it acc + (−2)·max, a multiply and an add. ``maxnum``: take the max as LLVM's ``maxnum``
+    (AArch64 ``fmaxnm``, one instruction) instead of TIR's ``max``, which LLVM lowers to compare-and-select: one
+    ``maxps`` on x86, but on NEON ``fcmgt`` + a register copy + ``bsl`` (3 instructions instead of 1, and a 7 × 2
+    tile's selected values spilled to the stack). The two differ only for NaN inputs."""
 
     lanes: int
     vectors: int
     positions: int
     fma: bool = True
+    maxnum: bool = False
 
     @classmethod
     def for_isa(cls, isa: Any, o: int, ow: int) -> Tiling:
         """Two channel vectors where there are that many channels, else one; as many positions as the registers
         hold besides the weight vectors and temporaries (32 registers: 12 × 2, 16 registers: 4 × 2), lowered to
-        at least half of that when a smaller tile wastes fewer columns of the row (28 columns: 7, not 12)."""
+        at least half of that when a smaller tile wastes fewer columns of the row (28 columns: 7, not 12).
+
+        On AArch64 a two-vector tile stops at 7 positions: NEON's ``fmaxnm`` has no memory operand, so each
+        broadcast x is an ``ld1r`` holding a register too (14 accumulators + 7 broadcasts + 2 weights + the scale).
+        In the assembly of eleven 3×3 layers (7-56 columns, cortex-a72 and -a76 alike) the hot loop (3 taps) had
+        no stack access at 6 or 7 × 2, 5-6 at 8 × 2 and 24-31 at the x86 tile's 12 × 2 (an 8-column row takes
+        4 × 2, where LLVM unrolls the whole window: 33 per 9 taps). One vector keeps up to 14: at 7 × 1 LLVM
+        unrolls the whole window too and spills more (25-80) than at 14 × 1 (1-19)."""
         lanes = isa.lanes
         vectors = 2 if o > lanes else 1
         most = max(1, (isa.vector_registers - 2 * vectors - 4) // vectors)
         most = min(most, 12 if vectors == 2 else 14, ow)
+        if isa.arch == "aarch64" and vectors == 2:
+            most = min(most, 7)
         best = min(range(max(1, most // 2), most + 1), key=lambda p: (-(-ow // p) * p, -p))
-        return cls(lanes=lanes, vectors=vectors, positions=best, fma=isa.fma)
+        return cls(lanes=lanes, vectors=vectors, positions=best, fma=isa.fma, maxnum=isa.arch == "aarch64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +164,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     lanes, vb, pb = plan.tiling.lanes, plan.tiling.vectors, plan.tiling.positions
     tiles_o, tiles_x = op_ // (lanes * vb), plan.ow_tiles
     fused = plan.tiling.fma
+    larger = _maxnum if plan.tiling.maxnum else T.max  # evaluated while the script is parsed
 
     x_type = T.Buffer((n_, c_, h_, w_), "float32")
     w_type, cb_type = T.Buffer((op_ // lanes, c_, kh_, kw_, lanes), "float32"), T.Buffer((op_ + lanes,), "float32")
@@ -194,11 +208,11 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                             for v in T.unroll(vb):
                                 for lane in T.vectorized(lanes):
                                     if fused:
-                                        acc[p, v, lane] = T.fma(T.max(
+                                        acc[p, v, lane] = T.fma(larger(
                                             xp[ny // oh_, c, ny % oh_ * sh + i * dh, (tx * pb + p) * sw + j * dw],
                                             wpk[to * vb + v, c, i, j, lane]), scale[lane], acc[p, v, lane])
                                     else:
-                                        acc[p, v, lane] = acc[p, v, lane] + scale[lane] * T.max(
+                                        acc[p, v, lane] = acc[p, v, lane] + scale[lane] * larger(
                                             xp[ny // oh_, c, ny % oh_ * sh + i * dh, (tx * pb + p) * sw + j * dw],
                                             wpk[to * vb + v, c, i, j, lane])
                     for v in T.unroll(vb):
@@ -217,10 +231,18 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     return scheduled(conv, symbol)
 
 
+def _maxnum(a: Any, b: Any) -> Any:
+    """max(a, b) as LLVM's ``maxnum`` intrinsic (AArch64 ``fmaxnm``): see :attr:`Tiling.maxnum`."""
+    from tvm.script import tirx as T
+
+    return T.call_llvm_pure_intrin("float32", "llvm.maxnum", a, b)
+
+
 def takes(isa: Any) -> bool:
-    """Whether this kernel serves a target: x86-64 with AVX (8 or 16 float lanes). Elsewhere (Arm: untested
-    there) the inlined float body stays, which is correct everywhere."""
-    return isa.arch == "x86_64" and isa.lanes >= 8
+    """Whether this kernel serves a target: x86-64 with AVX (8 or 16 float lanes), or AArch64 with NEON (4 lanes,
+    the max as ``fmaxnm`` and a tile of at most 7 × 2: :class:`Tiling`; checked by its assembly and by runs on the
+    emulated device, not timed on a board). Elsewhere the inlined float body stays, which is correct everywhere."""
+    return (isa.arch == "x86_64" and isa.lanes >= 8) or (isa.arch == "aarch64" and isa.has("neon"))
 
 
 def _is_unfold(expr: Any, k: int, lookup: Any) -> bool:

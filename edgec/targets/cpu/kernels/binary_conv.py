@@ -18,7 +18,8 @@ forms (:attr:`Plan.flat`):
   load serves ``ob`` broadcast-xor-popcount-adds. Row form: a parallel task per output row, vectors of output
   columns (a 14-wide row computes 16). Flat form: a task per vector of output positions ``y·OW + x`` (vectors span
   rows; the taps that leave a row's edge are masked to +1). LLVM turns the vector ``ctpop`` into ``vpopcntd``
-  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2.
+  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2; on Arm NEON into
+  ``cnt v.16b`` + ``uaddlp``/``uadalp`` (``udot`` with the dot product extension) (:func:`takes`).
 
 Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
 in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
@@ -376,10 +377,13 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
 
 
 def takes(isa: Any) -> bool:
-    """Whether this kernel serves a target: x86-64 with a vector popcount, native (AVX-512 VPOPCNTDQ) or as
-    LLVM's vpshufb nibble count (AVX2). Elsewhere (Arm for now: its ``cnt`` path is untested) the inlined float
-    body stays, which is correct everywhere."""
-    return isa.arch == "x86_64" and (isa.vpopcntdq or isa.has("avx2"))
+    """Whether this kernel (and binary_gemm's, which asks the same) serves a target: one with a vector popcount.
+    x86-64 has it natively with AVX-512 VPOPCNTDQ and as LLVM's vpshufb nibble count with AVX2; AArch64 NEON as
+    ``cnt v.16b`` summed into the int32 lanes (``uaddlp`` + ``uadalp``, or ``udot`` with the dot product
+    extension). Arm is checked by its assembly and by runs on the emulated device (qemu-user), not timed on a
+    board; its tile is 8 output channels (as with AVX-512's 32 registers) × 4 lanes: 8 accumulators and 8
+    broadcast weight words fit NEON's 32 registers, no stack access in the hot loop. Elsewhere the inlined float body stays, which is correct everywhere."""
+    return (isa.arch == "x86_64" and (isa.vpopcntdq or isa.has("avx2"))) or (isa.arch == "aarch64" and isa.has("neon"))
 
 
 def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:

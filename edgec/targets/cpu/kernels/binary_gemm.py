@@ -14,6 +14,8 @@ Two PrimFuncs per layer, loop nests scheduled by construction:
   weights stream through once per row (a GEMV is bound by the weight stream: 1 bit per weight instead of 32).
 
 LLVM turns the vector ``ctpop`` into ``vpopcntd`` with AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2.
+On Arm NEON (the same applicability check: :func:`~edgec.targets.cpu.kernels.binary_conv.takes`) it is ``cnt v.16b``
+summed into the int32 lanes; the tile is AVX-512's (8 accumulator vectors, 32 registers), of 4 outputs each.
 """
 
 from __future__ import annotations
