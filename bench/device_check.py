@@ -14,7 +14,13 @@ ResNet-18, timm's EfficientNet-Lite0: the same layers, so the same work; the emb
 and MobileNetV2 fp32, and ResNet-18 int8 built twice (with the AMX kernels, ``--cpu-option amx=on``; and as
 edgec ships it, the VNNI kernels),
 each timed by ``edgec bench --threads 1 --compare onnxruntime`` (onnxruntime 1 thread on optimized.onnx: the
-same float graph, or the same QDQ graph, interleaved round by round).
+same float graph, or the same QDQ graph, interleaved round by round); ``g`` (issue 19 item 3) for ``cuda:sm_90``:
+edgec's own ops on the GPU kernels of edgec/targets/gpu/ — ``binary_layers`` (BinaryConv and BinaryGemm layers:
+XNOR + ``__popc``) and ``adder_layers`` (AdderConv: direct −Σ|x − w|), ResNet-sized layers with random weights,
+each layer its own input and output (tests/helpers.edgec_layers_model), checked against onnxruntime on the
+function form (binary: within 1e-5 × max(1, max|ref|) — the integer part is exact, alpha·int + b rounds once on
+the GPU and twice in onnxruntime; adder: 1e-4 relative) and timed by ``edgec bench`` (no PyTorch peer: PyTorch
+has no such layers).
 
 Rehearsal of the run half on this CPU (everything but the device): ``prepare --target x86 --python 3.11 --dir
 /tmp/gpu-x86 --sets a``, then ``.venv/bin/python bench/device_check.py run /tmp/gpu-x86/a.tar.xz --out /tmp/o``.
@@ -58,7 +64,23 @@ GPU_DIR = REPO / ".gpu"
 SETS = {"a": ("cuda:sm_90", ("default", "efficientnet")), "b": ("cuda:sm_90", ("resnet18",)),
         "x": ("x86:spr", ("resnet18:int8#amx=on", "resnet18:int8")),
         "y": ("x86:spr", ("efficientnet", "mobilenet_v2")),
-        "r": ("x86", ("default", "default:int8"))}  # r: rehearses the CPU half here (not in the default --sets)
+        "r": ("x86", ("default", "default:int8")),  # r: rehearses the CPU half here (not in the default --sets)
+        "g": ("cuda:sm_90", ("binary_layers", "adder_layers"))}
+# set g's models: tests/helpers.edgec_layers_model layers, batch 1, random weights (latency does not depend on
+# them): ("binary_conv" | "adder_conv", C, O, H, W, k, stride, pad, dilation) or ("binary_gemm", K, O)
+KERNEL_MODELS = {
+    "binary_layers": [("binary_conv", 64, 64, 56, 56, 3, 1, 1, 1), ("binary_conv", 64, 128, 56, 56, 3, 2, 1, 1),
+                      ("binary_conv", 128, 128, 28, 28, 3, 1, 1, 1), ("binary_conv", 256, 256, 14, 14, 3, 1, 1, 1),
+                      ("binary_conv", 100, 40, 17, 19, 3, 1, 2, 2), ("binary_gemm", 4096, 1000),
+                      ("binary_gemm", 100, 37)],
+    "adder_layers": [("adder_conv", 3, 16, 112, 112, 3, 1, 1, 1), ("adder_conv", 16, 32, 56, 56, 3, 2, 1, 1),
+                     ("adder_conv", 32, 32, 28, 28, 3, 1, 1, 1), ("adder_conv", 64, 64, 14, 14, 3, 1, 1, 1),
+                     ("adder_conv", 20, 13, 17, 19, 3, 1, 2, 2)],
+}
+MODEL_TOLERANCE = {"binary_layers": 1e-5, "adder_layers": 1e-4}  # else TOLERANCE
+# H200 bounds for set g's rates (CUDA C guide throughput table, cc 9.0: 16 popc and 128 fp32 adds per SM per
+# clock; 132 SMs at 1.98 GHz boost): binary MAC/s = 32 × popc/s; adder terms/s = fp32 adds/s / 2 (sub, |·| add)
+H200_BOUNDS = {"binary_macs": 132 * 1.98e9 * 16 * 32, "adder_terms": 132 * 1.98e9 * 128 / 2}
 CPU_ROUNDS, CPU_RUNS = 10, 300  # edgec bench --compare onnxruntime: rounds, runs (1 thread)
 GPU_ROUNDS, GPU_RUNS = 3, 300  # edgec bench and PyTorch eager take turns this many times, this many runs each
 CALL_LIMIT_BYTES = 64 * 2**20
@@ -160,9 +182,38 @@ def _input_shape(source: str) -> list[int]:
 
 
 def _source(model: str) -> str:
+    if model in KERNEL_MODELS:
+        return _kernel_model(model)
     import compile_vs_ort as cvo  # the bench models, exported once into bench/.cache
 
     return cvo.prepare(model)["source"]
+
+
+def _kernel_work(model: str) -> dict[str, int]:
+    """Set g's model's work: binary multiply-adds (one bit each) and adder terms |x − w|."""
+    work = {"binary_macs": 0, "adder_terms": 0}
+    for kind, *dims in KERNEL_MODELS.get(model, []):
+        if kind == "binary_gemm":
+            work["binary_macs"] += dims[0] * dims[1]
+            continue
+        c, o, h, w, k, stride, pad, dilation = dims
+        oh, ow = ((d + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for d in (h, w))
+        work["binary_macs" if kind == "binary_conv" else "adder_terms"] += c * o * k * k * oh * ow
+    return {key: value for key, value in work.items() if value}
+
+
+def _kernel_model(model: str) -> str:
+    """Set g's model ``model`` (:data:`KERNEL_MODELS`), written once into bench/.cache/gpu-kernels/."""
+    import onnx
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import edgec_layers_model
+
+    path = HERE / ".cache" / "gpu-kernels" / f"{model}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(edgec_layers_model(KERNEL_MODELS[model], n=1, seed=0), str(path))
+    return str(path)
 
 
 def prepare(target: str | None, sets: list[str], python: str = DEVICE_PYTHON, folder: Path = GPU_DIR) -> int:
@@ -312,8 +363,9 @@ def _check(edgec: list[str], entry: Entry, art: Path, data: Path, work: Path, en
         row["verify"] = (proc.stdout + proc.stderr).strip()[-600:]
         row["status"] = "PASS" if proc.returncode == 0 else "FAIL"
     else:
-        row["bound"] = TOLERANCE
-        row["status"] = "PASS" if row["max_scaled_diff"] <= TOLERANCE else "FAIL"
+        row["bound"] = MODEL_TOLERANCE.get(entry.model, TOLERANCE)
+        row["max_abs_diff"] = max(float(np.abs(got[key].astype(np.float64) - ref[key]).max()) for key in ref.files)
+        row["status"] = "PASS" if row["max_scaled_diff"] <= row["bound"] else "FAIL"
     return row
 
 
@@ -336,6 +388,8 @@ def run(bundle: Path, out: Path) -> int:
         start = time.perf_counter()
         row = {"model": entry.folder, **_check(edgec, entry, art, data, work, env)}
         row["run_seconds"] = round(time.perf_counter() - start, 2)
+        build = json.loads((art / "manifest.json").read_text())["target"].get("build", {})
+        row["kernels"] = {k: build[k]["layers"] for k in ("binary_conv", "binary_gemm", "adder_conv") if k in build}
         print(f"{entry.folder}: {row['status']} max |edgec - onnxruntime| / max(1, max|ref|) = "
               f"{row.get('max_scaled_diff', float('nan')):.2e}, top-1 equal {row.get('top1_equal')} "
               f"{row.get('verify', '')} {row.get('error', '')}", flush=True)
@@ -344,6 +398,11 @@ def run(bundle: Path, out: Path) -> int:
             try:
                 if json.loads((art / "manifest.json").read_text())["target"]["family"] == "cuda":
                     _bench_gpu(edgec, entry, art, inputs, out, env, row)
+                    for key, ops in _kernel_work(entry.model).items():  # set g: rate at p50 vs the H200 bound
+                        rate = ops / (row["latency_ms"]["p50"] * 1e-3)
+                        row.setdefault("rates", {})[key] = {"per_s": rate, "h200_bound_per_s": H200_BOUNDS[key]}
+                        print(f"{entry.folder}: {ops / 1e6:.1f} M {key} at p50: {rate / 1e12:.3f} T/s (H200 bound "
+                              f"{H200_BOUNDS[key] / 1e12:.1f} T/s; launch-bound at batch 1)", flush=True)
                 else:
                     rec = _bench(edgec, art, inputs, out / f"bench_{entry.folder}.json", env,
                                  ["--threads", "1", "--runs", str(CPU_RUNS), "--warmup", "20", "--max-seconds", "90",

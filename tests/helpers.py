@@ -233,7 +233,8 @@ def edgec_layers_model(layers: list[tuple], n: int = 1, seed: int = 0) -> onnx.M
             xshape = [n, c, h, w]
             weights = rng.standard_normal((o, c, k, k)).astype(np.float32)
             if kind == "binary_conv":
-                names = [init("w", pack_signs(weights, axis=1)), init("a", rng.uniform(0.05, 0.5, o).astype(np.float32)),
+                names = [init("w", pack_signs(weights, axis=1)),
+                         init("a", rng.uniform(0.05, 0.5, o).astype(np.float32)),
                          init("s", (0.1 * rng.standard_normal(c)).astype(np.float32)),
                          init("b", rng.standard_normal(o).astype(np.float32))]
                 op = "BinaryConv"
