@@ -19,8 +19,9 @@ edgec's own ops on the GPU kernels of edgec/targets/gpu/ — ``binary_layers`` (
 XNOR + ``__popc``) and ``adder_layers`` (AdderConv: direct −Σ|x − w|), ResNet-sized layers with random weights,
 each layer its own input and output (tests/helpers.edgec_layers_model), checked against onnxruntime on the
 function form (binary: within 1e-5 × max(1, max|ref|) — the integer part is exact, alpha·int + b rounds once on
-the GPU and twice in onnxruntime; adder: 1e-4 relative) and timed by ``edgec bench`` (no PyTorch peer: PyTorch
-has no such layers).
+the GPU and twice in onnxruntime; adder: 1e-4 relative) and timed by ``edgec bench`` next to PyTorch eager
+running the same shapes as float layers (cuDNN convs and linears: what the layers cost as the float layers they
+replace), with each model's rate against an H200 bound.
 
 Rehearsal of the run half on this CPU (everything but the device): ``prepare --target x86 --python 3.11 --dir
 /tmp/gpu-x86 --sets a``, then ``.venv/bin/python bench/device_check.py run /tmp/gpu-x86/a.tar.xz --out /tmp/o``.
@@ -308,13 +309,15 @@ def _torch_peer(model: str) -> Callable[[int], list[float]] | None:
             import timm
 
             net = timm.create_model("efficientnet_lite0")
+        elif model in KERNEL_MODELS:
+            net = _float_layers(KERNEL_MODELS[model])
         else:
             return None
     except ImportError:
         return None
     torch.backends.cudnn.benchmark = True
     net = net.eval().cuda()
-    x = torch.randn(1, 3, 224, 224, device="cuda")
+    x = net.example_input() if model in KERNEL_MODELS else torch.randn(1, 3, 224, 224, device="cuda")
 
     def timed(runs: int) -> list[float]:
         out = []
@@ -330,6 +333,35 @@ def _torch_peer(model: str) -> Callable[[int], list[float]] | None:
         return out
 
     return timed
+
+
+def _float_layers(layers: list[tuple]):
+    """Set g's peer: the same layers as PyTorch float convs / linears (cuDNN, fp32, the same shapes, strides,
+    padding, dilation): what the layers cost as the float layers they replace. An adder layer's peer is the float
+    conv of its shape (AdderNet's own PyTorch form, unfold + |·| + sum, is far slower)."""
+    import torch
+
+    class Layers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = torch.nn.ModuleList()
+            self.shapes = []
+            for kind, *dims in layers:
+                if kind == "binary_gemm":
+                    self.ops.append(torch.nn.Linear(dims[0], dims[1]))
+                    self.shapes.append((1, dims[0]))
+                else:
+                    c, o, h, w, k, stride, pad, dilation = dims
+                    self.ops.append(torch.nn.Conv2d(c, o, k, stride, pad, dilation))
+                    self.shapes.append((1, c, h, w))
+
+        def example_input(self):
+            return [torch.randn(*shape, device="cuda") for shape in self.shapes]
+
+        def forward(self, xs):
+            return [op(x) for op, x in zip(self.ops, xs)]
+
+    return Layers()
 
 
 def _bench(edgec: list[str], art: Path, inputs: Path, json_path: Path, env: dict[str, str],
