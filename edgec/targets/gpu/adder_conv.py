@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgec.targets.cpu.kernels.adder_conv import AdderConvShape, adder_conv_parts
+from edgec.targets.cpu.kernels.binary_conv import padded_vector
 from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, scheduled
 
 CONV_SYMBOL = "edgec_cuda_adder_conv"
@@ -68,12 +69,6 @@ def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
     full[: w.shape[0]] = w
     tiles = full.reshape(plan.o_padded // plan.ob, plan.ob, *w.shape[1:])
     return np.ascontiguousarray(tiles.transpose(0, 2, 3, 4, 1))
-
-
-def padded_bias(bias: np.ndarray, plan: Plan) -> np.ndarray:
-    out = np.zeros(plan.o_padded, np.float32)
-    out[: bias.shape[0]] = bias
-    return out
 
 
 def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
@@ -137,7 +132,7 @@ def adder_conv_pass(stats: dict[str, Any] | None = None):
         plan = Plan.for_shape(shape)
         conv = builder.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
         return relax.call_tir(conv, [parts["x"], relax.const(pack_weights(parts["w"], plan)),
-                                     relax.const(padded_bias(parts["bias"], plan))],
+                                     relax.const(padded_vector(parts["bias"], plan))],
                               out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32")), shape
 
     return op_kernel_pass("EdgecCudaAdderConvKernels", lambda: True, rewrite, stats)

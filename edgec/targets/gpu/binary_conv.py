@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgec.ops.packing import pack_signs
-from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, BinaryConvShape, binary_conv_parts
+from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, BinaryConvShape, binary_conv_parts, padded_vector
 from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, scheduled
 
 PACK_SYMBOL = "edgec_cuda_binary_pack"
@@ -93,13 +93,6 @@ def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
     full[: w.shape[0]] = words
     tiles = full.reshape(plan.o_padded // plan.ob, plan.ob, *words.shape[1:])  # [T, ob, Cw, kh, kw]
     return np.ascontiguousarray(tiles.transpose(0, 3, 4, 2, 1))
-
-
-def padded_vector(values: np.ndarray, plan: Plan) -> np.ndarray:
-    """A per-output-channel vector (alpha, bias) zero-padded to whole channel tiles."""
-    out = np.zeros(plan.o_padded, np.float32)
-    out[: values.shape[0]] = values
-    return out
 
 
 def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
