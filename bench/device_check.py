@@ -17,6 +17,14 @@ each timed by ``edgec bench --threads 1 --compare onnxruntime`` (onnxruntime 1 t
 same float graph, or the same QDQ graph, interleaved round by round); ``z`` ResNet-18 fp32 and int8 for
 ``x86:spr``, which are then also timed against each other, taking turns (issue 15: int8 ≥ 2× fp32 with VNNI).
 A GPU artifact is also profiled (``edgec bench --profile``: every kernel timed alone on the GPU).
+``g`` (issue 19 item 3) for ``cuda:sm_90``:
+edgec's own ops on the GPU kernels of edgec/targets/gpu/ — ``binary_layers`` (BinaryConv and BinaryGemm layers:
+XNOR + ``__popc``) and ``adder_layers`` (AdderConv: direct −Σ|x − w|), ResNet-sized layers with random weights,
+each layer its own input and output (tests/helpers.edgec_layers_model), checked against onnxruntime on the
+function form (binary: within 1e-5 × max(1, max|ref|) — the integer part is exact, alpha·int + b rounds once on
+the GPU and twice in onnxruntime; adder: 1e-4 relative) and timed by ``edgec bench`` next to PyTorch eager
+running the same shapes as float layers (cuDNN convs and linears: what the layers cost as the float layers they
+replace), with each model's rate against an H200 bound.
 
 Rehearsal of the run half on this CPU (everything but the device): ``prepare --target x86 --python 3.11 --dir
 /tmp/gpu-x86 --sets a``, then ``.venv/bin/python bench/device_check.py run /tmp/gpu-x86/a.tar.xz --out /tmp/o``.
@@ -61,7 +69,31 @@ SETS = {"a": ("cuda:sm_90", ("default", "efficientnet")), "b": ("cuda:sm_90", ("
         "x": ("x86:spr", ("resnet18:int8#amx=on", "resnet18:int8")),
         "y": ("x86:spr", ("efficientnet", "mobilenet_v2")),
         "z": ("x86:spr", ("resnet18", "resnet18:int8")),  # int8 vs fp32 taking turns (issue 15: ≥ 2× with VNNI)
-        "r": ("x86", ("default", "default:int8"))}  # r: rehearses the CPU half here (not in the default --sets)
+        "p": ("x86:spr", ("fconv256x14", "bconv256x14", "fconv128x28", "bconv128x28", "aconv128x28")),
+        "r": ("x86", ("default", "default:int8")),  # r: rehearses the CPU half here (not in the default --sets)
+        "g": ("cuda:sm_90", ("binary_layers", "adder_layers"))}
+# set g's models: tests/helpers.edgec_layers_model layers, batch 1, random weights (latency does not depend on
+# them): ("binary_conv" | "adder_conv", C, O, H, W, k, stride, pad, dilation) or ("binary_gemm", K, O)
+KERNEL_MODELS = {
+    "binary_layers": [("binary_conv", 64, 64, 56, 56, 3, 1, 1, 1), ("binary_conv", 64, 128, 56, 56, 3, 2, 1, 1),
+                      ("binary_conv", 128, 128, 28, 28, 3, 1, 1, 1), ("binary_conv", 256, 256, 14, 14, 3, 1, 1, 1),
+                      ("binary_conv", 100, 40, 17, 19, 3, 1, 2, 2), ("binary_gemm", 4096, 1000),
+                      ("binary_gemm", 100, 37)],
+    "adder_layers": [("adder_conv", 3, 16, 112, 112, 3, 1, 1, 1), ("adder_conv", 16, 32, 56, 56, 3, 2, 1, 1),
+                     ("adder_conv", 32, 32, 28, 28, 3, 1, 1, 1), ("adder_conv", 64, 64, 14, 14, 3, 1, 1, 1),
+                     ("adder_conv", 20, 13, 17, 19, 3, 1, 2, 2)],
+}
+KERNEL_MODELS.update({  # set p: issue 19's layers on the CPU kernels (x86:spr has VPOPCNTDQ), one layer each
+    f"{kind[0]}conv{c}x{side}": [(f"{kind}_conv", c, c, side, side, 3, 1, 1, 1)]
+    for kind in ("float", "binary", "adder") for c, side in ((256, 14), (128, 28))})
+# (base, contender, bound): timed against each other taking turns; the speed-up is base p50 / contender p50
+PAIRS = {"z": [("resnet18", "resnet18:int8", ">= 2.0 where the host has VNNI (issue 15)")],
+         "p": [("fconv256x14", "bconv256x14", ">= 10 (issue 19)"), ("fconv128x28", "bconv128x28", ">= 10 (issue 19)"),
+               ("fconv128x28", "aconv128x28", ">= 0.83, i.e. within 1.2x of the fp32 conv's latency (issue 19)")]}
+MODEL_TOLERANCE = {"binary_layers": 1e-5, "adder_layers": 1e-4}  # else TOLERANCE
+# H200 bounds for set g's rates (CUDA C guide throughput table, cc 9.0: 16 popc and 128 fp32 adds per SM per
+# clock; 132 SMs at 1.98 GHz boost): binary MAC/s = 32 × popc/s; adder terms/s = fp32 adds/s / 2 (sub, |·| add)
+H200_BOUNDS = {"binary_macs": 132 * 1.98e9 * 16 * 32, "adder_terms": 132 * 1.98e9 * 128 / 2}
 CPU_ROUNDS, CPU_RUNS = 10, 300  # edgec bench --compare onnxruntime: rounds, runs (1 thread)
 PAIR_ROUNDS, PAIR_RUNS = 7, 60  # a model's fp32 and int8 artifacts in one set: edgec bench of each, taking turns
 GPU_ROUNDS, GPU_RUNS = 3, 300  # edgec bench and PyTorch eager take turns this many times, this many runs each
@@ -164,9 +196,38 @@ def _input_shape(source: str) -> list[int]:
 
 
 def _source(model: str) -> str:
+    if model in KERNEL_MODELS:
+        return _kernel_model(model)
     import compile_vs_ort as cvo  # the bench models, exported once into bench/.cache
 
     return cvo.prepare(model)["source"]
+
+
+def _kernel_work(model: str) -> dict[str, int]:
+    """Set g's model's work: binary multiply-adds (one bit each) and adder terms |x − w|."""
+    work = {"binary_macs": 0, "adder_terms": 0}
+    for kind, *dims in KERNEL_MODELS.get(model, []):
+        if kind == "binary_gemm":
+            work["binary_macs"] += dims[0] * dims[1]
+            continue
+        c, o, h, w, k, stride, pad, dilation = dims
+        oh, ow = ((d + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for d in (h, w))
+        work["binary_macs" if kind == "binary_conv" else "adder_terms"] += c * o * k * k * oh * ow
+    return {key: value for key, value in work.items() if value}
+
+
+def _kernel_model(model: str) -> str:
+    """Set g's model ``model`` (:data:`KERNEL_MODELS`), written once into bench/.cache/gpu-kernels/."""
+    import onnx
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers import edgec_layers_model
+
+    path = HERE / ".cache" / "gpu-kernels" / f"{model}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(edgec_layers_model(KERNEL_MODELS[model], n=1, seed=0), str(path))
+    return str(path)
 
 
 def prepare(target: str | None, sets: list[str], python: str = DEVICE_PYTHON, folder: Path = GPU_DIR) -> int:
@@ -261,13 +322,15 @@ def _torch_peer(model: str) -> Callable[[int], list[float]] | None:
             import timm
 
             net = timm.create_model("efficientnet_lite0")
+        elif model in KERNEL_MODELS:
+            net = _float_layers(KERNEL_MODELS[model])
         else:
             return None
     except ImportError:
         return None
     torch.backends.cudnn.benchmark = True
     net = net.eval().cuda()
-    x = torch.randn(1, 3, 224, 224, device="cuda")
+    x = net.example_input() if model in KERNEL_MODELS else torch.randn(1, 3, 224, 224, device="cuda")
 
     def timed(runs: int) -> list[float]:
         out = []
@@ -283,6 +346,35 @@ def _torch_peer(model: str) -> Callable[[int], list[float]] | None:
         return out
 
     return timed
+
+
+def _float_layers(layers: list[tuple]):
+    """Set g's peer: the same layers as PyTorch float convs / linears (cuDNN, fp32, the same shapes, strides,
+    padding, dilation): what the layers cost as the float layers they replace. An adder layer's peer is the float
+    conv of its shape (AdderNet's own PyTorch form, unfold + |·| + sum, is far slower)."""
+    import torch
+
+    class Layers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = torch.nn.ModuleList()
+            self.shapes = []
+            for kind, *dims in layers:
+                if kind == "binary_gemm":
+                    self.ops.append(torch.nn.Linear(dims[0], dims[1]))
+                    self.shapes.append((1, dims[0]))
+                else:
+                    c, o, h, w, k, stride, pad, dilation = dims
+                    self.ops.append(torch.nn.Conv2d(c, o, k, stride, pad, dilation))
+                    self.shapes.append((1, c, h, w))
+
+        def example_input(self):
+            return [torch.randn(*shape, device="cuda") for shape in self.shapes]
+
+        def forward(self, xs):
+            return [op(x) for op, x in zip(self.ops, xs)]
+
+    return Layers()
 
 
 def _bench(edgec: list[str], art: Path, inputs: Path, json_path: Path, env: dict[str, str],
@@ -316,8 +408,9 @@ def _check(edgec: list[str], entry: Entry, art: Path, data: Path, work: Path, en
         row["verify"] = (proc.stdout + proc.stderr).strip()[-600:]
         row["status"] = "PASS" if proc.returncode == 0 else "FAIL"
     else:
-        row["bound"] = TOLERANCE
-        row["status"] = "PASS" if row["max_scaled_diff"] <= TOLERANCE else "FAIL"
+        row["bound"] = MODEL_TOLERANCE.get(entry.model, TOLERANCE)
+        row["max_abs_diff"] = max(float(np.abs(got[key].astype(np.float64) - ref[key]).max()) for key in ref.files)
+        row["status"] = "PASS" if row["max_scaled_diff"] <= row["bound"] else "FAIL"
     return row
 
 
@@ -340,6 +433,8 @@ def run(bundle: Path, out: Path) -> int:
         start = time.perf_counter()
         row = {"model": entry.folder, **_check(edgec, entry, art, data, work, env)}
         row["run_seconds"] = round(time.perf_counter() - start, 2)
+        build = json.loads((art / "manifest.json").read_text())["target"].get("build", {})
+        row["kernels"] = {k: build[k]["layers"] for k in ("binary_conv", "binary_gemm", "adder_conv") if k in build}
         print(f"{entry.folder}: {row['status']} max |edgec - onnxruntime| / max(1, max|ref|) = "
               f"{row.get('max_scaled_diff', float('nan')):.2e}, top-1 equal {row.get('top1_equal')} "
               f"{row.get('verify', '')} {row.get('error', '')}", flush=True)
@@ -348,10 +443,17 @@ def run(bundle: Path, out: Path) -> int:
             try:
                 if json.loads((art / "manifest.json").read_text())["target"]["family"] == "cuda":
                     _bench_gpu(edgec, entry, art, inputs, out, env, row)
+                    for key, ops in _kernel_work(entry.model).items():  # set g: rate at p50 vs the H200 bound
+                        rate = ops / (row["latency_ms"]["p50"] * 1e-3)
+                        row.setdefault("rates", {})[key] = {"per_s": rate, "h200_bound_per_s": H200_BOUNDS[key]}
+                        print(f"{entry.folder}: {ops / 1e6:.1f} M {key} at p50: {rate / 1e12:.3f} T/s (H200 bound "
+                              f"{H200_BOUNDS[key] / 1e12:.1f} T/s; launch-bound at batch 1)", flush=True)
                 else:
                     rec = _bench(edgec, art, inputs, out / f"bench_{entry.folder}.json", env,
-                                 ["--threads", "1", "--runs", str(CPU_RUNS), "--warmup", "20", "--max-seconds", "90",
-                                  "--compare", "onnxruntime", "--rounds", str(CPU_ROUNDS)])
+                                 ["--threads", "1", "--warmup", "20", "--compare", "onnxruntime",
+                                  *(["--runs", "30", "--rounds", "3", "--max-seconds", "20"]  # onnxruntime: the
+                                    if entry.model in KERNEL_MODELS  # function form (an adder's unfold is slow)
+                                    else ["--runs", str(CPU_RUNS), "--rounds", str(CPU_ROUNDS), "--max-seconds", "90"])])
                     row["latency_ms"] = rec["latency_ms"]
                     row["onnxruntime"] = {k: rec["compare"]["onnxruntime"][k] for k in ("latency_ms", "ratio")}
                     row["host"] = rec["host"]
@@ -359,36 +461,40 @@ def run(bundle: Path, out: Path) -> int:
                 row.update(status="FAIL", error=str(exc))
         failed += row["status"] != "PASS"
         record["models"].append(row)
-    record["int8_vs_fp32"] = _int8_vs_fp32(edgec, SETS[name][1], data, out, env, record["models"])
+    record["pairs"] = _pairs(edgec, name, data, out, env, record["models"])
     (out / f"device_check_{name}.json").write_text(json.dumps(record, indent=1))
     return 1 if failed else 0
 
 
-def _int8_vs_fp32(edgec: list[str], entries: tuple[str, ...], data: Path, out: Path, env: dict[str, str],
-                  rows: list[dict]) -> list[dict]:
-    """For a model whose fp32 and int8 artifacts are both in the set (and passed): ``edgec bench --threads 1`` of
-    each taking turns PAIR_ROUNDS times (the host drifts; bench/int8_speed.py does the same here); per round the
-    fp32 p50 / int8 p50 speed-up, and its median (issue 15's bound: ≥ 2× where the host has VNNI)."""
-    passed = {r["model"] for r in rows if r["status"] == "PASS"}
+def _pairs(edgec: list[str], name: str, data: Path, out: Path, env: dict[str, str], rows: list[dict]) -> list[dict]:
+    """The set's :data:`PAIRS` (a base artifact and a contender, both passed): ``edgec bench --threads 1`` of each
+    taking turns PAIR_ROUNDS times (the host drifts; bench/int8_speed.py does the same here); per round the base's
+    p50 / the contender's (the speed-up), its median, and the bound. Where the base was compared with
+    onnxruntime, onnxruntime's p50 on the base / the contender's too."""
+    by_folder = {r["model"]: r for r in rows if r["status"] == "PASS"}
     found = []
-    parsed = [Entry.parse(e) for e in entries]
-    for fp32 in [e for e in parsed if not e.int8 and not e.cpu_options]:
-        int8 = next((e for e in parsed if e.int8 and e.model == fp32.model and e.target == fp32.target
-                     and not e.cpu_options), None)
-        if int8 is None or not {fp32.folder, int8.folder} <= passed:
+    for base_text, contender_text, bound in PAIRS.get(name, ()):
+        base, contender = Entry.parse(base_text), Entry.parse(contender_text)
+        if not {base.folder, contender.folder} <= set(by_folder):
             continue
-        p50 = {fp32.folder: [], int8.folder: []}
+        p50: dict[str, list[float]] = {base.folder: [], contender.folder: []}
         for _ in range(PAIR_ROUNDS):
-            for e in (fp32, int8):
+            for e in (base, contender):
                 rec = _bench(edgec, data / e.folder, data / f"{e.folder}.inputs.npz", out / f"pair_{e.folder}.json",
                              env, ["--threads", "1", "--runs", str(PAIR_RUNS), "--warmup", "10"])
                 p50[e.folder].append(rec["latency_ms"]["p50"])
-        speedups = [f / i for f, i in zip(p50[fp32.folder], p50[int8.folder])]
-        row = {"model": fp32.model, "fp32_p50_ms": p50[fp32.folder], "int8_p50_ms": p50[int8.folder],
-               "speedup_per_round": [round(v, 3) for v in speedups], "speedup_median": round(float(np.median(speedups)), 3),
-               "bound": ">= 2.0 where the host has VNNI"}
-        print(f"{fp32.model}: int8 {float(np.median(p50[int8.folder])):.3f} ms vs fp32 {float(np.median(p50[fp32.folder])):.3f}"
-              f" ms: int8 {row['speedup_median']}x faster (per round {row['speedup_per_round']}; bound >= 2.0x with VNNI)",
+        speedups = [b / c for b, c in zip(p50[base.folder], p50[contender.folder])]
+        row = {"base": base.folder, "contender": contender.folder, "base_p50_ms": p50[base.folder],
+               "contender_p50_ms": p50[contender.folder], "speedup_per_round": [round(v, 3) for v in speedups],
+               "speedup_median": round(float(np.median(speedups)), 3), "bound": bound}
+        ort = (by_folder[base.folder].get("onnxruntime") or {}).get("latency_ms", {}).get("p50")
+        if ort:
+            row["onnxruntime_base_p50_ms"] = ort
+            row["speedup_vs_onnxruntime_base"] = round(ort / float(np.median(p50[contender.folder])), 3)
+        print(f"{contender.folder} vs {base.folder}: {float(np.median(p50[contender.folder])):.4f} ms vs "
+              f"{float(np.median(p50[base.folder])):.4f} ms: {row['speedup_median']}x faster (per round "
+              f"{row['speedup_per_round']}; bound {bound})"
+              + (f"; onnxruntime on {base.folder} {ort:.4f} ms: {row['speedup_vs_onnxruntime_base']}x" if ort else ""),
               flush=True)
         found.append(row)
     return found

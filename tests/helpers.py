@@ -314,3 +314,50 @@ def edgec_ops_on_qemu(target: str = "arm:cortex-a72", seed: int = 1) -> dict:
     names = [o.name for o in model.graph.output]
     return {"build": result.artifact.manifest["target"]["build"], "outputs": outputs,
             "reference": dict(zip(names, reference))}
+def edgec_layers_model(layers: list[tuple], n: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A model of independent ``edgec`` op layers with random weights, one input ``x{i}`` and output ``y{i}`` per
+    layer (so each layer's output is compared on its own, not through the next layer's signs):
+    ``("binary_conv" | "adder_conv" | "float_conv", C, O, H, W, k, stride, pad, dilation)`` or ``("binary_gemm", K,
+    O)``; batch ``n``. ``float_conv``: a plain ONNX Conv, the float layer the others replace. What tests/test_gpu_kernels.py and bench/device_check.py (set ``g``) run the GPU kernels on."""
+    from edgec.ops.functions import DOMAIN, add_functions
+    from edgec.ops.packing import pack_signs
+
+    rng = np.random.default_rng(seed)
+    nodes, inputs, outputs, inits = [], [], [], []
+    for i, (kind, *dims) in enumerate(layers):
+        def init(name: str, value: np.ndarray) -> str:
+            inits.append(numpy_helper.from_array(value, f"{name}{i}"))
+            return f"{name}{i}"
+
+        if kind == "binary_gemm":
+            k, o = dims
+            xshape = [n, k]
+            names = [init("w", pack_signs(rng.standard_normal((o, k)).astype(np.float32), axis=1)),
+                     init("a", rng.uniform(0.05, 0.5, o).astype(np.float32)),
+                     init("s", (0.1 * rng.standard_normal(k)).astype(np.float32)),
+                     init("b", rng.standard_normal(o).astype(np.float32))]
+            nodes.append(helper.make_node("BinaryGemm", [f"x{i}", *names], [f"y{i}"], domain=DOMAIN))
+            yshape = [n, o]
+        else:
+            c, o, h, w, k, stride, pad, dilation = dims
+            xshape = [n, c, h, w]
+            weights = rng.standard_normal((o, c, k, k)).astype(np.float32)
+            if kind == "binary_conv":
+                names = [init("w", pack_signs(weights, axis=1)),
+                         init("a", rng.uniform(0.05, 0.5, o).astype(np.float32)),
+                         init("s", (0.1 * rng.standard_normal(c)).astype(np.float32)),
+                         init("b", rng.standard_normal(o).astype(np.float32))]
+                op = "BinaryConv"
+            else:
+                names = [init("w", weights if kind == "adder_conv" else weights * np.float32(0.05)),
+                         init("b", rng.standard_normal(o).astype(np.float32))]
+                op = "AdderConv" if kind == "adder_conv" else "Conv"
+            nodes.append(helper.make_node(op, [f"x{i}", *names], [f"y{i}"], strides=[stride] * 2, pads=[pad] * 4,
+                                          dilations=[dilation] * 2, **({} if op == "Conv" else {"domain": DOMAIN})))
+            yshape = [n, o] + [(d + 2 * pad - dilation * (k - 1) - 1) // stride + 1 for d in (h, w)]
+        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, xshape))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, yshape))
+    graph = helper.make_graph(nodes, "edgec_layers", inputs, outputs, inits)
+    model = add_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -6,6 +6,10 @@ exported library then carries CUDA *source* for whoever loads it. The builder th
 whose library path holds a stub driver (every entry point returns CUDA_ERROR_NO_DEVICE, generated from the symbols
 TVM's CUDA runtime imports) and sets ``TVM_CUDA_COMPILE_MODE=nvcc``: the library then holds a fatbin for exactly
 the named architecture. With a real driver present the stub is not used.
+
+edgec's own ops (binary and adder layers) reach Relax as float bodies; the hand-written kernels of
+:mod:`edgec.targets.gpu` replace them first (:func:`schedule_for_cuda`), and the child hands back which layers they
+took in a JSON file beside the library, which the build details report (``binary_conv``, ``adder_conv``, ...).
 """
 
 from __future__ import annotations
@@ -125,15 +129,15 @@ def build_cuda(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opt
     if uses_stub:
         env["LD_LIBRARY_PATH"] = f"{stub_driver_dir()}:{env.get('LD_LIBRARY_PATH', '')}"
     model_path = lib_path.with_suffix(".build.onnx")
-    kernels_path = lib_path.with_suffix(".kernels.json")
+    report_path = _report_path(lib_path)
     onnx.save(model, str(model_path))
     try:
         proc = subprocess.run([sys.executable, "-m", "edgec.targets.cuda", str(model_path), preset.name,
-                               str(lib_path), str(kernels_path)], env=env, capture_output=True, text=True)
-        kernels = json.loads(kernels_path.read_text()) if proc.returncode == 0 else []
+                               str(lib_path)], env=env, capture_output=True, text=True)
+        report = json.loads(report_path.read_text()) if proc.returncode == 0 and report_path.exists() else {}
     finally:
         model_path.unlink(missing_ok=True)
-        kernels_path.unlink(missing_ok=True)
+        report_path.unlink(missing_ok=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         message = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -143,18 +147,40 @@ def build_cuda(model: onnx.ModelProto, preset: TargetPreset, lib_path: Path, opt
     data = lib_path.read_bytes()
     if FATBIN_MAGIC not in data:
         raise RuntimeError(f"the CUDA library for {preset.tvm['arch']} holds no fatbin (nvcc did not run)")
-    return BuildInfo(seconds=time.perf_counter() - start,
-                     details={"tvm_target": str(preset.tvm_target()), "cubin_arch": preset.tvm["arch"],
-                              "stub_driver": uses_stub, "schedules": "dlight default GPU rules",
-                              "kernels": kernels})
+    details = {"tvm_target": str(preset.tvm_target()), "cubin_arch": preset.tvm["arch"], "stub_driver": uses_stub,
+               "schedules": "edgec GPU kernels (binary, adder), dlight default GPU rules"}
+    details.update({name: stats for name, stats in report.get("layers", {}).items() if stats.get("layers")})
+    details["kernels"] = report.get("kernels", [])  # what ``edgec bench --profile`` times on the GPU
+    return BuildInfo(seconds=time.perf_counter() - start, details=details)
 
 
-def _build_in_child(model_path: Path, preset_name: str, lib_path: Path, kernels_path: Path) -> None:
-    """The build itself (in the child with the stub driver); also writes the kernel list ``edgec bench --profile``
-    times on the GPU (kernel_list.kernel_table: names, calls, buffer shapes) to ``kernels_path``."""
-    import tvm
+def _report_path(lib_path: Path) -> Path:
+    """Where the build child leaves what it did: the edgec kernels' layers, the kernel list."""
+    return lib_path.with_suffix(".build.json")
+
+
+def schedule_for_cuda(mod: Any, kernels: dict[str, dict[str, Any]]) -> Any:
+    """Relax module → every function scheduled for the current CUDA target (call inside ``with target``): edgec's
+    GPU kernel passes (:data:`edgec.targets.gpu.registry.KERNELS`, before legalization, which would turn the op
+    bodies into float loops), the zero pipeline, then dlight's default GPU rules (which skip the kernels: they
+    are scheduled). ``kernels`` (owned by the caller) gets each kernel's ``{"layers", "shapes"}``."""
     from tvm import relax
     from tvm.s_tir import dlight as dl
+
+    from edgec.targets.gpu.registry import rewrite_passes
+
+    for rewrite in rewrite_passes(kernels):
+        mod = rewrite(mod)
+    mod = relax.get_pipeline("zero")(mod)
+    return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                   dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+
+
+def _build_in_child(model_path: Path, preset_name: str, lib_path: Path) -> None:
+    """The build itself (in the child with the stub driver); beside the library it leaves (:func:`_report_path`)
+    the layers edgec's GPU kernels took and the kernel list ``edgec bench --profile`` times on the GPU
+    (kernel_list.kernel_table: names, calls, buffer shapes)."""
+    import tvm
 
     from edgec.targets.base import resolve_target
     from edgec.targets.kernel_list import kernel_table
@@ -163,21 +189,21 @@ def _build_in_child(model_path: Path, preset_name: str, lib_path: Path, kernels_
     preset = resolve_target(preset_name)
     mod = to_relax(onnx.load(str(model_path)))
     target = preset.tvm_target()
+    kernels: dict[str, dict[str, Any]] = {}
     with target:
-        mod = relax.get_pipeline("zero")(mod)
-        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-        kernels_path.write_text(json.dumps(kernel_table(mod)))
+        mod = schedule_for_cuda(mod, kernels)
+        kernel_list = kernel_table(mod)
         executable = tvm.compile(mod, target=target)
     if preset.cc:
         executable.export_library(str(lib_path), cc=preset.cc)
     else:
         executable.export_library(str(lib_path))
+    _report_path(lib_path).write_text(json.dumps({"layers": kernels, "kernels": kernel_list}))
 
 
 if __name__ == "__main__":
     try:
-        _build_in_child(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+        _build_in_child(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
     except EdgecError as err:
         print("edgec-error: " + json.dumps([err.message, err.hint]), file=sys.stderr)
         sys.exit(2)

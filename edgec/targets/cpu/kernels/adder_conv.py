@@ -263,7 +263,7 @@ def _is_unfold(expr: Any, k: int, lookup: Any) -> bool:
             and int(getattr(diagonal, "value", -1)) == 0)
 
 
-def _adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
+def adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     """The pieces of the inlined ``edgec::AdderConv`` body as TVM imports it, or None when ``call`` is not one:
 
         add(reshape(negative(sum(abs(subtract(reshape(conv2d(x, onehot)), W3)), axis=2))), b)
@@ -311,7 +311,7 @@ def adder_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
     def rewrite(builder: Any, call: Any, lookup: Any, index: int):
         from tvm import relax
 
-        parts = _adder_conv_parts(call, lookup)
+        parts = adder_conv_parts(call, lookup)
         if parts is None:
             return None
         shape: AdderConvShape = parts["shape"]

@@ -386,7 +386,7 @@ def takes(isa: Any) -> bool:
     return (isa.arch == "x86_64" and (isa.vpopcntdq or isa.has("avx2"))) or (isa.arch == "aarch64" and isa.has("neon"))
 
 
-def _binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
+def binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     """The pieces of the inlined ``edgec::BinaryConv`` body as TVM imports it, or None when ``call`` is not one:
 
         add(multiply(add(conv2d(where(less(add(x, shift), 0), −2, 0), W), Σ_window W), alpha), b)
@@ -430,7 +430,7 @@ def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
     def rewrite(builder: Any, call: Any, lookup: Any, index: int):
         from tvm import relax
 
-        parts = _binary_conv_parts(call, lookup)
+        parts = binary_conv_parts(call, lookup)
         if parts is None:
             return None
         shape: BinaryConvShape = parts["shape"]

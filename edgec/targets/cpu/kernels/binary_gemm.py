@@ -149,7 +149,7 @@ def dense_func(plan: DensePlan, symbol: str = DENSE_SYMBOL) -> Any:
     return scheduled(dense, symbol)
 
 
-def _binary_gemm_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
+def binary_gemm_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     """The pieces of the inlined ``edgec::BinaryGemm`` body as TVM imports it, or None when ``call`` is not one:
 
         add(multiply(matmul(where(less(add(x, shift), 0), −1, 1), Wᵀ), alpha), b)
@@ -194,7 +194,7 @@ def binary_gemm_pass(isa: Any, stats: dict[str, Any] | None = None):
     def rewrite(builder: Any, call: Any, lookup: Any, index: int):
         from tvm import relax
 
-        parts = _binary_gemm_parts(call, lookup)
+        parts = binary_gemm_parts(call, lookup)
         if parts is None:
             return None
         shape: DenseShape = parts["shape"]
