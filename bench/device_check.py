@@ -415,7 +415,9 @@ def _check(edgec: list[str], entry: Entry, art: Path, data: Path, work: Path, en
     return row
 
 
-def run(bundle: Path, out: Path) -> int:
+def run(bundle: Path, out: Path, quick: bool = False) -> int:
+    """``quick``: CPU artifacts compared with onnxruntime over fewer runs and rounds, and PAIRS taking 5 turns
+    (what fits the end of a device session)."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="edgec-gpu-run-"))
     with tarfile.open(bundle.parent / "runtime.tar.xz") as tar:  # prepare writes it beside every set
@@ -452,8 +454,9 @@ def run(bundle: Path, out: Path) -> int:
                 else:
                     rec = _bench(edgec, art, inputs, out / f"bench_{entry.folder}.json", env,
                                  ["--threads", "1", "--warmup", "20", "--compare", "onnxruntime",
-                                  *(["--runs", "30", "--rounds", "3", "--max-seconds", "20"]  # onnxruntime: the
-                                    if entry.model in KERNEL_MODELS  # function form (an adder's unfold is slow)
+                                  *(["--runs", "20" if quick else "30", "--rounds", "2" if quick else "3",
+                                     "--max-seconds", "20"]  # onnxruntime: the function form (slow unfold)
+                                    if entry.model in KERNEL_MODELS or quick
                                     else ["--runs", str(CPU_RUNS), "--rounds", str(CPU_ROUNDS), "--max-seconds", "90"])])
                     row["latency_ms"] = rec["latency_ms"]
                     row["onnxruntime"] = {k: rec["compare"]["onnxruntime"][k] for k in ("latency_ms", "ratio")}
@@ -462,14 +465,15 @@ def run(bundle: Path, out: Path) -> int:
                 row.update(status="FAIL", error=str(exc))
         failed += row["status"] != "PASS"
         record["models"].append(row)
-    record["pairs"] = _pairs(edgec, name, data, out, env, record["models"])
+    record["pairs"] = _pairs(edgec, name, data, out, env, record["models"], 5 if quick else PAIR_ROUNDS)
     (out / f"device_check_{name}.json").write_text(json.dumps(record, indent=1))
     return 1 if failed else 0
 
 
-def _pairs(edgec: list[str], name: str, data: Path, out: Path, env: dict[str, str], rows: list[dict]) -> list[dict]:
+def _pairs(edgec: list[str], name: str, data: Path, out: Path, env: dict[str, str], rows: list[dict],
+           rounds: int = PAIR_ROUNDS) -> list[dict]:
     """The set's :data:`PAIRS` (a base artifact and a contender, both passed): ``edgec bench --threads 1`` of each
-    taking turns PAIR_ROUNDS times (the host drifts; bench/int8_speed.py does the same here); per round the base's
+    taking turns ``rounds`` times (the host drifts; bench/int8_speed.py does the same here); per round the base's
     p50 / the contender's (the speed-up), its median, and the bound. Where the base was compared with
     onnxruntime, onnxruntime's p50 on the base / the contender's too."""
     by_folder = {r["model"]: r for r in rows if r["status"] == "PASS"}
@@ -479,7 +483,7 @@ def _pairs(edgec: list[str], name: str, data: Path, out: Path, env: dict[str, st
         if not {base.folder, contender.folder} <= set(by_folder):
             continue
         p50: dict[str, list[float]] = {base.folder: [], contender.folder: []}
-        for _ in range(PAIR_ROUNDS):
+        for _ in range(rounds):
             for e in (base, contender):
                 rec = _bench(edgec, data / e.folder, data / f"{e.folder}.inputs.npz", out / f"pair_{e.folder}.json",
                              env, ["--threads", "1", "--runs", str(PAIR_RUNS), "--warmup", "10"])
@@ -542,10 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="on the GPU machine: verify and time one set")
     r.add_argument("bundle", type=Path)
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "device_check_out")))
+    r.add_argument("--quick", action="store_true", help="fewer runs and rounds (the end of a device session)")
     args = ap.parse_args(argv)
     if args.cmd == "prepare":
         return prepare(args.target, [s for s in args.sets.split(",") if s], args.python, args.dir)
-    return run(args.bundle, args.out)
+    return run(args.bundle, args.out, args.quick)
 
 
 if __name__ == "__main__":
