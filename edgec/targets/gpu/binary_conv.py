@@ -37,7 +37,7 @@ import numpy as np
 
 from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, BinaryConvShape, binary_conv_parts, padded_vector
-from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, scheduled
+from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, pack_then_kernel, scheduled
 
 PACK_SYMBOL = "edgec_cuda_binary_pack"
 CONV_SYMBOL = "edgec_cuda_binary_conv"
@@ -185,20 +185,14 @@ def binary_conv_pass(stats: dict[str, Any] | None = None):
     build) gets ``{"layers": n, "shapes": [...]}``. Every CUDA target takes it (``__popc`` is on every GPU)."""
 
     def rewrite(builder: Any, call: Any, lookup: Any, index: int):
-        from tvm import relax
-
         parts = binary_conv_parts(call, lookup)
         if parts is None:
             return None
         shape: BinaryConvShape = parts["shape"]
         plan = Plan.for_shape(shape)
-        pack = builder.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
-        conv = builder.add_func(conv_func(plan, f"{CONV_SYMBOL}_{index}"), f"{CONV_SYMBOL}_{index}")
-        packed = builder.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
-                                             out_ty=relax.TensorType(plan.packed_x_shape, "uint32")), "binary_packed")
-        return relax.call_tir(conv, [packed, relax.const(pack_weights(parts["w"], plan)),
-                                     relax.const(padded_vector(parts["alpha"], plan)),
-                                     relax.const(padded_vector(parts["bias"], plan))],
-                              out_ty=relax.TensorType((shape.n, shape.o, shape.oh, shape.ow), "float32")), shape
+        return pack_then_kernel(builder, index, plan, (pack_func, PACK_SYMBOL), (conv_func, CONV_SYMBOL),
+                                parts["x"], parts["shift"], plan.packed_x_shape,
+                                [pack_weights(parts["w"], plan), padded_vector(parts["alpha"], plan),
+                                 padded_vector(parts["bias"], plan)], (shape.n, shape.o, shape.oh, shape.ow)), shape
 
     return op_kernel_pass("EdgecCudaBinaryConvKernels", lambda: True, rewrite, stats)

@@ -28,7 +28,7 @@ import numpy as np
 from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.binary_conv import WORD_BITS
 from edgec.targets.cpu.kernels.binary_gemm import DenseShape, binary_gemm_parts
-from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, scheduled
+from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, pack_then_kernel, scheduled
 
 PACK_SYMBOL = "edgec_cuda_binary_gemm_pack"
 DENSE_SYMBOL = "edgec_cuda_binary_dense"
@@ -120,20 +120,14 @@ def binary_gemm_pass(stats: dict[str, Any] | None = None):
     ``call_tir`` of :func:`pack_func` and :func:`dense_func`; ``stats`` as the other kernels' passes fill it."""
 
     def rewrite(builder: Any, call: Any, lookup: Any, index: int):
-        from tvm import relax
-
         parts = binary_gemm_parts(call, lookup)
         if parts is None:
             return None
         shape: DenseShape = parts["shape"]
         plan = Plan.for_shape(shape)
-        pack = builder.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
-        dense = builder.add_func(dense_func(plan, f"{DENSE_SYMBOL}_{index}"), f"{DENSE_SYMBOL}_{index}")
-        packed = builder.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
-                                             out_ty=relax.TensorType((shape.n, shape.words), "uint32")),
-                              "binary_gemm_packed")
-        return relax.call_tir(dense, [packed, relax.const(pack_weights(parts["w"], plan)),
-                                      relax.const(parts["alpha"]), relax.const(parts["bias"])],
-                              out_ty=relax.TensorType((shape.n, shape.o), "float32")), shape
+        return pack_then_kernel(builder, index, plan, (pack_func, PACK_SYMBOL), (dense_func, DENSE_SYMBOL),
+                                parts["x"], parts["shift"], (shape.n, shape.words),
+                                [pack_weights(parts["w"], plan), parts["alpha"], parts["bias"]],
+                                (shape.n, shape.o)), shape
 
     return op_kernel_pass("EdgecCudaBinaryGemmKernels", lambda: True, rewrite, stats)

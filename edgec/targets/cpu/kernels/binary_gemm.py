@@ -27,7 +27,7 @@ import numpy as np
 
 from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, padded_vector, takes
-from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, producer_chain, scheduled
+from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, pack_then_kernel, producer_chain, scheduled
 
 PACK_SYMBOL = "edgec_binary_gemm_pack"
 DENSE_SYMBOL = "edgec_binary_dense"
@@ -192,21 +192,14 @@ def binary_gemm_pass(isa: Any, stats: dict[str, Any] | None = None):
     take (:func:`~edgec.targets.cpu.kernels.binary_conv.takes`) keep the float body."""
 
     def rewrite(builder: Any, call: Any, lookup: Any, index: int):
-        from tvm import relax
-
         parts = binary_gemm_parts(call, lookup)
         if parts is None:
             return None
         shape: DenseShape = parts["shape"]
         plan = DensePlan.for_isa(isa, shape)
-        pack = builder.add_func(pack_func(plan, f"{PACK_SYMBOL}_{index}"), f"{PACK_SYMBOL}_{index}")
-        dense = builder.add_func(dense_func(plan, f"{DENSE_SYMBOL}_{index}"), f"{DENSE_SYMBOL}_{index}")
-        packed = builder.emit(relax.call_tir(pack, [parts["x"], relax.const(parts["shift"])],
-                                             out_ty=relax.TensorType((shape.n, shape.words), "uint32")),
-                              "binary_gemm_packed")
-        return relax.call_tir(dense, [packed, relax.const(pack_weights(parts["w"], plan)),
-                                      relax.const(padded_vector(parts["alpha"], plan)),
-                                      relax.const(padded_vector(parts["bias"], plan))],
-                              out_ty=relax.TensorType((shape.n, shape.o), "float32")), shape
+        return pack_then_kernel(builder, index, plan, (pack_func, PACK_SYMBOL), (dense_func, DENSE_SYMBOL),
+                                parts["x"], parts["shift"], (shape.n, shape.words),
+                                [pack_weights(parts["w"], plan), padded_vector(parts["alpha"], plan),
+                                 padded_vector(parts["bias"], plan)], (shape.n, shape.o)), shape
 
     return op_kernel_pass("EdgecBinaryGemmKernels", lambda: takes(isa), rewrite, stats)

@@ -128,3 +128,20 @@ def op_kernel_pass(name: str, takes: Callable[[], bool], rewrite: Callable[[Any,
         return relax.transform.DeadCodeElimination()(mod) if counts.get("layers") else mod
 
     return _pass
+
+
+def pack_then_kernel(builder: Any, index: int, plan: Any, pack: tuple[Callable[[Any, str], Any], str],
+                     kernel: tuple[Callable[[Any, str], Any], str], x: Any, shift: Any, packed_shape: tuple,
+                     constants: list[Any], out_shape: tuple) -> Any:
+    """The binary layers' two calls, on every target (the CPU and the CUDA kernels): ``pack`` (a PrimFunc factory
+    ``(plan, symbol)`` and its symbol) turns ``x`` + ``shift`` into sign words of ``packed_shape``; ``kernel`` reads
+    them with the (numpy) ``constants`` and returns ``out_shape`` float32. Symbols get the layer's ``index``."""
+    from tvm import relax
+
+    (pack_func, pack_symbol), (kernel_func, kernel_symbol) = pack, kernel
+    pack_gv = builder.add_func(pack_func(plan, f"{pack_symbol}_{index}"), f"{pack_symbol}_{index}")
+    kernel_gv = builder.add_func(kernel_func(plan, f"{kernel_symbol}_{index}"), f"{kernel_symbol}_{index}")
+    packed = builder.emit(relax.call_tir(pack_gv, [x, relax.const(shift)],
+                                         out_ty=relax.TensorType(packed_shape, "uint32")), "binary_packed")
+    return relax.call_tir(kernel_gv, [packed, *(relax.const(c) for c in constants)],
+                          out_ty=relax.TensorType(out_shape, "float32"))
