@@ -30,37 +30,21 @@ import numpy as np
 from edgec.targets.cpu.kernels.adder_conv import AdderConvShape, adder_conv_parts
 from edgec.targets.cpu.kernels.binary_conv import padded_vector
 from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, scheduled
+from edgec.targets.gpu.thread_plan import ConvThreadPlan
 
 CONV_SYMBOL = "edgec_cuda_adder_conv"
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """A layer's GPU mapping: ``ob`` output channels per thread, ``threads`` output positions per block."""
+class Plan(ConvThreadPlan):
+    """:class:`ConvThreadPlan` with this kernel's buffer layouts."""
 
     shape: AdderConvShape
-    ob: int
-    threads: int
-
-    @classmethod
-    def for_shape(cls, shape: AdderConvShape) -> Plan:
-        """8 channels per thread (one input load serves 8 terms; 8 accumulators), fewer for a narrower layer;
-        128 threads per block, fewer (whole warps) for a small image."""
-        positions = shape.oh * shape.ow
-        return cls(shape, ob=min(8, shape.o), threads=min(128, -(-positions // 32) * 32))
-
-    @property
-    def o_padded(self) -> int:
-        return -(-self.shape.o // self.ob) * self.ob
 
     @property
     def packed_w_shape(self) -> tuple[int, int, int, int, int]:
         s = self.shape
         return (self.o_padded // self.ob, s.c, s.kh, s.kw, self.ob)
-
-    @property
-    def position_blocks(self) -> int:
-        return -(-self.shape.oh * self.shape.ow // self.threads)
 
 
 def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:

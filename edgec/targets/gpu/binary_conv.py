@@ -38,6 +38,7 @@ import numpy as np
 from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, BinaryConvShape, binary_conv_parts, padded_vector
 from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, pack_then_kernel, scheduled
+from edgec.targets.gpu.thread_plan import ConvThreadPlan
 
 PACK_SYMBOL = "edgec_cuda_binary_pack"
 CONV_SYMBOL = "edgec_cuda_binary_conv"
@@ -45,23 +46,10 @@ PACK_THREADS = 256
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """A layer's GPU mapping: ``ob`` output channels per thread, ``threads`` output positions per block."""
+class Plan(ConvThreadPlan):
+    """:class:`ConvThreadPlan` with this kernel's buffer layouts."""
 
     shape: BinaryConvShape
-    ob: int
-    threads: int
-
-    @classmethod
-    def for_shape(cls, shape: BinaryConvShape) -> Plan:
-        """8 channels per thread (8 accumulators and one activation word in registers; enough reuse of a loaded
-        word), fewer for a narrower layer; 128 threads per block, fewer (whole warps) for a small image."""
-        positions = shape.oh * shape.ow
-        return cls(shape, ob=min(8, shape.o), threads=min(128, -(-positions // 32) * 32))
-
-    @property
-    def o_padded(self) -> int:
-        return -(-self.shape.o // self.ob) * self.ob
 
     @property
     def hp(self) -> int:
@@ -79,10 +67,6 @@ class Plan:
     def packed_w_shape(self) -> tuple[int, int, int, int, int]:
         s = self.shape
         return (self.o_padded // self.ob, s.kh, s.kw, s.words, self.ob)
-
-    @property
-    def position_blocks(self) -> int:
-        return -(-self.shape.oh * self.shape.ow // self.threads)
 
 
 def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
