@@ -33,14 +33,15 @@ def _shape(case, n: int = 2):
     return AdderConvShape(n=n, c=c, h=h, w=w, o=o, kh=k, kw=k, strides=(s, s), pads=(p,) * 4, dilations=(d, d))
 
 
-def _build(target, cases):
-    """One library holding a conv function per case (one LLVM compile for the whole sweep)."""
+def _build(target, cases, plan_isa=None):
+    """One library holding a conv function per case (one LLVM compile for the whole sweep); the plans (tiles)
+    those of ``plan_isa`` (default: the target's own)."""
     import tvm
 
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels import adder_conv as ac
 
-    isa = isa_of(target)
+    isa = plan_isa or isa_of(target)
     plans, funcs = [], {}
     for i, case in enumerate(cases):
         shape = _shape(case)
@@ -255,26 +256,17 @@ def test_arm_adder_convs_are_neon_max_and_fma(preset):
 
 def test_neon_plan_matches_reference_here():
     """The loop nest an Arm NEON target gets (4 lanes, at most 7 positions × 2 vectors, the max as LLVM's maxnum)
-    on a third of the sweep and a 3-channel layer, built for this host instead (the TIR is the same; LLVM lowers maxnum here too) and
-    within the same tolerance as the x86 plans."""
-    import tvm
-
+    on a third of the sweep and a 3-channel layer, built for this host instead (the TIR is the same; LLVM lowers
+    maxnum here too) and within the same tolerance as the x86 plans."""
     from edgec.targets import resolve_target
     from edgec.targets.cpu.isa import isa_of
-    from edgec.targets.cpu.kernels import adder_conv as ac
 
     neon = isa_of(resolve_target("arm:cortex-a72").tvm_target())
     cases = CASES[::3] + [CASES[-1], (5, 3, 3, 1, 1, 9, 11)]  # + 3 outputs: one vector
-    plans, funcs = [], {}
-    for i, case in enumerate(cases):
-        shape = _shape(case)
-        plan = ac.Plan(shape, ac.Tiling.for_isa(neon, shape.o, shape.ow))
-        plans.append(plan)
-        funcs[f"conv{i}"] = ac.conv_func(plan, f"conv{i}")
+    plans, lib = _build(resolve_target("x86").tvm_target(), cases, plan_isa=neon)
     assert all(p.tiling.lanes == 4 and p.tiling.maxnum and p.tiling.positions <= (7 if p.tiling.vectors == 2 else 14)
                for p in plans)
     assert {p.tiling.vectors for p in plans} == {1, 2}
-    lib = tvm.compile(tvm.IRModule(funcs), target=resolve_target("x86").tvm_target())
     for i, plan in enumerate(plans):
         x, w, bias = _data(plan.shape, 300 + i)
         _check(_run(lib, i, plan, x, w, bias), x, w, bias, plan.shape)

@@ -31,14 +31,15 @@ def _shape(case):
     return BinaryConvShape(n=2, c=c, h=h, w=w, o=o, kh=k, kw=k, strides=(s, s), pads=(p,) * 4, dilations=(d, d))
 
 
-def _build(target, cases):
-    """One library holding a pack and a conv function per case (one LLVM compile for the whole sweep)."""
+def _build(target, cases, plan_isa=None):
+    """One library holding a pack and a conv function per case (one LLVM compile for the whole sweep); the plans
+    (tiles) those of ``plan_isa`` (default: the target's own)."""
     import tvm
 
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels import binary_conv as bc
 
-    isa = isa_of(target)
+    isa = plan_isa or isa_of(target)
     plans, funcs = [], {}
     for i, case in enumerate(cases):
         shape = _shape(case)
@@ -294,26 +295,18 @@ def test_arm_binary_convs_are_neon_cnt(preset, widen):
 
 def test_neon_plan_is_exact_here():
     """The loop nests an Arm NEON target gets (4 lanes: the row pack's 2- and 1-word tails, 8 channels per tile)
-    over half the sweep (both forms; widths 4k + 1 and 4k + 3: every tail), built for this host instead — the TIR is the same, only the instructions differ — and
-    exact like the x86 plans (the emulated device runs a whole model below, not this sweep)."""
-    import tvm
-
+    over half the sweep (both forms; widths 4k + 1 and 4k + 3: every tail), built for this host instead — the TIR
+    is the same, only the instructions differ — and exact like the x86 plans (the emulated device runs a whole
+    model below, not this sweep)."""
     from edgec.targets import resolve_target
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels import binary_conv as bc
 
     neon = isa_of(resolve_target("arm:cortex-a72").tvm_target())
     cases = CASES[::2] + CASES[-3:]
-    plans, funcs = [], {}
-    for i, case in enumerate(cases):
-        shape = _shape(case)
-        plan = bc.Plan(shape, bc.Tiling.for_isa(neon, shape.o))
-        plans.append(plan)
-        funcs[f"pack{i}"] = bc.pack_func(plan, f"pack{i}")
-        funcs[f"conv{i}"] = bc.conv_func(plan, f"conv{i}")
+    plans, lib = _build(resolve_target("x86").tvm_target(), cases, plan_isa=neon)
     assert plans[0].tiling == bc.Tiling(lanes=4, ob=8)
     assert {p.flat for p in plans} == {True, False} and {p.shape.w % 4 for p in plans} == {1, 3}
-    lib = tvm.compile(tvm.IRModule(funcs), target=resolve_target("x86").tvm_target())
     for i, plan in enumerate(plans):
         s = plan.shape
         x, shift, w = _data(plan, 200 + i)
