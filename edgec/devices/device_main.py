@@ -356,8 +356,7 @@ def profile_kernels(artifact_dir: Path, manifest: dict[str, Any], total_ms: floa
 
 
 def manifest_kernels(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    target = manifest.get("target") or {}
-    kernels = (target.get("build") or {}).get("kernels")
+    kernels = ((manifest.get("target") or {}).get("build") or {}).get("kernels")
     if not kernels:
         raise ArtifactError("this artifact records no kernel list (built by an older edgec)",
                             "recompile it with this edgec to profile it")

@@ -182,24 +182,12 @@ def _dot_4x4_local(activations: str):
     activations int8, or uint8 read as ``x − 128`` (``activations`` "uint8": the shifted form)."""
     from tvm.script import tirx as T
 
-    if activations == "int8":
-        @T.prim_func(s_tir=True)
-        def desc(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
-                 c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-                T.writes(c[0:4])
-                for i in T.serial(0, 4):
-                    for k in T.serial(0, 4):
-                        with T.sblock("update"):
-                            vi, vk = T.axis.remap("SR", [i, k])
-                            c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-        return desc
+    def value(x):  # evaluated while the script is parsed: the activation as the int32 sdot multiplies
+        return T.cast(x, "int32") - 128 if activations == "uint8" else T.cast(x, "int32")
 
     @T.prim_func(s_tir=True)
-    def desc_shifted(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
-                     c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+    def desc(a: T.Buffer((4,), activations, offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+             c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
             T.reads(c[0:4], a[0:4], b[0:4, 0:4])
             T.writes(c[0:4])
@@ -207,9 +195,9 @@ def _dot_4x4_local(activations: str):
                 for k in T.serial(0, 4):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + (T.cast(a[vk], "int32") - 128) * T.cast(b[vi, vk], "int32")
+                        c[vi] = c[vi] + value(a[vk]) * T.cast(b[vi, vk], "int32")
 
-    return desc_shifted
+    return desc
 
 
 def register_sdot_local_acc(activations: str) -> str:
@@ -225,30 +213,20 @@ def register_sdot_local_acc(activations: str) -> str:
     if registered(name):
         return name
 
-    if activations == "int8":
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((4,), "int8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
-                 c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-                T.writes(c[0:4])
-                word = T.reinterpret(a.vload([0], "int8x4"), dtype="int32")
-                c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([0], dtype="int32x4"),
-                    b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(word, 4), dtype="int8x16"),
-                    dtype="int32x4")
-    else:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
-                 c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-                T.writes(c[0:4])
-                word = T.bitwise_xor(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), T.int32(_TOP_BITS))
-                c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([0], dtype="int32x4"),
-                    b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(word, 4), dtype="int8x16"),
-                    dtype="int32x4")
+    def word(x):  # evaluated while the script is parsed: the four activations as sdot's signed bytes
+        return T.bitwise_xor(x, T.int32(_TOP_BITS)) if activations == "uint8" else x
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), activations, offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
+             c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+            T.writes(c[0:4])
+            four = word(T.reinterpret(a.vload([0], f"{activations}x4"), dtype="int32"))
+            c[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"), c.vload([0], dtype="int32x4"),
+                b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
+                dtype="int32x4")
 
     TensorIntrin.register(name, _dot_4x4_local(activations), impl)
     return name

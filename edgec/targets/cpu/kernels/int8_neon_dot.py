@@ -60,8 +60,8 @@ def add_sums(conv, sums):
 
 
 def shifted_weight_sums(kernel):
-    """128 · Σ w per output channel, (oc_chunks, oc_bn) int32, of the blocked (…, ic_bn, oc_bn) kernel: what the
-    shifted conv's accumulator starts at."""
+    """128 · Σ w per output channel, (oc_chunks, oc_bn) int32, of the blocked (…, ic_bn, oc_bn) kernel: what
+    :func:`add_sums` adds back to the shifted conv (a constant, folded at build time)."""
     from tvm import te
 
     oc_chunks, ic_chunks, k_h, k_w, ic_bn, oc_bn = (int(d) for d in kernel.shape)

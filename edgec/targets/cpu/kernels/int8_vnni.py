@@ -110,9 +110,10 @@ def unsigned_kernel(isa: Isa) -> bool:
 
 
 def pad_input_channels_pass(isa: Isa):
-    """Relax pass (before the layout pass): on a VNNI (or AVX2) target, an integer conv whose input channels are
-    not a multiple of 4 (an image's 3) gets a zero channel appended to its input and a zero input channel to its
-    weights, so that it runs as the 4-deep vpdpbusd kernel (2-deep vpmaddwd) instead of the generic integer conv.
+    """Relax pass (before the layout pass): on a target with a dot-product int8 kernel (:func:`integer_kernel`),
+    an integer conv whose input channels are not a multiple of 4 (an image's 3) gets a zero channel appended to its
+    input and a zero input channel to its weights, so that it runs as the 4-deep vpdpbusd or sdot kernel (2-deep
+    vpmaddwd) instead of the generic integer conv.
     The extra channel multiplies zero weights, so the result is the same; the image copy it costs is small next to
     the conv (ResNet-18 int8's 7×7 stem: the generic kernel 1.2 ms, a fifth of the model)."""
     import tvm
