@@ -64,21 +64,26 @@ def registered(name: str) -> bool:
         return False
 
 
-def _dot_16x4_local():
-    """The contract both intrinsics below implement: 16 int32 (local) += Σ_k 4 uint8 · int8[16, 4]."""
+def _dot_local(lanes: int, depth: int, activations: str = "uint8", shifted: bool = False):
+    """The contract every dot-product intrinsic here implements (its description): ``lanes`` int32 (local) +=
+    Σ_k ``depth`` activations · int8[lanes, depth] — vpdpbusd 16 × 4 uint8, vpmaddwd 8/16 × 2 uint8, sdot 4 × 4
+    int8, or sdot's uint8 read as ``x − 128`` (``shifted``)."""
     from tvm.script import tirx as T
 
+    def value(x):  # evaluated while the script is parsed: the activation as the int32 the instruction multiplies
+        return T.cast(x, "int32") - 128 if shifted else T.cast(x, "int32")
+
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def desc(a: T.Buffer((depth,), activations, offset_factor=1), b: T.Buffer((lanes, depth), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+            T.reads(c[0:lanes], a[0:depth], b[0:lanes, 0:depth])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, depth):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+                        c[vi] = c[vi] + value(a[vk]) * T.cast(b[vi, vk], "int32")
 
     return desc
 
@@ -90,7 +95,7 @@ def register_reference_local_acc() -> str:
     from tvm.s_tir import TensorIntrin
 
     if not registered(REFERENCE_LOCAL_ACC):
-        TensorIntrin.register(REFERENCE_LOCAL_ACC, _dot_16x4_local(), _dot_16x4_local())
+        TensorIntrin.register(REFERENCE_LOCAL_ACC, _dot_local(16, 4), _dot_local(16, 4))
     return REFERENCE_LOCAL_ACC
 
 
@@ -120,27 +125,8 @@ def register_vnni_local_acc() -> str:
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
                 a_bytes, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
-    TensorIntrin.register(VNNI_LOCAL_ACC, _dot_16x4_local(), impl)
+    TensorIntrin.register(VNNI_LOCAL_ACC, _dot_local(16, 4), impl)
     return VNNI_LOCAL_ACC
-
-
-def _dot_pair_local(lanes: int):
-    """The contract of :func:`register_pair_local_acc`: ``lanes`` int32 (local) += Σ_k 2 uint8 · int8[lanes, 2]."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((lanes, 2), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:2], b[0:lanes, 0:2])
-            T.writes(c[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-    return desc
 
 
 def register_pair_local_acc(lanes: int) -> str:
@@ -169,35 +155,12 @@ def register_pair_local_acc(lanes: int) -> str:
             c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=f"int32x{lanes}") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm), a16, b16, dtype=f"int32x{lanes}")
 
-    TensorIntrin.register(name, _dot_pair_local(lanes), impl)
+    TensorIntrin.register(name, _dot_local(lanes, 2), impl)
     return name
 
 
 # 0x80808080: flips the top bit of each of the four bytes, uint8 x → int8 x − 128
 _TOP_BITS = -2139062144
-
-
-def _dot_4x4_local(activations: str):
-    """The contract of :func:`register_sdot_local_acc`: 4 int32 (local) += Σ_k 4 activations · int8[4, 4], the
-    activations int8, or uint8 read as ``x − 128`` (``activations`` "uint8": the shifted form)."""
-    from tvm.script import tirx as T
-
-    def value(x):  # evaluated while the script is parsed: the activation as the int32 sdot multiplies
-        return T.cast(x, "int32") - 128 if activations == "uint8" else T.cast(x, "int32")
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), activations, offset_factor=1), b: T.Buffer((4, 4), "int8", offset_factor=1),
-             c: T.Buffer((4,), "int32", offset_factor=1, scope="local")) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:4], a[0:4], b[0:4, 0:4])
-            T.writes(c[0:4])
-            for i in T.serial(0, 4):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + value(a[vk]) * T.cast(b[vi, vk], "int32")
-
-    return desc
 
 
 def register_sdot_local_acc(activations: str) -> str:
@@ -228,5 +191,5 @@ def register_sdot_local_acc(activations: str) -> str:
                 b.vload([0, 0], dtype="int8x16"), T.reinterpret(T.broadcast(four, 4), dtype="int8x16"),
                 dtype="int32x4")
 
-    TensorIntrin.register(name, _dot_4x4_local(activations), impl)
+    TensorIntrin.register(name, _dot_local(4, 4, activations, shifted=activations == "uint8"), impl)
     return name
