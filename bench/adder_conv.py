@@ -6,7 +6,9 @@ ISA features are printed first.
 Per layer shape, one float model (a single 3×3 Conv with bias, random weights: bench/binary_conv.py's) is written;
 `edgec substitute --to adder` turns it into a one-``edgec::AdderConv`` model; both are compiled by `edgec
 compile` for this host (verified against onnxruntime), and onnxruntime runs the adder model (its function body:
-one-hot unfold conv, Sub, Abs, ReduceSum). All run at 1 thread (TVM_NUM_THREADS=1, onnxruntime intra/inter-op
+one-hot unfold conv, Sub, Abs, ReduceSum). The adder model is also quantized by `edgec quantize` (input and
+weights on one 8-bit grid: quantization/adder_qdq.py) and compiled, where it runs the vpsadbw kernel
+(cpu/kernels/adder_int8.py): that 8-bit adder is timed against the same float conv. All run at 1 thread (TVM_NUM_THREADS=1, onnxruntime intra/inter-op
 1), interleaved round by round; ratios are per round, summarised by their median (min-max). Usage:
 
     TVM_NUM_THREADS=1 .venv/bin/python bench/adder_conv.py [--layers 64x28,128x14] [--rounds 9] [--network]
@@ -38,7 +40,9 @@ def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
     _, adder_path, results, taken = compiled_pair(float_conv_model(channels, size), name, "adder", work,
                                                   "adder_conv")
     x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
+    int8_artifact, int8_taken = quantized_adder(adder_path, name, work)
     runs = {"edgec adder": vm_run(results["adder"].artifact.path, x),
+            "edgec adder int8": vm_run(int8_artifact, x),
             "edgec float": vm_run(results["float"].artifact.path, x),
             "onnxruntime adder (function form)": ort_run(adder_path, x)}
 
@@ -56,9 +60,35 @@ def bench_layer(channels: int, size: int, rounds: int, work: Path) -> dict:
           f"the <= {BOUND_FLOAT}x bound")
     print(f"{name}: onnxruntime adder / edgec adder time, per round: median {vs_ort['median']:.1f}x "
           f"(min {vs_ort['min']:.1f}x - max {vs_ort['max']:.1f}x): {verdict_o} the >= {BOUND_ORT:.0f}x bound")
+    vs_int8 = ratio_stats(times, "edgec adder int8", "edgec float")
+    verdict_i = "MEETS" if vs_int8["median"] <= BOUND_FLOAT else "MISSES"
+    print(f"{name}: edgec adder int8 / edgec float time, per round: median {vs_int8['median']:.2f}x "
+          f"(min {vs_int8['min']:.2f}x - max {vs_int8['max']:.2f}x; {int8_taken} layer on the vpsadbw kernel): "
+          f"{verdict_i} the <= {BOUND_FLOAT}x bound (8-bit adder vs float conv)")
     print()
     return {"layer": name, "adder_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
-            "adder_over_float": vs_float["median"], "ort_over_adder": vs_ort["median"]}
+            "adder_over_float": vs_float["median"], "ort_over_adder": vs_ort["median"],
+            "adder_int8_over_float": vs_int8["median"]}
+
+
+def quantized_adder(adder_path: Path, name: str, work: Path) -> tuple[Path, int]:
+    """The adder model quantized by `edgec quantize` (input and weights on one 8-bit grid, calibrated on 16
+    random post-ReLU-like inputs) and compiled for this host (verified against onnxruntime on the QDQ model):
+    (artifact folder, layers on the int8 adder kernel)."""
+    from edgec.quantization.api import quantize_model
+    from edgec.toolchain.api import compile as edgec_compile
+
+    import onnx
+
+    shape = [d.dim_value for d in onnx.load(str(adder_path)).graph.input[0].type.tensor_type.shape.dim]
+    calib = work / f"{name}-calib.npy"
+    np.save(calib, np.random.default_rng(2).standard_normal([16] + shape[1:]).astype(np.float32))
+    q_path = work / f"{name}-adder-int8.onnx"
+    quantize_model(adder_path, q_path, calib)
+    res = edgec_compile(q_path, output=work / f"{name}-adder-int8")
+    taken = res.artifact.manifest["target"]["build"].get("adder_conv_int8", {}).get("layers", 0)
+    print(f"# {name} adder int8: verify {res.verification.summary()}")
+    return res.artifact.path, taken
 
 
 if __name__ == "__main__":

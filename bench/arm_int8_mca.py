@@ -110,7 +110,7 @@ def hot_loop(asm: str, mac: str) -> list[str]:
         for line in block[1:]:
             if line.startswith("\t") and not line.startswith("\t."):
                 body.append(line.strip())
-                if body[-1].startswith("b") and body[-1].split()[-1] == label:
+                if body[-1].startswith(("b", "j")) and body[-1].split()[-1] == label:  # AArch64 b.ne, x86 jne
                     break
         else:
             continue  # no branch back: not a loop
@@ -120,8 +120,8 @@ def hot_loop(asm: str, mac: str) -> list[str]:
     return best
 
 
-def mca_cycles(loop: list[str], mcpu: str) -> float:
-    out = subprocess.run(["llvm-mca", "-mtriple=aarch64", f"-mcpu={mcpu}", "-iterations=200"],
+def mca_cycles(loop: list[str], mcpu: str, triple: str = "aarch64") -> float:
+    out = subprocess.run(["llvm-mca", f"-mtriple={triple}", f"-mcpu={mcpu}", "-iterations=200"],
                          input="\n".join(loop), capture_output=True, text=True, check=True).stdout
     return int(re.search(r"Total Cycles:\s+(\d+)", out).group(1)) / 200
 

@@ -173,3 +173,27 @@ def test_int8_kernel_stays_inside_its_buffers(tmp_path, preset):
         marker = "conv2d_NCHWc_int8_avx2" if preset == "x86:avx2" else "conv2d_NCHWc_int8"
         assert any(marker in n for n in names) and \
             (preset == "x86:avx2" or not any("int8_avx2" in n for n in names)), names
+
+
+def test_int8_adder_kernel_stays_inside_its_buffers(tmp_path):
+    """The 8-bit adder kernel (vpsadbw, kernels/adder_int8.py), bounds-checked, on 13 input channels (a padding
+    channel group), 9 outputs, an odd 11×7 map, stride 2 with padding, batch 2; run twice from fresh inputs:
+    equal to onnxruntime on the QDQ model within 1e-4 of the output's scale."""
+    from edgec.quantization.api import quantize_model
+    from edgec.targets.cpu.options import CpuOptions
+    from helpers import edgec_layers_model
+
+    path, q_path = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(edgec_layers_model([("adder_conv", 13, 9, 11, 7, 3, 2, 1, 1)], n=2, seed=5), str(path))
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 13, 11, 7)).astype(np.float32))
+    quantize_model(path, q_path, calib)
+    result = edgec.compile(q_path, target=runnable_preset("x86:avx2"), output=tmp_path / "art", verify=False,
+                           cpu_options=CpuOptions(bounds_check=True))
+    assert result.artifact.manifest["target"]["build"]["adder_conv_int8"]["layers"] == 1
+    for seed in (3, 4):
+        feed = random_inputs(result.artifact.inputs, seed=seed)
+        got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
+        ref = onnxruntime_outputs(q_path, feed)[0]
+        assert got.shape == ref.shape == (2, 9, 6, 4)
+        assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref))))

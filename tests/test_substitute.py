@@ -84,6 +84,22 @@ def test_substituted_model_compiles_for_x86_and_verifies(substituted, to, tmp_pa
     assert result.verification.passed
     optimized = onnx.load(str(tmp_path / "out" / "optimized.onnx"))
     assert any(n.domain == "edgec" for n in optimized.graph.node)  # the artifact keeps the function form
+    # the report's per-layer record (layers.json) lists each edgec layer with the bytes it stores and its MACs
+    import json
+
+    record = json.loads((tmp_path / "out" / "layers.json").read_text())
+    assert "error" not in record, record.get("error")
+    rows = {r[0]: r for r in record["stages"][-1]["layers"]}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in optimized.graph.initializer}
+    calls = [n for n in optimized.graph.node if n.domain == "edgec"]
+    assert len(calls) == (5 if to == "binary" else 4)
+    for node in calls:
+        name, op, nbytes, macs = rows[node.name]
+        assert op == f"edgec.{node.op_type}"
+        assert nbytes == sum(inits[i].nbytes for i in node.input[1:] if i in inits)
+        w = inits[node.input[1]]
+        cin = w.shape[1] * 8 if to == "binary" else w.shape[1]  # bits packed 8 per byte (channels 16 and 32)
+        assert macs == w.shape[0] * cin * w.shape[2] * w.shape[3] * (28 * 28 if w.shape[0] == 16 else 14 * 14)
 
 
 def test_bad_input_one_line(cli, tmp_path):

@@ -44,6 +44,7 @@ from edgec.calibration.observers import OBSERVERS, Observer, get_observer
 from edgec.errors import EdgecError
 from edgec.passes.base import PRECISION_HINT, EdgecPass, register_pass
 from edgec.quantization import collect
+from edgec.quantization.adder_qdq import find_adders, quantize_adder_weight, shared_qparams
 from edgec.quantization.equalize import equalize
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
                                       quantize_weight, sqnr_db)
@@ -214,8 +215,8 @@ class QuantizeQDQ(EdgecPass):
         if needs_data and self.calibration is None:
             raise EdgecError("activation quantization, bias correction and AdaRound need calibration data",
                              "pass --calib (a folder, .npy/.npz, or none for data-free)")
-        if not self._find_layers(model):
-            raise EdgecError("the model has no Conv, Gemm or MatMul with constant weights to quantize",
+        if not self._find_layers(model) and not (cfg.activations == "int8" and find_adders(model)):
+            raise EdgecError("the model has no Conv, Gemm, MatMul or AdderConv with constant weights to quantize",
                              "quantization applies to models with such layers")
         notes: list[str] = []
         found = self._find_layers(model)
@@ -242,8 +243,19 @@ class QuantizeQDQ(EdgecPass):
         float_proto = ir.serde.serialize_model(model)
 
         act_params: dict[str, ActivationQParams] = {}
+        adders = find_adders(model) if cfg.activations == "int8" else []
         if cfg.activations == "int8":
-            act_params = self._calibrate(float_proto, self._activation_values(model, layers))
+            names = self._activation_values(model, layers)
+            names += [a.input.name for a in adders if a.input.name not in names]
+            act_params = self._calibrate(float_proto, names)
+        for adder in adders:  # an adder's input and weights share one grid (quantization/adder_qdq.py)
+            act_params[adder.input.name] = shared_qparams(act_params[adder.input.name],
+                                                          adder.weight.const_value.numpy())
+        adder_rows = [quantize_adder_weight(adder, act_params[adder.input.name],
+                                            lambda base, a: self._initializer(model, base, a), self._unique,
+                                            model.graph) for adder in adders]
+        for adder in adders:
+            _drop_if_unused(model, adder.weight)
         for layer in layers:
             if id(layer.node) in self._float_nodes:
                 layer.report = _float_report(layer)
@@ -269,7 +281,7 @@ class QuantizeQDQ(EdgecPass):
         if cfg.bias_correction:
             notes.extend(self._bias_correction(model, float_proto, layers))
         if self.calibration is not None:
-            self._layer_sqnr(float_proto, ir.serde.serialize_model(model), layers)
+            self._layer_sqnr(float_proto, ir.serde.serialize_model(model), [*layers, *adders])
         return {
             "changed": True,
             "config": {"weights": cfg.weights, "activations": cfg.activations, "granularity": cfg.granularity,
@@ -277,7 +289,7 @@ class QuantizeQDQ(EdgecPass):
                        "activation_dtype": cfg.activation_dtype if cfg.activations == "int8" else None,
                        "overrides": dict(cfg.overrides)},
             "opset": model.opset_imports.get("", opset),
-            "layers": [layer.report for layer in layers],
+            "layers": [layer.report for layer in layers] + adder_rows,
             "activations": {n: _qp_dict(qp) for n, qp in act_params.items()},
             "notes": notes,
         }
@@ -594,9 +606,12 @@ class QuantizeQDQ(EdgecPass):
             layer.report["bias_correction"] = float(np.max(np.abs(shift)))
         return [f"bias correction: {len(targets)} layer(s), layer by layer"]
 
-    def _layer_sqnr(self, float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, layers: list[_Layer]) -> None:
+    def _layer_sqnr(self, float_proto: onnx.ModelProto, q_proto: onnx.ModelProto, layers: list[Any]) -> None:
+        """Each layer's (a _Layer's or an AdderLayer's) output SQNR on the calibration data, into its report."""
         assert self.calibration is not None
         names = [layer.output.name for layer in layers]
+        if not names:
+            return
         energies = collect.output_sqnr(float_proto, q_proto, names, self.calibration())
         for layer in layers:
             signal, noise = energies[layer.output.name]

@@ -54,7 +54,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
             continue
         lo, hi = layer["weight_scale"]
         scale = f"{lo:.3g}" if lo == hi else f"{lo:.3g}..{hi:.3g}"
-        rows.append((_display_name(layer), layer["op"], str(layer["bits"]), f"{scale} zp 0",
+        rows.append((_display_name(layer), layer["op"], str(layer["bits"]), f"{scale} zp {layer.get('weight_zero_point', 0)}",
                      _db(layer["weight_sqnr_db"]),
                      _db(layer.get("output_sqnr_db")) if "output_sqnr_db" in layer else "-", _qp(layer["input"]),
                      _qp(layer["output"]), f"{layer['float_bytes']} → {layer['quantized_bytes']}"))

@@ -200,8 +200,25 @@ def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
     return default
 
 
+_EDGEC_MAC_OPS = ("BinaryConv", "AdderConv", "BinaryGemm")
+
+
+def _edgec_macs(node: onnx.NodeProto, shape: dict[str, Shape | None]) -> int:
+    """An edgec op's multiply-accumulates (binary: bit operations; adder: |x − w| terms), as the conv or dense
+    layer it replaces counts them: output elements × input channels × kernel area (the packed binary weights
+    have C/8 channel bytes, so C comes from the input). 0 where a shape is not static."""
+    x, w, y = (shape.get(n) for n in (node.input[0], node.input[1], node.output[0]))
+    if not (_is_static(x) and _is_static(w) and _is_static(y)):
+        return 0
+    if node.op_type == "BinaryGemm":
+        return _numel(y) * int(x[-1])  # type: ignore[index]
+    return _numel(y) * int(x[1]) * _numel(w[2:])  # type: ignore[index]
+
+
 def _macs(node: onnx.NodeProto, shape: dict[str, Shape | None], label: str) -> int:
     """Multiply-accumulates of one node from its static input/output shapes (0 for non-MAC ops)."""
+    if node.domain == "edgec" and node.op_type in _EDGEC_MAC_OPS:
+        return _edgec_macs(node, shape)
     if node.domain not in _DEFAULT_DOMAINS or node.op_type not in _MAC_OPS:
         return 0
 
@@ -242,6 +259,54 @@ def _macs(node: onnx.NodeProto, shape: dict[str, Shape | None], label: str) -> i
 # ------------------------------------------------------------------------------------------ inspect_model
 
 
+def _edgec_output_shape(node: onnx.NodeProto, x: Shape | None, w: Shape | None) -> list[int] | None:
+    """The output shape of an edgec op (BinaryConv, AdderConv: Conv's; BinaryGemm: [N, O]) from its input's
+    and weight's static shapes, or None."""
+    if not (_is_static(x) and _is_static(w)):
+        return None
+    if node.op_type == "BinaryGemm":
+        return [int(x[0]), int(w[0])]  # type: ignore[index]
+    attrs = {a.name: list(a.ints) for a in node.attribute}
+    kernel = [int(d) for d in w[2:]]  # type: ignore[index]
+    strides = attrs.get("strides") or [1] * len(kernel)
+    pads = attrs.get("pads") or [0] * (2 * len(kernel))
+    dilations = attrs.get("dilations") or [1] * len(kernel)
+    spatial = [(int(x[2 + i]) + pads[i] + pads[i + len(kernel)] - dilations[i] * (k - 1) - 1) // strides[i] + 1
+               for i, k in enumerate(kernel)]  # type: ignore[index]
+    return [int(x[0]), int(w[0]), *spatial]  # type: ignore[index]
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference, with the outputs of edgec's ops (model-local functions, where ONNX's inference stops)
+    given their shapes and inference run again past them, until nothing more is learned."""
+    def infer(m: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+
+    calls = [n for n in model.graph.node if n.domain == "edgec" and n.op_type in _EDGEC_MAC_OPS]
+    inferred = infer(model)
+    if not calls:
+        return inferred
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for _ in range(len(calls)):
+        known = {vi.name: _shape_of(vi) for vi in [*inferred.graph.input, *inferred.graph.value_info,
+                                                    *inferred.graph.output]}
+        known.update({t.name: (tuple(t.dims), t.data_type) for t in inferred.graph.initializer})
+        added = False
+        for node in calls:
+            if _is_static(known.get(node.output[0], (None, 0))[0]):
+                continue
+            x, w = (known.get(n, (None, 0)) for n in node.input[:2])
+            out = _edgec_output_shape(node, x[0], w[0])
+            if out is not None:
+                work.graph.value_info.append(onnx.helper.make_tensor_value_info(node.output[0], x[1], out))
+                added = True
+        if not added:
+            break
+        inferred = infer(work)
+    return inferred
+
+
 def inspect_model(model: onnx.ModelProto) -> ModelStats:
     """Shapes, weights and MACs per layer of ``model`` (whose input shapes must already be static).
 
@@ -249,7 +314,7 @@ def inspect_model(model: onnx.ModelProto) -> ModelStats:
     main graph once. Raises :class:`EdgecError` naming the node when a MAC-counting op's shapes are not static.
     """
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        inferred = _infer_shapes(model)
     except Exception as e:  # malformed model / unsupported opset: a user-fixable input problem
         raise EdgecError(
             f"ONNX shape inference failed: {e}",

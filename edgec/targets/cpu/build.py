@@ -44,6 +44,7 @@ class BuildReport:
     binary: dict[str, Any] = dataclasses.field(default_factory=dict)  # binary convs on the popcount kernel
     binary_gemm: dict[str, Any] = dataclasses.field(default_factory=dict)  # binary dense layers, same
     adder: dict[str, Any] = dataclasses.field(default_factory=dict)  # adder convs on the adder kernel
+    adder_int8: dict[str, Any] = dataclasses.field(default_factory=dict)  # 8-bit adder convs (vpsadbw kernel)
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tvm_target": self.tvm_target, "isa": self.isa, "cpu_options": self.options,
@@ -59,6 +60,8 @@ class BuildReport:
             out["binary_gemm"] = dict(self.binary_gemm)
         if self.adder.get("layers"):
             out["adder_conv"] = dict(self.adder)
+        if self.adder_int8.get("layers"):
+            out["adder_conv_int8"] = dict(self.adder_int8)
         return out
 
 
@@ -94,7 +97,7 @@ def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = 
 
 def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: dict[str, Any] | None = None,
                   binary: dict[str, Any] | None = None, adder: dict[str, Any] | None = None,
-                  binary_gemm: dict[str, Any] | None = None) -> list:
+                  binary_gemm: dict[str, Any] | None = None, adder_int8: dict[str, Any] | None = None) -> list:
     """Relax → fused PrimFuncs: blocked conv layouts, legalization (the kernel table's), fusion.
 
     The weights' layout transforms are constants here, so FoldConstant prepacks them. Tuning extracts its tasks
@@ -104,6 +107,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
 
     from edgec.targets.cpu.fast_math import fast_math_pass
     from edgec.targets.cpu.kernels.adder_conv import adder_conv_pass
+    from edgec.targets.cpu.kernels.adder_int8 import adder_int8_pass
     from edgec.targets.cpu.kernels.binary_conv import binary_conv_pass
     from edgec.targets.cpu.kernels.binary_gemm import binary_gemm_pass
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
@@ -121,6 +125,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     return [
         binary_conv_pass(isa, binary),  # edgec::BinaryConv's float body → bit-packed XNOR/popcount kernel
         binary_gemm_pass(isa, binary_gemm),  # edgec::BinaryGemm's → the same arithmetic as a dense kernel
+        adder_int8_pass(isa, adder_int8),  # a quantized AdderConv (input and weights on one grid) → vpsadbw kernel
         adder_conv_pass(isa, adder),  # edgec::AdderConv's unfold + |·| + sum body → blocked direct adder kernel
         unsigned_activations_pass(isa),  # int8 × int8 convs (TFLite) read x + 128: uint8 × int8 for VNNI
         pad_input_channels_pass(isa),  # an image's 3 channels as 4: the int8 stem runs on VNNI
@@ -162,13 +167,14 @@ def relax_pipeline(target, scheduling: Sequence[Any], options: CpuOptions, l2: i
     binary = report.binary if report is not None else None
     adder = report.adder if report is not None else None
     binary_gemm = report.binary_gemm if report is not None else None
+    adder_int8 = report.adder_int8 if report is not None else None
 
     @tvm.transform.module_pass(opt_level=0, name="EdgecCpuPipeline")
     def _pipeline(mod, _ctx):
         with target:
             seq = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + fusion_passes(target, options, l2,
                                                                                                packed, binary, adder,
-                                                                                               binary_gemm)
+                                                                                               binary_gemm, adder_int8)
                                            + list(scheduling) + cpu.dataflow_lower_passes(target)
                                            + cpu.finalize_passes(target))
             mod = seq(mod)

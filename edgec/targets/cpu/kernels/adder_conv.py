@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, producer_chain, scheduled
+from edgec.targets.cpu.kernels.op_kernel import (ConvShape, conv_shape, op_kernel_pass, producer_chain, scheduled,
+                                                 weight_value)
 
 CONV_SYMBOL = "edgec_adder_conv"
 AdderConvShape = ConvShape  # an adder conv layer needs nothing beyond the conv's shape
@@ -269,7 +270,8 @@ def adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
         add(reshape(negative(sum(abs(subtract(reshape(conv2d(x, onehot)), W3)), axis=2))), b)
 
     (:mod:`edgec.ops.functions`; constants folded by ``lower_edgec_ops``). Every constant is checked — the
-    unfold filters are exactly eye(K) as [K, C, kh, kw], W3 is [O, K, 1], the sum is over K — so the match is
+    unfold filters are exactly eye(K) as [K, C, kh, kw], W3 is [O, K, 1] (a constant, or the dequantized
+    integers of a quantized adder: ``op_kernel.weight_value``), the sum is over K — so the match is
     the adder conv's arithmetic whatever graph it came from (the filters' *shape* gives C, kh, kw)."""
     from edgec.targets.relax_rewrite import constant_value
 
@@ -281,7 +283,7 @@ def adder_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     x = conv.args[0]
     if total.attrs.axis is None or [int(v) for v in total.attrs.axis] != [2] or total.attrs.keepdims:
         return None
-    w3, bias = (constant_value(e, lookup) for e in (diff.args[1], outer.args[1]))
+    w3, bias = weight_value(diff.args[1], lookup), constant_value(outer.args[1], lookup)
     filters = getattr(getattr(conv.args[1], "ty", None), "shape", None)
     if w3 is None or bias is None or w3.ndim != 3 or filters is None or len(filters) != 4:
         return None

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-__all__ = ["ConvShape", "producer", "producer_chain", "conv_shape", "scheduled", "op_kernel_pass"]
+__all__ = ["ConvShape", "producer", "producer_chain", "dequantized", "weight_value", "conv_shape", "scheduled",
+           "op_kernel_pass"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,59 @@ def producer_chain(expr: Any, names: list[str], lookup: Any) -> list[Any] | None
             return None
         calls.append(call)
     return calls
+
+
+def dequantized(expr: Any, lookup: Any) -> tuple[Any, float, int] | None:
+    """``(q, s, z)`` where ``expr`` is the integer tensor q dequantized with a scalar scale s and zero point z —
+    TVM's ``dequantize`` or its elementwise form ``(float(q) − z)·s`` (qdq_lower.elementwise_qdq) — q uint8 or
+    int8; else None. How a kernel of a quantized op finds the integers under its float body's input."""
+    from edgec.targets.relax_rewrite import constant_value
+
+    def scalar(e: Any) -> float | None:
+        value = constant_value(e, lookup)
+        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+    dq = producer(expr, "dequantize", lookup)
+    if dq is not None:
+        q, scale, zero = dq.args[0], scalar(dq.args[1]), scalar(dq.args[2])
+    else:
+        mul = producer(expr, "multiply", lookup)
+        if mul is None:
+            return None
+        scale, inner, zero = scalar(mul.args[1]), mul.args[0], 0.0
+        sub = producer(inner, "subtract", lookup)
+        if sub is not None:
+            zero, inner = scalar(sub.args[1]), sub.args[0]
+        cast = producer(inner, "astype", lookup)
+        if cast is None:
+            return None
+        q = cast.args[0]
+    dtype = str(getattr(getattr(q, "ty", None), "dtype", ""))
+    if scale is None or zero is None or scale <= 0 or dtype not in ("uint8", "int8") or zero != round(zero):
+        return None
+    return q, scale, int(zero)
+
+
+def weight_value(expr: Any, lookup: Any) -> Any:
+    """The float32 value of a weight expression: a constant (see ``relax_rewrite.constant_value``), or a
+    constant integer tensor dequantized (:func:`dequantized`) and maybe reshaped, computed as TVM computes it
+    — ``(float32(q) − z)·s`` — so a quantized op's weights are read before FoldConstant has run; else None."""
+    import numpy as np
+
+    from edgec.targets.relax_rewrite import constant_value
+
+    value = constant_value(expr, lookup)
+    if value is not None:
+        return value
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    inner = producer(expr, "reshape", lookup)
+    source = dequantized(inner.args[0] if inner is not None else expr, lookup)
+    q = constant_value(source[0], lookup) if source is not None else None
+    if q is None or shape is None:
+        return None
+    _, scale, zero = source
+    value = (q.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+    return value.reshape([int(d) for d in shape])
 
 
 def conv_shape(conv: Any, x: Any, o: int, c: int, kh: int, kw: int, cls: type = ConvShape) -> Any:
