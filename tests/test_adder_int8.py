@@ -246,22 +246,109 @@ def test_compile_quantize_int8_verifies_adders_within_one_input_step(quantized_a
     assert manifest["target"]["build"]["adder_conv_int8"]["layers"] == 3
 
 
-def test_arm_takes_quantized_adders_on_the_float_kernel(quantized_adder):
-    """On Arm (no vpsadbw) the float adder kernel takes the quantized layers, reading the dequantized weights;
-    only the Relax passes run."""
+@pytest.mark.parametrize("preset,kernel", [("arm:cortex-a72", "adder"), ("arm:cortex-a76", "adder_int8"),
+                                           ("nehalem", None)])
+def test_kernel_choice_follows_the_target_features(quantized_adder, preset, kernel):
+    """The int8 kernel takes the quantized layers where the target has AVX2 or the Arm dot product (cortex-a76);
+    without (cortex-a72: NEON alone; x86 with SSE only) the float adder kernel or body takes them, reading the
+    dequantized weights. Only the Relax passes run."""
     import onnx
+    import tvm
 
     from edgec.targets import resolve_target
     from edgec.targets.cpu.build import BuildReport, fusion_passes
-    from edgec.targets.lower import to_relax
     from edgec.targets.cpu.options import CpuOptions
-    import tvm
+    from edgec.targets.lower import to_relax
 
     _, q, _, _ = quantized_adder
     mod = to_relax(onnx.load(str(q)))
-    target = resolve_target("arm:cortex-a72").tvm_target()
+    target = (resolve_target(preset).tvm_target() if ":" in preset else  # an x86 mcpu with SSE 4 only
+              tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": preset}))
     report = BuildReport()
     passes = fusion_passes(target, CpuOptions(), adder=report.adder, adder_int8=report.adder_int8)[:4]
     with target:
         tvm.transform.Sequential(passes)(mod)
-    assert report.adder.get("layers") == 3 and not report.adder_int8.get("layers")
+    taken = {"adder": report.adder.get("layers", 0), "adder_int8": report.adder_int8.get("layers", 0)}
+    if kernel is None:  # neither kernel: the float body stays
+        assert taken == {"adder": 0, "adder_int8": 0}
+    else:
+        assert taken[kernel] == 3 and sum(taken.values()) == 3, taken
+
+
+def test_neon_loop_is_uabd_and_udot():
+    """On cortex-a76 the conv loop is uabd + udot (one each per 16 terms), no stack access in it."""
+    import sys
+    from pathlib import Path
+
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import adder_int8 as ai
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from arm_int8_mca import hot_loop
+
+    target = resolve_target("arm:cortex-a76").tvm_target()
+    shape = _shape((64, 64, 3, 1, 1, 14, 14), n=1)
+    plan = ai.Plan(shape, ai.Tiling.for_isa(isa_of(target), shape.o, shape.ow))
+    asm = tvm.compile(tvm.IRModule({"conv": ai.conv_func(plan, 3, False)}), target=target).mod.inspect_source("asm")
+    loop = hot_loop(asm, "udot")
+    ops = [line.split()[0] for line in loop]
+    assert ops.count("udot") == ops.count("uabd") >= plan.tiling.vectors * plan.tiling.positions
+    assert not any("sp" in line.split(None, 1)[-1] for line in loop)
+
+
+def test_arm_dotprod_build_matches_onnxruntime_under_qemu(quantized_adder, tmp_path):
+    """`edgec compile --target arm:cortex-a76` of the quantized AdderNet: its three adder layers on the uabd/udot
+    kernel, and on the emulated aarch64 device the logits equal onnxruntime on the QDQ model (edgec verify's
+    default tolerance: 1e-4 of the output's scale)."""
+    import shutil
+
+    from edgec.toolchain import api
+
+    missing = [tool for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64-static") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed")
+    _, q, _, _ = quantized_adder
+    result = api.compile(q, target="arm:cortex-a76", output=tmp_path / "art", verify=False)
+    assert result.artifact.manifest["target"]["build"]["adder_conv_int8"]["layers"] == 3
+    x = {"input": _mnist_images(1, offset=100)}
+    got = list(api.run(tmp_path / "art", x, device="qemu-aarch64").outputs.values())[0]
+    want = api.onnxruntime_outputs(q, x)[0]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+def test_weights_outside_the_input_grid_are_folded_exactly(tmp_path):
+    """The grid is the input's range alone ([0, 2.55] here: s = 0.01, z = 0); weights below it (negative) and above
+    it are clamped and their constant terms folded into the bias. With the in-range weights on the grid, the QDQ
+    model equals the float adder layer on the quantized input with the *original* weights and bias (float32
+    rounding apart), and the report counts the clamped weights."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgec.ops import reference as ref
+    from edgec.quantization.api import quantize_model
+    from helpers import edgec_layers_model
+
+    model = edgec_layers_model([("adder_conv", 5, 6, 7, 7, 3, 1, 1, 1)], seed=2)
+    rng = np.random.default_rng(0)
+    w = rng.integers(-50, 300, (6, 5, 3, 3)).astype(np.float32) * np.float32(0.01)  # on the grid or outside it
+    for t in model.graph.initializer:
+        if t.name == "w0":
+            t.CopyFrom(numpy_helper.from_array(w, "w0"))
+    bias = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "b0")
+    path, q_path, calib = tmp_path / "m.onnx", tmp_path / "q.onnx", tmp_path / "c.npy"
+    onnx.save(model, str(path))
+    x = rng.integers(0, 256, (4, 5, 7, 7)).astype(np.float32) * np.float32(0.01)
+    x[0, 0, 0, :2] = (0.0, 2.55)
+    np.save(calib, x)
+    result = quantize_model(path, q_path, calib)
+    row = next(r for r in result.report["layers"] if r["op"] == "AdderConv")
+    assert row["input"]["zero_point"] == 0 and abs(row["input"]["scale"] - 0.01) < 1e-7
+    assert row["clamped_weights"] == int(np.count_nonzero((w < 0) | (w > 2.55)))
+    got = ort.InferenceSession(str(q_path)).run(None, {"x0": x[1:2]})[0]
+    want = ref.adder_conv(x[1:2].astype(np.float64), w.astype(np.float64), bias, (1, 1), (1, 1, 1, 1), (1, 1))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))

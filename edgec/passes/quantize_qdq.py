@@ -44,7 +44,7 @@ from edgec.calibration.observers import OBSERVERS, Observer, get_observer
 from edgec.errors import EdgecError
 from edgec.passes.base import PRECISION_HINT, EdgecPass, register_pass
 from edgec.quantization import collect
-from edgec.quantization.adder_qdq import find_adders, quantize_adder_weight, shared_qparams
+from edgec.quantization.adder_qdq import find_adders, quantize_adder_weight
 from edgec.quantization.equalize import equalize
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
                                       quantize_weight, sqnr_db)
@@ -248,9 +248,7 @@ class QuantizeQDQ(EdgecPass):
             names = self._activation_values(model, layers)
             names += [a.input.name for a in adders if a.input.name not in names]
             act_params = self._calibrate(float_proto, names)
-        for adder in adders:  # an adder's input and weights share one grid (quantization/adder_qdq.py)
-            act_params[adder.input.name] = shared_qparams(act_params[adder.input.name],
-                                                          adder.weight.const_value.numpy())
+        # an adder's weights go on its input's grid (quantization/adder_qdq.py)
         adder_rows = [quantize_adder_weight(adder, act_params[adder.input.name],
                                             lambda base, a: self._initializer(model, base, a), self._unique,
                                             model.graph) for adder in adders]

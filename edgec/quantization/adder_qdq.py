@@ -7,10 +7,16 @@ zero point for the difference to be an integer difference: with x = s·(qx − z
 
 exactly, and the integer sum Σ|qx − qw| is what x86's ``vpsadbw`` computes, 32 (AVX2) or 64 (AVX-512) byte
 differences per instruction (:mod:`edgec.targets.cpu.kernels.adder_int8`). Per-channel weight scales, which make
-int8 convs accurate, are impossible here (the same x meets every channel's weights); the grid is the union of the
-input's calibrated range and the weights' range, 256 levels (the shared-scale scheme of quantized AdderNets, e.g.
-Nie et al., "Redistribution of Weights and Activations for AdderNet Quantization", NeurIPS 2022). Zero padding stays
-exact: float 0 is the integer z.
+int8 convs accurate, are impossible here (the same x meets every channel's weights).
+
+The grid is the input's calibrated range alone, not widened to hold the weights: the quantized input always lies
+in [lo, hi] (QuantizeLinear saturates), and for such x a weight outside the range contributes a constant plus the
+term of the nearest end, |x − w| = |x − lo| + (lo − w) for w < lo and |x − hi| + (w − hi) for w > hi. So the
+weights are clamped into [lo, hi] and those constants folded into the bias, exactly (the redistribution of
+weights for quantized AdderNets, Nie et al., "Redistribution of Weights and Activations for AdderNet
+Quantization", NeurIPS 2022). A post-ReLU input (lo = 0) then keeps all 256 levels for its own range instead of
+sharing them with the negative weights (measured on bench/binary.py's MNIST AdderNet: see README). Zero padding
+stays exact: the grid holds 0 (the integer z).
 
 The written form is standard QDQ: the input through QuantizeLinear → DequantizeLinear (inserted by the QDQ pass
 with these parameters), the weights as an integer initializer → DequantizeLinear with the same scale and zero
@@ -25,9 +31,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.quantization.qmath import ActivationQParams, activation_qparams, quantize, sqnr_db
+from edgec.quantization.qmath import ActivationQParams, quantize, sqnr_db
 
-__all__ = ["AdderLayer", "find_adders", "shared_qparams", "quantize_adder_weight"]
+__all__ = ["AdderLayer", "find_adders", "quantize_adder_weight"]
 
 ADDER_DOMAIN = "edgec"
 
@@ -67,18 +73,21 @@ def find_adders(model: ir.Model) -> list[AdderLayer]:
     return found
 
 
-def shared_qparams(x: ActivationQParams, w: np.ndarray) -> ActivationQParams:
-    """The grid of input ``x``'s calibrated range widened to hold every weight (and 0)."""
-    return activation_qparams(min(x.lo, float(w.min())), max(x.hi, float(w.max())), x.dtype)
-
-
 def quantize_adder_weight(layer: AdderLayer, qp: ActivationQParams, initializer: Any, unique: Any,
                           graph: ir.Graph) -> dict[str, Any]:
-    """Replace the layer's float weight by ``DequantizeLinear(q, s, z)`` on the shared grid ``qp``; returns (and
-    keeps in ``layer.report``) the layer's report row. ``initializer(base, array)`` registers an initializer, ``unique(base)`` names a value
-    (the QDQ pass's own, so names never collide)."""
+    """Replace the layer's float weight by ``DequantizeLinear(q, s, z)`` on its input's grid ``qp``, the weights
+    outside the grid clamped and their constant terms folded into the bias (see the module doc); returns (and keeps
+    in ``layer.report``) the layer's report row. ``initializer(base, array)`` registers an initializer,
+    ``unique(base)`` names a value (the QDQ pass's own, so names never collide)."""
     w = layer.weight.const_value.numpy().astype(np.float32)
-    q = quantize(w, qp.scale, qp.zero_point, qp.dtype)
+    qmin, qmax = (0, 255) if qp.dtype == "uint8" else (-128, 127)
+    lo, hi = (qmin - qp.zero_point) * qp.scale, (qmax - qp.zero_point) * qp.scale
+    w64 = w.astype(np.float64)
+    outside = np.maximum(lo - w64, 0) + np.maximum(w64 - hi, 0)  # |x − w| − |x − clamp(w)| for x in [lo, hi]
+    clamped = int(np.count_nonzero(outside > 1e-4 * qp.scale))  # not the grid's ends' float rounding
+    if np.any(outside):
+        _fold_into_bias(layer, -outside.reshape(outside.shape[0], -1).sum(axis=1), initializer, graph)
+    q = quantize(np.clip(w64, lo, hi), qp.scale, qp.zero_point, qp.dtype)
     store = np.uint8 if qp.dtype == "uint8" else np.int8
     q_value = initializer(f"{layer.weight.name}_quantized", q.astype(store))
     s_value = initializer(f"{layer.weight.name}_scale", np.asarray(qp.scale, np.float32))
@@ -90,14 +99,29 @@ def quantize_adder_weight(layer: AdderLayer, qp: ActivationQParams, initializer:
     old = layer.weight
     layer.node.replace_input_with(1, out)
     deq = (q.astype(np.float64) - qp.zero_point) * qp.scale
-    error = float(np.sum((w.astype(np.float64) - deq) ** 2))
+    error = float(np.sum((np.clip(w64, lo, hi) - deq) ** 2))  # clamping is exact (folded): rounding only
     qp_row = {"scale": qp.scale, "zero_point": qp.zero_point, "dtype": qp.dtype, "range": [qp.lo, qp.hi]}
     layer.report = {"layer": layer.name, "op": "AdderConv", "weight": old.name, "bits": 8, "granularity": "shared",
             "weight_scale": [qp.scale, qp.scale], "weight_zero_point": qp.zero_point,
             "weight_sqnr_db": _finite(sqnr_db(float(np.sum(w.astype(np.float64) ** 2)), error)),
             "float_bytes": int(w.nbytes), "quantized_bytes": int(q.size), "input": qp_row, "output": None,
-            "bias": "float", "precision": qp.dtype}
+            "bias": "float", "precision": qp.dtype, "clamped_weights": clamped}
     return layer.report
+
+
+def _fold_into_bias(layer: AdderLayer, delta: np.ndarray, initializer: Any, graph: ir.Graph) -> None:
+    """b[o] += delta[o] on the layer's bias (a new initializer; a bias that is not a constant gets none added)."""
+    node = layer.node
+    old = node.inputs[2] if len(node.inputs) > 2 else None
+    if old is not None and old.const_value is None:
+        raise ValueError(f"adder layer {layer.name}: its bias is not a constant")
+    base = old.const_value.numpy().astype(np.float64).reshape(-1) if old is not None else np.zeros(delta.size)
+    value = initializer(f"{layer.name}.bias_folded", (np.broadcast_to(base, delta.shape) + delta).astype(np.float32))
+    if len(node.inputs) < 3:
+        node.resize_inputs(3)
+    node.replace_input_with(2, value)
+    if old is not None and not list(old.uses()) and old.is_initializer() and old.name in graph.initializers:
+        graph.initializers.pop(old.name)
 
 
 def _finite(value: float) -> float | None:

@@ -1,5 +1,5 @@
-"""8-bit adder convolution on x86: Σ|qx − qw| with ``vpsadbw``, 32 (AVX2) or 64 (AVX-512BW) byte differences per
-instruction.
+"""8-bit adder convolution: Σ|qx − qw| with x86's ``vpsadbw``, 32 (AVX2) or 64 (AVX-512BW) byte differences per
+instruction, or on AArch64 with the dot product ``uabd`` + ``udot`` (16 per two instructions).
 
 Why: the float adder kernel (adder_conv.py) needs two vector operations (max, fma) per 8 or 16 terms, while
 edgec's float conv of the same shape runs as Winograd or one FMA per term, so the float adder layer stays 3-5×
@@ -19,8 +19,11 @@ Layout: input channels in groups of 8 innermost, so one 8-byte group of a pixel 
 * epilogue: y = b[o] − s·float(acc), the accumulator exact in int32 (≤ 255·C·kh·kw).
 
 The result equals onnxruntime running the QDQ model (float arithmetic on the dequantized values) up to float32
-rounding of its sum (tests/test_adder_int8.py). x86 only: the target needs AVX2 (AVX-512BW for zmm); elsewhere the
-float adder kernel takes the layer, reading the dequantized weights.
+rounding of its sum (tests/test_adder_int8.py). On AArch64 the same loop nest, 16-byte vectors of 2 channels:
+``uabd`` gives the 16 byte differences and ``udot`` against a vector of ones sums each 4 into a 32-bit lane (two
+lanes per channel, added in the epilogue); LLVM's float adder loop there is ``fmaxnm`` + ``fmla`` per 4 terms.
+Elsewhere (no AVX2, no dot product, CUDA) the float adder kernel takes the layer, reading the dequantized
+weights.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ GROUP = 8  # input channels per 64-bit word: vpsadbw's unit
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """``bytes``: vector width (32: ymm, 64: zmm); a tile of ``positions`` output columns × ``vectors`` vectors
-    of bytes/8 output channels."""
+    """``bytes``: vector width (16: NEON, 32: ymm, 64: zmm); a tile of ``positions`` output columns × ``vectors``
+    vectors of bytes/8 output channels. ``neon``: the step is ``uabd`` + ``udot`` (AArch64 with the dot product)
+    instead of ``vpsadbw``."""
 
     bytes: int
     vectors: int
     positions: int
+    neon: bool = False
 
     @property
     def channels(self) -> int:
@@ -53,22 +58,29 @@ class Tiling:
 
     @property
     def intrinsic(self) -> str:
+        if self.neon:
+            return "llvm.aarch64.neon.udot.v4i32.v16i8"
         return "llvm.x86.avx512.psad.bw.512" if self.bytes == 64 else "llvm.x86.avx2.psad.bw"
 
     @classmethod
     def for_isa(cls, isa: Any, o: int, ow: int) -> Tiling:
-        """zmm where the target has AVX-512BW, else ymm; two channel vectors where the layer has that many
+        """x86: zmm where the target has AVX-512BW, else ymm; two channel vectors where the layer has that many
         channels. Positions: at most 5 with ymm (10 of 16 registers accumulate; the weight vectors are memory
         operands, each broadcast pixel takes a register) — on Zen 3, 256→256 at 14×14 ran 0.86-0.96 ms at 2 × 4
         to 2 × 7 and 1.06-1.37 ms at 3 × 2 to 4 × 3 or 1 × 12 (and 128 at 28², 64 at 56² alike); at most 8 with
-        zmm (16 of 32). Of the most and one less, the one that wastes fewer columns of a row (smaller tiles
-        lose more than they save: 2 × 2 took 1.06 ms on that layer)."""
-        wide = isa.has("avx512bw")
-        size = 64 if wide else 32
-        vectors = max(1, min(2, -(-o // (size // 8))))
-        most = min(8 if wide else 5, ow)
+        zmm (16 of 32). AArch64: 2 channels a vector, four vectors where there are 8 channels, at most 4
+        positions (16 of 32 registers accumulate; the loop holds the 4 weight vectors, a broadcast pixel, the
+        ``uabd`` result and the ones vector besides). Of the most positions and one less, the one that wastes
+        fewer columns of a row (smaller tiles lose more than they save: 2 × 2 took 1.06 ms on that layer)."""
+        if isa.arch == "aarch64":
+            size, wide_most, vectors_most = 16, 4, 4
+        else:
+            wide = isa.has("avx512bw")
+            size, wide_most, vectors_most = (64, 8, 2) if wide else (32, 5, 2)
+        vectors = max(1, min(vectors_most, -(-o // (size // 8))))
+        most = min(wide_most, ow)
         best = min(range(max(1, most - 1), most + 1), key=lambda p: (-(-ow // p) * p, -p))
-        return cls(bytes=size, vectors=vectors, positions=best)
+        return cls(bytes=size, vectors=vectors, positions=best, neon=isa.arch == "aarch64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,16 +157,22 @@ def conv_func(plan: Plan, pad_value: int, flip: bool, x_dtype: str = "uint8", sy
     vb, pb, g, nbytes = t.vectors, t.positions, t.channels, t.bytes
     tiles_o, tiles_x = op_ // (g * vb), plan.ow_tiles
     words, lanes32 = nbytes // 8, nbytes // 4
-    byte_vec, word_vec, acc_vec = f"uint8x{nbytes}", f"int64x{words}", f"int32x{lanes32}"
+    byte_vec, word_vec = f"uint8x{nbytes}", f"int64x{words}"
+    acc_vec = f"uint32x{lanes32}" if t.neon else f"int32x{lanes32}"
+    acc_type = "uint32" if t.neon else "int32"
+    ones = T.Broadcast(T.uint8(1), nbytes)
     intrinsic = t.intrinsic
     pad_byte = T.uint8(pad_value)
 
     def read(v: Any) -> Any:  # evaluated while the script is parsed: the flip only for int8 inputs
         return T.bitwise_xor(T.Cast("uint8", v), T.uint8(0x80)) if flip else v
 
-    def psad(xw: Any, wv: Any) -> Any:
+    def step(acc: Any, xw: Any, wv: Any) -> Any:  # evaluated while the script is parsed: the ISA's form
         xb = T.reinterpret(byte_vec, T.Broadcast(xw, words))
-        return T.reinterpret(acc_vec, T.call_llvm_pure_intrin(word_vec, intrinsic, xb, wv))
+        if t.neon:  # |x − w| per byte (uabd), each 4 summed into a lane (udot with ones)
+            diff = T.max(xb, wv) - T.min(xb, wv)
+            return T.call_llvm_pure_intrin(acc_vec, T.llvm_lookup_intrinsic_id(intrinsic), acc, diff, ones)
+        return acc + T.reinterpret(acc_vec, T.call_llvm_pure_intrin(word_vec, intrinsic, xb, wv))
 
     x_type = T.Buffer((n_, c_, h_, w_), x_dtype)
     w_type = T.Buffer(plan.packed_w_shape, "uint8")
@@ -171,15 +189,16 @@ def conv_func(plan: Plan, pad_value: int, flip: bool, x_dtype: str = "uint8", sy
                 for c, col in T.grid(c_, w_):
                     xp[nh // hp, c // 8, nh % hp, pl + col, c % 8] = read(x[nh // hp, c, nh % hp - pt, col])
         for ny in T.parallel(n_ * oh_):
-            acc = T.alloc_buffer((pb, vb, lanes32), "int32", scope="local")
+            acc = T.alloc_buffer((pb, vb, lanes32), acc_type, scope="local")
             for tx, to in T.grid(tiles_x, tiles_o):
                 for p in T.unroll(pb):
                     for v in T.unroll(vb):
-                        acc[p, v, T.Ramp(0, 1, lanes32)] = T.Broadcast(T.int32(0), lanes32)
+                        acc[p, v, T.Ramp(0, 1, lanes32)] = T.Broadcast(T.Cast(acc_type, 0), lanes32)
                 for c8, i, j in T.grid(cg, kh_, kw_):
                     for p in T.unroll(pb):
                         for v in T.unroll(vb):
-                            acc[p, v, T.Ramp(0, 1, lanes32)] = acc[p, v, T.Ramp(0, 1, lanes32)] + psad(
+                            acc[p, v, T.Ramp(0, 1, lanes32)] = step(
+                                acc[p, v, T.Ramp(0, 1, lanes32)],
                                 T.reinterpret("int64", xp[ny // oh_, c8, ny % oh_ * sh + i * dh,
                                                           (tx * pb + p) * sw + j * dw, T.Ramp(0, 1, 8)]),
                                 wpk[to * vb + v, c8, i, j, T.Ramp(0, 1, nbytes)])
@@ -188,15 +207,16 @@ def conv_func(plan: Plan, pad_value: int, flip: bool, x_dtype: str = "uint8", sy
                         for lane in T.unroll(g):
                             if tx * pb + p < ow_ and (to * vb + v) * g + lane < o_:
                                 y[ny // oh_, (to * vb + v) * g + lane, ny % oh_, tx * pb + p] = (
-                                    cb[(to * vb + v) * g + lane]
-                                    + cb[op_] * T.Cast("float32", acc[p, v, lane * 2]))
+                                    cb[(to * vb + v) * g + lane] + cb[op_] * T.Cast(
+                                        "float32", acc[p, v, lane * 2] + acc[p, v, lane * 2 + 1]))
 
     return scheduled(conv, symbol)
 
 
 def takes(isa: Any) -> bool:
-    """x86-64 with AVX2 (``vpsadbw`` on ymm; zmm with AVX-512BW)."""
-    return isa.arch == "x86_64" and isa.has("avx2")
+    """x86-64 with AVX2 (``vpsadbw`` on ymm; zmm with AVX-512BW), or AArch64 with the dot product (``uabd`` +
+    ``udot``: cortex-a55/a76/a78, Neoverse; decided by the feature)."""
+    return (isa.arch == "x86_64" and isa.has("avx2")) or (isa.arch == "aarch64" and isa.dotprod)
 
 
 def integer_weights(w: np.ndarray, scale: float, zero: int, dtype: str) -> np.ndarray | None:
