@@ -275,6 +275,23 @@ def test_kernel_choice_follows_the_target_features(quantized_adder, preset, kern
         assert taken[kernel] == 3 and sum(taken.values()) == 3, taken
 
 
+def test_cuda_takes_quantized_adders_on_its_adder_kernel(quantized_adder):
+    """A CUDA target runs the quantized layers on its direct adder kernel (targets/gpu), reading the dequantized
+    weights; only the Relax passes run (no GPU needed)."""
+    import onnx
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.gpu.registry import rewrite_passes
+    from edgec.targets.lower import to_relax
+
+    _, q, _, _ = quantized_adder
+    stats: dict = {}
+    with resolve_target("cuda:sm_90").tvm_target():
+        tvm.transform.Sequential(rewrite_passes(stats))(to_relax(onnx.load(str(q))))
+    assert stats["adder_conv"]["layers"] == 3
+
+
 def test_neon_loop_is_uabd_and_udot():
     """On cortex-a76 the conv loop is uabd + udot (one each per 16 terms), no stack access in it."""
     import sys
@@ -352,3 +369,31 @@ def test_weights_outside_the_input_grid_are_folded_exactly(tmp_path):
     got = ort.InferenceSession(str(q_path)).run(None, {"x0": x[1:2]})[0]
     want = ref.adder_conv(x[1:2].astype(np.float64), w.astype(np.float64), bias, (1, 1), (1, 1, 1, 1), (1, 1))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_adder_overrides(tmp_path, cli):
+    """--override NAME=float keeps an adder layer float (its input too), NAME=int4 is refused in one line, and an
+    unknown name lists the adder layers among the names to use."""
+    import onnx
+
+    from edgec.quantization.api import quantize_model
+    from helpers import assert_user_error, edgec_layers_model
+
+    path, calib = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(edgec_layers_model([("adder_conv", 8, 8, 6, 6, 3, 1, 1, 1), ("adder_conv", 8, 8, 6, 6, 3, 1, 1, 1)]),
+              str(path))
+    rng = np.random.default_rng(0)
+    np.savez(calib, x0=rng.random((4, 8, 6, 6), np.float32), x1=rng.random((4, 8, 6, 6), np.float32))
+    result = quantize_model(path, tmp_path / "q.onnx", calib, overrides={"w0": "float"})
+    assert [r["op"] for r in result.report["layers"]] == ["AdderConv"]
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    adders = [n for n in q.graph.node if n.op_type == "AdderConv"]
+    assert adders[0].input[0] == "x0" and adders[0].input[1] == "w0"  # kept float: untouched
+    assert adders[1].input[0] != "x1"
+    code, _, err = cli("quantize", str(path), "--calib", str(calib), "--override", "w1=int4", "-o",
+                       str(tmp_path / "bad.onnx"))
+    assert_user_error(code, err, "adder layer", "int4", "int8")
+    code, _, err = cli("quantize", str(path), "--calib", str(calib), "--override", "nope=float", "-o",
+                       str(tmp_path / "bad.onnx"))
+    assert_user_error(code, err, "no quantizable layer named 'nope'", "w0")
+    assert not (tmp_path / "bad.onnx").exists()

@@ -220,12 +220,18 @@ class QuantizeQDQ(EdgecPass):
                              "quantization applies to models with such layers")
         notes: list[str] = []
         found = self._find_layers(model)
-        known = {key for layer in found for key in layer.keys}
+        adder_keys = [layer_keys(a.name, a.weight.name) for a in find_adders(model)]
+        known = {key for layer in found for key in layer.keys} | {key for keys in adder_keys for key in keys}
         unknown = [key for key in cfg.overrides if key not in known]
         if unknown:
             raise EdgecError(f"no quantizable layer named '{unknown[0]}'",
-                             "name a Conv/Gemm/MatMul by node or weight name: "
-                             + ", ".join(layer.keys[-1] for layer in found))
+                             "name a Conv/Gemm/MatMul/AdderConv by node or weight name: "
+                             + ", ".join([layer.keys[-1] for layer in found] + [k[-1] for k in adder_keys]))
+        for keys in adder_keys:
+            wrong = [cfg.overrides[k] for k in keys if k in cfg.overrides and cfg.overrides[k] not in ("int8", "float")]
+            if wrong:
+                raise EdgecError(f"adder layer '{keys[0]}' cannot be {wrong[0]}",
+                                 "an AdderConv is quantized to int8 (input and weights on one grid) or kept float")
         precisions = [layer_precision(cfg, layer) for layer in found]
         min_opset = 21 if "int4" in precisions or (cfg.granularity.startswith("group:") and any(
             p != "float" for p in precisions)) else 13
@@ -239,11 +245,14 @@ class QuantizeQDQ(EdgecPass):
             notes.extend(equalize(model, self.calibration))
         layers = self._find_layers(model)  # again: a converter may have rebuilt the graph's nodes
         self._float_nodes = {id(layer.node) for layer in layers if layer_precision(cfg, layer) == "float"}
+        self._float_nodes |= {id(a.node) for a in find_adders(model)  # adders kept float read the float input
+                              if cfg.precision(layer_keys(a.name, a.weight.name)) == "float"}
         self._names = {v.name for v in _all_values(model) if v.name}
         float_proto = ir.serde.serialize_model(model)
 
         act_params: dict[str, ActivationQParams] = {}
-        adders = find_adders(model) if cfg.activations == "int8" else []
+        adders = [a for a in find_adders(model) if cfg.activations == "int8"
+                  and cfg.precision(layer_keys(a.name, a.weight.name)) != "float"]
         if cfg.activations == "int8":
             names = self._activation_values(model, layers)
             names += [a.input.name for a in adders if a.input.name not in names]
