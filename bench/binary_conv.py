@@ -132,6 +132,17 @@ def bench_network(rounds: int, work: Path, to: str = "binary") -> dict:
     taken = results[to].artifact.manifest["target"]["build"].get(f"{to}_conv", {}).get("layers", 0)
     x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
     runs = {f"edgec {key}": vm_run(results[key].artifact.path, x) for key in (to, "float")}
+    if to == "adder":  # also the 8-bit adder net: `edgec quantize` on 32 digits (input and weights on one grid)
+        from edgec.models import mnist_split
+        from edgec.quantization.api import quantize_model
+
+        calib = work / "mnist-calib.npy"
+        np.save(calib, mnist_split()["train"][0][:32])
+        quantize_model(sub_path, work / "mnist-adder-int8.onnx", calib)
+        int8 = edgec_compile(work / "mnist-adder-int8.onnx", output=work / "mnist-adder-int8")
+        print(f"# mnist adder int8: {int8.artifact.manifest['target']['build'].get('adder_conv_int8', {}).get('layers', 0)}"
+              f" layers on the int8 adder kernel; verify {int8.verification.summary()}")
+        runs["edgec adder int8"] = vm_run(int8.artifact.path, x)
     times = interleaved(runs, rounds=rounds, warmup=3, min_round_seconds=0.1)
     rows = [[label, fmt_ms(median(t)), fmt_ms(min(t)), fmt_ms(max(t))] for label, t in times.items()]
     print(format_table(rows, [f"mnist ({taken} {to} convs, 1 thread)", "median ms", "min ms", "max ms"]))
@@ -140,6 +151,10 @@ def bench_network(rounds: int, work: Path, to: str = "binary") -> dict:
     ratio = ratio_stats(times, f"edgec {top}", f"edgec {bottom}")
     print(f"mnist: edgec {top} / edgec {bottom} time, per round: median {ratio['median']:.2f}x "
           f"(min {ratio['min']:.2f}x - max {ratio['max']:.2f}x)")
+    if "edgec adder int8" in times:
+        int8 = ratio_stats(times, "edgec adder int8", "edgec float")
+        print(f"mnist: edgec adder int8 / edgec float time, per round: median {int8['median']:.2f}x "
+              f"(min {int8['min']:.2f}x - max {int8['max']:.2f}x)")
     print()
     return {"layer": "mnist", f"{to}_layers": taken, "ms": {k: median(t) * 1e3 for k, t in times.items()},
             f"{top}_over_{bottom}": ratio["median"]}
