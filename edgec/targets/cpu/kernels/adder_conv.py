@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from edgec.targets.cpu.kernels.op_kernel import (ConvShape, conv_shape, op_kernel_pass, producer_chain, scheduled,
-                                                 weight_value)
+from edgec.targets.cpu.kernels.op_kernel import (ConvShape, TilePlan, conv_shape, op_kernel_pass, producer_chain,
+                                                 scheduled, weight_value)
 
 CONV_SYMBOL = "edgec_adder_conv"
 AdderConvShape = ConvShape  # an adder conv layer needs nothing beyond the conv's shape
@@ -82,35 +82,8 @@ class Tiling:
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """The buffers' sizes a shape and a tiling imply."""
-
-    shape: AdderConvShape
-    tiling: Tiling
-
-    @property
-    def block(self) -> int:
-        return self.tiling.lanes * self.tiling.vectors
-
-    @property
-    def o_padded(self) -> int:
-        return -(-self.shape.o // self.block) * self.block
-
-    @property
-    def ow_tiles(self) -> int:
-        return -(-self.shape.ow // self.tiling.positions)
-
-    @property
-    def hp(self) -> int:
-        s = self.shape
-        return s.h + s.pads[0] + s.pads[2]
-
-    @property
-    def wp(self) -> int:
-        """Padded width, extended so the last tile's extra columns read zeros inside the buffer."""
-        s = self.shape
-        reach = (self.ow_tiles * self.tiling.positions - 1) * s.strides[1] + (s.kw - 1) * s.dilations[1] + 1
-        return max(s.w + s.pads[1] + s.pads[3], reach)
+class Plan(TilePlan):
+    """The buffers' sizes a shape and a tiling imply (:class:`op_kernel.TilePlan`) and this kernel's layouts."""
 
     @property
     def padded_x_shape(self) -> tuple[int, int, int, int]:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from edgec.targets.cpu.kernels.adder_conv import adder_conv_parts
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, dequantized, op_kernel_pass, scheduled
+from edgec.targets.cpu.kernels.op_kernel import ConvShape, TilePlan, dequantized, op_kernel_pass, scheduled
 
 CONV_SYMBOL = "edgec_adder_int8"
 GROUP = 8  # input channels per 64-bit word: vpsadbw's unit
@@ -55,6 +55,11 @@ class Tiling:
     def channels(self) -> int:
         """Output channels per vector: one per 64-bit lane."""
         return self.bytes // 8
+
+    @property
+    def lanes(self) -> int:
+        """What :class:`op_kernel.TilePlan` counts output channels per vector by."""
+        return self.channels
 
     @property
     def intrinsic(self) -> str:
@@ -84,36 +89,12 @@ class Tiling:
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    shape: ConvShape
-    tiling: Tiling
-
-    @property
-    def block(self) -> int:
-        return self.tiling.channels * self.tiling.vectors
-
-    @property
-    def o_padded(self) -> int:
-        return -(-self.shape.o // self.block) * self.block
+class Plan(TilePlan):
+    """The buffers' sizes (:class:`op_kernel.TilePlan`) and the 8-byte channel groups."""
 
     @property
     def c_groups(self) -> int:
         return -(-self.shape.c // GROUP)
-
-    @property
-    def ow_tiles(self) -> int:
-        return -(-self.shape.ow // self.tiling.positions)
-
-    @property
-    def hp(self) -> int:
-        return self.shape.h + self.shape.pads[0] + self.shape.pads[2]
-
-    @property
-    def wp(self) -> int:
-        """Padded width, extended so the last tile's extra columns read inside the buffer."""
-        s = self.shape
-        reach = (self.ow_tiles * self.tiling.positions - 1) * s.strides[1] + (s.kw - 1) * s.dilations[1] + 1
-        return max(s.w + s.pads[1] + s.pads[3], reach)
 
     @property
     def packed_w_shape(self) -> tuple[int, ...]:

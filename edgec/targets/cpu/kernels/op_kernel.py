@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-__all__ = ["ConvShape", "producer", "producer_chain", "dequantized", "weight_value", "conv_shape", "scheduled",
-           "op_kernel_pass"]
+__all__ = ["ConvShape", "TilePlan", "producer", "producer_chain", "dequantized", "weight_value", "conv_shape",
+           "scheduled", "op_kernel_pass"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,40 @@ class ConvShape:
     def describe(self) -> str:
         """How the build report lists the layer: ``C->O KHxKW/S HxW``."""
         return f"{self.c}->{self.o} {self.kh}x{self.kw}/{self.strides[0]} {self.h}x{self.w}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """What a direct conv kernel with a register tile of ``tiling.positions`` output columns × ``tiling.vectors``
+    vectors of ``tiling.lanes`` output channels implies for its buffers (the adder kernels' plans extend it):
+    output channels padded to whole tiles, column tiles per row, the padded input's height and width."""
+
+    shape: ConvShape
+    tiling: Any
+
+    @property
+    def block(self) -> int:
+        return self.tiling.lanes * self.tiling.vectors
+
+    @property
+    def o_padded(self) -> int:
+        return -(-self.shape.o // self.block) * self.block
+
+    @property
+    def ow_tiles(self) -> int:
+        return -(-self.shape.ow // self.tiling.positions)
+
+    @property
+    def hp(self) -> int:
+        s = self.shape
+        return s.h + s.pads[0] + s.pads[2]
+
+    @property
+    def wp(self) -> int:
+        """Padded width, extended so the last tile's extra columns read inside the buffer (padding values)."""
+        s = self.shape
+        reach = (self.ow_tiles * self.tiling.positions - 1) * s.strides[1] + (s.kw - 1) * s.dilations[1] + 1
+        return max(s.w + s.pads[1] + s.pads[3], reach)
 
 
 def producer(expr: Any, name: str, lookup: Any) -> Any:
