@@ -1,4 +1,4 @@
-"""HardSwish / HardSigmoid / PRelu decomposed (passes/decompose_activations): onnxruntime gives the same outputs before and
+"""HardSwish / HardSigmoid / PRelu / LeakyRelu (α below 1, above 1, negative) decomposed (passes/decompose_activations): onnxruntime gives the same outputs before and
 after, and compiled between blocked convs they need no layout round trip; x86 outputs equal onnxruntime's."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers import runnable_preset
 
 
-def lcnet_block(op: str) -> onnx.ModelProto:
+def lcnet_block(op: str, alpha: float | None = None) -> onnx.ModelProto:
     rng = np.random.default_rng(5)
     w = lambda *s: (rng.standard_normal(s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)  # noqa: E731
-    attrs = {"alpha": 0.25, "beta": 0.4} if op == "HardSigmoid" else {}
+    attrs = ({"alpha": 0.25, "beta": 0.4} if op == "HardSigmoid" else
+             {"alpha": alpha if alpha is not None else 0.2} if op == "LeakyRelu" else {})
     extra = ["slope"] if op == "PRelu" else []
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node(op, ["c", *extra], ["a"], **attrs),
@@ -29,12 +30,13 @@ def lcnet_block(op: str) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
 
 
-@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "PRelu"])
-def test_exact_in_onnxruntime(tmp_path, op):
+@pytest.mark.parametrize("op,alpha", [("HardSwish", None), ("HardSigmoid", None), ("PRelu", None),
+                                      ("LeakyRelu", 0.2), ("LeakyRelu", 1.5), ("LeakyRelu", -0.3)])
+def test_exact_in_onnxruntime(tmp_path, op, alpha):
     from edgec.toolchain.load import load_model
     from edgec.toolchain.pipeline import run_pipeline
 
-    proto = lcnet_block(op)
+    proto = lcnet_block(op, alpha)
     onnx.save(proto, tmp_path / "m.onnx")
     model, log = run_pipeline(load_model(tmp_path / "m.onnx"), ["decompose_activations"])
     assert log[0]["report"]["activations_decomposed"] == 1
@@ -47,7 +49,7 @@ def test_exact_in_onnxruntime(tmp_path, op):
 
 
 @pytest.mark.parametrize("target", ["x86:avx512", "x86:avx2"])
-@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "PRelu"])
+@pytest.mark.parametrize("op", ["HardSwish", "HardSigmoid", "PRelu", "LeakyRelu"])
 def test_compiles_blocked_and_matches_onnxruntime(tmp_path, target, op):
     import tvm
     from tvm import relax

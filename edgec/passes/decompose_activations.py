@@ -1,12 +1,13 @@
-"""HardSwish, HardSigmoid and PRelu spelt out as Add / Relu / Min / Mul / Div.
+"""HardSwish, HardSigmoid, PRelu and LeakyRelu spelt out as Add / Relu / Min / Max / Mul / Div.
 
 Why: TVM's ONNX importer lowers HardSwish and HardSigmoid to a ``relax.clip`` and PRelu to ``relax.nn.prelu``,
 which its layout conversion does not know: every such activation between two blocked convs cost a layout round
 trip (PP-LCNet's 28 HardSwish: 124 layout transforms, a third of the orientation classifier's time; MediaPipe's
-iris model: 53 PRelu, half its time). The spelt-out ops convert to any layout and fuse into the conv's epilogue.
+iris model: 53 PRelu, half its time; TVM's ``nn.leakyrelu`` the same: openWakeWord's embedding model, 20 LeakyRelu
+between convs). The spelt-out ops convert to any layout and fuse into the conv's epilogue.
 HardSwish(x) = x · min(max(x + 3, 0), 6) / 6 (the importer's own formula, and ONNX's x · max(0, min(1, x/6 + 1/2))
 up to rounding); HardSigmoid(x) = min(max(αx + β, 0), 1); PRelu(x, s) = max(x, 0) + s · min(x, 0) (exact: one
-term is zero).
+term is zero); LeakyRelu(x) = max(x, αx) for α ≤ 1, min(x, αx) for α > 1 (exact: the same product αx is picked).
 """
 
 from __future__ import annotations
@@ -57,13 +58,22 @@ def _prelu(node: ir.Node, dtype: ir.DataType) -> list[ir.Node]:
     return [zero, relu, low, scaled, add]
 
 
-DECOMPOSE = {"HardSwish": _hard_swish, "HardSigmoid": _hard_sigmoid, "PRelu": _prelu}
+def _leaky_relu(node: ir.Node, dtype: ir.DataType) -> list[ir.Node]:
+    alpha = node.attributes.get("alpha")
+    a = alpha.as_float() if alpha is not None else 0.01
+    slope = _scalar(a, dtype)
+    scaled = ir.node("Mul", [node.inputs[0], slope.outputs[0]])
+    pick = ir.node("Max" if a <= 1 else "Min", [node.inputs[0], scaled.outputs[0]])
+    return [slope, scaled, pick]
+
+
+DECOMPOSE = {"HardSwish": _hard_swish, "HardSigmoid": _hard_sigmoid, "PRelu": _prelu, "LeakyRelu": _leaky_relu}
 
 
 @register_pass
 class DecomposeActivations(EdgecPass):
     name = "decompose_activations"
-    description = "HardSwish / HardSigmoid / PRelu → Add, Relu, Min, Mul, Div (layout-convertible, fusable)"
+    description = "HardSwish / HardSigmoid / PRelu / LeakyRelu → Add, Relu, Min, Max, Mul, Div (layout-convertible, fusable)"
 
     def rewrite(self, model: ir.Model) -> dict[str, Any]:
         rewritten = 0
