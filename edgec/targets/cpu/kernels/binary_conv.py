@@ -18,7 +18,9 @@ forms (:attr:`Plan.flat`):
   load serves ``ob`` broadcast-xor-popcount-adds. Row form: a parallel task per output row, vectors of output
   columns (a 14-wide row computes 16). Flat form: a task per vector of output positions ``y·OW + x`` (vectors span
   rows; the taps that leave a row's edge are masked to +1). LLVM turns the vector ``ctpop`` into ``vpopcntd``
-  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2; on Arm NEON into
+  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2 — where the flat form
+  instead adds the nibble counts as bytes for up to 31 words before widening them (:attr:`Tiling.nibbles`); on
+  Arm NEON into
   ``cnt v.16b`` + ``uaddlp``/``uadalp`` (``udot`` with the dot product extension) (:func:`takes`).
 
 Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
@@ -41,6 +43,7 @@ from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, pack_then_kernel, producer_chain, scheduled
 
 WORD_BITS = 32
+BYTE_STEPS = 31  # words whose byte counts (≤ 8 each) add up in a byte before it can overflow: 31 · 8 = 248
 PACK_SYMBOL = "edgec_binary_pack"
 CONV_SYMBOL = "edgec_binary_conv"
 
@@ -61,17 +64,23 @@ class BinaryConvShape(ConvShape):
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """The register tile: ``ob`` output channels × ``lanes`` output columns (one vector of int32)."""
+    """The register tile: ``ob`` output channels × ``lanes`` output columns (one vector of int32). ``nibbles``
+    (x86 without VPOPCNTDQ): the flat form counts bits as bytes (``vpshufb`` of each nibble in a 16-entry table)
+    and adds the byte counts for up to :data:`BYTE_STEPS` words before widening them to the int32 lanes, instead
+    of LLVM's per-word ``ctpop`` (which widens every word: ``vpsadbw`` ×2, unpacks, a pack — 14 vector operations
+    a word against 8). In a micro-kernel on Zen 3, 279 against 191 G binary MACs/s."""
 
     lanes: int
     ob: int
+    nibbles: bool = False
 
     @classmethod
     def for_isa(cls, isa: Any, o: int) -> Tiling:
         """16 lanes and 8 channels with AVX-512's 32 registers; 8 lanes and 4 channels with 16 registers (the
         AVX2 nibble count needs a lookup table, a mask and temporaries besides the accumulators)."""
         ob = 8 if isa.vector_registers >= 32 else 4
-        return cls(lanes=isa.lanes, ob=min(ob, o))
+        nibbles = isa.arch == "x86_64" and not isa.vpopcntdq and (isa.lanes == 8 or isa.has("avx512bw"))
+        return cls(lanes=isa.lanes, ob=min(ob, o), nibbles=nibbles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +342,23 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, q_ = op_ // ob, oh_ * ow_
     k_ = s.k
+    nibbles, steps = plan.tiling.nibbles, kh_ * kw_ * cw_
+    blocks = -(-steps // BYTE_STEPS)
+    nbytes = 4 * lanes
+    shuffle = "llvm.x86.avx512.pshuf.b.512" if nbytes == 64 else "llvm.x86.avx2.pshuf.b"
+    byte_vec, word_vec = f"uint8x{nbytes}", f"uint32x{lanes}"
+
+    def nibble_count(lut: Any, v: Any) -> Any:  # evaluated while the script is parsed: bits set per byte of v
+        table = lut[T.Ramp(0, 1, nbytes)]
+        b = T.reinterpret(byte_vec, v)
+        low = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.bitwise_and(b, T.Broadcast(T.uint8(15), nbytes)))
+        high = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.shift_right(b, T.Broadcast(T.uint8(4), nbytes)))
+        return T.reinterpret(word_vec, low + high)
+
+    def widen(v: Any) -> Any:  # the four byte counts of a word's lane, summed (each ≤ 248: no carry)
+        pairs = T.bitwise_and(v, T.uint32(0x00FF00FF)) + T.bitwise_and(T.shift_right(v, T.uint32(8)),
+                                                                        T.uint32(0x00FF00FF))
+        return T.Cast("int32", T.bitwise_and(pairs, T.uint32(0xFFFF)) + T.shift_right(pairs, T.uint32(16)))
 
     xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
@@ -343,7 +369,11 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
         y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
         for nq in T.parallel(n_ * qv_):
             acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (nibbles)
+            lut = T.alloc_buffer((nbytes,), "uint8", scope="local")  # bits set in 0..15, per 16-byte lane
             mask = T.alloc_buffer((kw_, lanes), "uint32", scope="local")
+            for k in T.unroll(nbytes):
+                lut[k] = T.Cast("uint8", T.popcount(T.Cast("uint32", k % 16)))
             for j in range(kw_):
                 for lane in T.vectorized(lanes):
                     mask[j, lane] = T.Select(
@@ -353,13 +383,35 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                 for oi in T.unroll(ob):
                     for lane in T.vectorized(lanes):
                         acc[oi, lane] = 0
-                for i, j, cw in T.grid(kh_, kw_, cw_):
-                    for oi in T.unroll(ob):
-                        for lane in T.vectorized(lanes):
-                            acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
-                                T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl],
-                                              mask[j, lane]),
-                                wpk[to * ob + oi, i, j, cw])))
+                if nibbles:  # byte counts summed for up to BYTE_STEPS words, then widened
+                    for blk in range(blocks):
+                        for oi in T.unroll(ob):
+                            for lane in T.vectorized(lanes):
+                                acc8[oi, lane] = T.uint32(0)
+                        for st in range(BYTE_STEPS):
+                            if blk * BYTE_STEPS + st < steps:
+                                for oi in T.unroll(ob):
+                                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + nibble_count(
+                                        lut, T.bitwise_xor(T.bitwise_and(
+                                            xp[nq // qv_, (blk * BYTE_STEPS + st) % cw_, T.Ramp(
+                                                slack + nq % qv_ * lanes
+                                                + (blk * BYTE_STEPS + st) // (kw_ * cw_) * w_
+                                                + (blk * BYTE_STEPS + st) // cw_ % kw_ - pl, 1, lanes)],
+                                            mask[(blk * BYTE_STEPS + st) // cw_ % kw_, T.Ramp(0, 1, lanes)]),
+                                            T.Broadcast(wpk[to * ob + oi, (blk * BYTE_STEPS + st) // (kw_ * cw_),
+                                                            (blk * BYTE_STEPS + st) // cw_ % kw_,
+                                                            (blk * BYTE_STEPS + st) % cw_], lanes)))
+                        for oi in T.unroll(ob):
+                            for lane in T.vectorized(lanes):
+                                acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                else:
+                    for i, j, cw in T.grid(kh_, kw_, cw_):
+                        for oi in T.unroll(ob):
+                            for lane in T.vectorized(lanes):
+                                acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
+                                    T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl],
+                                                  mask[j, lane]),
+                                    wpk[to * ob + oi, i, j, cw])))
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         if nq % qv_ * lanes + lanes <= q_:
