@@ -168,20 +168,21 @@ def test_popcount_instruction_follows_the_isa(mcpu, popcount, absent):
         assert "vpopcntd\t%zmm" in asm
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("mcpu, register", [("haswell", "ymm"), ("skylake-avx512", "zmm")])
-def test_flat_form_counts_bytes_without_vpopcntdq(mcpu, register):
-    """x86 without VPOPCNTDQ (AVX2; AVX-512 BW as on Skylake-SP): the flat conv adds vpshufb byte counts for up to
-    31 words and widens them to the int32 lanes only then — no per-word vpsadbw/unpack widening left (LLVM's
-    ctpop had two vpsadbw per word). Only assembly is generated (no run)."""
+def test_kernels_count_bytes_without_vpopcntdq(mcpu, register, stride):
+    """x86 without VPOPCNTDQ (AVX2; AVX-512 BW as on Skylake-SP): the conv (flat form at stride 1, row form at
+    stride 2) adds vpshufb byte counts for up to 31 words and widens them to the int32 lanes only then — no
+    per-word vpsadbw/unpack widening left (LLVM's ctpop had two vpsadbw per word). Only assembly is generated."""
     import tvm
 
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels import binary_conv as bc
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
-    shape = _shape((256, 3, 1, 1, 14, 14))
+    shape = _shape((256, 3, stride, 1, 14, 14))
     plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o))
-    assert plan.flat and plan.tiling.nibbles
+    assert plan.flat == (stride == 1) and plan.tiling.nibbles
     asm = _asm(tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target))
     shuffles = [line for line in asm.splitlines() if "vpshufb" in line]
     assert len(shuffles) >= 2 * plan.tiling.ob and all(f"%{register}" in line for line in shuffles)

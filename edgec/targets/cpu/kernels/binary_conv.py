@@ -18,10 +18,9 @@ forms (:attr:`Plan.flat`):
   load serves ``ob`` broadcast-xor-popcount-adds. Row form: a parallel task per output row, vectors of output
   columns (a 14-wide row computes 16). Flat form: a task per vector of output positions ``y·OW + x`` (vectors span
   rows; the taps that leave a row's edge are masked to +1). LLVM turns the vector ``ctpop`` into ``vpopcntd``
-  where the target has AVX-512 VPOPCNTDQ and into a ``vpshufb`` nibble count on AVX2 — where the flat form
-  instead adds the nibble counts as bytes for up to 31 words before widening them (:attr:`Tiling.nibbles`); on
-  Arm NEON into
-  ``cnt v.16b`` + ``uaddlp``/``uadalp`` (``udot`` with the dot product extension) (:func:`takes`).
+  where the target has AVX-512 VPOPCNTDQ; without it (AVX2, Skylake-SP's AVX-512) both forms instead add
+  ``vpshufb`` nibble counts as bytes for up to 31 words before widening them (:attr:`Tiling.nibbles`); on Arm
+  NEON ``ctpop`` becomes ``cnt v.16b`` + ``uaddlp``/``uadalp`` (``udot`` with the dot product extension) (:func:`takes`).
 
 Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
 in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
@@ -65,7 +64,7 @@ class BinaryConvShape(ConvShape):
 @dataclasses.dataclass(frozen=True)
 class Tiling:
     """The register tile: ``ob`` output channels × ``lanes`` output columns (one vector of int32). ``nibbles``
-    (x86 without VPOPCNTDQ): the flat form counts bits as bytes (``vpshufb`` of each nibble in a 16-entry table)
+    (x86 without VPOPCNTDQ): the kernel counts bits as bytes (``vpshufb`` of each nibble in a 16-entry table)
     and adds the byte counts for up to :data:`BYTE_STEPS` words before widening them to the int32 lanes, instead
     of LLVM's per-word ``ctpop`` (which widens every word: ``vpsadbw`` ×2, unpacks, a pack — 14 vector operations
     a word against 8). In a micro-kernel on Zen 3, 279 against 191 G binary MACs/s."""
@@ -237,6 +236,10 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
     k_ = s.k
+    nibbles, steps = plan.tiling.nibbles, kh_ * kw_ * cw_
+    blocks = -(-steps // BYTE_STEPS)
+    nbytes = 4 * lanes
+    nibble_count, widen = _byte_counting(lanes)
 
     xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
@@ -246,18 +249,44 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y: y_type):
         for ny in T.parallel(n_ * oh_):
             acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (nibbles)
+            lut = T.alloc_buffer((nbytes,), "uint8", scope="local")  # bits set in 0..15, per 16-byte lane
+            for k in T.unroll(nbytes):
+                lut[k] = T.Cast("uint8", T.popcount(T.Cast("uint32", k % 16)))
             for to in range(tiles_o):
                 for tx in range(tiles_x):
                     for oi in T.unroll(ob):
                         for lane in T.vectorized(lanes):
                             acc[oi, lane] = 0
-                    for i, j, cw in T.grid(kh_, kw_, cw_):
-                        for oi in T.unroll(ob):
-                            for lane in T.vectorized(lanes):
-                                acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
-                                    xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
-                                       tx * lanes + lane + j * dw // sw],
-                                    wpk[to * ob + oi, i, j, cw])))
+                    if nibbles:  # byte counts summed for up to BYTE_STEPS words, then widened
+                        for blk in range(blocks):
+                            for oi in T.unroll(ob):
+                                for lane in T.vectorized(lanes):
+                                    acc8[oi, lane] = T.uint32(0)
+                            for st in range(BYTE_STEPS):
+                                if blk * BYTE_STEPS + st < steps:
+                                    for oi in T.unroll(ob):
+                                        acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + nibble_count(
+                                            lut, T.bitwise_xor(xp[
+                                                ny // oh_, ny % oh_ * sh + (blk * BYTE_STEPS + st) // (kw_ * cw_) * dh,
+                                                (blk * BYTE_STEPS + st) % cw_,
+                                                (blk * BYTE_STEPS + st) // cw_ % kw_ * dw % sw,
+                                                T.Ramp(tx * lanes + (blk * BYTE_STEPS + st) // cw_ % kw_ * dw // sw, 1,
+                                                       lanes)],
+                                                T.Broadcast(wpk[to * ob + oi, (blk * BYTE_STEPS + st) // (kw_ * cw_),
+                                                                (blk * BYTE_STEPS + st) // cw_ % kw_,
+                                                                (blk * BYTE_STEPS + st) % cw_], lanes)))
+                            for oi in T.unroll(ob):
+                                for lane in T.vectorized(lanes):
+                                    acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                    else:
+                        for i, j, cw in T.grid(kh_, kw_, cw_):
+                            for oi in T.unroll(ob):
+                                for lane in T.vectorized(lanes):
+                                    acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
+                                        xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                           tx * lanes + lane + j * dw // sw],
+                                        wpk[to * ob + oi, i, j, cw])))
                     for oi in T.unroll(ob):
                         if to * ob + oi < o_:
                             if tx * lanes + lanes <= ow_:
@@ -329,6 +358,32 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
     return scheduled(pack, symbol)
 
 
+def _byte_counting(lanes: int) -> tuple[Any, Any]:
+    """The two expressions of :attr:`Tiling.nibbles`, built while a script is parsed: ``nibble_count(lut, v)`` —
+    the bits set in each byte of the uint32 vector ``v`` (a ``vpshufb`` of each nibble in the table ``lut``, 16
+    entries per 16-byte lane), as a uint32 vector of four byte counters — and ``widen(v)``, one lane's four
+    counters summed into an int32 (each ≤ 248: no carry between them)."""
+    from tvm.script import tirx as T
+
+    nbytes = 4 * lanes
+    shuffle = "llvm.x86.avx512.pshuf.b.512" if nbytes == 64 else "llvm.x86.avx2.pshuf.b"
+    byte_vec, word_vec = f"uint8x{nbytes}", f"uint32x{lanes}"
+
+    def nibble_count(lut: Any, v: Any) -> Any:
+        table = lut[T.Ramp(0, 1, nbytes)]
+        b = T.reinterpret(byte_vec, v)
+        low = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.bitwise_and(b, T.Broadcast(T.uint8(15), nbytes)))
+        high = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.shift_right(b, T.Broadcast(T.uint8(4), nbytes)))
+        return T.reinterpret(word_vec, low + high)
+
+    def widen(v: Any) -> Any:
+        pairs = T.bitwise_and(v, T.uint32(0x00FF00FF)) + T.bitwise_and(T.shift_right(v, T.uint32(8)),
+                                                                        T.uint32(0x00FF00FF))
+        return T.Cast("int32", T.bitwise_and(pairs, T.uint32(0xFFFF)) + T.shift_right(pairs, T.uint32(16)))
+
+    return nibble_count, widen
+
+
 def _conv_flat(plan: Plan, symbol: str) -> Any:
     """The flat form's conv: each parallel task is one vector of output positions of one image; per tap column j
     a mask (all ones, or 0 where the column leaves the row) is computed once and and-ed into the loaded words."""
@@ -345,20 +400,7 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
     nibbles, steps = plan.tiling.nibbles, kh_ * kw_ * cw_
     blocks = -(-steps // BYTE_STEPS)
     nbytes = 4 * lanes
-    shuffle = "llvm.x86.avx512.pshuf.b.512" if nbytes == 64 else "llvm.x86.avx2.pshuf.b"
-    byte_vec, word_vec = f"uint8x{nbytes}", f"uint32x{lanes}"
-
-    def nibble_count(lut: Any, v: Any) -> Any:  # evaluated while the script is parsed: bits set per byte of v
-        table = lut[T.Ramp(0, 1, nbytes)]
-        b = T.reinterpret(byte_vec, v)
-        low = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.bitwise_and(b, T.Broadcast(T.uint8(15), nbytes)))
-        high = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.shift_right(b, T.Broadcast(T.uint8(4), nbytes)))
-        return T.reinterpret(word_vec, low + high)
-
-    def widen(v: Any) -> Any:  # the four byte counts of a word's lane, summed (each ≤ 248: no carry)
-        pairs = T.bitwise_and(v, T.uint32(0x00FF00FF)) + T.bitwise_and(T.shift_right(v, T.uint32(8)),
-                                                                        T.uint32(0x00FF00FF))
-        return T.Cast("int32", T.bitwise_and(pairs, T.uint32(0xFFFF)) + T.shift_right(pairs, T.uint32(16)))
+    nibble_count, widen = _byte_counting(lanes)
 
     xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
