@@ -30,7 +30,6 @@ This pass must run after BatchNorm folding, else the folded weights would be flo
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -46,7 +45,7 @@ from edgec.passes.base import PRECISION_HINT, EdgecPass, register_pass
 from edgec.quantization import collect
 from edgec.quantization.adder_qdq import find_adders, quantize_adder_weight
 from edgec.quantization.equalize import equalize
-from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, quantize,
+from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, finite_or_none, quantize,
                                       quantize_weight, sqnr_db)
 
 __all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
@@ -443,7 +442,7 @@ class QuantizeQDQ(EdgecPass):
             "layer": layer.name, "op": layer.node.op_type, "weight": old.name, "bits": wq.bits,
             "granularity": wq.granularity,
             "weight_scale": [float(scales.min()), float(scales.max())], "weight_zero_point": 0,
-            "weight_sqnr_db": _finite(sqnr_db(w_sq, e_sq)),
+            "weight_sqnr_db": finite_or_none(sqnr_db(w_sq, e_sq)),
             "float_bytes": int(w_float.nbytes), "quantized_bytes": wq.nbytes(),
             "input": _qp_dict(x_qp) if x_qp is not None else None,
             "output": _qp_dict(acts[layer.activation_out.name]) if layer.activation_out.name in acts else None,
@@ -583,7 +582,7 @@ class QuantizeQDQ(EdgecPass):
             layer.q_value.const_value = ir.Tensor(storage, dtype=ir.DataType.INT4 if wq.bits == 4
                                                   else ir.DataType.INT8, name=layer.q_value.name)
             e_sq = float(np.sum((w - wq.dequantized()) ** 2))
-            layer.report["weight_sqnr_db"] = _finite(sqnr_db(float(np.sum(w ** 2)), e_sq))
+            layer.report["weight_sqnr_db"] = finite_or_none(sqnr_db(float(np.sum(w ** 2)), e_sq))
             layer.report["adaround"] = {
                 "mse_nearest": result.mse_nearest, "mse_adaround": result.mse_adaround,
                 "reduction": (1 - result.mse_adaround / result.mse_nearest) if result.mse_nearest > 0 else 0.0,
@@ -622,7 +621,7 @@ class QuantizeQDQ(EdgecPass):
         energies = collect.output_sqnr(float_proto, q_proto, names, self.calibration())
         for layer in layers:
             signal, noise = energies[layer.output.name]
-            layer.report["output_sqnr_db"] = _finite(sqnr_db(signal, noise))
+            layer.report["output_sqnr_db"] = finite_or_none(sqnr_db(signal, noise))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -771,7 +770,3 @@ def _drop_if_unused(model: ir.Model, value: ir.Value) -> None:
 def _qp_dict(qp: ActivationQParams) -> dict[str, Any]:
     return {"scale": qp.scale, "zero_point": qp.zero_point, "dtype": qp.dtype, "range": [qp.lo, qp.hi]}
 
-
-def _finite(x: float) -> float | None:
-    """JSON has no infinity: an exact (noise-free) SQNR is reported as null."""
-    return x if math.isfinite(x) else None

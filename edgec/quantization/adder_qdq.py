@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec.quantization.qmath import ActivationQParams, quantize, sqnr_db
+from edgec.quantization.qmath import ActivationQParams, finite_or_none, quantize, sqnr_db
 
 __all__ = ["AdderLayer", "find_adders", "quantize_adder_weight"]
 
@@ -60,14 +60,17 @@ class AdderLayer:
 
 
 def find_adders(model: ir.Model) -> list[AdderLayer]:
-    """The model's adder layers with a constant float weight and a float input (others stay float)."""
+    """The model's adder layers with a constant float weight, a float input and a constant (or no) bias; others
+    stay float."""
     found = []
     for node in model.graph:
         if node.domain != ADDER_DOMAIN or node.op_type != "AdderConv" or len(node.inputs) < 2:
             continue
         x, w = node.inputs[0], node.inputs[1]
+        b = node.inputs[2] if len(node.inputs) > 2 else None
         if (x is None or w is None or w.const_value is None or not w.is_initializer()
-                or w.dtype != ir.DataType.FLOAT or (x.dtype is not None and x.dtype != ir.DataType.FLOAT)):
+                or w.dtype != ir.DataType.FLOAT or (x.dtype is not None and x.dtype != ir.DataType.FLOAT)
+                or (b is not None and b.const_value is None)):  # the bias takes the clamped weights' constants
             continue
         found.append(AdderLayer(node, w))
     return found
@@ -102,19 +105,17 @@ def quantize_adder_weight(layer: AdderLayer, qp: ActivationQParams, initializer:
     error = float(np.sum((np.clip(w64, lo, hi) - deq) ** 2))  # clamping is exact (folded): rounding only
     qp_row = {"scale": qp.scale, "zero_point": qp.zero_point, "dtype": qp.dtype, "range": [qp.lo, qp.hi]}
     layer.report = {"layer": layer.name, "op": "AdderConv", "weight": old.name, "bits": 8, "granularity": "shared",
-            "weight_scale": [qp.scale, qp.scale], "weight_zero_point": qp.zero_point,
-            "weight_sqnr_db": _finite(sqnr_db(float(np.sum(w.astype(np.float64) ** 2)), error)),
-            "float_bytes": int(w.nbytes), "quantized_bytes": int(q.size), "input": qp_row, "output": None,
-            "bias": "float", "precision": qp.dtype, "clamped_weights": clamped}
+                    "weight_scale": [qp.scale, qp.scale], "weight_zero_point": qp.zero_point,
+                    "weight_sqnr_db": finite_or_none(sqnr_db(float(np.sum(w64 ** 2)), error)),
+                    "float_bytes": int(w.nbytes), "quantized_bytes": int(q.size), "input": qp_row, "output": None,
+                    "bias": "float", "precision": qp.dtype, "clamped_weights": clamped}
     return layer.report
 
 
 def _fold_into_bias(layer: AdderLayer, delta: np.ndarray, initializer: Any, graph: ir.Graph) -> None:
-    """b[o] += delta[o] on the layer's bias (a new initializer; a bias that is not a constant gets none added)."""
+    """b[o] += delta[o] on the layer's constant bias (:func:`find_adders` takes no other), as a new initializer."""
     node = layer.node
     old = node.inputs[2] if len(node.inputs) > 2 else None
-    if old is not None and old.const_value is None:
-        raise ValueError(f"adder layer {layer.name}: its bias is not a constant")
     base = old.const_value.numpy().astype(np.float64).reshape(-1) if old is not None else np.zeros(delta.size)
     value = initializer(f"{layer.name}.bias_folded", (np.broadcast_to(base, delta.shape) + delta).astype(np.float32))
     if len(node.inputs) < 3:
@@ -123,6 +124,3 @@ def _fold_into_bias(layer: AdderLayer, delta: np.ndarray, initializer: Any, grap
     if old is not None and not list(old.uses()) and old.is_initializer() and old.name in graph.initializers:
         graph.initializers.pop(old.name)
 
-
-def _finite(value: float) -> float | None:
-    return value if np.isfinite(value) else None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize", "quantize_weight",
+           "finite_or_none",
            "sqnr_db", "QRANGES", "binarize_weight"]
 
 # (qmin, qmax, numpy storage dtype) per quantized type; int4 values are stored in int8 arrays until serialized.
@@ -184,3 +185,8 @@ def sqnr_db(signal_energy: float, noise_energy: float) -> float:
     if signal_energy <= 0:
         return -math.inf
     return 10.0 * math.log10(signal_energy / noise_energy)
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON has no infinity: an exact (noise-free) SQNR is reported as null."""
+    return x if math.isfinite(x) else None
