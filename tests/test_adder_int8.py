@@ -176,8 +176,8 @@ def _mnist_images(count: int, offset: int = 0) -> np.ndarray:
 
 
 def test_quantize_puts_adder_input_and_weights_on_one_grid(quantized_adder):
-    """Each of the three AdderConvs reads DequantizeLinear(QuantizeLinear(x)) and DequantizeLinear(integer weights) with the
-    same scale and zero point; the report lists the layers with that grid; onnxruntime runs the model and its
+    """Each of the three AdderConvs reads DequantizeLinear(QuantizeLinear(x)) and DequantizeLinear(integer weights)
+    with the same scale and zero point; the report lists the layers with that grid; onnxruntime runs the model and its
     logits keep ≥ 20 dB SQNR against the float adder model on held-out images."""
     import onnx
     import onnxruntime as ort

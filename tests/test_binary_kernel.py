@@ -182,7 +182,7 @@ def test_kernels_count_bytes_without_vpopcntdq(mcpu, register, stride):
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
     shape = _shape((256, 3, stride, 1, 14, 14))
     plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o))
-    assert plan.flat == (stride == 1) and plan.tiling.nibbles
+    assert plan.flat == (stride == 1) and plan.tiling.byte_counts
     asm = _asm(tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target))
     shuffles = [line for line in asm.splitlines() if "vpshufb" in line]
     assert len(shuffles) >= 2 * plan.tiling.ob and all(f"%{register}" in line for line in shuffles)
@@ -286,18 +286,20 @@ def test_fallback_is_decided_by_target_features(binary_model):
 
 # ------------------------------------------------------------------------------------ Arm (NEON)
 
-# the byte counts of ``cnt`` summed into int32 lanes: pairwise widening adds on ARMv8.0, one udot against a vector
-# of ones where the dot product extension exists (ARMv8.2: Cortex-A76)
-ARM_POPCOUNT_SUMS = [("arm:cortex-a72", "uadalp"), ("arm:cortex-a76", "udot")]
+# the byte counts of ``cnt``: added as bytes for up to 31 words on ARMv8.0 (Tiling.byte_counts), summed into the
+# int32 lanes by one udot against a vector of ones where the dot product extension exists (ARMv8.2: Cortex-A76)
+ARM_POPCOUNT_SUMS = [("arm:cortex-a72", "add", ".4s"), ("arm:cortex-a76", "udot", ".4s")]
 
 
-@pytest.mark.parametrize("preset, widen", ARM_POPCOUNT_SUMS)
-def test_arm_binary_convs_are_neon_cnt(preset, widen):
+@pytest.mark.parametrize("preset, widen, arrangement", ARM_POPCOUNT_SUMS)
+def test_arm_binary_convs_are_neon_cnt(preset, widen, arrangement):
     """`edgec compile`'s CPU build of a model of edgec ops (tests/helpers.py edgec_ops_model) for an Arm preset:
-    each binary conv kernel (flat and row form) is xor (``eor v.16b``) + NEON ``cnt v.16b`` + a sum into the
-    int32 lanes (``widen`` on ``.4s``), at least one per channel of the 8-channel register tile; its only float
-    FMAs are the epilogue's alpha·count + bias (fewer than the popcounts), and no function but the edgec kernels
-    has an FMA at all: the inlined float body (a conv2d on ±1 values) is gone. Only assembly is generated."""
+    each binary conv kernel (flat and row form) is xor (``eor v.16b``) + NEON ``cnt v.16b`` + a sum — the byte
+    counts added as bytes on cortex-a72 (one ``add``, no ``uaddlp``/``uadalp`` widening per word), summed into
+    the int32 lanes by ``udot`` on cortex-a76 — at least one per channel of the 8-channel register tile; its only
+    float FMAs are the epilogue's alpha·count + bias (one per tile channel: no more than the popcounts), and no
+    function but the edgec kernels has an FMA at all: the inlined float body (a conv2d on ±1 values) is gone. Only
+    assembly is generated."""
     from helpers import edgec_ops_arm_asm
     from test_isa_codegen import count
 
@@ -307,8 +309,9 @@ def test_arm_binary_convs_are_neon_cnt(preset, widen):
     for name in convs:
         code = build.functions[name]
         cnt, fmla = count(code, "cnt", ".16b"), count(code, "fmla")
-        assert cnt >= 8 and count(code, "eor", ".16b") >= 8 and count(code, widen, ".4s") >= 8, (name, cnt)
-        assert fmla < cnt, (name, fmla, cnt)
+        assert cnt >= 8 and count(code, "eor", ".16b") >= 8 and count(code, widen, arrangement) >= 8, (name, cnt)
+        assert widen == "udot" or count(code, "uadalp") + count(code, "uaddlp") == 0, name
+        assert fmla <= cnt, (name, fmla, cnt)
     assert not any("conv2d" in f for f in build.functions), sorted(build.functions)
     with_fma = [f for f, code in build.functions.items() if count(code, "fmla") + count(code, "fmadd")]
     assert all(f.startswith("edgec_") for f in with_fma), with_fma
@@ -326,7 +329,7 @@ def test_neon_plan_is_exact_here():
     neon = isa_of(resolve_target("arm:cortex-a72").tvm_target())
     cases = CASES[::2] + CASES[-3:]
     plans, lib = _build(resolve_target("x86").tvm_target(), cases, plan_isa=neon)
-    assert plans[0].tiling == bc.Tiling(lanes=4, ob=8)
+    assert plans[0].tiling == bc.Tiling(lanes=4, ob=8, byte_counts=True)
     assert {p.flat for p in plans} == {True, False} and {p.shape.w % 4 for p in plans} == {1, 3}
     for i, plan in enumerate(plans):
         s = plan.shape

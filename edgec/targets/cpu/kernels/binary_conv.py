@@ -18,9 +18,10 @@ forms (:attr:`Plan.flat`):
   load serves ``ob`` broadcast-xor-popcount-adds. Row form: a parallel task per output row, vectors of output
   columns (a 14-wide row computes 16). Flat form: a task per vector of output positions ``y·OW + x`` (vectors span
   rows; the taps that leave a row's edge are masked to +1). LLVM turns the vector ``ctpop`` into ``vpopcntd``
-  where the target has AVX-512 VPOPCNTDQ; without it (AVX2, Skylake-SP's AVX-512) both forms instead add
-  ``vpshufb`` nibble counts as bytes for up to 31 words before widening them (:attr:`Tiling.nibbles`); on Arm
-  NEON ``ctpop`` becomes ``cnt v.16b`` + ``uaddlp``/``uadalp`` (``udot`` with the dot product extension) (:func:`takes`).
+  where the target has AVX-512 VPOPCNTDQ, and on Arm NEON with the dot product into ``cnt v.16b`` + ``udot``;
+  elsewhere (AVX2, Skylake-SP's AVX-512, NEON without the dot product) both forms count bits per byte (a
+  ``vpshufb`` nibble count, ``cnt v.16b``) and add the counts as bytes for up to 31 words before widening them
+  (:attr:`Tiling.byte_counts`) (:func:`takes`).
 
 Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
 in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
@@ -63,23 +64,26 @@ class BinaryConvShape(ConvShape):
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """The register tile: ``ob`` output channels × ``lanes`` output columns (one vector of int32). ``nibbles``
-    (x86 without VPOPCNTDQ): the kernel counts bits as bytes (``vpshufb`` of each nibble in a 16-entry table)
-    and adds the byte counts for up to :data:`BYTE_STEPS` words before widening them to the int32 lanes, instead
-    of LLVM's per-word ``ctpop`` (which widens every word: ``vpsadbw`` ×2, unpacks, a pack — 14 vector operations
-    a word against 8). In a micro-kernel on Zen 3, 279 against 191 G binary MACs/s."""
+    """The register tile: ``ob`` output channels × ``lanes`` output columns (one vector of int32).
+    ``byte_counts``: count the bits of each byte (LLVM's byte ``ctpop``) and add those counts as bytes for up to
+    :data:`BYTE_STEPS` words before widening them to the int32 lanes, instead of a per-word ``ctpop`` that widens
+    every word — on x86 without VPOPCNTDQ two ``vpsadbw``, unpacks and a pack: 14 vector operations a word
+    against 8 (a micro-kernel on Zen 3: 267 against 187 G binary MACs/s); on NEON without the dot product ``cnt``
+    + two pairwise widening adds against ``cnt`` + one byte add. Where a word's count is one instruction
+    (VPOPCNTDQ) or its widening one ``udot`` (the Arm dot product), the per-word form stays."""
 
     lanes: int
     ob: int
-    nibbles: bool = False
+    byte_counts: bool = False
 
     @classmethod
     def for_isa(cls, isa: Any, o: int) -> Tiling:
         """16 lanes and 8 channels with AVX-512's 32 registers; 8 lanes and 4 channels with 16 registers (the
         AVX2 nibble count needs a lookup table, a mask and temporaries besides the accumulators)."""
         ob = 8 if isa.vector_registers >= 32 else 4
-        nibbles = isa.arch == "x86_64" and not isa.vpopcntdq and (isa.lanes == 8 or isa.has("avx512bw"))
-        return cls(lanes=isa.lanes, ob=min(ob, o), nibbles=nibbles)
+        byte_counts = ((isa.arch == "x86_64" and not isa.vpopcntdq and (isa.lanes == 8 or isa.has("avx512bw")))
+                       or (isa.arch == "aarch64" and not isa.dotprod))
+        return cls(lanes=isa.lanes, ob=min(ob, o), byte_counts=byte_counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,10 +240,9 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
     k_ = s.k
-    nibbles, steps = plan.tiling.nibbles, kh_ * kw_ * cw_
+    byte_counts, steps = plan.tiling.byte_counts, kh_ * kw_ * cw_
     blocks = -(-steps // BYTE_STEPS)
-    nbytes = 4 * lanes
-    nibble_count, widen = _byte_counting(lanes)
+    byte_count, widen = _byte_counting(lanes)
 
     xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
@@ -249,16 +252,13 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y: y_type):
         for ny in T.parallel(n_ * oh_):
             acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
-            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (nibbles)
-            lut = T.alloc_buffer((nbytes,), "uint8", scope="local")  # bits set in 0..15, per 16-byte lane
-            for k in T.unroll(nbytes):
-                lut[k] = T.Cast("uint8", T.popcount(T.Cast("uint32", k % 16)))
+            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (byte_counts)
             for to in range(tiles_o):
                 for tx in range(tiles_x):
                     for oi in T.unroll(ob):
                         for lane in T.vectorized(lanes):
                             acc[oi, lane] = 0
-                    if nibbles:  # byte counts summed for up to BYTE_STEPS words, then widened
+                    if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
                         for blk in range(blocks):
                             for oi in T.unroll(ob):
                                 for lane in T.vectorized(lanes):
@@ -266,8 +266,8 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                             for st in range(BYTE_STEPS):
                                 if blk * BYTE_STEPS + st < steps:
                                     for oi in T.unroll(ob):
-                                        acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + nibble_count(
-                                            lut, T.bitwise_xor(xp[
+                                        acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
+                                            T.bitwise_xor(xp[
                                                 ny // oh_, ny % oh_ * sh + (blk * BYTE_STEPS + st) // (kw_ * cw_) * dh,
                                                 (blk * BYTE_STEPS + st) % cw_,
                                                 (blk * BYTE_STEPS + st) // cw_ % kw_ * dw % sw,
@@ -359,29 +359,23 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
 
 
 def _byte_counting(lanes: int) -> tuple[Any, Any]:
-    """The two expressions of :attr:`Tiling.nibbles`, built while a script is parsed: ``nibble_count(lut, v)`` —
-    the bits set in each byte of the uint32 vector ``v`` (a ``vpshufb`` of each nibble in the table ``lut``, 16
-    entries per 16-byte lane), as a uint32 vector of four byte counters — and ``widen(v)``, one lane's four
-    counters summed into an int32 (each ≤ 248: no carry between them)."""
+    """The two expressions of :attr:`Tiling.byte_counts`, built while a script is parsed: ``count(v)`` — the bits
+    set in each byte of the uint32 vector ``v`` (LLVM's byte ``ctpop``: a ``vpshufb`` nibble count on x86, ``cnt
+    v.16b`` on NEON), as a uint32 vector of four byte counters — and ``widen(v)``, one lane's four counters summed
+    into an int32 (each ≤ 248: no carry between them)."""
     from tvm.script import tirx as T
 
-    nbytes = 4 * lanes
-    shuffle = "llvm.x86.avx512.pshuf.b.512" if nbytes == 64 else "llvm.x86.avx2.pshuf.b"
-    byte_vec, word_vec = f"uint8x{nbytes}", f"uint32x{lanes}"
+    byte_vec, word_vec = f"uint8x{4 * lanes}", f"uint32x{lanes}"
 
-    def nibble_count(lut: Any, v: Any) -> Any:
-        table = lut[T.Ramp(0, 1, nbytes)]
-        b = T.reinterpret(byte_vec, v)
-        low = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.bitwise_and(b, T.Broadcast(T.uint8(15), nbytes)))
-        high = T.call_llvm_pure_intrin(byte_vec, shuffle, table, T.shift_right(b, T.Broadcast(T.uint8(4), nbytes)))
-        return T.reinterpret(word_vec, low + high)
+    def count(v: Any) -> Any:
+        return T.reinterpret(word_vec, T.popcount(T.reinterpret(byte_vec, v)))
 
     def widen(v: Any) -> Any:
         pairs = T.bitwise_and(v, T.uint32(0x00FF00FF)) + T.bitwise_and(T.shift_right(v, T.uint32(8)),
                                                                         T.uint32(0x00FF00FF))
         return T.Cast("int32", T.bitwise_and(pairs, T.uint32(0xFFFF)) + T.shift_right(pairs, T.uint32(16)))
 
-    return nibble_count, widen
+    return count, widen
 
 
 def _conv_flat(plan: Plan, symbol: str) -> Any:
@@ -397,10 +391,9 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, q_ = op_ // ob, oh_ * ow_
     k_ = s.k
-    nibbles, steps = plan.tiling.nibbles, kh_ * kw_ * cw_
+    byte_counts, steps = plan.tiling.byte_counts, kh_ * kw_ * cw_
     blocks = -(-steps // BYTE_STEPS)
-    nbytes = 4 * lanes
-    nibble_count, widen = _byte_counting(lanes)
+    byte_count, widen = _byte_counting(lanes)
 
     xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
@@ -411,11 +404,8 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
         y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
         for nq in T.parallel(n_ * qv_):
             acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
-            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (nibbles)
-            lut = T.alloc_buffer((nbytes,), "uint8", scope="local")  # bits set in 0..15, per 16-byte lane
+            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (byte_counts)
             mask = T.alloc_buffer((kw_, lanes), "uint32", scope="local")
-            for k in T.unroll(nbytes):
-                lut[k] = T.Cast("uint8", T.popcount(T.Cast("uint32", k % 16)))
             for j in range(kw_):
                 for lane in T.vectorized(lanes):
                     mask[j, lane] = T.Select(
@@ -425,7 +415,7 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                 for oi in T.unroll(ob):
                     for lane in T.vectorized(lanes):
                         acc[oi, lane] = 0
-                if nibbles:  # byte counts summed for up to BYTE_STEPS words, then widened
+                if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
                     for blk in range(blocks):
                         for oi in T.unroll(ob):
                             for lane in T.vectorized(lanes):
@@ -433,8 +423,8 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                         for st in range(BYTE_STEPS):
                             if blk * BYTE_STEPS + st < steps:
                                 for oi in T.unroll(ob):
-                                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + nibble_count(
-                                        lut, T.bitwise_xor(T.bitwise_and(
+                                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
+                                        T.bitwise_xor(T.bitwise_and(
                                             xp[nq // qv_, (blk * BYTE_STEPS + st) % cw_, T.Ramp(
                                                 slack + nq % qv_ * lanes
                                                 + (blk * BYTE_STEPS + st) // (kw_ * cw_) * w_
