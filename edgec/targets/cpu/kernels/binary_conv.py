@@ -240,9 +240,8 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
     k_ = s.k
-    byte_counts, steps = plan.tiling.byte_counts, kh_ * kw_ * cw_
-    blocks = -(-steps // BYTE_STEPS)
-    byte_count, widen = _byte_counting(lanes)
+    byte_counts = plan.tiling.byte_counts
+    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_)
 
     xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
@@ -259,26 +258,20 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                         for lane in T.vectorized(lanes):
                             acc[oi, lane] = 0
                     if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
-                        for blk in range(blocks):
+                        for oi in T.unroll(ob):
+                            for lane in T.vectorized(lanes):
+                                acc8[oi, lane] = T.uint32(0)
+                        for i, j, cw in T.grid(kh_, kw_, cw_):
                             for oi in T.unroll(ob):
-                                for lane in T.vectorized(lanes):
-                                    acc8[oi, lane] = T.uint32(0)
-                            for st in range(BYTE_STEPS):
-                                if blk * BYTE_STEPS + st < steps:
-                                    for oi in T.unroll(ob):
-                                        acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
-                                            T.bitwise_xor(xp[
-                                                ny // oh_, ny % oh_ * sh + (blk * BYTE_STEPS + st) // (kw_ * cw_) * dh,
-                                                (blk * BYTE_STEPS + st) % cw_,
-                                                (blk * BYTE_STEPS + st) // cw_ % kw_ * dw % sw,
-                                                T.Ramp(tx * lanes + (blk * BYTE_STEPS + st) // cw_ % kw_ * dw // sw, 1,
-                                                       lanes)],
-                                                T.Broadcast(wpk[to * ob + oi, (blk * BYTE_STEPS + st) // (kw_ * cw_),
-                                                                (blk * BYTE_STEPS + st) // cw_ % kw_,
-                                                                (blk * BYTE_STEPS + st) % cw_], lanes)))
-                            for oi in T.unroll(ob):
-                                for lane in T.vectorized(lanes):
-                                    acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                                acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
+                                    T.bitwise_xor(xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                                     T.Ramp(tx * lanes + j * dw // sw, 1, lanes)],
+                                                  T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
+                            if widen_after((i * kw_ + j) * cw_ + cw):
+                                for oi in T.unroll(ob):
+                                    for lane in T.vectorized(lanes):
+                                        acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                                        acc8[oi, lane] = T.uint32(0)
                     else:
                         for i, j, cw in T.grid(kh_, kw_, cw_):
                             for oi in T.unroll(ob):
@@ -358,11 +351,12 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
     return scheduled(pack, symbol)
 
 
-def _byte_counting(lanes: int) -> tuple[Any, Any]:
-    """The two expressions of :attr:`Tiling.byte_counts`, built while a script is parsed: ``count(v)`` — the bits
-    set in each byte of the uint32 vector ``v`` (LLVM's byte ``ctpop``: a ``vpshufb`` nibble count on x86, ``cnt
-    v.16b`` on NEON), as a uint32 vector of four byte counters — and ``widen(v)``, one lane's four counters summed
-    into an int32 (each ≤ 248: no carry between them)."""
+def _byte_counting(lanes: int, steps: int) -> tuple[Any, Any, Any]:
+    """The expressions of :attr:`Tiling.byte_counts`, built while a script is parsed: ``count(v)`` — the bits set
+    in each byte of the uint32 vector ``v`` (LLVM's byte ``ctpop``: a ``vpshufb`` nibble count on x86, ``cnt
+    v.16b`` on NEON), as a uint32 vector of four byte counters; ``widen(v)``, one lane's four counters summed into
+    an int32 (each ≤ 248: no carry between them); and ``widen_after(step)``, whether the counters are widened
+    after word ``step`` of the ``steps`` a tile reduces: every :data:`BYTE_STEPS` words and after the last."""
     from tvm.script import tirx as T
 
     byte_vec, word_vec = f"uint8x{4 * lanes}", f"uint32x{lanes}"
@@ -375,7 +369,10 @@ def _byte_counting(lanes: int) -> tuple[Any, Any]:
                                                                         T.uint32(0x00FF00FF))
         return T.Cast("int32", T.bitwise_and(pairs, T.uint32(0xFFFF)) + T.shift_right(pairs, T.uint32(16)))
 
-    return count, widen
+    def widen_after(step: Any) -> Any:
+        return T.Or(step % BYTE_STEPS == BYTE_STEPS - 1, step == steps - 1)
+
+    return count, widen, widen_after
 
 
 def _conv_flat(plan: Plan, symbol: str) -> Any:
@@ -391,9 +388,8 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, q_ = op_ // ob, oh_ * ow_
     k_ = s.k
-    byte_counts, steps = plan.tiling.byte_counts, kh_ * kw_ * cw_
-    blocks = -(-steps // BYTE_STEPS)
-    byte_count, widen = _byte_counting(lanes)
+    byte_counts = plan.tiling.byte_counts
+    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_)
 
     xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
@@ -416,26 +412,20 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                     for lane in T.vectorized(lanes):
                         acc[oi, lane] = 0
                 if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
-                    for blk in range(blocks):
+                    for oi in T.unroll(ob):
+                        for lane in T.vectorized(lanes):
+                            acc8[oi, lane] = T.uint32(0)
+                    for i, j, cw in T.grid(kh_, kw_, cw_):
                         for oi in T.unroll(ob):
-                            for lane in T.vectorized(lanes):
-                                acc8[oi, lane] = T.uint32(0)
-                        for st in range(BYTE_STEPS):
-                            if blk * BYTE_STEPS + st < steps:
-                                for oi in T.unroll(ob):
-                                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
-                                        T.bitwise_xor(T.bitwise_and(
-                                            xp[nq // qv_, (blk * BYTE_STEPS + st) % cw_, T.Ramp(
-                                                slack + nq % qv_ * lanes
-                                                + (blk * BYTE_STEPS + st) // (kw_ * cw_) * w_
-                                                + (blk * BYTE_STEPS + st) // cw_ % kw_ - pl, 1, lanes)],
-                                            mask[(blk * BYTE_STEPS + st) // cw_ % kw_, T.Ramp(0, 1, lanes)]),
-                                            T.Broadcast(wpk[to * ob + oi, (blk * BYTE_STEPS + st) // (kw_ * cw_),
-                                                            (blk * BYTE_STEPS + st) // cw_ % kw_,
-                                                            (blk * BYTE_STEPS + st) % cw_], lanes)))
-                        for oi in T.unroll(ob):
-                            for lane in T.vectorized(lanes):
-                                acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                            acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(T.bitwise_xor(
+                                T.bitwise_and(xp[nq // qv_, cw, T.Ramp(slack + nq % qv_ * lanes + i * w_ + j - pl, 1,
+                                                                       lanes)], mask[j, T.Ramp(0, 1, lanes)]),
+                                T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
+                        if widen_after((i * kw_ + j) * cw_ + cw):
+                            for oi in T.unroll(ob):
+                                for lane in T.vectorized(lanes):
+                                    acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                                    acc8[oi, lane] = T.uint32(0)
                 else:
                     for i, j, cw in T.grid(kh_, kw_, cw_):
                         for oi in T.unroll(ob):
