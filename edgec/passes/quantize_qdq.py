@@ -244,14 +244,14 @@ class QuantizeQDQ(EdgecPass):
             notes.extend(equalize(model, self.calibration))
         layers = self._find_layers(model)  # again: a converter may have rebuilt the graph's nodes
         self._float_nodes = {id(layer.node) for layer in layers if layer_precision(cfg, layer) == "float"}
-        self._float_nodes |= {id(a.node) for a in find_adders(model)  # adders kept float read the float input
-                              if cfg.precision(layer_keys(a.name, a.weight.name)) == "float"}
+        adders = find_adders(model) if cfg.activations == "int8" else []
+        float_adders = [a for a in adders if cfg.precision(layer_keys(a.name, a.weight.name)) == "float"]
+        self._float_nodes |= {id(a.node) for a in float_adders}  # adders kept float read the float input
+        adders = [a for a in adders if a not in float_adders]
         self._names = {v.name for v in _all_values(model) if v.name}
         float_proto = ir.serde.serialize_model(model)
 
         act_params: dict[str, ActivationQParams] = {}
-        adders = [a for a in find_adders(model) if cfg.activations == "int8"
-                  and cfg.precision(layer_keys(a.name, a.weight.name)) != "float"]
         if cfg.activations == "int8":
             names = self._activation_values(model, layers)
             names += [a.input.name for a in adders if a.input.name not in names]
