@@ -83,8 +83,26 @@ def conv_flops(func) -> int:
     return 0
 
 
+def conv_shape(func) -> str:
+    """'IC->OC KHxKW @OHxOW' of the blocked conv in a fused function ('' if none): which layer a row is."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    for name in ("conv2d_NCHWc_update", "conv2d_NCHWc"):  # the scheduled conv's reduction is the update block
+        try:
+            block = sch.get(sch.get_sblock(name))
+            break
+        except Exception:  # noqa: BLE001  (no such block)
+            continue
+    else:
+        return ""
+    n, occ, oh, ow, ocb, ic, kh, kw = (int(iv.dom.extent) for iv in block.iter_vars)
+    return f"{ic}->{occ * ocb} {kh}x{kw} @{oh}x{ow}"
+
+
 def kernel_times(path: Path, target_name: str, options=None, input_shapes: str | None = None) -> list[tuple]:
-    """(seconds × calls, name, calls, seconds per call, conv FLOPs, scheduled?) per fused kernel of the model."""
+    """(seconds × calls, name, calls, seconds per call, conv FLOPs, scheduled?, conv shape) per fused kernel of the
+    model."""
     from tvm import tirx
 
     mod, target = scheduled_module(path, target_name, options, input_shapes)
@@ -96,7 +114,7 @@ def kernel_times(path: Path, target_name: str, options=None, input_shapes: str |
         seconds = time_primfunc(func.with_attr("global_symbol", "main"), target)
         scheduled = bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
         rows.append((seconds * counts[gv.name_hint], gv.name_hint, counts[gv.name_hint], seconds, conv_flops(func),
-                     scheduled))
+                     scheduled, conv_shape(func)))
     return rows
 
 
@@ -117,11 +135,11 @@ def main() -> None:
     rows = kernel_times(path, a.target, input_shapes=a.input_shape)
     total = sum(r[0] for r in rows)
     rows.sort(reverse=True)
-    print(f"{'kernel':<48} {'calls':>5} {'ms each':>8} {'ms total':>8} {'share':>6} {'GFLOP/s':>8} sched")
-    for tot, name, calls, each, flops, sched in rows[:a.top]:
+    print(f"{'kernel':<48} {'calls':>5} {'ms each':>8} {'ms total':>8} {'share':>6} {'GFLOP/s':>8} sched  conv")
+    for tot, name, calls, each, flops, sched, shape in rows[:a.top]:
         gflops = f"{flops / each / 1e9:.0f}" if flops else ""
         print(f"{name[:48]:<48} {calls:>5} {each * 1e3:>8.3f} {tot * 1e3:>8.3f} {tot / total:>6.1%} {gflops:>8} "
-              f"{'yes' if sched else 'NO'}")
+              f"{'yes' if sched else 'NO ':<5} {shape}")
     print(f"{'TOTAL':<48} {'':>5} {'':>8} {total * 1e3:>8.3f}")
 
 

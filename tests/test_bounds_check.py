@@ -152,6 +152,34 @@ def test_every_kernel_stays_inside_its_buffers(case, tmp_path):
         assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))), case
 
 
+# The direct conv's 16-register tiles (x86:avx2, any x86 host runs it): pixels from two rows (14-wide maps) and
+# 4 columns with a predicated tail (7-wide rows, sched.pixel_tile), with padding, residual adds and batch 2.
+AVX2_TILES = {
+    "two_rows_1x1_residual": lambda: conv_model(n=2, cin=96, cout=96, hw=(14, 14), k=1, residual=True),
+    "two_rows_3x3_asym": lambda: conv_model(n=1, cin=24, cout=96, hw=(10, 14), k=3, pads=[0, 1, 2, 1], act="relu"),
+    "column_tail_1x1": lambda: conv_model(n=2, cin=32, cout=96, hw=(7, 7), k=1, act="relu6"),
+    "column_tail_3x3_pad": lambda: conv_model(n=1, cin=16, cout=48, hw=(7, 7), k=3, pads=[2, 1, 0, 1], act="relu"),
+}
+
+
+@pytest.mark.parametrize("case", AVX2_TILES)
+def test_avx2_register_tiles_stay_inside_their_buffers(case, tmp_path):
+    """Bounds-checked x86:avx2 build of the direct conv with a two-row or column-tail register tile: no
+    out-of-bounds access, and equal to onnxruntime (test_cpu_rules checks these shapes get those tiles)."""
+    from edgec.targets.cpu.options import CpuOptions
+
+    path = tmp_path / "m.onnx"
+    onnx.save(AVX2_TILES[case](), str(path))
+    result = edgec.compile(path, target="x86:avx2", output=tmp_path / "art", verify=False,
+                           cpu_options=CpuOptions(bounds_check=True))
+    for seed in (3, 4):
+        feed = random_inputs(result.artifact.inputs, seed=seed)
+        got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
+        ref = onnxruntime_outputs(path, feed)[0]
+        assert got.shape == ref.shape
+        assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))), case
+
+
 @pytest.mark.parametrize("preset", ["x86:avx512-vnni", "x86:avx2"])
 def test_int8_kernel_stays_inside_its_buffers(tmp_path, preset):
     """The integer conv (VNNI where the target has it, the AVX2 pair kernel on x86:avx2) and requantizing

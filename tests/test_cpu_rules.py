@@ -279,6 +279,24 @@ def test_register_tile_fits_the_register_file():
     assert register_tile(7, 120, 1, 16) == (7, 1)
 
 
+def test_pixel_tile_on_16_registers():
+    """AVX2's tile: 4 pixels × 3 blocks from two rows where the row has no 4-column divisor, 4 columns with a
+    tail on 7-wide rows while the tile's weights fit L1, the whole-row tile otherwise; 32 registers unchanged.
+    The shapes are those of test_bounds_check's AVX2_TILES."""
+    from edgec.targets.cpu.sched import pixel_tile, register_tile
+
+    assert pixel_tile(14, 14, 12, 1, 16) == (2, 2, 3)                                 # 96 -> 96 1x1 at 14x14
+    assert pixel_tile(10, 14, 12, 1, 16, block_weight_bytes=24 * 9 * 32) == (2, 2, 3)  # 3x3 at 10x14, padded
+    assert pixel_tile(11, 14, 12, 1, 16, block_weight_bytes=24 * 9 * 32) == (1, 2, 4)  # 11 rows: one-row tile
+    assert pixel_tile(7, 7, 12, 1, 16, block_weight_bytes=32 * 32) == (1, 4, 3)        # 32 -> 96 at 7x7
+    assert pixel_tile(7, 7, 6, 1, 16, block_weight_bytes=16 * 9 * 32) == (1, 4, 3)     # 3x3 16 -> 48, 7x7
+    assert pixel_tile(7, 7, 24, 1, 16, block_weight_bytes=1152 * 32) == (1, 7, 1)      # weights from L2
+    assert pixel_tile(7, 7, 160, 1, 16, block_weight_bytes=320 * 32) == (1, 7, 1)      # no whole 3-block tiles
+    assert pixel_tile(7, 7, 24, 1, 16) == (1, *register_tile(7, 24, 1, 16))            # no weight size: no tail
+    for height, width in ((14, 14), (7, 7), (9, 7), (28, 28)):
+        assert pixel_tile(height, width, 24, 1, 32, block_weight_bytes=1024) == (1, *register_tile(width, 24, 1, 32))
+
+
 def test_depthwise_row_tile():
     """Few columns (a 28-wide tile spilled), dividing the row where a divisor of at least half the cap exists."""
     from edgec.targets.cpu.options import CpuOptions

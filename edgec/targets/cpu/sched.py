@@ -40,18 +40,86 @@ def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int
     core; once ``registers // 2`` accumulators hide the FMA latency, the tile with the most FMAs per load wins
     (4×3: 12 FMAs per 4 broadcasts + 3 weight loads; a partial tail counts what it keeps busy), and those convs
     ran at 86–88 GFLOP/s (bench/profile_cpu.py, 1 thread)."""
-    best = (1, 1)
+    _, reg_n, oc_tile = pixel_tile(1, width, oc_chunks, vec_per_block, registers, partial)
+    return reg_n, oc_tile
+
+
+L1_BYTES = 32 * 1024  # per-core L1 data cache assumed for the register tile's weight slice (x86 cores: 32–48 KB)
+
+
+def pixel_tile(height: int, width: int, oc_chunks: int, vec_per_block: int, registers: int,
+               partial: bool = True, block_weight_bytes: int | None = None) -> tuple[int, int, int]:
+    """(rows, columns, channel blocks) of the conv register tile: :func:`register_tile`'s choice, its pixels
+    taken from up to four output rows where that scores higher (a strictly better key; ties keep one row), ties
+    between equal scores going to more pixels (fewer weight vectors per FMA). With ``block_weight_bytes`` (one
+    channel block's weights), columns that do not divide the row are also tried, see below.
+
+    Why rows: with 16 registers the tile wants 4 pixels × 3 channel blocks (12 FMAs per 4 broadcasts + 3 weight
+    loads), and a 14-wide row has no 4-column divisor: its tile was 2 columns × 4 blocks (8 FMAs per 6 loads),
+    and MobileNetV2's 1×1 projections at 14×14 (576 → 96, 384 → 64) ran at 52–57 GFLOP/s on a Zen 3 core, the
+    same 576 → 96 at 12, 16 or 28 wide at 85–90; a 2 × 2 pixel tile runs them at 90–93.
+
+    Why a column tail: a 7-wide row has neither. 7 × 1 keeps 7 accumulators, too few to hide the FMA latency
+    (192 → 1152 at 7×7: 77 GFLOP/s), 7 × 2 spills (48), and 4 columns with a predicated 3-column tail run it at
+    88. That holds while the tile's weight slice stays in L1 (:data:`L1_BYTES`; there the FMAs bound the tile);
+    with larger slices every tile streams its weights from L2 and the most pixels per weight vector win (1152 →
+    192 at 7×7: 72 with the tail, 75 with 7 × 1). So a tail is taken only there, only with at least 4 columns
+    (2 × 5 ran 320 → 1280 at 43), with whole channel tiles (a tail in both ran it at 33), only where the
+    whole-row tile holds one channel block, and only where it hides more of the FMA latency than that tile
+    (:func:`latency_hidden`).
+    Only for 16-register targets: with 32 registers a row already holds the tile (7 × 3 at width 7), and the
+    tiles that would score higher there are unmeasured."""
+    small = registers < 32
+    row_choices = [r for r in range(1, min(height, 4) + 1) if height % r == 0] if small else [1]
+    best = _best_tile(row_choices, [d for d in range(1, min(width, 16) + 1) if width % d == 0],
+                      width, oc_chunks, vec_per_block, registers, partial)
+    if not small or block_weight_bytes is None or best[2] > 1:
+        return best  # a tail only for rows whose whole-row tiles hold one channel block (7 × 1)
+    fits = [d for d in range(1, min(oc_chunks, 8) + 1) if d * block_weight_bytes <= L1_BYTES]
+    if not fits:
+        return best
+    tail = _best_tile([1], [c for c in range(4, min(width, 16) + 1) if width % c], width, oc_chunks,
+                      vec_per_block, registers, partial=False, max_oc=max(fits))
+    hidden = [latency_hidden(*t, width, oc_chunks, vec_per_block, registers) for t in (best, tail)]
+    return tail if hidden[1] > hidden[0] else best
+
+
+def latency_hidden(rows: int, cols: int, oc_tile: int, width: int, oc_chunks: int, vec_per_block: int,
+                   registers: int) -> float:
+    """Accumulators a tile keeps in flight, up to ``registers // 2`` (enough to hide the FMA latency), over all
+    of a row's tiles weighted by their time: a 3-column tail of a 4 × 3 tile on a 7-wide row runs 9 of them."""
+    col_tiles, oc_tiles = math.ceil(width / cols), math.ceil(oc_chunks / oc_tile)
+    work = time = 0.0
+    for c in (cols,) * (col_tiles - 1) + (width - (col_tiles - 1) * cols,):
+        for o in (oc_tile,) * (oc_tiles - 1) + (oc_chunks - (oc_tiles - 1) * oc_tile,):
+            acc = rows * c * o * vec_per_block
+            work += acc
+            time += acc / min(acc, registers // 2)
+    return work / time
+
+
+def _best_tile(row_choices: list[int], col_choices: list[int], width: int, oc_chunks: int, vec_per_block: int,
+               registers: int, partial: bool, max_oc: int = 8) -> tuple[int, int, int]:
+    """The best-scoring (rows, columns, channel blocks) of those given: with 32 registers the most busy
+    accumulators, then FMAs per load; with 16, busy accumulators up to ``registers // 2`` (the FMA latency
+    hidden), then FMAs per load, then busy accumulators, then pixels."""
+    best = (1, 1, 1)
     best_key: tuple = (0.0,)
-    for reg_n in (d for d in range(1, min(width, 16) + 1) if width % d == 0):
-        for oc_tile in (d for d in range(1, min(oc_chunks, 8) + 1) if partial or oc_chunks % d == 0):
-            acc, weights = reg_n * oc_tile * vec_per_block, oc_tile * vec_per_block
-            if acc + weights + 1 > registers:
+    for rows in row_choices:
+        for cols in col_choices:
+            pixels = rows * cols
+            if pixels > 16:
                 continue
-            busy = acc * oc_chunks / (math.ceil(oc_chunks / oc_tile) * oc_tile)
-            key = (busy, acc / (reg_n + weights)) if registers >= 32 else \
-                (min(busy, registers // 2), busy / (reg_n + weights), busy)
-            if key > best_key:
-                best, best_key = (reg_n, oc_tile), key
+            for oc_tile in (d for d in range(1, min(oc_chunks, max_oc) + 1) if partial or oc_chunks % d == 0):
+                acc, weights = pixels * oc_tile * vec_per_block, oc_tile * vec_per_block
+                if acc + weights + 1 > registers:
+                    continue
+                busy = (acc * oc_chunks / (math.ceil(oc_chunks / oc_tile) * oc_tile)
+                        * width / (math.ceil(width / cols) * cols))
+                key = (busy, acc / (pixels + weights)) if registers >= 32 else \
+                    (min(busy, registers // 2), busy / (pixels + weights), busy, pixels)
+                if key > best_key:
+                    best, best_key = (rows, cols, oc_tile), key
     return best
 
 

@@ -15,6 +15,7 @@ from edgec.targets.cpu import prefetch, sched
 from edgec.targets.cpu.isa import isa_of
 from edgec.targets.cpu.blocked import is_blocked
 from edgec.targets.cpu.options import CpuOptions
+from edgec.targets.cpu.stack_alloc import buffer_bytes
 
 
 def legalize(bb, call, isa, options: CpuOptions):
@@ -61,24 +62,31 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, options: CpuOp
     lanes = isa.lanes
     vec_per_block = max(1, oc_bn // lanes)
     inline_pad = sched.inline_padding(sch, conv, ow_size, options.small_conv_macs)
-    derived = sched.register_tile(ow_size, sched.extent(sch, occ), vec_per_block, isa.vector_registers)
-    reg_n, oc_tile = reg_n or derived[0], oc_tile or derived[1]
+    # A tile over several output rows (sched.pixel_tile) only where the rule picks the tile, and not under a
+    # producer computed once per row.
+    height = 1 if reg_n or oc_tile else sched.extent(sch, oh)
+    chunks = sched.extent(sch, occ)
+    block_bytes = None if reg_n or oc_tile else (buffer_bytes(kernel) or 0) // int(kernel.shape[0])
+    tile_rows, cols, blocks = sched.pixel_tile(height, ow_size, chunks, vec_per_block, isa.vector_registers,
+                                               block_weight_bytes=block_bytes)
+    reg_n, oc_tile = reg_n or cols, oc_tile or blocks
 
     occ_o, occ_i = sch.split(occ, [None, oc_tile])
+    oh_o, oh_i = sch.split(oh, [None, tile_rows])
     ow_o, ow_i = sch.split(ow, [None, reg_n])
     ic_o, ic_i = sch.split(ic, [None, ic_bn])
     # ow_i outside occ_i: each broadcast input feeds all oc_tile FMAs at once and dies, so only the
     # accumulators, oc_tile weight vectors and one broadcast are live (no spills).
-    rows = sched.extent(sch, oh)
+    rows = sched.extent(sch, oh_o)
     if rows_outer:
-        sch.reorder(n, oh, occ_o, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
-        outer = sch.fuse(n, oh)
+        sch.reorder(n, oh_o, occ_o, ow_o, ic_o, kh, kw, ic_i, oh_i, ow_i, occ_i, ocb)
+        outer = sch.fuse(n, oh_o)
     else:
-        sch.reorder(n, occ_o, oh, ow_o, ic_o, kh, kw, ic_i, ow_i, occ_i, ocb)
-        outer = sch.fuse(n, occ_o, oh)
+        sch.reorder(n, occ_o, oh_o, ow_o, ic_o, kh, kw, ic_i, oh_i, ow_i, occ_i, ocb)
+        outer = sch.fuse(n, occ_o, oh_o)
     sch.parallel(outer)
     sched.write_back_tile(sch, conv, ow_o, lanes)
-    sched.finish_reduction(sch, conv, ic_o, ocb, [ow_i, occ_i], init_unroll=2)
+    sched.finish_reduction(sch, conv, ic_o, ocb, [oh_i, ow_i, occ_i], init_unroll=3)
     sched.schedule_padding(sch, conv, lanes, inline=inline_pad)
     return outer, prefetch.plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile, rows,
                                           rows_outer, options)
