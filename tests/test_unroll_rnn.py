@@ -171,11 +171,41 @@ def test_one_projection_matmul_and_only_used_outputs():
     assert not {"W", "R", "B"} & set(weights)  # the originals are dropped
 
 
-@pytest.mark.parametrize("op", RNN_OPS)
-def test_opset_11_split_attribute_and_full_sequence_lens(op):
-    """Before opset 13 Split takes its sizes as an attribute; a constant sequence_lens equal to the sequence
-    length is the same as none."""
-    _assert_same(_rnn_model(op, "bidirectional", opset=11, init="input", seq_lens="full"))
+@pytest.mark.parametrize("op,opset", list(itertools.product(RNN_OPS, (9, 11))))
+def test_older_opsets_and_full_sequence_lens(op, opset):
+    """Gates are Slices (never a Split: nothing fuses across its tuple), their bounds inputs from opset 10 (11
+    here), attributes before (9); a constant sequence_lens equal to the sequence length is the same as none."""
+    unrolled = _assert_same(_rnn_model(op, "bidirectional", opset=opset, init="input", seq_lens="full"))
+    slices = [n for n in unrolled.graph.node if n.op_type == "Slice"]
+    assert slices and "Split" not in {n.op_type for n in unrolled.graph.node}
+    assert all((len(n.input) == 1) == (opset < 10) for n in slices)
+
+
+def test_lstm_step_compiles_to_four_kernels():
+    """Built for x86, each LSTM step after the first is four kernels: its slice of the input projection, the
+    recurrent MatMul, then C' and H' (every gate a Slice + Add with its own Sigmoid, each read once, so TVM fuses a
+    step's gate arithmetic; with Splits and one Sigmoid over three gates a step was ~10 kernels and openWakeWord's
+    LSTM head spent 60 % of its time between them). The gate kernels are shared by every step."""
+    from tvm import relax
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.build import staged_module
+    from edgec.targets.lower import to_relax
+
+    steps = 12
+    proto = _rnn_model("LSTM", outputs=("Y_h",))
+    for value in (*proto.graph.input, *proto.graph.output):  # SEQ → steps along the sequence axis
+        dims = value.type.tensor_type.shape.dim
+        if value.name == "x":
+            dims[0].dim_value = steps
+    unrolled, _ = _unrolled(proto)
+    mod, _ = staged_module(to_relax(unrolled), resolve_target("x86:avx2"), scheduled=False)
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call) and
+                                    getattr(e.op, "name", "") == "relax.call_tir" else None)
+    names = [call.args[0].name_hint for call in calls]
+    assert 4 * (steps - 1) <= len(calls) <= 4 * (steps - 1) + 4, names
+    assert max(names.count(name) for name in set(names)) >= steps - 1, names  # one kernel serves every step
 
 
 @pytest.mark.parametrize("change,needle", [
