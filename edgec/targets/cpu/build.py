@@ -116,6 +116,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.kernels.int8_matmul_vnni import vnni_matmul_pass
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass, unsigned_activations_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
+    from edgec.targets.cpu.kernels.resize import legalize_resize_for
     from edgec.targets.cpu.layout import (layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass,
                                           squeeze_axes_pass)
     from edgec.targets.cpu.pad_channels import pad_output_channels_pass
@@ -141,7 +142,8 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         fast_math_pass(),  # exp / sigmoid / tanh / erf as vectorizable arithmetic, not one expf call per lane
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options),
                                      "relax.matmul": legalize_matmul_for(target, options),  # AMX int8, else TVM's
-                                     "relax.round": legalize_round}),
+                                     "relax.round": legalize_round,
+                                     "relax.image.resize2d": legalize_resize_for(target)}),  # 2×: fixed taps
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

@@ -175,8 +175,10 @@ def conv_shape(conv: Any, x: Any, o: int, c: int, kh: int, kw: int, cls: type = 
 
 def scheduled(func: Any, symbol: str) -> Any:
     """A hand-written PrimFunc as the build must take it: exported as ``symbol``, already scheduled (no schedule
-    rule touches it, and tuning offers it no task), its buffers not aliased."""
-    return func.with_attr({"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True})
+    rule touches it, and tuning offers it no task), its buffers not aliased, and opaque to fusion (op_pattern 8,
+    TVM's kOpaque): its loops are not the compute blocks FuseTIR knows how to merge with a neighbour's."""
+    return func.with_attr({"global_symbol": symbol, "tirx.is_scheduled": True, "tirx.noalias": True,
+                           "op_pattern": 8})
 
 
 def op_kernel_pass(name: str, takes: Callable[[], bool], rewrite: Callable[[Any, Any, Any, int], Any],
