@@ -361,3 +361,24 @@ def edgec_layers_model(layers: list[tuple], n: int = 1, seed: int = 0) -> onnx.M
     model = add_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def assert_bounds_checked_equal(model: onnx.ModelProto, tmp_path, target: str, options=None,
+                                atol: float = 1e-4, seeds: tuple[int, ...] = (3, 4)) -> None:
+    """``model`` built for ``target`` with every buffer access checked (CpuOptions.bounds_check, plus
+    ``options``' other fields), run on fresh inputs from each seed: no out-of-bounds access, and each output within
+    ``atol`` × max(1, max |reference|) of onnxruntime's."""
+    import edgec
+    from edgec.targets.cpu.options import CpuOptions
+    from edgec.toolchain.api import onnxruntime_outputs, random_inputs
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    options = (options or CpuOptions()).replace(bounds_check=True)
+    result = edgec.compile(path, target=target, output=tmp_path / "art", verify=False, cpu_options=options)
+    for seed in seeds:
+        feed = random_inputs(result.artifact.inputs, seed=seed)
+        got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
+        ref = onnxruntime_outputs(path, feed)[0]
+        assert got.shape == ref.shape
+        assert np.max(np.abs(got - ref)) <= atol * max(1.0, float(np.max(np.abs(ref))))

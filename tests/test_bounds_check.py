@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import conv_model, dw_pw_model, matmul_model, runnable_preset
+from helpers import assert_bounds_checked_equal, conv_model, dw_pw_model, matmul_model, runnable_preset
 
 ATOL = 1e-4
 
@@ -139,17 +139,9 @@ def test_every_kernel_stays_inside_its_buffers(case, tmp_path):
     out-of-bounds access and equals onnxruntime."""
     from edgec.targets.cpu.options import CpuOptions
 
-    path = tmp_path / "m.onnx"
-    onnx.save(SWEEP[case](), str(path))
-    options = CpuOptions(bounds_check=True, dw_pointwise_min_bytes=0)
-    result = edgec.compile(path, target=runnable_preset("x86:avx512"), output=tmp_path / "art", verify=False,
-                           cpu_options=options)
-    for seed in (3, 4):  # twice, from fresh inputs
-        feed = random_inputs(result.artifact.inputs, seed=seed)
-        got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
-        ref = onnxruntime_outputs(path, feed)[0]
-        assert got.shape == ref.shape
-        assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))), case
+    # twice, from fresh inputs
+    assert_bounds_checked_equal(SWEEP[case](), tmp_path, runnable_preset("x86:avx512"),
+                                CpuOptions(dw_pointwise_min_bytes=0), ATOL)
 
 
 # The direct conv's 16-register tiles (x86:avx2, any x86 host runs it): pixels from two rows (14-wide maps) and
@@ -166,18 +158,7 @@ AVX2_TILES = {
 def test_avx2_register_tiles_stay_inside_their_buffers(case, tmp_path):
     """Bounds-checked x86:avx2 build of the direct conv with a two-row or column-tail register tile: no
     out-of-bounds access, and equal to onnxruntime (test_cpu_rules checks these shapes get those tiles)."""
-    from edgec.targets.cpu.options import CpuOptions
-
-    path = tmp_path / "m.onnx"
-    onnx.save(AVX2_TILES[case](), str(path))
-    result = edgec.compile(path, target="x86:avx2", output=tmp_path / "art", verify=False,
-                           cpu_options=CpuOptions(bounds_check=True))
-    for seed in (3, 4):
-        feed = random_inputs(result.artifact.inputs, seed=seed)
-        got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
-        ref = onnxruntime_outputs(path, feed)[0]
-        assert got.shape == ref.shape
-        assert np.max(np.abs(got - ref)) <= ATOL * max(1.0, float(np.max(np.abs(ref)))), case
+    assert_bounds_checked_equal(AVX2_TILES[case](), tmp_path, "x86:avx2", atol=ATOL)
 
 
 @pytest.mark.parametrize("preset", ["x86:avx512-vnni", "x86:avx2"])

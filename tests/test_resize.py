@@ -10,10 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import edgec
 from edgec.targets.cpu.kernels.resize import phase_taps
-from edgec.targets.cpu.options import CpuOptions
-from edgec.toolchain.api import onnxruntime_outputs, random_inputs
+from helpers import assert_bounds_checked_equal
 
 ATOL = 1e-5
 
@@ -36,18 +34,9 @@ def resize_model(n: int, c: int, h: int, w: int, mode: str = "linear", ctm: str 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def compile_and_compare(model: onnx.ModelProto, tmp_path, target: str = "x86:avx2") -> None:
-    """Bounds-checked build; its output equals onnxruntime's on two fresh inputs."""
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
-    result = edgec.compile(path, target=target, output=tmp_path / "art", verify=False,
-                           cpu_options=CpuOptions(bounds_check=True))
-    for seed in (1, 2):
-        feed = random_inputs(result.artifact.inputs, seed=seed)
-        got = list(edgec.run(tmp_path / "art", feed).outputs.values())[0]
-        ref = onnxruntime_outputs(path, feed)[0]
-        assert got.shape == ref.shape
-        np.testing.assert_allclose(got, ref, atol=ATOL, rtol=1e-5)
+def compile_and_compare(model: onnx.ModelProto, tmp_path) -> None:
+    """Bounds-checked x86:avx2 build; its output equals onnxruntime's on two fresh inputs."""
+    assert_bounds_checked_equal(model, tmp_path, "x86:avx2", atol=ATOL, seeds=(1, 2))
 
 
 CASES = {

@@ -133,7 +133,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         vnni_matmul_pass(isa, options),  # int8 Gemm/MatMul with constant weights as 16×4 vpdpbusd blocks
         conv1d_pass(isa),  # 1-D convs as im2col + matmul (long kernels) or 2-D convs of unit height
         pad_columns_pass(isa),  # a matmul's columns padded to whole vectors (a 8210-class head)
-        pad_output_channels_pass(isa),  # 42 output channels as 48: whole blocks, not TVM's generic conv
+        pad_output_channels_pass(isa, options),  # 42 output channels as 48: whole blocks, not TVM's generic conv
         split_channels_pass(),  # channel splits as slices: TVM's split keeps unblocked split points
         squeeze_axes_pass(),  # squeeze(axis=-1) as axis=2: TVM's layout pass crashes on a negative one
         layout_pass(target, options),
