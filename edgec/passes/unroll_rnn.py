@@ -13,10 +13,10 @@ How, per node:
   recurrent ``H·Rᵀ`` stays inside the loop, one small MatMul per step.
 * Biases that add outside a nonlinearity's inner products (``Wb + Rb``; GRU's ``Rbh`` only when
   ``linear_before_reset=0``) are folded into that one projection.
-* Each gate is a Slice of the step's gate vector with its own Sigmoid/Tanh (LSTM's gate rows reordered from
-  ONNX's i, o, f, c to i, f, o, c), so each op has one reader and TVM fuses a step's gate arithmetic into two
-  kernels (C', then H') after the recurrent MatMul + Add: openWakeWord's LSTM head ran 311 kernel calls with
-  Splits and one Sigmoid over three gates, and spent 60 % of its time between them.
+* Each gate is a Slice of the step's projection plus a Slice of its recurrent product, with its own Sigmoid/Tanh
+  (LSTM's gate rows reordered from ONNX's i, o, f, c to i, f, o, c), so each op has one reader and TVM fuses a
+  step's gate arithmetic into two kernels (C', then H') after the recurrent MatMul: openWakeWord's LSTM head ran
+  311 kernel calls with Splits and one Sigmoid over three gates, and spent 60 % of its time between them.
 * A zero (or absent) initial state skips the first step's recurrent MatMul (torch always exports zeros).
 * Reverse directions walk the steps backwards and write each state at its own time position, as ONNX does.
 
