@@ -151,6 +151,7 @@ AVX2_TILES = {
     "two_rows_3x3_asym": lambda: conv_model(n=1, cin=24, cout=96, hw=(10, 14), k=3, pads=[0, 1, 2, 1], act="relu"),
     "column_tail_1x1": lambda: conv_model(n=2, cin=32, cout=96, hw=(7, 7), k=1, act="relu6"),
     "column_tail_3x3_pad": lambda: conv_model(n=1, cin=16, cout=48, hw=(7, 7), k=3, pads=[2, 1, 0, 1], act="relu"),
+    "column_tail_13_wide_stride2": lambda: conv_model(n=1, cin=32, cout=48, hw=(26, 26), k=3, stride=2, act="relu"),
 }
 
 

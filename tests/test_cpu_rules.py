@@ -310,7 +310,10 @@ def test_pixel_tile_on_16_registers():
     assert pixel_tile(7, 7, 12, 1, 16, block_weight_bytes=32 * 32) == (1, 4, 3)        # 32 -> 96 at 7x7
     assert pixel_tile(7, 7, 6, 1, 16, block_weight_bytes=16 * 9 * 32) == (1, 4, 3)     # 3x3 16 -> 48, 7x7
     assert pixel_tile(7, 7, 24, 1, 16, block_weight_bytes=1152 * 32) == (1, 7, 1)      # weights from L2
-    assert pixel_tile(7, 7, 160, 1, 16, block_weight_bytes=320 * 32) == (1, 7, 1)      # no whole 3-block tiles
+    assert pixel_tile(7, 7, 160, 1, 16, block_weight_bytes=320 * 32) == (1, 4, 2)      # no whole 3-block tiles
+    # 13 x 1 is one broadcast per FMA along 13 pixels: a tail even with weights from L2 (YOLOX's 13x13 stage)
+    assert pixel_tile(13, 13, 48, 1, 16, block_weight_bytes=192 * 9 * 32) == (1, 4, 3)
+    assert pixel_tile(13, 13, 6, 1, 16, block_weight_bytes=32 * 9 * 32) == (1, 4, 3)   # test_bounds_check's case
     assert pixel_tile(7, 7, 24, 1, 16) == (1, *register_tile(7, 24, 1, 16))            # no weight size: no tail
     for height, width in ((14, 14), (7, 7), (9, 7), (28, 28)):
         assert pixel_tile(height, width, 24, 1, 32, block_weight_bytes=1024) == (1, *register_tile(width, 24, 1, 32))

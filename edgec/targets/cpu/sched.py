@@ -65,8 +65,12 @@ def pixel_tile(height: int, width: int, oc_chunks: int, vec_per_block: int, regi
     with larger slices every tile streams its weights from L2 and the most pixels per weight vector win (1152 →
     192 at 7×7: 72 with the tail, 75 with 7 × 1). So a tail is taken only there, only with at least 4 columns
     (2 × 5 ran 320 → 1280 at 43), with whole channel tiles (a tail in both ran it at 33), only where the
-    whole-row tile holds one channel block, and only where it hides more of the FMA latency than that tile
-    (:func:`latency_hidden`).
+    whole-row tile holds one channel block, and where its FMAs per load, scaled by the FMA latency it hides
+    (:func:`latency_hidden`), beat that tile's. A 13-wide row (YOLOX's 13×13 stage) has only the 13 × 1 tile,
+    one broadcast per FMA: 384 → 192 with its SiLU epilogue ran at 38 GFLOP/s, with 5 columns × 2 blocks and a
+    3-column tail at 78. There the weights need not fit L1: 192 → 384 3×3 stride 2 at 13×13 (55 KB per block)
+    ran at 43 with 13 × 1 and 64–76 with tails. The score costs 320 → 1280 at 7×7 a little (4 × 2 with a tail 76,
+    7 × 1 78).
     Only for 16-register targets: with 32 registers a row already holds the tile (7 × 3 at width 7), and the
     tiles that would score higher there are unmeasured."""
     small = registers < 32
@@ -75,13 +79,19 @@ def pixel_tile(height: int, width: int, oc_chunks: int, vec_per_block: int, regi
                       width, oc_chunks, vec_per_block, registers, partial)
     if not small or block_weight_bytes is None or best[2] > 1:
         return best  # a tail only for rows whose whole-row tiles hold one channel block (7 × 1)
-    fits = [d for d in range(1, min(oc_chunks, 8) + 1) if d * block_weight_bytes <= L1_BYTES]
+    long_row = best[0] * best[1] > registers // 2  # one broadcast per FMA along more pixels than the latency needs
+    fits = [d for d in range(1, min(oc_chunks, 8) + 1) if long_row or d * block_weight_bytes <= L1_BYTES]
     if not fits:
         return best
-    tail = _best_tile([1], [c for c in range(4, min(width, 16) + 1) if width % c], width, oc_chunks,
-                      vec_per_block, registers, partial=False, max_oc=max(fits))
-    hidden = [latency_hidden(*t, width, oc_chunks, vec_per_block, registers) for t in (best, tail)]
-    return tail if hidden[1] > hidden[0] else best
+    tails = [(1, c, o) for c in range(4, min(width, 16) + 1) if width % c
+             for o in fits if oc_chunks % o == 0 and c * o * vec_per_block + o * vec_per_block + 1 <= registers]
+
+    def speed(tile: tuple[int, int, int]) -> float:  # FMAs per load, scaled by the FMA latency hidden
+        rows, cols, oc_tile = tile
+        fmas, loads = rows * cols * oc_tile * vec_per_block, rows * cols + oc_tile * vec_per_block
+        return latency_hidden(*tile, width, oc_chunks, vec_per_block, registers) / (registers // 2) * fmas / loads
+
+    return max([best, *tails], key=speed)  # ties keep the whole-row tile (max returns the first)
 
 
 def latency_hidden(rows: int, cols: int, oc_tile: int, width: int, oc_chunks: int, vec_per_block: int,
