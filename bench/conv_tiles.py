@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--residual", action="store_true")
     ap.add_argument("--input-shape", default=None)
     ap.add_argument("--target", default="x86")
+    ap.add_argument("--cpu-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a CpuOptions setting, as `edgec compile --cpu-option` (repeatable)")
     a = ap.parse_args()
     tiles = list(a.tiles)
     if a.conv and a.model:  # with --conv, the positional arguments are all tiles
@@ -88,7 +90,7 @@ def main() -> None:
         model, _ = run_pipeline(load_model(path, a.input_shape))
         mod, target = staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(a.target),
                                     scheduled=False)
-    options = CpuOptions()
+    options = CpuOptions().with_settings(a.cpu_option)
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue

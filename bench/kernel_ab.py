@@ -14,6 +14,8 @@ build is given (edgec/targets/cpu/options.py); the default build has them all on
     spatial       convs with fewer output channels than lanes vectorized along rows (kernels/spatial; the
                   50 % pruned embedded model bench/prune.py caches, bench/.cache/prune/embedded_pruned50_rt8.onnx)
     prefetch      the next register tile's weights prefetched in the direct conv (cpu/prefetch.py; efficientnet)
+    k-split       the direct conv's reduction cut into chunks of input channels whose weights fit L1
+                  (kernels/direct.k_split_tile; mobilenet_v2)
     small-pairs   "off" fuses every depthwise → 1×1 pair, "on" only those with ≥ 1 MiB between the convs
                   (CpuOptions.dw_pointwise_min_bytes; efficientnet)
     dw-tile       "off" is the old 28-column depthwise register tile, "on" at most 8 (CpuOptions.dw_row_tile;
@@ -43,6 +45,7 @@ SWITCHES = {  # name: (CpuOptions field, default model[, (value off, value on)])
     "gemv": ("gemv", "mobilenet_v2"),
     "spatial": ("spatial", PRUNED_EMBEDDED),
     "prefetch": ("prefetch", "efficientnet"),
+    "k-split": ("k_split", "mobilenet_v2"),
     "small-pairs": ("dw_pointwise_min_bytes", "efficientnet", (0, None)),
     "dw-tile": ("dw_row_tile", "mobilenet_v2", (28, 8)),
     "padded-f4": ("padded_f4_min_width", PRUNED_EMBEDDED, (1 << 30, 14)),

@@ -1,6 +1,7 @@
 """Where does the time go? Build each fused, scheduled PrimFunc of a model alone and time it (1 thread).
 
     .venv/bin/python bench/profile_cpu.py MODEL.onnx|resnet18|mobilenet_v2 [--target x86] [--top 25] [--input-shape 1,3,H,W]
+        [--cpu-option KEY=VALUE ...]
 
 Prints one row per kernel: calls × median time, share of the total, GFLOP/s for convs, and whether edgec's rules
 (or a tuning record) scheduled it. The sum is close to, not equal to, the model's latency (no VM overhead, warm
@@ -62,7 +63,7 @@ def time_primfunc(func, target, number: int = 20) -> float:
     return float(sorted(timer(*args).results)[1])
 
 
-_MAC_BLOCKS = ("conv2d_NCHWc_update", "conv2d_NCHWc", "conv2d_nchw", "DepthwiseConv2d", "depthwise_conv2d_NCHWc", "T_matmul_NT", "matmul",
+_MAC_BLOCKS = ("conv2d_NCHWc_rf_update", "conv2d_NCHWc_update", "conv2d_NCHWc", "conv2d_nchw", "DepthwiseConv2d", "depthwise_conv2d_NCHWc", "T_matmul_NT", "matmul",
                "NT_matmul", "T_matmul")
 
 
@@ -88,15 +89,20 @@ def conv_shape(func) -> str:
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    for name in ("conv2d_NCHWc_update", "conv2d_NCHWc"):  # the scheduled conv's reduction is the update block
-        try:
+    for name in ("conv2d_NCHWc_rf_update", "conv2d_NCHWc_update", "conv2d_NCHWc"):
+        try:  # the scheduled conv's reduction is the update block (of its input-channel chunks: kernels/direct)
             block = sch.get(sch.get_sblock(name))
             break
         except Exception:  # noqa: BLE001  (no such block)
             continue
     else:
         return ""
-    n, occ, oh, ow, ocb, ic, kh, kw = (int(iv.dom.extent) for iv in block.iter_vars)
+    extents = [int(iv.dom.extent) for iv in block.iter_vars]
+    if len(extents) == 10:  # chunk, n, occ, oh, ow, ocb, ic blocks in a chunk, ic in a block, kh, kw
+        chunk, n, occ, oh, ow, ocb, icb, ici, kh, kw = extents
+        ic = chunk * icb * ici
+    else:
+        n, occ, oh, ow, ocb, ic, kh, kw = extents
     return f"{ic}->{occ * ocb} {kh}x{kw} @{oh}x{ow}"
 
 
@@ -124,6 +130,8 @@ def main() -> None:
     ap.add_argument("--target", default="x86")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--input-shape", default=None, help="e.g. 1,3,224,224 (models with dynamic dims)")
+    ap.add_argument("--cpu-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a CpuOptions setting, as `edgec compile --cpu-option` (repeatable): a per-kernel A/B")
     a = ap.parse_args()
     path = Path(a.model)
     if not path.exists():
@@ -132,7 +140,10 @@ def main() -> None:
         path = models.onnx_path(a.model)
     from tvm import tirx
 
-    rows = kernel_times(path, a.target, input_shapes=a.input_shape)
+    from edgec.targets.cpu.options import CpuOptions
+
+    options = CpuOptions().with_settings(a.cpu_option) if a.cpu_option else None
+    rows = kernel_times(path, a.target, options, input_shapes=a.input_shape)
     total = sum(r[0] for r in rows)
     rows.sort(reverse=True)
     print(f"{'kernel':<48} {'calls':>5} {'ms each':>8} {'ms total':>8} {'share':>6} {'GFLOP/s':>8} sched  conv")

@@ -23,6 +23,8 @@ class CpuOptions:
     - ``spatial``: convs with fewer outputs than lanes vectorized along rows (kernels/spatial.py).
     - ``dw_pointwise``: depthwise → 1×1 pairs as one kernel when the depthwise output is at least
       ``dw_pointwise_min_bytes`` (None: the target's L2 size, 1 MiB where unknown; kernels/dw_pointwise.py).
+    - ``k_split``: the direct conv reduces over chunks of input channels where its tile's weights outgrow L1
+      (kernels/direct.k_split_tile; 16-register targets).
     - ``prefetch``: the direct conv asks for the next tile's weights when they are ≥ ``prefetch_min_bytes``.
     - ``gemv``: batch-1 matmuls read their weights in storage order (kernels/matmul.py).
     - ``int8_matmul_vnni``: int8 matmuls with constant weights as vpdpbusd blocks on VNNI targets
@@ -48,6 +50,7 @@ class CpuOptions:
     dw_pointwise: bool = True
     dw_pointwise_min_bytes: int | None = None
     prefetch: bool = True
+    k_split: bool = True
     prefetch_min_bytes: int = 64 * 1024
     gemv: bool = True
     int8_matmul_vnni: bool = True

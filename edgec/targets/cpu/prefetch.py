@@ -69,6 +69,37 @@ def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, 
     return Plan(var(ic_i), addresses)
 
 
+def plan_next_chunk(sch, kernel, outer, ic_oo, ic_oi, kh, kw, ic_i, oc_tile: int, k_chunk: int,
+                    options: CpuOptions) -> Plan | None:
+    """Where the direct conv that reduces over chunks of input channels (kernels/direct.k_split_tile) asks for
+    the weights it reads next: the next chunk of its channel-block tile, after the last one the first chunk of
+    the next tile (clamped at the last). ``outer`` is the parallel loop fused from (n, channel-block tile). Same
+    conditions as :func:`plan_next_tile`."""
+    from tvm import tirx
+
+    from edgec.targets.cpu.stack_alloc import buffer_bytes
+
+    if not options.prefetch:
+        return None
+    chunks = int(kernel.shape[0])
+    tiles = -(-chunks // oc_tile)
+    if (buffer_bytes(kernel) or 0) < options.prefetch_min_bytes:
+        return None
+
+    def var(loop):
+        return sch.get(loop).loop_var
+
+    k_chunks = int(sch.get(ic_oo).extent)
+    step = tirx.floormod(var(outer), tiles) * k_chunks + var(ic_oo) + 1  # the (tile, chunk) after this one
+    tile, chunk = tirx.floordiv(step, k_chunks), tirx.floormod(step, k_chunks)
+    addresses = []
+    for t in range(oc_tile):
+        block = tirx.min(tile * oc_tile + t, chunks - 1)
+        index = [block, chunk * k_chunk + var(ic_oi), var(kh), var(kw), var(ic_i), tirx.const(0, str(var(ic_i).ty))]
+        addresses.append(tirx.address_of(tirx.BufferLoad(kernel, index)))
+    return Plan(var(ic_i), addresses)
+
+
 def insert(sch, plan: Plan | None, options: CpuOptions):
     """``sch`` with the hints of ``plan`` added (a new Schedule of the rewritten function), or ``sch`` itself."""
     from tvm import s_tir, tirx

@@ -248,20 +248,21 @@ def _reachable(sch: s_tir.Schedule, block, step) -> set[str]:
     return seen
 
 
-def write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int, epilogue: bool = True) -> None:
+def write_back_tile(sch: s_tir.Schedule, block, at_loop, lanes: int, epilogue: bool = True,
+                    scope: str = "local") -> None:
     """Accumulate ``block``'s register tile in a local buffer and write it back once per tile at ``at_loop``,
     with the fused elementwise epilogue (bias, ReLU, residual add...) reverse-inlined into the write-back
     (``epilogue=False`` when the consumer is another stage, not an elementwise tail)."""
     if epilogue:
         inline_side_inputs(sch, block)
-    cache = sch.cache_write(block, 0, "local")
+    cache = sch.cache_write(block, 0, scope)
     sch.reverse_compute_at(cache, at_loop)
     leftover = inline_epilogue(sch, cache) if epilogue else []
     wb_loops = sch.get_loops(cache)
     at_depth = next(i for i, lp in enumerate(wb_loops) if sch.get(lp).same_as(sch.get(at_loop)))
     inner = wb_loops[at_depth + 1:]
     sch.vectorize(inner[-1])
-    for loop in inner[:-1]:
+    for loop in inner[:-1] if scope == "local" else []:  # a register tile's write-back, not a whole block's
         sch.unroll(loop)
     for other in leftover:
         schedule_elementwise_root(sch, other, lanes)
