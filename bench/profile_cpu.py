@@ -138,8 +138,6 @@ def main() -> None:
         import models
 
         path = models.onnx_path(a.model)
-    from tvm import tirx
-
     from edgec.targets.cpu.options import CpuOptions
 
     options = CpuOptions().with_settings(a.cpu_option) if a.cpu_option else None
