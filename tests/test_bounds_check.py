@@ -152,9 +152,9 @@ AVX2_TILES = {
     "column_tail_1x1": lambda: conv_model(n=2, cin=32, cout=96, hw=(7, 7), k=1, act="relu6"),
     "column_tail_3x3_pad": lambda: conv_model(n=1, cin=16, cout=48, hw=(7, 7), k=3, pads=[2, 1, 0, 1], act="relu"),
     "column_tail_13_wide_stride2": lambda: conv_model(n=1, cin=32, cout=48, hw=(26, 26), k=3, stride=2, act="relu"),
-    "k_split_1x1": lambda: conv_model(n=2, cin=768, cout=64, hw=(7, 7), k=1, act="relu6"),
-    "k_split_one_row": lambda: conv_model(n=1, cin=768, cout=64, hw=(1, 9), k=1, act="relu"),
-    "k_split_3x3_stride2": lambda: conv_model(n=1, cin=256, cout=48, hw=(14, 14), k=3, stride=2, act="relu"),
+    "k_split_1x1": lambda: conv_model(n=2, cin=768, cout=256, hw=(7, 7), k=1, act="relu6"),
+    "k_split_one_row": lambda: conv_model(n=1, cin=768, cout=256, hw=(1, 9), k=1, act="relu"),
+    "k_split_3x3_stride2": lambda: conv_model(n=1, cin=256, cout=192, hw=(14, 14), k=3, stride=2, act="relu"),
 }
 
 

@@ -322,16 +322,18 @@ def test_pixel_tile_on_16_registers():
 def test_k_split_where_the_tiles_weights_outgrow_l1():
     """With 16 registers a conv whose tile's weight slice outgrows L1 reduces over chunks of input channels whose
     slice fits half of it, with the tile weights in L1 allow; not where the weights fit, the partial sums
-    outgrow 4 × L1 (large maps) or the target has 32 registers. Shapes: MobileNetV2's 960 -> 320 at 7x7, its
+    outgrow 4 × L1 (large maps), the channel-block tiles are fewer than 8 (the parallel tasks) or the target
+    has 32 registers. Shapes: MobileNetV2's 960 -> 320 at 7x7, its
     320 -> 1280, test_bounds_check's AVX2_TILES k_split cases, a 28x28 map, AVX-512."""
     from edgec.targets.cpu.kernels.direct import k_split_tile
 
     assert k_split_tile(7, 7, 40, 8, 1, 16, 960 * 32, 120) == ((1, 4, 2), 30)
     assert k_split_tile(7, 7, 160, 8, 1, 16, 320 * 32, 40)[1] is None
-    assert k_split_tile(7, 7, 8, 8, 1, 16, 768 * 32, 96) == ((1, 4, 2), 32)
-    assert k_split_tile(7, 7, 6, 8, 1, 16, 256 * 9 * 32, 32) == ((1, 4, 3), 2)   # 3x3 stride 2, 14 -> 7
-    assert k_split_tile(14, 14, 14, 8, 1, 16, 672 * 32, 84) == ((2, 2, 3), 21)
-    assert k_split_tile(1, 9, 8, 8, 1, 16, 768 * 32, 96) == ((1, 3, 3), 16)      # one row: unit loops
+    assert k_split_tile(7, 7, 32, 8, 1, 16, 768 * 32, 96) == ((1, 4, 2), 32)
+    assert k_split_tile(7, 7, 24, 8, 1, 16, 256 * 9 * 32, 32) == ((1, 4, 3), 2)  # 3x3 stride 2, 14 -> 7
+    assert k_split_tile(14, 14, 14, 8, 1, 16, 672 * 32, 84)[1] is None           # 5 tiles: too few tasks
+    assert k_split_tile(14, 14, 24, 8, 1, 16, 672 * 32, 84) == ((2, 2, 3), 21)
+    assert k_split_tile(1, 9, 32, 8, 1, 16, 768 * 32, 96) == ((1, 3, 3), 16)     # one row: unit loops
     assert k_split_tile(28, 28, 64, 8, 1, 16, 512 * 32, 64)[1] is None
     assert k_split_tile(7, 7, 8, 16, 1, 32, 768 * 64, 48)[1] is None
 

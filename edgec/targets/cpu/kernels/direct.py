@@ -121,6 +121,9 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, options: CpuOp
                                           rows_outer, options)
 
 
+MIN_PARALLEL_TILES = 8  # a conv reducing over input-channel chunks runs in parallel over its channel-block tiles only
+
+
 def k_split_tile(height: int, width: int, oc_chunks: int, oc_bn: int, vec_per_block: int, registers: int,
                  block_bytes: int, ic_blocks: int) -> tuple[tuple[int, int, int], int | None]:
     """(the register tile, input-channel blocks per chunk) for a conv that reduces over chunks of its input
@@ -138,14 +141,18 @@ def k_split_tile(height: int, width: int, oc_chunks: int, oc_bn: int, vec_per_bl
     672 → 112 at 14×14 89 → 95, 256 → 512 3×3 stride 2 at 14 → 7 73 → 85, 192 → 384 3×3 stride 2 at 26 → 13
     66 → 85; 1×1 convs with few input channels (weights in L1) keep their tile.
 
-    Only where the partial sums of one channel-block tile fit four times L1 (small maps; larger ones unmeasured), and
+    The parallel loop is then the channel-block tiles alone (rows inside the chunks: a chunk per row measured
+    slower than no split), so the split is taken only with at least :data:`MIN_PARALLEL_TILES` of them (960 → 160
+    has 10, 70 tasks without the split; on many cores fewer tasks can cost more than the split gains — measured
+    here at 1 and 2 threads only). Only where the partial sums of one channel-block tile fit four times L1 (small maps; larger ones unmeasured), and
     only with 16 registers: a 32-register tile (7 × 3 at 7 wide) already reuses each weight vector 7 times, and
     the split is unmeasured there."""
     tile = sched.pixel_tile(height, width, oc_chunks, vec_per_block, registers, block_weight_bytes=0)
     per_ic_block = tile[2] * block_bytes // ic_blocks
     chunk = sched.divisor_at_most(ic_blocks, max(1, sched.L1_BYTES // 2 // per_ic_block))
     partial_bytes = (ic_blocks // chunk) * height * width * tile[2] * oc_bn * 4
+    tiles = -(-oc_chunks // tile[2])
     if registers >= 32 or tile[2] * block_bytes <= sched.L1_BYTES or chunk == ic_blocks \
-            or partial_bytes > 4 * sched.L1_BYTES:
+            or partial_bytes > 4 * sched.L1_BYTES or tiles < MIN_PARALLEL_TILES:
         return tile, None
     return tile, chunk
