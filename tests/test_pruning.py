@@ -56,6 +56,28 @@ def concat_split() -> ir.Model:
     return g.model("out", [1, 5, 8, 8])
 
 
+def channel_pad() -> ir.Model:
+    """BlazeFace's residual stage: x padded with zero channels (4 → 8) and added to a conv's 8 outputs."""
+    g = G()
+    y = g.op("Relu", "r0", g.conv("c0", "x", 3, 4))
+    g.nodes.append(helper.make_node("Pad", [y, g.w("pads", np.zeros(8))], ["p"], name="pad"))
+    g.inits[-1] = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 4, 0, 0], dtype=np.int64), "pads")
+    s = g.op("Relu", "r1", g.op("Add", "add", "p", g.conv("c1", y, 4, 8, bias=True)))
+    g.conv("c2", s, 8, 5)
+    return g.model("c2", [1, 5, 8, 8])
+
+
+def resize_sizes() -> ir.Model:
+    """A Resize given its output sizes (MediaPipe's upsampling): the channel count is one of them."""
+    g = G()
+    y = g.op("Relu", "r0", g.conv("c0", "x", 3, 4))
+    g.nodes.append(helper.make_node("Resize", [y, "", "", g.w("sizes", np.zeros(4))], ["up"], name="up",
+                                    mode="nearest"))
+    g.inits[-1] = numpy_helper.from_array(np.array([1, 4, 16, 16], dtype=np.int64), "sizes")
+    g.op("Add", "out", g.conv("c1", "up", 4, 5), g.conv("c2", "up", 4, 5))
+    return g.model("out", [1, 5, 16, 16])
+
+
 def depthwise() -> ir.Model:
     """conv → ReLU → depthwise 3×3 (group = channels) with bias → pointwise conv."""
     g = G()
@@ -101,10 +123,31 @@ def test_concat_offsets_and_split_on_the_seam():
     assert groups[frozenset({("cb.W", 0, 0), ("cd.W", 1, 6), ("ce.W", 1, 0)})] is True
 
 
-def test_split_inside_a_group_blocks_it():
+def split_inside() -> ir.Model:
+    """A conv's 8 outputs split 3 / 5 (YOLOv8's C2f blocks split a conv's outputs so)."""
     g = G()
     y = g.op("Relu", "r", g.conv("c0", "x", 3, 8))
     g.nodes.append(helper.make_node("Split", [y, g.w("sz", np.zeros(1))], ["a", "b"], name="split", axis=1))
+    g.inits[-1] = numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "sz")
+    g.op("Add", "out", g.conv("ca", "a", 3, 4), g.conv("cb", "b", 5, 4))
+    return g.model("out", [1, 4, 8, 8])
+
+
+def test_split_inside_a_conv_splits_its_group_and_inside_a_joined_group_blocks_it():
+    model = split_inside()
+    analysis = analyze(model)
+    pieces = sorted((grp for grp in analysis.groups if grp.name == "c0"), key=lambda grp: grp.size)
+    assert [grp.size for grp in pieces] == [3, 5] and all(grp.prunable for grp in pieces)
+    assert [m.offset for grp in pieces for m in grp.members_with("out")] == [0, 3]
+    apply_selection(model, analysis, {pieces[0].id: np.array([0, 2]), pieces[1].id: np.array([1, 2, 4])})
+    split = next(n for n in model.graph if n.name == "split")
+    assert split.inputs[1].const_value.numpy().tolist() == [2, 3]
+    _run(model, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32))
+
+    g = G()  # the conv's channels already joined another conv's (a residual add): no split, blocked
+    y = g.op("Relu", "r", g.conv("c0", "x", 3, 8))
+    z = g.op("Add", "res", y, g.conv("c1", y, 8, 8))
+    g.nodes.append(helper.make_node("Split", [z, g.w("sz", np.zeros(1))], ["a", "b"], name="split", axis=1))
     g.inits[-1] = numpy_helper.from_array(np.array([3, 5], dtype=np.int64), "sz")
     g.op("Add", "out", g.conv("ca", "a", 3, 4), g.conv("cb", "b", 5, 4))
     analysis = analyze(g.model("out", [1, 4, 8, 8]))
@@ -168,7 +211,8 @@ def _zero_dropped(model: ir.Model, keep: dict[int, np.ndarray]) -> None:
             value.const_value = ir.tensor(array, name=m.value)
 
 
-@pytest.mark.parametrize("build", [residual, concat_split, depthwise, squeeze_excite])
+@pytest.mark.parametrize("build", [residual, concat_split, depthwise, squeeze_excite, channel_pad, resize_sizes,
+                                   split_inside])
 def test_pruning_zero_channels_changes_nothing(build):
     x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
     model = build()
@@ -201,6 +245,34 @@ def test_depthwise_group_attribute_and_split_sizes_follow_the_pruning():
     apply_selection(model, analysis, {a: np.array([1, 4])})
     split = next(n for n in model.graph if n.name == "split")
     assert split.inputs[1].const_value.numpy().tolist() == [2, 4]
+
+
+def test_channel_padding_joins_the_conv_it_is_added_to():
+    """Add(Pad(x, 4 → 8 channels), conv): the conv's first 4 outputs join x's group, the other 4 the zeros;
+    pruning the zeros' group shrinks the pad and the conv's filters alike."""
+    model = channel_pad()
+    analysis = analyze(model)
+    c0 = next(g for g in analysis.groups if g.name == "c0")
+    zeros = next(g for g in analysis.groups if g.name == "c1" and g.size == 4 and g is not c0)
+    assert c0.prunable and zeros.prunable and c0.size == 4
+    assert {(m.value, m.offset) for m in c0.members_with("out")} == {("c0.W", 0), ("c1.W", 0)}
+    assert {(m.value, m.offset) for m in zeros.members_with("out")} == {("c1.W", 4)}
+    apply_selection(model, analysis, {zeros.id: np.array([1, 2, 3]), c0.id: np.array([0, 1, 3])})
+    pad = next(n for n in model.graph if n.name == "pad")
+    assert pad.inputs[1].const_value.numpy().tolist() == [0, 0, 0, 0, 0, 3, 0, 0]
+    c1 = next(n for n in model.graph if n.name == "c1")
+    assert c1.inputs[1].const_value.shape == (6, 3, 3, 3)
+    _run(model, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32))
+
+
+def test_resize_output_sizes_follow_the_pruning():
+    model = resize_sizes()
+    analysis = analyze(model)
+    (gid,) = [g.id for g in analysis.prunable() if g.name == "c0"]
+    apply_selection(model, analysis, {gid: np.array([0, 3])})
+    up = next(n for n in model.graph if n.name == "up")
+    assert up.inputs[3].const_value.numpy().tolist() == [1, 2, 16, 16]
+    assert _run(model, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)).shape == (1, 5, 16, 16)
 
 
 # ------------------------------------------------------------------------------------------------ criteria

@@ -142,9 +142,11 @@ class MacLayer:
 class Fixup:
     """A node attribute or shape constant that has to follow the new channel counts (not an initializer slice)."""
 
-    kind: str          # "group" (depthwise Conv), "split" (sizes), "reshape" (target shape)
+    kind: str          # "group" (depthwise Conv), "split" (sizes), "reshape" (target shape), "pad" (channels),
+                       # "resize" (its output sizes)
     node: str
-    layouts: tuple[tuple[tuple[int, int], ...], ...]   # per output (or the one input): (group id, length*inner)
+    layouts: tuple[tuple[tuple[int, int], ...], ...]   # per output (or the one input): (group id, length*inner);
+    axis: int = 1                                      # for "pad": the channels padded before, after
 
 
 @dataclasses.dataclass
@@ -178,6 +180,8 @@ class _Builder:
         self.layout: dict[str, Layout] = {}
         self.mac_raw: list[tuple[str, str, int, Layout | None, Layout | None]] = []
         self.fix_raw: list[tuple[str, str, tuple[Layout, ...]]] = []
+        self.pieces: dict[int, list[Segment]] = {}   # spaces replaced by their pieces (split_space)
+        self.zero_spaces: dict[int, str] = {}          # channels a Pad adds: prunable only joined to a producer
 
     # union-find over channel spaces
     def new_space(self, size: int, reason: str | None = None, producer: str | None = None) -> int:
@@ -249,7 +253,70 @@ class _Builder:
             self.members[seg.space].append((Member(value, axis, offset, inner, role, node), share))
             offset += seg.length // share * inner
 
+    def split_space(self, s: int, lengths: list[int]) -> bool:
+        """Replace space ``s`` by consecutive pieces of ``lengths`` everywhere (its members, every layout), so
+        that the pieces can join different groups: a Conv whose outputs are added to a channel-padded tensor
+        (BlazeFace's residuals: ``Add(Pad(x, channels C → C'), conv)``) couples its first C channels with x and
+        the rest with the zeros. Only a space nothing has joined yet (its own root, no other space under it,
+        not folded, every member one copy per channel); returns whether it was split."""
+        if self.find(s) != s or self.fold[s] != 1 or any(
+                t != s and self.parent[t] == s for t in range(len(self.parent))) or any(
+                share != 1 for _, share in self.members[s]):
+            return False
+        pieces, start = [], 0
+        for length in lengths:
+            piece = self.new_space(length)
+            self.reasons[piece] = list(self.reasons[s])
+            self.producers[piece] = list(self.producers[s])
+            self.members[piece] = [(dataclasses.replace(m, offset=m.offset + start * m.inner), 1)
+                                   for m, _ in self.members[s]]
+            pieces.append(Segment(piece, length))
+            start += length
+        self.members[s], self.reasons[s], self.producers[s] = [], [], []
+        self.pieces[s] = pieces
+        self.layout = {name: self.expand(lay) for name, lay in self.layout.items()}
+        self.mac_raw = [(n, op, macs, self.expand(o), self.expand(i)) for n, op, macs, o, i in self.mac_raw]
+        self.fix_raw = [(kind, n, tuple(self.expand(lay) for lay in lays)) for kind, n, lays in self.fix_raw]
+        return True
+
+    def expand(self, lay: Layout | None) -> Layout | None:
+        """``lay`` with every split space replaced by its pieces."""
+        if lay is None or all(seg.space not in self.pieces for seg in lay.segments):
+            return lay
+        segs: list[Segment] = []
+        todo = list(reversed(lay.segments))
+        while todo:
+            seg = todo.pop()
+            if seg.space in self.pieces:
+                todo.extend(reversed(self.pieces[seg.space]))
+            else:
+                segs.append(seg)
+        return dataclasses.replace(lay, segments=tuple(segs))
+
+    def cut(self, lay: Layout, positions: list[int]) -> Layout:
+        """``lay`` with its segments cut at the channel ``positions``, where the spaces cut can be split
+        (:meth:`split_space`); left as it is where one cannot."""
+        start = 0
+        for seg in lay.segments:
+            inside = sorted({c - start for c in positions if start < c < start + seg.length})
+            if inside:
+                edges = [0, *inside, seg.length]
+                self.split_space(seg.space, [hi - lo for lo, hi in zip(edges, edges[1:])])
+            start += seg.length
+        return self.expand(lay)
+
+    def refine(self, a: Layout, b: Layout) -> tuple[Layout, Layout]:
+        """``a`` and ``b`` (same channel count) cut at each other's segment boundaries (:meth:`cut`)."""
+        cuts = sorted(set(np.cumsum([seg.length for seg in a.segments]).tolist())
+                      | set(np.cumsum([seg.length for seg in b.segments]).tolist()))
+        a = self.cut(a, cuts)
+        b = self.cut(b, cuts)
+        return self.expand(a), self.expand(b)
+
     def unify(self, a: Layout, b: Layout, where: str) -> Layout:
+        if [s.length for s in a.segments] != [s.length for s in b.segments] and a.inner == b.inner == 1 \
+                and a.axis == b.axis and a.channels == b.channels:
+            a, b = self.refine(a, b)
         if [s.length for s in a.segments] == [s.length for s in b.segments] and a.inner == b.inner \
                 and a.axis == b.axis:
             for sa, sb in zip(a.segments, b.segments):
@@ -368,6 +435,11 @@ class _Builder:
             scales = self._weight(node, 2)
             if scales is not None and scales.size and scales.reshape(-1)[x.axis] != 1:
                 return False
+            if len(node.inputs) > 3 and node.inputs[3] is not None:  # output sizes: the channel count among them
+                sizes = self._weight(node, 3)
+                if sizes is None or sizes.size <= x.axis or x.inner != 1 or "axes" in node.attributes:
+                    return False
+                self.fix_raw.append(("resize", label, (x,)))
         self.layout[node.outputs[0].name] = x
         return True
 
@@ -459,7 +531,8 @@ class _Builder:
         sizes = [self.shape(o.name)[axis] if self.shape(o.name) else None for o in node.outputs]
         if None in sizes:
             return False
-        outs, pos, start = [], 0, 0
+        x = self.cut(x, np.cumsum(sizes)[:-1].tolist())  # a Split inside a conv's channels: split its space
+        outs, start = [], 0
         bounds = np.cumsum([0] + [s.length for s in x.segments]).tolist()
         for size in sizes:
             end = start + size
@@ -515,14 +588,33 @@ class _Builder:
     op_ReduceMax = op_ReduceMin = op_ReduceSum = op_ReduceMean
 
     def op_Pad(self, node: ir.Node, label: str) -> bool:
+        """Spatial padding passes the layout through. Zero padding of the channel axis (BlazeFace widens its
+        residual stages so: ``Add(Pad(x, C → C'), conv)``) adds a space of zero channels on each padded side;
+        they join whatever they are added to or read by, and the pad amounts follow the pruning (a "pad"
+        fixup)."""
         x = self.get(node.inputs[0], node)
         pads = self._weight(node, 1) if len(node.inputs) > 1 else None
         if x is None or pads is None:
             return False
+        pads = pads.reshape(-1)
         rank = pads.size // 2
-        if pads.reshape(-1)[x.axis] != 0 or pads.reshape(-1)[rank + x.axis] != 0:
+        before, after = int(pads[x.axis]), int(pads[rank + x.axis])
+        if before == 0 == after:
+            self.layout[node.outputs[0].name] = x
+            return True
+        value = self._weight(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(1)
+        axes = node.inputs[3] if len(node.inputs) > 3 else None
+        if node.attributes.get_string("mode", "constant") != "constant" or value is None or np.any(value != 0) \
+                or axes is not None or x.inner != 1 or before < 0 or after < 0:
             return False
-        self.layout[node.outputs[0].name] = x
+        zeros = f"zero channels Pad '{label}' adds"
+        head = (Segment(self.new_space(before), before),) if before else ()
+        tail = (Segment(self.new_space(after), after),) if after else ()
+        for seg in head + tail:
+            self.members[seg.space] = []
+            self.zero_spaces[seg.space] = zeros
+        self.layout[node.outputs[0].name] = Layout(head + x.segments + tail, x.axis)
+        self.fix_raw.append(("pad", label, (Layout(head, x.axis), Layout(tail, x.axis))))
         return True
 
     def op_Gemm(self, node: ir.Node, label: str) -> bool:
@@ -566,7 +658,8 @@ class _Builder:
     def finish(self) -> Analysis:
         first: dict[int, int] = {}
         for s in range(len(self.parent)):  # groups numbered in graph order (by their first space)
-            first.setdefault(self.find(s), s)
+            if s not in self.pieces:       # a split space lives on as its pieces
+                first.setdefault(self.find(s), s)
         roots = sorted(first, key=first.get)
         gid_of = {r: i for i, r in enumerate(roots)}
         fold = {r: self.fold[r] for r in roots}
@@ -575,6 +668,8 @@ class _Builder:
         reasons: dict[int, list[str]] = {r: [] for r in roots}
         producers: dict[int, list[str]] = {r: [] for r in roots}
         for s in range(len(self.parent)):
+            if s in self.pieces:
+                continue
             r = self.find(s)
             for m, share in self.members[s]:
                 blocks = fold[r] // share           # the member's copies of each unit, one per block it holds
@@ -582,6 +677,10 @@ class _Builder:
                     m, blocks=blocks, stride=units[r] * m.inner))
             reasons[r].extend(self.reasons[s])
             producers[r].extend(self.producers[s])
+        for s, why in self.zero_spaces.items():
+            r = self.find(s)
+            if not producers[r]:
+                reasons[r].append(f"{why}, joined to no Conv/Gemm output")
         for r in roots:
             if fold[r] > 1 and units[r] == 1 and self.size[r] > 1:
                 reasons[r].append(f"one channel per group of a grouped Conv (folded by {fold[r]}): pruning it "
@@ -629,7 +728,8 @@ class _Builder:
             return tuple(out)
 
         macs = [MacLayer(n, op, m, ids(o), ids(i)) for n, op, m, o, i in self.mac_raw]
-        fixups = [Fixup(kind, n, tuple(ids(lay) for lay in lays)) for kind, n, lays in self.fix_raw]
+        fixups = [Fixup(kind, n, tuple(ids(lay) for lay in lays), lays[0].axis if lays and lays[0] else 1)
+                  for kind, n, lays in self.fix_raw]
         return Analysis(groups, macs, fixups, self.shapes)
 
 

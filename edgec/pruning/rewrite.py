@@ -56,16 +56,30 @@ def apply_selection(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndar
         elif fix.kind == "split":
             sizes = np.array([channels(lay) for lay in fix.layouts], dtype=np.int64)
             _set_split(model, node, sizes)
+        elif fix.kind == "pad":  # zero channels padded on: as many as are kept of the groups they joined
+            pads = node.inputs[1].const_value.numpy().copy()
+            rank, axis = pads.size // 2, int(fix.axis)
+            pads[axis], pads[rank + axis] = channels(fix.layouts[0]), channels(fix.layouts[1])
+            _replace_constant(model, node, 1, pads)
+        elif fix.kind == "resize":  # a Resize given its output sizes: the channels among them
+            sizes = node.inputs[3].const_value.numpy().copy()
+            sizes[int(fix.axis)] = channels(fix.layouts[0])
+            _replace_constant(model, node, 3, sizes)
         elif fix.kind == "reshape":
             target = node.inputs[1].const_value.numpy().copy()
             if target[1] != -1:
                 target[1] = channels(fix.layouts[0])
-                fresh = ir.Value(name=f"{node.inputs[1].name}_pruned", const_value=ir.tensor(target))
-                fresh.shape, fresh.dtype = ir.Shape(target.shape), ir.DataType.INT64
-                model.graph.register_initializer(fresh)
-                node.replace_input_with(1, fresh)
+                _replace_constant(model, node, 1, target)
     _refresh_shapes(model)
     return len(by_value)
+
+
+def _replace_constant(model: ir.Model, node: ir.Node, index: int, array: np.ndarray) -> None:
+    """Input ``index`` of ``node`` (an int64 constant, perhaps shared with other nodes) replaced by ``array``."""
+    fresh = ir.Value(name=f"{node.inputs[index].name}_pruned_{node.name}", const_value=ir.tensor(array))
+    fresh.shape, fresh.dtype = ir.Shape(array.shape), ir.DataType.INT64
+    model.graph.register_initializer(fresh)
+    node.replace_input_with(index, fresh)
 
 
 def _set_initializer(value: ir.Value, array: np.ndarray) -> None:
@@ -74,11 +88,8 @@ def _set_initializer(value: ir.Value, array: np.ndarray) -> None:
 
 
 def _set_split(model: ir.Model, node: ir.Node, sizes: np.ndarray) -> None:
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        fresh = ir.Value(name=f"{node.inputs[1].name}_pruned", const_value=ir.tensor(sizes))
-        fresh.shape, fresh.dtype = ir.Shape(sizes.shape), ir.DataType.INT64
-        model.graph.register_initializer(fresh)
-        node.replace_input_with(1, fresh)
+    if len(node.inputs) > 1 and node.inputs[1] is not None:  # (split sizes shared by several Splits: one each)
+        _replace_constant(model, node, 1, sizes)
     elif model.opset_imports.get("", 17) >= 13:
         if "num_outputs" in node.attributes:
             del node.attributes["num_outputs"]
