@@ -265,6 +265,25 @@ def test_channel_padding_joins_the_conv_it_is_added_to():
     _run(model, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32))
 
 
+def test_refit_of_a_conv_whose_outputs_are_split_between_groups():
+    """c1's 8 outputs are two groups (x's and the Pad zeros'): the refit targets its kept outputs of both."""
+    from edgec.pruning.reconstruct import kept_outputs, reconstruct
+
+    model = channel_pad()
+    original = ir.serde.serialize_model(channel_pad())
+    analysis = analyze(model)
+    c0 = next(g for g in analysis.groups if g.name == "c0")
+    zeros = next(g for g in analysis.groups if g.name == "c1" and g is not c0)
+    keep = {c0.id: np.array([0, 1, 3]), zeros.id: np.array([1, 2, 3])}
+    layer = next(m for m in analysis.mac_layers if m.node == "c1")
+    assert kept_outputs(analysis, layer.out, keep).tolist() == [0, 1, 3, 5, 6, 7]
+    apply_selection(model, analysis, keep)
+    calib = RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    report = reconstruct(original, model, analysis, keep, calib)
+    assert {r["layer"] for r in report} == {"c1", "c2"}
+    assert _run(model, calib[:1]).shape == (1, 5, 8, 8)
+
+
 def test_resize_output_sizes_follow_the_pruning():
     model = resize_sizes()
     analysis = analyze(model)

@@ -44,12 +44,7 @@ def _consumers(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndarray],
     pruned = set(keep)
     first_readers = {layer.node for layer in analysis.mac_layers
                      if layer.inp and any(g in pruned for g, _ in layer.inp)}
-    out_keep = {}
-    for layer in analysis.mac_layers:
-        gids = {g for g, _ in layer.out}
-        out_gid = gids.pop() if len(gids) == 1 else None  # a grouped conv's output lists one slice per block
-        out_keep[layer.node] = (analysis.groups[out_gid].channel_indices(keep[out_gid]) if out_gid in keep
-                                else None)
+    out_keep = {layer.node: kept_outputs(analysis, layer.out, keep) for layer in analysis.mac_layers}
     out, started = [], False
     for node in model.graph:
         started = started or node.name in first_readers
@@ -59,6 +54,28 @@ def _consumers(model: ir.Model, analysis: Analysis, keep: dict[int, np.ndarray],
             continue
         out.append(_Layer(node, out_keep.get(node.name)))
     return out
+
+
+def kept_outputs(analysis: Analysis, layout: tuple[tuple[int, int], ...], keep: dict[int, np.ndarray]
+                 ) -> np.ndarray | None:
+    """Indices of the output channels a layer keeps (``layout``: its output's (group, channels) slices), or None
+    where none of its groups is pruned or they cannot be told apart. A grouped conv's output lists one slice per
+    block of its one group; a conv whose channels were split between groups (a Split or a channel Pad after it,
+    pruning/groups.py) lists one slice per piece."""
+    gids = {g for g, _ in layout}
+    if not gids & set(keep):
+        return None
+    if len(gids) == 1:
+        gid = gids.pop()
+        return analysis.groups[gid].channel_indices(keep[gid])
+    kept, offset = [], 0
+    for gid, channels in layout:
+        group = analysis.groups[gid]
+        if group.fold != 1 or channels != group.size:
+            return None
+        kept.append(offset + (np.asarray(keep[gid]) if gid in keep else np.arange(channels)))
+        offset += channels
+    return np.concatenate(kept)
 
 
 def _residual(model: ir.Model, node: ir.Node) -> tuple[ir.Node | None, ir.Node, int] | None:
