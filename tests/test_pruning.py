@@ -78,6 +78,17 @@ def resize_sizes() -> ir.Model:
     return g.model("out", [1, 5, 16, 16])
 
 
+def conv_transpose() -> ir.Model:
+    """conv → ReLU → 2× upsampling ConvTranspose (4 → 6, weight Cin × Cout × 2 × 2, bias) → ReLU → conv."""
+    g = G()
+    y = g.op("Relu", "r0", g.conv("c0", "x", 3, 4))
+    g.nodes.append(helper.make_node("ConvTranspose", [y, g.w("up.W", g.rng.standard_normal((4, 6, 2, 2))),
+                                                      g.w("up.B", g.rng.standard_normal(6))], ["up"], name="up",
+                                    kernel_shape=[2, 2], strides=[2, 2]))
+    g.conv("c2", g.op("Relu", "r1", "up"), 6, 5)
+    return g.model("c2", [1, 5, 16, 16])
+
+
 def depthwise() -> ir.Model:
     """conv → ReLU → depthwise 3×3 (group = channels) with bias → pointwise conv."""
     g = G()
@@ -212,7 +223,7 @@ def _zero_dropped(model: ir.Model, keep: dict[int, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("build", [residual, concat_split, depthwise, squeeze_excite, channel_pad, resize_sizes,
-                                   split_inside])
+                                   split_inside, conv_transpose])
 def test_pruning_zero_channels_changes_nothing(build):
     x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
     model = build()
@@ -282,6 +293,20 @@ def test_refit_of_a_conv_whose_outputs_are_split_between_groups():
     report = reconstruct(original, model, analysis, keep, calib)
     assert {r["layer"] for r in report} == {"c1", "c2"}
     assert _run(model, calib[:1]).shape == (1, 5, 8, 8)
+
+
+def test_conv_transpose_prunes_its_input_and_output_axes():
+    model = conv_transpose()
+    analysis = analyze(model)
+    up = next(g for g in analysis.groups if g.name == "up")
+    c0 = next(g for g in analysis.groups if g.name == "c0")
+    assert up.prunable and c0.prunable
+    assert ("up.W", 1) in {(m.value, m.axis) for m in up.members_with("out")}
+    assert ("up.W", 0) in {(m.value, m.axis) for m in c0.members_with("in")}
+    apply_selection(model, analysis, {up.id: np.array([0, 2, 5]), c0.id: np.array([1, 3])})
+    node = next(n for n in model.graph if n.name == "up")
+    assert node.inputs[1].const_value.shape == (2, 3, 2, 2) and node.inputs[2].const_value.shape == (3,)
+    assert _run(model, RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)).shape == (1, 5, 16, 16)
 
 
 def test_resize_output_sizes_follow_the_pruning():

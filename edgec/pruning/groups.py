@@ -412,6 +412,27 @@ class _Builder:
         self.layout[node.outputs[0].name] = out
         return True
 
+    def op_ConvTranspose(self, node: ir.Node, label: str) -> bool:
+        """An upsampling conv (DBNet's and selfie segmentation's decoders): its weight is Cin × Cout × kh × kw,
+        so the input channels index axis 0 and its output channels, a new space, axis 1. Grouped ones are left
+        to block what they read."""
+        x = self.get(node.inputs[0], node)
+        w = self._weight(node, 1)
+        if x is None or w is None or x.axis != 1 or x.inner != 1 or node.attributes.get_int("group", 1) != 1:
+            return False
+        wname, cout = node.inputs[1].name, int(w.shape[1])
+        in_shape = self.shape(node.inputs[0].name)
+        macs = math.prod(in_shape) * math.prod(w.shape[1:]) if in_shape else 0
+        self.add_members(x, wname, 0, "in", label)
+        sid = self.new_space(cout, producer=label)
+        self.members[sid].append((Member(wname, 1, 0, 1, "out", label), 1))
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            self.members[sid].append((Member(node.inputs[2].name, 0, 0, 1, "param", label), 1))
+        out = Layout((Segment(sid, cout),))
+        self.mac_raw.append((label, "ConvTranspose", macs, out, x))
+        self.layout[node.outputs[0].name] = out
+        return True
+
     def op_BatchNormalization(self, node: ir.Node, label: str) -> bool:
         x = self.get(node.inputs[0], node)
         if x is None or x.axis != 1 or x.inner != 1 or len(node.outputs) > 1 and any(
