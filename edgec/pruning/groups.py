@@ -309,8 +309,8 @@ class _Builder:
         """``a`` and ``b`` (same channel count) cut at each other's segment boundaries (:meth:`cut`)."""
         cuts = sorted(set(np.cumsum([seg.length for seg in a.segments]).tolist())
                       | set(np.cumsum([seg.length for seg in b.segments]).tolist()))
-        a = self.cut(a, cuts)
-        b = self.cut(b, cuts)
+        self.cut(a, cuts)
+        self.cut(b, cuts)  # (may split a space ``a`` holds too)
         return self.expand(a), self.expand(b)
 
     def unify(self, a: Layout, b: Layout, where: str) -> Layout:

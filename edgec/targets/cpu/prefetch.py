@@ -36,6 +36,14 @@ class Plan:
     addresses: list
 
 
+def wanted(kernel, options: CpuOptions) -> bool:
+    """Whether a conv with these weights asks for them ahead: prefetching on, and at least
+    CpuOptions.prefetch_min_bytes of them."""
+    from edgec.targets.cpu.stack_alloc import buffer_bytes
+
+    return options.prefetch and (buffer_bytes(kernel) or 0) >= options.prefetch_min_bytes
+
+
 def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, rows: int,
                    rows_outer: bool, options: CpuOptions) -> Plan | None:
     """Where the direct conv (kernels/direct.schedule_conv_tile's loops) asks for the next tile's weights, or None
@@ -45,13 +53,9 @@ def plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile: int, 
     clamped to the last chunk (the last tile asks for its own)."""
     from tvm import tirx
 
-    from edgec.targets.cpu.stack_alloc import buffer_bytes
-
-    if not options.prefetch:
-        return None
     chunks = int(kernel.shape[0])
     tiles = int(sch.get(occ_o).extent) if rows_outer else -(-chunks // oc_tile)
-    if (buffer_bytes(kernel) or 0) < options.prefetch_min_bytes or tiles < 2:
+    if not wanted(kernel, options) or tiles < 2:
         return None
 
     def var(loop):
@@ -77,14 +81,10 @@ def plan_next_chunk(sch, kernel, outer, ic_oo, ic_oi, kh, kw, ic_i, oc_tile: int
     conditions as :func:`plan_next_tile`."""
     from tvm import tirx
 
-    from edgec.targets.cpu.stack_alloc import buffer_bytes
-
-    if not options.prefetch:
+    if not wanted(kernel, options):
         return None
     chunks = int(kernel.shape[0])
     tiles = -(-chunks // oc_tile)
-    if (buffer_bytes(kernel) or 0) < options.prefetch_min_bytes:
-        return None
 
     def var(loop):
         return sch.get(loop).loop_var
