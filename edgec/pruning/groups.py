@@ -632,7 +632,6 @@ class _Builder:
         head = (Segment(self.new_space(before), before),) if before else ()
         tail = (Segment(self.new_space(after), after),) if after else ()
         for seg in head + tail:
-            self.members[seg.space] = []
             self.zero_spaces[seg.space] = zeros
         self.layout[node.outputs[0].name] = Layout(head + x.segments + tail, x.axis)
         self.fix_raw.append(("pad", label, (Layout(head, x.axis), Layout(tail, x.axis))))

@@ -99,11 +99,7 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, options: CpuOp
         chunk_f, *spatial_f = sch.get_loops(conv)[1:]
         sch.reorder(*spatial_f[:-1], chunk_f, spatial_f[-1])
         sched.write_back_tile(sch, conv, spatial_f[-2] if len(spatial_f) > 1 else outer, lanes)
-        ocb_f = spatial_f[-1]
-        sch.vectorize(ocb_f)
-        sch.unroll(chunk_f)
-        init = sch.decompose_reduction(conv, chunk_f)
-        sch.vectorize(sch.get_loops(init)[-1])
+        sched.finish_reduction(sch, conv, chunk_f, spatial_f[-1], [chunk_f], init_unroll=0)
         sched.schedule_padding(sch, conv, lanes, inline=inline_pad)
         return outer, prefetch.plan_next_chunk(sch, kernel, outer, ic_oo, ic_oi, kh, kw, ic_i, oc_tile, k_chunk,
                                                options)
@@ -138,8 +134,9 @@ def k_split_tile(height: int, width: int, oc_chunks: int, oc_bn: int, vec_per_bl
     2–3 blocks at 7 wide). The chunks' partial sums go to a small buffer (rfactor) and are added, with the
     epilogue, per output vector. On a Zen 3 core (bench/conv_tiles.py ``--cpu-option k_split=false`` against
     the default, 1 thread): 960 → 320 at 7×7 76 → 86 GFLOP/s, 1152 → 192 72 → 95, 960 → 160 77 → 87,
-    672 → 112 at 14×14 89 → 95, 256 → 512 3×3 stride 2 at 14 → 7 73 → 85, 192 → 384 3×3 stride 2 at 26 → 13
-    66 → 85; 1×1 convs with few input channels (weights in L1) keep their tile.
+    256 → 512 3×3 stride 2 at 14 → 7 73 → 85, 192 → 384 3×3 stride 2 at 26 → 13
+    66 → 85 (672 → 112 at 14×14, 89 → 95 alone, has too few channel-block tiles for the split, below); 1×1
+    convs with few input channels (weights in L1) keep their tile.
 
     The parallel loop is then the channel-block tiles alone (rows inside the chunks: a chunk per row measured
     slower than no split), so the split is taken only with at least :data:`MIN_PARALLEL_TILES` of them (960 → 160
