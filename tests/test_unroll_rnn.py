@@ -294,8 +294,7 @@ def test_torch_rnn_unrolls_and_compiles(tmp_path, cell, bidirectional, batch_fir
 
 # ---------------------------------------------------------------------------------------------- a CRNN
 
-@pytest.fixture(scope="module")
-def crnn_onnx(tmp_path_factory) -> Path:
+def _export_crnn(path: Path, opset: int) -> Path:
     """A tiny text recognizer shaped like PaddleOCR v2 / ddddocr: conv stack to height 1, the width as a sequence
     of 12 steps, a BiLSTM, per-step class scores (CTC log-probabilities)."""
     import torch
@@ -316,10 +315,14 @@ def crnn_onnx(tmp_path_factory) -> Path:
             return self.fc(y).log_softmax(-1)
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("crnn") / "crnn.onnx"
     torch.onnx.export(Crnn().eval(), (torch.randn(1, 1, 16, 48),), str(path), input_names=["image"],
-                      output_names=["logprobs"], dynamo=False, opset_version=17)
+                      output_names=["logprobs"], dynamo=False, opset_version=opset)
     return path
+
+
+@pytest.fixture(scope="module")
+def crnn_onnx(tmp_path_factory) -> Path:
+    return _export_crnn(tmp_path_factory.mktemp("crnn") / "crnn.onnx", 17)
 
 
 def test_crnn_compiles_and_runs_through_the_cli(cli, crnn_onnx, tmp_path):
@@ -370,6 +373,22 @@ def test_crnn_quantizes(crnn_onnx, tmp_path):
     want = _ort(onnx.load(str(crnn_onnx)), {"image": x})[0]
     assert got.shape == want.shape and np.isfinite(got).all()
     assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.75  # per-step best class mostly kept at int8
+
+
+def test_crnn_at_opset_12_keeps_its_lstm_float(tmp_path):
+    """An opset-12 model is raised to 13 for per-axis DequantizeLinear; that conversion (onnx's converter, the
+    fallback) rebuilds the nodes, and the unrolled LSTM's precision hint must survive it (it did not: ddddocr's
+    recognizer had its LSTM quantized)."""
+    from edgec.quantization.api import quantize_model
+
+    _export_crnn(tmp_path / "crnn12.onnx", 12)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(4).standard_normal((8, 1, 16, 48)).astype(np.float32))
+    result = quantize_model(tmp_path / "crnn12.onnx", tmp_path / "q.onnx", tmp_path / "calib.npy", samples=8)
+    assert any(note.startswith("opset 12 → 13") for note in result.report["notes"]), result.report["notes"]
+    weights = _dequantized_weights(onnx.load(str(tmp_path / "q.onnx")))
+    lstm = {name for name in weights if "LSTM" in name or "lstm" in name or "rnn" in name}
+    assert lstm and not any(weights[name] for name in lstm), weights
+    assert sum(weights.values()) == 3, weights  # two convs and the classifier
 
 
 def test_layout_1_compiles_without_verification(cli, tmp_path):
