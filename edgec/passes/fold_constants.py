@@ -55,11 +55,13 @@ def _fold_decision(limits: Limits) -> Callable[[ir.Node], bool | None]:
 
 
 def _forget_inferred_shapes(model: ir.Model) -> None:
-    """Exporters annotate intermediate values with symbolic dims ("batch", "h-2"); once inputs are static those
-    stale annotations stop inference from proving shapes constant, so they are dropped and re-inferred."""
+    """Exporters annotate intermediate values with symbolic dims ("batch", "h-2", or paddle2onnx's ``-1``); once
+    inputs are static those stale annotations stop inference from proving shapes constant, so they are dropped
+    and re-inferred. A ``-1`` left in place made onnx's inference fail outright ("Inferred shape and existing
+    shape differ ... (1) vs (-1)"), so nothing was folded and onnx_ir logged a traceback at the user."""
     for node in model.graph.all_nodes():
         for value in node.outputs:
-            if value.shape is not None and not all(isinstance(d, int) for d in value.shape):
+            if value.shape is not None and not all(isinstance(d, int) and d >= 0 for d in value.shape):
                 value.shape = None
 
 

@@ -48,7 +48,7 @@ from edgec.quantization.equalize import equalize
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, finite_or_none, quantize,
                                       quantize_weight, sqnr_db)
 
-__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
+__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "is_quantized_op", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
            "PRECISION_CHOICES", "layer_keys"]
 
 WEIGHT_CHOICES = ("int8", "int4", "binary")  # binary: ±α per output channel (int8 ±1 + scale in the QDQ model)
@@ -175,13 +175,17 @@ def layer_keys(node_name: str, weight_name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((node_name, weight_name, short)))
 
 
+def is_quantized_op(op_type: str) -> bool:
+    """Whether an operator shows a model is already quantized (QDQ, QLinear*, *Integer)."""
+    return op_type in _QUANTIZED_OP_TYPES or op_type.startswith("QLinear") or op_type.endswith("Integer")
+
+
 def quantized_ops(model: ir.Model) -> dict[str, int]:
     """Operators that show a model is already quantized (QDQ, QLinear*, *Integer), with their counts."""
     found: dict[str, int] = {}
     for node in model.graph.all_nodes():
-        op = node.op_type
-        if op in _QUANTIZED_OP_TYPES or op.startswith("QLinear") or op.endswith("Integer"):
-            found[op] = found.get(op, 0) + 1
+        if is_quantized_op(node.op_type):
+            found[node.op_type] = found.get(node.op_type, 0) + 1
     return found
 
 

@@ -129,6 +129,26 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, n
     return session.run(None, feed)
 
 
+def is_quantized_onnx(model: onnx.ModelProto) -> bool:
+    """Whether an ONNX model holds quantized operators (QDQ, QLinear*, *Integer): its reference outputs then come
+    from onnxruntime's integer kernels, which are checked against its own op-by-op run (Verification)."""
+    from edgec.passes.quantize_qdq import is_quantized_op
+
+    return any(is_quantized_op(node.op_type) for node in model.graph.node)
+
+
+def _onnx_output_step(path: str | Path) -> float | None:
+    """One quantization step of a quantized ONNX source's outputs (the largest over its outputs), None for a
+    float model or where an output's step cannot be derived (a float op after the last DequantizeLinear)."""
+    from edgec.quantization.compile_int8 import output_step_tolerance
+
+    proto = onnx.load(str(path), load_external_data=False)
+    if not is_quantized_onnx(proto):
+        return None
+    steps = list(output_step_tolerance(proto).values())
+    return max(steps) if steps and None not in steps else None
+
+
 def _tflite_outputs(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     from edgec.toolchain.tflite import interpreter_outputs
 
@@ -165,7 +185,7 @@ class Reference:
 
 # Source file suffix → its reference; a format is added by one row.
 REFERENCES: dict[str, Reference] = {
-    ".onnx": Reference("onnxruntime", onnxruntime_outputs),
+    ".onnx": Reference("onnxruntime", onnxruntime_outputs, output_step=_onnx_output_step),
     ".tflite": Reference("TFLite interpreter", _tflite_outputs, converted=True, spread=_tflite_spread,
                          output_step=_tflite_output_step),
 }
@@ -420,7 +440,8 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
                          "compile with --no-verify (the artifact is then not checked against a reference)"
                          ) from None
     spread = None
-    if "quantization" in manifest:  # onnxruntime's own two runs of the QDQ model: see Verification
+    proto = reference if isinstance(reference, onnx.ModelProto) else onnx.load(str(reference))
+    if "quantization" in manifest or is_quantized_onnx(proto):  # onnxruntime's own two runs: see Verification
         simulated = onnxruntime_outputs(reference, {**inputs, **(reference_extra or {})}, optimize=False)
         spread = {n: float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
                   for n, a, b in zip(names, ref, simulated)}
