@@ -47,7 +47,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -252,7 +252,8 @@ def ort_quantize(source: Path, calib: list[dict[str, np.ndarray]], work: Path) -
     return out
 
 
-def int8_step(model: Model, source: Path, calib: list, evals: list, refs: list, work: Path, row: Row) -> str:
+def int8_step(model: Model, source: Path, calib: list, evals: list, refs: list, work: Path, row: Row,
+              quant_args: Sequence[str] = ()) -> str:
     """Both quantizers' QDQ models scored by their exact arithmetic (onnxruntime op by op: what edgec's integer
     kernels compute, on any host). onnxruntime's fused kernels are printed too where they score otherwise: on
     hosts without VNNI its u8s8 kernels sum int8 × uint8 pairs in saturating int16 (vpmaddubsw), so a model
@@ -274,7 +275,7 @@ def int8_step(model: Model, source: Path, calib: list, evals: list, refs: list, 
         return exact
 
     done = edgec("quantize", str(source), "-o", str(work / "edgec_int8.onnx"), "--calib", str(work / "calib.npz"),
-                 "--samples", str(len(calib)), *shape_args(model))
+                 "--samples", str(len(calib)), *shape_args(model), *quant_args)
     if done.returncode:
         words = f"edgec ERROR {error_line(done)}"
     else:
@@ -330,7 +331,7 @@ def refit_step(model: Model, source: Path, evals: list, refs: list, work: Path, 
 def bench_model(name: str, args: argparse.Namespace) -> Row:
     model = MODELS[name]
     row = Row(name)
-    work = RUNS / name
+    work = Path(args.work) / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
@@ -354,7 +355,7 @@ def bench_model(name: str, args: argparse.Namespace) -> Row:
     refs = run_all(source, evals) if not (args.skip_quant and args.skip_prune) else []
     calib = zoo_data.feeds(model, args.calib, seed=1, names=names)
     if not args.skip_quant:
-        row.words.append(int8_step(model, source, calib, evals, refs, work, row))
+        row.words.append(int8_step(model, source, calib, evals, refs, work, row, args.quant_args.split()))
     if not args.skip_prune:
         row.words.append(prune_step(model, source, evals, refs, work, row, calib))
     return row
@@ -385,6 +386,8 @@ def main() -> int:
     ap.add_argument("--skip-compile", action="store_true",
                     help="no compile, verify or latency (the int8 and prune accuracy steps only)")
     ap.add_argument("--skip-quant", action="store_true")
+    ap.add_argument("--work", default=str(RUNS), help=f"folder for per-model outputs (default {RUNS})")
+    ap.add_argument("--quant-args", default="", help="extra `edgec quantize` options, e.g. '--bias-correction'")
     ap.add_argument("--skip-prune", action="store_true")
     ap.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds (default 10)")
     ap.add_argument("--calib", type=int, default=32, help="calibration samples (default 32)")

@@ -99,3 +99,22 @@ def test_quantization_and_pruning_capture_through_the_same_path(monkeypatch):
     assert made == [["h"], ["h"]]  # pruning's capture, then quantization's calibration
     assert observer.compute_range() == (float(pruned.min()), float(pruned.max()))
     np.testing.assert_allclose(pruned, _one_by_one(model, ["h"], feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_a_quantized_model_runs_op_by_op_and_a_float_one_optimized():
+    """A QDQ model's session has onnxruntime's graph optimizations off (its exact arithmetic: its fused u8s8
+    kernels saturate on x86 hosts without VNNI), unless asked; a float model's has them on."""
+    import onnxruntime as ort
+
+    x_scale = numpy_helper.from_array(np.array(0.02, np.float32), "s")
+    x_zero = numpy_helper.from_array(np.array(128, np.uint8), "z")
+    qdq = _model([helper.make_node("QuantizeLinear", ["h", "s", "z"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], [x_scale, x_zero])
+    off, on = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert capture.session(qdq).get_session_options().graph_optimization_level == off
+    assert capture.session(qdq, optimize=True).get_session_options().graph_optimization_level == on
+    assert capture.session(_per_sample()).get_session_options().graph_optimization_level == on
+    x = np.array([[0.3, -0.2, 0.9, 0.1]], np.float32)
+    h = x @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5)
+    want = (np.clip(np.round(h / 0.02) + 128, 0, 255) - 128) * 0.02
+    np.testing.assert_allclose(capture.session(qdq).run(None, {"x": x})[0], want, rtol=0, atol=1e-6)

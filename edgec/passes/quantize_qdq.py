@@ -45,10 +45,10 @@ from edgec.passes.base import PRECISION_HINT, EdgecPass, register_pass
 from edgec.quantization import collect
 from edgec.quantization.adder_qdq import find_adders, quantize_adder_weight
 from edgec.quantization.equalize import equalize
-from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, finite_or_none, quantize,
-                                      quantize_weight, sqnr_db)
+from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, finite_or_none,
+                                      is_quantized_op, quantize, quantize_weight, sqnr_db)
 
-__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "is_quantized_op", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
+__all__ = ["QuantConfig", "QuantizeQDQ", "quantized_ops", "WEIGHT_CHOICES", "ACTIVATION_CHOICES",
            "PRECISION_CHOICES", "layer_keys"]
 
 WEIGHT_CHOICES = ("int8", "int4", "binary")  # binary: ±α per output channel (int8 ±1 + scale in the QDQ model)
@@ -57,8 +57,6 @@ PRECISION_CHOICES = ("binary", "int4", "int8", "float")
 # PRECISION_HINT (passes/base): unroll_rnn keeps the MatMuls of an unrolled LSTM float, as onnxruntime keeps a
 # whole LSTM float — quantizing the state at every step accumulates the error over the sequence.
 ACTIVATION_CHOICES = ("int8", "fp32")
-_QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
-                       "QAttention", "QGemm", "QuantizeBFP", "DequantizeBFP"}
 
 Feeds = Callable[[], Iterable[dict[str, np.ndarray]]]
 
@@ -173,11 +171,6 @@ def layer_keys(node_name: str, weight_name: str) -> tuple[str, ...]:
     """The names an override may use for a layer: node name, weight name, weight name without ``.weight``."""
     short = weight_name[: -len(".weight")] if weight_name.endswith(".weight") else weight_name
     return tuple(dict.fromkeys((node_name, weight_name, short)))
-
-
-def is_quantized_op(op_type: str) -> bool:
-    """Whether an operator shows a model is already quantized (QDQ, QLinear*, *Integer)."""
-    return op_type in _QUANTIZED_OP_TYPES or op_type.startswith("QLinear") or op_type.endswith("Integer")
 
 
 def quantized_ops(model: ir.Model) -> dict[str, int]:

@@ -19,9 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize", "quantize_weight",
-           "finite_or_none",
+__all__ = ["is_quantized_op", "ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize",
+           "quantize_weight", "finite_or_none",
            "sqnr_db", "QRANGES", "binarize_weight"]
+
+# operators that hold quantized arithmetic; QLinear* and *Integer (ConvInteger, MatMulInteger) by name below
+_QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                       "QAttention", "QGemm", "QuantizeBFP", "DequantizeBFP"}
+
+
+def is_quantized_op(op_type: str) -> bool:
+    """Whether an operator shows a model is quantized (QDQ, QLinear*, *Integer)."""
+    return op_type in _QUANTIZED_OP_TYPES or op_type.startswith("QLinear") or op_type.endswith("Integer")
 
 # (qmin, qmax, numpy storage dtype) per quantized type; int4 values are stored in int8 arrays until serialized.
 QRANGES: dict[str, tuple[int, int, type]] = {

@@ -132,7 +132,7 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, n
 def is_quantized_onnx(model: onnx.ModelProto) -> bool:
     """Whether an ONNX model holds quantized operators (QDQ, QLinear*, *Integer): its reference outputs then come
     from onnxruntime's integer kernels, which are checked against its own op-by-op run (Verification)."""
-    from edgec.passes.quantize_qdq import is_quantized_op
+    from edgec.quantization.qmath import is_quantized_op
 
     return any(is_quantized_op(node.op_type) for node in model.graph.node)
 
