@@ -48,10 +48,10 @@ def session(model: onnx.ModelProto, optimize: bool | None = None, quiet: bool = 
     89.5 % op by op and in edgec's artifact)."""
     import onnxruntime as ort
 
-    from edgec.quantization.qmath import is_quantized_op
+    from edgec.quantization.qmath import is_quantized_model
 
     if optimize is None:
-        optimize = not any(is_quantized_op(node.op_type) for node in model.graph.node)
+        optimize = not is_quantized_model(model)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["is_quantized_op", "ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize",
+__all__ = ["is_quantized_op", "is_quantized_model", "ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize",
            "quantize_weight", "finite_or_none",
            "sqnr_db", "QRANGES", "binarize_weight"]
 
@@ -31,6 +31,12 @@ _QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLin
 def is_quantized_op(op_type: str) -> bool:
     """Whether an operator shows a model is quantized (QDQ, QLinear*, *Integer)."""
     return op_type in _QUANTIZED_OP_TYPES or op_type.startswith("QLinear") or op_type.endswith("Integer")
+
+
+def is_quantized_model(model) -> bool:
+    """Whether an ``onnx.ModelProto``'s graph holds a quantized operator (:func:`is_quantized_op`)."""
+    return any(is_quantized_op(node.op_type) for node in model.graph.node)
+
 
 # (qmin, qmax, numpy storage dtype) per quantized type; int4 values are stored in int8 arrays until serialized.
 QRANGES: dict[str, tuple[int, int, type]] = {

@@ -129,21 +129,14 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, inputs: dict[str, n
     return session.run(None, feed)
 
 
-def is_quantized_onnx(model: onnx.ModelProto) -> bool:
-    """Whether an ONNX model holds quantized operators (QDQ, QLinear*, *Integer): its reference outputs then come
-    from onnxruntime's integer kernels, which are checked against its own op-by-op run (Verification)."""
-    from edgec.quantization.qmath import is_quantized_op
-
-    return any(is_quantized_op(node.op_type) for node in model.graph.node)
-
-
 def _onnx_output_step(path: str | Path) -> float | None:
     """One quantization step of a quantized ONNX source's outputs (the largest over its outputs), None for a
     float model or where an output's step cannot be derived (a float op after the last DequantizeLinear)."""
     from edgec.quantization.compile_int8 import output_step_tolerance
+    from edgec.quantization.qmath import is_quantized_model
 
     proto = onnx.load(str(path), load_external_data=False)
-    if not is_quantized_onnx(proto):
+    if not is_quantized_model(proto):
         return None
     steps = list(output_step_tolerance(proto).values())
     return max(steps) if steps and None not in steps else None
@@ -280,6 +273,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
     layers = LayerRecorder()  # per-layer bytes and MACs before the passes and after each one (layers.json)
     layers.add("source", model)
     source_info = _source_info(source)
+    from edgec.passes.quantize_qdq import quantized_ops
+
+    # a quantized source's reference outputs come from onnxruntime's integer kernels: see _verify_folder
+    source_info["quantized"] = bool(quantized_ops(model))
     own = REFERENCES.get(Path(str(source)).suffix.lower())
     source_step = own.output_step(source) if own is not None and own.output_step is not None else None
     if source_step is not None:  # a quantized source: verified within one step of its outputs
@@ -440,8 +437,8 @@ def _verify_folder(folder: Path, manifest: dict[str, Any], inputs: dict[str, np.
                          "compile with --no-verify (the artifact is then not checked against a reference)"
                          ) from None
     spread = None
-    proto = reference if isinstance(reference, onnx.ModelProto) else onnx.load(str(reference))
-    if "quantization" in manifest or is_quantized_onnx(proto):  # onnxruntime's own two runs: see Verification
+    quantized = "quantization" in manifest or manifest.get("source", {}).get("quantized")
+    if quantized:  # onnxruntime's integer kernels against its own op-by-op run: see Verification
         simulated = onnxruntime_outputs(reference, {**inputs, **(reference_extra or {})}, optimize=False)
         spread = {n: float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
                   for n, a, b in zip(names, ref, simulated)}
