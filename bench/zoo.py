@@ -332,8 +332,14 @@ def bench_model(name: str, args: argparse.Namespace) -> Row:
     model = MODELS[name]
     row = Row(name)
     work = Path(args.work) / name
+    # a --work folder is a user's: a per-model folder in it is cleared only where this bench wrote it (its marker);
+    # the default, RUNS, is the bench's own cache
+    marker = work / ".zoo-run"
+    if work.exists() and not marker.exists() and Path(args.work).resolve() != RUNS.resolve():
+        raise SystemExit(f"zoo: {work} exists and was not written by bench/zoo.py; pass another --work folder")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    marker.touch()
     try:
         source = fetch(name)
     except RuntimeError as exc:
