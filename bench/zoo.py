@@ -108,7 +108,7 @@ def compile_verify(source: Path, model: Model, out: Path) -> tuple[bool, str]:
 
 # ---------------------------------------------------------------------------------------------- onnxruntime
 
-def session(model: str | Path, threads: int = 1, optimize: bool = True):
+def session(model: str | Path | bytes, threads: int = 1, optimize: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -118,7 +118,8 @@ def session(model: str | Path, threads: int = 1, optimize: bool = True):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    payload = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(payload, opts, providers=["CPUExecutionProvider"])
 
 
 def graph_inputs(path: Path) -> list[str]:
@@ -169,6 +170,33 @@ class Peer:
 
 PEERS = {".onnx": Peer("ORT", graph_inputs, ort_call, True),
          ".tflite": Peer("TFLite", tflite_inputs, tflite_call, False)}
+
+
+def reading_inputs(path: Path) -> list[str]:
+    from edgec.toolchain.tflite.reader import read_tflite
+
+    graph = read_tflite(path)
+    return [graph.tensors[i].name for i in graph.inputs]
+
+
+def reading_call(path: Path) -> Callable[[dict[str, np.ndarray]], object]:
+    """onnxruntime on edgec's ONNX reading of a .tflite (1 thread): the peer where the interpreter cannot run the
+    model (MediaPipe's landmark custom ops, which only MediaPipe's own runtime registers)."""
+    from edgec.toolchain.tflite import tflite_to_onnx
+
+    sess = session(tflite_to_onnx(path).SerializeToString(), threads=1)
+    names = [i.name for i in sess.get_inputs()]
+    return lambda feed: sess.run(None, {n: feed[n] for n in names})
+
+
+def runnable_peer(peer: Peer, source: Path) -> Peer:
+    """``peer``, or onnxruntime on edgec's reading of a .tflite the interpreter cannot run (said in its name)."""
+    if peer.call is not tflite_call:
+        return peer
+    from edgec.toolchain.tflite.reference import cannot_run
+
+    return peer if cannot_run(source) is None else Peer("ORT-on-edgec's-reading", reading_inputs, reading_call,
+                                                          False)
 
 
 def run_all(path: Path, feeds: list[dict[str, np.ndarray]], optimize: bool = True) -> list[list[np.ndarray]]:
@@ -345,7 +373,7 @@ def bench_model(name: str, args: argparse.Namespace) -> Row:
     except RuntimeError as exc:
         row.words.append(f"FETCH FAILED: {exc}")
         return row
-    peer = PEERS[model.format]
+    peer = runnable_peer(PEERS[model.format], source)
     if not args.skip_compile:
         row.compiled, words = compile_verify(source, model, work / "x86")
         row.words.append(f"compile {words}")

@@ -131,7 +131,7 @@ MODELS: dict[str, Model] = {m.name: m for m in [
            "face detection (full range, sparse weights)", "photo_pm1"),
           ("tfl_face_lmk", "face_landmark/face_landmark", "1,192,192,3", "face mesh (468 landmarks)", "rgb_01"),
           ("tfl_face_attn", "face_landmark/face_landmark_with_attention", "1,192,192,3",
-           "face mesh with attention (MediaPipe custom ops)", "rgb_01"),
+           "face mesh with attention (MediaPipe landmark custom ops)", "rgb_01"),
           ("tfl_palm_lite", "palm_detection/palm_detection_lite", "1,192,192,3", "palm detection (lite)", "rgb_01"),
           ("tfl_palm_full", "palm_detection/palm_detection_full", "1,192,192,3", "palm detection (full)", "rgb_01"),
           ("tfl_hand_lite", "hand_landmark/hand_landmark_lite", "1,224,224,3", "hand pose (lite)", "rgb_01"),

@@ -154,6 +154,12 @@ def _tflite_spread(path: str | Path, inputs: dict[str, np.ndarray]) -> list[floa
     return interpreter_spread(path, inputs)
 
 
+def _tflite_cannot_run(path: str | Path) -> str | None:
+    from edgec.toolchain.tflite.reference import cannot_run
+
+    return cannot_run(path)
+
+
 def _tflite_output_step(path: str | Path) -> float | None:
     from edgec.toolchain.tflite.convert import output_step
 
@@ -167,20 +173,26 @@ class Reference:
     own runtime too (not only against the converted ONNX); ``spread``: the runtime's own disagreement between
     its kernel sets per output (see Verification.reference_spread), where it has two; ``output_step``: one
     quantization step of a quantized source's outputs (None for a float one), the tolerance it is verified within
-    instead of the float rule (kept as the manifest's ``source.output_step``)."""
+    instead of the float rule (kept as the manifest's ``source.output_step``); ``cannot_run``: why the runtime
+    cannot run a given source (None when it can), which then is verified as edgec reads it, in onnxruntime."""
 
     runtime: str
     outputs: Callable[[Any, dict[str, np.ndarray]], list[np.ndarray]]
     converted: bool = False
     spread: Callable[[Any, dict[str, np.ndarray]], list[float]] | None = None
     output_step: Callable[[Any], float | None] | None = None
+    cannot_run: Callable[[Any], str | None] | None = None
+
+    def unavailable(self, source: Any) -> str | None:
+        """Why this runtime cannot run ``source``, or None."""
+        return self.cannot_run(source) if self.cannot_run is not None else None
 
 
 # Source file suffix → its reference; a format is added by one row.
 REFERENCES: dict[str, Reference] = {
     ".onnx": Reference("onnxruntime", onnxruntime_outputs, output_step=_onnx_output_step),
     ".tflite": Reference("TFLite interpreter", _tflite_outputs, converted=True, spread=_tflite_spread,
-                         output_step=_tflite_output_step),
+                         output_step=_tflite_output_step, cannot_run=_tflite_cannot_run),
 }
 ONNXRUNTIME = REFERENCES[".onnx"]
 
@@ -362,7 +374,8 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             step("verify")
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
-            if own is not None and own.converted and not prune and quantize is None:
+            unavailable = own.unavailable(source) if own is not None and own.converted else None
+            if own is not None and own.converted and not prune and quantize is None and unavailable is None:
                 # a converted source: the artifact is checked against the source's own runtime
                 stepped = source_step is not None and atol == DEFAULT_ATOL
                 verification = _verify_folder(stage, manifest, inputs, Path(str(source)), "source model",
@@ -371,7 +384,9 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             else:
                 verification = _verify_folder(stage, manifest, inputs, reference_proto,
                                               "quantized (QDQ) model" if quantize is not None else
-                                              "pruned source model" if prune else "source model", runner_name,
+                                              "pruned source model" if prune else
+                                              f"source model as edgec reads it ({own.runtime}: {unavailable})"
+                                              if unavailable else "source model", runner_name,
                                               atol, relative=quantize is None, reference_extra=reference_extra)
             manifest["verification"] = {**verification.to_dict(), "inputs": f"random, seed {seed}"}
         step("write")
@@ -507,13 +522,16 @@ def verify(artifact_dir: str | Path, device: str | None = None, inputs: dict[str
         atol = float(artifact.manifest["quantization"]["atol"] if "quantization" in artifact.manifest
                      else source["output_step"])
     runtime = REFERENCES.get(src_path.suffix.lower())
-    if not pruned and source.get("sha256") and runtime is not None and src_path.is_file() \
-            and art.sha256_file(src_path) == source["sha256"]:
+    present = not pruned and source.get("sha256") and runtime is not None and src_path.is_file() \
+        and art.sha256_file(src_path) == source["sha256"]
+    unavailable = runtime.unavailable(src_path) if present else None
+    if present and unavailable is None:
         reference, name = src_path, "source model"
         extra = fixed_feed(fixed)  # the source model still takes its fixed inputs
     else:
         reference = artifact.verified_file("optimized.onnx")  # checked like the library: it is opened too
-        name = "optimized.onnx (source model not found or changed)"
+        name = (f"optimized.onnx ({runtime.runtime}: {unavailable})" if unavailable
+                else "optimized.onnx (source model not found or changed)")
         runtime = ONNXRUNTIME
         extra = {}
     return _verify_folder(artifact.path, artifact.manifest, feed, reference, name,

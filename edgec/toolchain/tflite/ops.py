@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 from onnx import helper
 
+from edgec.toolchain.tflite import mediapipe_ops
 from edgec.toolchain.tflite.layout import NCHW, PLAIN, TO_NCHW, Builder, nchw_axis
 from edgec.toolchain.tflite.reader import Operator, Tensor
 
@@ -462,6 +463,9 @@ CONVERTERS: dict[str, Converter] = {
     "DEPTHWISE_CONV_2D": depthwise_conv_2d,
     "TRANSPOSE_CONV": transpose_conv,
     "CUSTOM:Convolution2DTransposeBias": mediapipe_transpose_conv_bias,
+    "CUSTOM:Landmarks2TransformMatrix": mediapipe_ops.landmarks_to_transform_matrix,
+    "CUSTOM:TransformTensorBilinear": mediapipe_ops.transform_tensor_bilinear,
+    "CUSTOM:TransformLandmarks": mediapipe_ops.transform_landmarks,
     "FULLY_CONNECTED": fully_connected,
     "MAX_POOL_2D": _pool("MaxPool"),
     "AVERAGE_POOL_2D": _pool("AveragePool"),

@@ -50,6 +50,7 @@ class Operator:
     outputs: list[int]
     options: Any = None  # the tflite package's options object for this op (Conv2DOptions, ...), or None
     custom: bytes = b""  # custom ops' raw options
+    version: int = 1  # the operator code's version (custom ops change meaning between versions)
 
 
 @dataclasses.dataclass
@@ -134,7 +135,7 @@ def read_tflite(path: str | Path) -> TfliteGraph:
                 options.Init(table.Bytes, table.Pos)
         operators.append(Operator(kind, [int(x) for x in op.InputsAsNumpy()] if op.InputsLength() else [],
                                   [int(x) for x in op.OutputsAsNumpy()] if op.OutputsLength() else [],
-                                  options, custom))
+                                  options, custom, int(code.Version())))
     result = TfliteGraph(tensors, operators, [int(x) for x in graph.InputsAsNumpy()],
                          [int(x) for x in graph.OutputsAsNumpy()])
     _resolve_stored_weights(result)

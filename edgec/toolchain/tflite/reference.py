@@ -23,6 +23,16 @@ def interpreter(path: str | Path, threads: int = 1, xnnpack: bool = True):
     return it
 
 
+def cannot_run(path: str | Path) -> str | None:
+    """Why the interpreter cannot run ``path`` (an operator it lacks: MediaPipe's landmark ops, which only
+    MediaPipe's own runtime registers), or None when it can."""
+    try:
+        interpreter(path)
+    except RuntimeError as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return None
+
+
 def feed(it, inputs: dict[str, np.ndarray]) -> None:
     """Set the interpreter's inputs from ``inputs`` keyed by the .tflite's input names (by position where a name
     was made unique by the reader)."""
