@@ -22,13 +22,14 @@ top-1 agreement (quantized argmax = float argmax), top-5 agreement (float argmax
 logits' SQNR in dB (10·log10 Σ float² / Σ (float − quant)²). 500 samples: one disagreement is 0.2 pt.
 
 Verdict, on top-1 agreement (the logit SQNR comparison is printed beside it): edgec's default (``--method
-minmax``, no bias correction) and its README-recommended setting for CNNs (``--bias-correction``, minmax ranges),
+auto``: minmax or percentile, chosen on the calibration crops; no bias correction) and its README-recommended
+setting for CNNs (``--bias-correction``, minmax ranges),
 each against onnxruntime's default (MinMax) and against onnxruntime's best calibration method here. The last line,
 "edgec best default ≥ onnxruntime", is ok when either of those two edgec settings beats both onnxruntime rows; the
 two lines above it say which.
 
     python bench/quant_effnet.py                  # all rows, ~6 min on 2 shared cores (bias correction ~2 of them)
-    python bench/quant_effnet.py --quick          # edgec minmax (± bias correction), onnxruntime MinMax (~3 min)
+    python bench/quant_effnet.py --quick          # edgec auto, minmax (± bias correction), onnxruntime MinMax
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def main() -> int:
     parser.add_argument("--calib", type=int, default=64, help="calibration crops (default 64)")
     parser.add_argument("--eval", type=int, default=500, help="held-out evaluation crops (default 500)")
     parser.add_argument("--quick", action="store_true",
-                        help="edgec minmax (with and without bias correction) and onnxruntime MinMax only")
+                        help="edgec auto, minmax (with and without bias correction) and onnxruntime MinMax only")
     args = parser.parse_args()
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     started = time.perf_counter()
@@ -210,8 +211,8 @@ def main() -> int:
     assert not overlap, f"calibration and evaluation crops overlap: {overlap}"
     eval_x = normalize(eval_px)
 
-    edgec_rows = [("minmax", {"method": "minmax"}), ("minmax + bias corr.", {"method": "minmax",
-                                                                             "bias_correction": True})]
+    edgec_rows = [("auto (default)", {"method": "auto"}), ("minmax", {"method": "minmax"}),
+                  ("minmax + bias corr.", {"method": "minmax", "bias_correction": True})]
     if not args.quick:
         edgec_rows += [(m, {"method": m}) for m in ("percentile", "mse", "entropy")]
     ort_methods = ["MinMax"] if args.quick else ["MinMax", "Percentile", "Entropy"]
@@ -279,7 +280,7 @@ def main() -> int:
               f"{sqnr:>11} {r['quantize_s']:>8.1f}s")
     print()
     ok_rows = [r for r in rows if "error" not in r]
-    edgec_default = next(r for r in ok_rows if r["row"] == "edgec minmax")
+    edgec_default = next(r for r in ok_rows if r["row"] == "edgec auto (default)")
     edgec_recommended = next(r for r in ok_rows if r["row"] == "edgec minmax + bias corr.")
     ort = [r for r in ok_rows if r["quantizer"] == "onnxruntime"]
     verdicts: dict = {}
@@ -302,7 +303,7 @@ def main() -> int:
         default_ok = verdicts["default_vs_ort_default"] and verdicts["default_vs_ort_best"]
         recommended_ok = verdicts["recommended_vs_ort_default"] and verdicts["recommended_vs_ort_best"]
         verdicts["default_ok"], verdicts["recommended_ok"] = default_ok, recommended_ok
-        print(f"edgec default (minmax) ≥ onnxruntime default and best, top-1: {'ok' if default_ok else 'MISS'}")
+        print(f"edgec default (auto) ≥ onnxruntime default and best, top-1: {'ok' if default_ok else 'MISS'}")
         print(f"edgec recommended (--bias-correction) ≥ onnxruntime default and best, top-1: "
               f"{'ok' if recommended_ok else 'MISS'}")
         print(f"edgec best default ≥ onnxruntime: {'ok' if default_ok or recommended_ok else 'MISS'}"

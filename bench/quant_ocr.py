@@ -150,9 +150,9 @@ def main() -> int:
     ref_text = ocr_data.ctc_decode(ref, chars)
     fp32 = score(ref, ref_text, eval_text, chars)
 
-    edgec_rows = [("default (minmax)", {})]
+    edgec_rows = [("default (--method auto)", {})]
     if not args.quick:
-        edgec_rows += [(f"--method {m}", {"method": m}) for m in ("percentile", "mse", "entropy")]
+        edgec_rows += [(f"--method {m}", {"method": m}) for m in ("minmax", "percentile", "mse", "entropy")]
         edgec_rows += [("--bias-correction", {"bias_correction": True}), ("--adaround", {"adaround": True})]
     ort_rows = [("default (per-tensor)", False, "MinMax")]
     if not args.quick:

@@ -29,6 +29,7 @@ This pass must run after BatchNorm folding, else the folded weights would be flo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -45,6 +46,7 @@ from edgec.passes.base import PRECISION_HINT, EdgecPass, register_pass
 from edgec.quantization import collect
 from edgec.quantization.adder_qdq import find_adders, quantize_adder_weight
 from edgec.quantization.equalize import equalize
+from edgec.quantization.method_choice import AUTO, choose_method
 from edgec.quantization.qmath import (ActivationQParams, WeightQuant, activation_qparams, finite_or_none,
                                       is_quantized_op, quantize, quantize_weight, sqnr_db)
 
@@ -68,7 +70,7 @@ class QuantConfig:
     weights: str = "int8"
     activations: str = "int8"
     granularity: str = "channel"
-    method: str = "minmax"
+    method: str = "auto"  # per model, minmax or percentile: edgec.quantization.method_choice
     bias_correction: bool = False
     adaround: bool = False
     adaround_iterations: int = 1000
@@ -88,8 +90,9 @@ class QuantConfig:
         if self.activations not in ACTIVATION_CHOICES:
             raise EdgecError(f"unknown activation precision '{self.activations}'",
                              f"use one of: {', '.join(ACTIVATION_CHOICES)}")
-        if self.method not in OBSERVERS:
-            raise EdgecError(f"unknown calibration method '{self.method}'", f"use one of: {', '.join(OBSERVERS)}")
+        if self.method not in OBSERVERS and self.method != AUTO:
+            raise EdgecError(f"unknown calibration method '{self.method}'",
+                             f"use one of: {', '.join([AUTO, *OBSERVERS])}")
         if self.activation_dtype not in ("uint8", "int8"):
             raise EdgecError(f"unknown activation type '{self.activation_dtype}'", "use uint8 or int8")
         for key, prec in self.overrides.items():
@@ -214,6 +217,15 @@ class QuantizeQDQ(EdgecPass):
         if not self._find_layers(model) and not (cfg.activations == "int8" and find_adders(model)):
             raise EdgecError("the model has no Conv, Gemm, MatMul or AdderConv with constant weights to quantize",
                              "quantization applies to models with such layers")
+        choice = None
+        if cfg.method == AUTO:  # resolved here, on the model as given, before any rewriting
+            if cfg.activations == "int8":
+                assert self.calibration is not None
+                choice = choose_method(model, cfg, self.calibration)
+                if self.activation_cache is None:
+                    self.activation_cache = {}
+                self.activation_cache.update(choice.ranges)
+            cfg = self.config = dataclasses.replace(cfg, method=choice.method if choice else "minmax")
         notes: list[str] = []
         found = self._find_layers(model)
         adder_keys = [layer_keys(a.name, a.weight.name) for a in find_adders(model)]
@@ -294,6 +306,7 @@ class QuantizeQDQ(EdgecPass):
             "opset": model.opset_imports.get("", opset),
             "layers": [layer.report for layer in layers] + adder_rows,
             "activations": {n: _qp_dict(qp) for n, qp in act_params.items()},
+            **({"method_choice": choice.to_dict()} if choice is not None else {}),
             "notes": notes,
         }
 

@@ -76,7 +76,7 @@ def evaluate(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, path: P
 
 def quantize_model(source: str | Path, output: str | Path | None, calib: str | Path | None, samples: int = 64,
                    weights: str = "int8", activations: str = "int8", granularity: str = "channel",
-                   method: str = "minmax", bias_correction: bool = False, adaround: bool = False,
+                   method: str = "auto", bias_correction: bool = False, adaround: bool = False,
                    eval_path: str | Path | None = None,
                    input_shapes: str | Sequence[str] | dict | None = None, mean: Sequence[float] = (0.0,),
                    std: Sequence[float] = (1.0,), layout: str = "auto", resize: int | None = None,

@@ -94,8 +94,13 @@ def quantize_for_compile(model: ir.Model, options: dict[str, Any], atol: float |
     tol = output_step_tolerance(proto)
     steps = [v for v in tol.values() if v is not None]
     atol_used = max(steps) if steps and len(steps) == len(tol) else (atol if atol is not None else 1e-4)
+    # --method auto's choice: in the search's report, or the QDQ pass's
+    choice = result.report.get("method_choice") if max_drop is not None else next(
+        (e["report"]["method_choice"] for e in reversed(log) if "method_choice" in e.get("report", {})), None)
     info = {"mode": mode, "calibration": src.description, "samples": samples,
-            "config": {"method": config.method, "granularity": config.granularity,
+            **({"method_choice": choice} if choice is not None else {}),
+            "config": {"method": choice["chosen"] if choice is not None else config.method,
+                       "granularity": config.granularity,
                        "bias_correction": config.bias_correction, "activation_dtype": config.activation_dtype},
             "output_step": tol, "atol": atol_used,
             **({"mixed_precision": search} if search is not None else {}),

@@ -32,7 +32,11 @@ def _display_name(layer: dict[str, Any]) -> str:
 def format_report(report: dict[str, Any]) -> list[str]:
     """Lines: configuration, one row per layer, sizes, accuracy (when evaluated), notes."""
     cfg = report["config"]
-    acts = (f"{cfg['activation_dtype']} activations ({cfg['method']})" if cfg["activations"] == "int8"
+    choice = report.get("method_choice")
+    how = cfg["method"] if choice is None else (
+        f"{cfg['method']}, chosen by --method auto: output SQNR on the calibration data "
+        + " vs ".join(f"{m} {db:.1f} dB" for m, db in choice["output_sqnr_db"].items()))
+    acts = (f"{cfg['activation_dtype']} activations ({how})" if cfg["activations"] == "int8"
             else "fp32 activations (weights only)")
     counts: dict[str, int] = {}
     for layer in report["layers"]:

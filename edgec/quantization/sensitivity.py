@@ -43,6 +43,7 @@ from edgec.calibration.sources import CalibrationSource, EvalData, batches, open
 from edgec.errors import EdgecError
 from edgec.passes.quantize_qdq import PRECISION_CHOICES, QuantConfig, QuantizeQDQ, upgrade_opset
 from edgec.calibration import capture
+from edgec.quantization.method_choice import AUTO, choose_method
 from edgec.quantization.qmath import sqnr_db
 
 __all__ = ["Evaluator", "Candidate", "mixed_precision", "scan_layers", "bound_missed", "check_search_options",
@@ -143,9 +144,16 @@ class _Builder:
             notes.append(f"opset {opset} → {need} (needed by "
                          f"{'INT4/blocked' if need == 21 else 'per-axis'} DequantizeLinear)")
         self.proto = ir.serde.serialize_model(model)
+        self.cache: dict = {}
+        if config.method == AUTO and config.activations == "int8":  # chosen once, for every candidate
+            choice = choose_method(model, config, feeds)
+            config = dataclasses.replace(config, method=choice.method)
+            self.cache.update(choice.ranges)
+            self.choice: dict[str, Any] | None = choice.to_dict()
+        else:
+            self.choice = None
         self.config = config
         self.feeds = feeds
-        self.cache: dict = {}
         self.builds = 0
 
     def build(self, precisions: dict[str, str]) -> tuple[onnx.ModelProto, dict[str, Any], list[dict[str, Any]]]:
@@ -280,6 +288,8 @@ def mixed_precision(model: ir.Model, float_proto: onnx.ModelProto, passes_log: l
     for e in entries:
         e["chosen"] = chosen.get(e["weight"])
     report: dict[str, Any] = dict(final.report)
+    if builder.choice is not None:
+        report["method_choice"] = builder.choice
     report["calibration"] = src.description if src is not None else "none (weights only)"
     report["sizes"] = sizes(float_proto, final.proto, report.get("layers", []))
     if eval_file is not None:

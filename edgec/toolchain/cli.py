@@ -162,6 +162,10 @@ def main(verbose: bool) -> None:
                    "(for models trained binary-aware).")
 @click.option("--granularity", "quant_granularity", default=None,
               help="With --quantize: weight scales per channel (default) or group:N (per N input channels).")
+@click.option("--method", "quant_method", default=None,
+              type=click.Choice(["auto", "minmax", "percentile", "entropy", "mse"]),
+              help="With --quantize: activation range method (default auto: minmax or percentile, whichever keeps "
+                   "the outputs closer to the float model's on the calibration data).")
 @click.option("--calib", "quant_calib", default=None,
               help="With --quantize: calibration data (image folder, .npy/.npz) or 'none' (data-free).")
 @click.option("--samples", "quant_samples", default=64, show_default=True, type=click.IntRange(min=1),
@@ -189,7 +193,8 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
                 quantize_mode: str | None = None, quant_calib: str | None = None,
                 quant_samples: int = 64, quant_granularity: str | None = None, quant_eval: Path | None = None,
                 quant_max_drop: float | None = None, quant_promote_to: str = "float", quant_mean: str = "0",
-                quant_std: str = "1", quant_layout: str = "auto", quant_resize: int | None = None) -> None:
+                quant_std: str = "1", quant_layout: str = "auto", quant_resize: int | None = None,
+                quant_method: str | None = None) -> None:
     """Compile MODEL (.onnx, .pt2, or package.module:factory) into an artifact folder.
 
     Without MODEL, compiles the embedded default model (a small ResNet trained on real MNIST digits).
@@ -206,6 +211,8 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         quantize = {"mode": quantize_mode, "calib": quant_calib, "samples": quant_samples}
         if quant_granularity is not None:
             quantize["granularity"] = quant_granularity
+        if quant_method is not None:
+            quantize["method"] = quant_method
         if quant_max_drop is not None:
             if quant_eval is None:
                 raise EdgecError("--max-drop needs evaluation data to measure the drop",
@@ -218,8 +225,8 @@ def compile_cmd(model: str | None, target: str, output: Path, input_shapes: tupl
         quantize.update(mean=_floats(quant_mean, "mean"), std=_floats(quant_std, "std"), layout=quant_layout,
                         resize=quant_resize)
     elif quant_calib is not None or quant_granularity is not None or quant_max_drop is not None \
-            or quant_eval is not None:
-        raise EdgecError("--calib, --granularity, --max-drop and --eval are only used with --quantize",
+            or quant_eval is not None or quant_method is not None:
+        raise EdgecError("--calib, --granularity, --method, --max-drop and --eval are only used with --quantize",
                          "add --quantize int8")
     verbose = click.get_current_context().find_root().params.get("verbose", False)
     result = do_compile(model, target=target, output=output, input_shapes=list(input_shapes),
@@ -604,8 +611,10 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
               help="binary: sign(w)·α per output channel (α = mean |w|); for models trained binary-aware.")
 @click.option("--activations", default="int8", show_default=True, type=click.Choice(["int8", "fp32"]))
 @click.option("--granularity", default="channel", show_default=True, help="Weight scales: tensor, channel, group:N.")
-@click.option("--method", default="minmax", show_default=True,
-              type=click.Choice(["minmax", "percentile", "entropy", "mse"]), help="Activation range method.")
+@click.option("--method", default="auto", show_default=True,
+              type=click.Choice(["auto", "minmax", "percentile", "entropy", "mse"]),
+              help="Activation range method. auto: minmax or percentile, whichever keeps the outputs closer to "
+                   "the float model's on the calibration data.")
 @click.option("--bias-correction", is_flag=True, help="Fold each layer's mean quantization error into its bias.")
 @click.option("--adaround", is_flag=True, help="AdaRound: learn each weight's rounding (up/down) layer by layer "
               "to minimise the layer-output error on ≤ 256 calibration samples.")
