@@ -136,8 +136,8 @@ def tflite_inputs(path: Path) -> list[str]:
     return [d["name"] for d in interpreter(path).get_input_details()]
 
 
-def ort_call(path: Path) -> Callable[[dict[str, np.ndarray]], object]:
-    """One onnxruntime inference on ``path``, 1 thread."""
+def ort_call(path: Path | bytes) -> Callable[[dict[str, np.ndarray]], object]:
+    """One onnxruntime inference on ``path`` (or a serialized model), 1 thread."""
     sess = session(path, threads=1)
     names = [i.name for i in sess.get_inputs()]
     return lambda feed: sess.run(None, {n: feed[n] for n in names})
@@ -184,9 +184,7 @@ def reading_call(path: Path) -> Callable[[dict[str, np.ndarray]], object]:
     model (MediaPipe's landmark custom ops, which only MediaPipe's own runtime registers)."""
     from edgec.toolchain.tflite import tflite_to_onnx
 
-    sess = session(tflite_to_onnx(path).SerializeToString(), threads=1)
-    names = [i.name for i in sess.get_inputs()]
-    return lambda feed: sess.run(None, {n: feed[n] for n in names})
+    return ort_call(tflite_to_onnx(path).SerializeToString())
 
 
 def runnable_peer(peer: Peer, source: Path) -> Peer:

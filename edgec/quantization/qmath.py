@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["is_quantized_op", "is_quantized_model", "ActivationQParams", "WeightQuant", "activation_qparams", "quantize", "dequantize",
-           "quantize_weight", "finite_or_none",
+__all__ = ["is_quantized_op", "is_quantized_model", "ActivationQParams", "WeightQuant", "activation_qparams",
+           "quantize", "dequantize", "quantize_weight", "finite_or_none",
            "sqnr_db", "QRANGES", "binarize_weight"]
 
 # operators that hold quantized arithmetic; QLinear* and *Integer (ConvInteger, MatMulInteger) by name below

@@ -374,8 +374,10 @@ def compile(source: str | Path | None = None, target: str = "x86", output: str |
             step("verify")
             art.seal(stage, manifest)  # the runner reads the manifest
             inputs = random_inputs(manifest["inputs"], seed)
-            unavailable = own.unavailable(source) if own is not None and own.converted else None
-            if own is not None and own.converted and not prune and quantize is None and unavailable is None:
+            # the interpreter is probed only where it would be the reference (not for a pruned/quantized model)
+            checks_source = own is not None and own.converted and not prune and quantize is None
+            unavailable = own.unavailable(source) if checks_source else None
+            if checks_source and unavailable is None:
                 # a converted source: the artifact is checked against the source's own runtime
                 stepped = source_step is not None and atol == DEFAULT_ATOL
                 verification = _verify_folder(stage, manifest, inputs, Path(str(source)), "source model",

@@ -63,10 +63,13 @@ def _sub(b: Builder, x: str, y: str) -> str:
     return b.node("Sub", [x, y])[0]
 
 
+def _slice(b: Builder, x: str, starts: list[int], ends: list[int], axes: list[int]) -> str:
+    return b.node("Slice", [x, *(b.const(np.array(v, np.int64)) for v in (starts, ends, axes))])[0]
+
+
 def _coordinate(b: Builder, x: str, index: int) -> str:
     """x[..., index:index+1] of a [1, N, D] tensor."""
-    return b.node("Slice", [x, b.const(np.array([index], np.int64)), b.const(np.array([index + 1], np.int64)),
-                            b.const(np.array([2], np.int64))])[0]
+    return _slice(b, x, [index], [index + 1], [2])
 
 
 def landmarks_to_transform_matrix(b: Builder, op: Operator) -> None:
@@ -119,9 +122,7 @@ def landmarks_to_transform_matrix(b: Builder, op: Operator) -> None:
 
 def _matrix_entry(b: Builder, matrix: str, row: int, col: int) -> str:
     """matrix[0, row, col] of a [1, 4, 4] matrix, as a scalar-like [1, 1, 1]."""
-    return b.node("Slice", [matrix, b.const(np.array([row, col], np.int64)),
-                            b.const(np.array([row + 1, col + 1], np.int64)),
-                            b.const(np.array([1, 2], np.int64))])[0]
+    return _slice(b, matrix, [row, col], [row + 1, col + 1], [1, 2])
 
 
 def transform_tensor_bilinear(b: Builder, op: Operator) -> None:
@@ -161,10 +162,9 @@ def transform_tensor_bilinear(b: Builder, op: Operator) -> None:
         return _mul(b, b.node("Gather", [features, flat], axis=2)[0], valid)
 
     one = _scalar(b, 1.0)
-    rx, ry = wx, wy
-    upper = _add(b, _mul(b, _sub(b, one, rx), read(0, 0)), _mul(b, rx, read(0, 1)))
-    lower = _add(b, _mul(b, _sub(b, one, rx), read(1, 0)), _mul(b, rx, read(1, 1)))
-    result = _mul(b, _add(b, _mul(b, ry, lower), _mul(b, _sub(b, one, ry), upper)), inside)
+    upper = _add(b, _mul(b, _sub(b, one, wx), read(0, 0)), _mul(b, wx, read(0, 1)))
+    lower = _add(b, _mul(b, _sub(b, one, wx), read(1, 0)), _mul(b, wx, read(1, 1)))
+    result = _mul(b, _add(b, _mul(b, wy, lower), _mul(b, _sub(b, one, wy), upper)), inside)
     out = b.node("Reshape", [result, b.const(np.array([1, channels, out_h, out_w], np.int64))])[0]
     b.define(op.outputs[0], out, NCHW)
 
@@ -176,15 +176,11 @@ def transform_landmarks(b: Builder, op: Operator) -> None:
         raise EdgecError(f"MediaPipe's TransformLandmarks with {dims} coordinates per landmark is not defined "
                          "(2 or 3)", "check the model: MediaPipe's own kernel refuses it too")
     landmarks, matrix = b.value(op.inputs[0], PLAIN), b.value(op.inputs[1], PLAIN)
-    xy = b.node("Slice", [landmarks, b.const(np.array([0], np.int64)), b.const(np.array([2], np.int64)),
-                          b.const(np.array([2], np.int64))])[0]
-    linear = b.node("Slice", [matrix, b.const(np.array([0, 0], np.int64)), b.const(np.array([2, 2], np.int64)),
-                              b.const(np.array([1, 2], np.int64))])[0]  # [1, 2, 2]
-    shift = b.node("Slice", [matrix, b.const(np.array([0, 3], np.int64)), b.const(np.array([2, 4], np.int64)),
-                             b.const(np.array([1, 2], np.int64))])[0]  # [1, 2, 1]
+    xy = _slice(b, landmarks, [0], [2], [2])
+    linear = _slice(b, matrix, [0, 0], [2, 2], [1, 2])  # [1, 2, 2]
+    shift = _slice(b, matrix, [0, 3], [2, 4], [1, 2])  # [1, 2, 1]
     moved = _add(b, b.node("MatMul", [xy, b.node("Transpose", [linear], perm=[0, 2, 1])[0]])[0],
                  b.node("Transpose", [shift], perm=[0, 2, 1])[0])
     if dims == 3:
         moved = b.node("Concat", [moved, _coordinate(b, landmarks, 2)], axis=2)[0]
     b.define(op.outputs[0], moved, PLAIN)
-
