@@ -20,6 +20,8 @@ LAYERS = [(k, s, p, h, w) for (k, s, p), (h, w) in zip(itertools.product((3, 1),
 CASES = [(c, *layer) for i, c in enumerate(CHANNELS) for j, layer in enumerate(LAYERS)
          if (j ^ (j >> 1) ^ (j >> 2)) % 2 == i % 2] + [(33, 3, 1, 2, 9, 9, 2)]  # + one dilated
 CASES += [(5, 5, 1, 2, 6, 13), (40, 3, 1, 1, 1, 1)]  # a 5×5 "same" conv (pad 2), a 1×1 image
+# ≤ 16 channels: 16-bit words where bytes are counted (AVX2): the BNN's layers (flat, strided), a 1×1, 9 channels
+CASES += [(16, 3, 1, 1, 28, 28), (16, 3, 2, 1, 28, 28), (16, 1, 1, 0, 7, 9), (9, 3, 1, 1, 5, 13), (16, 3, 1, 0, 6, 11)]
 
 
 def _shape(case):
@@ -43,7 +45,7 @@ def _build(target, cases, plan_isa=None):
     plans, funcs = [], {}
     for i, case in enumerate(cases):
         shape = _shape(case)
-        plan = bc.Plan(shape, bc.Tiling.for_isa(isa, shape.o))
+        plan = bc.Plan(shape, bc.Tiling.for_isa(isa, shape.o, shape.c))
         plans.append(plan)
         funcs[f"pack{i}"] = bc.pack_func(plan, f"pack{i}")
         funcs[f"conv{i}"] = bc.conv_func(plan, f"conv{i}")
@@ -68,7 +70,7 @@ def _run(lib, i, plan, x, shift, w, alpha, bias):
     from edgec.targets.cpu.kernels import binary_conv as bc
 
     s = plan.shape
-    xp = tvm.runtime.empty(plan.packed_x_shape, "uint32", tvm.cpu())
+    xp = tvm.runtime.empty(plan.packed_x_shape, plan.tiling.word_dtype, tvm.cpu())
     lib[f"pack{i}"](tvm.runtime.tensor(x), tvm.runtime.tensor(shift), xp)
     y = tvm.runtime.empty((s.n, s.o, s.oh, s.ow), "float32", tvm.cpu())
     lib[f"conv{i}"](xp, tvm.runtime.tensor(bc.pack_weights(w, plan)),
@@ -130,17 +132,22 @@ def test_float_output_with_alpha_and_bias(host_build):
 
 
 def test_avx2_build_runs_exactly_here():
-    """The 8-lane, 4-channel tile (what a 16-register ISA gets) on a few shapes; this host runs AVX2 code."""
+    """The 8-lane, 4-channel tile (what a 16-register ISA gets) on a few shapes, and the 16-lane tile of 16-bit
+    words for layers of ≤ 16 channels; this host runs AVX2 code."""
     import tvm
 
     from edgec.targets.cpu.isa import host_features
 
     if "avx2" not in host_features("x86_64"):
         pytest.skip("this host has no AVX2")
-    cases = [CASES[1], CASES[12], CASES[24], CASES[25]]  # rows, flat, dilated, 5×5 flat
+    cases = [CASES[1], CASES[12], CASES[24], CASES[25], *CASES[-5:]]  # rows, flat, dilated, 5×5 flat, ≤ 16 ch.
     plans, lib = _build(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"}),
                         cases)
-    assert plans[0].tiling.lanes == 8 and plans[0].tiling.ob == 4
+    for plan in plans:
+        small = plan.shape.c <= 16
+        assert (plan.tiling.lanes, plan.tiling.word_bits) == ((16, 16) if small else (8, 32)) and plan.tiling.ob == 4
+        assert plan.packed_x_shape[1 if plan.flat else 2] == -(-plan.shape.c // plan.tiling.word_bits)
+    assert {p.shape.c <= 16 for p in plans} == {True, False}
     for i, plan in enumerate(plans):
         s = plan.shape
         x, shift, w = _data(plan, 50 + i)
@@ -161,6 +168,8 @@ def test_popcount_instruction_follows_the_isa(mcpu, popcount, absent):
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
     shape = _shape((64, 3, 1, 1, 9, 19))
     plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o))
+    # a layer of ≤ 16 channels keeps 32-bit words where vpopcntd counts a word in one instruction
+    assert bc.Tiling.for_isa(isa_of(target), 16, 16).word_bits == (32 if mcpu == "icelake-server" else 16)
     lib = tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target)
     asm = _asm(lib)
     assert popcount in asm and absent not in asm
@@ -168,21 +177,24 @@ def test_popcount_instruction_follows_the_isa(mcpu, popcount, absent):
         assert "vpopcntd\t%zmm" in asm
 
 
+@pytest.mark.parametrize("channels", [256, 16])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("mcpu, register", [("haswell", "ymm"), ("skylake-avx512", "zmm")])
-def test_kernels_count_bytes_without_vpopcntdq(mcpu, register, stride):
+def test_kernels_count_bytes_without_vpopcntdq(mcpu, register, stride, channels):
     """x86 without VPOPCNTDQ (AVX2; AVX-512 BW as on Skylake-SP): the conv (flat form at stride 1, row form at
     stride 2) adds vpshufb byte counts for up to 31 words and widens them to the int32 lanes only then — no
-    per-word vpsadbw/unpack widening left (LLVM's ctpop had two vpsadbw per word). Only assembly is generated."""
+    per-word vpsadbw/unpack widening left (LLVM's ctpop had two vpsadbw per word). 16 channels: 16-bit words,
+    the same byte counts. Only assembly is generated."""
     import tvm
 
     from edgec.targets.cpu.isa import isa_of
     from edgec.targets.cpu.kernels import binary_conv as bc
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
-    shape = _shape((256, 3, stride, 1, 14, 14))
-    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o))
+    shape = _shape((channels, 3, stride, 1, 14, 14))
+    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o, shape.c))
     assert plan.flat == (stride == 1) and plan.tiling.byte_counts
+    assert plan.tiling.word_bits == (16 if channels <= 16 else 32)
     asm = _asm(tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target))
     shuffles = [line for line in asm.splitlines() if "vpshufb" in line]
     assert len(shuffles) >= 2 * plan.tiling.ob and all(f"%{register}" in line for line in shuffles)
@@ -228,11 +240,12 @@ def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_
     symbols = (out / "model.so").read_bytes()
     for i in range(5):
         assert f"edgec_binary_conv_{i}".encode() in symbols and f"edgec_binary_pack_{i}".encode() in symbols
-    # the ±1 float weights are gone: bits (uint32 words, 16 channels fill half a word) instead of 4 bytes each
+    # the ±1 float weights are gone: bits instead of 4 bytes each (32-channel layers in uint32 words, 16-channel
+    # ones in uint16 words on this AVX2 build or half-filled uint32 words with VPOPCNTDQ)
     inits = {t.name: t for t in onnx.load(str(binary_model)).graph.initializer}
     bits = sum(int(np.prod(inits[n.input[1]].dims)) for n in calls)  # uint8 bytes; 16 and 32 channels: exact
     params = build["params"]["by_dtype"]
-    assert bits <= params["uint32"] <= 2 * bits
+    assert bits <= params.get("uint32", 0) + params.get("uint16", 0) <= 2 * bits
     assert params["float32"] < bits * 8  # the weights as ±1 floats alone would be bits · 8 · 4 bytes
     result = runner.invoke(main, ["verify", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -327,10 +340,12 @@ def test_neon_plan_is_exact_here():
     from edgec.targets.cpu.kernels import binary_conv as bc
 
     neon = isa_of(resolve_target("arm:cortex-a72").tvm_target())
-    cases = CASES[::2] + CASES[-3:]
+    cases = CASES[:-5][::2] + CASES[-8:]  # + the dilated, 5×5, 1×1-image and ≤ 16-channel cases
     plans, lib = _build(resolve_target("x86").tvm_target(), cases, plan_isa=neon)
-    assert plans[0].tiling == bc.Tiling(lanes=4, ob=8, byte_counts=True)
-    assert {p.flat for p in plans} == {True, False} and {p.shape.w % 4 for p in plans} == {1, 3}
+    for plan in plans:  # ≤ 16 channels: 16-bit words, 8 of them a register
+        assert plan.tiling == (bc.Tiling(lanes=8, ob=8, byte_counts=True, word_bits=16) if plan.shape.c <= 16
+                               else bc.Tiling(lanes=4, ob=8, byte_counts=True))
+    assert {p.flat for p in plans} == {True, False} and {p.shape.w % 4 for p in plans} >= {1, 3}
     for i, plan in enumerate(plans):
         s = plan.shape
         x, shift, w = _data(plan, 200 + i)

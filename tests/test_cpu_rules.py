@@ -518,15 +518,16 @@ def test_depthwise_pointwise_fusion_on_emulated_arm_device(tmp_path, fuse_every_
     assert "DepthwisePointwise" in _scheduled_rules(tmp_path / "m.onnx", "arm:cortex-a72", fuse_every_pair)
 
 
-def test_row_reduction_is_not_a_window(tmp_path):
-    """A mean along the contiguous axis (100 wide) stays with dlight's reduction rule: SpatialWindow would
-    vectorize the kept axis and walk the reduced one with a stride."""
+def test_row_reduction_is_a_vector_rfactor(tmp_path):
+    """A mean along the contiguous axis (100 wide) is SpatialWindow's row reduction: 4 partial sums a vector
+    (rfactor), not the kept axis vectorized with the reduced one walked at a stride (window.row_reduction; 0.15
+    µs against dlight's reduction rule's 0.63 on a Zen 3). Outputs equal onnxruntime's (_check)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5, 100])
     node = helper.make_node("ReduceMean", ["x"], ["y"], axes=[-1], keepdims=1)
     graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     _check(model, tmp_path, None)
-    assert "SpatialWindow" not in _scheduled_rules(tmp_path / "m.onnx")
+    assert "SpatialWindow" in _scheduled_rules(tmp_path / "m.onnx")
 
 
 def test_row_tile_fits_and_covers_the_row():

@@ -117,6 +117,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.kernels.int8_vnni import pad_input_channels_pass, unsigned_activations_pass
     from edgec.targets.cpu.kernels.matmul import pad_columns_pass
     from edgec.targets.cpu.kernels.resize import legalize_resize_for
+    from edgec.targets.cpu.layout_sink import sink_layout_transforms_pass
     from edgec.targets.cpu.layout import (layout_pass, legalize_conv2d_for, legalize_round, split_channels_pass,
                                           squeeze_axes_pass)
     from edgec.targets.cpu.pad_channels import pad_output_channels_pass
@@ -137,6 +138,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         split_channels_pass(),  # channel splits as slices: TVM's split keeps unblocked split points
         squeeze_axes_pass(),  # squeeze(axis=-1) as axis=2: TVM's layout pass crashes on a negative one
         layout_pass(target, options),
+        sink_layout_transforms_pass(),  # T⁻¹(relu(add(T(y), r))) → relu(add(y, T⁻¹(r))): no round trip
         # depthwise → 1×1 conv pairs become one kernel (see kernels/dw_pointwise)
         fuse_depthwise_pointwise_pass(isa, options, l2),
         fast_math_pass(),  # exp / sigmoid / tanh / erf as vectorizable arithmetic, not one expf call per lane

@@ -7,7 +7,8 @@ a float layer costs. Packed, 32 input channels are one word and one ``xor`` + ``
 Two PrimFuncs per layer, written as loop nests (scheduled by construction, ``tirx.is_scheduled``), in one of two
 forms (:attr:`Plan.flat`):
 
-* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits in uint32 words, 32 channels per word,
+* :func:`pack_func` — float ``x`` [N, C, H, W] (+ ``shift`` [C]) → sign bits in uint32 words, 32 channels per word
+  (uint16 words of 16 for layers of ≤ 16 channels where bytes are counted, :meth:`Tiling.for_isa`),
   the spatial padding in place as zero words (bit 0 = +1, edgec's padding value), channels past C zero bits.
   Row form: ``xp`` [N, Hp, Cw, S, Wq] (S the column stride: padded column ``col`` at phase ``col % S``, index
   ``col // S``, so an output vector's columns read contiguous words at any stride). Flat form (stride-1 "same"
@@ -40,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from edgec.ops.packing import pack_signs
-from edgec.targets.cpu.kernels.op_kernel import ConvShape, conv_shape, op_kernel_pass, pack_then_kernel, producer_chain, scheduled
+from edgec.targets.cpu.kernels.op_kernel import (ConvShape, conv_shape, op_kernel_pass, pack_then_kernel, producer_chain,
+                                                 relu_absorbed, scheduled)
 
 WORD_BITS = 32
 BYTE_STEPS = 31  # words whose byte counts (≤ 8 each) add up in a byte before it can overflow: 31 · 8 = 248
@@ -75,15 +77,27 @@ class Tiling:
     lanes: int
     ob: int
     byte_counts: bool = False
+    word_bits: int = WORD_BITS
+
+    @property
+    def word_dtype(self) -> str:
+        return f"uint{self.word_bits}"
 
     @classmethod
-    def for_isa(cls, isa: Any, o: int) -> Tiling:
+    def for_isa(cls, isa: Any, o: int, c: int | None = None) -> Tiling:
         """16 lanes and 8 channels with AVX-512's 32 registers; 8 lanes and 4 channels with 16 registers (the
-        AVX2 nibble count needs a lookup table, a mask and temporaries besides the accumulators)."""
+        AVX2 nibble count needs a lookup table, a mask and temporaries besides the accumulators).
+
+        A layer of at most 16 input channels (``c``) packs them into 16-bit words where bytes are counted: a
+        32-bit word would be half padding, so each vector now holds twice the positions (16 lanes on AVX2) and
+        every bit counted is a channel. (Where a word's count is one instruction — VPOPCNTDQ, the Arm dot
+        product — the 32-bit word stays: ``vpopcntw`` needs AVX-512 BITALG.)"""
         ob = 8 if isa.vector_registers >= 32 else 4
         byte_counts = ((isa.arch == "x86_64" and not isa.vpopcntdq and (isa.lanes == 8 or isa.has("avx512bw")))
                        or (isa.arch == "aarch64" and not isa.dotprod))
-        return cls(lanes=isa.lanes, ob=min(ob, o), byte_counts=byte_counts)
+        word_bits = 16 if byte_counts and c is not None and c <= 16 else WORD_BITS
+        return cls(lanes=isa.lanes * WORD_BITS // word_bits, ob=min(ob, o), byte_counts=byte_counts,
+                   word_bits=word_bits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +106,11 @@ class Plan:
 
     shape: BinaryConvShape
     tiling: Tiling
+
+    @property
+    def words(self) -> int:
+        """Words of :attr:`Tiling.word_bits` channels per position."""
+        return -(-self.shape.c // self.tiling.word_bits)
 
     @property
     def ow_padded(self) -> int:
@@ -148,19 +167,19 @@ class Plan:
     @property
     def packed_x_shape(self) -> tuple[int, ...]:
         if self.flat:
-            return (self.shape.n, self.shape.words, self.plane)
-        return (self.shape.n, self.hp, self.shape.words, self.shape.strides[1], self.wq)
+            return (self.shape.n, self.words, self.plane)
+        return (self.shape.n, self.hp, self.words, self.shape.strides[1], self.wq)
 
     @property
     def packed_w_shape(self) -> tuple[int, int, int, int]:
-        return (self.o_padded, self.shape.kh, self.shape.kw, self.shape.words)
+        return (self.o_padded, self.shape.kh, self.shape.kw, self.words)
 
 
 def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
-    """Sign bits of ``w`` — float [O, C, kh, kw] or ±1 — as the conv's uint32 [Op, kh, kw, Cw] (extra output
+    """Sign bits of ``w`` — float [O, C, kh, kw] or ±1 — as the conv's words [Op, kh, kw, Cw] (extra output
     channels all zero words)."""
-    words = pack_signs(np.asarray(w, np.float32), axis=1, word_bits=WORD_BITS)  # [O, Cw, kh, kw]
-    out = np.zeros(plan.packed_w_shape, np.uint32)
+    words = pack_signs(np.asarray(w, np.float32), axis=1, word_bits=plan.tiling.word_bits)  # [O, Cw, kh, kw]
+    out = np.zeros(plan.packed_w_shape, plan.tiling.word_dtype)
     out[: w.shape[0]] = np.transpose(words, (0, 2, 3, 1))
     return out
 
@@ -174,7 +193,7 @@ def padded_vector(values: np.ndarray, plan: Any) -> np.ndarray:
 
 
 def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
-    """PrimFunc(x [N, C, H, W] f32, shift [C] f32) → xp (uint32, :attr:`Plan.packed_x_shape`), exported as
+    """PrimFunc(x [N, C, H, W] f32, shift [C] f32) → xp (:attr:`Tiling.word_dtype`, :attr:`Plan.packed_x_shape`), exported as
     ``symbol``."""
     from tvm.script import tirx as T
 
@@ -182,28 +201,28 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
         return _pack_flat(plan, symbol)
     s = plan.shape
     n_, c_, h_, w_ = s.n, s.c, s.h, s.w
-    hp, wq, cw_ = plan.hp, plan.wq, s.words
+    hp, wq, cw_ = plan.hp, plan.wq, plan.words
     pt, pl = s.pads[0], s.pads[1]
     sw = s.strides[1]
-    bits = WORD_BITS
+    bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
     (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
 
     # buffer types as names: TVMScript reads string dtypes inside annotations, pyflakes would not
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
-    xp_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32")
+    xp_type = T.Buffer((n_, hp, cw_, sw, wq), wt)
 
     @T.macro
     def segment(x, shift, xp, nh, cw, begin, width, vectors):
         """``vectors`` words of ``width`` columns from column ``begin``: 32 channels or-ed into a register."""
         for v in range(vectors):
-            acc = T.alloc_buffer((width,), "uint32", scope="local")
+            acc = T.alloc_buffer((width,), wt, scope="local")
             for lane in T.vectorized(width):
-                acc[lane] = T.uint32(0)
+                acc[lane] = T.Cast(wt, 0)
             for b in range(T.min(bits, c_ - cw * bits)):
                 for lane in T.vectorized(width):
                     acc[lane] = T.bitwise_or(acc[lane], T.Select(
                         x[nh // hp, cw * bits + b, nh % hp - pt, begin + v * width + lane] + shift[cw * bits + b]
-                        < T.float32(0), T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+                        < T.float32(0), T.shift_left(T.Cast(wt, 1), T.Cast(wt, b)), T.Cast(wt, 0)))
             for lane in T.vectorized(width):
                 xp[nh // hp, nh % hp, cw, (pl + begin + v * width + lane) % sw,
                    (pl + begin + v * width + lane) // sw] = acc[lane]
@@ -214,7 +233,7 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
             for cw in range(cw_):
                 for phase in range(sw):
                     for col in T.vectorized(wq):
-                        xp[nh // hp, nh % hp, cw, phase, col] = T.uint32(0)
+                        xp[nh // hp, nh % hp, cw, phase, col] = T.Cast(wt, 0)
                 if nh % hp >= pt and nh % hp < pt + h_:
                     segment(x, shift, xp, nh, cw, f0, s0, c0)
                     segment(x, shift, xp, nh, cw, f1, s1, c1)
@@ -233,7 +252,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
         return _conv_flat(plan, symbol)
     s = plan.shape
     n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
-    kh_, kw_, cw_ = s.kh, s.kw, s.words
+    kh_, kw_, cw_ = s.kh, s.kw, plan.words
     sh, sw = s.strides
     dh, dw = s.dilations
     hp, wq, op_ = plan.hp, plan.wq, plan.o_padded
@@ -241,9 +260,10 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
     k_ = s.k
     byte_counts = plan.tiling.byte_counts
-    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_)
+    bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
+    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, bits)
 
-    xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
+    xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), wt), T.Buffer((op_, kh_, kw_, cw_), wt)
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
     y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
 
@@ -251,7 +271,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y: y_type):
         for ny in T.parallel(n_ * oh_):
             acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
-            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (byte_counts)
+            acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
             for to in range(tiles_o):
                 for tx in range(tiles_x):
                     for oi in T.unroll(ob):
@@ -260,7 +280,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                     if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
                         for oi in T.unroll(ob):
                             for lane in T.vectorized(lanes):
-                                acc8[oi, lane] = T.uint32(0)
+                                acc8[oi, lane] = T.Cast(wt, 0)
                         for i, j, cw in T.grid(kh_, kw_, cw_):
                             for oi in T.unroll(ob):
                                 acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
@@ -271,7 +291,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
                                 for oi in T.unroll(ob):
                                     for lane in T.vectorized(lanes):
                                         acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
-                                        acc8[oi, lane] = T.uint32(0)
+                                        acc8[oi, lane] = T.Cast(wt, 0)
                     else:
                         for i, j, cw in T.grid(kh_, kw_, cw_):
                             for oi in T.unroll(ob):
@@ -314,24 +334,24 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
 
     s = plan.shape
     n_, c_, h_, w_ = s.n, s.c, s.h, s.w
-    cw_, pt = s.words, s.pads[0]
+    cw_, pt = plan.words, s.pads[0]
     slack, plane = plan.slack, plan.plane
-    bits = WORD_BITS
+    bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
     (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
-    xp_type = T.Buffer((n_, cw_, plane), "uint32")
+    xp_type = T.Buffer((n_, cw_, plane), wt)
 
     @T.macro
     def segment(x, shift, xp, n, cw, h, begin, width, vectors):
         for v in range(vectors):
-            acc = T.alloc_buffer((width,), "uint32", scope="local")
+            acc = T.alloc_buffer((width,), wt, scope="local")
             for lane in T.vectorized(width):
-                acc[lane] = T.uint32(0)
+                acc[lane] = T.Cast(wt, 0)
             for b in range(T.min(bits, c_ - cw * bits)):
                 for lane in T.vectorized(width):
                     acc[lane] = T.bitwise_or(acc[lane], T.Select(
                         x[n, cw * bits + b, h, begin + v * width + lane] + shift[cw * bits + b] < T.float32(0),
-                        T.shift_left(T.uint32(1), T.Cast("uint32", b)), T.uint32(0)))
+                        T.shift_left(T.Cast(wt, 1), T.Cast(wt, b)), T.Cast(wt, 0)))
             for lane in T.vectorized(width):
                 xp[n, cw, slack + (h + pt) * w_ + begin + v * width + lane] = acc[lane]
 
@@ -339,9 +359,9 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
     def pack(x: x_type, shift: shift_type, xp: xp_type):
         for nc in T.parallel(n_ * cw_):
             for col in range(slack + pt * w_):
-                xp[nc // cw_, nc % cw_, col] = T.uint32(0)
+                xp[nc // cw_, nc % cw_, col] = T.Cast(wt, 0)
             for col in range(plane - slack - (pt + h_) * w_):
-                xp[nc // cw_, nc % cw_, slack + (pt + h_) * w_ + col] = T.uint32(0)
+                xp[nc // cw_, nc % cw_, slack + (pt + h_) * w_ + col] = T.Cast(wt, 0)
             for h in range(h_):
                 segment(x, shift, xp, nc // cw_, nc % cw_, h, f0, s0, c0)
                 segment(x, shift, xp, nc // cw_, nc % cw_, h, f1, s1, c1)
@@ -351,20 +371,24 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
     return scheduled(pack, symbol)
 
 
-def _byte_counting(lanes: int, steps: int) -> tuple[Any, Any, Any]:
+def _byte_counting(lanes: int, steps: int, bits: int = WORD_BITS) -> tuple[Any, Any, Any]:
     """The expressions of :attr:`Tiling.byte_counts`, built while a script is parsed: ``count(v)`` — the bits set
-    in each byte of the uint32 vector ``v`` (LLVM's byte ``ctpop``: a ``vpshufb`` nibble count on x86, ``cnt
-    v.16b`` on NEON), as a uint32 vector of four byte counters; ``widen(v)``, one lane's four counters summed into
-    an int32 (each ≤ 248: no carry between them); and ``widen_after(step)``, whether the counters are widened
-    after word ``step`` of the ``steps`` a tile reduces: every :data:`BYTE_STEPS` words and after the last."""
+    in each byte of the vector ``v`` of ``bits``-bit words (LLVM's byte ``ctpop``: a ``vpshufb`` nibble count on
+    x86, ``cnt v.16b`` on NEON), as a vector of the same words holding one byte counter per byte; ``widen(v)``,
+    one lane's counters summed into an int32 (each ≤ 248: no carry between them); and ``widen_after(step)``,
+    whether the counters are widened after word ``step`` of the ``steps`` a tile reduces: every
+    :data:`BYTE_STEPS` words and after the last."""
     from tvm.script import tirx as T
 
-    byte_vec, word_vec = f"uint8x{4 * lanes}", f"uint32x{lanes}"
+    wt = f"uint{bits}"
+    byte_vec, word_vec = f"uint8x{bits // 8 * lanes}", f"{wt}x{lanes}"
 
     def count(v: Any) -> Any:
         return T.reinterpret(word_vec, T.popcount(T.reinterpret(byte_vec, v)))
 
     def widen(v: Any) -> Any:
+        if bits == 16:
+            return T.Cast("int32", T.bitwise_and(v, T.Cast(wt, 0xFF)) + T.shift_right(v, T.Cast(wt, 8)))
         pairs = T.bitwise_and(v, T.uint32(0x00FF00FF)) + T.bitwise_and(T.shift_right(v, T.uint32(8)),
                                                                         T.uint32(0x00FF00FF))
         return T.Cast("int32", T.bitwise_and(pairs, T.uint32(0xFFFF)) + T.shift_right(pairs, T.uint32(16)))
@@ -382,16 +406,17 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
 
     s = plan.shape
     n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
-    kh_, kw_, cw_ = s.kh, s.kw, s.words
+    kh_, kw_, cw_ = s.kh, s.kw, plan.words
     pl, w_ = s.pads[1], s.w
     op_, slack, plane, qv_ = plan.o_padded, plan.slack, plan.plane, plan.q_vectors
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, q_ = op_ // ob, oh_ * ow_
     k_ = s.k
     byte_counts = plan.tiling.byte_counts
-    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_)
+    bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
+    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, bits)
 
-    xp_type, w_type = T.Buffer((n_, cw_, plane), "uint32"), T.Buffer((op_, kh_, kw_, cw_), "uint32")
+    xp_type, w_type = T.Buffer((n_, cw_, plane), wt), T.Buffer((op_, kh_, kw_, cw_), wt)
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
     y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
 
@@ -400,13 +425,13 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
         y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
         for nq in T.parallel(n_ * qv_):
             acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
-            acc8 = T.alloc_buffer((ob, lanes), "uint32", scope="local")  # 4 byte counters a lane (byte_counts)
-            mask = T.alloc_buffer((kw_, lanes), "uint32", scope="local")
+            acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
+            mask = T.alloc_buffer((kw_, lanes), wt, scope="local")
             for j in range(kw_):
                 for lane in T.vectorized(lanes):
                     mask[j, lane] = T.Select(
                         (nq % qv_ * lanes + lane) % ow_ + j - pl >= 0
-                        and (nq % qv_ * lanes + lane) % ow_ + j - pl < w_, T.uint32(0xFFFFFFFF), T.uint32(0))
+                        and (nq % qv_ * lanes + lane) % ow_ + j - pl < w_, T.Cast(wt, (1 << bits) - 1), T.Cast(wt, 0))
             for to in range(tiles_o):
                 for oi in T.unroll(ob):
                     for lane in T.vectorized(lanes):
@@ -414,7 +439,7 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                 if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
                     for oi in T.unroll(ob):
                         for lane in T.vectorized(lanes):
-                            acc8[oi, lane] = T.uint32(0)
+                            acc8[oi, lane] = T.Cast(wt, 0)
                     for i, j, cw in T.grid(kh_, kw_, cw_):
                         for oi in T.unroll(ob):
                             acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(T.bitwise_xor(
@@ -425,7 +450,7 @@ def _conv_flat(plan: Plan, symbol: str) -> Any:
                             for oi in T.unroll(ob):
                                 for lane in T.vectorized(lanes):
                                     acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
-                                    acc8[oi, lane] = T.uint32(0)
+                                    acc8[oi, lane] = T.Cast(wt, 0)
                 else:
                     for i, j, cw in T.grid(kh_, kw_, cw_):
                         for oi in T.unroll(ob):
@@ -491,8 +516,8 @@ def binary_conv_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
     if shape is None:
         return None
     vec = (lambda v, n: np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (n,)).copy())
-    return {"x": shifted.args[0], "shape": shape, "w": w, "alpha": vec(alpha, o), "bias": vec(bias, o),
-            "shift": vec(shift, c)}
+    x, shift = relu_absorbed(shifted.args[0], vec(shift, c), lookup)
+    return {"x": x, "shape": shape, "w": w, "alpha": vec(alpha, o), "bias": vec(bias, o), "shift": shift}
 
 
 def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
@@ -506,10 +531,11 @@ def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
         if parts is None:
             return None
         shape: BinaryConvShape = parts["shape"]
-        plan = Plan(shape, Tiling.for_isa(isa, shape.o))
+        plan = Plan(shape, Tiling.for_isa(isa, shape.o, shape.c))
         return pack_then_kernel(builder, index, plan, (pack_func, PACK_SYMBOL), (conv_func, CONV_SYMBOL),
                                 parts["x"], parts["shift"], plan.packed_x_shape,
                                 [pack_weights(parts["w"], plan), padded_vector(parts["alpha"], plan),
-                                 padded_vector(parts["bias"], plan)], (shape.n, shape.o, shape.oh, shape.ow)), shape
+                                 padded_vector(parts["bias"], plan)], (shape.n, shape.o, shape.oh, shape.ow),
+                                plan.tiling.word_dtype), shape
 
     return op_kernel_pass("EdgecBinaryConvKernels", lambda: takes(isa), rewrite, stats)

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgec.ops.packing import pack_signs
 from edgec.targets.cpu.kernels.binary_conv import WORD_BITS, padded_vector, takes
-from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, pack_then_kernel, producer_chain, scheduled
+from edgec.targets.cpu.kernels.op_kernel import op_kernel_pass, pack_then_kernel, producer_chain, relu_absorbed, scheduled
 
 PACK_SYMBOL = "edgec_binary_gemm_pack"
 DENSE_SYMBOL = "edgec_binary_dense"
@@ -181,8 +181,9 @@ def binary_gemm_parts(call: Any, lookup: Any) -> dict[str, Any] | None:
                                          for v, size in ((alpha, o), (bias, o), (shift, k))):
         return None
     vec = (lambda v, size: np.broadcast_to(np.asarray(v, np.float32).reshape(-1), (size,)).copy())
-    return {"x": shifted.args[0], "shape": DenseShape(n=n, k=k, o=o), "w": wt.T, "alpha": vec(alpha, o),
-            "bias": vec(bias, o), "shift": vec(shift, k)}
+    x, shift = relu_absorbed(shifted.args[0], vec(shift, k), lookup)
+    return {"x": x, "shape": DenseShape(n=n, k=k, o=o), "w": wt.T, "alpha": vec(alpha, o), "bias": vec(bias, o),
+            "shift": shift}
 
 
 def binary_gemm_pass(isa: Any, stats: dict[str, Any] | None = None):
