@@ -45,7 +45,7 @@ def _build(target, cases, plan_isa=None):
     plans, funcs = [], {}
     for i, case in enumerate(cases):
         shape = _shape(case)
-        plan = bc.Plan(shape, bc.Tiling.for_isa(isa, shape.o, shape.c))
+        plan = bc.Plan(shape, bc.Tiling.for_isa(isa, shape.o, shape.c, shape.same_stride1))
         plans.append(plan)
         funcs[f"pack{i}"] = bc.pack_func(plan, f"pack{i}")
         funcs[f"conv{i}"] = bc.conv_func(plan, f"conv{i}")
@@ -145,7 +145,8 @@ def test_avx2_build_runs_exactly_here():
                         cases)
     for plan in plans:
         small = plan.shape.c <= 16
-        assert (plan.tiling.lanes, plan.tiling.word_bits) == ((16, 16) if small else (8, 32)) and plan.tiling.ob == 4
+        assert (plan.tiling.lanes, plan.tiling.word_bits) == ((16, 16) if small else (8, 32))
+        assert plan.tiling.ob == (2 if small and plan.flat else 4)
         assert plan.packed_x_shape[1 if plan.flat else 2] == -(-plan.shape.c // plan.tiling.word_bits)
     assert {p.shape.c <= 16 for p in plans} == {True, False}
     for i, plan in enumerate(plans):
@@ -192,7 +193,7 @@ def test_kernels_count_bytes_without_vpopcntdq(mcpu, register, stride, channels)
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
     shape = _shape((channels, 3, stride, 1, 14, 14))
-    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o, shape.c))
+    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o, shape.c, shape.same_stride1))
     assert plan.flat == (stride == 1) and plan.tiling.byte_counts
     assert plan.tiling.word_bits == (16 if channels <= 16 else 32)
     asm = _asm(tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target))
