@@ -238,9 +238,14 @@ def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_
     build = json.loads((out / "manifest.json").read_text())["target"]["build"]
     assert build["binary_conv"]["layers"] == 5
     assert build["binary_conv"]["shapes"][2] == "16->32 3x3/2 28x28"  # the strided downsampling conv
+    # block1's first conv feeds only the second's pack, block2's likewise: those two write packed words
+    assert build["binary_conv"]["packed_outputs"] == 2
     symbols = (out / "model.so").read_bytes()
-    for i in range(5):
-        assert f"edgec_binary_conv_{i}".encode() in symbols and f"edgec_binary_pack_{i}".encode() in symbols
+    for i in range(5):  # layers 0 and 3 write layers 1's and 4's packed input (and nothing else)
+        kernels = ([f"edgec_binary_conv_{i}("] if i not in (0, 3) else []) + (
+            [f"edgec_binary_conv_pack_{i}("] if i in (1, 4) else [f"edgec_binary_pack_{i}("])
+        gone = [f"edgec_binary_conv_{i}("] if i in (0, 3) else [f"edgec_binary_pack_{i}("] if i in (1, 4) else []
+        assert all(k.encode() in symbols for k in kernels) and not any(k.encode() in symbols for k in gone), i
     # the ±1 float weights are gone: bits instead of 4 bytes each (32-channel layers in uint32 words, 16-channel
     # ones in uint16 words on this AVX2 build or half-filled uint32 words with VPOPCNTDQ)
     inits = {t.name: t for t in onnx.load(str(binary_model)).graph.initializer}
@@ -362,7 +367,8 @@ def test_arm_build_matches_onnxruntime_under_qemu():
     from helpers import edgec_ops_on_qemu
 
     run = edgec_ops_on_qemu()
-    assert run["build"]["binary_conv"] == {"layers": 2, "shapes": ["40->10 3x3/1 8x8", "40->17 3x3/2 8x8"]}
+    assert run["build"]["binary_conv"] == {"layers": 2, "shapes": ["40->10 3x3/1 8x8", "40->17 3x3/2 8x8"],
+                                          "packed_outputs": 0}
     got, want = run["outputs"], run["reference"]
     assert got["bin_int"].shape == want["bin_int"].shape == (1, 10, 8, 8)
     np.testing.assert_array_equal(got["bin_int"], want["bin_int"])
@@ -418,3 +424,65 @@ def test_tuning_leaves_the_binary_kernels_alone(binary_model):
     names = [str(t.task_name) for t in extract_tasks(onnx.load(str(binary_model)), resolve_target("x86"))]
     assert any("conv2d" in n for n in names)
     assert not any(n.startswith("edgec_binary") for n in names), names
+
+
+@pytest.mark.parametrize("plans_for", ["x86", "arm:cortex-a72"])
+@pytest.mark.parametrize("c, o, size", [(16, 16, (28, 28)), (32, 32, (14, 14)), (16, 40, (9, 13)), (40, 10, (5, 7))])
+def test_conv_writing_packed_words_equals_conv_then_pack(c, o, size, plans_for):
+    """conv_pack_func (a flat conv whose epilogue writes the next binary layer's sign words, from integer bounds
+    on its popcounts, sign_bounds) equals the next layer's own pack of this layer's float output as onnxruntime
+    computes it (alpha·(K − 2p), then + bias, each rounded to float32), word for word — the padding words
+    included — for 16- and 32-bit words on either side, channels not a multiple of the word, batch 2, positive
+    and negative alpha, a next shift of every sign; with this host's plans and with a NEON target's (8 channels,
+    4 lanes; built for this host: the same TIR)."""
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    target = resolve_target("x86").tvm_target()
+    isa = isa_of(resolve_target(plans_for).tvm_target())
+    h, w = size
+    shape = bc.BinaryConvShape(n=2, c=c, h=h, w=w, o=o, kh=3, kw=3, strides=(1, 1), pads=(1,) * 4, dilations=(1, 1))
+    nxt = bc.BinaryConvShape(n=2, c=o, h=h, w=w, o=8, kh=3, kw=3, strides=(1, 1), pads=(1,) * 4, dilations=(1, 1))
+    plan, next_plan = (bc.Plan(sh, bc.Tiling.for_isa(isa, sh.o, sh.c, sh.same_stride1)) for sh in (shape, nxt))
+    assert bc.fusable(plan, next_plan)
+    lib = tvm.compile(tvm.IRModule({"pack": bc.pack_func(plan, "pack"), "next_pack": bc.pack_func(next_plan, "next_pack"),
+                                    "fused": bc.conv_pack_func(plan, next_plan, "fused")}), target=target)
+    rng = np.random.default_rng(c + o)
+    x, shift, wts = _data(plan, 7)
+    alpha = rng.uniform(0.01, 0.2, o).astype(np.float32) * np.resize(np.float32([1, -1, 1]), o)
+    bias = (rng.standard_normal(o) * 2).astype(np.float32)
+    next_shift = np.resize(np.array([-0.3, 0.0, 0.2, np.inf], np.float32), o)
+    integer = ref.binary_conv_integer(x, wts, shift, shape.strides, shape.pads, shape.dilations)
+    y = ((alpha[None, :, None, None] * integer.astype(np.float32)).astype(np.float32)
+         + bias[None, :, None, None]).astype(np.float32)
+    dev = tvm.cpu()
+    want = tvm.runtime.empty(next_plan.packed_x_shape, next_plan.tiling.word_dtype, dev)
+    lib["next_pack"](tvm.runtime.tensor(y), tvm.runtime.tensor(next_shift), want)
+    xp = tvm.runtime.empty(plan.packed_x_shape, plan.tiling.word_dtype, dev)
+    lib["pack"](tvm.runtime.tensor(x), tvm.runtime.tensor(shift), xp)
+    lo, hi = bc.sign_bounds(alpha, bias, next_shift, shape.k, plan.o_padded)
+    got = tvm.runtime.tensor(np.full(next_plan.packed_x_shape, 0xFFFF, next_plan.tiling.word_dtype))  # stale data
+    lib["fused"](xp, tvm.runtime.tensor(bc.pack_weights(wts, plan)), tvm.runtime.tensor(lo), tvm.runtime.tensor(hi),
+                 got)
+    assert 0 < np.count_nonzero(want.numpy()) < want.numpy().size
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_sign_bounds_are_the_popcounts_that_turn_negative():
+    """Every popcount p of [0, K] lies in [lo, hi] exactly when alpha·(K − 2p) + bias + shift < 0 (float32, as
+    onnxruntime rounds), for alpha of both signs and 0, shifts of ±inf."""
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    k = 144
+    alpha = np.float32([0.05, -0.05, 0.0, 0.0, 0.3, 1e-3])
+    bias = np.float32([0.1, 0.1, -1.0, 1.0, -7.2, 0.0])
+    shift = np.float32([0.0, -0.2, 0.0, 0.0, np.inf, -np.inf])
+    lo, hi = bc.sign_bounds(alpha, bias, shift, k, 8)
+    p = np.arange(k + 1)
+    for o in range(6):
+        y = (np.float32(alpha[o]) * (k - 2 * p).astype(np.float32)).astype(np.float32) + bias[o]
+        np.testing.assert_array_equal((p >= lo[o]) & (p <= hi[o]), (y + shift[o]) < 0, err_msg=str(o))
+    assert lo[6] > hi[6] and lo[7] > hi[7]  # padded channels: never
