@@ -56,12 +56,23 @@ def bench_model(name: str, rounds: int, work: Path) -> None:
     fp32 = edgec_compile(source, output=work / f"{name}-fp32")
     int8 = edgec_compile(source, output=work / f"{name}-int8",
                          quantize={"mode": "int8", "calib": str(work / f"{name}-calib.npy")})
+    from edgec.devices.device_main import request_amx_permission
+    from edgec.targets.cpu.isa import host_features
+
+    other = None
+    if {"amx-int8", "amx-tile"} <= host_features("x86_64") and request_amx_permission():  # the int8 build with the other AMX setting, timed too
+        from edgec.targets.cpu.options import CpuOptions
+
+        flipped = CpuOptions(amx=not CpuOptions().amx)
+        other = (f"tvm int8 (amx={'on' if flipped.amx else 'off'})",
+                 edgec_compile(source, output=work / f"{name}-int8-other", cpu_options=flipped,
+                               quantize={"mode": "int8", "calib": str(work / f"{name}-calib.npy")}))
     print(f"# {name}: fp32 artifact: verify {fp32.verification.summary()}")
     print(f"# {name}: int8 artifact: verify {int8.verification.summary()}; "
           f"{int8.artifact.manifest['quantization']['integer_layers']} integer layers")
 
     runs = {}
-    for label, res in (("tvm fp32", fp32), ("tvm int8", int8)):
+    for label, res in (("tvm fp32", fp32), ("tvm int8", int8), *([other] if other else [])):
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(res.artifact.path / "model.so")), tvm.cpu())
         vm.set_input("main", tvm.runtime.tensor(x))
         runs[label] = (lambda vm=vm: vm.invoke_stateful("main"))
@@ -87,6 +98,10 @@ def bench_model(name: str, rounds: int, work: Path) -> None:
     verdict = "MEETS" if vs_ort["median"] <= BOUND_VS_ORT else "MISSES"
     print(f"{name}: tvm int8 / onnxruntime int8 time, per round: median {vs_ort['median']:.2f}x "
           f"(min {vs_ort['min']:.2f}x - max {vs_ort['max']:.2f}x): {verdict} the <= {BOUND_VS_ORT}x bound")
+    if other:
+        flip = ratio_stats(times, "tvm int8", other[0])
+        print(f"{name}: tvm int8 (default build) / {other[0]} time, per round: median {flip['median']:.2f}x "
+              f"(min {flip['min']:.2f}x - max {flip['max']:.2f}x)")
     print()
 
 

@@ -36,9 +36,10 @@ class CpuOptions:
     - ``bounds_check``: every buffer access checked at run time (TVM's ``tir.instrument_bound_checkers``): an
       out-of-bounds read raises instead of reading memory. Slow; for tests and debugging.
     - ``amx``: int8 convs and matmuls on AMX tiles (kernels/int8_amx.py, int8_amx_matmul.py) where the target has
-      AMX. Off by default: on a Xeon with AMX (the device machine's, bench/device_check.py set ``x``, 1 thread)
-      ResNet-18 int8 took 19.9 ms with them and 11.8 ms with the VNNI kernels (onnxruntime int8: 14.5–15.0 ms),
-      outputs equal. The VNNI kernels serve AMX CPUs (they have AVX-512 VNNI) until the tile kernels win.
+      AMX (never by CPU name). On by default since the tile state is held across a conv's taps (amx_state.py):
+      on an Intel Xeon with AMX (1 thread, bench/int8_speed.py) ResNet-18 int8 took 4.38 ms with them, 7.51 ms
+      with the VNNI kernels (onnxruntime int8 10.30 ms), outputs equal; before, calls that configured the tiles
+      and moved C through memory per tap made them 1.68× slower than VNNI. Off: AMX CPUs get the VNNI kernels.
     - ``amx_emulate``: the AMX int8 conv kernel (kernels/int8_amx.py) with its tile block computed by plain loops
       of the same intrinsic description, on any target: how its tiling, packing and epilogue are checked on a
       host without AMX. Slow; for tests.
@@ -59,7 +60,7 @@ class CpuOptions:
     small_conv_macs: int = 4_000_000
     exec_mode: str = "compiled"
     bounds_check: bool = False
-    amx: bool = False
+    amx: bool = True
     amx_emulate: bool = False
 
     def replace(self, **changes: Any) -> "CpuOptions":

@@ -13,17 +13,19 @@ input, are consecutive in the copy (one row stride for any stride). The weights 
 64-channel steps, contiguous. Zero channels on both sides add nothing, so the result is the conv's exactly.
 
 Schedule: parallel over (batch, output-channel block, output row), the row in tiles of ``rows`` pixels (the
-largest divisor of the row width up to 16), the accumulator tile in a local buffer; per tap one call of the
-tile intrinsic (amx_intrin.py) runs all 64-channel steps; then the tile is written back once through the fused
+largest divisor of the row width up to 16); per tap one call of the tile intrinsic (amx_intrin.py) runs all
+64-channel steps into tile 0, which holds the accumulator across the taps (amx_state.py: configured once per
+task, C loaded before the taps and stored after them); then the tile is written back once through the fused
 int32 epilogue (requantize, bias, ReLU, residual) as every other conv kernel here.
 
-Applies with ``CpuOptions.amx`` (off by default: slower than the VNNI kernel where measured, see options.py)
-where the target has ``amx-int8`` and ``amx-tile`` (never by CPU name), or with ``CpuOptions.amx_emulate``
-(the same kernel with the block as plain loops: how it is checked on a host without AMX), to ungrouped uint8 ×
-int8 convs with output channels in blocks of 16 (or 8), at least 64 input channels (fewer would be mostly zero
-padding: those stay on the VNNI kernel) and rows of at least MIN_ROWS pixels. Speed: run on a Xeon with AMX
-once (the device machine, bench/device_check.py set x): outputs equal onnxruntime's and the VNNI build's, whole
-ResNet-18 int8 1.68× the VNNI build's time.
+Applies with ``CpuOptions.amx`` (on by default) where the target has ``amx-int8`` and ``amx-tile`` (never by CPU
+name), or with ``CpuOptions.amx_emulate`` (the same kernel with the block as plain loops: how it is checked on a
+host without AMX), to ungrouped uint8 × int8 convs with output channels in blocks of 16 (or 8), at least 64
+input channels (fewer would be mostly zero padding: those stay on the VNNI kernel) and rows of at least MIN_ROWS
+pixels. Speed on an Intel Xeon with AMX, 1 thread (bench/int8_amx.py, per layer against the VNNI kernel):
+3×3 64→64 at 56² 0.85×, 128→128 at 28² 0.50×, 256→256 at 14² 0.43×, stride 2 128→256 0.63×; a 1×1 256→1024
+at 14² 1.04× (one tap: the per-task configuration and the write-back weigh more); whole ResNet-18 int8 0.58×
+(bench/int8_speed.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.amx_intrin import AMX, COLS, DEPTH, EMULATE, register_amx_dot
+from edgec.targets.cpu.amx_state import hold_tiles
 from edgec.targets.cpu.blocked import is_blocked
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.options import CpuOptions
@@ -145,8 +148,8 @@ class Int8Conv2dAMX(sched.KernelRule):
             return None
         isa = isa_of(target)
         n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = sch.get_loops(conv)
-        rows = tile_rows(sched.extent(sch, ow))
-        intrinsic = register_amx_dot(rows, sched.extent(sch, ocb), sched.extent(sch, ic_o),
+        rows, cols = tile_rows(sched.extent(sch, ow)), sched.extent(sch, ocb)
+        intrinsic = register_amx_dot(rows, cols, sched.extent(sch, ic_o),
                                      EMULATE if self.options.amx_emulate else AMX)
         ow_o, ow_i = sch.split(ow, [None, rows])
         sch.reorder(n, occ, oh, ow_o, kh, kw, ic_o, ow_i, ocb, ic_f, ic_s)
@@ -159,4 +162,4 @@ class Int8Conv2dAMX(sched.KernelRule):
         if pack is not None:
             sched.schedule_elementwise_root(sch, pack, isa.lanes)
         sch.tensorize(ic_o, intrinsic)
-        return sch
+        return sch if self.options.amx_emulate else hold_tiles(sch, rows, cols)
