@@ -31,6 +31,7 @@ CASES = {
     "conv3x3_stride2_96to16": ("conv", 96, 16, 14, 3, 2, 1),
     "conv1x1_128to32": ("conv", 128, 32, 8, 1, 1, 0),
     "conv3x3_72to48_28wide": ("conv", 72, 48, 28, 3, 1, 1),
+    "conv3x3_64to64_28wide": ("conv", 64, 64, 28, 3, 1, 1),  # the full 2 × 2 grid of accumulators (amx_state)
     "gemm_64to48": ("gemm", 64, 48, 0, 0, 1, 0),
     "matmul_100to32": ("matmul", 100, 32, 0, 0, 1, 0),
 }
@@ -196,11 +197,15 @@ def test_amx_targets_get_tile_instructions(stride2_model, gemm_model, preset, la
     ops = _mnemonics(functions, marker)
     for op in TILE_OPS:
         assert ops[op] >= 1, f"{preset}: no {op} in the AMX kernel: {dict(ops)}"
-    # one configuration and one release per task; C loaded once and stored once per tile (held in tile 0 across
-    # the conv's taps); per 64-deep step an A and a B load and a multiply (the 96- and 128-deep layers here take
-    # two steps; LLVM may unroll the conv's taps)
-    assert ops["ldtilecfg"] == ops["tilerelease"] == ops["tilestored"] == 1
-    assert ops["tileloadd"] == 1 + 2 * ops["tdpbusd"] and ops["tdpbusd"] % 2 == 0
+    # one configuration and one release per task; each accumulator loaded once and stored once (held across the
+    # conv's taps): the conv's 2 output-channel blocks are 2 accumulators sharing each A tile (per tap and
+    # 64-deep step: 1 A + 2 B loads, 2 multiplies), the Gemm's one (1 A + 1 B, 1 multiply); the 96- and 128-deep
+    # layers here take two steps; LLVM may unroll the conv's taps
+    accumulators = 2 if layer == "conv" else 1
+    assert ops["ldtilecfg"] == ops["tilerelease"] == 1 and ops["tilestored"] == accumulators
+    multiplies = ops["tdpbusd"] // accumulators
+    assert ops["tdpbusd"] == accumulators * multiplies and multiplies % 2 == 0
+    assert ops["tileloadd"] == accumulators + multiplies * (1 + accumulators)
     assert ops["vpdpbusd"] == 0
 
 
@@ -261,9 +266,10 @@ def _host_has_amx() -> bool:
                                                 "the real AMX kernels are checked by their assembly only")
 @pytest.mark.parametrize("layer", ["conv", "conv_rows", "gemm"])
 def test_real_amx_kernel_on_an_amx_host(stride2_model, gemm_model, layer):
-    """The real tile instructions, built for this host, equal the numpy integer reference: a stride-2 conv, a
-    stride-1 conv whose 28-wide rows take two tiles each and whose output-channel blocks and rows spread over the
-    parallel tasks (the tile state is configured per task and C held across the taps: amx_state.py), a Gemm."""
+    """The real tile instructions, built for this host, equal the numpy integer reference: a stride-2 conv (2
+    accumulators: its 2 output-channel blocks), a stride-1 64 → 64 conv on the full 2 × 2 grid of accumulators
+    (two 14-pixel tiles of its 28-wide rows × two channel blocks: all 8 tiles; configured per parallel task and
+    held across the taps, amx_state.py), a Gemm."""
     from edgec.devices.device_main import request_amx_permission
 
     assert request_amx_permission(), "Linux refused the AMX tile-data state (arch_prctl ARCH_REQ_XCOMP_PERM)"
@@ -272,7 +278,7 @@ def test_real_amx_kernel_on_an_amx_host(stride2_model, gemm_model, layer):
         model = qdq_layer(cin=96, cout=32, hw=14, k=3, stride=2, pad=1, zx=37)
         built, shape = stride2_model, [1, 96, 14, 14]
     elif layer == "conv_rows":
-        model = qdq_layer(cin=64, cout=48, hw=28, k=3, stride=1, pad=1, zx=37)
+        model = qdq_layer(cin=64, cout=64, hw=28, k=3, stride=1, pad=1, zx=37)
         built, shape = _canonical(model), [1, 64, 28, 28]
     else:
         model, built, shape = qdq_layer(kind="gemm", cin=128, cout=32, zx=11), gemm_model, [4, 128]

@@ -30,29 +30,39 @@ DEPTH = 64  # bytes per row of A: the input channels of one step
 AMX, EMULATE = "amx", "emulate"
 
 
-def intrinsic_name(rows: int, cols: int, steps: int, impl: str) -> str:
-    return f"edgec_amx_u8s8s32_{rows}x{cols}x{steps * DEPTH}_{impl}"
+def intrinsic_name(rows: int, cols: int, steps: int, impl: str, step_loop: bool = True) -> str:
+    return f"edgec_amx_u8s8s32_{rows}x{cols}x{steps * DEPTH}{'' if step_loop else '_step'}_{impl}"
 
 
-def tile_config_words(rows: int, cols: int = 16) -> tuple[int, ...]:
+def tile_config_words(rows: int, cols: int = 16, m_tiles: int = 1, n_tiles: int = 1) -> tuple[int, ...]:
     """The 64-byte ``ldtilecfg`` operand as eight little-endian 64-bit words: byte 0 palette 1; bytes 16-47 the
-    16-bit bytes-per-row of tiles 0..15; bytes 48-63 the rows of tiles 0..15 (tile 0 = C, 1 = A, 2 = B)."""
-    assert 1 <= rows <= 16 and cols in COLS
-    colsb = 4 * cols | (DEPTH << 16) | (4 * cols << 32)  # C: cols int32; A: 64 bytes; B: cols × 4 bytes
-    row_counts = rows | (rows << 8) | (DEPTH // 4 << 16)  # C and A: ``rows``; B: 16 rows of 4-deep groups
-    return (1, 0, colsb, 0, 0, 0, row_counts, 0)
+    16-bit bytes-per-row of tiles 0..15; bytes 48-63 the rows of tiles 0..15. Tiles (amx_state.TileGrid): the
+    ``m_tiles·n_tiles`` accumulators C first (``rows`` × cols int32), then ``m_tiles`` A tiles (``rows`` × 64
+    bytes), then ``n_tiles`` B tiles (16 rows of cols × 4 bytes); 3 tiles (C, A, B) for one of each."""
+    accumulators = m_tiles * n_tiles
+    assert 1 <= rows <= 16 and cols in COLS and accumulators + m_tiles + n_tiles <= 8
+    shapes = [(4 * cols, rows)] * accumulators + [(DEPTH, rows)] * m_tiles + [(4 * cols, DEPTH // 4)] * n_tiles
+    raw = bytearray(64)
+    raw[0] = 1
+    for tile, (colsb, tile_rows) in enumerate(shapes):
+        raw[16 + 2 * tile:18 + 2 * tile] = colsb.to_bytes(2, "little")
+        raw[48 + tile] = tile_rows
+    return tuple(int.from_bytes(raw[i:i + 8], "little") for i in range(0, 64, 8))
 
 
-def register_amx_dot(rows: int, cols: int, steps: int, impl: str) -> str:
+def register_amx_dot(rows: int, cols: int, steps: int, impl: str, step_loop: bool = True) -> str:
     """Register (once) the block intrinsic for ``rows`` rows of A and C, ``cols`` columns of C and ``steps``
     64-deep steps (A ``rows × 64·steps``, B ``steps × 16 × cols × 4``), with implementation ``impl`` ("amx" or
-    "emulate"); return its name."""
+    "emulate"); return its name. ``step_loop=False`` (one step): the intrinsic is tensorized inside the
+    kernel's loop over 64-deep steps (which the kernel keeps outside its tile loops, amx_state.TileGrid), so
+    its description has no step loop."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     from edgec.targets.cpu.intrinsics import registered
 
-    name = intrinsic_name(rows, cols, steps, impl)
+    assert step_loop or steps == 1
+    name = intrinsic_name(rows, cols, steps, impl, step_loop)
     if registered(name):
         return name
     depth, groups = steps * DEPTH, DEPTH // 4
@@ -91,6 +101,22 @@ def register_amx_dot(rows: int, cols: int, steps: int, impl: str) -> str:
                     C[vm, vn] = C[vm, vn] + T.cast(A[vm, vf * 4 + vs], "int32") * T.cast(B[0, vf, vn, vs], "int32")
 
     @T.prim_func(s_tir=True)
+    def desc_step(a: T.handle, b: T.handle, c: T.handle) -> None:
+        # Inside the kernel's step loop: no step loop and no step block iter.
+        sa = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (rows, depth), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (steps, groups, cols, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (rows, cols), "int32", offset_factor=1, strides=[sc, 1], scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:rows, 0:cols], A[0:rows, 0:depth], B[0:steps, 0:groups, 0:cols, 0:4])
+            T.writes(C[0:rows, 0:cols])
+            for m, n, f, s in T.grid(rows, cols, groups, 4):
+                with T.sblock("update"):
+                    vm, vn, vf, vs = T.axis.remap("SSRR", [m, n, f, s])
+                    C[vm, vn] = C[vm, vn] + T.cast(A[vm, vf * 4 + vs], "int32") * T.cast(B[0, vf, vn, vs], "int32")
+
+    @T.prim_func(s_tir=True)
     def amx(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int32()
         sc = T.int32()
@@ -123,5 +149,6 @@ def register_amx_dot(rows: int, cols: int, steps: int, impl: str) -> str:
                     C[m, n] = C[m, n] + T.cast(A[m, k], "int32") * T.cast(
                         B[k // DEPTH, k % DEPTH // 4, n, k % 4], "int32")
 
-    TensorIntrin.register(name, desc if steps > 1 else desc_one_step, amx if impl == AMX else emulate)
+    description = desc if steps > 1 else desc_one_step if step_loop else desc_step
+    TensorIntrin.register(name, description, amx if impl == AMX else emulate)
     return name

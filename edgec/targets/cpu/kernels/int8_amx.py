@@ -12,20 +12,21 @@ input, are consecutive in the copy (one row stride for any stride). The weights 
 (oc/16, kh, kw, ic/64, 16, 16, 4) with zero rows for the padded channels: the B tiles of one tap, all its
 64-channel steps, contiguous. Zero channels on both sides add nothing, so the result is the conv's exactly.
 
-Schedule: parallel over (batch, output-channel block, output row), the row in tiles of ``rows`` pixels (the
-largest divisor of the row width up to 16); per tap one call of the tile intrinsic (amx_intrin.py) runs all
-64-channel steps into tile 0, which holds the accumulator across the taps (amx_state.py: configured once per
-task, C loaded before the taps and stored after them); then the tile is written back once through the fused
-int32 epilogue (requantize, bias, ReLU, residual) as every other conv kernel here.
+Schedule: parallel over (batch, output-channel blocks, output rows), the row in tiles of ``rows`` pixels (the
+largest divisor of the row width up to 16). A task keeps a grid of accumulator tiles (:func:`accumulator_grid`:
+2 pixel tiles × 2 channel blocks where the shape allows) for all taps and 64-channel steps: per (tap, step) one
+call of the tile intrinsic (amx_intrin.py) per accumulator, whose A and B tiles the calls of a grid share
+(amx_state.py: configured once per task, the accumulators loaded before the taps and stored after them, each A
+and B tile loaded once per step); then the tiles are written back once through the fused int32 epilogue
+(requantize, bias, ReLU, residual) as every other conv kernel here.
 
 Applies with ``CpuOptions.amx`` (on by default) where the target has ``amx-int8`` and ``amx-tile`` (never by CPU
 name), or with ``CpuOptions.amx_emulate`` (the same kernel with the block as plain loops: how it is checked on a
 host without AMX), to ungrouped uint8 × int8 convs with output channels in blocks of 16 (or 8), at least 64
 input channels (fewer would be mostly zero padding: those stay on the VNNI kernel) and rows of at least MIN_ROWS
 pixels. Speed on an Intel Xeon with AMX, 1 thread (bench/int8_amx.py, per layer against the VNNI kernel):
-3×3 64→64 at 56² 0.85×, 128→128 at 28² 0.50×, 256→256 at 14² 0.43×, stride 2 128→256 0.63×; a 1×1 256→1024
-at 14² 1.04× (one tap: the per-task configuration and the write-back weigh more); whole ResNet-18 int8 0.58×
-(bench/int8_speed.py).
+3×3 64→64 at 56² 0.85×, 128→128 at 28² 0.48×, 256→256 at 14² 0.43×, stride 2 128→256 0.60×, 1×1 256→1024 at 14²
+0.73×; whole ResNet-18 int8 0.56× (bench/int8_speed.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.amx_intrin import AMX, COLS, DEPTH, EMULATE, register_amx_dot
-from edgec.targets.cpu.amx_state import hold_tiles
+from edgec.targets.cpu.amx_state import TileGrid, hold_tiles
 from edgec.targets.cpu.blocked import is_blocked
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.options import CpuOptions
@@ -72,6 +73,18 @@ def applies(call, isa: Isa, options: CpuOptions) -> bool:
     channels = int(data.shape[1]) * int(data.shape[-1])
     return (int(kernel.shape[-1]) in COLS and channels >= MIN_CHANNELS
             and tile_rows(int(out.shape[3])) >= MIN_ROWS)
+
+
+def accumulator_grid(row_tiles: int, out_rows: int, channel_blocks: int) -> tuple[int, bool, int]:
+    """(pixel groups, whether they are output rows rather than tiles of one row, output-channel blocks) of the
+    accumulator tiles a task keeps (amx_state.TileGrid): 2 channel blocks where they are even, and 2 pixel
+    groups — two tiles of a row where the row has an even number of them, else two output rows — so that
+    each A tile serves two B tiles and each B tile two A tiles (4 C + 2 A + 2 B: all 8 tiles)."""
+    if row_tiles % 2 == 0:
+        groups, by_rows = 2, False
+    else:
+        groups, by_rows = (2, True) if out_rows % 2 == 0 else (1, False)
+    return groups, by_rows, (2 if channel_blocks % 2 == 0 else 1)
 
 
 def kernel_tiles(kernel):
@@ -149,10 +162,16 @@ class Int8Conv2dAMX(sched.KernelRule):
         isa = isa_of(target)
         n, occ, oh, ow, ocb, kh, kw, ic_o, ic_f, ic_s = sch.get_loops(conv)
         rows, cols = tile_rows(sched.extent(sch, ow)), sched.extent(sch, ocb)
-        intrinsic = register_amx_dot(rows, cols, sched.extent(sch, ic_o),
-                                     EMULATE if self.options.amx_emulate else AMX)
-        ow_o, ow_i = sch.split(ow, [None, rows])
-        sch.reorder(n, occ, oh, ow_o, kh, kw, ic_o, ow_i, ocb, ic_f, ic_s)
+        m_tiles, by_rows, n_tiles = accumulator_grid(sched.extent(sch, ow) // rows, sched.extent(sch, oh),
+                                                     sched.extent(sch, occ))
+        intrinsic = register_amx_dot(rows, cols, 1, EMULATE if self.options.amx_emulate else AMX, step_loop=False)
+        occ, o = sch.split(occ, [None, n_tiles])
+        if by_rows:
+            oh, t = sch.split(oh, [None, m_tiles])
+            ow_o, ow_i = sch.split(ow, [None, rows])
+        else:
+            ow_o, t, ow_i = sch.split(ow, [None, m_tiles, rows])
+        sch.reorder(n, occ, oh, ow_o, kh, kw, ic_o, o, t, ow_i, ocb, ic_f, ic_s)
         sch.parallel(sch.fuse(n, occ, oh))
         sched.write_back_tile(sch, conv, ow_o, isa.lanes)
         init = sch.decompose_reduction(conv, kh)
@@ -161,5 +180,8 @@ class Int8Conv2dAMX(sched.KernelRule):
         pack = sched.find_block(sch, PACK)
         if pack is not None:
             sched.schedule_elementwise_root(sch, pack, isa.lanes)
-        sch.tensorize(ic_o, intrinsic)
-        return sch if self.options.amx_emulate else hold_tiles(sch, rows, cols)
+        sch.tensorize(ow_i, intrinsic)
+        grid = TileGrid(rows, cols, m_tiles, n_tiles, sch.get(t).loop_var, sch.get(o).loop_var)
+        sch.unroll(o)
+        sch.unroll(t)
+        return sch if self.options.amx_emulate else hold_tiles(sch, grid)

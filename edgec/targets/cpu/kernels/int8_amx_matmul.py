@@ -27,7 +27,7 @@ from tvm.target import Target
 
 from edgec.targets.cpu import sched
 from edgec.targets.cpu.amx_intrin import AMX, DEPTH, EMULATE, register_amx_dot
-from edgec.targets.cpu.amx_state import hold_tiles
+from edgec.targets.cpu.amx_state import TileGrid, hold_tiles
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.kernels.int8_amx import MIN_ROWS, enabled, tile_rows
 from edgec.targets.cpu.options import CpuOptions
@@ -136,4 +136,4 @@ class Int8MatmulAMX(sched.KernelRule):
         if pack is not None:
             sched.schedule_elementwise_root(sch, pack, isa.lanes)
         sch.tensorize(kc, intrinsic)
-        return sch if self.options.amx_emulate else hold_tiles(sch, rows, COLS)
+        return sch if self.options.amx_emulate else hold_tiles(sch, TileGrid(rows, COLS))
