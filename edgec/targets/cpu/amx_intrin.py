@@ -30,8 +30,8 @@ DEPTH = 64  # bytes per row of A: the input channels of one step
 AMX, EMULATE = "amx", "emulate"
 
 
-def intrinsic_name(rows: int, cols: int, steps: int, impl: str, step_loop: bool = True) -> str:
-    return f"edgec_amx_u8s8s32_{rows}x{cols}x{steps * DEPTH}{'' if step_loop else '_step'}_{impl}"
+def intrinsic_name(rows: int, cols: int, steps: int, impl: str) -> str:
+    return f"edgec_amx_u8s8s32_{rows}x{cols}x{steps * DEPTH}_{impl}"
 
 
 def tile_config_words(rows: int, cols: int = 16, m_tiles: int = 1, n_tiles: int = 1) -> tuple[int, ...]:
@@ -50,19 +50,17 @@ def tile_config_words(rows: int, cols: int = 16, m_tiles: int = 1, n_tiles: int 
     return tuple(int.from_bytes(raw[i:i + 8], "little") for i in range(0, 64, 8))
 
 
-def register_amx_dot(rows: int, cols: int, steps: int, impl: str, step_loop: bool = True) -> str:
+def register_amx_dot(rows: int, cols: int, steps: int, impl: str) -> str:
     """Register (once) the block intrinsic for ``rows`` rows of A and C, ``cols`` columns of C and ``steps``
     64-deep steps (A ``rows × 64·steps``, B ``steps × 16 × cols × 4``), with implementation ``impl`` ("amx" or
-    "emulate"); return its name. ``step_loop=False`` (one step): the intrinsic is tensorized inside the
-    kernel's loop over 64-deep steps (which the kernel keeps outside its tile loops, amx_state.TileGrid), so
-    its description has no step loop."""
+    "emulate"); return its name. With one step the description has no step loop: a kernel tensorizes it
+    inside its own loop over steps (the conv keeps that loop outside its grid of tiles, amx_state.TileGrid)."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     from edgec.targets.cpu.intrinsics import registered
 
-    assert step_loop or steps == 1
-    name = intrinsic_name(rows, cols, steps, impl, step_loop)
+    name = intrinsic_name(rows, cols, steps, impl)
     if registered(name):
         return name
     depth, groups = steps * DEPTH, DEPTH // 4
@@ -85,24 +83,9 @@ def register_amx_dot(rows: int, cols: int, steps: int, impl: str, step_loop: boo
                         B[vk, vf, vn, vs], "int32")
 
     @T.prim_func(s_tir=True)
-    def desc_one_step(a: T.handle, b: T.handle, c: T.handle) -> None:
-        # One step: a compute's reduction axis of extent 1 is no block iter (its loop stays, of extent 1).
-        sa = T.int32()
-        sc = T.int32()
-        A = T.match_buffer(a, (rows, depth), "uint8", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (steps, groups, cols, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (rows, cols), "int32", offset_factor=1, strides=[sc, 1], scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:rows, 0:cols], A[0:rows, 0:depth], B[0:steps, 0:groups, 0:cols, 0:4])
-            T.writes(C[0:rows, 0:cols])
-            for k, m, n, f, s in T.grid(1, rows, cols, groups, 4):
-                with T.sblock("update"):
-                    vm, vn, vf, vs = T.axis.remap("SSRR", [m, n, f, s])
-                    C[vm, vn] = C[vm, vn] + T.cast(A[vm, vf * 4 + vs], "int32") * T.cast(B[0, vf, vn, vs], "int32")
-
-    @T.prim_func(s_tir=True)
     def desc_step(a: T.handle, b: T.handle, c: T.handle) -> None:
-        # Inside the kernel's step loop: no step loop and no step block iter.
+        # One step: the kernel tensorizes inside its loop over steps (a compute's reduction axis of extent 1 is
+        # no block iter, so a description with a step loop of extent 1 would not match it).
         sa = T.int32()
         sc = T.int32()
         A = T.match_buffer(a, (rows, depth), "uint8", offset_factor=1, strides=[sa, 1])
@@ -149,6 +132,5 @@ def register_amx_dot(rows: int, cols: int, steps: int, impl: str, step_loop: boo
                     C[m, n] = C[m, n] + T.cast(A[m, k], "int32") * T.cast(
                         B[k // DEPTH, k % DEPTH // 4, n, k % 4], "int32")
 
-    description = desc if steps > 1 else desc_one_step if step_loop else desc_step
-    TensorIntrin.register(name, description, amx if impl == AMX else emulate)
+    TensorIntrin.register(name, desc if steps > 1 else desc_step, amx if impl == AMX else emulate)
     return name

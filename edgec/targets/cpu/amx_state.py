@@ -9,12 +9,11 @@ the scheduled function, where TIR's loops are known:
 * C's ``tileloadd`` before, and ``tilestored`` after, the outermost loop around the calls that touches C
   only through them (a conv's loops over kernel taps): the tile accumulates over all taps and 64-deep steps and
   goes through memory once per tile instead of once per tap. Where no such loop exists (a matmul's single
-  call per tile), around the call itself.
-
+  call per tile), around the call itself;
 * with a :class:`TileGrid` of several accumulators (the conv: 2 pixel groups × 2 output-channel blocks), each
   call's tiles renumbered from the grid loops around it (unrolled, so the numbers are constants): C (o, t),
-  A t, B o. One accumulator chains every ``tdpbusd`` on the one before it; four independent ones keep the tile
-  unit busy while each result is pending (and each A tile serves two B tiles).
+  A t, B o, and each A and B tile loaded only by the first call of the grid that uses it. Measured on a Xeon
+  with AMX (bench/int8_amx.py): a 1×1 256 → 1024 conv at 14² 0.270 → 0.192 ms, 3×3 layers 0-4 % faster.
 
 The schedule primitives cannot place statements, so the kernels' rules call :func:`hold_tiles` on the
 tensorized function at their end (as prefetch.insert does).

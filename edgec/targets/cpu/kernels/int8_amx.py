@@ -164,7 +164,7 @@ class Int8Conv2dAMX(sched.KernelRule):
         rows, cols = tile_rows(sched.extent(sch, ow)), sched.extent(sch, ocb)
         m_tiles, by_rows, n_tiles = accumulator_grid(sched.extent(sch, ow) // rows, sched.extent(sch, oh),
                                                      sched.extent(sch, occ))
-        intrinsic = register_amx_dot(rows, cols, 1, EMULATE if self.options.amx_emulate else AMX, step_loop=False)
+        intrinsic = register_amx_dot(rows, cols, 1, EMULATE if self.options.amx_emulate else AMX)
         occ, o = sch.split(occ, [None, n_tiles])
         if by_rows:
             oh, t = sch.split(oh, [None, m_tiles])

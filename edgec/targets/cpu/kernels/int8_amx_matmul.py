@@ -123,7 +123,8 @@ class Int8MatmulAMX(sched.KernelRule):
         isa = isa_of(target)
         *batch, m, n, kc, kf, ks = sch.get_loops(block)
         rows = tile_rows(sched.extent(sch, m))
-        intrinsic = register_amx_dot(rows, COLS, sched.extent(sch, kc), EMULATE if self.options.amx_emulate else AMX)
+        steps = sched.extent(sch, kc)
+        intrinsic = register_amx_dot(rows, COLS, steps, EMULATE if self.options.amx_emulate else AMX)
         m_o, m_i = sch.split(m, [None, rows])
         n_o, n_i = sch.split(n, [None, COLS])
         sch.reorder(*batch, m_o, n_o, kc, m_i, n_i, kf, ks)
@@ -135,5 +136,5 @@ class Int8MatmulAMX(sched.KernelRule):
         pack = sched.find_block(sch, PACK)
         if pack is not None:
             sched.schedule_elementwise_root(sch, pack, isa.lanes)
-        sch.tensorize(kc, intrinsic)
+        sch.tensorize(kc if steps > 1 else m_i, intrinsic)  # one step: inside the step loop (amx_intrin.py)
         return sch if self.options.amx_emulate else hold_tiles(sch, TileGrid(rows, COLS))
