@@ -227,6 +227,12 @@ def compile_cpu(model: onnx.ModelProto, preset: TargetPreset, options: CpuOption
     executable = relax.build(mod, target=target, relax_pipeline=pipeline,
                              tir_pipeline=stack_alloc.register(bounds_check=options.bounds_check),
                              exec_mode=options.exec_mode)
+    if options.amx and isa_of(target).amx_int8:
+        # A process that builds AMX kernels may run them in place (verify, benches, tests): Linux kills it at
+        # the first tile instruction unless it asked for the tile state (a no-op on a CPU without AMX).
+        from edgec.devices.device_main import request_amx_permission
+
+        request_amx_permission()
     return executable, report
 
 

@@ -37,8 +37,8 @@ class CpuOptions:
       out-of-bounds read raises instead of reading memory. Slow; for tests and debugging.
     - ``amx``: int8 convs and matmuls on AMX tiles (kernels/int8_amx.py, int8_amx_matmul.py) where the target has
       AMX (never by CPU name). On by default since the tile state is held across a conv's taps (amx_state.py):
-      on an Intel Xeon with AMX (1 thread, bench/int8_speed.py) ResNet-18 int8 took 4.19 ms with them, 7.44 ms
-      with the VNNI kernels (onnxruntime int8 10.16 ms), outputs equal; before, calls that configured the tiles
+      on an Intel Xeon with AMX (1 thread, bench/int8_speed.py) ResNet-18 int8 took 3.53 ms with them, 7.60 ms
+      with the VNNI kernels (onnxruntime int8 10.66 ms), outputs equal; before, calls that configured the tiles
       and moved C through memory per tap made them 1.68× slower than VNNI. Off: AMX CPUs get the VNNI kernels.
     - ``amx_emulate``: the AMX int8 conv kernel (kernels/int8_amx.py) with its tile block computed by plain loops
       of the same intrinsic description, on any target: how its tiling, packing and epilogue are checked on a

@@ -25,8 +25,8 @@ name), or with ``CpuOptions.amx_emulate`` (the same kernel with the block as pla
 host without AMX), to ungrouped uint8 × int8 convs with output channels in blocks of 16 (or 8), at least 64
 input channels (fewer would be mostly zero padding: those stay on the VNNI kernel) and rows of at least MIN_ROWS
 pixels. Speed on an Intel Xeon with AMX, 1 thread (bench/int8_amx.py, per layer against the VNNI kernel):
-3×3 64→64 at 56² 0.85×, 128→128 at 28² 0.48×, 256→256 at 14² 0.43×, stride 2 128→256 0.60×, 1×1 256→1024 at 14²
-0.73×; whole ResNet-18 int8 0.56× (bench/int8_speed.py).
+3×3 64→64 at 56² 0.57×, 128→128 at 28² 0.48×, 256→256 at 14² 0.43×, stride 2 128→256 0.60×, 1×1 256→1024 at 14²
+0.72×; whole ResNet-18 int8 0.46× (bench/int8_speed.py).
 """
 
 from __future__ import annotations
@@ -122,11 +122,13 @@ def conv_amx(data, kernel, strides, padding, dilation, out_dtype: str):
     phase_w = -(-padded_w // s_w)
 
     def pack(b, y, p, q, ch):
+        # clamped reads (the select never reads outside ``data``), the channel clamped by whole blocks only, so
+        # that a vector of one block's channels is one contiguous load (:func:`schedule_pack`)
         iy, ix = y - top, q * s_w + p - left
         inside = tirx.all(ch < channels, iy >= 0, iy < height, ix >= 0, ix < width)
-        ch_, iy_, ix_ = (tirx.min(tirx.max(v, 0), hi) for v, hi in ((ch, channels - 1), (iy, height - 1),
-                                                                    (ix, width - 1)))
-        return tirx.if_then_else(inside, data[b, ch_ // ic_bn, iy_, ix_, ch_ % ic_bn], tirx.const(0, "uint8"))
+        block = tirx.min(ch // ic_bn, ic_chunks - 1)
+        iy_, ix_ = (tirx.min(tirx.max(v, 0), hi) for v, hi in ((iy, height - 1), (ix, width - 1)))
+        return tirx.if_then_else(inside, data[b, block, iy_, ix_, ch % ic_bn], tirx.const(0, "uint8"))
 
     packed = te.compute((n, padded_h, s_w, phase_w, steps * DEPTH), pack, name=PACK)
     ry = te.reduce_axis((0, k_h), name="kh")
@@ -149,6 +151,18 @@ def legalize(bb, call, isa: Isa, options: CpuOptions):
     kernel = bb.emit_te(kernel_tiles, call.args[1], primfunc_name_hint="amx_kernel_repack")
     return bb.call_te(conv_amx, call.args[0], kernel, list(attrs.strides), list(attrs.padding),
                       list(attrs.dilation), str(attrs.out_dtype or "int32"), primfunc_name_hint=BLOCK)
+
+
+def schedule_pack(sch: s_tir.Schedule, pack) -> None:
+    """The input copy: parallel over (batch, padded row), each pixel's channels in vectors of one input block
+    (contiguous bytes of ``data``). Vectors of the copy's 64 channels would span blocks that lie a plane apart
+    in the blocked input, which LLVM gathers byte by byte: that copy took more than half of the 64 → 64 conv at
+    56² (the kernel 0.242 → 0.108 ms on a Xeon with AMX, bench/profile_cpu.py)."""
+    data = sch.get(pack).reads[0].source
+    b, y, _, _, ch = sch.get_loops(pack)
+    sch.parallel(sch.fuse(b, y))
+    _, lanes = sch.split(ch, [None, int(data.shape[-1])])
+    sch.vectorize(lanes)
 
 
 class Int8Conv2dAMX(sched.KernelRule):
@@ -179,7 +193,7 @@ class Int8Conv2dAMX(sched.KernelRule):
         sch.vectorize(init_loops[-1])
         pack = sched.find_block(sch, PACK)
         if pack is not None:
-            sched.schedule_elementwise_root(sch, pack, isa.lanes)
+            schedule_pack(sch, pack)
         sch.tensorize(ow_i, intrinsic)
         grid = TileGrid(rows, cols, m_tiles, n_tiles, sch.get(t).loop_var, sch.get(o).loop_var)
         sch.unroll(o)
