@@ -32,6 +32,7 @@ CASES = {
     "conv1x1_128to32": ("conv", 128, 32, 8, 1, 1, 0),
     "conv3x3_72to48_28wide": ("conv", 72, 48, 28, 3, 1, 1),
     "conv3x3_64to64_28wide": ("conv", 64, 64, 28, 3, 1, 1),  # the full 2 × 2 grid of accumulators (amx_state)
+    "conv3x3_128to64_14": ("conv", 128, 64, 14, 3, 1, 1),  # one-tile rows: the grid's pixel groups are two rows
     "gemm_64to48": ("gemm", 64, 48, 0, 0, 1, 0),
     "matmul_100to32": ("matmul", 100, 32, 0, 0, 1, 0),
 }
@@ -264,22 +265,26 @@ def _host_has_amx() -> bool:
 
 @pytest.mark.skipif(not _host_has_amx(), reason="this host has no AMX (amx_int8 and amx_tile in /proc/cpuinfo): "
                                                 "the real AMX kernels are checked by their assembly only")
-@pytest.mark.parametrize("layer", ["conv", "conv_rows", "gemm"])
+@pytest.mark.parametrize("layer", ["conv", "conv_rows", "conv_two_rows", "gemm"])
 def test_real_amx_kernel_on_an_amx_host(stride2_model, gemm_model, layer):
     """The real tile instructions, built for this host, equal the numpy integer reference: a stride-2 conv (2
     accumulators: its 2 output-channel blocks), a stride-1 64 → 64 conv on the full 2 × 2 grid of accumulators
     (two 14-pixel tiles of its 28-wide rows × two channel blocks: all 8 tiles; configured per parallel task and
-    held across the taps, amx_state.py), a Gemm."""
+    held across the taps, amx_state.py), a 128 → 64 conv at 14² whose one-tile rows pair up as two output rows
+    of the grid, a Gemm."""
     from edgec.devices.device_main import request_amx_permission
 
     assert request_amx_permission(), "Linux refused the AMX tile-data state (arch_prctl ARCH_REQ_XCOMP_PERM)"
-    stride, pad = (2, 1) if layer == "conv" else (1, 1) if layer == "conv_rows" else (1, 0)
+    stride, pad = (2, 1) if layer == "conv" else (1, 0) if layer == "gemm" else (1, 1)
     if layer == "conv":
         model = qdq_layer(cin=96, cout=32, hw=14, k=3, stride=2, pad=1, zx=37)
         built, shape = stride2_model, [1, 96, 14, 14]
     elif layer == "conv_rows":
         model = qdq_layer(cin=64, cout=64, hw=28, k=3, stride=1, pad=1, zx=37)
         built, shape = _canonical(model), [1, 64, 28, 28]
+    elif layer == "conv_two_rows":
+        model = qdq_layer(cin=128, cout=64, hw=14, k=3, stride=1, pad=1, zx=37)
+        built, shape = _canonical(model), [1, 128, 14, 14]
     else:
         model, built, shape = qdq_layer(kind="gemm", cin=128, cout=32, zx=11), gemm_model, [4, 128]
     executable, functions = _build(built, "x86", emulate=False)
