@@ -35,7 +35,7 @@ _LOAD, _STORE = "llvm.x86.tileloadd64", "llvm.x86.tilestored64"
 class TileGrid:
     """The accumulators a kernel keeps: ``m_tiles`` groups of ``rows`` rows (A tiles) × ``n_tiles`` column blocks
     of ``cols`` (B tiles), the tile calls inside (unrolled) loops ``t_loop`` (over the A tiles) and ``o_loop``
-    (over the B tiles), None where a count is 1. Tile numbers: C (o, t) = o·m_tiles + t, then the A tiles,
+    (over the B tiles), None where the kernel has no such loop (a loop of extent 1 may stand). Tile numbers: C (o, t) = o·m_tiles + t, then the A tiles,
     then the B tiles (amx_intrin.tile_config_words)."""
 
     rows: int
