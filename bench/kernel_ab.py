@@ -20,9 +20,12 @@ build is given (edgec/targets/cpu/options.py); the default build has them all on
                   (CpuOptions.dw_pointwise_min_bytes; efficientnet)
     dw-tile       "off" is the old 28-column depthwise register tile, "on" at most 8 (CpuOptions.dw_row_tile;
                   mobilenet_v2)
+    tile-reserve  "off" gives every direct conv the largest register tile, "on" keeps 4 registers free where the
+                  reduction is short (CpuOptions.short_reduction, kernels/direct.tile_reserve; mobilenet_v2)
     padded-f4     Winograd F(4,3) over padded tiles on 14×14 maps with 8-channel blocks (kernels/winograd; the pruned
                   embedded model, as for spatial)
 
+``--values OFF,ON`` compares two other values of the switch's field (a threshold's, say).
 Add --profile to also print, per fused kernel, its time in each build (bench/profile_cpu.py's per-kernel timing).
 """
 
@@ -48,6 +51,7 @@ SWITCHES = {  # name: (CpuOptions field, default model[, (value off, value on)])
     "k-split": ("k_split", "mobilenet_v2"),
     "small-pairs": ("dw_pointwise_min_bytes", "efficientnet", (0, None)),
     "dw-tile": ("dw_row_tile", "mobilenet_v2", (28, 8)),
+    "tile-reserve": ("short_reduction", "mobilenet_v2", (0, 64)),
     "padded-f4": ("padded_f4_min_width", PRUNED_EMBEDDED, (1 << 30, 14)),
 }
 
@@ -76,9 +80,15 @@ def main() -> None:
     ap.add_argument("model", nargs="?", default=None)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--profile", action="store_true", help="also time each fused kernel alone in both builds")
+    ap.add_argument("--values", metavar="OFF,ON", help="the field's two values instead of the switch's own, read as "
+                    "`--cpu-option` reads them (e.g. small-pairs --values 1048576,none)")
     a = ap.parse_args()
     field, default_model, *values = SWITCHES[a.switch]
     off_value, on_value = values[0] if values else (False, True)
+    if a.values:
+        off_text, _, on_text = a.values.partition(",")
+        off_value, on_value = (getattr(CpuOptions().with_settings([f"{field}={text}"]), field)
+                               for text in (off_text, on_text))
     path = _model_path(a.model or default_model)
     runs, profiles = {}, {}
     for label, value in (("off", off_value), ("on", on_value)):

@@ -98,6 +98,8 @@ CONV_CASES = {
     "seven_blocks_tail": dict(n=2, cin=40, cout=112, hw=13, k=3, stride=2, act="relu"),
     # > 4 M MACs on a 14-wide output: the padding comes from a copy (smaller convs read it bounds-checked)
     "stride2_padded_copy": dict(n=1, cin=64, cout=128, hw=28, k=3, stride=2, pads=[1, 1, 2, 2], act="relu"),
+    # 27 products per output: a short reduction, the tile keeps 4 registers free (direct.tile_reserve)
+    "stem_3x3_short_reduction": dict(n=2, cin=3, cout=48, hw=34, k=3, stride=2, act="relu"),
 }
 
 
@@ -296,6 +298,27 @@ def test_register_tile_fits_the_register_file():
     # 16 registers (AVX2): enough accumulators to hide the FMA latency, then the most FMAs per load
     assert register_tile(56, 18, 1, 16) == (4, 3)  # not 14x1: one broadcast load per FMA
     assert register_tile(7, 120, 1, 16) == (7, 1)
+
+
+def test_short_reductions_leave_registers_for_the_epilogue():
+    """On 32-register targets a direct conv reducing over few products per output (a 3-channel stem, a 1×1 conv
+    from 16 channels) takes a tile that leaves sched.EPILOGUE_RESERVE registers free (8 × 2, 8 × 3 rather than
+    the 31-register 14 × 2); long reductions and 16-register targets keep theirs; short_reduction=0 turns it off."""
+    from edgec.targets.cpu.kernels.direct import tile_reserve
+    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.cpu.sched import EPILOGUE_RESERVE, pixel_tile
+
+    options = CpuOptions()
+    assert tile_reserve(27, 32, options) == tile_reserve(64, 32, options) == EPILOGUE_RESERVE == 4
+    assert tile_reserve(65, 32, options) == tile_reserve(27, 16, options) == 0
+    assert tile_reserve(27, 32, options.replace(short_reduction=0)) == 0
+    assert pixel_tile(1, 112, 2, 1, 32) == (1, 14, 2)                 # 28 + 2 + 1 = 31 registers
+    assert pixel_tile(1, 112, 2, 1, 32, reserve=4) == (1, 8, 2)       # the 3 -> 32 stem at 112 wide
+    assert pixel_tile(1, 112, 6, 1, 32, reserve=4) == (1, 8, 3)       # 16 -> 96 1x1 at 112x112
+    for width in (7, 14, 28, 56, 112):
+        for chunks in (1, 2, 6, 9):
+            rows, cols, blocks = pixel_tile(1, width, chunks, 1, 32, reserve=4)
+            assert cols * blocks + blocks + 1 + 4 <= 32
 
 
 def test_pixel_tile_on_16_registers():
@@ -501,6 +524,11 @@ def test_only_pairs_with_a_large_intermediate_are_fused(tmp_path):
     from edgec.targets.cpu.options import FALLBACK_L2, CpuOptions
 
     assert CpuOptions().pair_min_bytes() == FALLBACK_L2 == 1 << 20
+    # A host's L2 sets it up to 1 MiB: a 2 MiB L2 (Intel Xeon) fuses from 1 MiB as a 1 MiB one does, 512 KiB
+    # (Zen 3) from its own size; the option overrides both.
+    assert CpuOptions().pair_min_bytes(2 << 20) == CpuOptions().pair_min_bytes(1 << 20) == 1 << 20
+    assert CpuOptions().pair_min_bytes(512 << 10) == 512 << 10
+    assert CpuOptions(dw_pointwise_min_bytes=3 << 20).pair_min_bytes(2 << 20) == 3 << 20
     for hw, fused in ((14, False), (96, True)):
         (tmp_path / str(hw)).mkdir()
         _check(dw_pw_model(c=32, cout=32, hw=hw), tmp_path / str(hw), None)

@@ -22,13 +22,17 @@ class CpuOptions:
     - ``widen``: convs with half-vector output blocks computed in full vectors (kernels/widened.py).
     - ``spatial``: convs with fewer outputs than lanes vectorized along rows (kernels/spatial.py).
     - ``dw_pointwise``: depthwise → 1×1 pairs as one kernel when the depthwise output is at least
-      ``dw_pointwise_min_bytes`` (None: the target's L2 size, 1 MiB where unknown; kernels/dw_pointwise.py).
+      ``dw_pointwise_min_bytes`` (None: the target's L2 size up to 1 MiB, 1 MiB where unknown;
+      kernels/dw_pointwise.py).
     - ``k_split``: the direct conv reduces over chunks of input channels where its tile's weights outgrow L1
       (kernels/direct.k_split_tile; 16-register targets).
     - ``prefetch``: the direct conv asks for the next tile's weights when they are ≥ ``prefetch_min_bytes``.
     - ``gemv``: batch-1 matmuls read their weights in storage order (kernels/matmul.py).
     - ``int8_matmul_vnni``: int8 matmuls with constant weights as vpdpbusd blocks on VNNI targets
       (kernels/int8_matmul_vnni.py); off: the generic matmul rule (the A/B of bench/int8_matmul.py).
+    - ``short_reduction``: on 32-register targets a direct conv reducing over at most this many products per
+      output (input channels × window) keeps 4 vector registers free of its register tile, for the epilogue
+      (kernels/direct.tile_reserve); 0: never.
     - ``dw_row_tile``: most output vectors a depthwise tile accumulates along a row (kernels/depthwise.py).
     - ``padded_f4_min_width``: maps that do not divide into 4×4 tiles take F(4,3) from this width.
     - ``small_conv_macs``: up to this many MACs a conv reads its padding bounds-checked (sched.inline_padding).
@@ -55,6 +59,7 @@ class CpuOptions:
     prefetch_min_bytes: int = 64 * 1024
     gemv: bool = True
     int8_matmul_vnni: bool = True
+    short_reduction: int = 64
     dw_row_tile: int = 8
     padded_f4_min_width: int = 14
     small_conv_macs: int = 4_000_000
@@ -83,10 +88,18 @@ class CpuOptions:
 
     def pair_min_bytes(self, l2: int | None = None) -> int:
         """The depthwise → 1×1 fusion threshold: the option, else the target's L2 size ``l2`` (build.target_l2:
-        this host's for a host preset), else 1 MiB, the L2 it was measured against."""
+        this host's for a host preset) capped at 1 MiB, else 1 MiB.
+
+        Why capped: the crossover was measured on a 1 MiB-L2 core (Zen 5: pairs up to 753 KB of depthwise output
+        faster apart, from 1.2 MB faster fused). On a 2 MiB-L2 Intel Xeon the uncapped threshold left the
+        1.2–1.8 MB pairs of MobileNetV2 / EfficientNet-Lite0 apart, and fused they ran the whole model 3–4 %
+        faster (bench/kernel_ab.py small-pairs --values 0,none; 1 thread, interleaved): the depthwise input
+        (the expanded 6× activation) and its output together outgrow that L2 too. There, fusing every pair or
+        only those ≥ 256 KiB or ≥ 1 MiB timed the same (--values 0,262144 and 0,1048576). A smaller L2 (Zen 3's
+        512 KiB) keeps its own size."""
         if self.dw_pointwise_min_bytes is not None:
             return self.dw_pointwise_min_bytes
-        return l2 if l2 is not None else FALLBACK_L2
+        return min(l2, FALLBACK_L2) if l2 is not None else FALLBACK_L2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -44,11 +44,13 @@ def register_tile(width: int, oc_chunks: int, vec_per_block: int, registers: int
     return reg_n, oc_tile
 
 
+EPILOGUE_RESERVE = 4  # registers a short reduction's tile leaves free on 32-register targets (direct.tile_reserve)
+
 L1_BYTES = 32 * 1024  # per-core L1 data cache assumed for the register tile's weight slice (x86 cores: 32–48 KB)
 
 
 def pixel_tile(height: int, width: int, oc_chunks: int, vec_per_block: int, registers: int,
-               partial: bool = True, block_weight_bytes: int | None = None) -> tuple[int, int, int]:
+               partial: bool = True, block_weight_bytes: int | None = None, reserve: int = 0) -> tuple[int, int, int]:
     """(rows, columns, channel blocks) of the conv register tile: :func:`register_tile`'s choice, its pixels
     taken from up to four output rows where that scores higher (a strictly better key; ties keep one row), ties
     between equal scores going to more pixels (fewer weight vectors per FMA). With ``block_weight_bytes`` (one
@@ -72,11 +74,14 @@ def pixel_tile(height: int, width: int, oc_chunks: int, vec_per_block: int, regi
     ran at 43 with 13 × 1 and 64–76 with tails. The score costs 320 → 1280 at 7×7 a little (4 × 2 with a tail 76,
     7 × 1 78).
     Only for 16-register targets: with 32 registers a row already holds the tile (7 × 3 at width 7), and the
-    tiles that would score higher there are unmeasured."""
+    tiles that would score higher there are unmeasured.
+
+    ``reserve``: registers the tile leaves free besides its weights and broadcast (for the epilogue's bias
+    vectors and clamp bounds; :data:`EPILOGUE_RESERVE`, taken by the direct conv for short reductions)."""
     small = registers < 32
     row_choices = [r for r in range(1, min(height, 4) + 1) if height % r == 0] if small else [1]
     best = _best_tile(row_choices, [d for d in range(1, min(width, 16) + 1) if width % d == 0],
-                      width, oc_chunks, vec_per_block, registers, partial)
+                      width, oc_chunks, vec_per_block, registers, partial, reserve=reserve)
     if not small or block_weight_bytes is None or best[2] > 1:
         return best  # a tail only for rows whose whole-row tiles hold one channel block (7 × 1)
     long_row = best[0] * best[1] > registers // 2  # one broadcast per FMA along more pixels than the latency needs
@@ -109,7 +114,7 @@ def latency_hidden(rows: int, cols: int, oc_tile: int, width: int, oc_chunks: in
 
 
 def _best_tile(row_choices: list[int], col_choices: list[int], width: int, oc_chunks: int, vec_per_block: int,
-               registers: int, partial: bool, max_oc: int = 8) -> tuple[int, int, int]:
+               registers: int, partial: bool, max_oc: int = 8, reserve: int = 0) -> tuple[int, int, int]:
     """The best-scoring (rows, columns, channel blocks) of those given: with 32 registers the most busy
     accumulators, then FMAs per load; with 16, busy accumulators up to ``registers // 2`` (the FMA latency
     hidden), then FMAs per load, then busy accumulators, then pixels."""
@@ -122,7 +127,7 @@ def _best_tile(row_choices: list[int], col_choices: list[int], width: int, oc_ch
                 continue
             for oc_tile in (d for d in range(1, min(oc_chunks, max_oc) + 1) if partial or oc_chunks % d == 0):
                 acc, weights = pixels * oc_tile * vec_per_block, oc_tile * vec_per_block
-                if acc + weights + 1 > registers:
+                if acc + weights + 1 + reserve > registers:
                     continue
                 busy = (acc * oc_chunks / (math.ceil(oc_chunks / oc_tile) * oc_tile)
                         * width / (math.ceil(width / cols) * cols))

@@ -67,8 +67,10 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, options: CpuOp
     height = 1 if reg_n or oc_tile else sched.extent(sch, oh)
     chunks = sched.extent(sch, occ)
     block_bytes = None if reg_n or oc_tile else (buffer_bytes(kernel) or 0) // int(kernel.shape[0])
+    reduction = sched.extent(sch, ic) * sched.extent(sch, kh) * sched.extent(sch, kw)
     tile_rows, cols, blocks = sched.pixel_tile(height, ow_size, chunks, vec_per_block, isa.vector_registers,
-                                               block_weight_bytes=block_bytes)
+                                               block_weight_bytes=block_bytes,
+                                               reserve=tile_reserve(reduction, isa.vector_registers, options))
     k_chunk = None
     if options.k_split and not rows_outer and block_bytes:
         k_tile, k_chunk = k_split_tile(height, ow_size, chunks, oc_bn, vec_per_block, isa.vector_registers,
@@ -115,6 +117,23 @@ def schedule_conv_tile(sch: s_tir.Schedule, conv, target: Target, options: CpuOp
     sched.schedule_padding(sch, conv, lanes, inline=inline_pad)
     return outer, prefetch.plan_next_tile(sch, kernel, outer, occ_o, ic_o, kh, kw, ic_i, oc_tile, rows,
                                           rows_outer, options)
+
+
+def tile_reserve(reduction: int, registers: int, options: CpuOptions) -> int:
+    """Vector registers the register tile leaves free (sched.pixel_tile's ``reserve``): :data:`sched.EPILOGUE_RESERVE`
+    on 32-register targets for a reduction of at most ``options.short_reduction`` products per output, else 0.
+
+    Why: with 32 registers the rule's tile is 14 columns × 2 blocks (28 accumulators + 2 weight vectors + one
+    broadcast: 31), and its write-back needs the bias vectors and a ReLU6's two bounds on top. Over a long
+    reduction that costs nothing measurable, over a short one it is a large share of the tile's time. On an
+    Intel Xeon (AVX-512, 1 thread, bench/conv_tiles.py, two runs each) 14 × 2 against 8 × 2 / 8 × 3: the 3 → 32
+    3×3 stride-2 stem with ReLU6 (27 products per output) 84–94 against 120–122 GFLOP/s, 16 → 96 1×1 at 112×112
+    with ReLU6 126–130 against 139–147 (without the ReLU6 144 against 152), 64 → 96 1×1 at 112×112 158 against
+    164; with 64 or more input channels at 14–28 wide (96 → 576, 576 → 96, 64 → 384, 32 → 192) the tiles were
+    within ±3 % of each other, so long reductions keep the larger tile."""
+    if registers < 32 or reduction > options.short_reduction:
+        return 0
+    return sched.EPILOGUE_RESERVE
 
 
 MIN_PARALLEL_TILES = 8  # a conv reducing over input-channel chunks runs in parallel over its channel-block tiles only
