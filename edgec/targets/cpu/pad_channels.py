@@ -10,7 +10,11 @@ map (narrower than that kernel's rows) ran as TVM's generic conv at 2 GFLOP/s, 4
 
 A depthwise conv with such a count (BlazeFace's 42-channel stride-2 depthwise, after its channel-padding blocks)
 fell to TVM's generic grouped conv the same way: 59 µs for 42 × 16² outputs, 5 % of the face detector. Its input
-channels are padded with zeros as well (one small copy), so it runs as a blocked depthwise of 48 channels."""
+channels are padded with zeros as well (one small copy), so it runs as a blocked depthwise of 48 channels.
+
+8-bit convs too (ungrouped): the VNNI/AMX/AVX2 int8 kernels take whole blocks only, and PP-OCRv4's text detector
+quantized had two such 1×1 convs (192 → 42 at 20×20, 96 → 18 at 40×40) left in NCHW on TVM's generic int8 conv
+at 3 GFLOP/s: 4.6 ms of its 18.6 ms of kernels (1 thread, Intel Xeon)."""
 
 from __future__ import annotations
 
@@ -31,18 +35,26 @@ def is_depthwise(call) -> bool:
 
 def needs_padding(call, isa: Isa, options: CpuOptions) -> bool:
     """A float NCHW conv2d, ungrouped or depthwise, whose output channels block into fewer than ``MIN_BLOCK`` per
-    vector: at least ``lanes`` of them, or fewer that the row-vectorized kernel does not take."""
+    vector: at least ``lanes`` of them, or fewer that the row-vectorized kernel does not take; an ungrouped 8-bit
+    conv with any such count."""
     if getattr(call.op, "name", None) != "relax.nn.conv2d":
         return False
     a = call.attrs
     if a.data_layout != "NCHW" or a.kernel_layout != "OIHW" or (int(a.groups) != 1 and not is_depthwise(call)):
         return False
-    if "float" not in str(call.args[0].ty.dtype) or "float" not in str(call.args[1].ty.dtype):
-        return False
     cout = int(call.args[1].ty.shape[0])
     if block(cout, isa.lanes) >= MIN_BLOCK:
         return False
+    if is_integer(call):  # the int8 kernels take whole blocks only; no row-vectorized int8 kernel
+        return int(a.groups) == 1
+    if "float" not in str(call.args[0].ty.dtype) or "float" not in str(call.args[1].ty.dtype):
+        return False
     return cout >= isa.lanes or (int(a.groups) == 1 and not spatial.applies(call, isa, options))
+
+
+def is_integer(call) -> bool:
+    """An 8-bit conv (u8/i8 activations × i8 weights, as QDQ lowering leaves it)."""
+    return str(call.args[0].ty.dtype) in ("uint8", "int8") and str(call.args[1].ty.dtype) == "int8"
 
 
 def pad_output_channels_pass(isa: Isa, options: CpuOptions):

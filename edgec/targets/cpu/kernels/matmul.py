@@ -79,7 +79,7 @@ class Matmul(sched.KernelRule):
         wb = sch.get_loops(cache)[-1]
         sched.vectorize_innermost(sch, wb, lanes, max_whole=lanes)
         for other in leftover:
-            sched.schedule_elementwise_root(sch, other, lanes)
+            sched.schedule_leftover(sch, other, lanes)
         sch.vectorize(n_i)
         sch.unroll(k_i)
         init = sch.decompose_reduction(block, k_o)

@@ -170,7 +170,7 @@ class SpatialConv2d(sched.KernelRule):
         sched.vectorize_innermost(sch, o_loops[-1], lanes, max_whole=4 * lanes)
         _schedule_pad(sch, pad, lanes)
         for other in leftover:
-            sched.schedule_elementwise_root(sch, other, lanes)
+            sched.schedule_leftover(sch, other, lanes)
         return sch
 
 

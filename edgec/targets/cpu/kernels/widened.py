@@ -120,5 +120,5 @@ def schedule_widened(sch: s_tir.Schedule, conv, narrow, target: Target, options:
     sched.finish_reduction(sch, conv, ic_o, ocb, [ow, occ], init_unroll=2)
     sched.schedule_padding(sch, conv, lanes, inline=inline_pad)
     for other in leftover:
-        sched.schedule_elementwise_root(sch, other, lanes)
+        sched.schedule_leftover(sch, other, lanes)
     return row

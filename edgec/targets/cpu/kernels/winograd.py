@@ -254,7 +254,7 @@ class WinogradNCHWc(sched.KernelRule):
         *_, c, xx, ob = sch.get_loops(y_rows)
         _unroll_vectorize(sch, [c, xx], ob)
         for other in leftover:
-            sched.schedule_elementwise_root(sch, other, lanes)
+            sched.schedule_leftover(sch, other, lanes)
         return sch
 
 
