@@ -92,3 +92,42 @@ def test_blocked_layout_neighbours_match_onnxruntime(tmp_path, target, name, bui
     result = do_compile(path, target=runnable_preset(target), output=tmp_path / "out", verify=True)
     assert result.verification.passed, (name, result.verification.summary())
     assert result.verification.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize("shape, block", [((1, 48, 5, 7), 16), ((2, 24, 3, 6), 8), ((1, 32, 1, 1), 16)])
+def test_blocking_copy_iterates_in_blocked_order(shape, block):
+    """NCHW → NCHW[k]c as TVM legalizes it (one block over the input's shape) is taken by kernels/blocking_copy:
+    the channel block vectorized (a contiguous store) inside the blocked loops; the copy equals numpy's. The
+    other direction is not this rule's (kernels/window keeps it)."""
+    import tvm
+    from tvm import relax
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.kernels.blocking_copy import BlockingCopy
+    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.cpu.stack_alloc import register
+
+    n, c, h, w = shape
+    target = resolve_target(runnable_preset("x86:avx512")).tvm_target()
+
+    def legalized(src_shape, index_map):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(src_shape, "float32"))
+        with bb.function("main", [x]):
+            bb.emit_func_output(bb.emit(relax.op.layout_transform(x, index_map)))
+        mod = relax.transform.LegalizeOps()(bb.get())
+        return next(f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+    to_blocked = legalized(shape, lambda a, b, y, z: (a, b // block, y, z, b % block))
+    sch = BlockingCopy(CpuOptions()).apply(to_blocked, target, False)
+    assert sch is not None
+    text = sch.mod["main"].script()
+    assert f"T.vectorized(T.int64({block}))" in text and "T.parallel" in text, text
+    lib = tvm.tirx.build(sch.mod["main"].with_attr("global_symbol", "main"), target=target, pipeline=register())
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((n, c // block, h, w, block), np.float32))
+    lib["main"](tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2))
+
+    from_blocked = legalized((n, c // block, h, w, block), lambda a, b, y, z, v: (a, b * block + v, y, z))
+    assert BlockingCopy(CpuOptions()).apply(from_blocked, target, False) is None

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from edgec.targets.cpu.kernels import (depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul, int8_avx2,
-                                       int8_matmul_vnni, int8_neon_dot, int8_vnni, matmul, spatial, widened, window, winograd)
+from edgec.targets.cpu.kernels import (blocking_copy, depthwise, direct, dw_pointwise, int8_amx, int8_amx_matmul,
+                                       int8_avx2, int8_matmul_vnni, int8_neon_dot, int8_vnni, matmul, spatial, widened,
+                                       window, winograd)
 from edgec.targets.cpu.options import CpuOptions
 
 
@@ -41,6 +42,7 @@ KERNELS: tuple[Kernel, ...] = (
     Kernel("int8_amx_matmul", int8_amx_matmul.Int8MatmulAMX),  # legalized by build.fusion_passes (relax.matmul)
     Kernel("int8_matmul_vnni", int8_matmul_vnni.Int8MatmulVNNI),
     Kernel("matmul", matmul.Matmul),
+    Kernel("blocking_copy", blocking_copy.BlockingCopy),  # NCHW → NCHW[k]c in the blocked order (before window)
     Kernel("window", window.SpatialWindow),
 )
 
