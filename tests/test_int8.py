@@ -95,6 +95,8 @@ CASES = {
     "conv3x3_no_relu_zy128": dict(kind="conv", relu=False, zx=5),
     "conv3x3_stride2_32ch": dict(kind="conv", relu=True, zx=0, cin=32, cout=32, hw=14, stride=2),
     "conv1x1_64ch": dict(kind="conv", relu=True, zx=20, cin=64, cout=64, k=1, pad=0),
+    # 24 outputs: 8-channel blocks (vpdpbusd on ymm where AVX512-VL encodes it, kernels/int8_vnni.block_lanes)
+    "conv3x3_24ch": dict(kind="conv", relu=True, zx=9, cin=16, cout=24, hw=10),
     "gemm_relu": dict(kind="gemm", relu=True, zx=11, cin=64, cout=48),
     "matmul": dict(kind="matmul", relu=False, zx=3, cin=32, cout=16),
 }

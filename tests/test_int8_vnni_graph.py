@@ -77,3 +77,51 @@ def _calls(func):
 
     relax.analysis.post_order_visit(func, visit)
     return found
+
+
+def _focus_net() -> onnx.ModelProto:
+    """YOLOX's Focus stem: four strided 3-channel slices of the image concatenated (12 channels whose channel
+    group blocks by 1), a 3×3 conv to 24 channels (8-channel output blocks), ReLU, a 1×1 conv 24 → 24."""
+    rng = np.random.default_rng(7)
+
+    def w(name, shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    def const(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [w("w0", (24, 12, 3, 3)), w("b0", (24,)), w("w1", (24, 24, 1, 1)), w("b1", (24,)),
+             const("axes", [2, 3]), const("steps", [2, 2]), const("end", [1 << 30, 1 << 30])]
+    nodes = []
+    for i, (dy, dx) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+        inits.append(const(f"start{i}", [dy, dx]))
+        nodes.append(helper.make_node("Slice", ["x", f"start{i}", "end", "axes", "steps"], [f"s{i}"]))
+    nodes += [helper.make_node("Concat", ["s0", "s1", "s2", "s3"], ["f"], axis=1),
+              helper.make_node("Conv", ["f", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c0"], ["r0"]),
+              helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"]),
+              helper.make_node("Relu", ["c1"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_focus_stem_and_24_channel_convs_run_as_vnni_kernels(tmp_path):
+    """A conv whose input's channel group blocks by less than 4 reads it re-blocked (layout.input_block), and
+    24-channel outputs run on the 8-lane VNNI kernel: no conv is left to TVM's generic integer conv; the artifact
+    equals onnxruntime on the QDQ model (within its verification bound)."""
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.build import staged_module
+    from edgec.targets.lower import to_relax
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_focus_net(), str(src))
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(1).uniform(0, 1, (16, 3, 32, 32)).astype(np.float32))
+    result = edgec.compile(src, target=runnable_preset(VNNI_TARGET), output=tmp_path / "art", verify=True,
+                           quantize={"mode": "int8", "calib": str(calib)})
+    assert result.verification.passed, result.verification.summary()
+    qdq = onnx.load(str(result.artifact.path / "optimized.onnx"))
+    mod, _ = staged_module(to_relax(qdq), resolve_target(VNNI_TARGET))
+    convs = [str(e.args[0].name_hint) for e in _calls(mod["main"]) if "conv2d" in str(e.args[0].name_hint)]
+    assert len(convs) == 2 and all("conv2d_NCHWc_int8" in c for c in convs), convs

@@ -178,6 +178,7 @@ MODELS = {
     "depthwise": (lambda: _conv_model(64, 64, 14, groups=64), "depthwise_conv2d_NCHWc"),
     "winograd": (lambda: _conv_model(32, 32, 16), "winograd"),
     "int8": (_int8_conv_model, "conv2d_NCHWc"),
+    "int8_24ch": (lambda: _int8_conv_model(32, 24), "conv2d_NCHWc"),
 }
 VNNI_KERNEL = "conv2d_NCHWc_int8"
 PAIR_KERNEL = "conv2d_NCHWc_int8_avx2"  # kernels/int8_avx2.py: x86 without VNNI
@@ -370,6 +371,16 @@ def test_int8_conv_kernel(builds, target):
             assert count(build.hot(SDOT_KERNEL), "sdot") > 0, f"{target}: no sdot kernel with the dot product"
         else:
             assert SDOT_KERNEL not in " ".join(build.functions), f"{target}: sdot kernel without the dot product"
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if EXPECT[t].vnni and not EXPECT[t].amx_int8])
+def test_int8_conv_with_8_channel_blocks(builds, target):
+    """An int8 conv with 24 output channels (8-channel blocks) runs on the VNNI kernel with vpdpbusd on ymm (AVX512-VL)
+    instead of TVM's generic integer conv (kernels/int8_vnni.block_lanes)."""
+    build = builds.get(target, "int8_24ch")
+    assert build.integer_layers == 1
+    hot = build.hot(VNNI_KERNEL)
+    assert count(hot, "vpdpbusd", "%ymm") > 0, f"{target}: no ymm vpdpbusd in the 24-channel int8 conv"
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -99,8 +99,9 @@ def register_reference_local_acc() -> str:
     return REFERENCE_LOCAL_ACC
 
 
-def register_vnni_local_acc() -> str:
-    """vpdpbusd (16 int32 += 4 uint8 · 16×4 int8) with its accumulator in a ``local`` buffer.
+def register_vnni_local_acc(lanes: int = 16) -> str:
+    """vpdpbusd (``lanes`` int32 += 4 uint8 · lanes×4 int8) with its accumulator in a ``local`` buffer: 16 lanes on
+    zmm, or 8 on ymm (AVX512-VL; for convs whose output channels come in 8-channel blocks, such as 24).
 
     TVM's own VNNI intrinsic declares the accumulator in global memory, so it cannot tensorize a register tile
     kept in a local cache (edgec's conv rules accumulate there and write back once per tile). Registered once.
@@ -108,25 +109,27 @@ def register_vnni_local_acc() -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    if registered(VNNI_LOCAL_ACC):
-        return VNNI_LOCAL_ACC
+    name = VNNI_LOCAL_ACC if lanes == 16 else f"{VNNI_LOCAL_ACC}_{lanes}"
+    if registered(name):
+        return name
+    width = {16: 512, 8: 256}[lanes]
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1, scope="local")) -> None:
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
         with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-            T.writes(c[0:16])
-            # LLVM ≥ 20 declares vpdpbusd.512 on <64 x i8> operands (older versions: <16 x i32>, which TVM's own
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            # LLVM ≥ 20 declares vpdpbusd.512/.256 on i8 vector operands (older versions: i32 ones, which TVM's own
             # intrinsic still emits and this LLVM rejects).
             a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            a_bytes = T.reinterpret(T.broadcast(a_i32, 16), dtype="int8x64")
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
-                a_bytes, b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+            a_bytes = T.reinterpret(T.broadcast(a_i32, lanes), dtype=f"int8x{lanes * 4}")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{width}"), c.vload([0], dtype=f"int32x{lanes}"),
+                a_bytes, b.vload([0, 0], dtype=f"int8x{lanes * 4}"), dtype=f"int32x{lanes}")
 
-    TensorIntrin.register(VNNI_LOCAL_ACC, _dot_local(16, 4), impl)
-    return VNNI_LOCAL_ACC
+    TensorIntrin.register(name, _dot_local(lanes, 4), impl)
+    return name
 
 
 def register_pair_local_acc(lanes: int) -> str:
