@@ -4,9 +4,9 @@ In an inverted-residual block the depthwise conv's output is a wide activation (
 written to memory and read straight back by the 1×1 projection. Fused, each output row of the projection first
 computes the one depthwise row it needs into a buffer that stays in L1, so the wide tensor never reaches memory.
 Measured on MobileNetV2's pairs (1 thread, A/B interleaved): the pair runs 0.74–0.92× the time of the two kernels.
-Only pairs whose depthwise output outgrows L2 (at most 1 MiB) are joined (CpuOptions.pair_min_bytes, see find_pairs): with a faster
-depthwise tile and the weights prefetched, the smaller ones ran faster apart (EfficientNet-Lite0 0.85× → 0.77×
-onnxruntime's latency, MobileNetV2 0.78× → 0.75×, 1 thread, interleaved).
+Only pairs whose depthwise output outgrows L2 (capped at 1 MiB) are joined (CpuOptions.pair_min_bytes, see
+find_pairs): with a faster depthwise tile and the weights prefetched, the smaller ones ran faster apart
+(EfficientNet-Lite0 0.85× → 0.77× onnxruntime's latency, MobileNetV2 0.78× → 0.75×, 1 thread, interleaved).
 
 TVM's FuseOps never puts two reductions in one group, so the pair is joined before legalization: a Relax pass
 replaces ``conv2d(depthwise) → elementwise epilogue → conv2d(1×1)`` with one ``call_te`` of the combined compute;
@@ -82,9 +82,9 @@ def _tensor_bytes(expr) -> int:
 
 def find_pairs(func: relax.Function, min_bytes: int) -> dict:
     """pointwise-conv var → (depthwise call, [epilogue calls, in order], pointwise call), for each pair whose
-    intermediate values feed nothing else and whose depthwise output has at least ``min_bytes`` (the L2 size up to 1 MiB by
-    default: pairs whose depthwise output is smaller stay two kernels, that output stays in L2 between them, and
-    the fused kernel's row order re-reads the 1×1 weights once per output row).
+    intermediate values feed nothing else and whose depthwise output has at least ``min_bytes`` (the L2 size,
+    capped at 1 MiB, by default: pairs whose depthwise output is smaller stay two kernels, that output stays in L2
+    between them, and the fused kernel's row order re-reads the 1×1 weights once per output row).
 
     Why the size: fused, the 1×1 conv runs output rows outermost and reads all its weights once per row; apart,
     it reads each tile's weights once for all rows, and a depthwise output that fits in L2 is still there when it

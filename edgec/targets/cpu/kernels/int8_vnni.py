@@ -28,10 +28,10 @@ def block_lanes(isa: Isa) -> tuple[int, ...]:
     """Output channel blocks the kernel takes: 16 (zmm), and 8 (ymm) where AVX512-VL encodes vpdpbusd on ymm.
 
     Why 8: a conv with 24 or 40 output channels is blocked by 8 (layout.choose_layouts), and no int8 kernel took
-    8-channel blocks, so it ran as TVM's generic integer conv: ddddocr's YOLOX detector quantized spent 9.3 of its
-    25 ms of kernels in four such convs (12 → 24 3×3 at 208², 24 → 24 at 104², two 48 → 24 1×1; 1 thread, Intel
-    Xeon). Padding their outputs to 32 instead cost more than it gained (the slice back to 24 channels is a layout
-    round trip per conv)."""
+    8-channel blocks, so it ran as TVM's generic integer conv: ddddocr's YOLOX detector quantized spent 3.5 of its
+    25 ms of kernels in four such convs at 104² (and 4.8 ms in its 12 → 24 stem, which also needed
+    layout.input_block; 1 thread, Intel Xeon). Padding their outputs to 32 instead was measured no faster (25.0 ms of kernels either way: the slice
+    back to 24 channels is a layout round trip per conv)."""
     return (16, 8) if isa.has("avx512vl") else (16,)
 
 
