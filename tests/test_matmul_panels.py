@@ -52,3 +52,29 @@ def test_matches_onnxruntime(tmp_path, target, name, a_shape, k, n):
     result = do_compile(path, target=runnable_preset(target), output=tmp_path / "out", verify=True)
     assert result.verification.passed, (name, result.verification.summary())
     assert result.verification.max_abs_diff < 1e-3 * max(1.0, float(np.sqrt(k)))
+
+
+@pytest.mark.parametrize("target", ["x86:avx512", "x86:avx2"])
+def test_panels_ask_for_the_next_panel(target):
+    """A matmul over weight panels (≥ CpuOptions.prefetch_min_bytes) asks, per k step, for the next panel's row:
+    one hint per vector of the panel width, at panel index min(p + 1, last); none with prefetch off or for small
+    weights (the outputs are checked by test_matches_onnxruntime)."""
+    from tvm import tirx
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.build import staged_module
+    from edgec.targets.cpu.options import CpuOptions
+    from edgec.targets.lower import to_relax
+
+    preset = resolve_target(target)
+
+    def hints(model, options):
+        mod, _ = staged_module(to_relax(model), preset, options)
+        return sum(f.script().count("llvm.prefetch") for gv, f in mod.functions.items()
+                   if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint)
+
+    # 21 rows (a CTC head's time steps) against 64 × 8256 floats in 4-vector panels (2.1 MB): panels outermost
+    big = matmul_model((21, 64), 64, 8210)
+    assert hints(big, CpuOptions()) == 4  # one per vector of a panel row
+    assert hints(big, CpuOptions(prefetch=False)) == 0
+    assert hints(matmul_model((4, 48), 48, 90), CpuOptions()) == 0  # 48 × 96: no panels

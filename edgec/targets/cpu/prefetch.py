@@ -100,6 +100,32 @@ def plan_next_chunk(sch, kernel, outer, ic_oo, ic_oi, kh, kw, ic_i, oc_tile: int
     return Plan(var(ic_i), addresses)
 
 
+def plan_next_panel(sch, weight, outer, k, tiles_per_panel: int, vectors: int, lanes: int,
+                    options: CpuOptions) -> Plan | None:
+    """Where a matmul over column panels of its weights (kernels/matmul.py: ``weight`` [panels, k, nt], the
+    parallel loop ``outer`` fused from (panel, its ``tiles_per_panel`` tiles)) asks, at each step of ``k``, for
+    the same row of the next panel (clamped at the last): one hint per cache line of the row's ``vectors`` vectors.
+    None when prefetching is off or the weights are smaller than CpuOptions.prefetch_min_bytes. Why: inside a model
+    a large classifier's panels come from L3 or memory, one short contiguous burst per panel (256 KB for
+    ddddocr's 1024 × 8256 CTC head) that the hardware prefetchers do not run ahead of."""
+    from tvm import tirx
+
+    if not wanted(weight, options) or len(weight.shape) != 3:
+        return None
+    panels = int(weight.shape[0])
+    if panels < 2:
+        return None
+
+    def var(loop):
+        return sch.get(loop).loop_var
+
+    panel = tirx.min(tirx.floordiv(var(outer), tiles_per_panel) + 1, panels - 1)
+    zero = tirx.const(0, str(var(k).ty))
+    addresses = [tirx.address_of(tirx.BufferLoad(weight, [panel, var(k), zero + v * lanes]))
+                 for v in range(vectors)]
+    return Plan(var(k), addresses)
+
+
 def insert(sch, plan: Plan | None, options: CpuOptions):
     """``sch`` with the hints of ``plan`` added (a new Schedule of the rewritten function), or ``sch`` itself."""
     from tvm import s_tir, tirx

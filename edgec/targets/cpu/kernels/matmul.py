@@ -7,7 +7,7 @@ import numpy as np
 from tvm import s_tir
 from tvm.target import Target
 
-from edgec.targets.cpu import sched
+from edgec.targets.cpu import prefetch, sched
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.relax_rewrite import constant_value, function_rewrite
 
@@ -49,11 +49,20 @@ class Matmul(sched.KernelRule):
         panels_outer = n_size > m_size
         first, second = (n_o, m_o) if panels_outer else (m_o, n_o)
         sch.reorder(*batch, first, second, k, m_i, n_i)
+        tiles_per_panel = sched.extent(sch, first) * sched.extent(sch, second)
+        weight = sch.get(block).reads[1].source
+        # Column panels (pad_columns_pass: the weight [panels, k, nt] indexed by the one batch loop): the next
+        # panel's rows are asked for while this one is computed (prefetch.plan_next_panel).
+        panelled = (panels_outer and len(batch) == 1 and len(b_shape) == 3
+                    and b_shape[0] == sched.extent(sch, batch[0]))
         outer = sch.fuse(*batch, first, second)
         sch.parallel(outer)
         sched.write_back_tile(sch, block, outer, lanes)
         sched.finish_reduction(sch, block, k, n_i, [m_i], init_unroll=0)
-        return sch
+        if not panelled:
+            return sch
+        return prefetch.insert(sch, prefetch.plan_next_panel(sch, weight, outer, k, tiles_per_panel, vectors, lanes,
+                                                             self.options), self.options)
 
     @staticmethod
     def _gemv(sch: s_tir.Schedule, block, unit_loops: list, n, k, lanes: int):
