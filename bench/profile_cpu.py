@@ -109,9 +109,6 @@ def conv_shape(func) -> str:
 def kernel_times(path: Path, target_name: str, options=None, input_shapes: str | None = None) -> list[tuple]:
     """(seconds × calls, name, calls, seconds per call, conv FLOPs, scheduled?, conv shape) per fused kernel of the
     model."""
-    from edgec.devices.device_main import request_amx_permission
-
-    request_amx_permission()  # the AMX int8 kernels run in this process (a no-op on CPUs without AMX)
     from tvm import tirx
 
     mod, target = scheduled_module(path, target_name, options, input_shapes)

@@ -69,11 +69,6 @@ def compile_x86(model: onnx.ModelProto):
     options, report = CpuOptions(), BuildReport()
     ex = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, schedule_passes(target, options),
                                                                        options, report=report))
-    # This process runs the kernels, AMX ones on an AMX host: it asks for the tile state as edgec's own build and
-    # runners do (without it the first ldtilecfg is SIGILL; the suite only passed when an earlier test had asked).
-    from edgec.devices.device_main import request_amx_permission
-
-    request_amx_permission()
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return mod, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy(), report
 

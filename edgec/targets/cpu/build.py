@@ -80,8 +80,17 @@ def target_l2(preset: TargetPreset) -> int | None:
 
 def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = None,
                     report: BuildReport | None = None) -> list:
-    """The scheduling stage: tuned records first, then the kernel table's rules (registry.py)."""
+    """The scheduling stage: tuned records first, then the kernel table's rules (registry.py).
+
+    A process that schedules AMX kernels may run them in place (compile's verification, benches, tests): Linux
+    kills it at the first tile instruction unless it asked for the tile state, so it asks here, once for every
+    build path (a no-op on a CPU without AMX)."""
     from edgec.targets.cpu.registry import cpu_schedule_pass
+
+    if options.amx and isa_of(target).amx_int8:
+        from edgec.devices.device_main import request_amx_permission
+
+        request_amx_permission()
 
     passes = []
     if tuning_db is not None:
@@ -227,12 +236,6 @@ def compile_cpu(model: onnx.ModelProto, preset: TargetPreset, options: CpuOption
     executable = relax.build(mod, target=target, relax_pipeline=pipeline,
                              tir_pipeline=stack_alloc.register(bounds_check=options.bounds_check),
                              exec_mode=options.exec_mode)
-    if options.amx and isa_of(target).amx_int8:
-        # A process that builds AMX kernels may run them in place (verify, benches, tests): Linux kills it at
-        # the first tile instruction unless it asked for the tile state (a no-op on a CPU without AMX).
-        from edgec.devices.device_main import request_amx_permission
-
-        request_amx_permission()
     return executable, report
 
 

@@ -25,7 +25,8 @@ class Matmul(sched.KernelRule):
         kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
         if len(loops) < 3 or len(kinds) != len(loops) or kinds[-1] != 2 or any(k != 0 for k in kinds[:-1]):
             return None  # iter_type 0: spatial, 2: reduction
-        b_shape = [int(d) for d in sch.get(block).reads[1].source.shape]
+        weight = sch.get(block).reads[1].source
+        b_shape = [int(d) for d in weight.shape]
         *batch, m, n, k = loops
         if b_shape[-1] != sched.extent(sch, n) or b_shape[-2] != sched.extent(sch, k):
             return None
@@ -50,7 +51,6 @@ class Matmul(sched.KernelRule):
         first, second = (n_o, m_o) if panels_outer else (m_o, n_o)
         sch.reorder(*batch, first, second, k, m_i, n_i)
         tiles_per_panel = sched.extent(sch, first) * sched.extent(sch, second)
-        weight = sch.get(block).reads[1].source
         # Column panels (pad_columns_pass: the weight [panels, k, nt] indexed by the one batch loop): the next
         # panel's rows are asked for while this one is computed (prefetch.plan_next_panel).
         panelled = (panels_outer and len(batch) == 1 and len(b_shape) == 3
