@@ -147,9 +147,9 @@ def main() -> None:
     print(f"{'kernel':<48} {'calls':>5} {'ms each':>8} {'ms total':>8} {'share':>6} {'GFLOP/s':>8} sched  conv")
     for tot, name, calls, each, flops, sched, shape in rows[:a.top]:
         gflops = f"{flops / each / 1e9:.0f}" if flops else ""
-        print(f"{name[:48]:<48} {calls:>5} {each * 1e3:>8.3f} {tot * 1e3:>8.3f} {tot / total:>6.1%} {gflops:>8} "
+        print(f"{name[:48]:<48} {calls:>5} {each * 1e3:>8.4f} {tot * 1e3:>8.4f} {tot / total:>6.1%} {gflops:>8} "
               f"{'yes' if sched else 'NO ':<5} {shape}")
-    print(f"{'TOTAL':<48} {'':>5} {'':>8} {total * 1e3:>8.3f}")
+    print(f"{'TOTAL':<48} {'':>5} {'':>8} {total * 1e3:>8.4f}")
 
 
 if __name__ == "__main__":

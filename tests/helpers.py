@@ -363,6 +363,39 @@ def edgec_layers_model(layers: list[tuple], n: int = 1, seed: int = 0) -> onnx.M
     return model
 
 
+def binary_block_model(work, n: int = 1, c: int = 16, hw: tuple[int, int] = (12, 12), stride: int = 1,
+                       also_output_conv: bool = False) -> onnx.ModelProto:
+    """A binary residual block, `edgec substitute --to binary` of the float block (random weights)
+    ``r = relu(x); c1 = conv1(r); out = relu(conv2(relu(c1)) + shortcut)`` — the shortcut ``r``, or ``c1`` when
+    conv1 has ``stride`` 2 — with conv2's output also a graph output when ``also_output_conv``; ``work`` a folder
+    for the float model."""
+    from pathlib import Path
+
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    rng = np.random.default_rng(5)
+    init = [numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.1).astype(np.float32), f"w{i}")
+            for i in (1, 2)] + [numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), f"b{i}")
+                                for i in (1, 2)]
+    shortcut = "r" if stride == 1 else "c1"
+    oh, ow = (-(-d // stride) for d in hw)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Conv", ["r", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              strides=[stride, stride]),
+             helper.make_node("Relu", ["c1"], ["a"]),
+             helper.make_node("Conv", ["a", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", shortcut], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, c, oh, ow])]
+    if also_output_conv:
+        outputs.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, [n, c, oh, ow]))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, *hw])],
+                              outputs, init)
+    float_path, path = Path(work) / "block.float.onnx", Path(work) / "block.binary.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(float_path))
+    substitute(str(float_path), path, SubstituteOptions(to="binary"))
+    return onnx.load(str(path))
+
+
 def assert_bounds_checked_equal(model: onnx.ModelProto, tmp_path, target: str, options=None,
                                 atol: float = 1e-4, seeds: tuple[int, ...] = (3, 4)) -> None:
     """``model`` built for ``target`` with every buffer access checked (CpuOptions.bounds_check, plus

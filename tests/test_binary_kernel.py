@@ -169,13 +169,40 @@ def test_popcount_instruction_follows_the_isa(mcpu, popcount, absent):
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
     shape = _shape((64, 3, 1, 1, 9, 19))
     plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o))
-    # a layer of ≤ 16 channels keeps 32-bit words where vpopcntd counts a word in one instruction
-    assert bc.Tiling.for_isa(isa_of(target), 16, 16).word_bits == (32 if mcpu == "icelake-server" else 16)
+    # a layer of ≤ 16 channels packs 16-bit words: counted by bytes on AVX2, by vpopcntw with BITALG (Ice Lake)
+    assert bc.Tiling.for_isa(isa_of(target), 16, 16).word_bits == 16
     lib = tvm.compile(tvm.IRModule({"conv": bc.conv_func(plan)}), target=target)
     asm = _asm(lib)
     assert popcount in asm and absent not in asm
     if popcount == "vpopcntd":
         assert "vpopcntd\t%zmm" in asm
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("mattr, word_bits", [([], 16), (["-avx512bitalg"], 32)])
+def test_sixteen_channel_words_follow_bitalg(mattr, word_bits, stride):
+    """VPOPCNTDQ with BITALG (Ice Lake, Zen 4 and later): a layer of ≤ 16 channels packs 16-bit words, counted by
+    vpopcntw on zmm and added in 16-bit lanes (32 positions a vector, no widening per word); the packed-output
+    conv too. Without BITALG the 32-bit word and vpopcntd stay. Only assembly is generated; the host sweep
+    (test_integer_part_exact) runs the form the host has, exactly."""
+    import tvm
+
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "icelake-server",
+                                **({"mattr": mattr} if mattr else {})})
+    shape = _shape((16, 3, stride, 1, 28, 28))
+    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o, shape.c, shape.same_stride1))
+    assert plan.tiling.word_bits == word_bits and not plan.tiling.byte_counts
+    assert plan.acc_dtype == ("uint16" if word_bits == 16 else "int32")
+    funcs = {"conv": bc.conv_func(plan)}
+    if plan.flat:
+        funcs["conv_pack"] = bc.conv_pack_func(plan, plan, "conv_pack")
+    asm = _asm(tvm.compile(tvm.IRModule(funcs), target=target))
+    counts = [line for line in asm.splitlines() if "vpopcnt" in line]
+    assert len(counts) >= plan.tiling.ob * len(funcs)
+    assert all(("vpopcntw\t%zmm" if word_bits == 16 else "vpopcntd\t%zmm") in line for line in counts)
 
 
 @pytest.mark.parametrize("channels", [256, 16])
@@ -240,12 +267,17 @@ def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_
     assert build["binary_conv"]["shapes"][2] == "16->32 3x3/2 28x28"  # the strided downsampling conv
     # block1's first conv feeds only the second's pack, block2's likewise: those two write packed words
     assert build["binary_conv"]["packed_outputs"] == 2
+    # both blocks' second convs add the shortcut (and the ReLUs) in their epilogue: no float add kernel between
+    assert build["binary_conv"]["residual_epilogues"] == 2
     symbols = (out / "model.so").read_bytes()
     for i in range(5):  # layers 0 and 3 write layers 1's and 4's packed input (and nothing else)
-        kernels = ([f"edgec_binary_conv_{i}("] if i not in (0, 3) else []) + (
+        res = {1: "edgec_binary_conv_1_res0(", 4: "edgec_binary_conv_4_res1("}
+        kernels = ([res.get(i, f"edgec_binary_conv_{i}(")] if i not in (0, 3) else []) + (
             [f"edgec_binary_conv_pack_{i}("] if i in (1, 4) else [f"edgec_binary_pack_{i}("])
-        gone = [f"edgec_binary_conv_{i}("] if i in (0, 3) else [f"edgec_binary_pack_{i}("] if i in (1, 4) else []
+        gone = [f"edgec_binary_conv_{i}("] if i in (0, 1, 3, 4) else []
+        gone += [f"edgec_binary_pack_{i}("] if i in (1, 4) else []
         assert all(k.encode() in symbols for k in kernels) and not any(k.encode() in symbols for k in gone), i
+    assert b"fused_relu_add" not in symbols
     # the ±1 float weights are gone: bits instead of 4 bytes each (32-channel layers in uint32 words, 16-channel
     # ones in uint16 words on this AVX2 build or half-filled uint32 words with VPOPCNTDQ)
     inits = {t.name: t for t in onnx.load(str(binary_model)).graph.initializer}
@@ -349,8 +381,8 @@ def test_neon_plan_is_exact_here():
     cases = CASES[:-5][::2] + CASES[-8:]  # + the dilated, 5×5, 1×1-image and ≤ 16-channel cases
     plans, lib = _build(resolve_target("x86").tvm_target(), cases, plan_isa=neon)
     for plan in plans:  # ≤ 16 channels: 16-bit words, 8 of them a register
-        assert plan.tiling == (bc.Tiling(lanes=8, ob=8, byte_counts=True, word_bits=16) if plan.shape.c <= 16
-                               else bc.Tiling(lanes=4, ob=8, byte_counts=True))
+        assert plan.tiling == (bc.Tiling(lanes=8, ob=8, byte_counts=True, word_bits=16, float_lanes=4)
+                               if plan.shape.c <= 16 else bc.Tiling(lanes=4, ob=8, byte_counts=True, float_lanes=4))
     assert {p.flat for p in plans} == {True, False} and {p.shape.w % 4 for p in plans} >= {1, 3}
     for i, plan in enumerate(plans):
         s = plan.shape
@@ -368,7 +400,7 @@ def test_arm_build_matches_onnxruntime_under_qemu():
 
     run = edgec_ops_on_qemu()
     assert run["build"]["binary_conv"] == {"layers": 2, "shapes": ["40->10 3x3/1 8x8", "40->17 3x3/2 8x8"],
-                                          "packed_outputs": 0}
+                                          "packed_outputs": 0, "residual_epilogues": 0}
     got, want = run["outputs"], run["reference"]
     assert got["bin_int"].shape == want["bin_int"].shape == (1, 10, 8, 8)
     np.testing.assert_array_equal(got["bin_int"], want["bin_int"])
@@ -486,3 +518,68 @@ def test_sign_bounds_are_the_popcounts_that_turn_negative():
         y = (np.float32(alpha[o]) * (k - 2 * p).astype(np.float32)).astype(np.float32) + bias[o]
         np.testing.assert_array_equal((p >= lo[o]) & (p <= hi[o]), (y + shift[o]) < 0, err_msg=str(o))
     assert lo[6] > hi[6] and lo[7] > hi[7]  # padded channels: never
+
+
+@pytest.mark.parametrize("preset", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("pre, post", [(False, False), (True, True), (True, False)])
+def test_residual_epilogue_equals_conv_then_add(pre, post, stride, preset):
+    """conv_func with a Residual epilogue (the shortcut add of a binary ResNet block, with the ReLUs around it)
+    equals the float conv output, then + pre(r), then post, as onnxruntime computes them (within 1e-5 relative:
+    the affine map may be one fused multiply-add), in the flat (stride 1) and row (stride 2) forms, channels
+    not a multiple of the tile, batch 2, on this host's build and on an AVX2 build (byte counts) run here."""
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    target = resolve_target(preset).tvm_target()
+    shape = bc.BinaryConvShape(n=2, c=16, h=13, w=11, o=13, kh=3, kw=3, strides=(stride,) * 2, pads=(1,) * 4,
+                               dilations=(1, 1))
+    plan = bc.Plan(shape, bc.Tiling.for_isa(isa_of(target), shape.o, shape.c, shape.same_stride1, shape.ow))
+    assert plan.flat == (stride == 1)
+    lib = tvm.compile(tvm.IRModule({"pack": bc.pack_func(plan, "pack"),
+                                    "conv": bc.conv_func(plan, "conv", bc.Residual(pre, post))}), target=target)
+    x, shift, w = _data(plan, 3)
+    rng = np.random.default_rng(4)
+    alpha = rng.uniform(-0.2, 0.2, shape.o).astype(np.float32)
+    bias = rng.standard_normal(shape.o).astype(np.float32)
+    r = (rng.standard_normal((shape.n, shape.o, shape.oh, shape.ow)) * 3).astype(np.float32)
+    integer = ref.binary_conv_integer(x, w, shift, shape.strides, shape.pads, shape.dilations).astype(np.float32)
+    want = (alpha[None, :, None, None] * integer).astype(np.float32) + bias[None, :, None, None]
+    want = want + (np.maximum(r, 0) if pre else r)
+    want = np.maximum(want, 0) if post else want
+    dev = tvm.cpu()
+    xp = tvm.runtime.empty(plan.packed_x_shape, plan.tiling.word_dtype, dev)
+    lib["pack"](tvm.runtime.tensor(x), tvm.runtime.tensor(shift), xp)
+    y = tvm.runtime.tensor(np.full(want.shape, np.nan, np.float32))
+    lib["conv"](xp, tvm.runtime.tensor(bc.pack_weights(w, plan)), tvm.runtime.tensor(bc.padded_vector(alpha, plan)),
+                tvm.runtime.tensor(bc.padded_vector(bias, plan)), tvm.runtime.tensor(r), y)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    assert (y.numpy() == 0).any() == post
+
+
+@pytest.mark.parametrize("also_output_conv", [False, True])
+def test_residual_block_adds_in_the_conv_epilogue(tmp_path, also_output_conv):
+    """`edgec compile` of a binary residual block: the shortcut add and both ReLUs run in the second conv's
+    epilogue (the manifest's residual_epilogues; no separate add kernel), and the first conv writes the second's
+    packed words; the outputs equal onnxruntime's on the function form (`edgec compile` verifies). When the
+    conv's own output is also read (a graph output), the add is not fused."""
+    import json
+
+    import onnx
+
+    from edgec.toolchain.api import compile as edgec_compile
+
+    from helpers import binary_block_model
+
+    model = tmp_path / "block.onnx"
+    onnx.save(binary_block_model(tmp_path, also_output_conv=also_output_conv), str(model))
+    result = edgec_compile(model, output=tmp_path / "art", target="x86")
+    assert result.verification.passed, result.verification.summary()
+    build = json.loads((tmp_path / "art" / "manifest.json").read_text())["target"]["build"]["binary_conv"]
+    assert build["layers"] == 2 and build["packed_outputs"] == 1
+    assert build["residual_epilogues"] == (0 if also_output_conv else 1)
+    symbols = (tmp_path / "art" / "model.so").read_bytes()
+    assert (b"edgec_binary_conv_1_res0(" in symbols) == (not also_output_conv)

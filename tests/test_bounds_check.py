@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import assert_bounds_checked_equal, conv_model, dw_pw_model, matmul_model, runnable_preset
+from helpers import assert_bounds_checked_equal, binary_block_model, conv_model, dw_pw_model, matmul_model, runnable_preset
 
 ATOL = 1e-4
 
@@ -187,6 +187,20 @@ def test_int8_kernel_stays_inside_its_buffers(tmp_path, preset):
         marker = "conv2d_NCHWc_int8_avx2" if preset == "x86:avx2" else "conv2d_NCHWc_int8"
         assert any(marker in n for n in names) and \
             (preset == "x86:avx2" or not any("int8_avx2" in n for n in names)), names
+
+
+@pytest.mark.parametrize("preset", ["x86:zen4", "x86:avx2"])
+@pytest.mark.parametrize("c, hw, stride, n", [(16, (9, 13), 1, 2), (17, (7, 5), 1, 1), (16, (11, 14), 2, 2)])
+def test_binary_kernels_stay_inside_their_buffers(tmp_path, c, hw, stride, n, preset):
+    """The binary residual block's kernels (kernels/binary_conv.py: pack, the conv writing the next layer's
+    packed words, the conv adding the shortcut in its epilogue; the strided row form), bounds-checked, with
+    16-bit and 32-bit words (16 and 17 channels), odd maps, batch 2; run twice from fresh inputs: equal to
+    onnxruntime on the function form. VPOPCNTDQ + BITALG words (x86:zen4's; the host's own preset where it
+    cannot run them) and AVX2's byte counts."""
+    from edgec.targets.cpu.options import CpuOptions
+
+    model = binary_block_model(tmp_path, n=n, c=c, hw=hw, stride=stride)
+    assert_bounds_checked_equal(model, tmp_path, runnable_preset(preset), CpuOptions(), ATOL)
 
 
 def test_int8_adder_kernel_stays_inside_its_buffers(tmp_path):

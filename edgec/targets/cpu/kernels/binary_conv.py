@@ -24,6 +24,11 @@ forms (:attr:`Plan.flat`):
   ``vpshufb`` nibble count, ``cnt v.16b``) and add the counts as bytes for up to 31 words before widening them
   (:attr:`Tiling.byte_counts`) (:func:`takes`).
 
+Two rewrites follow in the graph (:func:`binary_conv_pass`): a conv whose output only the next binary layer's pack
+reads writes that layer's packed words itself (:func:`conv_pack_func`), and a conv whose output only a residual
+add reads adds the shortcut — and the ReLUs around it — in its epilogue (:class:`Residual`,
+:func:`fuse_residual`).
+
 Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
 in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
 stored; output channels are padded to whole tiles in the packed weights and not stored.
@@ -84,31 +89,44 @@ class Tiling:
     ob: int
     byte_counts: bool = False
     word_bits: int = WORD_BITS
+    float_lanes: int = 0  # the target's float32 vector (0: ``lanes``), what the pack compares at a time
+
+    @property
+    def pack_lanes(self) -> int:
+        """Columns the pack reads per vector: a float vector of the target, whatever the conv's word vector
+        (32 16-bit words on AVX-512 would leave a 28-wide row as 16 + 8 + 4 scalar columns)."""
+        return self.float_lanes or self.lanes
 
     @property
     def word_dtype(self) -> str:
         return f"uint{self.word_bits}"
 
     @classmethod
-    def for_isa(cls, isa: Any, o: int, c: int | None = None, flat: bool = False) -> Tiling:
+    def for_isa(cls, isa: Any, o: int, c: int | None = None, flat: bool = False, ow: int | None = None) -> Tiling:
         """16 lanes and 8 channels with AVX-512's 32 registers; 8 lanes and 4 channels with 16 registers (the
         AVX2 nibble count needs a lookup table, a mask and temporaries besides the accumulators).
 
         A layer of at most 16 input channels (``c``) packs them into 16-bit words where bytes are counted: a
         32-bit word would be half padding, so each vector now holds twice the positions (16 lanes on AVX2) and
-        every bit counted is a channel. (Where a word's count is one instruction — VPOPCNTDQ, the Arm dot
-        product — the 32-bit word stays: ``vpopcntw`` needs AVX-512 BITALG.) On 16 registers the flat form
+        every bit counted is a channel. With VPOPCNTDQ the 16-bit words are counted by ``vpopcntw`` where the
+        target has AVX-512 BITALG (Ice Lake and later, Zen 4 and later) and added in 16-bit lanes
+        (:attr:`Plan.acc_dtype`): 32 positions per zmm instead of 16 (the MNIST BNN's 16 → 16 convs at 28×28 on a
+        Xeon with AMX: 5.0 → 2.9 µs and 4.0 → 2.4 µs). Without BITALG, and with the Arm dot product (``udot``
+        widens a word's count in one instruction), the 32-bit word stays. On 16 registers the flat form
         (``flat``) of 16-bit words takes 2 channels a tile: its 16-lane mask per tap column, byte counters and
         nibble table left 4 channels spilling (16 → 16 channels at 28×28 on a Zen 3: 9.4 µs with 4, 7.7 with 2,
         7.6 with 8; the row form 4.3 with 4, 4.7 with 2)."""
         ob = 8 if isa.vector_registers >= 32 else 4
         byte_counts = ((isa.arch == "x86_64" and not isa.vpopcntdq and (isa.lanes == 8 or isa.has("avx512bw")))
                        or (isa.arch == "aarch64" and not isa.dotprod))
-        word_bits = 16 if byte_counts and c is not None and c <= 16 else WORD_BITS
+        half_words = byte_counts or (isa.vpopcntdq and isa.has("avx512bitalg"))  # vpopcntw: BITALG
+        word_bits = 16 if half_words and c is not None and c <= 16 else WORD_BITS
         if word_bits == 16 and flat and isa.vector_registers < 32:
             ob = 2
-        return cls(lanes=isa.lanes * WORD_BITS // word_bits, ob=min(ob, o), byte_counts=byte_counts,
-                   word_bits=word_bits)
+        lanes = isa.lanes * WORD_BITS // word_bits
+        if word_bits == 16 and not byte_counts and not flat and ow is not None and ow <= isa.lanes:
+            lanes = isa.lanes  # vpopcntw on a half vector: a row of ≤ 16 outputs, as many operations, no waste
+        return cls(lanes=lanes, ob=min(ob, o), byte_counts=byte_counts, word_bits=word_bits, float_lanes=isa.lanes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +140,16 @@ class Plan:
     def words(self) -> int:
         """Words of :attr:`Tiling.word_bits` channels per position."""
         return -(-self.shape.c // self.tiling.word_bits)
+
+    @property
+    def acc_dtype(self) -> str:
+        """The popcount accumulators' type where words are counted one by one (not :attr:`Tiling.byte_counts`):
+        16-bit words add up in 16-bit lanes (one vector per tile row, no widening per word) while the largest
+        count, 16 bits × the words a tile reduces, fits; otherwise int32."""
+        t, s = self.tiling, self.shape
+        if t.word_bits == 16 and not t.byte_counts and 16 * s.kh * s.kw * self.words < 1 << 16:
+            return "uint16"
+        return "int32"
 
     @property
     def ow_padded(self) -> int:
@@ -184,6 +212,32 @@ class Plan:
         return (self.o_padded, self.shape.kh, self.shape.kw, self.words)
 
 
+@dataclasses.dataclass(frozen=True)
+class Residual:
+    """A float tensor added to the conv's output in its epilogue (a residual block's shortcut):
+    ``y = post(alpha·(K − 2·pop) + b + pre(r))``, ``pre`` / ``post`` a ReLU or nothing. Why: in a binary
+    ResNet the shortcut add (and the ReLUs around it) was its own kernel reading and writing the whole float map
+    after every block (the MNIST BNN: 2.1 + 1.3 µs of 23, and two calls)."""
+
+    pre_relu: bool = False
+    post_relu: bool = False
+
+
+def _epilogue(k: int, residual: Residual | None) -> Any:
+    """``value(alpha, bias, count, r)``: the float output of one position and channel from its popcount (and
+    the residual's value ``r``, unread without a residual), built while a script is parsed."""
+    from tvm.script import tirx as T
+
+    def value(alpha: Any, bias: Any, count: Any, r: Any) -> Any:
+        v = alpha * T.Cast("float32", k - 2 * T.Cast("int32", count)) + bias
+        if residual is None:
+            return v
+        v = v + (T.max(r, T.float32(0)) if residual.pre_relu else r)
+        return T.max(v, T.float32(0)) if residual.post_relu else v
+
+    return value
+
+
 def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
     """Sign bits of ``w`` — float [O, C, kh, kw] or ±1 — as the conv's words [Op, kh, kw, Cw] (extra output
     channels all zero words)."""
@@ -214,7 +268,7 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     pt, pl = s.pads[0], s.pads[1]
     sw = s.strides[1]
     bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
-    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
+    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.pack_lanes)
 
     # buffer types as names: TVMScript reads string dtypes inside annotations, pyflakes would not
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
@@ -252,13 +306,14 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     return scheduled(pack, symbol)
 
 
-def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
+def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None = None) -> Any:
     """PrimFunc(xp, wp [Op, kh, kw, Cw] u32, alpha [Op], bias [Op]) → y [N, O, OH, OW] f32, exported as
-    ``symbol``."""
+    ``symbol``; with ``residual``, PrimFunc(xp, wp, alpha, bias, r [N, O, OH, OW] f32, y) adding ``r`` in the
+    epilogue (:class:`Residual`)."""
     from tvm.script import tirx as T
 
     if plan.flat:
-        return _conv_flat(plan, symbol)
+        return _conv_flat(plan, symbol, residual=residual)
     s = plan.shape
     n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
     kh_, kw_, cw_ = s.kh, s.kw, plan.words
@@ -271,58 +326,73 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL) -> Any:
     byte_counts = plan.tiling.byte_counts
     bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
     byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, bits)
+    at = plan.acc_dtype
 
     xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), wt), T.Buffer((op_, kh_, kw_, cw_), wt)
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
-    y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
+    y_type, r_type = T.Buffer((n_, o_, oh_, ow_), "float32"), T.Buffer((n_, o_, oh_, ow_), "float32")
 
-    @T.prim_func
-    def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y: y_type):
-        for ny in T.parallel(n_ * oh_):
-            acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
-            acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
-            for to in range(tiles_o):
-                for tx in range(tiles_x):
+    value = _epilogue(k_, residual)
+
+    @T.macro
+    def task(xp, wpk, alpha, bias, r, y, ny):  # one output row ``ny`` (image × row): every tile
+        acc = T.alloc_buffer((ob, lanes), at, scope="local")
+        acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
+        for to in range(tiles_o):
+            for tx in range(tiles_x):
+                for oi in T.unroll(ob):
+                    for lane in T.vectorized(lanes):
+                        acc[oi, lane] = T.Cast(at, 0)
+                if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
                     for oi in T.unroll(ob):
                         for lane in T.vectorized(lanes):
-                            acc[oi, lane] = 0
-                    if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
+                            acc8[oi, lane] = T.Cast(wt, 0)
+                    for i, j, cw in T.grid(kh_, kw_, cw_):
+                        for oi in T.unroll(ob):
+                            acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
+                                T.bitwise_xor(xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                                 T.Ramp(tx * lanes + j * dw // sw, 1, lanes)],
+                                              T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
+                        if widen_after((i * kw_ + j) * cw_ + cw):
+                            for oi in T.unroll(ob):
+                                for lane in T.vectorized(lanes):
+                                    acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                                    acc8[oi, lane] = T.Cast(wt, 0)
+                else:
+                    for i, j, cw in T.grid(kh_, kw_, cw_):
                         for oi in T.unroll(ob):
                             for lane in T.vectorized(lanes):
-                                acc8[oi, lane] = T.Cast(wt, 0)
-                        for i, j, cw in T.grid(kh_, kw_, cw_):
-                            for oi in T.unroll(ob):
-                                acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
-                                    T.bitwise_xor(xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
-                                                     T.Ramp(tx * lanes + j * dw // sw, 1, lanes)],
-                                                  T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
-                            if widen_after((i * kw_ + j) * cw_ + cw):
-                                for oi in T.unroll(ob):
-                                    for lane in T.vectorized(lanes):
-                                        acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
-                                        acc8[oi, lane] = T.Cast(wt, 0)
-                    else:
-                        for i, j, cw in T.grid(kh_, kw_, cw_):
-                            for oi in T.unroll(ob):
-                                for lane in T.vectorized(lanes):
-                                    acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
-                                        xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
-                                           tx * lanes + lane + j * dw // sw],
-                                        wpk[to * ob + oi, i, j, cw])))
-                    for oi in T.unroll(ob):
-                        if to * ob + oi < o_:
-                            if tx * lanes + lanes <= ow_:
-                                for lane in T.vectorized(lanes):
-                                    y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = (
-                                        alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
-                                        + bias[to * ob + oi])
-                            else:
-                                for lane in range(ow_ - tx * lanes):
-                                    y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = (
-                                        alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
-                                        + bias[to * ob + oi])
+                                acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
+                                    xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                       tx * lanes + lane + j * dw // sw],
+                                    wpk[to * ob + oi, i, j, cw])))
+                for oi in T.unroll(ob):
+                    if to * ob + oi < o_:
+                        if tx * lanes + lanes <= ow_:
+                            for lane in T.vectorized(lanes):
+                                y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = value(
+                                    alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                    r[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane])
+                        else:
+                            for lane in range(ow_ - tx * lanes):
+                                y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = value(
+                                    alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                    r[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane])
 
-    return scheduled(conv, symbol)
+    if residual is None:
+        @T.prim_func
+        def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y: y_type):
+            for ny in T.parallel(n_ * oh_):
+                task(xp, wpk, alpha, bias, y, y, ny)  # no residual: ``r`` is never read
+
+        return scheduled(conv, symbol)
+
+    @T.prim_func
+    def conv_res(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, r: r_type, y: y_type):
+        for ny in T.parallel(n_ * oh_):
+            task(xp, wpk, alpha, bias, r, y, ny)
+
+    return scheduled(conv_res, symbol)
 
 
 def _row_segments(width: int, lanes: int) -> list[tuple[int, int, int]]:
@@ -346,7 +416,7 @@ def _pack_flat(plan: Plan, symbol: str) -> Any:
     cw_, pt = plan.words, s.pads[0]
     slack, plane = plan.slack, plan.plane
     bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
-    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.lanes)
+    (f0, s0, c0), (f1, s1, c1), (f2, s2, c2), (f3, s3, c3) = _row_segments(w_, plan.tiling.pack_lanes)
     x_type, shift_type = T.Buffer((n_, c_, h_, w_), "float32"), T.Buffer((c_,), "float32")
     xp_type = T.Buffer((n_, cw_, plane), wt)
 
@@ -408,7 +478,7 @@ def _byte_counting(lanes: int, steps: int, bits: int = WORD_BITS) -> tuple[Any, 
     return count, widen, widen_after
 
 
-def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
+def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual: Residual | None = None) -> Any:
     """The flat form's conv: each parallel task is one vector of output positions of one image; per tap column j
     a mask (all ones, or 0 where the column leaves the row) is computed once and and-ed into the loaded words.
 
@@ -427,10 +497,11 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
     byte_counts = plan.tiling.byte_counts
     bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
     byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, bits)
+    at = plan.acc_dtype
 
     xp_type, w_type = T.Buffer((n_, cw_, plane), wt), T.Buffer((op_, kh_, kw_, cw_), wt)
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
-    y_type = T.Buffer((n_, o_, oh_, ow_), "float32")
+    y_type, r_type = T.Buffer((n_, o_, oh_, ow_), "float32"), T.Buffer((n_, o_, oh_, ow_), "float32")
 
     @T.macro
     def masks(mask, nq):
@@ -445,7 +516,7 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
         """acc[oi, lane]: popcount(x xor w) of tile ``to``'s channels at the task's positions."""
         for oi in T.unroll(ob):
             for lane in T.vectorized(lanes):
-                acc[oi, lane] = 0
+                acc[oi, lane] = T.Cast(at, 0)
         if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
             for oi in T.unroll(ob):
                 for lane in T.vectorized(lanes):
@@ -465,16 +536,17 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
             for i, j, cw in T.grid(kh_, kw_, cw_):
                 for oi in T.unroll(ob):
                     for lane in T.vectorized(lanes):
-                        acc[oi, lane] = acc[oi, lane] + T.Cast("int32", T.popcount(T.bitwise_xor(
+                        acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
                             T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl],
                                           mask[j, lane]),
                             wpk[to * ob + oi, i, j, cw])))
 
-    @T.prim_func
-    def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y4: y_type):
-        y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
+    value = _epilogue(k_, residual)
+
+    @T.macro
+    def tasks(xp, wpk, alpha, bias, r, y):
         for nq in T.parallel(n_ * qv_):
-            acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            acc = T.alloc_buffer((ob, lanes), at, scope="local")
             acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
             mask = T.alloc_buffer((kw_, lanes), wt, scope="local")
             masks(mask, nq)
@@ -484,17 +556,30 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
                     if to * ob + oi < o_:
                         if nq % qv_ * lanes + lanes <= q_:
                             for lane in T.vectorized(lanes):
-                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = (
-                                    alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
-                                    + bias[to * ob + oi])
+                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = value(
+                                    alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                    r[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane])
                         else:
                             for lane in range(q_ - nq % qv_ * lanes):
-                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = (
-                                    alpha[to * ob + oi] * T.Cast("float32", k_ - 2 * acc[oi, lane])
-                                    + bias[to * ob + oi])
+                                y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = value(
+                                    alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                    r[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane])
 
-    if next_plan is None:
+    if next_plan is None and residual is None:
+        @T.prim_func
+        def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y4: y_type):
+            y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)  # the same memory, positions flattened
+            tasks(xp, wpk, alpha, bias, y, y)  # no residual: ``r`` is never read
+
         return scheduled(conv, symbol)
+    if next_plan is None:
+        @T.prim_func
+        def conv_res(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, r4: r_type, y4: y_type):
+            r = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=r4.data)
+            y = T.decl_buffer((n_, o_, oh_ * ow_), "float32", data=y4.data)
+            tasks(xp, wpk, alpha, bias, r, y)
+
+        return scheduled(conv_res, symbol)
 
     nb, nwt, ncw = next_plan.tiling.word_bits, next_plan.tiling.word_dtype, next_plan.words
     nplane = next_plan.plane
@@ -502,6 +587,9 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
     tail = next_plan.slack + (next_plan.shape.pads[0] + oh_) * w_  # the first padding word after the data
     lo_type, hi_type = T.Buffer((op_,), "int32"), T.Buffer((op_,), "int32")  # one object each
     xpn_type = T.Buffer((n_, ncw, nplane), nwt)
+    # the sign bits are built in lanes as wide as the compare's masks (no narrowing per channel): 16-bit where
+    # the counts are 16-bit and the next words too, else 32-bit, narrowed once at the store
+    word_acc = "uint16" if at == "uint16" and nb == 16 else "uint32"
 
     @T.prim_func
     def conv_pack(xp: xp_type, wpk: w_type, lo: lo_type, hi: hi_type, xpn: xpn_type):
@@ -511,24 +599,24 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None) -> Any:
             for col in range(nplane - tail):
                 xpn[nc // ncw, nc % ncw, tail + col] = T.Cast(nwt, 0)
         for nq in T.parallel(n_ * qv_):
-            acc = T.alloc_buffer((ob, lanes), "int32", scope="local")
+            acc = T.alloc_buffer((ob, lanes), at, scope="local")
             acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")
             mask = T.alloc_buffer((kw_, lanes), wt, scope="local")
-            # the next layer's sign bits, built in 32-bit lanes as the int32 compare's masks are (no narrowing
-            # per channel) and narrowed to the next layer's words once, at the store
-            words = T.alloc_buffer((ncw, lanes), "uint32", scope="local")
+            words = T.alloc_buffer((ncw, lanes), word_acc, scope="local")
             masks(mask, nq)
             for cw in range(ncw):
                 for lane in T.vectorized(lanes):
-                    words[cw, lane] = T.uint32(0)
+                    words[cw, lane] = T.Cast(word_acc, 0)
             for to in range(tiles_o):
                 counts(xp, wpk, acc, acc8, mask, nq, to)
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         for lane in T.vectorized(lanes):
                             words[(to * ob + oi) // nb, lane] = T.bitwise_or(words[(to * ob + oi) // nb, lane], T.Select(
-                                acc[oi, lane] >= lo[to * ob + oi] and acc[oi, lane] <= hi[to * ob + oi],
-                                T.shift_left(T.uint32(1), T.Cast("uint32", (to * ob + oi) % nb)), T.uint32(0)))
+                                acc[oi, lane] >= T.Cast(at, lo[to * ob + oi])
+                                and acc[oi, lane] <= T.Cast(at, hi[to * ob + oi]),
+                                T.shift_left(T.Cast(word_acc, 1), T.Cast(word_acc, (to * ob + oi) % nb)),
+                                T.Cast(word_acc, 0)))
             for cw in range(ncw):
                 if nq % qv_ * lanes + lanes <= q_:
                     for lane in T.vectorized(lanes):
@@ -643,7 +731,7 @@ def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
         if parts is None:
             return None
         shape: BinaryConvShape = parts["shape"]
-        plan = Plan(shape, Tiling.for_isa(isa, shape.o, shape.c, shape.same_stride1))
+        plan = Plan(shape, Tiling.for_isa(isa, shape.o, shape.c, shape.same_stride1, shape.ow))
         plans[f"{CONV_SYMBOL}_{index}"] = plans[f"{PACK_SYMBOL}_{index}"] = plan
         return pack_then_kernel(builder, index, plan, (pack_func, PACK_SYMBOL), (conv_func, CONV_SYMBOL),
                                 parts["x"], parts["shift"], plan.packed_x_shape,
@@ -657,11 +745,13 @@ def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
     def _pass(mod: Any, _ctx: Any) -> Any:
         plans.clear()
         mod = kernels(mod)
-        fused = 0
+        fused = residuals = 0
         if plans:
             mod, fused = fuse_conv_pack(mod, plans)
+            mod, residuals = fuse_residual(mod, plans)
         if stats is not None and stats.get("layers"):
             stats["packed_outputs"] = fused
+            stats["residual_epilogues"] = residuals
         return mod
 
     return _pass
@@ -687,13 +777,7 @@ def fuse_conv_pack(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
     @relax.expr_functor.mutator
     class _Fuse(relax.PyExprMutator):
         def visit_function_(self, func: Any) -> Any:
-            self.uses: dict[Any, int] = {}
-            for block in getattr(func.body, "blocks", []):
-                for binding in block.bindings:
-                    for var in relax.analysis.free_vars(binding.value):
-                        self.uses[var] = self.uses.get(var, 0) + 1
-            for var in relax.analysis.free_vars(func.body.body):
-                self.uses[var] = self.uses.get(var, 0) + 1
+            self.uses = use_counts(func)
             return super().visit_function_(func)
 
         def visit_call_(self, call: Any) -> Any:
@@ -724,13 +808,112 @@ def fuse_conv_pack(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
     mod = rewrite_with_builder(mod, _Fuse)
     if not fused:
         return mod, 0
+    return without_dead_kernels(mod, replaced), len(fused)
+
+
+def use_counts(func: Any) -> dict[Any, int]:
+    """How many bindings (and the function's result) read each variable of a Relax function: a kernel output
+    read once can be fused into its reader."""
+    from tvm import relax
+
+    uses: dict[Any, int] = {}
+    for block in getattr(func.body, "blocks", []):
+        for binding in block.bindings:
+            for var in relax.analysis.free_vars(binding.value):
+                uses[var] = uses.get(var, 0) + 1
+    for var in relax.analysis.free_vars(func.body.body):
+        uses[var] = uses.get(var, 0) + 1
+    return uses
+
+
+def without_dead_kernels(mod: Any, candidates: list[str]) -> Any:
+    """``mod`` after dead-code elimination, without the PrimFuncs among ``candidates`` that no Relax function
+    calls any more (DCE keeps PrimFuncs that carry a global symbol)."""
+    import tvm
+    from tvm import relax
+
     mod = relax.transform.DeadCodeElimination()(mod)
-    # the kernels only the dead calls used: DCE keeps PrimFuncs that carry a global symbol
     used: set[str] = set()
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, lambda e: used.add(e.name_hint)
                                             if isinstance(e, tvm.ir.GlobalVar) else None)
-    dropped = set(replaced) - used
+    dropped = set(candidates) - used
     return tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint not in dropped},
-                        attrs=mod.attrs, global_infos=mod.global_infos), len(fused)
+                        attrs=mod.attrs, global_infos=mod.global_infos)
+
+
+def fuse_residual(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
+    """(``mod`` with each ``[relu](add(conv, [relu](r)))`` — a float-output binary conv read by nothing else,
+    ``r`` a float tensor of the conv output's shape — replaced by one call of :func:`conv_func` with that
+    :class:`Residual` epilogue, how many). A ReLU on ``r`` is taken when nothing else reads its output, the
+    outer one when nothing else reads the sum. The sum is then rounded as onnxruntime rounds it (the conv's
+    float output, then + r)."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    from edgec.targets.relax_rewrite import rewrite_with_builder
+
+    call_tir, add_op, relu_op = (tvm.ir.Op.get(n) for n in ("relax.call_tir", "relax.add", "relax.nn.relu"))
+    fused: list[str] = []
+    replaced: list[str] = []
+
+    def is_call(expr: Any, op: Any) -> bool:
+        return isinstance(expr, relax.Call) and expr.op == op
+
+    @relax.expr_functor.mutator
+    class _Fuse(relax.PyExprMutator):
+        def visit_function_(self, func: Any) -> Any:
+            self.uses = use_counts(func)
+            self.bound = {b.var: b.value for block in getattr(func.body, "blocks", []) for b in block.bindings}
+            # a sum read only by a ReLU is fused at the ReLU (post), not at the add
+            self.at_relu = [v for v in self.bound.values() if is_call(v, relu_op) and self.match(v.args[0])]
+            return super().visit_function_(func)
+
+        def match(self, var: Any) -> tuple[Any, Any, bool] | None:
+            """(conv call, r, pre ReLU) when ``var`` (read once) is bound to a fusable add."""
+            add = self.bound.get(var) if isinstance(var, relax.Var) and self.uses.get(var, 0) == 1 else None
+            return self.match_add(add) if is_call(add, add_op) else None
+
+        def match_add(self, add: Any) -> tuple[Any, Any, bool] | None:
+            for a, b in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+                conv = self.bound.get(a) if isinstance(a, relax.Var) and self.uses.get(a, 0) == 1 else None
+                if not (is_call(conv, call_tir) and isinstance(conv.args[1], relax.Tuple)
+                        and len(conv.args[1].fields) == 4):
+                    continue
+                name = conv.args[0].name_hint
+                if (name not in plans or not name.startswith(CONV_SYMBOL + "_")
+                        or not tvm_ffi.structural_equal(a.ty, b.ty)):
+                    continue
+                inner = self.bound.get(b) if isinstance(b, relax.Var) and self.uses.get(b, 0) == 1 else None
+                if is_call(inner, relu_op):
+                    return conv, inner.args[0], True
+                return conv, b, False
+            return None
+
+        def visit_call_(self, call: Any) -> Any:
+            new = super().visit_call_(call)
+            post = any(call.same_as(v) for v in self.at_relu)
+            if post:
+                add = self.bound[call.args[0]]
+            elif is_call(call, add_op) and not any(call.same_as(self.bound.get(v.args[0])) for v in self.at_relu):
+                add = call
+            else:
+                return new
+            found = self.match_add(add)
+            if found is None:
+                return new
+            conv, r, pre = found
+            name = conv.args[0].name_hint
+            symbol = f"{name}_res{len(fused)}"
+            gv = self.builder_.add_func(conv_func(plans[name], symbol, Residual(pre, post)), symbol)
+            fused.append(symbol)
+            replaced.append(name)
+            xp, wpk, alpha, bias = (self.visit_expr(e) for e in conv.args[1].fields)
+            return relax.call_tir(gv, [xp, wpk, alpha, bias, self.visit_expr(r)], out_ty=conv.ty_args[0])
+
+    mod = rewrite_with_builder(mod, _Fuse)
+    if not fused:
+        return mod, 0
+    return without_dead_kernels(mod, replaced), len(fused)
