@@ -389,6 +389,20 @@ def test_weight_prefetch_hints_only_for_large_weights(tmp_path, fuse_every_pair)
         assert (sum(hints.values()) > 0) == hinted, (name, hints)
 
 
+def test_winograd_prefetches_the_next_tasks_weights(tmp_path):
+    """Winograd's batched product asks for the next task's transformed weights (prefetch.plan_next_task) where U
+    is at least CpuOptions.prefetch_min_bytes — 128 → 128 channels at 7×7 (F(2,3): 1 MB of U), one hint per
+    chunk of its tile in the product's channel loop — and not for 16 channels (16 KB); both equal onnxruntime (the
+    7×7 one with batch 2 and a residual)."""
+    cases = [("big", conv_model(n=2, cin=128, cout=128, hw=7, k=3, residual=True, act="relu"), True),
+             ("small", conv_model(n=1, cin=16, cout=16, hw=16, k=3, act="relu"), False)]
+    for name, model, hinted in cases:
+        (tmp_path / name).mkdir()
+        _check(model, tmp_path / name, "WinogradNCHWc")
+        hints = {k: v for k, v in _prefetch_hints(tmp_path / name / "m.onnx").items() if "winograd" in k}
+        assert hints and all((v > 0) == hinted for v in hints.values()), (name, hints)
+
+
 def test_weight_prefetch_on_emulated_arm_device(tmp_path):
     """The hint is LLVM's generic prefetch intrinsic: cross-compiled for aarch64 and run under qemu, a conv with
     prefetched weights (NEON's 4-lane blocks, 128 KB) still equals onnxruntime."""

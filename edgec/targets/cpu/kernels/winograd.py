@@ -23,7 +23,7 @@ import numpy as np
 from tvm import s_tir
 from tvm.target import Target
 
-from edgec.targets.cpu import sched
+from edgec.targets.cpu import prefetch, sched
 from edgec.targets.cpu.blocked import is_blocked
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.options import CpuOptions
@@ -228,8 +228,10 @@ class WinogradNCHWc(sched.KernelRule):
         _unroll_vectorize(sch, [a, n], cb)
         sched.schedule_padding(sch, v_rows, lanes, inline=True)
 
-        # Batched product over input channels: the direct conv's register tile (tiles × channel blocks).
+        # Batched product over input channels: the direct conv's register tile (tiles × channel blocks); each
+        # channel step also asks for the next task's U row (prefetch.plan_next_task: on small maps U streams).
         e, n, o, p, ob, r_ic = sch.get_loops(m_blk)
+        weights_u = sch.get(m_blk).reads[0].source  # U (reads[1]: V), before the write-back adds its own
         ic_bn = int(sch.get(m_blk).reads[1].source.shape[-1])
         vec = max(1, sched.extent(sch, ob) // lanes)
         reg_n, oc_tile = sched.register_tile(sched.extent(sch, p), sched.extent(sch, o), vec, isa.vector_registers)
@@ -237,9 +239,11 @@ class WinogradNCHWc(sched.KernelRule):
         p_o, p_i = sch.split(p, [None, reg_n])
         ic_o, ic_i = sch.split(r_ic, [None, ic_bn])
         sch.reorder(e, n, o_o, p_o, ic_o, ic_i, p_i, o_i, ob)
-        sch.parallel(sch.fuse(e, n, o_o))
+        outer = sch.fuse(e, n, o_o)
+        sch.parallel(outer)
         sched.write_back_tile(sch, m_blk, p_o, lanes, epilogue=False)
         sched.finish_reduction(sch, m_blk, ic_o, ob, [p_i, o_i], init_unroll=2)
+        hints = prefetch.plan_next_task(sch, weights_u, outer, ic_o, ic_i, oc_tile, self.options)
 
         # Output transform per output tile, its row pass just before it, the fused epilogue inlined.
         leftover = sched.inline_epilogue(sch, y_blk)
@@ -255,7 +259,7 @@ class WinogradNCHWc(sched.KernelRule):
         _unroll_vectorize(sch, [c, xx], ob)
         for other in leftover:
             sched.schedule_leftover(sch, other, lanes)
-        return sch
+        return prefetch.insert(sch, hints, self.options)
 
 
 def _unroll_vectorize(sch, unrolled: list, vector_loop) -> None:
