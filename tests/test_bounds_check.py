@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import assert_bounds_checked_equal, binary_block_model, conv_model, dw_pw_model, matmul_model, runnable_preset
+from helpers import (assert_bounds_checked_equal, binary_block_model, conv_model, dw_pw_model, matmul_model,
+                     runnable_preset)
 
 ATOL = 1e-4
 

@@ -111,8 +111,9 @@ class Tiling:
         every bit counted is a channel. With VPOPCNTDQ the 16-bit words are counted by ``vpopcntw`` where the
         target has AVX-512 BITALG (Ice Lake and later, Zen 4 and later) and added in 16-bit lanes
         (:attr:`Plan.acc_dtype`): 32 positions per zmm instead of 16 (the MNIST BNN's 16 → 16 convs at 28×28 on a
-        Xeon with AMX: 5.0 → 2.9 µs and 4.0 → 2.4 µs). Without BITALG, and with the Arm dot product (``udot``
-        widens a word's count in one instruction), the 32-bit word stays. On 16 registers the flat form
+        Xeon with BITALG, alone: 5.0 → 2.4 µs writing packed words, 4.3 → 2.9 µs writing floats); a row form of
+        ≤ 16 outputs (``ow``) takes a half vector. Without BITALG, and with the Arm dot product (``udot`` widens
+        a word's count in one instruction), the 32-bit word stays. On 16 registers the flat form
         (``flat``) of 16-bit words takes 2 channels a tile: its 16-lane mask per tap column, byte counters and
         nibble table left 4 channels spilling (16 → 16 channels at 28×28 on a Zen 3: 9.4 µs with 4, 7.7 with 2,
         7.6 with 8; the row form 4.3 with 4, 4.7 with 2)."""
@@ -847,8 +848,8 @@ def fuse_residual(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
     """(``mod`` with each ``[relu](add(conv, [relu](r)))`` — a float-output binary conv read by nothing else,
     ``r`` a float tensor of the conv output's shape — replaced by one call of :func:`conv_func` with that
     :class:`Residual` epilogue, how many). A ReLU on ``r`` is taken when nothing else reads its output, the
-    outer one when nothing else reads the sum. The sum is then rounded as onnxruntime rounds it (the conv's
-    float output, then + r)."""
+    outer one when nothing else reads the sum. The sum is the conv's float output plus r, as onnxruntime adds
+    them (the affine map itself may be one fused multiply-add: equal within float tolerance, not bit for bit)."""
     import tvm
     import tvm_ffi
     from tvm import relax
