@@ -269,14 +269,15 @@ def test_compile_runs_binary_convs_on_the_kernel_and_verifies(binary_model, tmp_
     assert build["binary_conv"]["packed_outputs"] == 2
     # both blocks' second convs add the shortcut (and the ReLUs) in their epilogue: no float add kernel between
     assert build["binary_conv"]["residual_epilogues"] == 2
+    # block 1's sum and the strided conv's output are packed by the convs themselves (the latter's float map kept:
+    # it is block 2's shortcut): only the float stem's output is packed by a pack kernel
+    assert build["binary_conv"]["sign_epilogues"] == 2
     symbols = (out / "model.so").read_bytes()
-    for i in range(5):  # layers 0 and 3 write layers 1's and 4's packed input (and nothing else)
-        res = {1: "edgec_binary_conv_1_res0(", 4: "edgec_binary_conv_4_res1("}
-        kernels = ([res.get(i, f"edgec_binary_conv_{i}(")] if i not in (0, 3) else []) + (
-            [f"edgec_binary_conv_pack_{i}("] if i in (1, 4) else [f"edgec_binary_pack_{i}("])
-        gone = [f"edgec_binary_conv_{i}("] if i in (0, 1, 3, 4) else []
-        gone += [f"edgec_binary_pack_{i}("] if i in (1, 4) else []
-        assert all(k.encode() in symbols for k in kernels) and not any(k.encode() in symbols for k in gone), i
+    kernels = ["edgec_binary_pack_0(", "edgec_binary_conv_pack_1(", "edgec_binary_conv_sign0(",
+               "edgec_binary_conv_sign1(", "edgec_binary_conv_pack_4(", "edgec_binary_conv_4_res1("]
+    gone = [f"edgec_binary_conv_{i}(" for i in range(5)] + [f"edgec_binary_pack_{i}(" for i in range(1, 5)] + [
+        "edgec_binary_conv_1_res0("]
+    assert all(k.encode() in symbols for k in kernels) and not any(k.encode() in symbols for k in gone)
     assert b"fused_relu_add" not in symbols
     # the ±1 float weights are gone: bits instead of 4 bytes each (32-channel layers in uint32 words, 16-channel
     # ones in uint16 words on this AVX2 build or half-filled uint32 words with VPOPCNTDQ)
@@ -400,7 +401,8 @@ def test_arm_build_matches_onnxruntime_under_qemu():
 
     run = edgec_ops_on_qemu()
     assert run["build"]["binary_conv"] == {"layers": 2, "shapes": ["40->10 3x3/1 8x8", "40->17 3x3/2 8x8"],
-                                          "packed_outputs": 0, "residual_epilogues": 0}
+                                          "packed_outputs": 0, "residual_epilogues": 0,
+                                          "sign_epilogues": 0}
     got, want = run["outputs"], run["reference"]
     assert got["bin_int"].shape == want["bin_int"].shape == (1, 10, 8, 8)
     np.testing.assert_array_equal(got["bin_int"], want["bin_int"])
@@ -560,12 +562,13 @@ def test_residual_epilogue_equals_conv_then_add(pre, post, stride, preset):
     assert (y.numpy() == 0).any() == post
 
 
-@pytest.mark.parametrize("also_output_conv", [False, True])
-def test_residual_block_adds_in_the_conv_epilogue(tmp_path, also_output_conv):
+@pytest.mark.parametrize("also_output_conv, stride", [(False, 1), (True, 1), (False, 2)])
+def test_residual_block_adds_in_the_conv_epilogue(tmp_path, also_output_conv, stride):
     """`edgec compile` of a binary residual block: the shortcut add and both ReLUs run in the second conv's
     epilogue (the manifest's residual_epilogues; no separate add kernel), and the first conv writes the second's
-    packed words; the outputs equal onnxruntime's on the function form (`edgec compile` verifies). When the
-    conv's own output is also read (a graph output), the add is not fused."""
+    packed words — from integer bounds (stride 1), or from its float map, kept because it is the shortcut
+    (stride 2, row form: sign_epilogues); the outputs equal onnxruntime's on the function form (`edgec compile`
+    verifies). When the conv's own output is also read (a graph output), the add is not fused."""
     import json
 
     import onnx
@@ -575,11 +578,77 @@ def test_residual_block_adds_in_the_conv_epilogue(tmp_path, also_output_conv):
     from helpers import binary_block_model
 
     model = tmp_path / "block.onnx"
-    onnx.save(binary_block_model(tmp_path, also_output_conv=also_output_conv), str(model))
+    onnx.save(binary_block_model(tmp_path, also_output_conv=also_output_conv, stride=stride), str(model))
     result = edgec_compile(model, output=tmp_path / "art", target="x86")
     assert result.verification.passed, result.verification.summary()
     build = json.loads((tmp_path / "art" / "manifest.json").read_text())["target"]["build"]["binary_conv"]
-    assert build["layers"] == 2 and build["packed_outputs"] == 1
+    assert build["layers"] == 2
+    assert (build["packed_outputs"], build["sign_epilogues"]) == ((1, 0) if stride == 1 else (0, 1))
     assert build["residual_epilogues"] == (0 if also_output_conv else 1)
     symbols = (tmp_path / "art" / "model.so").read_bytes()
     assert (b"edgec_binary_conv_1_res0(" in symbols) == (not also_output_conv)
+    assert b"edgec_binary_pack_1(" not in symbols  # the second conv's input comes packed
+
+
+SIGN_CASES = [  # c, o, (h, w), stride, next stride, residual, keep the float map
+    (16, 16, (13, 11), 1, 2, True, False),   # flat → row form (a stride-2 next layer), the shortcut added
+    (16, 32, (28, 28), 2, 1, False, True),   # row form → flat, the float map kept (it is a shortcut too)
+    (17, 40, (9, 7), 1, 1, True, True),      # flat → flat with a residual: float bounds, 32-bit words
+    (40, 10, (8, 9), 2, 2, False, False),    # row → row
+]
+
+
+@pytest.mark.parametrize("preset", ["x86", "x86:avx2"])
+@pytest.mark.parametrize("case", SIGN_CASES, ids=[f"c{c[0]}-o{c[1]}-s{c[3]}to{c[4]}-res{int(c[5])}-keep{int(c[6])}"
+                                                  for c in SIGN_CASES])
+def test_conv_writing_sign_words_equals_conv_then_pack(case, preset):
+    """conv_func with a SignOut epilogue (the next layer's packed input from the float output, residual or not,
+    flat or row form on either side) equals the next layer's own pack of the float output word for word — the
+    padding words included, over stale memory — and, where the float map is kept, that map equals conv (+ the
+    shortcut) within 1e-5; batch 2, channels that are no multiple of the tile or the word, a next shift of every
+    sign (+inf: a ReLU absorbed). This host's build and an AVX2 build, both run here."""
+    import tvm
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.isa import isa_of
+    from edgec.targets.cpu.kernels import binary_conv as bc
+
+    c, o, (h, w), stride, next_stride, res, keep = case
+    target = resolve_target(preset).tvm_target()
+    isa = isa_of(target)
+    shape = bc.BinaryConvShape(n=2, c=c, h=h, w=w, o=o, kh=3, kw=3, strides=(stride,) * 2, pads=(1,) * 4,
+                               dilations=(1, 1))
+    nxt = bc.BinaryConvShape(n=2, c=o, h=shape.oh, w=shape.ow, o=8, kh=3, kw=3, strides=(next_stride,) * 2,
+                             pads=(1,) * 4, dilations=(1, 1))
+    plan, next_plan = (bc.Plan(sh, bc.Tiling.for_isa(isa, sh.o, sh.c, sh.same_stride1, sh.ow)) for sh in (shape, nxt))
+    assert (plan.flat, next_plan.flat) == (stride == 1, next_stride == 1)
+    residual = bc.Residual(pre_relu=True) if res else None
+    lib = tvm.compile(tvm.IRModule({"pack": bc.pack_func(plan, "pack"), "next_pack": bc.pack_func(next_plan, "next_pack"),
+                                    "conv": bc.conv_func(plan, "conv", residual, bc.SignOut(next_plan, keep))}),
+                      target=target)
+    rng = np.random.default_rng(c + o)
+    x, shift, wts = _data(plan, 9)
+    alpha = rng.uniform(-0.2, 0.2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    r = (rng.standard_normal((2, o, shape.oh, shape.ow)) * 2).astype(np.float32)
+    next_shift = np.resize(np.float32([-0.3, 0.0, 0.2, np.inf]), o)
+    dev = tvm.cpu()
+    xp = tvm.runtime.empty(plan.packed_x_shape, plan.tiling.word_dtype, dev)
+    lib["pack"](tvm.runtime.tensor(x), tvm.runtime.tensor(shift), xp)
+    y = tvm.runtime.tensor(np.full((2, o, shape.oh, shape.ow), np.nan, np.float32))
+    got = tvm.runtime.tensor(np.full(next_plan.packed_x_shape, 0xFFFF, next_plan.tiling.word_dtype))  # stale
+    args = [xp, tvm.runtime.tensor(bc.pack_weights(wts, plan)), tvm.runtime.tensor(bc.padded_vector(alpha, plan)),
+            tvm.runtime.tensor(bc.padded_vector(bias, plan))]
+    args += [tvm.runtime.tensor(r)] if res else []
+    args += [tvm.runtime.tensor(next_shift)] + ([y] if keep else []) + [got]
+    lib["conv"](*args)
+    integer = ref.binary_conv_integer(x, wts, shift, shape.strides, shape.pads, shape.dilations).astype(np.float32)
+    want_y = (alpha[None, :, None, None] * integer).astype(np.float32) + bias[None, :, None, None]
+    want_y = want_y + np.maximum(r, 0) if res else want_y
+    if keep:
+        np.testing.assert_allclose(y.numpy(), want_y, rtol=1e-5, atol=1e-5 * float(np.abs(want_y).max()))
+    # the words are those of the float map the kernel computes: its own where kept, else the reference's
+    want = tvm.runtime.empty(next_plan.packed_x_shape, next_plan.tiling.word_dtype, dev)
+    lib["next_pack"](tvm.runtime.tensor(y.numpy() if keep else want_y), tvm.runtime.tensor(next_shift), want)
+    assert 0 < np.count_nonzero(want.numpy()) < want.numpy().size
+    np.testing.assert_array_equal(got.numpy(), want.numpy())

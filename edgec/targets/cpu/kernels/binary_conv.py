@@ -24,10 +24,12 @@ forms (:attr:`Plan.flat`):
   ``vpshufb`` nibble count, ``cnt v.16b``) and add the counts as bytes for up to 31 words before widening them
   (:attr:`Tiling.byte_counts`) (:func:`takes`).
 
-Two rewrites follow in the graph (:func:`binary_conv_pass`): a conv whose output only the next binary layer's pack
-reads writes that layer's packed words itself (:func:`conv_pack_func`), and a conv whose output only a residual
-add reads adds the shortcut — and the ReLUs around it — in its epilogue (:class:`Residual`,
-:func:`fuse_residual`).
+Three rewrites follow in the graph (:func:`binary_conv_pass`): a conv whose output only the next binary layer's
+pack reads writes that layer's packed words itself from integer bounds on its popcounts (:func:`conv_pack_func`);
+a conv whose output only a residual add reads adds the shortcut — and the ReLUs around it — in its epilogue
+(:class:`Residual`, :func:`fuse_residual`); and any other float-output conv a pack reads writes the packed words
+from its float values, keeping the float map where something else reads it too (:class:`SignOut`,
+:func:`fuse_sign_output`). Between binary layers only a float layer's output is then packed by a pack kernel.
 
 Pad bits are 0 in both operands, so their xor is 0 and K = C·kh·kw counts only real positions. Outputs are computed
 in whole vectors (the packed buffers are long enough, extra positions read zero words) and only the real ones are
@@ -239,6 +241,53 @@ def _epilogue(k: int, residual: Residual | None) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class SignOut:
+    """The next binary layer's packed input written by the conv's epilogue from its float output: the sign bit
+    of ``y + shift`` for each channel (``shift`` [O], the next layer's, a ReLU absorbed as in its pack), in
+    ``next_plan``'s layout (flat or row form, its padding words zero); ``keep_float``: the float ``y`` is stored
+    too (a residual block's sum also feeds the next shortcut). Why: issue 19's "binary activations stay packed
+    between binary layers" where :func:`conv_pack_func`'s integer bounds do not apply — a residual sum, a row-form
+    conv, a next layer of another form — the float map and the pack kernel that re-read it go."""
+
+    next_plan: Plan
+    keep_float: bool = False
+
+
+def _next_index(plan: Plan) -> Any:
+    """``index(n, cw, y, x)``: where ``plan``'s packed input holds word ``cw`` of unpadded position (y, x)."""
+    s = plan.shape
+    pt, pl, sw = s.pads[0], s.pads[1], s.strides[1]
+    if plan.flat:
+        return lambda n, cw, y, x: (n, cw, plan.slack + (y + pt) * s.w + x)
+    return lambda n, cw, y, x: (n, y + pt, cw, (x + pl) % sw, (x + pl) // sw)
+
+
+def _next_offset(plan: Plan) -> tuple[Any, int]:
+    """(``offset(n, y, x)``, stride): where ``plan``'s packed input, flattened, holds word 0 of unpadded position
+    (y, x) — word ``cw`` lies ``cw · stride`` further."""
+    s = plan.shape
+    pt, pl = s.pads[0], s.pads[1]
+    if plan.flat:
+        return (lambda n, y, x: n * plan.words * plan.plane + plan.slack + (y + pt) * s.w + x), plan.plane
+    sw, wq, hp, cw = s.strides[1], plan.wq, plan.hp, plan.words
+    return (lambda n, y, x: ((n * hp + y + pt) * cw * sw + (x + pl) % sw) * wq + (x + pl) // sw), sw * wq
+
+
+def _without_params(func: Any, names: set[str], views: set[str]) -> Any:
+    """``func`` without the parameters named ``names`` — buffers its body never reads (a variant's unused
+    inputs, its static branches not taken), so one script serves every signature — and without the top-level
+    buffer declarations named ``views`` (their flattened views)."""
+    import tvm
+
+    body = func.body
+    if isinstance(body, tvm.tirx.SeqStmt):
+        body = tvm.tirx.SeqStmt([st for st in body.seq
+                                 if not (isinstance(st, tvm.tirx.DeclBuffer) and st.buffer.name in views)])
+    params = [p for p in func.params if p.name not in names]
+    return tvm.tirx.PrimFunc(params, body, func.ret_type, func.attrs)
+
+
 def pack_weights(w: np.ndarray, plan: Plan) -> np.ndarray:
     """Sign bits of ``w`` — float [O, C, kh, kw] or ±1 — as the conv's words [Op, kh, kw, Cw] (extra output
     channels all zero words)."""
@@ -307,14 +356,16 @@ def pack_func(plan: Plan, symbol: str = PACK_SYMBOL) -> Any:
     return scheduled(pack, symbol)
 
 
-def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None = None) -> Any:
+def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None = None,
+              sign: SignOut | None = None) -> Any:
     """PrimFunc(xp, wp [Op, kh, kw, Cw] u32, alpha [Op], bias [Op]) → y [N, O, OH, OW] f32, exported as
     ``symbol``; with ``residual``, PrimFunc(xp, wp, alpha, bias, r [N, O, OH, OW] f32, y) adding ``r`` in the
-    epilogue (:class:`Residual`)."""
+    epilogue (:class:`Residual`); with ``sign``, PrimFunc(xp, wp, alpha, bias, [r], shift [O], [y], xpn) writing
+    the next layer's packed input (:class:`SignOut`)."""
     from tvm.script import tirx as T
 
     if plan.flat:
-        return _conv_flat(plan, symbol, residual=residual)
+        return _conv_flat(plan, symbol, residual=residual, sign=sign)
     s = plan.shape
     n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
     kh_, kw_, cw_ = s.kh, s.kw, plan.words
@@ -336,37 +387,44 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None =
     value = _epilogue(k_, residual)
 
     @T.macro
+    def counts(xp, wpk, acc, acc8, ny, to, tx):
+        """acc[oi, lane]: popcount(x xor w) of tile ``to``'s channels at row ``ny``'s columns of vector ``tx``."""
+        for oi in T.unroll(ob):
+            for lane in T.vectorized(lanes):
+                acc[oi, lane] = T.Cast(at, 0)
+        if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
+            for oi in T.unroll(ob):
+                for lane in T.vectorized(lanes):
+                    acc8[oi, lane] = T.Cast(wt, 0)
+            for i, j, cw in T.grid(kh_, kw_, cw_):
+                for oi in T.unroll(ob):
+                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
+                        T.bitwise_xor(xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
+                                         T.Ramp(tx * lanes + j * dw // sw, 1, lanes)],
+                                      T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
+                if widen_after((i * kw_ + j) * cw_ + cw):
+                    for oi in T.unroll(ob):
+                        for lane in T.vectorized(lanes):
+                            acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                            acc8[oi, lane] = T.Cast(wt, 0)
+        else:
+            for i, j, cw in T.grid(kh_, kw_, cw_):
+                for oi in T.unroll(ob):
+                    for lane in T.vectorized(lanes):
+                        acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
+                            xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw, tx * lanes + lane + j * dw // sw],
+                            wpk[to * ob + oi, i, j, cw])))
+
+    if sign is not None:
+        return _row_sign(plan, symbol, sign, residual, value, counts)
+
+    @T.macro
     def task(xp, wpk, alpha, bias, r, y, ny):  # one output row ``ny`` (image × row): every tile
         acc = T.alloc_buffer((ob, lanes), at, scope="local")
         acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
         for to in range(tiles_o):
             for tx in range(tiles_x):
-                for oi in T.unroll(ob):
-                    for lane in T.vectorized(lanes):
-                        acc[oi, lane] = T.Cast(at, 0)
-                if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
-                    for oi in T.unroll(ob):
-                        for lane in T.vectorized(lanes):
-                            acc8[oi, lane] = T.Cast(wt, 0)
-                    for i, j, cw in T.grid(kh_, kw_, cw_):
-                        for oi in T.unroll(ob):
-                            acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
-                                T.bitwise_xor(xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
-                                                 T.Ramp(tx * lanes + j * dw // sw, 1, lanes)],
-                                              T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
-                        if widen_after((i * kw_ + j) * cw_ + cw):
-                            for oi in T.unroll(ob):
-                                for lane in T.vectorized(lanes):
-                                    acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
-                                    acc8[oi, lane] = T.Cast(wt, 0)
-                else:
-                    for i, j, cw in T.grid(kh_, kw_, cw_):
-                        for oi in T.unroll(ob):
-                            for lane in T.vectorized(lanes):
-                                acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
-                                    xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
-                                       tx * lanes + lane + j * dw // sw],
-                                    wpk[to * ob + oi, i, j, cw])))
+                counts(xp, wpk, acc, acc8, ny, to, tx)
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         if tx * lanes + lanes <= ow_:
@@ -479,7 +537,8 @@ def _byte_counting(lanes: int, steps: int, bits: int = WORD_BITS) -> tuple[Any, 
     return count, widen, widen_after
 
 
-def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual: Residual | None = None) -> Any:
+def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual: Residual | None = None,
+               sign: SignOut | None = None) -> Any:
     """The flat form's conv: each parallel task is one vector of output positions of one image; per tap column j
     a mask (all ones, or 0 where the column leaves the row) is computed once and and-ed into the loaded words.
 
@@ -566,6 +625,8 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
                                     alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
                                     r[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane])
 
+    if sign is not None:
+        return _flat_sign(plan, symbol, sign, residual, value, masks, counts)
     if next_plan is None and residual is None:
         @T.prim_func
         def conv(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, y4: y_type):
@@ -627,6 +688,174 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
                         xpn[nq // qv_, cw, head + nq % qv_ * lanes + lane] = T.Cast(nwt, words[cw, lane])
 
     return scheduled(conv_pack, symbol)
+
+
+def _row_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None, value: Any, counts: Any) -> Any:
+    """The row form writing :class:`SignOut` words (and the float map where ``keep_float``): PrimFunc(xp, wpk,
+    alpha, bias, [r], shift [O], [y], xpn) — ``value`` and ``counts`` :func:`conv_func`'s. A row's sign words
+    are gathered over its channel tiles for every column vector, then stored."""
+    from tvm.script import tirx as T
+
+    s, nxt = plan.shape, sign.next_plan
+    n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
+    op_, lanes, ob = plan.o_padded, plan.tiling.lanes, plan.tiling.ob
+    tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
+    wt, at = plan.tiling.word_dtype, plan.acc_dtype
+    nb, nwt, ncw = nxt.tiling.word_bits, nxt.tiling.word_dtype, nxt.words
+    total = int(np.prod(nxt.packed_x_shape))
+    index, next_flat, keep = _next_index(nxt), nxt.flat, sign.keep_float
+    head = nxt.slack + nxt.shape.pads[0] * ow_ if nxt.flat else 0  # flat next: position q's word at head + q
+    whole_vectors = residual is None
+
+    xp_type = T.Buffer(plan.packed_x_shape, wt)
+    w_type = T.Buffer((op_, s.kh, s.kw, plan.words), wt)
+    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
+    y_type, r_type = T.Buffer((n_, o_, oh_, ow_), "float32"), T.Buffer((n_, o_, oh_, ow_), "float32")
+    shift_type, xpn_type = T.Buffer((o_,), "float32"), T.Buffer(nxt.packed_x_shape, nwt)
+
+    @T.prim_func
+    def conv_sign(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, r: r_type, shift: shift_type,
+                  y: y_type, xpn: xpn_type):
+        words_n = T.decl_buffer((total,), nwt, data=xpn.data)
+        for i in range(total):  # the next layer's padding words (+1): zero
+            words_n[i] = T.Cast(nwt, 0)
+        for ny in T.parallel(n_ * oh_):
+            acc = T.alloc_buffer((ob, lanes), at, scope="local")
+            acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")
+            vals = T.alloc_buffer((lanes,), "float32", scope="local")
+            words = T.alloc_buffer((ncw, tiles_x, lanes), "uint32", scope="local")
+            for cw, tx in T.grid(ncw, tiles_x):
+                for lane in T.vectorized(lanes):
+                    words[cw, tx, lane] = T.uint32(0)
+            for to in range(tiles_o):
+                for tx in range(tiles_x):
+                    counts(xp, wpk, acc, acc8, ny, to, tx)
+                    for oi in T.unroll(ob):
+                        if to * ob + oi < o_:
+                            if whole_vectors:  # nothing read past the row: the last vector computes whole
+                                for lane in T.vectorized(lanes):
+                                    vals[lane] = value(alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                                       r[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane])
+                            elif tx * lanes + lanes <= ow_:
+                                for lane in T.vectorized(lanes):
+                                    vals[lane] = value(alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                                       r[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane])
+                            else:  # the shortcut is not read past the row's end
+                                for lane in range(ow_ - tx * lanes):
+                                    vals[lane] = value(alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                                       r[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane])
+                            if keep:
+                                if tx * lanes + lanes <= ow_:
+                                    for lane in T.vectorized(lanes):
+                                        y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = vals[lane]
+                                else:  # columns past the row are never stored
+                                    for lane in range(ow_ - tx * lanes):
+                                        y[ny // oh_, to * ob + oi, ny % oh_, tx * lanes + lane] = vals[lane]
+                            for lane in T.vectorized(lanes):
+                                words[(to * ob + oi) // nb, tx, lane] = T.bitwise_or(
+                                    words[(to * ob + oi) // nb, tx, lane],
+                                    T.Select(vals[lane] + shift[to * ob + oi] < T.float32(0),
+                                             T.shift_left(T.uint32(1), T.Cast("uint32", (to * ob + oi) % nb)),
+                                             T.uint32(0)))
+            for cw, tx in T.grid(ncw, tiles_x):
+                if next_flat and tx * lanes + lanes <= ow_:
+                    for lane in T.vectorized(lanes):
+                        xpn[ny // oh_, cw, head + ny % oh_ * ow_ + tx * lanes + lane] = T.Cast(nwt, words[cw, tx, lane])
+                else:
+                    for lane in range(T.min(lanes, ow_ - tx * lanes)):
+                        xpn[index(ny // oh_, cw, ny % oh_, tx * lanes + lane)] = T.Cast(nwt, words[cw, tx, lane])
+
+    unused = ({"r"} if residual is None else set()) | (set() if keep else {"y"})
+    return scheduled(_without_params(conv_sign, unused, set()), symbol)
+
+
+def _flat_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None, value: Any, masks: Any,
+               counts: Any) -> Any:
+    """The flat form writing :class:`SignOut` words (and the float map where ``keep_float``): PrimFunc(xp, wpk,
+    alpha, bias, [r], shift [O], [y], xpn) — ``value``, ``masks`` and ``counts`` :func:`_conv_flat`'s."""
+    from tvm.script import tirx as T
+
+    s, nxt = plan.shape, sign.next_plan
+    n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
+    op_, plane, qv_ = plan.o_padded, plan.plane, plan.q_vectors
+    lanes, ob = plan.tiling.lanes, plan.tiling.ob
+    tiles_o, q_ = op_ // ob, oh_ * ow_
+    wt, at = plan.tiling.word_dtype, plan.acc_dtype
+    nb, nwt, ncw = nxt.tiling.word_bits, nxt.tiling.word_dtype, nxt.words
+    total = int(np.prod(nxt.packed_x_shape))
+    next_flat, keep = nxt.flat, sign.keep_float
+    (offset, cw_stride), head = _next_offset(nxt), nxt.slack + nxt.shape.pads[0] * ow_
+    whole_vectors = residual is None
+
+    xp_type, w_type = T.Buffer((n_, plan.words, plane), wt), T.Buffer((op_, s.kh, s.kw, plan.words), wt)
+    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
+    y_type, r_type = T.Buffer((n_, o_, oh_, ow_), "float32"), T.Buffer((n_, o_, oh_, ow_), "float32")
+    shift_type, xpn_type = T.Buffer((o_,), "float32"), T.Buffer(nxt.packed_x_shape, nwt)
+
+    @T.prim_func
+    def conv_sign(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, r4: r_type, shift: shift_type,
+                  y4: y_type, xpn: xpn_type):
+        r = T.decl_buffer((n_, o_, q_), "float32", data=r4.data)
+        y = T.decl_buffer((n_, o_, q_), "float32", data=y4.data)
+        words_n = T.decl_buffer((total,), nwt, data=xpn.data)
+        for i in range(total):  # the next layer's padding words (+1): zero
+            words_n[i] = T.Cast(nwt, 0)
+        for nq in T.parallel(n_ * qv_):
+            acc = T.alloc_buffer((ob, lanes), at, scope="local")
+            acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")
+            mask = T.alloc_buffer((s.kw, lanes), wt, scope="local")
+            vals = T.alloc_buffer((lanes,), "float32", scope="local")
+            words = T.alloc_buffer((ncw, lanes), "uint32", scope="local")
+            dst = T.alloc_buffer((lanes,), "int32", scope="local")  # row-form next: each lane's word 0
+            masks(mask, nq)
+            if not next_flat:  # the scatter's offsets, once per task (lanes past the map: never used)
+                for lane in T.vectorized(lanes):
+                    dst[lane] = offset(nq // qv_, (nq % qv_ * lanes + lane) // ow_, (nq % qv_ * lanes + lane) % ow_)
+            for cw in range(ncw):
+                for lane in T.vectorized(lanes):
+                    words[cw, lane] = T.uint32(0)
+            for to in range(tiles_o):
+                counts(xp, wpk, acc, acc8, mask, nq, to)
+                for oi in T.unroll(ob):
+                    if to * ob + oi < o_:
+                        if whole_vectors:  # nothing read past the map: the last vector computes whole
+                            for lane in T.vectorized(lanes):
+                                vals[lane] = value(alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                                   r[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane])
+                        elif nq % qv_ * lanes + lanes <= q_:
+                            for lane in T.vectorized(lanes):
+                                vals[lane] = value(alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                                   r[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane])
+                        else:  # the shortcut is not read past the map's end
+                            for lane in range(q_ - nq % qv_ * lanes):
+                                vals[lane] = value(alpha[to * ob + oi], bias[to * ob + oi], acc[oi, lane],
+                                                   r[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane])
+                        if keep:
+                            if nq % qv_ * lanes + lanes <= q_:
+                                for lane in T.vectorized(lanes):
+                                    y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = vals[lane]
+                            else:  # lanes past the map are never stored
+                                for lane in range(q_ - nq % qv_ * lanes):
+                                    y[nq // qv_, to * ob + oi, nq % qv_ * lanes + lane] = vals[lane]
+                        for lane in T.vectorized(lanes):
+                            words[(to * ob + oi) // nb, lane] = T.bitwise_or(words[(to * ob + oi) // nb, lane],
+                                T.Select(vals[lane] + shift[to * ob + oi] < T.float32(0),
+                                         T.shift_left(T.uint32(1), T.Cast("uint32", (to * ob + oi) % nb)),
+                                         T.uint32(0)))
+            for cw in range(ncw):
+                if next_flat and nq % qv_ * lanes + lanes <= q_:
+                    for lane in T.vectorized(lanes):
+                        xpn[nq // qv_, cw, head + nq % qv_ * lanes + lane] = T.Cast(nwt, words[cw, lane])
+                elif next_flat:
+                    for lane in range(q_ - nq % qv_ * lanes):
+                        xpn[nq // qv_, cw, head + nq % qv_ * lanes + lane] = T.Cast(nwt, words[cw, lane])
+                else:
+                    for lane in range(T.min(lanes, q_ - nq % qv_ * lanes)):
+                        words_n[dst[lane] + cw * cw_stride] = T.Cast(nwt, words[cw, lane])
+
+    unused = ({"r4"} if residual is None else set()) | (set() if keep else {"y4"})
+    views = {"r4": "r", "y4": "y"}
+    return scheduled(_without_params(conv_sign, unused, {views[u] for u in unused}), symbol)
 
 
 def fusable(plan: Plan, next_plan: Plan) -> bool:
@@ -746,13 +975,16 @@ def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
     def _pass(mod: Any, _ctx: Any) -> Any:
         plans.clear()
         mod = kernels(mod)
-        fused = residuals = 0
+        fused = residuals = signs = 0
         if plans:
             mod, fused = fuse_conv_pack(mod, plans)
-            mod, residuals = fuse_residual(mod, plans)
+            taken: dict[str, tuple[str, Residual]] = {}
+            mod, residuals = fuse_residual(mod, plans, taken)
+            mod, signs = fuse_sign_output(mod, plans, taken)
         if stats is not None and stats.get("layers"):
             stats["packed_outputs"] = fused
             stats["residual_epilogues"] = residuals
+            stats["sign_epilogues"] = signs
         return mod
 
     return _pass
@@ -844,11 +1076,13 @@ def without_dead_kernels(mod: Any, candidates: list[str]) -> Any:
                         attrs=mod.attrs, global_infos=mod.global_infos)
 
 
-def fuse_residual(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
+def fuse_residual(mod: Any, plans: dict[str, Plan], taken: dict[str, tuple[str, Residual]] | None = None
+                  ) -> tuple[Any, int]:
     """(``mod`` with each ``[relu](add(conv, [relu](r)))`` — a float-output binary conv read by nothing else,
     ``r`` a float tensor of the conv output's shape — replaced by one call of :func:`conv_func` with that
     :class:`Residual` epilogue, how many). A ReLU on ``r`` is taken when nothing else reads its output, the
-    outer one when nothing else reads the sum. The sum is the conv's float output plus r, as onnxruntime adds
+    outer one when nothing else reads the sum. ``taken`` (if given) receives each new kernel's symbol → (the
+    conv's symbol, its :class:`Residual`). The sum is the conv's float output plus r, as onnxruntime adds
     them (the affine map itself may be one fused multiply-add: equal within float tolerance, not bit for bit)."""
     import tvm
     import tvm_ffi
@@ -909,10 +1143,90 @@ def fuse_residual(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
             name = conv.args[0].name_hint
             symbol = f"{name}_res{len(fused)}"
             gv = self.builder_.add_func(conv_func(plans[name], symbol, Residual(pre, post)), symbol)
+            if taken is not None:
+                taken[symbol] = (name, Residual(pre, post))
             fused.append(symbol)
             replaced.append(name)
             xp, wpk, alpha, bias = (self.visit_expr(e) for e in conv.args[1].fields)
             return relax.call_tir(gv, [xp, wpk, alpha, bias, self.visit_expr(r)], out_ty=conv.ty_args[0])
+
+    mod = rewrite_with_builder(mod, _Fuse)
+    if not fused:
+        return mod, 0
+    return without_dead_kernels(mod, replaced), len(fused)
+
+
+def fuse_sign_output(mod: Any, plans: dict[str, Plan], residuals: dict[str, tuple[str, Residual]]
+                     ) -> tuple[Any, int]:
+    """(``mod`` with each binary ``pack(y, shift)`` whose ``y`` is a float-output binary conv's — plain or with
+    a residual epilogue (``residuals``: symbol → (conv symbol, :class:`Residual`)) — of the shape the pack reads,
+    ``shift`` a constant, replaced by the conv writing the packed words itself (:class:`SignOut`): the float map
+    kept as a second output when something else reads it, how many). :func:`fuse_conv_pack` runs first and
+    takes the flat → flat pairs its integer bounds serve."""
+    import tvm
+    from tvm import relax
+
+    from edgec.targets.relax_rewrite import constant_value, rewrite_with_builder
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    fused: list[str] = []
+    replaced: list[str] = []
+
+    def kernel(call: Any) -> str | None:
+        if isinstance(call, relax.Call) and call.op == call_tir and isinstance(call.args[1], relax.Tuple):
+            return call.args[0].name_hint
+        return None
+
+    @relax.expr_functor.mutator
+    class _Fuse(relax.PyExprMutator):
+        def visit_function_(self, func: Any) -> Any:
+            uses = use_counts(func)
+            bound = {b.var: b.value for block in getattr(func.body, "blocks", []) for b in block.bindings}
+            self.pairs: list[tuple[Any, Any, SignOut, Residual | None, Plan, np.ndarray]] = []
+            seen: list[Any] = []
+            for pack in bound.values():
+                name = kernel(pack)
+                if name is None or name not in plans or not name.startswith(PACK_SYMBOL):
+                    continue
+                x, shift = pack.args[1].fields
+                conv = bound.get(x) if isinstance(x, relax.Var) else None
+                conv_name = kernel(conv)
+                base, residual = residuals.get(conv_name, (conv_name, None))
+                if (base is None or not base.startswith(CONV_SYMBOL + "_") or base not in plans
+                        or any(conv.same_as(c) for c in seen)):
+                    continue
+                plan, nxt = plans[base], plans[name]
+                s, t = plan.shape, nxt.shape
+                value = constant_value(shift, lambda v: bound.get(v))
+                if value is None or t.c != s.o or (t.n, t.h, t.w) != (s.n, s.oh, s.ow):
+                    continue
+                seen.append(conv)
+                sign = SignOut(nxt, keep_float=uses.get(x, 0) > 1)
+                self.pairs.append((conv, pack, sign, residual, plan, np.asarray(value, np.float32).reshape(-1)))
+            self.tuples: dict[int, Any] = {}
+            return super().visit_function_(func)
+
+        def fused_call(self, conv: Any, pack: Any, sign: SignOut, residual: Residual | None, plan: Plan,
+                       shift: np.ndarray) -> Any:
+            symbol = f"{CONV_SYMBOL}_sign{len(fused)}"
+            gv = self.builder_.add_func(conv_func(plan, symbol, residual, sign), symbol)
+            fused.append(symbol)
+            replaced.extend([kernel(conv), kernel(pack)])
+            args = [self.visit_expr(e) for e in conv.args[1].fields]
+            outs = [conv.ty_args[0], pack.ty_args[0]] if sign.keep_float else pack.ty_args[0]
+            return relax.call_tir(gv, [*args, relax.const(shift)], out_ty=outs)
+
+        def visit_call_(self, call: Any) -> Any:
+            new = super().visit_call_(call)
+            for i, (conv, pack, sign, residual, plan, shift) in enumerate(self.pairs):
+                if call.same_as(conv) and sign.keep_float:
+                    self.tuples[i] = self.builder_.emit(self.fused_call(conv, pack, sign, residual, plan, shift))
+                    return relax.TupleGetItem(self.tuples[i], 0)
+                if call.same_as(pack):
+                    if sign.keep_float:
+                        return relax.TupleGetItem(self.tuples[i], 1)
+                    return self.fused_call(conv, pack, sign, residual, plan, shift)
+            return new
 
     mod = rewrite_with_builder(mod, _Fuse)
     if not fused:
