@@ -393,6 +393,20 @@ def test_neon_plan_is_exact_here():
                                       err_msg=str(cases[i]))
 
 
+def test_arm_bnn_with_fused_epilogues_matches_onnxruntime_under_qemu(binary_model, tmp_path):
+    """The MNIST BNN for `arm:cortex-a72` takes the same graph rewrites as on x86 — packed outputs, shortcut adds
+    and sign words in the convs' epilogues (NEON plans: 8 channels × 4 lanes, byte counts) — and on the emulated
+    aarch64 device equals onnxruntime on the function form."""
+    import edgec
+
+    result = edgec.compile(binary_model, target="arm:cortex-a72", output=tmp_path / "a", verify=True,
+                           device="qemu-aarch64")
+    build = result.artifact.manifest["target"]["build"]["binary_conv"]
+    assert (build["layers"], build["packed_outputs"], build["residual_epilogues"], build["sign_epilogues"]) == \
+        (5, 2, 2, 2)
+    assert result.verification.passed, result.verification.summary()
+
+
 def test_arm_build_matches_onnxruntime_under_qemu():
     """`edgec compile --target arm:cortex-a72` runs both binary convs on the kernel, and on the emulated aarch64
     device (qemu-user) the integer part (alpha 1, bias 0, flat form) equals onnxruntime on the function form
