@@ -375,10 +375,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None =
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, tiles_x = op_ // ob, plan.ow_padded // lanes
     k_ = s.k
-    byte_counts = plan.tiling.byte_counts
-    bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
-    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, bits)
-    at = plan.acc_dtype
+    wt, at = plan.tiling.word_dtype, plan.acc_dtype
 
     xp_type, w_type = T.Buffer((n_, hp, cw_, sw, wq), wt), T.Buffer((op_, kh_, kw_, cw_), wt)
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")  # one object each
@@ -386,34 +383,13 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None =
 
     value = _epilogue(k_, residual)
 
-    @T.macro
-    def counts(xp, wpk, acc, acc8, ny, to, tx):
-        """acc[oi, lane]: popcount(x xor w) of tile ``to``'s channels at row ``ny``'s columns of vector ``tx``."""
-        for oi in T.unroll(ob):
-            for lane in T.vectorized(lanes):
-                acc[oi, lane] = T.Cast(at, 0)
-        if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
-            for oi in T.unroll(ob):
-                for lane in T.vectorized(lanes):
-                    acc8[oi, lane] = T.Cast(wt, 0)
-            for i, j, cw in T.grid(kh_, kw_, cw_):
-                for oi in T.unroll(ob):
-                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(
-                        T.bitwise_xor(xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw,
-                                         T.Ramp(tx * lanes + j * dw // sw, 1, lanes)],
-                                      T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
-                if widen_after((i * kw_ + j) * cw_ + cw):
-                    for oi in T.unroll(ob):
-                        for lane in T.vectorized(lanes):
-                            acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
-                            acc8[oi, lane] = T.Cast(wt, 0)
-        else:
-            for i, j, cw in T.grid(kh_, kw_, cw_):
-                for oi in T.unroll(ob):
-                    for lane in T.vectorized(lanes):
-                        acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
-                            xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw, tx * lanes + lane + j * dw // sw],
-                            wpk[to * ob + oi, i, j, cw])))
+    def load(xp, ny, tx, i, j, cw, lane):  # the words of row ``ny``'s column vector ``tx`` under tap (i, j)
+        return xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw, tx * lanes + lane + j * dw // sw]
+
+    def load_vector(xp, ny, tx, i, j, cw):
+        return xp[ny // oh_, ny % oh_ * sh + i * dh, cw, j * dw % sw, T.Ramp(tx * lanes + j * dw // sw, 1, lanes)]
+
+    counts = _counts_macro(plan, load, load_vector)
 
     if sign is not None:
         return _row_sign(plan, symbol, sign, residual, value, counts)
@@ -424,7 +400,7 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None =
         acc8 = T.alloc_buffer((ob, lanes), wt, scope="local")  # 4 byte counters a lane (byte_counts)
         for to in range(tiles_o):
             for tx in range(tiles_x):
-                counts(xp, wpk, acc, acc8, ny, to, tx)
+                counts(xp, wpk, acc, acc8, ny, tx, to)
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         if tx * lanes + lanes <= ow_:
@@ -452,6 +428,47 @@ def conv_func(plan: Plan, symbol: str = CONV_SYMBOL, residual: Residual | None =
             task(xp, wpk, alpha, bias, r, y, ny)
 
     return scheduled(conv_res, symbol)
+
+
+def _counts_macro(plan: Plan, load: Any, load_vector: Any) -> Any:
+    """The reduction both forms share, as a TVMScript macro ``counts(xp, wpk, acc, acc8, p, q, to)``:
+    ``acc[oi, lane]`` = popcount(x xor w) of channel tile ``to`` over (kh, kw, words), for the positions a form
+    names by (``p``, ``q``) — ``load(xp, p, q, i, j, cw, lane)`` reads a lane's word under tap (i, j), and
+    ``load_vector(xp, p, q, i, j, cw)`` the whole vector (:attr:`Tiling.byte_counts`' byte-wise path)."""
+    from tvm.script import tirx as T
+
+    s = plan.shape
+    kh_, kw_, cw_ = s.kh, s.kw, plan.words
+    lanes, ob = plan.tiling.lanes, plan.tiling.ob
+    byte_counts, wt, at = plan.tiling.byte_counts, plan.tiling.word_dtype, plan.acc_dtype
+    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, plan.tiling.word_bits)
+
+    @T.macro
+    def counts(xp, wpk, acc, acc8, p, q, to):
+        for oi in T.unroll(ob):
+            for lane in T.vectorized(lanes):
+                acc[oi, lane] = T.Cast(at, 0)
+        if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
+            for oi in T.unroll(ob):
+                for lane in T.vectorized(lanes):
+                    acc8[oi, lane] = T.Cast(wt, 0)
+            for i, j, cw in T.grid(kh_, kw_, cw_):
+                for oi in T.unroll(ob):
+                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(T.bitwise_xor(
+                        load_vector(xp, p, q, i, j, cw), T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
+                if widen_after((i * kw_ + j) * cw_ + cw):
+                    for oi in T.unroll(ob):
+                        for lane in T.vectorized(lanes):
+                            acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
+                            acc8[oi, lane] = T.Cast(wt, 0)
+        else:
+            for i, j, cw in T.grid(kh_, kw_, cw_):
+                for oi in T.unroll(ob):
+                    for lane in T.vectorized(lanes):
+                        acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
+                            load(xp, p, q, i, j, cw, lane), wpk[to * ob + oi, i, j, cw])))
+
+    return counts
 
 
 def _row_segments(width: int, lanes: int) -> list[tuple[int, int, int]]:
@@ -554,10 +571,7 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, q_ = op_ // ob, oh_ * ow_
     k_ = s.k
-    byte_counts = plan.tiling.byte_counts
-    bits, wt = plan.tiling.word_bits, plan.tiling.word_dtype
-    byte_count, widen, widen_after = _byte_counting(lanes, kh_ * kw_ * cw_, bits)
-    at = plan.acc_dtype
+    bits, wt, at = plan.tiling.word_bits, plan.tiling.word_dtype, plan.acc_dtype
 
     xp_type, w_type = T.Buffer((n_, cw_, plane), wt), T.Buffer((op_, kh_, kw_, cw_), wt)
     alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
@@ -571,35 +585,14 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
                     (nq % qv_ * lanes + lane) % ow_ + j - pl >= 0
                     and (nq % qv_ * lanes + lane) % ow_ + j - pl < w_, T.Cast(wt, (1 << bits) - 1), T.Cast(wt, 0))
 
-    @T.macro
-    def counts(xp, wpk, acc, acc8, mask, nq, to):
-        """acc[oi, lane]: popcount(x xor w) of tile ``to``'s channels at the task's positions."""
-        for oi in T.unroll(ob):
-            for lane in T.vectorized(lanes):
-                acc[oi, lane] = T.Cast(at, 0)
-        if byte_counts:  # byte counts summed for up to BYTE_STEPS words, then widened
-            for oi in T.unroll(ob):
-                for lane in T.vectorized(lanes):
-                    acc8[oi, lane] = T.Cast(wt, 0)
-            for i, j, cw in T.grid(kh_, kw_, cw_):
-                for oi in T.unroll(ob):
-                    acc8[oi, T.Ramp(0, 1, lanes)] = acc8[oi, T.Ramp(0, 1, lanes)] + byte_count(T.bitwise_xor(
-                        T.bitwise_and(xp[nq // qv_, cw, T.Ramp(slack + nq % qv_ * lanes + i * w_ + j - pl, 1,
-                                                               lanes)], mask[j, T.Ramp(0, 1, lanes)]),
-                        T.Broadcast(wpk[to * ob + oi, i, j, cw], lanes)))
-                if widen_after((i * kw_ + j) * cw_ + cw):
-                    for oi in T.unroll(ob):
-                        for lane in T.vectorized(lanes):
-                            acc[oi, lane] = acc[oi, lane] + widen(acc8[oi, lane])
-                            acc8[oi, lane] = T.Cast(wt, 0)
-        else:
-            for i, j, cw in T.grid(kh_, kw_, cw_):
-                for oi in T.unroll(ob):
-                    for lane in T.vectorized(lanes):
-                        acc[oi, lane] = acc[oi, lane] + T.Cast(at, T.popcount(T.bitwise_xor(
-                            T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl],
-                                          mask[j, lane]),
-                            wpk[to * ob + oi, i, j, cw])))
+    def load(xp, nq, mask, i, j, cw, lane):  # the task's words under tap (i, j), the row's edge masked
+        return T.bitwise_and(xp[nq // qv_, cw, slack + nq % qv_ * lanes + lane + i * w_ + j - pl], mask[j, lane])
+
+    def load_vector(xp, nq, mask, i, j, cw):
+        return T.bitwise_and(xp[nq // qv_, cw, T.Ramp(slack + nq % qv_ * lanes + i * w_ + j - pl, 1, lanes)],
+                             mask[j, T.Ramp(0, 1, lanes)])
+
+    counts = _counts_macro(plan, load, load_vector)
 
     value = _epilogue(k_, residual)
 
@@ -611,7 +604,7 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
             mask = T.alloc_buffer((kw_, lanes), wt, scope="local")
             masks(mask, nq)
             for to in range(tiles_o):
-                counts(xp, wpk, acc, acc8, mask, nq, to)
+                counts(xp, wpk, acc, acc8, nq, mask, to)
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         if nq % qv_ * lanes + lanes <= q_:
@@ -670,7 +663,7 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
                 for lane in T.vectorized(lanes):
                     words[cw, lane] = T.Cast(word_acc, 0)
             for to in range(tiles_o):
-                counts(xp, wpk, acc, acc8, mask, nq, to)
+                counts(xp, wpk, acc, acc8, nq, mask, to)
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         for lane in T.vectorized(lanes):
@@ -690,6 +683,19 @@ def _conv_flat(plan: Plan, symbol: str, next_plan: Plan | None = None, residual:
     return scheduled(conv_pack, symbol)
 
 
+def _sign_types(plan: Plan, nxt: Plan) -> tuple[Any, ...]:
+    """The buffer types of a :class:`SignOut` kernel's parameters (xp, wpk, alpha, bias, r, shift, y, xpn), one
+    object each."""
+    from tvm.script import tirx as T
+
+    s, op_ = plan.shape, plan.o_padded
+    out = (s.n, s.o, s.oh, s.ow)
+    return (T.Buffer(plan.packed_x_shape, plan.tiling.word_dtype),
+            T.Buffer((op_, s.kh, s.kw, plan.words), plan.tiling.word_dtype), T.Buffer((op_,), "float32"),
+            T.Buffer((op_,), "float32"), T.Buffer(out, "float32"), T.Buffer((s.o,), "float32"),
+            T.Buffer(out, "float32"), T.Buffer(nxt.packed_x_shape, nxt.tiling.word_dtype))
+
+
 def _row_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None, value: Any, counts: Any) -> Any:
     """The row form writing :class:`SignOut` words (and the float map where ``keep_float``): PrimFunc(xp, wpk,
     alpha, bias, [r], shift [O], [y], xpn) — ``value`` and ``counts`` :func:`conv_func`'s. A row's sign words
@@ -707,11 +713,7 @@ def _row_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None,
     head = nxt.slack + nxt.shape.pads[0] * ow_ if nxt.flat else 0  # flat next: position q's word at head + q
     whole_vectors = residual is None
 
-    xp_type = T.Buffer(plan.packed_x_shape, wt)
-    w_type = T.Buffer((op_, s.kh, s.kw, plan.words), wt)
-    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
-    y_type, r_type = T.Buffer((n_, o_, oh_, ow_), "float32"), T.Buffer((n_, o_, oh_, ow_), "float32")
-    shift_type, xpn_type = T.Buffer((o_,), "float32"), T.Buffer(nxt.packed_x_shape, nwt)
+    xp_type, w_type, alpha_type, bias_type, r_type, shift_type, y_type, xpn_type = _sign_types(plan, nxt)
 
     @T.prim_func
     def conv_sign(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, r: r_type, shift: shift_type,
@@ -729,7 +731,7 @@ def _row_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None,
                     words[cw, tx, lane] = T.uint32(0)
             for to in range(tiles_o):
                 for tx in range(tiles_x):
-                    counts(xp, wpk, acc, acc8, ny, to, tx)
+                    counts(xp, wpk, acc, acc8, ny, tx, to)
                     for oi in T.unroll(ob):
                         if to * ob + oi < o_:
                             if whole_vectors:  # nothing read past the row: the last vector computes whole
@@ -777,7 +779,7 @@ def _flat_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None
 
     s, nxt = plan.shape, sign.next_plan
     n_, o_, oh_, ow_ = s.n, s.o, s.oh, s.ow
-    op_, plane, qv_ = plan.o_padded, plan.plane, plan.q_vectors
+    op_, qv_ = plan.o_padded, plan.q_vectors
     lanes, ob = plan.tiling.lanes, plan.tiling.ob
     tiles_o, q_ = op_ // ob, oh_ * ow_
     wt, at = plan.tiling.word_dtype, plan.acc_dtype
@@ -787,10 +789,7 @@ def _flat_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None
     (offset, cw_stride), head = _next_offset(nxt), nxt.slack + nxt.shape.pads[0] * ow_
     whole_vectors = residual is None
 
-    xp_type, w_type = T.Buffer((n_, plan.words, plane), wt), T.Buffer((op_, s.kh, s.kw, plan.words), wt)
-    alpha_type, bias_type = T.Buffer((op_,), "float32"), T.Buffer((op_,), "float32")
-    y_type, r_type = T.Buffer((n_, o_, oh_, ow_), "float32"), T.Buffer((n_, o_, oh_, ow_), "float32")
-    shift_type, xpn_type = T.Buffer((o_,), "float32"), T.Buffer(nxt.packed_x_shape, nwt)
+    xp_type, w_type, alpha_type, bias_type, r_type, shift_type, y_type, xpn_type = _sign_types(plan, nxt)
 
     @T.prim_func
     def conv_sign(xp: xp_type, wpk: w_type, alpha: alpha_type, bias: bias_type, r4: r_type, shift: shift_type,
@@ -815,7 +814,7 @@ def _flat_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None
                 for lane in T.vectorized(lanes):
                     words[cw, lane] = T.uint32(0)
             for to in range(tiles_o):
-                counts(xp, wpk, acc, acc8, mask, nq, to)
+                counts(xp, wpk, acc, acc8, nq, mask, to)
                 for oi in T.unroll(ob):
                     if to * ob + oi < o_:
                         if whole_vectors:  # nothing read past the map: the last vector computes whole
@@ -993,19 +992,12 @@ def binary_conv_pass(isa: Any, stats: dict[str, Any] | None = None):
 def fuse_conv_pack(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
     """(``mod`` with each ``pack(conv(…))`` whose conv output nothing else reads replaced by one call of
     :func:`conv_pack_func`, how many): the plans by kernel symbol (``plans``) decide :func:`fusable`."""
-    import tvm
     from tvm import relax
 
     from edgec.targets.relax_rewrite import constant_value, rewrite_with_builder
 
-    call_tir = tvm.ir.Op.get("relax.call_tir")
     fused: list[str] = []
     replaced: list[str] = []
-
-    def kernel(call: Any) -> str | None:
-        if isinstance(call, relax.Call) and call.op == call_tir and isinstance(call.args[1], relax.Tuple):
-            return call.args[0].name_hint
-        return None
 
     @relax.expr_functor.mutator
     class _Fuse(relax.PyExprMutator):
@@ -1014,13 +1006,13 @@ def fuse_conv_pack(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
             return super().visit_function_(func)
 
         def visit_call_(self, call: Any) -> Any:
-            name = kernel(call)
+            name = kernel_name(call)
             new = super().visit_call_(call)
             if name is None or name not in plans or not name.startswith(PACK_SYMBOL):
                 return new
             x, shift = call.args[1].fields
             conv = self.lookup_binding(x) if isinstance(x, relax.Var) else None
-            conv_name = kernel(conv)
+            conv_name = kernel_name(conv)
             if (conv_name is None or not conv_name.startswith(CONV_SYMBOL) or conv_name not in plans
                     or self.uses.get(x, 0) != 1 or not fusable(plans[conv_name], plans[name])):
                 return new
@@ -1042,6 +1034,17 @@ def fuse_conv_pack(mod: Any, plans: dict[str, Plan]) -> tuple[Any, int]:
     if not fused:
         return mod, 0
     return without_dead_kernels(mod, replaced), len(fused)
+
+
+def kernel_name(call: Any) -> str | None:
+    """The PrimFunc a Relax ``call_tir`` with a tuple of arguments calls, or None for any other expression."""
+    import tvm
+    from tvm import relax
+
+    if (isinstance(call, relax.Call) and call.op == tvm.ir.Op.get("relax.call_tir")
+            and isinstance(call.args[1], relax.Tuple)):
+        return call.args[0].name_hint
+    return None
 
 
 def use_counts(func: Any) -> dict[Any, int]:
@@ -1163,19 +1166,12 @@ def fuse_sign_output(mod: Any, plans: dict[str, Plan], residuals: dict[str, tupl
     ``shift`` a constant, replaced by the conv writing the packed words itself (:class:`SignOut`): the float map
     kept as a second output when something else reads it, how many). :func:`fuse_conv_pack` runs first and
     takes the flat → flat pairs its integer bounds serve."""
-    import tvm
     from tvm import relax
 
     from edgec.targets.relax_rewrite import constant_value, rewrite_with_builder
 
-    call_tir = tvm.ir.Op.get("relax.call_tir")
     fused: list[str] = []
     replaced: list[str] = []
-
-    def kernel(call: Any) -> str | None:
-        if isinstance(call, relax.Call) and call.op == call_tir and isinstance(call.args[1], relax.Tuple):
-            return call.args[0].name_hint
-        return None
 
     @relax.expr_functor.mutator
     class _Fuse(relax.PyExprMutator):
@@ -1185,12 +1181,12 @@ def fuse_sign_output(mod: Any, plans: dict[str, Plan], residuals: dict[str, tupl
             self.pairs: list[tuple[Any, Any, SignOut, Residual | None, Plan, np.ndarray]] = []
             seen: list[Any] = []
             for pack in bound.values():
-                name = kernel(pack)
+                name = kernel_name(pack)
                 if name is None or name not in plans or not name.startswith(PACK_SYMBOL):
                     continue
                 x, shift = pack.args[1].fields
                 conv = bound.get(x) if isinstance(x, relax.Var) else None
-                conv_name = kernel(conv)
+                conv_name = kernel_name(conv)
                 base, residual = residuals.get(conv_name, (conv_name, None))
                 if (base is None or not base.startswith(CONV_SYMBOL + "_") or base not in plans
                         or any(conv.same_as(c) for c in seen)):
@@ -1211,7 +1207,7 @@ def fuse_sign_output(mod: Any, plans: dict[str, Plan], residuals: dict[str, tupl
             symbol = f"{CONV_SYMBOL}_sign{len(fused)}"
             gv = self.builder_.add_func(conv_func(plan, symbol, residual, sign), symbol)
             fused.append(symbol)
-            replaced.extend([kernel(conv), kernel(pack)])
+            replaced.extend([kernel_name(conv), kernel_name(pack)])
             args = [self.visit_expr(e) for e in conv.args[1].fields]
             outs = [conv.ty_args[0], pack.ty_args[0]] if sign.keep_float else pack.ty_args[0]
             return relax.call_tir(gv, [*args, relax.const(shift)], out_ty=outs)
