@@ -14,7 +14,7 @@ The AdderNet is also quantized by `edgec quantize` (32 training digits to calibr
 weights on one 8-bit grid) and scored by onnxruntime and by its x86 artifact (the vpsadbw kernel), against the
 same within-1-point bound. Trained weights are kept in bench/.cache/binary (keyed by the epochs).
 
-    python bench/binary.py [--epochs 8] [--student-epochs 12] [--only binary,adder] [--no-compile] [--cache DIR]
+    python bench/binary.py [--epochs 8] [--student-epochs N] [--only binary,adder] [--no-compile] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean()) * 100
 
 
-def compile_and_verify(model: torch.nn.Module, name: str, folder: Path) -> str:
+def compile_and_verify(model: torch.nn.Module, name: str, folder: Path, split: dict) -> str:
+    """``model`` exported to the function form and compiled for this host (verified against onnxruntime): the
+    verdict, and the test accuracy of onnxruntime on the export and of the artifact, digit by digit."""
     import onnx
 
     import edgec
@@ -71,7 +73,28 @@ def compile_and_verify(model: torch.nn.Module, name: str, folder: Path) -> str:
     path = folder / f"{name}.onnx"
     onnx.save(export_onnx(model, torch.zeros(1, 1, 28, 28), input_names=["input"]), str(path))
     result = edgec.compile(path, target="x86", output=folder / name, verify=True)
-    return result.verification.summary()
+    ort_acc, art_acc = test_accuracy(path, folder / name, split)
+    return (f"{result.verification.summary()}; test accuracy onnxruntime {ort_acc:.1f} %, artifact {art_acc:.1f} %")
+
+
+def test_accuracy(onnx_path: Path, artifact: Path, split: dict) -> tuple[float, float]:
+    """(onnxruntime's test accuracy % on ``onnx_path``, the compiled ``artifact``'s), one digit at a time."""
+    import numpy as np
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    x, y = split["test"]
+    session = ort.InferenceSession(str(onnx_path))
+    ort_pred = np.array([session.run(None, {"input": image[None]})[0].argmax() for image in x])
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact / "model.so")), tvm.cpu())
+
+    def logits(image: np.ndarray) -> np.ndarray:
+        out = vm["main"](tvm.runtime.tensor(image[None]))
+        return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+    art_pred = np.array([logits(image).argmax() for image in x])
+    return float((ort_pred == y).mean() * 100), float((art_pred == y).mean() * 100)
 
 
 def adder_int8_accuracy(model: torch.nn.Module, split: dict, folder: Path) -> tuple[float, float, int]:
@@ -80,7 +103,6 @@ def adder_int8_accuracy(model: torch.nn.Module, split: dict, folder: Path) -> tu
     (onnxruntime test accuracy %, the artifact's test accuracy %, adder layers on the int8 kernel)."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     import edgec
     from edgec.nn import export_onnx
@@ -92,19 +114,7 @@ def adder_int8_accuracy(model: torch.nn.Module, split: dict, folder: Path) -> tu
     quantize_model(path, q_path, calib)
     result = edgec.compile(q_path, target="x86", output=folder / "adder_q", verify=True)
     layers = result.artifact.manifest["target"]["build"].get("adder_conv_int8", {}).get("layers", 0)
-    x, y = split["test"]
-    session = ort.InferenceSession(str(q_path))
-    ort_pred = np.array([session.run(None, {"input": image[None]})[0].argmax() for image in x])
-    import tvm
-    from tvm import relax
-
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(folder / "adder_q" / "model.so")), tvm.cpu())
-    def logits(image: np.ndarray) -> np.ndarray:
-        out = vm["main"](tvm.runtime.tensor(image[None]))
-        return (out if hasattr(out, "numpy") else out[0]).numpy()
-
-    art_pred = np.array([logits(image).argmax() for image in x])
-    return float((ort_pred == y).mean() * 100), float((art_pred == y).mean() * 100), layers
+    return (*test_accuracy(q_path, folder / "adder_q", split), layers)
 
 
 def cached_train(model: torch.nn.Module, path: Path, fit) -> float:
@@ -121,10 +131,16 @@ def cached_train(model: torch.nn.Module, path: Path, fit) -> float:
     return secs
 
 
+# Student epochs: the BNN's 12 gave 95.8 % on a Zen 5 and 94.4 % on an Intel Xeon (same seed, different float
+# rounding, bound ≥ 95 %); 20 gave 96.5 % on the Xeon (124 s). The AdderNet keeps the paper's recipe at 12.
+STUDENT_EPOCHS = {"binary": 20, "adder": 12}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8, help="float net epochs")
-    parser.add_argument("--student-epochs", type=int, default=12, help="BNN / AdderNet epochs")
+    parser.add_argument("--student-epochs", type=int, default=None,
+                        help=f"BNN / AdderNet epochs (default: {STUDENT_EPOCHS['binary']} / {STUDENT_EPOCHS['adder']})")
     parser.add_argument("--only", default="binary,adder", help="which students to train (comma-separated)")
     parser.add_argument("--no-compile", action="store_true", help="skip the x86 compile + verification")
     parser.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / ".cache" / "binary",
@@ -153,15 +169,16 @@ def main() -> None:
         if to not in args.only:
             continue
         student = convert(copy.deepcopy(teacher), to=to, skip_first_last=True)
-        secs = cached_train(student, args.cache / f"{to}-e{args.epochs}-s{args.student_epochs}.pt",
-                            lambda: train(student, xt, yt, args.student_epochs, lr, sgd=sgd))
+        epochs = args.student_epochs or STUDENT_EPOCHS[to]
+        secs = cached_train(student, args.cache / f"{to}-e{args.epochs}-s{epochs}.pt",
+                            lambda: train(student, xt, yt, epochs, lr, sgd=sgd))
         acc = accuracy(student, xe, ye)
         results[to] = student
         if to == "binary":
-            print(f"BNN (binary middle convs, float stem and head): {acc:.1f} % test ({secs:.0f} s) "
+            print(f"BNN (binary middle convs, float stem and head): {acc:.1f} % test ({epochs} epochs, {secs:.0f} s) "
                   f"— bound ≥ 95 %: {'met' if acc >= 95 else 'MISSED'}", flush=True)
         else:
-            print(f"AdderNet (adder middle convs, SGD): {acc:.1f} % test ({args.student_epochs} epochs, "
+            print(f"AdderNet (adder middle convs, SGD): {acc:.1f} % test ({epochs} epochs, "
                   f"{secs:.0f} s), float {float_acc:.1f} % — bound within 1 pt: "
                   f"{'met' if float_acc - acc <= 1 else 'MISSED'} ({acc - float_acc:+.1f} pt)", flush=True)
             if not args.no_compile:
@@ -176,7 +193,7 @@ def main() -> None:
     if not args.no_compile:
         with tempfile.TemporaryDirectory() as tmp:
             for to, student in results.items():
-                print(f"{to} x86 artifact: {compile_and_verify(student, to, Path(tmp))}", flush=True)
+                print(f"{to} x86 artifact: {compile_and_verify(student, to, Path(tmp), split)}", flush=True)
 
 
 if __name__ == "__main__":
