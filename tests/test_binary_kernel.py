@@ -637,9 +637,9 @@ def test_conv_writing_sign_words_equals_conv_then_pack(case, preset):
     plan, next_plan = (bc.Plan(sh, bc.Tiling.for_isa(isa, sh.o, sh.c, sh.same_stride1, sh.ow)) for sh in (shape, nxt))
     assert (plan.flat, next_plan.flat) == (stride == 1, next_stride == 1)
     residual = bc.Residual(pre_relu=True) if res else None
-    lib = tvm.compile(tvm.IRModule({"pack": bc.pack_func(plan, "pack"), "next_pack": bc.pack_func(next_plan, "next_pack"),
-                                    "conv": bc.conv_func(plan, "conv", residual, bc.SignOut(next_plan, keep))}),
-                      target=target)
+    funcs = {"pack": bc.pack_func(plan, "pack"), "next_pack": bc.pack_func(next_plan, "next_pack"),
+             "conv": bc.conv_func(plan, "conv", residual, bc.SignOut(next_plan, keep))}
+    lib = tvm.compile(tvm.IRModule(funcs), target=target)
     rng = np.random.default_rng(c + o)
     x, shift, wts = _data(plan, 9)
     alpha = rng.uniform(-0.2, 0.2, o).astype(np.float32)
@@ -666,3 +666,33 @@ def test_conv_writing_sign_words_equals_conv_then_pack(case, preset):
     lib["next_pack"](tvm.runtime.tensor(y.numpy() if keep else want_y), tvm.runtime.tensor(next_shift), want)
     assert 0 < np.count_nonzero(want.numpy()) < want.numpy().size
     np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_bireal_chain_runs_one_kernel_per_binary_layer(tmp_path):
+    """A Bi-Real-style chain — y_{i+1} = BinaryConv_i(y_i) + y_i, three blocks, 32 channels — builds as one kernel
+    per binary layer plus the input's pack: each conv adds its shortcut and writes the next conv's sign words
+    beside the float sum (the next shortcut); verified against onnxruntime by `edgec compile`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgec
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    rng = np.random.default_rng(0)
+    c, side, nodes, inits, prev = 32, 14, [], [], "x"
+    for i in range(3):
+        inits += [numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.1).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(c) * 0.1).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", [f"c{i}", prev], [f"y{i}"])]
+        prev = f"y{i}"
+    value = (lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, c, side, side]))
+    graph = helper.make_graph(nodes, "bireal", [value("x")], [value(prev)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "f.onnx")
+    substitute(str(tmp_path / "f.onnx"), tmp_path / "b.onnx", SubstituteOptions(to="binary"))
+    result = edgec.compile(tmp_path / "b.onnx", output=tmp_path / "art", target="x86")
+    assert result.verification.passed, result.verification.summary()
+    build = result.artifact.manifest["target"]["build"]
+    assert (build["binary_conv"]["residual_epilogues"], build["binary_conv"]["sign_epilogues"]) == (3, 2)
+    assert sorted(k["name"] for k in build["kernels"]) == ["edgec_binary_conv_2_res2", "edgec_binary_conv_sign0",
+                                                          "edgec_binary_conv_sign1", "edgec_binary_pack_0"]
