@@ -204,6 +204,20 @@ def test_binary_kernels_stay_inside_their_buffers(tmp_path, c, hw, stride, n, pr
     assert_bounds_checked_equal(model, tmp_path, runnable_preset(preset), CpuOptions(), ATOL)
 
 
+def test_bnn_kernels_stay_inside_their_buffers(tmp_path):
+    """The MNIST BNN (`edgec substitute --to binary --skip first,last` of the embedded model), bounds-checked: its
+    pack, the convs writing packed words from integer bounds, the flat conv adding its shortcut and scattering
+    sign words into the strided conv's row-form input, the row-form conv writing sign words beside its float
+    map, run twice from fresh inputs: equal to onnxruntime on the function form."""
+    from edgec.models import default_model_path
+    from edgec.ops.substitute import parse_skip
+    from edgec.toolchain.substitute import SubstituteOptions, substitute
+
+    path = tmp_path / "bnn.onnx"
+    substitute(str(default_model_path()), path, SubstituteOptions(to="binary", skip=parse_skip("first,last")))
+    assert_bounds_checked_equal(onnx.load(str(path)), tmp_path, runnable_preset("x86:zen4"), atol=ATOL)
+
+
 def test_int8_adder_kernel_stays_inside_its_buffers(tmp_path):
     """The 8-bit adder kernel (vpsadbw, kernels/adder_int8.py), bounds-checked, on 13 input channels (a padding
     channel group), 9 outputs, an odd 11×7 map, stride 2 with padding, batch 2; run twice from fresh inputs:
