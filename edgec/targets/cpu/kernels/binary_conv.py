@@ -254,15 +254,6 @@ class SignOut:
     keep_float: bool = False
 
 
-def _next_index(plan: Plan) -> Any:
-    """``index(n, cw, y, x)``: where ``plan``'s packed input holds word ``cw`` of unpadded position (y, x)."""
-    s = plan.shape
-    pt, pl, sw = s.pads[0], s.pads[1], s.strides[1]
-    if plan.flat:
-        return lambda n, cw, y, x: (n, cw, plan.slack + (y + pt) * s.w + x)
-    return lambda n, cw, y, x: (n, y + pt, cw, (x + pl) % sw, (x + pl) // sw)
-
-
 def _next_offset(plan: Plan) -> tuple[Any, int]:
     """(``offset(n, y, x)``, stride): where ``plan``'s packed input, flattened, holds word 0 of unpadded position
     (y, x) — word ``cw`` lies ``cw · stride`` further."""
@@ -709,8 +700,8 @@ def _row_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None,
     wt, at = plan.tiling.word_dtype, plan.acc_dtype
     nb, nwt, ncw = nxt.tiling.word_bits, nxt.tiling.word_dtype, nxt.words
     total = int(np.prod(nxt.packed_x_shape))
-    index, next_flat, keep = _next_index(nxt), nxt.flat, sign.keep_float
-    head = nxt.slack + nxt.shape.pads[0] * ow_ if nxt.flat else 0  # flat next: position q's word at head + q
+    next_flat, keep = nxt.flat, sign.keep_float
+    (offset, cw_stride), head = _next_offset(nxt), nxt.slack + nxt.shape.pads[0] * ow_
     whole_vectors = residual is None
 
     xp_type, w_type, alpha_type, bias_type, r_type, shift_type, y_type, xpn_type = _sign_types(plan, nxt)
@@ -765,7 +756,8 @@ def _row_sign(plan: Plan, symbol: str, sign: SignOut, residual: Residual | None,
                         xpn[ny // oh_, cw, head + ny % oh_ * ow_ + tx * lanes + lane] = T.Cast(nwt, words[cw, tx, lane])
                 else:
                     for lane in range(T.min(lanes, ow_ - tx * lanes)):
-                        xpn[index(ny // oh_, cw, ny % oh_, tx * lanes + lane)] = T.Cast(nwt, words[cw, tx, lane])
+                        words_n[offset(ny // oh_, ny % oh_, tx * lanes + lane) + cw * cw_stride] = T.Cast(
+                            nwt, words[cw, tx, lane])
 
     unused = ({"r"} if residual is None else set()) | (set() if keep else {"y"})
     return scheduled(_without_params(conv_sign, unused, set()), symbol)
@@ -1047,6 +1039,12 @@ def kernel_name(call: Any) -> str | None:
     return None
 
 
+def bound_values(func: Any) -> dict[Any, Any]:
+    """Each dataflow variable of a Relax function → the expression bound to it, as the function stands (a
+    mutator's own lookup gives the rewritten one)."""
+    return {b.var: b.value for block in getattr(func.body, "blocks", []) for b in block.bindings}
+
+
 def use_counts(func: Any) -> dict[Any, int]:
     """How many bindings (and the function's result) read each variable of a Relax function: a kernel output
     read once can be fused into its reader."""
@@ -1093,7 +1091,7 @@ def fuse_residual(mod: Any, plans: dict[str, Plan], taken: dict[str, tuple[str, 
 
     from edgec.targets.relax_rewrite import rewrite_with_builder
 
-    call_tir, add_op, relu_op = (tvm.ir.Op.get(n) for n in ("relax.call_tir", "relax.add", "relax.nn.relu"))
+    add_op, relu_op = tvm.ir.Op.get("relax.add"), tvm.ir.Op.get("relax.nn.relu")
     fused: list[str] = []
     replaced: list[str] = []
 
@@ -1104,7 +1102,7 @@ def fuse_residual(mod: Any, plans: dict[str, Plan], taken: dict[str, tuple[str, 
     class _Fuse(relax.PyExprMutator):
         def visit_function_(self, func: Any) -> Any:
             self.uses = use_counts(func)
-            self.bound = {b.var: b.value for block in getattr(func.body, "blocks", []) for b in block.bindings}
+            self.bound = bound_values(func)
             # a sum read only by a ReLU is fused at the ReLU (post), not at the add
             self.at_relu = [v for v in self.bound.values() if is_call(v, relu_op) and self.match(v.args[0])]
             return super().visit_function_(func)
@@ -1117,11 +1115,9 @@ def fuse_residual(mod: Any, plans: dict[str, Plan], taken: dict[str, tuple[str, 
         def match_add(self, add: Any) -> tuple[Any, Any, bool] | None:
             for a, b in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
                 conv = self.bound.get(a) if isinstance(a, relax.Var) and self.uses.get(a, 0) == 1 else None
-                if not (is_call(conv, call_tir) and isinstance(conv.args[1], relax.Tuple)
-                        and len(conv.args[1].fields) == 4):
-                    continue
-                name = conv.args[0].name_hint
-                if (name not in plans or not name.startswith(CONV_SYMBOL + "_")
+                name = kernel_name(conv)
+                if (name is None or len(conv.args[1].fields) != 4 or name not in plans
+                        or not name.startswith(CONV_SYMBOL + "_")
                         or not tvm_ffi.structural_equal(a.ty, b.ty)):
                     continue
                 inner = self.bound.get(b) if isinstance(b, relax.Var) and self.uses.get(b, 0) == 1 else None
@@ -1177,7 +1173,7 @@ def fuse_sign_output(mod: Any, plans: dict[str, Plan], residuals: dict[str, tupl
     class _Fuse(relax.PyExprMutator):
         def visit_function_(self, func: Any) -> Any:
             uses = use_counts(func)
-            bound = {b.var: b.value for block in getattr(func.body, "blocks", []) for b in block.bindings}
+            bound = bound_values(func)
             self.pairs: list[tuple[Any, Any, SignOut, Residual | None, Plan, np.ndarray]] = []
             seen: list[Any] = []
             for pack in bound.values():
