@@ -24,8 +24,12 @@ build is given (edgec/targets/cpu/options.py); the default build has them all on
                   reduction is short (CpuOptions.short_reduction, kernels/direct.tile_reserve; mobilenet_v2)
     padded-f4     Winograd F(4,3) over padded tiles on 14×14 maps with 8-channel blocks (kernels/winograd; the pruned
                   embedded model, as for spatial)
+    serial-small  "off" runs every kernel's parallel loops in parallel, "on" keeps those of kernels estimated under
+                  2 µs serial (CpuOptions.parallel_min_ns, cpu/serial_small.py; the embedded model): compare at
+                  --threads 2 or more, where a parallel launch costs about a microsecond
 
-``--values OFF,ON`` compares two other values of the switch's field (a threshold's, say).
+``--values OFF,ON`` compares two other values of the switch's field (a threshold's, say). ``--threads N`` runs
+edgec (TVM_NUM_THREADS) and onnxruntime (intra-op) on N threads instead of 1.
 Add --profile to also print, per fused kernel, its time in each build (bench/profile_cpu.py's per-kernel timing).
 """
 
@@ -53,6 +57,7 @@ SWITCHES = {  # name: (CpuOptions field, default model[, (value off, value on)])
     "dw-tile": ("dw_row_tile", "mobilenet_v2", (28, 8)),
     "tile-reserve": ("short_reduction", "mobilenet_v2", (0, 64)),
     "padded-f4": ("padded_f4_min_width", PRUNED_EMBEDDED, (1 << 30, 14)),
+    "serial-small": ("parallel_min_ns", "default", (0, 2000)),
 }
 
 
@@ -79,10 +84,15 @@ def main() -> None:
     ap.add_argument("switch", choices=sorted(SWITCHES))
     ap.add_argument("model", nargs="?", default=None)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1, help="edgec's and onnxruntime's threads (default 1)")
     ap.add_argument("--profile", action="store_true", help="also time each fused kernel alone in both builds")
     ap.add_argument("--values", metavar="OFF,ON", help="the field's two values instead of the switch's own, read as "
                     "`--cpu-option` reads them (e.g. small-pairs --values 1048576,none)")
     a = ap.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(a.threads)  # before the first run starts TVM's thread pool
+    import compile_vs_ort
+
+    print(compile_vs_ort.host_line(), f"| {a.threads} thread(s)", flush=True)
     field, default_model, *values = SWITCHES[a.switch]
     off_value, on_value = values[0] if values else (False, True)
     if a.values:
@@ -106,7 +116,7 @@ def main() -> None:
 
             profiles[label] = profile_cpu.kernel_times(path, "x86", options)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    opts.intra_op_num_threads, opts.inter_op_num_threads = a.threads, 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x}
     runs["onnxruntime"] = lambda: session.run(None, feed)

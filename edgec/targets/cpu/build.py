@@ -86,6 +86,7 @@ def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = 
     kills it at the first tile instruction unless it asked for the tile state, so it asks here, once for every
     build path (a no-op on a CPU without AMX)."""
     from edgec.targets.cpu.registry import cpu_schedule_pass
+    from edgec.targets.cpu.serial_small import mark_small_pass
 
     if options.amx and isa_of(target).amx_int8:
         from edgec.devices.device_main import request_amx_permission
@@ -101,6 +102,7 @@ def schedule_passes(target, options: CpuOptions, tuning_db: str | Path | None = 
             report.tuning = applied
         passes.append(apply_database_pass(tuning_db, target, options, applied))
     passes.append(cpu_schedule_pass(options))
+    passes.append(mark_small_pass(options.parallel_min_ns))  # kernels too small to share keep their loops serial
     return passes
 
 

@@ -36,6 +36,8 @@ class CpuOptions:
     - ``dw_row_tile``: most output vectors a depthwise tile accumulates along a row (kernels/depthwise.py).
     - ``padded_f4_min_width``: maps that do not divide into 4×4 tiles take F(4,3) from this width.
     - ``small_conv_macs``: up to this many MACs a conv reads its padding bounds-checked (sched.inline_padding).
+    - ``parallel_min_ns``: a kernel whose estimated 1-thread time is under this many nanoseconds runs its parallel
+      loops serially (serial_small.py: a parallel launch on 2+ threads costs about a microsecond); 0: never.
     - ``exec_mode``: how the Relax VM runs ``main``: "compiled" (machine code) or "bytecode" (TVM's default).
     - ``bounds_check``: every buffer access checked at run time (TVM's ``tir.instrument_bound_checkers``): an
       out-of-bounds read raises instead of reading memory. Slow; for tests and debugging.
@@ -63,6 +65,7 @@ class CpuOptions:
     dw_row_tile: int = 8
     padded_f4_min_width: int = 14
     small_conv_macs: int = 4_000_000
+    parallel_min_ns: int = 2000
     exec_mode: str = "compiled"
     bounds_check: bool = False
     amx: bool = True

@@ -89,8 +89,10 @@ def _pipeline(bounds_check: bool = False):
     import tvm
     from tvm.s_tir.pipeline import default_s_tir_pipeline
 
+    from edgec.targets.cpu.serial_small import serial_loops_pass
+
     lower, finalize_host, finalize_device = default_s_tir_pipeline()
-    passes = [lower, stack_in_parallel_pass()]
+    passes = [lower, stack_in_parallel_pass(), serial_loops_pass()]  # a serial body keeps its stack buffers
     if bounds_check:
         from edgec.targets.cpu.bounds_check import bounds_check_pass
 
@@ -99,7 +101,8 @@ def _pipeline(bounds_check: bool = False):
 
 
 def register(bounds_check: bool = False) -> str:
-    """Register (once per process) and name the TIR pipeline: TVM's s_tir lowering, then this pass; with
+    """Register (once per process) and name the TIR pipeline: TVM's s_tir lowering, this pass, then the small
+    kernels' loops made serial (serial_small.py); with
     ``bounds_check``, then an assertion before every buffer access (bounds_check.py)."""
     import tvm
 
