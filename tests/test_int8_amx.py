@@ -67,11 +67,14 @@ def _preset(name: str):
     return resolve_target(name)
 
 
-def _build(model: onnx.ModelProto, preset: str, emulate: bool, amx: bool = True):
+def _build(model: onnx.ModelProto, preset: str, emulate: bool, amx: bool = True, parallel_min_ns: int | None = None):
     from edgec.targets.cpu.build import compile_cpu
     from edgec.targets.cpu.options import CpuOptions
 
-    executable, _ = compile_cpu(model, _preset(preset), CpuOptions(amx=amx, amx_emulate=emulate))
+    options = CpuOptions(amx=amx, amx_emulate=emulate)
+    if parallel_min_ns is not None:
+        options = options.replace(parallel_min_ns=parallel_min_ns)
+    executable, _ = compile_cpu(model, _preset(preset), options)
     llvm = [m for m in executable.mod.imports if m.kind == "llvm"]
     return executable, split_functions(llvm[0].inspect_source("asm"))
 
@@ -194,7 +197,9 @@ def test_amx_targets_get_tile_instructions(stride2_model, gemm_model, preset, la
     """On AMX CPUs the int8 conv and Gemm are the AMX kernels, whose code configures, loads, multiplies, stores
     and releases tiles (and has no vpdpbusd loop)."""
     model, marker = (stride2_model, "conv2d_NCHWc_int8_amx") if layer == "conv" else (gemm_model, "matmul_int8_amx")
-    _, functions = _build(model, preset, emulate=False)
+    # the per-task structure of the parallel kernel: the small Gemm would otherwise run its tasks in a serial loop
+    # (serial_small.py), which LLVM may unroll into two copies of the task
+    _, functions = _build(model, preset, emulate=False, parallel_min_ns=0)
     ops = _mnemonics(functions, marker)
     for op in TILE_OPS:
         assert ops[op] >= 1, f"{preset}: no {op} in the AMX kernel: {dict(ops)}"

@@ -12,6 +12,9 @@ from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.relax_rewrite import constant_value, function_rewrite
 
 
+TASK_VECTORS = 8  # a GEMV task's independent accumulator vectors: 2 FMA pipes × 4 cycles of FMA latency
+
+
 class Matmul(sched.KernelRule):
     """Dense / batched matmul ``C[..., m, n] = sum_k A[..., m, k] · B[..., k, n]`` with B's n contiguous (ONNX
     Gemm/MatMul with constant weights arrive this way: the transpose of a constant weight folds away).
@@ -69,13 +72,20 @@ class Matmul(sched.KernelRule):
         """One input row (a classifier at batch 1): memory-bound on the weights, so they are read in storage
         order — k outer, four rows at a time, each row's n contiguous — into an accumulator row that stays in
         L1. Column tiles held in registers across k (the batched path) read the weights as short strided runs,
-        which the prefetchers follow poorly: in a whole model the weights come from L3 or DRAM."""
+        which the prefetchers follow poorly: in a whole model the weights come from L3 or DRAM.
+
+        Each parallel task keeps at least :data:`TASK_VECTORS` column vectors: the four row steps of a vector
+        are one chain of dependent FMAs, so a task needs that many independent vectors to fill both FMA pipes.
+        openWakeWord's 1536 → 64 layer as four one-vector tasks took 7.2 µs on 1 thread (the tasks' latency-bound
+        chains one after another), 2.7 µs as one task; its 1536 → 128 layer 7.2 → 5.1 µs (Intel Xeon,
+        bench/profile_cpu.py); the whole model 1.16× → 0.71× onnxruntime (bench/zoo.py --models oww_jarvis)."""
         n_size = sched.extent(sch, n)
         vec = lanes
         while n_size % vec:
             vec //= 2  # whole vectors of a power-of-two width (an odd width compiles to scalar code)
         n_chunks = n_size // vec
-        n_p = sched.divisor_at_most(n_chunks, 4)  # a few column ranges, parallel over cores (each still streams rows)
+        # a few column ranges, parallel over cores (each still streams rows), each of at least TASK_VECTORS vectors
+        n_p = sched.divisor_at_most(max(1, n_chunks // TASK_VECTORS), 4)
         k_unroll = sched.divisor_at_most(sched.extent(sch, k), 4)
         n_p, n_o, n_i = sch.split(n, [n_p, None, vec])
         k_o, k_i = sch.split(k, [None, k_unroll])
