@@ -145,6 +145,17 @@ def conv_model(n, cin, cout, hw, k, stride=1, pads=None, dilation=1, groups=1, a
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
+def concat_model(shapes, axis: int):
+    """Sigmoid of each input (a producer FuseOps would inline into the concat), joined along ``axis``."""
+    inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, list(s)) for i, s in enumerate(shapes)]
+    nodes = [helper.make_node("Sigmoid", [f"x{i}"], [f"s{i}"]) for i in range(len(shapes))]
+    nodes.append(helper.make_node("Concat", [f"s{i}" for i in range(len(shapes))], ["y"], axis=axis))
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    graph = helper.make_graph(nodes, "concat", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def matmul_model(a_shape, k, n, bias=True):
     rng = np.random.default_rng(k + n)
     w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import (assert_bounds_checked_equal, binary_block_model, conv_model, dw_pw_model, matmul_model,
-                     runnable_preset)
+from helpers import (assert_bounds_checked_equal, binary_block_model, concat_model, conv_model, dw_pw_model,
+                     matmul_model, runnable_preset)
 
 ATOL = 1e-4
 
@@ -131,6 +131,9 @@ SWEEP = {
     "gemv_odd": lambda: matmul_model((1, 37), 37, 70),
     "matmul_batched": lambda: matmul_model((2, 3, 40), 40, 24),
     "matmul_rows": lambda: matmul_model((5, 33), 33, 17),
+    # many-input concats as one copy per input (kernels/concat): runs with vector tails, axis 0 and a middle axis
+    "concat_axis1_tails": lambda: concat_model([(2, 3, 7), (2, 1, 7), (2, 5, 7), (2, 2, 7)], axis=1),
+    "concat_axis0_steps": lambda: concat_model([(1, 1, 64)] * 6, axis=0),
 }
 
 

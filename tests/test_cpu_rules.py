@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import conv_model, dw_pw_model, matmul_model, runnable_preset
+from helpers import concat_model, conv_model, dw_pw_model, matmul_model, runnable_preset
 
 ATOL = 1e-4
 
@@ -244,6 +244,30 @@ def test_gemv_tasks_keep_eight_accumulator_vectors(k, n, tasks, tmp_path):
     mod, _ = _fused(tmp_path / "m.onnx", RULES_TARGET, CpuOptions(), scheduled=True)
     (func,) = [f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint]
     assert _parallel_extents(func.body) == [tasks]
+
+
+@pytest.mark.parametrize("shapes,axis,copies", [
+    ([(1, 1, 64)] * 32, 0, True),  # an unrolled LSTM's step outputs (openWakeWord's BiLSTM head)
+    ([(2, 3, 7), (2, 1, 7), (2, 5, 7), (2, 2, 7)], 1, True),  # a middle axis, runs with vector tails, batch 2
+    ([(1, 8, 5), (1, 8, 3)], 2, False),  # two inputs: TVM's own concat, fused with its producers
+])
+def test_concat_of_many_inputs_copies_each(shapes, axis, copies, tmp_path):
+    """A Concat of ≥ 4 inputs is kernels/concat's one-copy-per-input kernel, its producers (sigmoids) kernels of
+    their own instead of branches every output element evaluates; fewer inputs keep TVM's concat. Outputs equal
+    onnxruntime's."""
+    from tvm import tirx
+
+    from edgec.targets.cpu.options import CpuOptions
+
+    _check(concat_model(shapes, axis), tmp_path, None)
+    mod, _ = _fused(tmp_path / "m.onnx", RULES_TARGET, CpuOptions(), scheduled=False)
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    concat = [f for name, f in funcs.items() if name.startswith("edgec_concat")]
+    if copies:
+        assert len(concat) == 1 and len(concat[0].params) == len(shapes) + 1
+        assert not any("concat" in name for name in funcs if not name.startswith("edgec_concat"))
+    else:
+        assert not concat and any("concatenate" in name for name in funcs)
 
 
 def test_arm_rules_match_on_emulated_device(tmp_path):

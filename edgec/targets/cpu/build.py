@@ -121,6 +121,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
     from edgec.targets.cpu.kernels.adder_int8 import adder_int8_pass
     from edgec.targets.cpu.kernels.binary_conv import binary_conv_pass
     from edgec.targets.cpu.kernels.binary_gemm import binary_gemm_pass
+    from edgec.targets.cpu.kernels.concat import legalize_concat_for
     from edgec.targets.cpu.kernels.conv1d import conv1d_pass
     from edgec.targets.cpu.kernels.dw_pointwise import fuse_depthwise_pointwise_pass
     from edgec.targets.cpu.kernels.int8_amx_matmul import legalize_matmul_for
@@ -156,6 +157,7 @@ def fusion_passes(target, options: CpuOptions, l2: int | None = None, packed: di
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d_for(target, options),
                                      "relax.matmul": legalize_matmul_for(target, options),  # AMX int8, else TVM's
                                      "relax.round": legalize_round,
+                                     "relax.concat": legalize_concat_for(target),  # many inputs: copies
                                      "relax.image.resize2d": legalize_resize_for(target)}),  # 2×: fixed taps
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
