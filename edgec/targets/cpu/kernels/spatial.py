@@ -47,7 +47,14 @@ def applies(call: Any, isa: Isa, options: CpuOptions) -> bool:
     one that Winograd computes (winograd.use_winograd: 8 outputs from ≥ 16 inputs, 3×3). On any vector width, a
     conv with 1 to 3 output channels: too few for a channel block (layout.choose_layouts leaves it NCHW), it ran
     as TVM's generic conv, unscheduled — MediaPipe pose landmarks' 8 → 1 segmentation head at 256×256 took
-    10.9 ms of the model's 22 on an AVX2 core."""
+    10.9 ms of the model's 22 on an AVX2 core.
+
+    Not a 1×1 conv with 4 or more outputs: with no window, the row form's gain (an input vector feeding every
+    output of the tile over the taps) is small, and it pays for a padded copy of its whole input. On an Intel Xeon
+    (AVX-512, 1 thread, ``bench/profile_cpu.py --cpu-option spatial=true|false``), row form vs blocked: 32 → 8 at
+    96×96 1.15 ms vs 0.051, 16 → 8 at 28×28 17.3 µs vs 2.7, 8 → 8 at 20×20 4.0 vs 0.6; MediaPipe's full-range
+    face detector, whose two 32 → 8 1×1 convs follow depthwise convs (blocked, the pairs fuse: dw_pointwise),
+    4.3 → 1.9 ms of kernels."""
     lanes = isa.lanes
     data_shape = [int(d) for d in call.args[0].ty.shape]
     cout, _, _, k_w = (int(d) for d in call.args[1].ty.shape)
@@ -63,6 +70,8 @@ def applies(call: Any, isa: Isa, options: CpuOptions) -> bool:
     out_w = width + pad[1] + pad[3] - k_w + 1
     if not (1 <= cout < lanes and out_w >= MIN_WIDTH):
         return False
+    if cout >= 4 and call.args[1].ty.shape[2] == 1 and k_w == 1:
+        return False  # 1×1 with a channel block's worth of outputs: blocked (see the docstring)
     from edgec.targets.cpu.kernels.winograd import tile_for
 
     return tile_for(call, options) is None  # 16 → 8 at 28×28: 9 µs as Winograd, 13 here
