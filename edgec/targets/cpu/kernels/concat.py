@@ -36,7 +36,6 @@ def concat_func(shapes: list[list[int]], axis: int, dtype: str, lanes: int) -> A
     """PrimFunc(x_0, ..., x_{n-1}, y) copying each ``x_i`` into its slice of ``y`` along ``axis``: per input, a
     loop over the dimensions before ``axis`` (parallel where there are several) around a vectorized copy of the
     contiguous run the input's slice is in both buffers."""
-    import tvm
     from tvm.script.ir_builder import IRBuilder
     from tvm.script.ir_builder import tirx as T
 
@@ -68,8 +67,7 @@ def concat_func(shapes: list[list[int]], axis: int, dtype: str, lanes: int) -> A
                             T.buffer_store(y_flat, x_flat[o * run + whole * lanes + t],
                                            [o * row + offset + whole * lanes + t])
                 offset += run
-    func = ib.get()
-    return scheduled(func, SYMBOL) if isinstance(func, tvm.tirx.PrimFunc) else func
+    return scheduled(ib.get(), SYMBOL)
 
 
 def legalize_concat(bb: Any, call: Any, isa: Isa) -> Any:
