@@ -55,3 +55,14 @@ def constant_value(expr: Any, lookup: Any) -> Any:
         axes = expr.attrs.axes
         return np.transpose(expr.args[0].value.numpy(), [int(a) for a in axes] if axes is not None else None)
     return None
+
+
+def static_shape(expr: Any) -> tuple[int, ...] | None:
+    """The static shape of a Relax tensor expression, or None (unknown or symbolic)."""
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(v) for v in shape)
+    except (TypeError, ValueError):  # symbolic
+        return None

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgec.targets.relax_rewrite import static_shape
+
 UNARY = {"relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.exp", "relax.negative", "relax.abs",
          "relax.nn.silu", "relax.sqrt", "relax.square"}
 BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum"}
@@ -35,17 +37,6 @@ def undoes(outer: Any, inner: Any) -> bool:
     back = outer.map_indices(list(inner.final_indices))
     return len(back) == len(inner.initial_indices) and all(
         analyzer.can_prove_equal(b, i) for b, i in zip(back, inner.initial_indices))
-
-
-def _shape(expr: Any) -> tuple | None:
-    """The static shape of a tensor expression, or None (unknown or symbolic)."""
-    shape = getattr(getattr(expr, "ty", None), "shape", None)
-    if shape is None:
-        return None
-    try:
-        return tuple(int(v) for v in shape)
-    except (TypeError, ValueError):  # symbolic
-        return None
 
 
 def _is_constant(expr: Any) -> bool:
@@ -101,11 +92,11 @@ def sink_layout_transforms_pass():
             function that emits what that takes and returns the plain expression, or None."""
             if _is_constant(expr):
                 return lambda: relax.op.layout_transform(expr, index_map)
-            if not isinstance(expr, relax.Var) or _shape(expr) != blocked:
+            if not isinstance(expr, relax.Var) or static_shape(expr) != blocked:
                 return None
             value = self._bound(expr)
             inner = self._transform(value)
-            if inner is not None and _shape(value.args[0]) == plain and undoes(index_map, inner):
+            if inner is not None and static_shape(value.args[0]) == plain and undoes(index_map, inner):
                 return lambda: self.visit_expr(value.args[0])
             for source, imap, var in self.unblocked:
                 if source.same_as(expr) and self.order.get(var, before) < before and imap.is_equivalent_to(index_map):
@@ -113,7 +104,7 @@ def sink_layout_transforms_pass():
             op = getattr(getattr(value, "op", None), "name", None)
             if self.uses.get(expr, 0) != 1 or op not in UNARY | BINARY:
                 return None
-            if any(_is_constant(arg) and _shape(arg) != blocked for arg in value.args):
+            if any(_is_constant(arg) and static_shape(arg) != blocked for arg in value.args):
                 return None  # a broadcast constant in the blocked layout: not this simple rewrite
             parts = [self._plain(arg, index_map, blocked, plain, before) for arg in value.args]
             if any(p is None for p in parts):
@@ -126,7 +117,7 @@ def sink_layout_transforms_pass():
             if (index_map is not None and isinstance(value.args[0], relax.Var)
                     and isinstance(binding.var, relax.DataflowVar)):
                 source = value.args[0]
-                blocked, plain = _shape(source), _shape(binding.var)
+                blocked, plain = static_shape(source), static_shape(binding.var)
                 op = getattr(getattr(self._bound(source), "op", None), "name", None)
                 if blocked is not None and plain is not None and (op in UNARY or op in BINARY):
                     build = self._plain(source, index_map, blocked, plain, self.order.get(binding.var, 0))

@@ -20,19 +20,13 @@ import numpy as np
 
 from edgec.targets.cpu.isa import Isa, isa_of
 from edgec.targets.cpu.kernels.op_kernel import scheduled
+from edgec.targets.relax_rewrite import static_shape
 
 MIN_INPUTS = 4
 SYMBOL = "edgec_concat"
 
 
-def _static_shape(expr: Any) -> list[int] | None:
-    try:
-        return [int(d) for d in expr.ty.shape]
-    except (TypeError, AttributeError):
-        return None
-
-
-def concat_func(shapes: list[list[int]], axis: int, dtype: str, lanes: int) -> Any:
+def concat_func(shapes: list[tuple[int, ...]], axis: int, dtype: str, lanes: int) -> Any:
     """PrimFunc(x_0, ..., x_{n-1}, y) copying each ``x_i`` into its slice of ``y`` along ``axis``: per input, a
     loop over the dimensions before ``axis`` (parallel where there are several) around a vectorized copy of the
     contiguous run the input's slice is in both buffers."""
@@ -78,8 +72,8 @@ def legalize_concat(bb: Any, call: Any, isa: Isa) -> Any:
 
     tup = call.args[0]
     fields = list(tup.fields) if isinstance(tup, relax.Tuple) else None
-    shapes = None if fields is None else [_static_shape(f) for f in fields]
-    out = _static_shape(call)
+    shapes = None if fields is None else [static_shape(f) for f in fields]
+    out = static_shape(call)
     if (fields is None or len(fields) < MIN_INPUTS or out is None or any(s is None for s in shapes)
             or call.attrs.axis is None):
         return tvm.ir.Op.get("relax.concat").get_attr("FLegalize")(bb, call)
