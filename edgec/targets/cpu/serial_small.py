@@ -28,8 +28,8 @@ NS_PER_BYTE = 0.015  # a parameter's byte, read or written (in cache; ~65 GB/s)
 def statements(stmt: Any, analyzer: Any, times: int = 1) -> float:
     """How many (vector) statements ``stmt`` — scheduled TIR, blocks or not — executes: each store or call times
     the extents of its loops, a vectorized loop counting once, an extent by its upper bound, an if-else by
-    its cheaper side (a whole-vector path and its scalar tail: the tail's extent is bounded by the whole row). ``inf`` where an
-    extent has none (a symbolic shape) or a loop runs while a condition holds."""
+    its cheaper side (a whole-vector path and its scalar tail: the tail's extent is bounded by the whole row).
+    ``inf`` where an extent has none (a symbolic shape) or a loop runs while a condition holds."""
     import tvm
     from tvm import s_tir, tirx
 
@@ -97,30 +97,11 @@ def _serial(stmt: Any) -> Any:
     """``stmt`` (lowered TIR: no blocks) with every parallel loop serial."""
     from tvm import tirx
 
-    if isinstance(stmt, tirx.SeqStmt):
-        seq = [_serial(s) for s in stmt.seq]
-        return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq, stmt.span)
-    if isinstance(stmt, tirx.For):
-        body = _serial(stmt.body)
-        kind = tirx.ForKind.SERIAL if stmt.kind == tirx.ForKind.PARALLEL else stmt.kind
-        if body.same_as(stmt.body) and kind == stmt.kind:
-            return stmt
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, kind, body, stmt.thread_binding, stmt.annotations,
-                        stmt.step, stmt.span)
-    if isinstance(stmt, tirx.AttrStmt):
-        body = _serial(stmt.body)
-        return stmt if body.same_as(stmt.body) else tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body,
-                                                                  stmt.span)
-    if isinstance(stmt, tirx.IfThenElse):
-        then = _serial(stmt.then_case)
-        other = None if stmt.else_case is None else _serial(stmt.else_case)
-        if then.same_as(stmt.then_case) and (other is None or other.same_as(stmt.else_case)):
-            return stmt
-        return tirx.IfThenElse(stmt.condition, then, other, stmt.span)
-    if isinstance(stmt, tirx.While):
-        body = _serial(stmt.body)
-        return stmt if body.same_as(stmt.body) else tirx.While(stmt.condition, body, stmt.span)
-    return stmt
+    from edgec.targets.tir_rewrite import with_children
+
+    if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL:
+        return with_children(stmt, _serial, loop_kind=tirx.ForKind.SERIAL)
+    return with_children(stmt, _serial)
 
 
 def serial_loops_pass():

@@ -42,6 +42,8 @@ def _rewrite(stmt: Any, budget: list[int] | None) -> Any:
     parallel body (None outside any). Statements this does not know are left as they are."""
     from tvm import tirx
 
+    from edgec.targets.tir_rewrite import with_children
+
     if isinstance(stmt, tirx.AllocBuffer):
         nbytes = buffer_bytes(stmt.buffer)
         if budget is None or nbytes is None or nbytes > budget[0]:
@@ -50,27 +52,10 @@ def _rewrite(stmt: Any, budget: list[int] | None) -> Any:
         annotations = dict(stmt.annotations) if stmt.annotations else {}
         annotations[_ANNOTATION] = tirx.IntImm("int32", 1)
         return tirx.AllocBuffer(stmt.buffer, annotations=annotations)
-    if isinstance(stmt, tirx.SeqStmt):
-        seq = [_rewrite(s, budget) for s in stmt.seq]
-        return stmt if all(a.same_as(b) for a, b in zip(seq, stmt.seq)) else tirx.SeqStmt(seq, stmt.span)
-    if isinstance(stmt, tirx.For):
-        inner = [STACK_BUDGET] if stmt.kind == tirx.ForKind.PARALLEL else budget
-        body = _rewrite(stmt.body, inner)
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
-                        stmt.annotations, stmt.step, stmt.span)
-    if isinstance(stmt, tirx.AttrStmt):
-        body = _rewrite(stmt.body, budget)
-        return stmt if body.same_as(stmt.body) else tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body,
-                                                                  stmt.span)
-    if isinstance(stmt, tirx.IfThenElse):
-        then = _rewrite(stmt.then_case, budget)
-        other = None if stmt.else_case is None else _rewrite(stmt.else_case, budget)
-        if then.same_as(stmt.then_case) and (other is None or other.same_as(stmt.else_case)):
-            return stmt
-        return tirx.IfThenElse(stmt.condition, then, other, stmt.span)
-    return stmt
+    if isinstance(stmt, tirx.For) and stmt.kind == tirx.ForKind.PARALLEL:
+        inner = [STACK_BUDGET]
+        return with_children(stmt, lambda s: _rewrite(s, inner))
+    return with_children(stmt, lambda s: _rewrite(s, budget))
 
 
 def stack_in_parallel_pass():
