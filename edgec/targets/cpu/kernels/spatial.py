@@ -56,7 +56,7 @@ def applies(call: Any, isa: Isa, options: CpuOptions) -> bool:
     4.3 → 1.9 ms of kernels."""
     lanes = isa.lanes
     data_shape = [int(d) for d in call.args[0].ty.shape]
-    cout, _, _, k_w = (int(d) for d in call.args[1].ty.shape)
+    cout, _, k_h, k_w = (int(d) for d in call.args[1].ty.shape)
     if not options.spatial or not (lanes == LANES or cout < 4):
         return False
     attrs = call.attrs
@@ -69,7 +69,7 @@ def applies(call: Any, isa: Isa, options: CpuOptions) -> bool:
     out_w = width + pad[1] + pad[3] - k_w + 1
     if not (1 <= cout < lanes and out_w >= MIN_WIDTH):
         return False
-    if cout >= 4 and call.args[1].ty.shape[2] == 1 and k_w == 1:
+    if cout >= 4 and k_h == k_w == 1:
         return False  # 1×1 with a channel block's worth of outputs: blocked (see the docstring)
     from edgec.targets.cpu.kernels.winograd import tile_for
 
