@@ -426,3 +426,18 @@ def assert_bounds_checked_equal(model: onnx.ModelProto, tmp_path, target: str, o
         ref = onnxruntime_outputs(path, feed)[0]
         assert got.shape == ref.shape
         assert np.max(np.abs(got - ref)) <= atol * max(1.0, float(np.max(np.abs(ref))))
+
+
+def staged(path, target: str, options=None, scheduled: bool = True):
+    """(Relax module, TVM target) of the ONNX file ``path`` through edgec's pass pipeline and the CPU build up to
+    fusion (and, with ``scheduled``, the schedule stage), for ``target`` with ``options``."""
+    import onnx_ir as ir
+
+    from edgec.targets import resolve_target
+    from edgec.targets.cpu.build import staged_module
+    from edgec.targets.lower import to_relax
+    from edgec.toolchain.load import load_model
+    from edgec.toolchain.pipeline import run_pipeline
+
+    model, _ = run_pipeline(load_model(path))
+    return staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(target), options, scheduled)

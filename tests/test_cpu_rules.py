@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import concat_model, conv_model, dw_pw_model, matmul_model, runnable_preset
+from helpers import concat_model, conv_model, dw_pw_model, matmul_model, runnable_preset, staged
 
 ATOL = 1e-4
 
@@ -26,20 +26,6 @@ ATOL = 1e-4
 RULES_TARGET = "x86:avx512"
 
 
-def _fused(path, target: str, options, scheduled: bool):
-    """The compiled model's Relax module after fusion (and, with ``scheduled``, after the schedule stage)."""
-    import onnx_ir as ir
-
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu.build import staged_module
-    from edgec.targets.lower import to_relax
-    from edgec.toolchain.load import load_model
-    from edgec.toolchain.pipeline import run_pipeline
-
-    model, _ = run_pipeline(load_model(path))
-    return staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(target), options, scheduled)
-
-
 def _scheduled_rules(path, target=RULES_TARGET, options=None) -> set[str]:
     """Names of the edgec rules that scheduled a function of the compiled model."""
     from tvm import tirx
@@ -48,7 +34,7 @@ def _scheduled_rules(path, target=RULES_TARGET, options=None) -> set[str]:
     from edgec.targets.cpu.registry import rules
 
     options = options or CpuOptions()
-    mod, tgt = _fused(path, target, options, scheduled=False)
+    mod, tgt = staged(path, target, options, scheduled=False)
     used = set()
     for func in mod.functions.values():
         if isinstance(func, tirx.PrimFunc):
@@ -66,7 +52,7 @@ def _prefetch_hints(path, target=RULES_TARGET, options=None) -> dict[str, int]:
 
     from edgec.targets.cpu.options import CpuOptions
 
-    mod, _ = _fused(path, target, options or CpuOptions(), scheduled=True)
+    mod, _ = staged(path, target, options or CpuOptions(), scheduled=True)
     return {gv.name_hint: func.script().count("llvm.prefetch") for gv, func in mod.functions.items()
             if isinstance(func, tirx.PrimFunc) and "conv" in gv.name_hint}
 
@@ -249,7 +235,7 @@ def test_gemv_tasks_keep_eight_accumulator_vectors(k, n, tasks, tmp_path):
     from edgec.targets.cpu.options import CpuOptions
 
     _check(matmul_model((1, k), k, n), tmp_path, "Matmul")
-    mod, _ = _fused(tmp_path / "m.onnx", RULES_TARGET, CpuOptions(), scheduled=True)
+    mod, _ = staged(tmp_path / "m.onnx", RULES_TARGET, CpuOptions(), scheduled=True)
     (func,) = [f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint]
     assert _parallel_extents(func.body) == [tasks]
 
@@ -268,7 +254,7 @@ def test_concat_of_many_inputs_copies_each(shapes, axis, copies, tmp_path):
     from edgec.targets.cpu.options import CpuOptions
 
     _check(concat_model(shapes, axis), tmp_path, None)
-    mod, _ = _fused(tmp_path / "m.onnx", RULES_TARGET, CpuOptions(), scheduled=False)
+    mod, _ = staged(tmp_path / "m.onnx", RULES_TARGET, CpuOptions(), scheduled=False)
     funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
     concat = [f for name, f in funcs.items() if name.startswith("edgec_concat")]
     if copies:

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgec
 from edgec.toolchain.api import onnxruntime_outputs, random_inputs
-from helpers import conv_model, runnable_preset
+from helpers import conv_model, runnable_preset, staged
 
 TARGET = "x86:avx512"  # the kernels' schedules (and so their estimates) are this preset's, whatever the host
 
@@ -78,17 +78,7 @@ def _two_kernel_model():
 
 
 def _scheduled(path, options):
-    import onnx_ir as ir
-
-    from edgec.targets import resolve_target
-    from edgec.targets.cpu.build import staged_module
-    from edgec.targets.lower import to_relax
-    from edgec.toolchain.load import load_model
-    from edgec.toolchain.pipeline import run_pipeline
-
-    model, _ = run_pipeline(load_model(path))
-    mod, _ = staged_module(to_relax(ir.serde.serialize_model(model)), resolve_target(TARGET), options)
-    return mod
+    return staged(path, TARGET, options)[0]
 
 
 @pytest.fixture(scope="module")
